@@ -1,0 +1,25 @@
+# The two commands a newcomer needs: `make up` (a local cluster) and `make test`.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+.PHONY: install up down test lint
+install: $(BIN)/.installed
+
+up: install
+	$(BIN)/engram local up demo --shards 1 --replicas 2
+
+down: install
+	$(BIN)/engram local down demo
+
+lint: install
+	$(BIN)/ruff check .
+
+test: install lint
+	$(BIN)/pytest -q -p no:cacheprovider

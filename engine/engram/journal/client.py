@@ -1,0 +1,261 @@
+"""The journal: one NATS JetStream stream per shard, behind a narrow interface.
+
+append (conditional, with a message id), tail from a sequence, last sequence, get, truncate.
+Everything NATS-specific stays in this module so the backend could be swapped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.js import api
+from nats.js.client import JetStreamContext
+
+from engram.journal.entries import Entry
+from engram.journal.errors import Fenced, JournalError, JournalTimeout, NoQuorum
+
+log = logging.getLogger(__name__)
+
+WRONG_LAST_SEQUENCE = 10071
+_LAST_SEQ_IN_MESSAGE = re.compile(r"(\d+)\s*$")
+_NAME_OK = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def stream_name(cluster: str, shard: int) -> str:
+    """Stream name of a shard; NATS forbids dots, spaces and wildcards in it."""
+    if not _NAME_OK.match(cluster):
+        raise ValueError(f"cluster name {cluster!r} may only hold letters, digits, '-' and '_'")
+    return f"ENGRAM_{cluster}_{shard}"
+
+
+def _translate(exc: BaseException, expected: int | None) -> JournalError:
+    if isinstance(exc, JournalError):
+        return exc
+    if isinstance(exc, nats.js.errors.APIError):
+        if exc.err_code == WRONG_LAST_SEQUENCE:
+            match = _LAST_SEQ_IN_MESSAGE.search(exc.description or "")
+            return Fenced(expected or 0, int(match[1]) if match else None)
+        if exc.code == 503 or exc.err_code in (10008, 10077):
+            return NoQuorum(f"journal stream unavailable: {exc.description}")
+        return JournalError(f"journal refused the request: {exc.description} (code {exc.err_code})")
+    if isinstance(exc, (asyncio.TimeoutError, nats.errors.TimeoutError)):
+        return JournalTimeout("journal did not answer in time (no quorum or servers unreachable)")
+    if isinstance(exc, (nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError)):
+        return NoQuorum("no journal server answered for the stream (stream leader missing)")
+    if isinstance(exc, (nats.errors.ConnectionClosedError, nats.errors.NoServersError)):
+        return NoQuorum(f"journal connection lost: {exc}")
+    return JournalError(f"journal failure: {exc!r}")
+
+
+@dataclass
+class StreamState:
+    first_seq: int
+    last_seq: int
+    messages: int
+    bytes: int
+
+
+class Journal:
+    """A shard's log. One instance per node; safe to share between tasks."""
+
+    def __init__(self, nc: NatsClient, cluster: str, shard: int, replicas: int, timeout: float) -> None:
+        self._nc = nc
+        self._js: JetStreamContext = nc.jetstream(timeout=timeout)
+        self.stream = stream_name(cluster, shard)
+        self.subject = f"engram.{cluster}.{shard}"
+        self.replicas = replicas
+        self.timeout = timeout
+
+    @classmethod
+    async def connect(
+        cls,
+        urls: list[str],
+        cluster: str,
+        shard: int,
+        replicas: int = 3,
+        timeout: float = 5.0,
+        name: str = "engram",
+    ) -> Journal:
+        async def _quiet(exc: Exception) -> None:
+            log.debug("journal connection: %s", exc)
+
+        try:
+            nc = await nats.connect(
+                servers=urls,
+                name=name,
+                connect_timeout=2,
+                reconnect_time_wait=0.25,
+                max_reconnect_attempts=-1,
+                allow_reconnect=True,
+                error_cb=_quiet,
+                ping_interval=2,
+                max_outstanding_pings=3,
+            )
+        except Exception as exc:
+            raise NoQuorum(f"cannot reach any journal server at {', '.join(urls)}: {exc}") from exc
+        return cls(nc, cluster, shard, replicas, timeout)
+
+    async def close(self) -> None:
+        try:
+            await self._nc.close()
+        except Exception as exc:  # closing a broken connection must not mask the real error
+            log.debug("journal close: %r", exc)
+
+    async def ensure_stream(self) -> None:
+        """Create the shard's stream if missing: file storage, replicated, never drops entries."""
+        config = api.StreamConfig(
+            name=self.stream,
+            subjects=[self.subject],
+            storage=api.StorageType.FILE,
+            num_replicas=self.replicas,
+            retention=api.RetentionPolicy.LIMITS,
+            # An entry no snapshot covers must never be dropped silently to make room.
+            discard=api.DiscardPolicy.NEW,
+            deny_delete=True,
+            allow_direct=True,
+            duplicate_window=120.0,
+        )
+        try:
+            await self._js.stream_info(self.stream)
+            return
+        except nats.js.errors.NotFoundError:
+            pass
+        except Exception as exc:
+            raise _translate(exc, None) from exc
+        try:
+            await self._js.add_stream(config)
+        except nats.js.errors.BadRequestError as exc:
+            if exc.err_code != 10058:  # created concurrently by a peer with the same config
+                raise _translate(exc, None) from exc
+        except Exception as exc:
+            raise _translate(exc, None) from exc
+
+    async def state(self) -> StreamState:
+        try:
+            info = await self._js.stream_info(self.stream)
+        except Exception as exc:
+            raise _translate(exc, None) from exc
+        s = info.state
+        return StreamState(s.first_seq, s.last_seq, s.messages, s.bytes)
+
+    async def last_seq(self) -> int:
+        return (await self.state()).last_seq
+
+    def _headers(self, entry: Entry, expected_last_seq: int | None, msg_id: str) -> dict[str, str]:
+        headers = entry.headers()
+        headers["Nats-Msg-Id"] = msg_id
+        if expected_last_seq is not None:
+            headers["Nats-Expected-Last-Sequence"] = str(expected_last_seq)
+        return headers
+
+    async def append(self, entry: Entry, expected_last_seq: int | None, msg_id: str) -> int:
+        """Append and wait for the quorum ack; returns the entry's sequence."""
+        try:
+            ack = await self._js.publish(
+                self.subject, entry.payload, timeout=self.timeout,
+                headers=self._headers(entry, expected_last_seq, msg_id),
+            )
+        except Exception as exc:
+            return await self._landed_or_raise(_translate(exc, expected_last_seq), msg_id)
+        return ack.seq
+
+    async def _landed_or_raise(self, error: JournalError, msg_id: str) -> int:
+        """A retried append whose first try landed is refused as Fenced: recognise it by its id.
+
+        The server checks the expected last sequence before the duplicate window, so the message
+        id alone does not make a conditional retry safe.
+        """
+        if isinstance(error, Fenced) and error.actual is not None and error.actual > error.expected:
+            entry = await self.get(error.expected + 1)
+            if entry is not None and entry.msg_id == msg_id:
+                return entry.seq
+        raise error
+
+    async def append_pipelined(
+        self, entry: Entry, expected_last_seq: int | None, msg_id: str
+    ) -> Awaitable[int]:
+        """Send an append now; the returned awaitable yields its sequence.
+
+        Sends happen in call order, so a single writer can keep several conditional appends in
+        flight (the stream leader checks against the last proposed sequence).
+        """
+        try:
+            future = await self._js.publish_async(
+                self.subject, entry.payload, headers=self._headers(entry, expected_last_seq, msg_id)
+            )
+        except Exception as exc:
+            raise _translate(exc, expected_last_seq) from exc
+
+        async def _wait() -> int:
+            try:
+                ack = await asyncio.wait_for(future, self.timeout)
+            except Exception as exc:
+                return await self._landed_or_raise(_translate(exc, expected_last_seq), msg_id)
+            return ack.seq
+
+        return _wait()
+
+    async def get(self, seq: int) -> Entry | None:
+        """The entry at seq, or None if there is none (purged or never written)."""
+        try:
+            msg = await self._js.get_msg(self.stream, seq)
+        except nats.js.errors.NotFoundError:
+            return None
+        except Exception as exc:
+            raise _translate(exc, None) from exc
+        return Entry.decode(msg.headers, msg.data or b"", msg.seq or seq)
+
+    async def tail(self, start_seq: int) -> AsyncIterator[Entry]:
+        """Yield committed entries from start_seq on, forever, in order, without gaps."""
+        queue: asyncio.Queue[Entry | BaseException] = asyncio.Queue()
+
+        async def _on_message(msg: nats.aio.msg.Msg) -> None:
+            try:
+                queue.put_nowait(Entry.decode(msg.headers, msg.data, msg.metadata.sequence.stream))
+            except Exception as exc:
+                queue.put_nowait(exc)
+
+        config = api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=max(1, start_seq)
+        )
+        try:
+            sub = await self._js.subscribe(
+                self.subject, cb=_on_message, ordered_consumer=True, config=config,
+                idle_heartbeat=1.0, stream=self.stream,
+            )
+        except Exception as exc:
+            raise _translate(exc, None) from exc
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:
+                log.debug("tail unsubscribe: %r", exc)
+
+    async def truncate(self, keep_from_seq: int) -> None:
+        """Drop entries below keep_from_seq (the last entry is always kept)."""
+        try:
+            await self._js.purge_stream(self.stream, seq=keep_from_seq)
+        except Exception as exc:
+            raise _translate(exc, None) from exc
+
+    async def delete_stream(self) -> None:
+        try:
+            await self._js.delete_stream(self.stream)
+        except nats.js.errors.NotFoundError:
+            return
+        except Exception as exc:
+            raise _translate(exc, None) from exc

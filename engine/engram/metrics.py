@@ -1,0 +1,23 @@
+"""Prometheus metrics: what an operator of Engram watches."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+COMMIT_LATENCY = Histogram(
+    "engram_commit_latency_seconds",
+    "Time from sending a journal append to its quorum acknowledgement",
+    buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
+)
+APPLIED_SEQ = Gauge("engram_applied_sequence", "Last journal sequence applied or committed by this node")
+COMMITTED_SEQ = Gauge("engram_committed_sequence", "Last journal sequence this primary committed")
+REPLICATION_LAG = Gauge("engram_replication_lag_entries", "Journal entries not yet applied by this replica")
+ROLE = Gauge("engram_role", "1 when this node is its shard's primary, else 0")
+EPOCH = Gauge("engram_leader_epoch", "Leadership epoch this node has seen last")
+FAILOVERS = Counter("engram_failovers_total", "Leadership changes this node took part in", ["kind"])
+HALTED = Gauge("engram_apply_halted", "1 when this replica stopped applying (see ENGRAM.STATUS)")
+
+
+def serve(port: int | None, host: str = "0.0.0.0") -> None:
+    if port:
+        start_http_server(port, addr=host)

@@ -1,0 +1,55 @@
+"""Configuration of one engine node (one Valkey instance and the process beside it)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class NodeConfig:
+    """Everything a node process needs; written as JSON by the platform that starts it."""
+
+    cluster: str
+    node_id: str
+    shard: int
+    zone: str
+    port: int
+    journal_urls: list[str]
+    data_dir: str
+    host: str = "127.0.0.1"
+    # Address clients are told about (MOVED, CLUSTER SLOTS); defaults to host:port.
+    announce: str = ""
+    journal_replicas: int = 3
+    lease_seconds: float = 2.0
+    # How long a write waits for the journal before its client gets an error.
+    commit_timeout: float = 10.0
+    # Largest journal entry; NATS' default max_payload is 1 MiB.
+    max_batch_bytes: int = 512 * 1024
+    # Conditional appends kept in flight at once (pipelined group commit).
+    append_window: int = 4
+    valkey_server: str | None = None
+    # False where Valkey runs beside the node in its own container (Kubernetes) on the shared socket.
+    spawn_valkey: bool = True
+    valkey_args: list[str] = field(default_factory=list)
+    # Unix socket of the private Valkey; default DATA_DIR/valkey.sock.
+    valkey_socket: str = ""
+    metrics_port: int | None = None
+    log_level: str = "warning"
+
+    def __post_init__(self) -> None:
+        if not self.announce:
+            self.announce = f"{self.host}:{self.port}"
+        if not self.valkey_socket:
+            self.valkey_socket = str(Path(self.data_dir) / "valkey.sock")
+        if self.lease_seconds <= 0:
+            raise ValueError(f"lease_seconds must be positive, got {self.lease_seconds}")
+
+
+    def dump(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> NodeConfig:
+        return cls(**json.loads(Path(path).read_text()))

@@ -1,0 +1,413 @@
+"""The engine node: one per Valkey. Replica by default; primary while it holds the shard's lease."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import subprocess
+import time
+
+from engram import ENGINE_VERSION, metrics
+from engram.frontdoor.commands import CommandTable
+from engram.frontdoor.server import FrontDoor
+from engram.journal.client import Journal
+from engram.journal.entries import Entry, EntryType, format_version
+from engram.journal.errors import Fenced, JournalError
+from engram.leadership.view import LeaderView
+from engram.node.config import NodeConfig
+from engram.replication.applier import Applier, ApplyHalted
+from engram.replication.committer import Committer
+from engram.replication.tap import Tap
+from engram.valkey.connection import ValkeyConnection
+from engram.valkey.process import start_valkey
+
+log = logging.getLogger(__name__)
+
+MONITOR_INTERVAL = 0.02
+
+
+class Role(enum.StrEnum):
+    STARTING = "starting"
+    REPLICA = "replica"
+    PROMOTING = "promoting"
+    PRIMARY = "primary"
+
+
+class Node:
+    """Owns the local Valkey, the journal connection, the front door and the node's role."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.role = Role.STARTING
+        self.leader = LeaderView(config.lease_seconds)
+        self.valkey: subprocess.Popen[bytes] | None = None
+        self.admin: ValkeyConnection | None = None
+        self.journal: Journal | None = None
+        self.door: FrontDoor | None = None
+        self.applier: Applier | None = None
+        self.committer: Committer | None = None
+        self.tap: Tap | None = None
+        self.handing_over = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._replica_task: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+        self._last_reack = 0.0
+
+    # -- what the front door asks ------------------------------------------------------------
+
+    @property
+    def is_primary(self) -> bool:
+        return self.role is Role.PRIMARY
+
+    @property
+    def serving(self) -> bool:
+        committer = self.committer
+        return (
+            self.role is Role.PRIMARY
+            and not self.handing_over
+            and committer is not None
+            and committer.fenced is None
+            and time.monotonic() < committer.lease_until
+        )
+
+    @property
+    def leader_address(self) -> str:
+        if self.leader.leader_id == self.config.node_id and self.role is not Role.PRIMARY:
+            return ""  # a stale view naming ourselves would send clients in a loop
+        return self.leader.leader_address
+
+    def unavailable_reason(self) -> str:
+        if self.handing_over:
+            return "switchover in progress, retry shortly"
+        if self.role is Role.PRIMARY:
+            return "primary lease expired or journal unavailable; leadership is being re-established"
+        return "the shard has no primary right now (leader election in progress)"
+
+    @property
+    def applied_seq(self) -> int:
+        if self.role is Role.PRIMARY and self.committer is not None:
+            return self.committer.committed_seq
+        return self.applier.applied_seq if self.applier else 0
+
+    def status(self) -> dict[str, str]:
+        committer = self.committer
+        lease_ms = 0
+        if self.role is Role.PRIMARY and committer is not None:
+            lease_ms = max(0, int((committer.lease_until - time.monotonic()) * 1000))
+        return {
+            "node_id": self.config.node_id,
+            "cluster": self.config.cluster,
+            "shard": str(self.config.shard),
+            "zone": self.config.zone,
+            "role": "primary" if self.role is Role.PRIMARY else (
+                "starting" if self.role is Role.STARTING else "replica"),
+            "epoch": str(self.leader.epoch),
+            "applied_seq": str(self.applied_seq),
+            "committed_seq": str(committer.committed_seq if committer else self.applied_seq),
+            "leader_id": self.leader.leader_id,
+            "leader_address": self.leader.leader_address,
+            "lease_ms": str(lease_ms),
+            "engine_version": format_version(ENGINE_VERSION),
+            "halted": self.applier.halted if self.applier else "",
+            "address": self.config.announce,
+        }
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        cfg = self.config
+        metrics.serve(cfg.metrics_port, cfg.host)
+        os.makedirs(cfg.data_dir, exist_ok=True)
+        if cfg.spawn_valkey:
+            self.valkey = await start_valkey(
+                cfg.valkey_socket, cfg.data_dir, cfg.valkey_args, cfg.valkey_server
+            )
+        self.admin = await self._open_admin()
+        # A node always starts empty and rebuilds from the journal: whatever Valkey held was
+        # possibly never committed.
+        await self.admin.execute("FLUSHALL", "SYNC")
+        table = CommandTable.from_command_reply(await self.admin.execute("COMMAND"))
+        self.journal = await self._connect_journal()
+        self.door = FrontDoor(self, table, cfg.valkey_socket, cfg.commit_timeout)
+        from engram.node.admin import install  # local import: admin depends on Node
+
+        install(self)
+        await self.door.start(cfg.host, cfg.port)
+        self.applier = Applier(self.journal, cfg.valkey_socket, self._observe)
+        self.leader.last_renewal = time.monotonic()
+        self._become_replica()
+        log.info("node %s serving on %s:%d", cfg.node_id, cfg.host, cfg.port)
+        try:
+            await self._monitor()
+        finally:
+            await self.shutdown()
+
+    async def _open_admin(self) -> ValkeyConnection:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                return await ValkeyConnection.open(self.config.valkey_socket)
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+
+    async def _connect_journal(self) -> Journal:
+        cfg = self.config
+        delay = 0.1
+        while True:
+            try:
+                journal = await Journal.connect(
+                    cfg.journal_urls, cfg.cluster, cfg.shard, cfg.journal_replicas, name=cfg.node_id
+                )
+                await journal.ensure_stream()
+                return journal
+            except JournalError as exc:
+                log.warning("journal not ready (%s); retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def shutdown(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._replica_task:
+            self._replica_task.cancel()
+        if self.door:
+            await self.door.stop()
+        if self.tap:
+            self.tap.close()
+        if self.journal:
+            await self.journal.close()
+        if self.valkey and self.valkey.poll() is None:
+            self.valkey.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.valkey.wait(5)
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    # -- replica -----------------------------------------------------------------------------
+
+    def _become_replica(self) -> None:
+        self.role = Role.REPLICA
+        metrics.ROLE.set(0)
+        self._replica_task = asyncio.get_running_loop().create_task(self._apply_loop())
+
+    async def _apply_loop(self) -> None:
+        assert self.applier is not None
+        while self.role is Role.REPLICA:
+            try:
+                await self.applier.run()
+            except ApplyHalted:
+                metrics.HALTED.set(1)
+                return
+            except JournalError as exc:
+                log.warning("journal tail interrupted (%s); resuming", exc)
+                await asyncio.sleep(0.2)
+            except (ConnectionError, OSError) as exc:
+                log.error("local valkey unreachable while applying: %s", exc)
+                self.stop()
+                return
+
+    def _observe(self, entry: Entry) -> bool:
+        """Called for every applied entry; False stops the applier (this node takes over)."""
+        self.leader.observe(entry, time.monotonic())
+        metrics.APPLIED_SEQ.set(entry.seq)
+        metrics.EPOCH.set(self.leader.epoch)
+        if (
+            entry.type is EntryType.LEADER
+            and entry.node == self.config.node_id
+            and self.role is Role.REPLICA
+        ):
+            self.role = Role.PROMOTING
+            asyncio.get_running_loop().create_task(self._take_handoff(entry))
+            return False
+        return True
+
+    async def _take_handoff(self, entry: Entry) -> None:
+        assert self.journal is not None
+        try:
+            last = await self.journal.last_seq()
+        except JournalError:
+            last = -1
+        if last != entry.seq:
+            # A stale hand-off replayed from history: leadership moved on since.
+            self._become_replica()
+            return
+        await self._promote(entry.seq, entry.epoch, lease_from=None)
+        metrics.FAILOVERS.labels("switchover").inc()
+
+    async def _campaign(self) -> None:
+        assert self.journal is not None and self.applier is not None
+        applied = self.applier.applied_seq
+        epoch = self.leader.epoch + 1
+        entry = Entry(EntryType.LEADER, epoch, self.config.node_id, address=self.config.announce)
+        sent = time.monotonic()
+        try:
+            msg_id = f"{self.config.node_id}.campaign.{epoch}.{applied}"
+            seq = await self.journal.append(entry, applied, msg_id)
+        except JournalError as exc:
+            log.info("campaign for epoch %d lost: %s", epoch, exc)
+            self.leader.last_renewal = time.monotonic()
+            self.leader.new_backoff()
+            return
+        self.role = Role.PROMOTING
+        if self._replica_task:
+            self._replica_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._replica_task
+        self.leader.observe(Entry(EntryType.LEADER, epoch, self.config.node_id, address=self.config.announce,
+                                  seq=seq), sent)
+        log.warning("node %s won leadership of shard %d at epoch %d (seq %d)",
+                    self.config.node_id, self.config.shard, epoch, seq)
+        await self._promote(seq, epoch, lease_from=sent)
+        metrics.FAILOVERS.labels("election").inc()
+
+    # -- primary -----------------------------------------------------------------------------
+
+    async def _promote(self, leader_seq: int, epoch: int, lease_from: float | None) -> None:
+        cfg = self.config
+        assert self.journal is not None and self.applier is not None
+        self.leader.epoch = epoch
+        self.leader.leader_id = cfg.node_id
+        self.leader.leader_address = cfg.announce
+        tap = Tap(cfg.valkey_socket)
+        try:
+            await tap.attach()
+        except Exception as exc:
+            log.error("cannot attach the replication tap: %s", exc)
+            tap.close()
+            self.stop()
+            return
+        self.tap = tap
+        committer = Committer(
+            self.journal, tap, cfg.node_id, epoch, leader_seq, self.applier.checksum,
+            cfg.lease_seconds, cfg.max_batch_bytes, cfg.append_window, self._committed,
+            address=cfg.announce,
+        )
+        committer.lease_until = (lease_from + cfg.lease_seconds) if lease_from is not None else 0.0
+        committer.renew_now()
+        self.committer = committer
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(tap.stream(committer.feed)),
+            loop.create_task(committer.run()),
+        ]
+        self.role = Role.PRIMARY
+        metrics.ROLE.set(1)
+
+    def _committed(self, seq: int, latency: float) -> None:
+        metrics.COMMIT_LATENCY.observe(latency)
+        metrics.COMMITTED_SEQ.set(seq)
+        metrics.APPLIED_SEQ.set(seq)
+
+    async def demote(self, reason: str, keep: object = None) -> None:
+        """Stop serving at once, drop what Valkey holds, and rebuild as a replica."""
+        if self.role is not Role.PRIMARY:
+            return
+        log.warning("node %s steps down: %s", self.config.node_id, reason)
+        self.role = Role.REPLICA  # admission refuses from this instant
+        metrics.ROLE.set(0)
+        for task in self._tasks:
+            task.cancel()
+        self._tasks = []
+        if self.tap:
+            self.tap.close()
+            self.tap = None
+        assert self.door is not None and self.admin is not None and self.applier is not None
+        self.door.close_sessions(keep)  # type: ignore[arg-type]
+        self.door.pending.resolve_all(False)
+        self.committer = None
+        # Executed-but-uncommitted writes must vanish: start again from the journal.
+        await self.admin.execute("FLUSHALL", "SYNC")
+        await self.admin.execute("FUNCTION", "FLUSH", "SYNC")
+        await self.admin.execute("SCRIPT", "FLUSH", "SYNC")
+        self.applier.reset()
+        self.leader.last_renewal = time.monotonic()
+        self.leader.new_backoff()
+        self._become_replica()
+
+    async def switchover(self, target: str, keep: object, timeout: float = 10.0) -> None:
+        """Planned hand-over of leadership to a caught-up replica named target."""
+        if self.role is not Role.PRIMARY or self.committer is None:
+            raise RuntimeError(
+                f"{self.config.node_id} is not the primary; send ENGRAM.FAILOVER to the primary"
+            )
+        if target == self.config.node_id:
+            return
+        assert self.admin is not None and self.tap is not None
+        committer = self.committer
+        self.handing_over = True
+        pause_ms = str(int(timeout * 1000))
+        await self.admin.execute("CLIENT", "PAUSE", pause_ms, "WRITE")
+        epoch = self.leader.epoch
+        try:
+            info = await self.admin.execute("INFO", "replication")
+            offset = _info_field(info, "master_repl_offset")
+            deadline = time.monotonic() + timeout
+            while self.tap is not None and self.tap.offset < offset:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("replication tap did not receive the last writes in time")
+                await asyncio.sleep(0.002)
+            await committer.final_append(Entry(EntryType.LEADER, epoch + 1, target), timeout)
+        except (JournalError, RuntimeError) as exc:
+            self.handing_over = False
+            await self.admin.execute("CLIENT", "UNPAUSE")
+            raise RuntimeError(f"switchover to {target} aborted: {exc}") from exc
+        self.handing_over = False
+        await self.demote(f"handed leadership to {target}", keep=keep)
+        await self.admin.execute("CLIENT", "UNPAUSE")
+        metrics.FAILOVERS.labels("switchover").inc()
+        deadline = time.monotonic() + timeout
+        while not (self.leader.epoch == epoch + 1 and self.leader.leader_address):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{target} was handed leadership but has not renewed its lease")
+            await asyncio.sleep(0.01)
+
+    # -- the watch ---------------------------------------------------------------------------
+
+    async def _monitor(self) -> None:
+        while not self._stopped.is_set():
+            now = time.monotonic()
+            if self.role is Role.PRIMARY and self.committer is not None:
+                committer = self.committer
+                failed = next((t for t in self._tasks if t.done()), None)
+                if committer.fenced is not None:
+                    await self.demote(str(committer.fenced))
+                elif failed is not None:
+                    exc = failed.exception() if not failed.cancelled() else None
+                    if isinstance(exc, Fenced):
+                        await self.demote(str(exc))
+                    else:
+                        log.error("replication failed on the primary: %r", exc)
+                        await self.demote(f"replication failed: {exc!r}")
+                elif now > committer.lease_until and not self.handing_over and committer.lease_until:
+                    await self.demote("lease expired (journal unreachable?)")
+                elif now - self._last_reack > 1.0 and self.tap is not None:
+                    self.tap.reack()
+                    self._last_reack = now
+            elif (
+                self.role is Role.REPLICA
+                and self.applier is not None
+                and not self.applier.halted
+                and self.leader.campaign_due(now)
+            ):
+                await self._campaign()
+            if self.valkey is not None and self.valkey.poll() is not None:
+                log.error("valkey exited with code %s; the node stops", self.valkey.returncode)
+                return
+            try:
+                await asyncio.wait_for(self._stopped.wait(), MONITOR_INTERVAL)
+            except TimeoutError:
+                pass
+
+
+def _info_field(info: object, name: str) -> int:
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    for line in text.splitlines():
+        if line.startswith(name + ":"):
+            return int(line.split(":", 1)[1])
+    raise RuntimeError(f"INFO has no {name}")

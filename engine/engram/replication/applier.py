@@ -1,0 +1,87 @@
+"""Replica apply: tail the shard's journal and execute its data entries on the local Valkey."""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Callable
+
+from engram import ENGINE_VERSION
+from engram.journal.client import Journal
+from engram.journal.entries import Entry, EntryType, format_version
+from engram.valkey.connection import ValkeyConnection, encode
+
+log = logging.getLogger(__name__)
+
+# Replies are switched off while a batch runs and back on after it, so each entry costs one +OK.
+_REPLY_OFF = encode([b"CLIENT", b"REPLY", b"OFF"])
+_REPLY_ON = encode([b"CLIENT", b"REPLY", b"ON"])
+
+
+class ApplyHalted(RuntimeError):
+    """The replica stopped applying and must not take leadership."""
+
+
+class Applier:
+    """Applies committed entries in order and keeps the running checksum of the data."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        valkey_socket: str,
+        on_entry: Callable[[Entry], bool],
+    ) -> None:
+        self.journal = journal
+        self.valkey_socket = valkey_socket
+        self._on_entry = on_entry
+        self.applied_seq = 0
+        self.checksum = 0
+        self.halted = ""
+        self._conn: ValkeyConnection | None = None
+
+    def reset(self) -> None:
+        self.applied_seq = 0
+        self.checksum = 0
+        self.halted = ""
+
+    async def run(self) -> None:
+        """Tail from the entry after the last applied one; returns when on_entry says stop."""
+        self._conn = await ValkeyConnection.open(self.valkey_socket)
+        try:
+            async for entry in self.journal.tail(self.applied_seq + 1):
+                if entry.seq <= self.applied_seq:
+                    continue
+                if entry.version > ENGINE_VERSION:
+                    self._halt(
+                        f"entry {entry.seq} was written by engine {format_version(entry.version)}, newer "
+                        f"than this node's {format_version(ENGINE_VERSION)}; upgrade this node"
+                    )
+                if entry.type is EntryType.DATA:
+                    await self._apply(entry)
+                elif entry.type is EntryType.CHECKSUM and entry.checksum != self.checksum:
+                    self._halt(
+                        f"checksum mismatch at entry {entry.seq}: journal says {entry.checksum}, "
+                        f"applied data gives {self.checksum}"
+                    )
+                self.applied_seq = entry.seq
+                if not self._on_entry(entry):
+                    return
+        finally:
+            self._conn.close()
+            self._conn = None
+
+    async def _apply(self, entry: Entry) -> None:
+        conn = self._conn
+        assert conn is not None
+        conn.write(
+            b"".join((_REPLY_OFF, encode([b"SELECT", str(entry.db).encode()]), entry.payload, _REPLY_ON))
+        )
+        reply = await conn.read_reply()
+        if reply != b"OK":
+            self._halt(f"valkey did not confirm entry {entry.seq}: {reply!r}")
+        self.checksum = zlib.crc32(entry.payload, self.checksum)
+
+    def _halt(self, reason: str) -> None:
+        self.halted = reason
+        log.error("replica halted: %s", reason)
+        raise ApplyHalted(reason)

@@ -1,0 +1,134 @@
+"""The replication tap: the primary node attaches to its Valkey as the only replica (PSYNC).
+
+It receives the replication stream (effects, so non-deterministic commands are safe), hands
+each command to the batcher, and acknowledges an offset to Valkey only once the journal has
+committed everything up to it; Valkey's WAIT then releases the clients' write replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from engram.frontdoor.resp import RequestParser, encode_command
+
+log = logging.getLogger(__name__)
+
+
+class TapError(RuntimeError):
+    """The replication link to the local Valkey failed or spoke something unexpected."""
+
+
+@dataclass
+class StreamCommand:
+    args: list[bytes]
+    raw: bytes
+    end_offset: int
+
+
+class Tap:
+    """A replica connection to the local Valkey that yields its write stream."""
+
+    def __init__(self, socket_path: str) -> None:
+        self.socket_path = socket_path
+        self.replid = ""
+        self.offset = 0  # replication offset after the last byte received
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._acked = -1
+        self._leftover = b""
+
+    async def attach(self, timeout: float = 60.0) -> int:
+        """Full-resync handshake; the snapshot is skipped (the journal already holds that state)."""
+        reader, writer = await asyncio.open_unix_connection(self.socket_path, limit=1 << 24)
+        self._reader, self._writer = reader, writer
+
+        async def line() -> bytes:
+            while True:
+                data = await asyncio.wait_for(reader.readline(), timeout)
+                if not data:
+                    raise TapError("valkey closed the replication link during the handshake")
+                if data.strip():  # Valkey sends bare newlines as keep-alives while it prepares
+                    return data.rstrip(b"\r\n")
+
+        for command in (
+            [b"PING"],
+            [b"REPLCONF", b"listening-port", b"0"],
+            [b"REPLCONF", b"capa", b"eof", b"capa", b"psync2"],
+        ):
+            writer.write(encode_command(command))
+            reply = await line()
+            if reply.startswith(b"-"):
+                raise TapError(f"valkey refused {command[0].decode()}: {reply[1:].decode()}")
+        writer.write(encode_command([b"PSYNC", b"?", b"-1"]))
+        reply = await line()
+        if not reply.startswith(b"+FULLRESYNC"):
+            raise TapError(f"expected FULLRESYNC from valkey, got {reply[:80]!r}")
+        _, replid, offset = reply.split()
+        self.replid = replid.decode()
+        self.offset = int(offset)
+        await self._skip_snapshot(line, timeout)
+        self._acked = -1
+        self.ack(self.offset)  # a diskless replica goes online on its first ack
+        return self.offset
+
+    async def _skip_snapshot(self, line: Callable, timeout: float) -> None:
+        assert self._reader is not None
+        header = await line()
+        if not header.startswith(b"$"):
+            raise TapError(f"expected the RDB transfer from valkey, got {header[:80]!r}")
+        if header.startswith(b"$EOF:"):
+            mark = header[5:]
+            tail = b""
+            while True:
+                chunk = await asyncio.wait_for(self._reader.read(1 << 20), timeout)
+                if not chunk:
+                    raise TapError("valkey closed the replication link during the RDB transfer")
+                tail = (tail + chunk)[-(len(mark) + len(chunk)) :]
+                index = tail.find(mark)
+                if index >= 0:
+                    # Stream bytes that arrived with the end mark belong to the stream.
+                    self._leftover = tail[index + len(mark) :]
+                    return
+        else:
+            await asyncio.wait_for(self._reader.readexactly(int(header[1:])), timeout)
+
+    async def stream(self, on_commands: Callable[[list[StreamCommand]], None]) -> None:
+        """Read the stream forever, handing over complete commands with their end offsets."""
+        assert self._reader is not None
+        parser = RequestParser()
+        offset = self.offset
+        data, self._leftover = self._leftover, b""
+        while True:
+            if not data:
+                data = await self._reader.read(1 << 20)
+            if not data:
+                raise TapError("valkey closed the replication link")
+            parser.feed(data)
+            batch = []
+            for args, raw in parser.parse():
+                offset += len(raw)
+                batch.append(StreamCommand(args, raw, offset))
+            self.offset = offset
+            data = b""
+            if batch:
+                on_commands(batch)
+
+    def ack(self, offset: int) -> None:
+        """Tell Valkey the journal holds everything up to offset."""
+        if offset <= self._acked or self._writer is None:
+            return
+        self._acked = offset
+        self._writer.write(encode_command([b"REPLCONF", b"ACK", str(offset).encode()]))
+
+    def reack(self) -> None:
+        """Repeat the last ack: Valkey drops a replica it has not heard from in repl-timeout."""
+        if self._writer is not None and self._acked >= 0:
+            self._writer.write(encode_command([b"REPLCONF", b"ACK", str(self._acked).encode()]))
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

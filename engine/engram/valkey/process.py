@@ -1,0 +1,83 @@
+"""The node's private Valkey: started as a child that dies with the node, like a pod's container."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from engram import binaries
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # Linux only: the kernel kills Valkey when the node process dies, even on kill -9.
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+class ValkeyStartError(RuntimeError):
+    """valkey-server did not come up."""
+
+
+def valkey_command(socket_path: str, data_dir: str, extra: list[str], binary: str | None = None) -> list[str]:
+    """The argv of a private, persistence-free Valkey listening only on a unix socket."""
+    return [
+        binary or binaries.find("valkey-server"),
+        "--port", "0",
+        "--unixsocket", socket_path,
+        "--unixsocketperm", "700",
+        "--dir", data_dir,
+        "--save", "",
+        "--appendonly", "no",
+        "--protected-mode", "no",
+        # The journal is the durability; the node's replication tap is Valkey's only replica.
+        "--repl-diskless-sync", "yes",
+        "--repl-diskless-sync-delay", "0",
+        "--repl-backlog-size", "64mb",
+        "--repl-timeout", "3600",
+        "--client-output-buffer-limit", "replica 0 0 0",
+        "--maxclients", "20000",
+        *extra,
+    ]
+
+
+async def start_valkey(
+    socket_path: str, data_dir: str, extra: list[str], binary: str | None = None, timeout: float = 15.0
+) -> subprocess.Popen[bytes]:
+    """Start Valkey and wait until its socket answers."""
+    Path(data_dir).mkdir(parents=True, exist_ok=True)
+    if os.path.exists(socket_path):
+        os.unlink(socket_path)
+    log = open(Path(data_dir) / "valkey.log", "ab")
+    proc = subprocess.Popen(
+        valkey_command(socket_path, data_dir, extra, binary),
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        preexec_fn=_die_with_parent,
+    )
+    log.close()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if proc.poll() is not None:
+            raise ValkeyStartError(
+                f"valkey-server exited with code {proc.returncode}; see {Path(data_dir) / 'valkey.log'}"
+            )
+        try:
+            reader, writer = await asyncio.open_unix_connection(socket_path)
+            writer.write(b"PING\r\n")
+            line = await reader.readline()
+            writer.close()
+            if line.startswith(b"+PONG"):
+                return proc
+        except OSError:
+            pass
+        await asyncio.sleep(0.02)
+    proc.kill()
+    raise ValkeyStartError(f"valkey-server did not answer on {socket_path} within {timeout:.0f}s")
