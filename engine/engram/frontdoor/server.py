@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from engram.cluster.slots import key_hash_slot
+from engram.cluster.topology import ClusterView
 from engram.frontdoor import resp
 from engram.frontdoor.commands import CommandTable
 from engram.frontdoor.session import Session
@@ -15,11 +16,19 @@ from engram.frontdoor.tracking import PendingWrites
 
 log = logging.getLogger(__name__)
 
+_CROSSSLOT = resp.error("CROSSSLOT Keys in request don't hash to the same slot")
+
 LocalHandler = Callable[[Session, list[bytes]], "bytes | Awaitable[bytes]"]
 
 
 class NodeView(Protocol):
     """What the front door needs to know about its node."""
+
+    @property
+    def shard(self) -> int: ...
+
+    @property
+    def view(self) -> ClusterView: ...
 
     @property
     def is_primary(self) -> bool: ...
@@ -72,6 +81,25 @@ class FrontDoor:
     ) -> bytes | None:
         """None when the command may run here, else the error reply that redirects the client."""
         node = self.node
+        slot = -1
+        if keys:
+            slot = key_hash_slot(keys[0])
+            for key in keys[1:]:
+                if key_hash_slot(key) != slot:
+                    return _CROSSSLOT
+            owner = node.view.owner(slot)
+            if owner != node.shard:
+                if owner is None:
+                    return resp.error("CLUSTERDOWN the slot map is not known yet")
+                address = node.view.leader_address(owner)
+                if not address:
+                    return resp.error(f"CLUSTERDOWN shard {owner}, owner of slot {slot}, has no primary")
+                return resp.error(f"MOVED {slot} {address}")
+            if session.in_multi:
+                if session.multi_slot < 0:
+                    session.multi_slot = slot
+                elif session.multi_slot != slot:
+                    return _CROSSSLOT
         if node.is_primary:
             if node.serving:
                 return None
@@ -85,7 +113,7 @@ class FrontDoor:
         leader = node.leader_address
         if not leader:
             return resp.error(f"CLUSTERDOWN {node.unavailable_reason()}")
-        return resp.error(f"MOVED {key_hash_slot(keys[0])} {leader}")
+        return resp.error(f"MOVED {slot} {leader}")
 
     def local_command(self, session: Session, name: bytes, args: list[bytes]) -> bytes | Awaitable[bytes]:
         if name == b"readonly":

@@ -64,6 +64,9 @@ class Session(asyncio.Protocol):
         self.in_multi = False
         self.multi_keys: list[bytes] | None = []
         self.multi_writes = False
+        self.multi_slot = -1
+        # A command refused inside MULTI dooms the transaction, as in Valkey (EXECABORT).
+        self.multi_aborted = False
         self.pubsub = False
         self.monitor = False
         self.closed = False
@@ -121,6 +124,8 @@ class Session(asyncio.Protocol):
         keys = door.table.keys(spec, args)
         refusal = door.admission(self, is_write, keys, args)
         if refusal is not None:
+            if self.in_multi:
+                self.multi_aborted = True
             self._local(refusal)
             return
         if name in _PUBSUB_COMMANDS:
@@ -129,7 +134,7 @@ class Session(asyncio.Protocol):
         if name == b"hello" and len(args) > 1:
             self.resp3 = args[1] == b"3" or (self.resp3 and args[1] != b"2")
         elif name == b"reset":
-            self.resp3 = self.readonly = self.in_multi = self.pubsub = False
+            self.resp3 = self.readonly = self.in_multi = self.pubsub = self.multi_aborted = False
             self.multi_keys, self.multi_writes = [], False
         elif name == b"client" and len(args) > 2 and args[1].lower() == b"reply":
             if args[2].lower() != b"on":
@@ -140,9 +145,13 @@ class Session(asyncio.Protocol):
         elif name == b"multi":
             if not self.in_multi:
                 self.in_multi, self.multi_keys, self.multi_writes = True, [], False
+                self.multi_slot, self.multi_aborted = -1, False
         elif name in (b"exec", b"discard"):
             if self.in_multi:
                 self.in_multi = False
+                if name == b"exec" and self.multi_aborted:
+                    self._forward(_DISCARD, _EXECABORT, None)
+                    return
                 if name == b"exec" and self.multi_writes:
                     self._join_group(self.multi_keys)
                     self._forward(raw, None, self.group)
@@ -266,7 +275,9 @@ class Session(asyncio.Protocol):
             if kind == _FWD:
                 assert item is not None
                 item.data = raw
-                if item.group is None:
+                if isinstance(meta, bytes):
+                    item.data = meta  # a reply we substitute (EXECABORT after a refused command)
+                elif item.group is None:
                     if meta is not None and door.pending:
                         self._gate_read(item, None if meta is _UNKNOWN else meta)  # type: ignore[arg-type]
                 elif isinstance(meta, list) and meta:
@@ -365,6 +376,8 @@ class Session(asyncio.Protocol):
 
 
 _UNKNOWN = object()
+_DISCARD = resp.encode_command([b"DISCARD"])
+_EXECABORT = resp.error("EXECABORT Transaction discarded because of previous errors.")
 
 
 class _Upstream(asyncio.Protocol):

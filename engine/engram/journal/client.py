@@ -74,6 +74,11 @@ class Journal:
         self.replicas = replicas
         self.timeout = timeout
 
+    @property
+    def jetstream(self) -> JetStreamContext:
+        """The JetStream context, shared with the cluster metadata bucket."""
+        return self._js
+
     @classmethod
     async def connect(
         cls,

@@ -22,6 +22,8 @@ class NodeConfig:
     # Address clients are told about (MOVED, CLUSTER SLOTS); defaults to host:port.
     announce: str = ""
     journal_replicas: int = 3
+    # Shards of the cluster, for the initial slot map (only the first node to start writes it).
+    shards: int = 1
     lease_seconds: float = 2.0
     # How long a write waits for the journal before its client gets an error.
     commit_timeout: float = 10.0

@@ -11,6 +11,8 @@ import subprocess
 import time
 
 from engram import ENGINE_VERSION, metrics
+from engram.cluster.metadata import ClusterMetadata
+from engram.cluster.topology import ClusterView, LeaderRecord, NodeRecord
 from engram.frontdoor.commands import CommandTable
 from engram.frontdoor.server import FrontDoor
 from engram.journal.client import Journal
@@ -27,6 +29,8 @@ from engram.valkey.process import start_valkey
 log = logging.getLogger(__name__)
 
 MONITOR_INTERVAL = 0.02
+# How often a node refreshes its record in the cluster metadata (and on every role change).
+HEARTBEAT_INTERVAL = 10.0
 
 
 class Role(enum.StrEnum):
@@ -46,6 +50,8 @@ class Node:
         self.valkey: subprocess.Popen[bytes] | None = None
         self.admin: ValkeyConnection | None = None
         self.journal: Journal | None = None
+        self.meta: ClusterMetadata | None = None
+        self._background: list[asyncio.Task[None]] = []
         self.door: FrontDoor | None = None
         self.applier: Applier | None = None
         self.committer: Committer | None = None
@@ -57,6 +63,15 @@ class Node:
         self._last_reack = 0.0
 
     # -- what the front door asks ------------------------------------------------------------
+
+    @property
+    def shard(self) -> int:
+        return self.config.shard
+
+    @property
+    def view(self) -> ClusterView:
+        assert self.meta is not None
+        return self.meta.view
 
     @property
     def is_primary(self) -> bool:
@@ -131,6 +146,9 @@ class Node:
         await self.admin.execute("FLUSHALL", "SYNC")
         table = CommandTable.from_command_reply(await self.admin.execute("COMMAND"))
         self.journal = await self._connect_journal()
+        self.meta = await self._open_metadata()
+        loop = asyncio.get_running_loop()
+        self._background = [loop.create_task(self.meta.watch()), loop.create_task(self._heartbeat())]
         self.door = FrontDoor(self, table, cfg.valkey_socket, cfg.commit_timeout)
         from engram.node.admin import install  # local import: admin depends on Node
 
@@ -170,7 +188,57 @@ class Node:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
+    async def _open_metadata(self) -> ClusterMetadata:
+        cfg = self.config
+        assert self.journal is not None
+        delay = 0.1
+        while True:
+            try:
+                meta = await ClusterMetadata.open(self.journal.jetstream, cfg.cluster, cfg.journal_replicas)
+                await meta.ensure_slot_map(cfg.shards)
+                return meta
+            except JournalError as exc:
+                log.warning("cluster metadata not ready (%s); retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def _record(self) -> NodeRecord:
+        cfg = self.config
+        role = "primary" if self.role is Role.PRIMARY else "replica"
+        return NodeRecord(cfg.node_id, cfg.shard, cfg.zone, cfg.announce, role, self.applied_seq)
+
+    async def _heartbeat(self) -> None:
+        """Keep this node's record fresh so CLUSTER replies list it; sooner after a role change."""
+        assert self.meta is not None
+        last_role = None
+        last_sent = 0.0
+        while True:
+            now = time.monotonic()
+            if self.role is not last_role or now - last_sent >= HEARTBEAT_INTERVAL:
+                try:
+                    await self.meta.register(self._record())
+                    last_role, last_sent = self.role, now
+                except Exception as exc:  # metadata is advisory; never let it stop the node
+                    log.info("node record not published: %r", exc)
+            await asyncio.sleep(0.2)
+
+    async def _publish_leadership(self, epoch: int) -> None:
+        assert self.meta is not None
+        cfg = self.config
+        record = LeaderRecord(cfg.shard, cfg.node_id, cfg.announce, epoch)
+        for _ in range(50):
+            if self.role is not Role.PRIMARY or self.leader.epoch != epoch:
+                return
+            try:
+                await self.meta.publish_leader(record)
+                return
+            except Exception as exc:
+                log.info("leader record not published yet: %r", exc)
+                await asyncio.sleep(0.2)
+
     async def shutdown(self) -> None:
+        for task in self._background:
+            task.cancel()
         for task in self._tasks:
             task.cancel()
         if self._replica_task:
@@ -298,6 +366,7 @@ class Node:
         ]
         self.role = Role.PRIMARY
         metrics.ROLE.set(1)
+        self._background.append(loop.create_task(self._publish_leadership(epoch)))
 
     def _committed(self, seq: int, latency: float) -> None:
         metrics.COMMIT_LATENCY.observe(latency)

@@ -1,0 +1,142 @@
+"""The cluster's shape: which shard owns each slot, each shard's primary, and its nodes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from array import array
+from dataclasses import asdict, dataclass, field
+
+from engram.cluster.slots import SLOTS
+
+# A node that has not refreshed its record for this long is left out of CLUSTER replies.
+NODE_STALE_SECONDS = 30.0
+
+
+class TopologyError(ValueError):
+    """A slot map or record that does not describe a valid cluster."""
+
+
+def cluster_node_id(name: str) -> str:
+    """The 40-hex id Valkey cluster clients expect, derived from the node's readable name."""
+    return hashlib.sha1(name.encode()).hexdigest()
+
+
+@dataclass
+class SlotMap:
+    """Contiguous slot ranges per shard; every slot is owned by exactly one shard."""
+
+    ranges: list[tuple[int, int, int]]  # (first slot, last slot, shard)
+    epoch: int = 1
+
+    def __post_init__(self) -> None:
+        owner = array("h", [-1]) * SLOTS
+        for first, last, shard in self.ranges:
+            if not 0 <= first <= last < SLOTS:
+                raise TopologyError(f"slot range {first}-{last} is outside 0-{SLOTS - 1}")
+            for slot in range(first, last + 1):
+                if owner[slot] != -1:
+                    raise TopologyError(f"slot {slot} is assigned to shards {owner[slot]} and {shard}")
+                owner[slot] = shard
+        missing = owner.count(-1)
+        if missing:
+            raise TopologyError(f"{missing} slots are not assigned to any shard")
+        self._owner = owner
+
+    @classmethod
+    def even(cls, shards: int) -> SlotMap:
+        """Slots split as evenly as possible, in shard order."""
+        if not 1 <= shards <= 500:
+            raise TopologyError(f"shards must be between 1 and 500, got {shards}")
+        base, extra = divmod(SLOTS, shards)
+        ranges, start = [], 0
+        for shard in range(shards):
+            size = base + (1 if shard < extra else 0)
+            ranges.append((start, start + size - 1, shard))
+            start += size
+        return cls(ranges)
+
+    def owner(self, slot: int) -> int:
+        return self._owner[slot]
+
+    def shards(self) -> list[int]:
+        return sorted({shard for _, _, shard in self.ranges})
+
+    def ranges_of(self, shard: int) -> list[tuple[int, int]]:
+        return [(first, last) for first, last, owner in self.ranges if owner == shard]
+
+    def dumps(self) -> bytes:
+        return json.dumps({"epoch": self.epoch, "ranges": self.ranges}).encode()
+
+    @classmethod
+    def loads(cls, data: bytes) -> SlotMap:
+        try:
+            raw = json.loads(data)
+            return cls([tuple(r) for r in raw["ranges"]], int(raw["epoch"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise TopologyError(f"malformed slot map in cluster metadata: {exc}") from None
+
+
+@dataclass
+class LeaderRecord:
+    """A shard's primary as it published itself on winning leadership."""
+
+    shard: int
+    node: str
+    address: str
+    epoch: int
+
+    def dumps(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+    @classmethod
+    def loads(cls, data: bytes) -> LeaderRecord:
+        return cls(**json.loads(data))
+
+
+@dataclass
+class NodeRecord:
+    """A node's own advertisement: where it is and what it is doing."""
+
+    node: str
+    shard: int
+    zone: str
+    address: str
+    role: str
+    applied_seq: int = 0
+    updated: float = field(default_factory=time.time)
+
+    def dumps(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+    @classmethod
+    def loads(cls, data: bytes) -> NodeRecord:
+        return cls(**json.loads(data))
+
+
+@dataclass
+class ClusterView:
+    """A node's current picture of the cluster, fed by the metadata watch."""
+
+    slots: SlotMap | None = None
+    leaders: dict[int, LeaderRecord] = field(default_factory=dict)
+    nodes: dict[str, NodeRecord] = field(default_factory=dict)
+
+    def owner(self, slot: int) -> int | None:
+        return self.slots.owner(slot) if self.slots is not None else None
+
+    def leader_address(self, shard: int) -> str:
+        record = self.leaders.get(shard)
+        return record.address if record else ""
+
+    def live_nodes(self, shard: int, now: float | None = None) -> list[NodeRecord]:
+        """The shard's nodes with fresh records, leader first."""
+        now = time.time() if now is None else now
+        leader = self.leaders.get(shard)
+        members = [
+            n for n in self.nodes.values()
+            if n.shard == shard and now - n.updated < NODE_STALE_SECONDS
+        ]
+        members.sort(key=lambda n: (not (leader and n.node == leader.node), n.node))
+        return members
