@@ -28,8 +28,12 @@ class ValkeyStartError(RuntimeError):
 
 def valkey_command(socket_path: str, data_dir: str, extra: list[str], binary: str | None = None) -> list[str]:
     """The argv of a private, persistence-free Valkey listening only on a unix socket."""
+    return [binary or binaries.find("valkey-server"), *valkey_flags(socket_path, data_dir), *extra]
+
+
+def valkey_flags(socket_path: str, data_dir: str) -> list[str]:
+    """Flags every engine Valkey runs with, local process or Kubernetes container alike."""
     return [
-        binary or binaries.find("valkey-server"),
         "--port", "0",
         "--unixsocket", socket_path,
         "--unixsocketperm", "700",
@@ -44,7 +48,6 @@ def valkey_command(socket_path: str, data_dir: str, extra: list[str], binary: st
         "--repl-timeout", "3600",
         "--client-output-buffer-limit", "replica 0 0 0",
         "--maxclients", "20000",
-        *extra,
     ]
 
 

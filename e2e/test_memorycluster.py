@@ -1,0 +1,163 @@
+"""A MemoryCluster on kind: placement per zone, a stock cluster client, primary loss, clean deletion.
+
+The tests run in file order and share one cluster (creating it is the expensive part).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+from k8s_api import Kubectl, eventually, eventually_equal, is_ready
+
+NAME = "e2e"
+SHARDS = 2
+REPLICAS = 2
+ENGINE = f"engram.io/cluster={NAME},app.kubernetes.io/component=engine"
+
+
+def memorycluster() -> dict:
+    return {
+        "apiVersion": "engram.io/v1alpha1",
+        "kind": "MemoryCluster",
+        "metadata": {"name": NAME},
+        "spec": {
+            "shards": SHARDS,
+            "replicasPerShard": REPLICAS,
+            "placement": {"spreading": "Required"},
+            "journal": {"replicas": 3, "storage": {"size": "1Gi"}},
+        },
+    }
+
+
+def ready_condition(kube: Kubectl) -> str:
+    conditions = kube.get("memorycluster", NAME).get("status", {}).get("conditions", [])
+    return next((c["status"] for c in conditions if c["type"] == "Ready"), "missing")
+
+
+def endpoint(kube: Kubectl) -> str:
+    return f"{NAME}.{kube.namespace}.svc.cluster.local"
+
+
+def test_memorycluster_becomes_ready(kube: Kubectl) -> None:
+    kube.apply(memorycluster())
+    eventually_equal(
+        kube,
+        "journal servers ready",
+        lambda: kube.count_pods_with_label(
+            f"engram.io/cluster={NAME},app.kubernetes.io/component=journal", ready_only=True
+        ),
+        3,
+        timeout=300,
+    )
+    eventually_equal(
+        kube,
+        "engine pods ready",
+        lambda: kube.count_pods_with_label(ENGINE, ready_only=True),
+        SHARDS * (REPLICAS + 1),
+        timeout=600,
+    )
+    eventually_equal(kube, "Ready condition", lambda: ready_condition(kube), "True", timeout=120)
+
+
+def test_pods_land_one_per_zone_per_shard(kube: Kubectl) -> None:
+    nodes = {
+        n["metadata"]["name"]: n["metadata"]["labels"].get("topology.kubernetes.io/zone")
+        for n in kube.get("nodes")["items"]
+    }
+    for shard in range(SHARDS):
+        pods = kube.pods(f"{ENGINE},engram.io/shard={shard}")
+        zones = [nodes[p["spec"]["nodeName"]] for p in pods]
+        assert sorted(zones) == ["zone-a", "zone-b", "zone-c"], (shard, zones)
+        # The label the operator set matches where the scheduler really put the pod.
+        assert all(p["metadata"]["labels"]["engram.io/zone"] == nodes[p["spec"]["nodeName"]] for p in pods)
+    status = kube.get("memorycluster", NAME)["status"]
+    assert all(s["primary"] for s in status["shards"])
+
+
+def test_cluster_client_writes_and_reads_through_the_configuration_endpoint(
+    kube: Kubectl, client_pod: str
+) -> None:
+    acked = kube.exec(client_pod, "python", "/tmp/writer.py", endpoint(kube), "5", "smoke")
+    assert acked.count("\n") > 10
+    result = kube.exec(client_pod, "python", "/tmp/verify.py", endpoint(kube), stdin=acked)
+    assert result.startswith("checked") and " lost 0" in result, result
+
+
+def test_deleting_a_primary_loses_no_acknowledged_write_and_the_pod_comes_back(
+    kube: Kubectl, client_pod: str
+) -> None:
+    status = kube.get("memorycluster", NAME)["status"]
+    victim = status["shards"][0]["primary"]
+    kube.exec(
+        client_pod,
+        "sh",
+        "-c",
+        f"nohup python /tmp/writer.py {endpoint(kube)} 40 failover > /tmp/acked 2> /tmp/writer.err &",
+    )
+    time.sleep(10)
+    kube.run("delete", "pod", victim, "--wait=false")
+    eventually(
+        kube,
+        f"a new primary for shard 0 other than {victim}",
+        lambda: kube.get("memorycluster", NAME)["status"]["shards"][0]["primary"],
+        lambda p: bool(p) and p != victim,
+        timeout=120,
+    )
+    eventually_equal(
+        kube,
+        "engine pods ready again",
+        lambda: kube.count_pods_with_label(ENGINE, ready_only=True),
+        SHARDS * (REPLICAS + 1),
+        timeout=300,
+    )
+    time.sleep(35)  # let the writer finish its 40 seconds
+    acked = kube.exec(client_pod, "cat", "/tmp/acked")
+    assert acked.count("\n") > 50, kube.exec(client_pod, "tail", "-20", "/tmp/writer.err")
+    result = kube.exec(client_pod, "python", "/tmp/verify.py", endpoint(kube), stdin=acked)
+    assert " lost 0" in result, result
+    restored = [p for p in kube.pods(f"{ENGINE},engram.io/shard=0") if is_ready(p)]
+    assert Counter(p["metadata"]["labels"]["engram.io/zone"] for p in restored) == {
+        "zone-a": 1,
+        "zone-b": 1,
+        "zone-c": 1,
+    }
+
+
+def test_impossible_spec_is_degraded_and_changes_nothing(kube: Kubectl) -> None:
+    before = sorted(p["metadata"]["uid"] for p in kube.pods(ENGINE))
+    kube.run("patch", "memorycluster", NAME, "--type=merge", "-p", '{"spec":{"replicasPerShard":3}}')
+    eventually(
+        kube,
+        "Degraded condition",
+        lambda: kube.get("memorycluster", NAME)["status"]["conditions"],
+        lambda cs: any(c["type"] == "Degraded" and c["status"] == "True" for c in cs),
+        timeout=60,
+    )
+    events = kube.run("get", "events", f"--field-selector=involvedObject.name={NAME}", "-o", "name")
+    assert events.strip()
+    assert sorted(p["metadata"]["uid"] for p in kube.pods(ENGINE)) == before
+    kube.run(
+        "patch", "memorycluster", NAME, "--type=merge", "-p", f'{{"spec":{{"replicasPerShard":{REPLICAS}}}}}'
+    )
+
+
+def test_bad_spec_is_refused_by_the_api_server_naming_the_field(kube: Kubectl) -> None:
+    bad = memorycluster()
+    bad["metadata"]["name"] = "bad"
+    bad["spec"]["shards"] = 0
+    out = kube.run("apply", "-f", "-", stdin=__import__("json").dumps(bad), check=False)
+    assert not kube.exists("memorycluster", "bad"), out
+
+
+def test_deleting_the_memorycluster_cleans_up_everything(kube: Kubectl) -> None:
+    kube.run("delete", "memorycluster", NAME, "--wait=true", timeout=300)
+    selector = f"engram.io/cluster={NAME}"
+    for kind in ("pods", "statefulsets", "services", "configmaps", "poddisruptionbudgets", "pvc"):
+        eventually_equal(
+            kube,
+            f"{kind} of the cluster gone",
+            lambda kind=kind: len(kube.get(kind, selector=selector)["items"]),
+            0,
+            timeout=180,
+        )

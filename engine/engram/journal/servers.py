@@ -1,0 +1,119 @@
+"""nats-server configuration for one journal server of a zone-spread JetStream cluster.
+
+Pure rendering, shared by the local platform and the Kubernetes operator's ConfigMap.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+
+# The tag prefix that JetStream's placement keeps unique across a stream's replicas.
+ZONE_TAG = "az"
+DEFAULT_MAX_PAYLOAD = 1024 * 1024
+_DURATION = re.compile(r"^\d+(ns|us|ms|s|m|h)$")
+_ZONE = re.compile(r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$")
+
+
+def zone_tag(zone: str) -> str:
+    """The server tag that places a journal server in a zone, e.g. ``az:us-east-1a``."""
+    return f"{ZONE_TAG}:{zone}"
+
+
+def route_url(host: str, port: int) -> str:
+    """A cluster route URL for a peer's cluster port."""
+    return f"nats-route://{host}:{port}"
+
+
+@dataclass(frozen=True)
+class JournalServerConfig:
+    """One journal server: its identity, ports, zone and peers."""
+
+    server_name: str
+    zone: str
+    store_dir: str
+    cluster_name: str
+    # Routes to the peers' cluster ports; a route to the server itself is harmless (NATS skips it),
+    # so every server of a StatefulSet can share one list. Empty: a single, unclustered server.
+    routes: tuple[str, ...] = ()
+    host: str = "127.0.0.1"
+    port: int = 4222
+    cluster_host: str = ""
+    cluster_port: int = 6222
+    # Monitoring (HTTP) port for /healthz and /jsz; None leaves it off.
+    http_port: int | None = None
+    # "always" fsyncs every write before it is acknowledged: a plain ack otherwise only means a
+    # quorum holds the entry in memory (Jepsen lost acknowledged writes on 2.12.1 without it).
+    sync_interval: str = "always"
+    max_payload: int = DEFAULT_MAX_PAYLOAD
+    max_file_store: int | None = None
+    max_memory_store: int | None = None
+    # Extra server tags beyond the zone tag (e.g. "engram:journal").
+    extra_tags: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if not _ZONE.match(self.zone):
+            raise ValueError(
+                f"zone {self.zone!r} must be lower-case letters, digits, '.', '_' or '-' "
+                "(it becomes the server tag az:<zone>)"
+            )
+        if self.sync_interval != "always" and not _DURATION.match(self.sync_interval):
+            raise ValueError(
+                f"sync_interval must be 'always' or a duration like '1s', got {self.sync_interval!r}"
+            )
+        if self.max_payload <= 0:
+            raise ValueError(f"max_payload must be positive, got {self.max_payload}")
+
+    @property
+    def client_url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        return (zone_tag(self.zone), *self.extra_tags)
+
+
+def _q(value: str) -> str:
+    """Quote a string for the NATS config format, which accepts JSON string escapes."""
+    return json.dumps(value)
+
+
+def render_config(server: JournalServerConfig) -> str:
+    """The nats-server configuration file text for one journal server."""
+    tags = ", ".join(_q(t) for t in server.tags)
+    lines = [
+        f"# Engram journal server {server.server_name} (zone {server.zone}); generated, do not edit.",
+        f"server_name: {_q(server.server_name)}",
+        f"listen: {_q(f'{server.host}:{server.port}')}",
+        f"server_tags: [{tags}]",
+        f"max_payload: {server.max_payload}",
+    ]
+    if server.http_port is not None:
+        lines.append(f"http: {_q(f'{server.host}:{server.http_port}')}")
+    lines += [
+        "",
+        "jetstream {",
+        f"  store_dir: {_q(server.store_dir)}",
+        f"  unique_tag: {_q(ZONE_TAG)}",
+        f"  sync_interval: {_q(server.sync_interval)}",
+    ]
+    if server.max_file_store is not None:
+        lines.append(f"  max_file_store: {server.max_file_store}")
+    if server.max_memory_store is not None:
+        lines.append(f"  max_memory_store: {server.max_memory_store}")
+    lines.append("}")
+    if server.routes:
+        cluster_host = server.cluster_host or server.host
+        routes = ",\n".join(f"    {_q(r)}" for r in server.routes)
+        lines += [
+            "",
+            "cluster {",
+            f"  name: {_q(server.cluster_name)}",
+            f"  listen: {_q(f'{cluster_host}:{server.cluster_port}')}",
+            "  routes: [",
+            routes,
+            "  ]",
+            "}",
+        ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,7 @@
+"""The Engram Kubernetes operator: MemoryCluster custom resources reconciled by kopf handlers."""
+
+GROUP = "engram.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "MemoryCluster"
+PLURAL = "memoryclusters"

@@ -1,0 +1,3 @@
+from engram_operator.main import main
+
+main()

@@ -1,0 +1,212 @@
+"""Engine pods: a Valkey container and the engine node container, pinned to their planned zone."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from decimal import Decimal
+from typing import Any
+
+from kubernetes.utils import parse_quantity
+
+from engram.node.config import NodeConfig
+from engram.valkey.process import valkey_flags
+from engram_operator import constants, labels
+from engram_operator.builders.common import (
+    container_security_context,
+    fqdn,
+    metadata,
+    pod_security_context,
+    zone_affinity,
+)
+from engram_operator.builders.journal import STREAM_REPLICAS, journal_urls
+from engram_operator.spec import ClusterSpec
+
+# Ready = a primary, or a replica that is applying the journal (not halted by upgrade protection).
+# Inline so the probe depends only on redis-py, which the engine image already has.
+READINESS_SCRIPT = f"""\
+import sys, redis
+v = redis.Redis(port={constants.CLIENT_PORT}, socket_timeout=2).execute_command("ENGRAM.STATUS")
+s = {{k.decode() if isinstance(k, bytes) else k: v for k, v in zip(v[::2], v[1::2])}}
+role = s.get("role"); role = role.decode() if isinstance(role, bytes) else role
+sys.exit(0 if role == "primary" or (role == "replica" and not s.get("halted")) else 1)
+"""
+
+# Valkey gets this share of the container's memory limit; the rest covers replication buffers.
+MAXMEMORY_FRACTION = Decimal("0.75")
+
+
+def build_node_config(cluster: ClusterSpec, pod_name: str, shard: int, zone: str) -> NodeConfig:
+    """The engine node's configuration; the pod carries it as an annotation (see build_engine_pod)."""
+    headless = labels.headless_service_name(cluster.name)
+    return NodeConfig(
+        cluster=cluster.name,
+        node_id=pod_name,
+        shard=shard,
+        zone=zone,
+        port=constants.CLIENT_PORT,
+        journal_urls=journal_urls(cluster),
+        data_dir=constants.DATA_DIR,
+        host="0.0.0.0",
+        announce=f"{fqdn(pod_name, headless, cluster)}:{constants.CLIENT_PORT}",
+        journal_replicas=STREAM_REPLICAS,
+        spawn_valkey=False,
+        valkey_socket=constants.VALKEY_SOCKET,
+        metrics_port=constants.METRICS_PORT,
+        log_level="info",
+    )
+
+
+def pod_spec_hash(cluster: ClusterSpec) -> str:
+    """A digest of everything that requires replacing a running pod when it changes (rolling update)."""
+    relevant = {
+        "image": cluster.engine.resolved_image,
+        "valkeyImage": cluster.engine.resolved_valkey_image,
+        "pullPolicy": cluster.engine.image_pull_policy,
+        "valkey": asdict(cluster.valkey_resources),
+        "node": asdict(cluster.node_resources),
+    }
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def valkey_args(cluster: ClusterSpec) -> list[str]:
+    """Standalone Valkey on a private socket: no TCP, no persistence (the journal is the durability)."""
+    args = ["valkey-server", *valkey_flags(constants.VALKEY_SOCKET, constants.RUN_DIR)]
+    limit = cluster.valkey_resources.limits.get("memory")
+    if limit:
+        args += ["--maxmemory", str(int(parse_quantity(limit) * MAXMEMORY_FRACTION))]
+    return args
+
+
+def build_engine_pod(
+    cluster: ClusterSpec,
+    *,
+    name: str,
+    shard: int,
+    index: int,
+    zone: str | None,
+) -> dict[str, Any]:
+    """One engine node. ``zone`` None means the nodes carry no topology label: the pod is not pinned."""
+    node_config = build_node_config(cluster, name, shard, zone or "")
+    pod_labels = labels.engine_pod_labels(cluster.name, shard, index, zone or "", role="starting")
+    pod_labels[labels.VERSION] = cluster.engine.version
+    annotations = {
+        labels.NODE_CONFIG: json.dumps(asdict(node_config), sort_keys=True),
+        labels.POD_SPEC_HASH: pod_spec_hash(cluster),
+    }
+    affinity: dict[str, Any] = {
+        # Two nodes of one shard on one host would fail together.
+        "podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "weight": 100,
+                    "podAffinityTerm": {
+                        "topologyKey": "kubernetes.io/hostname",
+                        "labelSelector": {
+                            "matchLabels": {
+                                **labels.selector(cluster.name, labels.ENGINE),
+                                labels.SHARD: str(shard),
+                            }
+                        },
+                    },
+                }
+            ]
+        }
+    }
+    if zone:
+        affinity.update(zone_affinity(cluster.placement.topology_key, zone))
+    run_mount = {"name": "run", "mountPath": constants.RUN_DIR}
+    valkey = {
+        "name": "valkey",
+        "image": cluster.engine.resolved_valkey_image,
+        "imagePullPolicy": cluster.engine.image_pull_policy,
+        # Bypass the image's entrypoint: it would chown and switch users, which restricted pods forbid.
+        "command": valkey_args(cluster),
+        "resources": cluster.valkey_resources.to_manifest(),
+        "securityContext": container_security_context(),
+        "volumeMounts": [run_mount],
+        "livenessProbe": {
+            "exec": {"command": ["valkey-cli", "-s", constants.VALKEY_SOCKET, "ping"]},
+            "periodSeconds": 10,
+            "timeoutSeconds": 3,
+            "failureThreshold": 6,
+        },
+    }
+    node = {
+        "name": "node",
+        "image": cluster.engine.resolved_image,
+        "imagePullPolicy": cluster.engine.image_pull_policy,
+        "command": [
+            "python",
+            "-m",
+            "engram.node",
+            "--config",
+            f"{constants.NODE_CONFIG_DIR}/{constants.NODE_CONFIG_FILE}",
+        ],
+        "ports": [
+            {"name": "valkey", "containerPort": constants.CLIENT_PORT},
+            {"name": "metrics", "containerPort": constants.METRICS_PORT},
+        ],
+        "resources": cluster.node_resources.to_manifest(),
+        "securityContext": container_security_context(),
+        "volumeMounts": [
+            run_mount,
+            {"name": "config", "mountPath": constants.NODE_CONFIG_DIR, "readOnly": True},
+            {"name": "data", "mountPath": constants.DATA_DIR},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        # Loading a snapshot and replaying the journal tail can take a while on a big shard.
+        "startupProbe": {
+            "tcpSocket": {"port": constants.CLIENT_PORT},
+            "periodSeconds": 5,
+            "failureThreshold": 120,
+        },
+        "readinessProbe": {
+            "exec": {"command": ["python", "-c", READINESS_SCRIPT]},
+            "periodSeconds": 5,
+            "timeoutSeconds": 4,
+            "failureThreshold": 2,
+        },
+        # Liveness only asks whether the port answers: a halted replica is alive and must not restart.
+        "livenessProbe": {
+            "tcpSocket": {"port": constants.CLIENT_PORT},
+            "periodSeconds": 10,
+            "failureThreshold": 6,
+        },
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": metadata(cluster, name, pod_labels, annotations),
+        "spec": {
+            # hostname + subdomain give the pod the DNS name it announces to clients.
+            "hostname": name,
+            "subdomain": labels.headless_service_name(cluster.name),
+            "restartPolicy": "Always",
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "terminationGracePeriodSeconds": 30,
+            "securityContext": pod_security_context(),
+            "affinity": affinity,
+            "containers": [valkey, node],
+            "volumes": [
+                {"name": "run", "emptyDir": {}},
+                {"name": "data", "emptyDir": {}},
+                {"name": "tmp", "emptyDir": {}},
+                # The node's config travels in the pod itself: no per-pod ConfigMap to create,
+                # adopt and clean up, and it can never disagree with the pod it belongs to.
+                {
+                    "name": "config",
+                    "downwardAPI": {
+                        "items": [
+                            {
+                                "path": constants.NODE_CONFIG_FILE,
+                                "fieldRef": {"fieldPath": f"metadata.annotations['{labels.NODE_CONFIG}']"},
+                            }
+                        ]
+                    },
+                },
+            ],
+        },
+    }

@@ -1,0 +1,209 @@
+"""The journal: one single-server StatefulSet per journal server, each pinned to one zone.
+
+Why not one StatefulSet of N pods: a nats-server needs its zone tag (``az:<zone>``) in its config
+file, and a pod cannot learn its node's zone labels through the downward API. Reading the Node
+from an init container would give every journal pod cluster-wide RBAC on Nodes. Instead the
+operator, which already reads Nodes to plan engine placement, assigns each server a zone and
+renders that server's config; a StatefulSet per server (replicas: 1) pins it there. The server's
+volume is zonal anyway, so a server could never move zones without losing its data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from engram.journal.servers import JournalServerConfig, render_config, route_url
+from engram_operator import constants, labels
+from engram_operator.builders.common import (
+    container_security_context,
+    fqdn,
+    metadata,
+    pod_security_context,
+    zone_affinity,
+)
+from engram_operator.spec import ClusterSpec
+
+# Every shard's stream keeps this many copies, each in a distinct zone (JetStream unique_tag).
+STREAM_REPLICAS = 3
+CONFIG_FILE = "server.conf"
+
+
+class JournalSpreadError(ValueError):
+    """The journal cannot put its stream replicas in distinct zones and spreading is Required."""
+
+
+@dataclass(frozen=True)
+class JournalPlacement:
+    """Where one journal server runs and the zone name its server tag carries."""
+
+    server: int
+    zone: str | None  # None: the nodes carry no topology label, so the server is not pinned
+    tag_zone: str
+
+
+def plan_journal(zones: list[str], replicas: int, spreading: str) -> list[JournalPlacement]:
+    """Servers round-robin over the sorted zones; with fewer than three zones only Preferred proceeds.
+
+    With fewer zones than stream replicas, Preferred gives each server a distinct tag so that
+    JetStream can still place three copies (on distinct servers, not distinct zones).
+    """
+    distinct = sorted(set(zones))
+    if len(distinct) < STREAM_REPLICAS and spreading == "Required":
+        raise JournalSpreadError(
+            f"the journal keeps {STREAM_REPLICAS} copies in distinct zones but the cluster's nodes "
+            f"span {len(distinct)} zone(s) ({', '.join(distinct) or 'none labelled'}); add nodes in "
+            "more zones or set spec.placement.spreading: Preferred"
+        )
+    out = []
+    for server in range(replicas):
+        zone = distinct[server % len(distinct)] if distinct else None
+        tag = zone if len(distinct) >= STREAM_REPLICAS and zone else f"{zone or 'default'}.{server}"
+        out.append(JournalPlacement(server, zone, _tag_safe(tag)))
+    return out
+
+
+def _tag_safe(zone: str) -> str:
+    """Server tags are lower-case (servers.py checks); zone labels may not be."""
+    return zone.lower()
+
+
+def journal_urls(cluster: ClusterSpec) -> list[str]:
+    """Client URLs of every journal server, as the engine nodes dial them."""
+    svc = labels.journal_service_name(cluster.name)
+    port = constants.JOURNAL_CLIENT_PORT
+    return [
+        f"nats://{fqdn(labels.journal_pod_name(cluster.name, i), svc, cluster)}:{port}"
+        for i in range(cluster.journal.replicas)
+    ]
+
+
+def journal_server_configs(
+    cluster: ClusterSpec, placements: list[JournalPlacement]
+) -> list[JournalServerConfig]:
+    svc = labels.journal_service_name(cluster.name)
+    routes = tuple(
+        route_url(
+            fqdn(labels.journal_pod_name(cluster.name, p.server), svc, cluster),
+            constants.JOURNAL_CLUSTER_PORT,
+        )
+        for p in placements
+    )
+    return [
+        JournalServerConfig(
+            server_name=labels.journal_pod_name(cluster.name, p.server),
+            zone=p.tag_zone,
+            store_dir=constants.JOURNAL_STORE_DIR,
+            cluster_name=labels.journal_service_name(cluster.name),
+            routes=routes,
+            host="0.0.0.0",
+            port=constants.JOURNAL_CLIENT_PORT,
+            cluster_port=constants.JOURNAL_CLUSTER_PORT,
+            http_port=constants.JOURNAL_MONITOR_PORT,
+        )
+        for p in placements
+    ]
+
+
+def build_journal_configmap(cluster: ClusterSpec, placements: list[JournalPlacement]) -> dict[str, Any]:
+    """One key per server: server-<i>.conf, rendered by the engine's own journal config renderer."""
+    data = {
+        f"server-{p.server}.conf": render_config(cfg)
+        for p, cfg in zip(placements, journal_server_configs(cluster, placements), strict=True)
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(
+            cluster,
+            labels.journal_configmap_name(cluster.name),
+            labels.cluster_labels(cluster.name, labels.JOURNAL),
+        ),
+        "data": data,
+    }
+
+
+def _journal_selector(cluster: ClusterSpec, server: int) -> dict[str, str]:
+    return {**labels.selector(cluster.name, labels.JOURNAL), labels.JOURNAL_SERVER: str(server)}
+
+
+def build_journal_statefulset(cluster: ClusterSpec, placement: JournalPlacement) -> dict[str, Any]:
+    """One journal server: a one-replica StatefulSet with its own volume, pinned to its zone."""
+    server = placement.server
+    pod_labels = {**labels.cluster_labels(cluster.name, labels.JOURNAL), labels.JOURNAL_SERVER: str(server)}
+    if placement.zone is not None:
+        pod_labels[labels.ZONE] = placement.zone
+    http = constants.JOURNAL_MONITOR_PORT
+    pod_spec: dict[str, Any] = {
+        "securityContext": pod_security_context(),
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        # Lets an old stream leader hand over instead of being killed mid-write.
+        "terminationGracePeriodSeconds": 60,
+        "containers": [
+            {
+                "name": "nats",
+                "image": cluster.journal.resolved_image,
+                "imagePullPolicy": "IfNotPresent",
+                "args": ["--config", f"/etc/nats/{CONFIG_FILE}"],
+                "ports": [
+                    {"name": "client", "containerPort": constants.JOURNAL_CLIENT_PORT},
+                    {"name": "cluster", "containerPort": constants.JOURNAL_CLUSTER_PORT},
+                    {"name": "monitor", "containerPort": http},
+                ],
+                "startupProbe": _healthz(http, "js-enabled-only=true", period=5, failures=60),
+                "readinessProbe": _healthz(http, "js-server-only=true", period=5, failures=3),
+                "livenessProbe": _healthz(http, "js-enabled-only=true", period=10, failures=6),
+                "resources": cluster.journal.resources.to_manifest(),
+                "securityContext": container_security_context(),
+                "volumeMounts": [
+                    {"name": "config", "mountPath": "/etc/nats", "readOnly": True},
+                    {"name": "data", "mountPath": "/data"},
+                ],
+            }
+        ],
+        "volumes": [
+            {
+                "name": "config",
+                "configMap": {
+                    "name": labels.journal_configmap_name(cluster.name),
+                    "items": [{"key": f"server-{server}.conf", "path": CONFIG_FILE}],
+                },
+            }
+        ],
+    }
+    if placement.zone is not None:
+        pod_spec["affinity"] = zone_affinity(cluster.placement.topology_key, placement.zone)
+    claim: dict[str, Any] = {
+        "metadata": {"name": "data", "labels": dict(pod_labels)},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": cluster.journal.storage_size}},
+        },
+    }
+    if cluster.journal.storage_class:
+        claim["spec"]["storageClassName"] = cluster.journal.storage_class
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": metadata(cluster, labels.journal_statefulset_name(cluster.name, server), pod_labels),
+        "spec": {
+            "replicas": 1,
+            "serviceName": labels.journal_service_name(cluster.name),
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": _journal_selector(cluster, server)},
+            # Deleting the MemoryCluster must not leave journal volumes behind.
+            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Delete", "whenScaled": "Retain"},
+            "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
+            "volumeClaimTemplates": [claim],
+        },
+    }
+
+
+def _healthz(port: int, query: str, *, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": f"/healthz?{query}", "port": port},
+        "periodSeconds": period,
+        "failureThreshold": failures,
+        "timeoutSeconds": 3,
+    }

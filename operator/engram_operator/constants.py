@@ -1,0 +1,30 @@
+"""Ports, paths and default images shared by the builders."""
+
+from __future__ import annotations
+
+import os
+
+# Images are pinned by tag here; production installs should pin digests through the chart values
+# (ENGRAM_*_IMAGE), because a tag can be moved by whoever owns the registry.
+DEFAULT_ENGINE_REPOSITORY = os.environ.get("ENGRAM_ENGINE_REPOSITORY", "ghcr.io/engram-db/engram")
+DEFAULT_VALKEY_IMAGE = os.environ.get("ENGRAM_VALKEY_IMAGE", "valkey/valkey:9.0.0-alpine")
+DEFAULT_NATS_IMAGE = os.environ.get("ENGRAM_NATS_IMAGE", "nats:2.14.0-alpine")
+CLUSTER_DOMAIN = os.environ.get("ENGRAM_CLUSTER_DOMAIN", "cluster.local")
+
+CLIENT_PORT = 6379
+METRICS_PORT = 9121
+JOURNAL_CLIENT_PORT = 4222
+JOURNAL_CLUSTER_PORT = 6222
+JOURNAL_MONITOR_PORT = 8222
+
+# Inside an engine pod: Valkey listens only on this socket, on an emptyDir both containers share.
+RUN_DIR = "/run/engram"
+VALKEY_SOCKET = f"{RUN_DIR}/valkey.sock"
+NODE_CONFIG_DIR = "/etc/engram"
+NODE_CONFIG_FILE = "node.json"
+DATA_DIR = "/var/lib/engram"
+JOURNAL_STORE_DIR = "/data/jetstream"
+
+# Non-root identity shared by both engine containers: Valkey's socket is mode 700, so the node
+# must run as the same user to connect.
+RUN_AS_USER = 10001

@@ -1,0 +1,52 @@
+"""MemoryCluster lifecycle: create, update, resume and a timer all run the same reconcile."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from engram_operator import GROUP, PLURAL, VERSION
+from engram_operator.decisions import Event
+from engram_operator.reconcile import reconcile
+
+RESYNC_SECONDS = 5.0
+WAIT_SECONDS = 5.0
+
+
+def _lock(memo: kopf.Memo) -> asyncio.Lock:
+    """Timer and change handlers of one cluster run concurrently in kopf; decisions must not."""
+    if "lock" not in memo:
+        memo["lock"] = asyncio.Lock()
+    return memo["lock"]
+
+
+def _emitter(body: kopf.Body) -> Any:
+    def emit(event: Event) -> None:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+
+    return emit
+
+
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+async def converge(
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger, **_: Any
+) -> None:
+    """Reconcile until the cluster is ready; waiting is a TemporaryError, never a sleep."""
+    async with _lock(memo):
+        plan = await reconcile(body, patch.status, _emitter(body), logger)
+    if plan is not None and plan.waiting and plan.degraded is None:
+        raise kopf.TemporaryError("; ".join(plan.waiting), delay=WAIT_SECONDS)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
+async def resync(
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger, **_: Any
+) -> None:
+    """Replace lost pods, follow role changes and refresh status between spec changes."""
+    async with _lock(memo):
+        await reconcile(body, patch.status, _emitter(body), logger)

@@ -1,0 +1,96 @@
+"""Thin Kubernetes API access for the reconcile (the official client is synchronous: calls go to threads)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from engram_operator import labels
+
+
+def load_config() -> None:
+    """In a pod use the service account; elsewhere the current kubeconfig context."""
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+
+
+def _to_dict(obj: Any) -> dict[str, Any]:
+    return client.ApiClient().sanitize_for_serialization(obj)
+
+
+def _selector(cluster: str, component: str) -> str:
+    return ",".join(f"{k}={v}" for k, v in labels.selector(cluster, component).items())
+
+
+async def list_nodes() -> list[dict[str, Any]]:
+    result = await asyncio.to_thread(client.CoreV1Api().list_node)
+    return [_to_dict(n) for n in result.items]
+
+
+async def list_engine_pods(namespace: str, cluster: str) -> list[dict[str, Any]]:
+    result = await asyncio.to_thread(
+        client.CoreV1Api().list_namespaced_pod, namespace, label_selector=_selector(cluster, labels.ENGINE)
+    )
+    return [_to_dict(p) for p in result.items]
+
+
+async def list_children(namespace: str, cluster: str) -> tuple[frozenset[tuple[str, str]], int]:
+    """Names of the cluster's Services, ConfigMaps, StatefulSets and PDBs, and ready journal servers."""
+    core, apps, policy = client.CoreV1Api(), client.AppsV1Api(), client.PolicyV1Api()
+    sel = f"{labels.CLUSTER}={cluster},{labels.MANAGED_BY}={labels.MANAGER}"
+    services, configmaps, statefulsets, pdbs = await asyncio.gather(
+        asyncio.to_thread(core.list_namespaced_service, namespace, label_selector=sel),
+        asyncio.to_thread(core.list_namespaced_config_map, namespace, label_selector=sel),
+        asyncio.to_thread(apps.list_namespaced_stateful_set, namespace, label_selector=sel),
+        asyncio.to_thread(policy.list_namespaced_pod_disruption_budget, namespace, label_selector=sel),
+    )
+    names = {("Service", o.metadata.name) for o in services.items}
+    names |= {("ConfigMap", o.metadata.name) for o in configmaps.items}
+    names |= {("StatefulSet", o.metadata.name) for o in statefulsets.items}
+    names |= {("PodDisruptionBudget", o.metadata.name) for o in pdbs.items}
+    journal_ready = sum(1 for s in statefulsets.items if (s.status.ready_replicas or 0) >= 1)
+    return frozenset(names), journal_ready
+
+
+_CREATE = {
+    "Pod": lambda ns, body: client.CoreV1Api().create_namespaced_pod(ns, body),
+    "Service": lambda ns, body: client.CoreV1Api().create_namespaced_service(ns, body),
+    "ConfigMap": lambda ns, body: client.CoreV1Api().create_namespaced_config_map(ns, body),
+    "StatefulSet": lambda ns, body: client.AppsV1Api().create_namespaced_stateful_set(ns, body),
+    "PodDisruptionBudget": lambda ns, body: client.PolicyV1Api().create_namespaced_pod_disruption_budget(
+        ns, body
+    ),
+}
+
+
+async def create(obj: dict[str, Any]) -> bool:
+    """Create a child; False if it already exists (a previous, interrupted reconcile made it)."""
+    try:
+        await asyncio.to_thread(_CREATE[obj["kind"]], obj["metadata"]["namespace"], obj)
+    except ApiException as err:
+        if err.status == 409:
+            return False
+        raise
+    return True
+
+
+async def delete_pod(namespace: str, name: str) -> None:
+    try:
+        await asyncio.to_thread(client.CoreV1Api().delete_namespaced_pod, name, namespace)
+    except ApiException as err:
+        if err.status != 404:
+            raise
+
+
+async def set_pod_label(namespace: str, name: str, key: str, value: str) -> None:
+    body = {"metadata": {"labels": {key: value}}}
+    try:
+        await asyncio.to_thread(client.CoreV1Api().patch_namespaced_pod, name, namespace, body)
+    except ApiException as err:
+        if err.status != 404:
+            raise

@@ -1,0 +1,100 @@
+"""Labels and names of everything the operator creates (app.kubernetes.io/* plus engram.io/*)."""
+
+from __future__ import annotations
+
+from engram_operator import GROUP
+
+NAME = "app.kubernetes.io/name"
+INSTANCE = "app.kubernetes.io/instance"
+COMPONENT = "app.kubernetes.io/component"
+MANAGED_BY = "app.kubernetes.io/managed-by"
+PART_OF = "app.kubernetes.io/part-of"
+VERSION = "app.kubernetes.io/version"
+
+CLUSTER = f"{GROUP}/cluster"
+SHARD = f"{GROUP}/shard"
+NODE_INDEX = f"{GROUP}/node-index"
+ROLE = f"{GROUP}/role"
+ZONE = f"{GROUP}/zone"
+JOURNAL_SERVER = f"{GROUP}/journal-server"
+
+# Annotations.
+NODE_CONFIG = f"{GROUP}/node-config"
+POD_SPEC_HASH = f"{GROUP}/pod-spec-hash"
+# The escape hatch: "disabled" stops the operator touching this cluster (CloudNativePG does the same).
+RECONCILIATION = f"{GROUP}/reconciliation"
+
+ENGINE = "engine"
+JOURNAL = "journal"
+MANAGER = "engram-operator"
+
+
+def cluster_labels(cluster: str, component: str) -> dict[str, str]:
+    """Labels every child of a cluster carries."""
+    return {
+        NAME: "engram",
+        INSTANCE: cluster,
+        COMPONENT: component,
+        MANAGED_BY: MANAGER,
+        PART_OF: "engram",
+        CLUSTER: cluster,
+    }
+
+
+def selector(cluster: str, component: str) -> dict[str, str]:
+    """The stable subset that Services and PDBs select on (never the role, which moves)."""
+    return {INSTANCE: cluster, COMPONENT: component, CLUSTER: cluster}
+
+
+def engine_pod_labels(
+    cluster: str, shard: int, index: int, zone: str, role: str = "replica"
+) -> dict[str, str]:
+    return {
+        **cluster_labels(cluster, ENGINE),
+        SHARD: str(shard),
+        NODE_INDEX: str(index),
+        ZONE: zone,
+        ROLE: role,
+    }
+
+
+def headless_service_name(cluster: str) -> str:
+    return f"{cluster}-nodes"
+
+
+def endpoint_service_name(cluster: str) -> str:
+    """The configuration endpoint: clients bootstrap cluster discovery here."""
+    return cluster
+
+
+def journal_service_name(cluster: str) -> str:
+    return f"{cluster}-journal"
+
+
+def journal_statefulset_name(cluster: str, server: int) -> str:
+    return f"{cluster}-journal-{server}"
+
+
+def journal_pod_name(cluster: str, server: int) -> str:
+    return f"{journal_statefulset_name(cluster, server)}-0"
+
+
+def journal_configmap_name(cluster: str) -> str:
+    return f"{cluster}-journal"
+
+
+def engine_pod_base_name(cluster: str, shard: int, index: int) -> str:
+    return f"{cluster}-{shard}-{index}"
+
+
+def engine_pod_name(
+    cluster: str, shard: int, index: int, taken: set[str] | frozenset[str] = frozenset()
+) -> str:
+    """The slot's name, or base-rN while a pod that is still terminating holds it (a lost zone's pod)."""
+    base = engine_pod_base_name(cluster, shard, index)
+    if base not in taken:
+        return base
+    n = 1
+    while f"{base}-r{n}" in taken:
+        n += 1
+    return f"{base}-r{n}"

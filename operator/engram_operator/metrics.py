@@ -1,0 +1,19 @@
+"""Operator metrics (Prometheus), served when ENGRAM_METRICS_PORT is set."""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import Counter, Gauge, start_http_server
+
+RECONCILES = Counter(
+    "engram_operator_reconciles_total", "Reconciles run", ["namespace", "cluster", "outcome"]
+)
+POD_ACTIONS = Counter("engram_operator_pod_actions_total", "Engine pods created or deleted", ["action"])
+READY_NODES = Gauge("engram_operator_ready_nodes", "Ready engine pods", ["namespace", "cluster"])
+
+
+def serve_if_enabled() -> None:
+    port = os.environ.get("ENGRAM_METRICS_PORT")
+    if port:
+        start_http_server(int(port))

@@ -1,0 +1,40 @@
+"""Asks engine nodes who they are (ENGRAM.STATUS) and requests planned switchovers (ENGRAM.FAILOVER)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from engram_operator import constants
+from engram_operator.observe import EngineStatus, PodInfo, parse_engine_status
+
+TIMEOUT = 2.0
+
+
+async def engine_status(host: str, port: int = constants.CLIENT_PORT) -> EngineStatus | None:
+    """None when the node does not answer (starting, or gone): the caller keeps the last label."""
+    client = aioredis.Redis(host=host, port=port, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT)
+    try:
+        return parse_engine_status(await client.execute_command("ENGRAM.STATUS"))
+    except (TimeoutError, RedisError, OSError):
+        return None
+    finally:
+        await client.aclose()
+
+
+async def all_statuses(pods: list[PodInfo]) -> dict[str, EngineStatus]:
+    """Probe every running pod concurrently."""
+    running = [p for p in pods if p.ip and p.phase == "Running" and not p.deleting]
+    answers = await asyncio.gather(*(engine_status(p.ip) for p in running))
+    return {p.name: s for p, s in zip(running, answers, strict=True) if s is not None}
+
+
+async def switchover(host: str, target_node_id: str) -> None:
+    """Planned failover: the primary at ``host`` hands leadership to a caught-up replica."""
+    client = aioredis.Redis(host=host, port=constants.CLIENT_PORT, socket_timeout=10)
+    try:
+        await client.execute_command("ENGRAM.FAILOVER", target_node_id)
+    finally:
+        await client.aclose()

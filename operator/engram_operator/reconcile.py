@@ -1,0 +1,90 @@
+"""The one idempotent reconcile: observe, decide (pure), act, write status. Called by every handler."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping, MutableMapping
+from typing import Any
+
+from engram_operator import kube, labels, metrics, probe
+from engram_operator.decisions import Event, Plan, decide
+from engram_operator.observe import Observed, node_from_api, pod_from_api
+from engram_operator.spec import ClusterSpec
+from engram_operator.status import build_status
+
+EmitEvent = Callable[[Event], None]
+
+
+async def observe(cluster: ClusterSpec) -> Observed:
+    nodes, pods, (children, journal_ready) = await asyncio.gather(
+        kube.list_nodes(),
+        kube.list_engine_pods(cluster.namespace, cluster.name),
+        kube.list_children(cluster.namespace, cluster.name),
+    )
+    pod_infos = [p for p in (pod_from_api(p) for p in pods) if p is not None]
+    return Observed(
+        nodes=[node_from_api(n, cluster.placement.topology_key) for n in nodes],
+        pods=pod_infos,
+        children=children,
+        journal_ready=journal_ready,
+        statuses=await probe.all_statuses(pod_infos),
+    )
+
+
+async def execute(cluster: ClusterSpec, plan: Plan, seen: Observed, logger: logging.Logger) -> None:
+    """Carry out a plan. Creates tolerate AlreadyExists, deletes tolerate NotFound: safe to repeat."""
+    # Services, config and the journal before pods, so a new pod's DNS and journal already exist.
+    for obj in sorted(plan.create, key=lambda o: o["kind"] == "Pod"):
+        if await kube.create(obj):
+            logger.info("created %s %s", obj["kind"], obj["metadata"]["name"])
+            if obj["kind"] == "Pod":
+                metrics.POD_ACTIONS.labels("create").inc()
+    for name in plan.delete_pods:
+        await kube.delete_pod(cluster.namespace, name)
+        metrics.POD_ACTIONS.labels("delete").inc()
+        logger.info("deleted pod %s", name)
+    ips = {p.name: p.ip for p in seen.pods}
+    for switch in plan.switchovers:
+        logger.info("switchover: %s hands its shard to %s", switch.pod, switch.target)
+        await probe.switchover(ips[switch.pod], switch.target)
+    for pod, role in plan.role_labels.items():
+        await kube.set_pod_label(cluster.namespace, pod, labels.ROLE, role)
+
+
+def _degraded_reason(status: Mapping[str, Any]) -> str:
+    """The reason of a Degraded=True condition in the last written status, or ""."""
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Degraded" and cond.get("status") == "True":
+            return str(cond.get("reason") or "")
+    return ""
+
+
+async def reconcile(
+    body: Mapping[str, Any],
+    status_patch: MutableMapping[str, Any],
+    emit: EmitEvent,
+    logger: logging.Logger,
+) -> Plan | None:
+    """Bring one MemoryCluster one step closer to its spec; returns the plan (None when paused)."""
+    meta = body.get("metadata") or {}
+    if (meta.get("annotations") or {}).get(labels.RECONCILIATION) == "disabled":
+        logger.info("reconciliation disabled by the %s annotation", labels.RECONCILIATION)
+        return None
+    cluster = ClusterSpec.from_body(body)
+    seen = await observe(cluster)
+    plan = decide(cluster, seen)
+    previous = body.get("status") or {}
+    await execute(cluster, plan, seen, logger)
+    already = _degraded_reason(previous)
+    for event in plan.events:
+        # An unsatisfiable spec is re-decided on every timer tick; announce it once, when it starts.
+        if event.type == "Warning" and already and plan.degraded and event.reason == plan.degraded.reason:
+            continue
+        emit(event)
+    status = build_status(cluster, seen, plan, previous, int(meta.get("generation") or 0))
+    status_patch.update(status)
+    outcome = "degraded" if plan.degraded else "waiting" if plan.waiting else "settled"
+    metrics.RECONCILES.labels(cluster.namespace, cluster.name, outcome).inc()
+    metrics.READY_NODES.labels(cluster.namespace, cluster.name).set(int(status["readyNodes"].split("/")[0]))
+    return plan

@@ -1,0 +1,133 @@
+"""The MemoryCluster spec as typed dataclasses; defaults mirror the CRD's (a test keeps them equal)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from engram_operator import constants
+
+Spreading = Literal["Required", "Preferred"]
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Requests and limits of one container, as in a core ResourceRequirements."""
+
+    requests: dict[str, str] = field(default_factory=dict)
+    limits: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> Resources:
+        data = data or {}
+        return cls(
+            requests={k: str(v) for k, v in (data.get("requests") or {}).items()},
+            limits={k: str(v) for k, v in (data.get("limits") or {}).items()},
+        )
+
+    def to_manifest(self) -> dict[str, dict[str, str]]:
+        out: dict[str, dict[str, str]] = {}
+        if self.requests:
+            out["requests"] = dict(self.requests)
+        if self.limits:
+            out["limits"] = dict(self.limits)
+        return out
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Which engine runs in the pods."""
+
+    version: str = "0.1.0"
+    image: str = ""
+    valkey_image: str = ""
+    image_pull_policy: str = "IfNotPresent"
+
+    @property
+    def resolved_image(self) -> str:
+        return self.image or f"{constants.DEFAULT_ENGINE_REPOSITORY}:{self.version}"
+
+    @property
+    def resolved_valkey_image(self) -> str:
+        return self.valkey_image or constants.DEFAULT_VALKEY_IMAGE
+
+
+@dataclass(frozen=True)
+class PlacementSpec:
+    """How nodes are spread over failure domains."""
+
+    topology_key: str = "topology.kubernetes.io/zone"
+    spreading: Spreading = "Preferred"
+
+
+@dataclass(frozen=True)
+class JournalSpec:
+    """The NATS JetStream cluster holding every shard's journal."""
+
+    replicas: int = 3
+    storage_size: str = "10Gi"
+    storage_class: str | None = None
+    image: str = ""
+    resources: Resources = field(default_factory=Resources)
+
+    @property
+    def resolved_image(self) -> str:
+        return self.image or constants.DEFAULT_NATS_IMAGE
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """One MemoryCluster: identity plus its desired state."""
+
+    name: str
+    namespace: str
+    uid: str = ""
+    shards: int = 1
+    replicas_per_shard: int = 1
+    engine: EngineSpec = field(default_factory=EngineSpec)
+    valkey_resources: Resources = field(default_factory=Resources)
+    node_resources: Resources = field(default_factory=Resources)
+    placement: PlacementSpec = field(default_factory=PlacementSpec)
+    journal: JournalSpec = field(default_factory=JournalSpec)
+
+    @property
+    def nodes_per_shard(self) -> int:
+        return self.replicas_per_shard + 1
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> ClusterSpec:
+        """Build from a custom resource body (a dict or kopf Body)."""
+        meta = body.get("metadata") or {}
+        spec = body.get("spec") or {}
+        engine = spec.get("engine") or {}
+        placement = spec.get("placement") or {}
+        journal = spec.get("journal") or {}
+        storage = journal.get("storage") or {}
+        resources = spec.get("resources") or {}
+        return cls(
+            name=meta["name"],
+            namespace=meta.get("namespace") or "default",
+            uid=meta.get("uid") or "",
+            shards=int(spec.get("shards", 1)),
+            replicas_per_shard=int(spec.get("replicasPerShard", 1)),
+            engine=EngineSpec(
+                version=engine.get("version", EngineSpec.version),
+                image=engine.get("image", ""),
+                valkey_image=engine.get("valkeyImage", ""),
+                image_pull_policy=engine.get("imagePullPolicy", EngineSpec.image_pull_policy),
+            ),
+            valkey_resources=Resources.from_dict(resources.get("valkey")),
+            node_resources=Resources.from_dict(resources.get("node")),
+            placement=PlacementSpec(
+                topology_key=placement.get("topologyKey", PlacementSpec.topology_key),
+                spreading=placement.get("spreading", PlacementSpec.spreading),
+            ),
+            journal=JournalSpec(
+                replicas=int(journal.get("replicas", JournalSpec.replicas)),
+                storage_size=str(storage.get("size", JournalSpec.storage_size)),
+                storage_class=storage.get("storageClassName"),
+                image=journal.get("image", ""),
+                resources=Resources.from_dict(journal.get("resources")),
+            ),
+        )

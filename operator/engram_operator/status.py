@@ -1,0 +1,104 @@
+"""The MemoryCluster status a human reads: per-shard primaries and zones, readiness, conditions."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+from engram_operator import constants, labels
+from engram_operator.conditions import Condition, build_conditions
+from engram_operator.decisions import Plan
+from engram_operator.observe import Observed
+from engram_operator.spec import ClusterSpec
+
+
+def shard_status(cluster: ClusterSpec, seen: Observed) -> list[dict[str, Any]]:
+    """One entry per shard: its primary pod and zone, node count, and how far replicas trail."""
+    out = []
+    for shard in range(cluster.shards):
+        pods = sorted((p for p in seen.pods if p.shard == shard and not p.deleting), key=lambda p: p.index)
+        primary = next((p for p in pods if seen.role(p) == "primary"), None)
+        statuses = [seen.statuses[p.name] for p in pods if p.name in seen.statuses]
+        committed = max((s.committed_seq for s in statuses), default=0)
+        lag = max((committed - s.applied_seq for s in statuses if s.role == "replica"), default=0)
+        out.append(
+            {
+                "id": shard,
+                "primary": primary.name if primary else "",
+                "primaryZone": primary.zone if primary else "",
+                "readyNodes": sum(1 for p in pods if p.ready),
+                "nodes": len(pods),
+                "committedSeq": committed,
+                "maxReplicaLag": max(lag, 0),
+                "zones": [p.zone for p in pods],
+            }
+        )
+    return out
+
+
+def primary_zones(shards: list[dict[str, Any]]) -> str:
+    """Compact "zone=count" list for the printer column, e.g. ``a=1,b=1,c=1``."""
+    counts = Counter(s["primaryZone"] for s in shards if s["primaryZone"])
+    return ",".join(f"{zone}={n}" for zone, n in sorted(counts.items()))
+
+
+def build_status(
+    cluster: ClusterSpec,
+    seen: Observed,
+    plan: Plan,
+    previous: Mapping[str, Any] | None,
+    generation: int,
+    now: str | None = None,
+) -> dict[str, Any]:
+    """The full status patch for one reconcile."""
+    shards = shard_status(cluster, seen)
+    want = cluster.shards * cluster.nodes_per_shard
+    ready = sum(1 for p in seen.pods if p.ready and not p.deleting)
+    journal_ok = seen.journal_ready >= cluster.journal.replicas
+    all_primaries = all(s["primary"] for s in shards)
+    is_ready = journal_ok and ready >= want and all_primaries and plan.degraded is None
+
+    conds = [
+        Condition("Ready", "True", "ClusterReady", "every shard has a primary and all nodes are ready")
+        if is_ready
+        else Condition("Ready", "False", "NotReady", "; ".join(plan.waiting) or "waiting for primaries"),
+        Condition("Progressing", "True", "RollingUpdate", "replacing pods with the new spec")
+        if plan.rolling
+        else Condition("Progressing", "True", "Reconciling", "; ".join(plan.waiting))
+        if plan.changes or plan.waiting
+        else Condition("Progressing", "False", "Settled", "nothing to do"),
+        Condition("Degraded", "True", plan.degraded.reason, plan.degraded.message)
+        if plan.degraded
+        else Condition("Degraded", "False", "AsSpecified", "the spec can be satisfied"),
+        Condition(
+            "JournalReady",
+            "True" if journal_ok else "False",
+            "QuorumReady" if journal_ok else "ServersNotReady",
+            f"{seen.journal_ready}/{cluster.journal.replicas} journal servers ready",
+        ),
+        Condition("ZoneSpreadSatisfied", "False", plan.spread.reason, plan.spread.message)
+        if plan.spread
+        else Condition(
+            "ZoneSpreadSatisfied", "True", "DistinctZones", "each shard's nodes are in distinct zones"
+        ),
+    ]
+    if plan.degraded:
+        phase = "Degraded"
+    elif is_ready:
+        phase = "Updating" if plan.rolling else "Ready"
+    else:
+        phase = "Updating" if plan.rolling else "Reconciling"
+    return {
+        "observedGeneration": generation,
+        "phase": phase,
+        "readyNodes": f"{ready}/{want}",
+        "primaryZones": primary_zones(shards),
+        "configurationEndpoint": (
+            f"{labels.endpoint_service_name(cluster.name)}.{cluster.namespace}.svc:{constants.CLIENT_PORT}"
+        ),
+        "zones": seen.healthy_zones(),
+        "journal": {"replicas": cluster.journal.replicas, "ready": seen.journal_ready},
+        "shards": shards,
+        "conditions": build_conditions((previous or {}).get("conditions"), conds, generation, now),
+    }

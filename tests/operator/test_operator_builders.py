@@ -1,0 +1,169 @@
+"""Manifest builders: valid Kubernetes objects, adopted, labelled, pinned and locked down."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from cluster_state import ZONES, nodes, spec
+from k8s_offline import validate_manifest
+
+from engram.node.config import NodeConfig
+from engram_operator import builders, labels
+from engram_operator.builders.engine import valkey_args
+from engram_operator.builders.journal import JournalSpreadError, plan_journal
+from engram_operator.decisions import decide
+from engram_operator.observe import Observed
+
+SPECS = {
+    "minimal": spec(),
+    "three-zones": spec(
+        shards=3,
+        replicasPerShard=2,
+        resources={"valkey": {"requests": {"memory": "2Gi"}, "limits": {"memory": "2Gi"}}},
+        placement={"spreading": "Required"},
+        journal={"storage": {"size": "20Gi", "storageClassName": "fast"}},
+    ),
+}
+
+
+def all_manifests(name: str) -> list[dict[str, Any]]:
+    return decide(SPECS[name], Observed(nodes=nodes(), pods=[])).create
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_every_generated_manifest_is_valid_for_kubernetes(name: str) -> None:
+    for obj in all_manifests(name):
+        validate_manifest(obj)
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_every_child_is_adopted_and_labelled(name: str) -> None:
+    for obj in all_manifests(name):
+        meta = obj["metadata"]
+        assert meta["namespace"] == "db"
+        [owner] = meta["ownerReferences"]
+        assert owner == {
+            "apiVersion": "engram.io/v1alpha1",
+            "kind": "MemoryCluster",
+            "name": "demo",
+            "uid": "uid-1",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+        for key in (labels.NAME, labels.INSTANCE, labels.COMPONENT, labels.MANAGED_BY, labels.PART_OF):
+            assert key in meta["labels"], (obj["kind"], meta["name"], key)
+        assert meta["labels"][labels.CLUSTER] == "demo"
+
+
+def _pod_specs(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    if obj["kind"] == "Pod":
+        return [obj["spec"]]
+    if obj["kind"] == "StatefulSet":
+        return [obj["spec"]["template"]["spec"]]
+    return []
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_pods_meet_the_restricted_pod_security_standard(name: str) -> None:
+    for obj in all_manifests(name):
+        for pod in _pod_specs(obj):
+            assert pod["securityContext"]["runAsNonRoot"] is True
+            assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+            for c in pod["containers"]:
+                ctx = c["securityContext"]
+                assert ctx["allowPrivilegeEscalation"] is False
+                assert ctx["capabilities"] == {"drop": ["ALL"]}
+                assert ctx["readOnlyRootFilesystem"] is True
+
+
+def test_engine_pod_is_pinned_to_its_zone_and_carries_its_node_config() -> None:
+    cluster = SPECS["three-zones"]
+    pod = builders.build_engine_pod(cluster, name="demo-1-2", shard=1, index=2, zone="zone-b")
+    term = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["nodeSelectorTerms"] == [
+        {"matchExpressions": [{"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["zone-b"]}]}
+    ]
+    config = NodeConfig(**json.loads(pod["metadata"]["annotations"][labels.NODE_CONFIG]))
+    assert (config.node_id, config.shard, config.zone) == ("demo-1-2", 1, "zone-b")
+    assert config.spawn_valkey is False and config.host == "0.0.0.0"
+    assert config.valkey_socket == "/run/engram/valkey.sock"
+    assert config.announce == "demo-1-2.demo-nodes.db.svc.cluster.local:6379"
+    assert config.journal_urls == [
+        f"nats://demo-journal-{i}-0.demo-journal.db.svc.cluster.local:4222" for i in range(3)
+    ]
+    assert pod["spec"]["hostname"] == "demo-1-2" and pod["spec"]["subdomain"] == "demo-nodes"
+    [config_volume] = [v for v in pod["spec"]["volumes"] if v["name"] == "config"]
+    assert config_volume["downwardAPI"]["items"][0]["fieldRef"]["fieldPath"] == (
+        "metadata.annotations['engram.io/node-config']"
+    )
+
+
+def test_valkey_runs_on_the_private_socket_without_persistence_and_with_maxmemory() -> None:
+    args = valkey_args(SPECS["three-zones"])
+    flags = dict(zip(args[1::2], args[2::2], strict=False))
+    assert args[0] == "valkey-server"
+    assert flags["--port"] == "0" and flags["--unixsocket"] == "/run/engram/valkey.sock"
+    assert flags["--unixsocketperm"] == "700"
+    assert flags["--save"] == "" and flags["--appendonly"] == "no"
+    # The node's replication tap needs diskless full syncs and a generous replica timeout.
+    assert flags["--repl-diskless-sync"] == "yes" and flags["--repl-timeout"] == "3600"
+    assert args[-2:] == ["--maxmemory", str(int(2 * 1024**3 * 0.75))]
+
+
+def test_configuration_endpoint_selects_every_engine_pod_regardless_of_role() -> None:
+    svc = builders.build_endpoint_service(SPECS["minimal"])
+    assert labels.ROLE not in svc["spec"]["selector"]
+    assert svc["spec"]["selector"][labels.COMPONENT] == "engine"
+    headless = builders.build_headless_service(SPECS["minimal"])
+    assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"] is True
+
+
+def test_pod_spec_hash_changes_with_the_engine_not_with_replica_count() -> None:
+    base = builders.pod_spec_hash(spec())
+    assert builders.pod_spec_hash(spec(replicasPerShard=3)) == base
+    assert builders.pod_spec_hash(spec(engine={"version": "0.2.0"})) != base
+    assert builders.pod_spec_hash(spec(resources={"node": {"limits": {"memory": "1Gi"}}})) != base
+
+
+def test_journal_servers_spread_one_per_zone_with_zone_tags() -> None:
+    cluster = SPECS["three-zones"]
+    placements = plan_journal(ZONES, 3, "Required")
+    assert [p.zone for p in placements] == ZONES
+    cm = builders.build_journal_configmap(cluster, placements)
+    conf = cm["data"]["server-1.conf"]
+    assert 'server_tags: ["az:zone-b"]' in conf
+    assert 'unique_tag: "az"' in conf and 'sync_interval: "always"' in conf
+    assert "nats-route://demo-journal-2-0.demo-journal.db.svc.cluster.local:6222" in conf
+    sts = builders.build_journal_statefulset(cluster, placements[1])
+    tmpl = sts["spec"]["template"]["spec"]
+    expr = tmpl["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert expr["nodeSelectorTerms"][0]["matchExpressions"][0]["values"] == ["zone-b"]
+    assert sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Delete"
+    claim = sts["spec"]["volumeClaimTemplates"][0]["spec"]
+    assert claim["storageClassName"] == "fast" and claim["resources"]["requests"]["storage"] == "20Gi"
+
+
+def test_five_journal_servers_round_robin_over_three_zones() -> None:
+    assert [p.zone for p in plan_journal(ZONES, 5, "Required")] == [*ZONES, "zone-a", "zone-b"]
+
+
+def test_journal_on_too_few_zones_is_refused_when_required_and_tagged_apart_when_preferred() -> None:
+    with pytest.raises(JournalSpreadError, match="span 2 zone"):
+        plan_journal(["zone-a", "zone-b"], 3, "Required")
+    tags = [p.tag_zone for p in plan_journal(["zone-a"], 3, "Preferred")]
+    assert len(set(tags)) == 3
+
+
+def test_pdbs_allow_one_disruption_per_shard_and_for_the_journal() -> None:
+    cluster = SPECS["three-zones"]
+    pdb = builders.build_shard_pdb(cluster, 2)
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"][labels.SHARD] == "2"
+    assert builders.build_journal_pdb(cluster)["spec"]["maxUnavailable"] == 1
+
+
+def test_engine_pod_names_skip_names_still_held_by_terminating_pods() -> None:
+    assert labels.engine_pod_name("demo", 0, 1) == "demo-0-1"
+    assert labels.engine_pod_name("demo", 0, 1, {"demo-0-1", "demo-0-1-r1"}) == "demo-0-1-r2"

@@ -1,0 +1,108 @@
+"""The Helm chart, rendered offline by Helm's own Go SDK: valid objects, least privilege, CRDs in sync."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import helm_python as helm
+import pytest
+import yaml
+from k8s_offline import CHART_DIR, CRD_DIR, validate_manifest
+
+VALUE_SETS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "metrics-peering": {"metrics": {"enabled": True}, "peering": {"enabled": True}, "replicaCount": 2},
+    "one-namespace": {"watchNamespace": "databases", "peering": {"enabled": True}},
+    "pinned-digest": {
+        "image": {"repository": "registry.example/engram-operator", "digest": "sha256:" + "a" * 64}
+    },
+}
+
+
+def render(values: dict[str, Any]) -> list[dict[str, Any]]:
+    with helm.Chart.load(str(CHART_DIR)) as chart:
+        files = chart.render(values, name="engram", namespace="engram-system", is_install=True)
+    docs = []
+    for name, text in sorted(files.items()):
+        if name.endswith(".yaml"):
+            docs += [d for d in yaml.safe_load_all(text) if d]
+    return docs
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_rendered_chart_is_valid_kubernetes(name: str) -> None:
+    docs = render(VALUE_SETS[name])
+    assert docs
+    for doc in docs:
+        if doc["apiVersion"].startswith("kopf.dev/"):
+            continue  # a custom resource of the peering CRD rendered alongside it
+        validate_manifest(doc)
+
+
+def test_chart_passes_helm_lint() -> None:
+    result = helm.lint(str(CHART_DIR))
+    assert result["errors"] == []
+    assert [m for m in result["messages"] if m["severity"] > 1] == []
+
+
+def test_values_schema_refuses_unknown_and_bad_values() -> None:
+    with helm.Chart.load(str(CHART_DIR)) as chart:
+        chart.validate_schema({})
+        with pytest.raises(helm.HelmError):
+            chart.validate_schema({"replicas": 2})
+        with pytest.raises(helm.HelmError):
+            chart.validate_schema({"image": {"repository": "x", "pullPolicy": "Sometimes"}})
+
+
+def test_chart_crds_are_byte_identical_to_crds_dir() -> None:
+    source = {p.name: p.read_bytes() for p in CRD_DIR.glob("*.yaml")}
+    copies = {p.name: p.read_bytes() for p in (CHART_DIR / "crds").glob("*.yaml")}
+    assert source and copies == source, "run scripts/sync-crds"
+
+
+def _rules(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [r for d in docs if d["kind"] == kind for r in d["rules"]]
+
+
+def test_rbac_is_least_privilege() -> None:
+    docs = render({})
+    rules = _rules(docs, "ClusterRole")
+    verbs = {
+        (g, r): set(rule["verbs"]) for rule in rules for g in rule["apiGroups"] for r in rule["resources"]
+    }
+    assert verbs[("", "nodes")] == {"get", "list", "watch"}
+    assert "delete" in verbs[("", "pods")]
+    # Everything else is created once and removed by the garbage collector through owner references.
+    for resource in ("services", "configmaps"):
+        assert verbs[("", resource)] == {"get", "list", "watch", "create"}
+    assert verbs[("apps", "statefulsets")] == {"get", "list", "watch", "create"}
+    assert not any("*" in rule["verbs"] or "*" in rule["resources"] for rule in rules)
+    assert not any(r in ("secrets", "customresourcedefinitions", "namespaces") for _, r in verbs)
+
+
+def test_one_namespace_mode_grants_only_nodes_cluster_wide() -> None:
+    docs = render(VALUE_SETS["one-namespace"])
+    cluster_resources = {r for rule in _rules(docs, "ClusterRole") for r in rule["resources"]}
+    assert cluster_resources == {"nodes", "clusterkopfpeerings"}
+    [role] = [d for d in docs if d["kind"] == "Role"]
+    assert role["metadata"]["namespace"] == "databases"
+
+
+def test_operator_pod_is_restricted_and_standalone_without_peering() -> None:
+    docs = render({})
+    [deploy] = [d for d in docs if d["kind"] == "Deployment"]
+    assert deploy["spec"]["replicas"] == 1
+    pod = deploy["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    [container] = pod["containers"]
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    env = {e["name"] for e in container["env"]}
+    assert "ENGRAM_PEERING_NAME" not in env and "ENGRAM_METRICS_PORT" not in env
+
+
+def test_digest_pins_the_operator_image() -> None:
+    docs = render(VALUE_SETS["pinned-digest"])
+    [deploy] = [d for d in docs if d["kind"] == "Deployment"]
+    image = deploy["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == "registry.example/engram-operator@sha256:" + "a" * 64

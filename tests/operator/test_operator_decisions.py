@@ -1,0 +1,177 @@
+"""Reconcile decisions: what the operator creates, replaces and refuses, from spec and observed state."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+
+from cluster_state import ZONES, nodes, pods_from, running, spec, statuses
+
+from engram_operator.decisions import decide
+from engram_operator.observe import EngineStatus, NodeInfo, Observed
+
+
+def created_pods(plan) -> list[dict]:
+    return [o for o in plan.create if o["kind"] == "Pod"]
+
+
+def zone_of(pod: dict) -> str:
+    return pod["metadata"]["labels"]["engram.io/zone"]
+
+
+def test_new_cluster_gets_journal_services_pdbs_and_one_pod_per_zone_per_shard() -> None:
+    cluster = spec(shards=2, replicasPerShard=2, placement={"spreading": "Required"})
+    plan = decide(cluster, Observed(nodes=nodes(), pods=[]))
+    kinds = Counter(o["kind"] for o in plan.create)
+    assert kinds == {"Pod": 6, "Service": 3, "StatefulSet": 3, "ConfigMap": 1, "PodDisruptionBudget": 3}
+    for shard in (0, 1):
+        zones = [
+            zone_of(p) for p in created_pods(plan) if p["metadata"]["labels"]["engram.io/shard"] == str(shard)
+        ]
+        assert sorted(zones) == ZONES
+    assert plan.degraded is None and plan.delete_pods == []
+    assert "journal servers ready: 0/3" in plan.waiting
+
+
+def test_a_settled_cluster_needs_nothing() -> None:
+    cluster = spec(shards=3, replicasPerShard=2)
+    plan = decide(cluster, running(cluster))
+    assert not plan.changes and plan.waiting == [] and plan.role_labels == {}
+
+
+def test_primaries_are_balanced_over_zones() -> None:
+    cluster = spec(shards=3, replicasPerShard=2)
+    seen = running(cluster)
+    primaries = Counter(p.zone for p in seen.pods if p.index == 0)
+    assert primaries == {"zone-a": 1, "zone-b": 1, "zone-c": 1}
+
+
+def test_deleted_pod_is_recreated_with_its_name_in_its_zone() -> None:
+    cluster = spec(shards=1, replicasPerShard=2)
+    seen = running(cluster)
+    gone = next(p for p in seen.pods if p.index == 1)
+    plan = decide(cluster, dataclasses.replace(seen, pods=[p for p in seen.pods if p is not gone]))
+    [pod] = created_pods(plan)
+    assert pod["metadata"]["name"] == gone.name and zone_of(pod) == gone.zone
+    assert plan.delete_pods == []
+
+
+def test_failed_pod_is_deleted_and_replaced_under_a_fresh_name() -> None:
+    cluster = spec(shards=1, replicasPerShard=1)
+    seen = running(cluster)
+    failed = dataclasses.replace(seen.pods[1], phase="Failed", ready=False)
+    plan = decide(cluster, dataclasses.replace(seen, pods=[seen.pods[0], failed]))
+    assert plan.delete_pods == [failed.name]
+    [pod] = created_pods(plan)
+    assert pod["metadata"]["name"] == f"{failed.name}-r1" and zone_of(pod) == failed.zone
+
+
+def test_lost_zone_nodes_move_to_surviving_zones_with_preferred_spreading() -> None:
+    cluster = spec(shards=3, replicasPerShard=2, placement={"spreading": "Preferred"})
+    seen = dataclasses.replace(running(cluster), nodes=nodes(down=("zone-b",)))
+    lost = sorted(p.name for p in seen.pods if p.zone == "zone-b")
+    plan = decide(cluster, seen)
+    assert sorted(plan.delete_pods) == lost
+    replacements = created_pods(plan)
+    assert sorted(p["metadata"]["name"] for p in replacements) == [f"{n}-r1" for n in lost]
+    assert all(zone_of(p) in ("zone-a", "zone-c") for p in replacements)
+    assert any(e.reason == "ZoneLost" for e in plan.events)
+    assert plan.degraded is None
+
+
+def test_lost_zone_with_required_spreading_is_degraded_and_creates_nothing() -> None:
+    cluster = spec(shards=1, replicasPerShard=2, placement={"spreading": "Required"})
+    seen = dataclasses.replace(running(cluster), nodes=nodes(down=("zone-c",)))
+    plan = decide(cluster, seen)
+    assert created_pods(plan) == []
+    assert plan.degraded is not None and plan.degraded.reason == "ZoneLost"
+    assert "bring a lost zone" in plan.degraded.message
+
+
+def test_impossible_required_spec_is_degraded_with_an_event_and_changes_nothing() -> None:
+    before = spec(shards=2, replicasPerShard=2, placement={"spreading": "Required"})
+    seen = running(before)
+    after = spec(shards=2, replicasPerShard=3, placement={"spreading": "Required"})
+    plan = decide(after, seen)
+    assert not plan.changes
+    assert plan.degraded is not None and plan.degraded.reason == "UnsatisfiableSpread"
+    assert "4 nodes" in plan.degraded.message and "only 3 zones" in plan.degraded.message
+    assert [e.type for e in plan.events] == ["Warning"]
+
+
+def test_impossible_spec_on_a_new_cluster_creates_nothing() -> None:
+    cluster = spec(shards=1, replicasPerShard=1, placement={"spreading": "Required"})
+    plan = decide(cluster, Observed(nodes=nodes(zones=["zone-a"]), pods=[]))
+    assert plan.create == [] and plan.degraded is not None
+
+
+def test_preferred_spreading_on_too_few_zones_proceeds_and_says_how() -> None:
+    cluster = spec(shards=1, replicasPerShard=2, placement={"spreading": "Preferred"})
+    plan = decide(cluster, Observed(nodes=nodes(zones=["zone-a", "zone-b"]), pods=[]))
+    assert len(created_pods(plan)) == 3
+    assert plan.spread is not None and "only 2 zones" in plan.spread.message
+
+
+def test_nodes_without_zone_labels_get_unpinned_pods_when_preferred() -> None:
+    cluster = spec(shards=1, replicasPerShard=1)
+    unlabelled = [NodeInfo("n1", None, True, True)]
+    plan = decide(cluster, Observed(nodes=unlabelled, pods=[]))
+    pods = created_pods(plan)
+    assert len(pods) == 2 and all("nodeAffinity" not in p["spec"]["affinity"] for p in pods)
+
+
+def test_role_labels_follow_what_the_nodes_report() -> None:
+    cluster = spec(shards=1, replicasPerShard=1)
+    seen = running(cluster)
+    old_primary, old_replica = seen.pods
+    flipped = {
+        old_primary.name: EngineStatus(role="replica"),
+        old_replica.name: EngineStatus(role="primary"),
+    }
+    plan = decide(cluster, dataclasses.replace(seen, statuses=flipped))
+    assert plan.role_labels == {old_primary.name: "replica", old_replica.name: "primary"}
+    assert not plan.changes
+
+
+def test_scaling_replicas_down_removes_replicas_and_hands_over_a_surplus_primary() -> None:
+    big = spec(shards=1, replicasPerShard=2)
+    seen = running(big)
+    # Node 2 won leadership at some point: it must hand over before it can go.
+    surplus = next(p for p in seen.pods if p.index == 2)
+    status = {
+        **statuses(seen.pods),
+        surplus.name: EngineStatus(role="primary"),
+        seen.pods[0].name: EngineStatus(role="replica", applied_seq=100),
+    }
+    plan = decide(spec(shards=1, replicasPerShard=1), dataclasses.replace(seen, statuses=status))
+    assert plan.delete_pods == []
+    assert [s.pod for s in plan.switchovers] == [surplus.name]
+
+
+def test_rolling_update_replaces_replicas_first_one_at_a_time() -> None:
+    old = spec(shards=1, replicasPerShard=2)
+    seen = running(old)
+    new = spec(shards=1, replicasPerShard=2, engine={"version": "0.2.0"})
+    plan = decide(new, seen)
+    assert plan.rolling and len(plan.delete_pods) == 1
+    assert plan.delete_pods[0] != next(p.name for p in seen.pods if p.role_label == "primary")
+
+
+def test_rolling_update_switches_over_before_replacing_the_primary() -> None:
+    old = spec(shards=1, replicasPerShard=1)
+    new = spec(shards=1, replicasPerShard=1, engine={"version": "0.2.0"})
+    seen = running(old)
+    primary, replica = seen.pods
+    new_hash = pods_from(decide(new, Observed(nodes=nodes(), pods=[])), new)[0].spec_hash
+    seen = dataclasses.replace(seen, pods=[primary, dataclasses.replace(replica, spec_hash=new_hash)])
+    plan = decide(new, seen)
+    assert plan.delete_pods == []
+    assert [(s.pod, s.target) for s in plan.switchovers] == [(primary.name, replica.name)]
+
+
+def test_rolling_update_waits_while_a_pod_is_not_ready() -> None:
+    old = spec(shards=1, replicasPerShard=1)
+    seen = running(old)
+    seen = dataclasses.replace(seen, pods=[seen.pods[0], dataclasses.replace(seen.pods[1], ready=False)])
+    plan = decide(spec(shards=1, replicasPerShard=1, engine={"version": "0.2.0"}), seen)
+    assert not plan.changes and plan.rolling

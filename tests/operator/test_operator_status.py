@@ -1,0 +1,79 @@
+"""Status written by the operator: fits the CRD's declared schema, conditions in Kubernetes form."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from cluster_state import running, spec
+from k8s_offline import crd_schema, memorycluster_crd, schema_errors
+
+from engram_operator.conditions import CONDITION_TYPES, Condition, build_conditions
+from engram_operator.decisions import decide
+from engram_operator.observe import EngineStatus, parse_engine_status
+from engram_operator.status import build_status
+
+
+def status_schema() -> dict:
+    return crd_schema(memorycluster_crd())["properties"]["status"]
+
+
+def test_status_of_a_ready_cluster_fits_the_crd_and_names_primaries() -> None:
+    cluster = spec(shards=3, replicasPerShard=2)
+    seen = running(cluster)
+    status = build_status(
+        cluster, seen, decide(cluster, seen), None, generation=4, now="2025-01-01T00:00:00Z"
+    )
+    assert schema_errors(status_schema(), status) == []
+    assert status["phase"] == "Ready" and status["readyNodes"] == "9/9"
+    assert status["observedGeneration"] == 4
+    assert status["primaryZones"] == "zone-a=1,zone-b=1,zone-c=1"
+    assert [s["primary"] for s in status["shards"]] == ["demo-0-0", "demo-1-0", "demo-2-0"]
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True" and ready["observedGeneration"] == 4
+
+
+def test_every_condition_type_is_set_on_the_first_visit() -> None:
+    conds = build_conditions(None, [Condition("Ready", "False", "NotReady", "starting")], 1, now="t0")
+    assert [c["type"] for c in conds] == list(CONDITION_TYPES)
+    assert {c["status"] for c in conds[1:]} == {"Unknown"}
+
+
+def test_last_transition_time_moves_only_when_the_status_flips() -> None:
+    first = build_conditions(None, [Condition("Ready", "False", "NotReady")], 1, now="t0")
+    same = build_conditions(first, [Condition("Ready", "False", "StillNotReady")], 2, now="t1")
+    flipped = build_conditions(same, [Condition("Ready", "True", "ClusterReady")], 2, now="t2")
+    assert same[0]["lastTransitionTime"] == "t0" and same[0]["reason"] == "StillNotReady"
+    assert flipped[0]["lastTransitionTime"] == "t2"
+
+
+def test_degraded_cluster_reports_phase_and_reason() -> None:
+    cluster = spec(shards=1, replicasPerShard=2, placement={"spreading": "Required"})
+    seen = running(cluster)
+    impossible = spec(shards=1, replicasPerShard=3, placement={"spreading": "Required"})
+    status = build_status(impossible, seen, decide(impossible, seen), None, generation=2)
+    assert schema_errors(status_schema(), status) == []
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert status["phase"] == "Degraded"
+    assert degraded["status"] == "True" and degraded["reason"] == "UnsatisfiableSpread"
+
+
+def test_replica_lag_is_reported_per_shard() -> None:
+    cluster = spec(shards=1, replicasPerShard=1)
+    seen = running(cluster)
+    primary, replica = seen.pods
+    lagging = {
+        primary.name: EngineStatus(role="primary", applied_seq=500, committed_seq=500),
+        replica.name: EngineStatus(role="replica", applied_seq=450, committed_seq=500),
+    }
+    status = build_status(
+        cluster, dataclasses.replace(seen, statuses=lagging), decide(cluster, seen), None, 1
+    )
+    assert status["shards"][0]["committedSeq"] == 500 and status["shards"][0]["maxReplicaLag"] == 50
+
+
+def test_engram_status_reply_is_parsed_from_a_flat_array() -> None:
+    reply = [b"node_id", b"demo-0-1", b"role", b"replica", b"epoch", 3, b"applied_seq", b"41",
+             b"committed_seq", 42, b"halted", b""]  # fmt: skip
+    assert parse_engine_status(reply) == EngineStatus(
+        role="replica", halted="", epoch=3, applied_seq=41, committed_seq=42
+    )

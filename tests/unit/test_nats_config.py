@@ -1,0 +1,102 @@
+"""The rendered nats-server configuration of a journal server."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from engram import binaries
+from engram.journal.servers import JournalServerConfig, render_config, route_url, zone_tag
+
+ROUTES = tuple(route_url(f"journal-{i}.journal", 6222) for i in range(3))
+
+
+def _config(**overrides: object) -> JournalServerConfig:
+    values: dict[str, object] = {
+        "server_name": "demo-journal-a",
+        "zone": "a",
+        "store_dir": "/data/jetstream",
+        "cluster_name": "demo-journal",
+        "routes": ROUTES,
+        "host": "127.0.0.1",
+        "port": 4222,
+        "cluster_port": 6222,
+        "http_port": 8222,
+    }
+    values.update(overrides)
+    return JournalServerConfig(**values)  # type: ignore[arg-type]
+
+
+def test_config_names_the_server_and_tags_it_with_its_zone() -> None:
+    text = render_config(_config(zone="us-east-1a"))
+    assert 'server_name: "demo-journal-a"' in text
+    assert 'server_tags: ["az:us-east-1a"]' in text
+    assert zone_tag("us-east-1a") == "az:us-east-1a"
+
+
+def test_jetstream_places_replicas_in_distinct_zones_and_fsyncs_every_write_by_default() -> None:
+    text = render_config(_config())
+    block = re.search(r"jetstream \{(.*?)\}", text, re.S)
+    assert block, text
+    assert 'store_dir: "/data/jetstream"' in block[1]
+    assert 'unique_tag: "az"' in block[1]
+    assert 'sync_interval: "always"' in block[1]
+
+
+def test_sync_interval_can_be_relaxed_to_a_duration_but_not_to_nonsense() -> None:
+    assert 'sync_interval: "1s"' in render_config(_config(sync_interval="1s"))
+    with pytest.raises(ValueError, match="sync_interval"):
+        _config(sync_interval="sometimes")
+
+
+def test_max_payload_stays_at_one_mebibyte() -> None:
+    assert "max_payload: 1048576" in render_config(_config())
+
+
+def test_cluster_block_lists_the_routes_to_every_peer() -> None:
+    text = render_config(_config(cluster_host="0.0.0.0"))
+    block = re.search(r"cluster \{(.*)\}", text, re.S)
+    assert block, text
+    assert 'name: "demo-journal"' in block[1]
+    assert 'listen: "0.0.0.0:6222"' in block[1]
+    for route in ROUTES:
+        assert f'"{route}"' in block[1]
+
+
+def test_client_and_monitoring_ports_listen_on_the_configured_host() -> None:
+    text = render_config(_config(host="127.0.0.1", port=4301, http_port=8301))
+    assert 'listen: "127.0.0.1:4301"' in text
+    assert 'http: "127.0.0.1:8301"' in text
+    assert "http:" not in render_config(_config(http_port=None))
+
+
+def test_a_single_server_without_routes_has_no_cluster_block() -> None:
+    assert "cluster {" not in render_config(_config(routes=()))
+
+
+def test_storage_limits_are_written_only_when_set() -> None:
+    assert "max_file_store" not in render_config(_config())
+    text = render_config(_config(max_file_store=10 * 2**30, max_memory_store=2**30))
+    assert "max_file_store: 10737418240" in text
+    assert "max_memory_store: 1073741824" in text
+
+
+def test_zone_names_that_would_break_the_tag_are_refused() -> None:
+    with pytest.raises(ValueError, match="zone"):
+        _config(zone="Zone A")
+
+
+def test_strings_are_quoted_so_paths_with_spaces_survive() -> None:
+    assert 'store_dir: "/var/lib/my data/js"' in render_config(_config(store_dir="/var/lib/my data/js"))
+
+
+@pytest.mark.integration
+def test_nats_server_accepts_the_rendered_config(tmp_path: Path) -> None:
+    path = tmp_path / "a.conf"
+    path.write_text(render_config(_config(store_dir=str(tmp_path))))
+    command = [binaries.find("nats-server"), "--config", str(path), "-t"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr + result.stdout
