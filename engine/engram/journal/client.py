@@ -130,18 +130,31 @@ class Journal:
         )
         try:
             await self._js.stream_info(self.stream)
-            return
         except nats.js.errors.NotFoundError:
-            pass
-        except Exception as exc:
-            raise _translate(exc, None) from exc
-        try:
-            await self._js.add_stream(config)
-        except nats.js.errors.BadRequestError as exc:
-            if exc.err_code != 10058:  # created concurrently by a peer with the same config
+            try:
+                await self._js.add_stream(config)
+            except nats.js.errors.BadRequestError as exc:
+                if exc.err_code != 10058:  # created concurrently by a peer with the same config
+                    raise _translate(exc, None) from exc
+            except Exception as exc:
                 raise _translate(exc, None) from exc
         except Exception as exc:
             raise _translate(exc, None) from exc
+        await self._wait_for_leader()
+
+    async def _wait_for_leader(self) -> None:
+        """A new replicated stream answers appends only once its Raft group elected a leader."""
+        deadline = asyncio.get_running_loop().time() + self.timeout * 2
+        while True:
+            try:
+                info = await self._js.stream_info(self.stream)
+                if info.cluster is None or info.cluster.leader:
+                    return
+            except Exception as exc:
+                log.debug("stream info while waiting for a leader: %r", exc)
+            if asyncio.get_running_loop().time() > deadline:
+                raise NoQuorum(f"stream {self.stream} has no leader (journal quorum missing?)")
+            await asyncio.sleep(0.05)
 
     async def state(self) -> StreamState:
         try:
