@@ -19,6 +19,7 @@ from tests.integration.workload import (
     cli_status,
     client_for,
     primary_of,
+    read_all,
     wait_for_new_primary,
 )
 
@@ -222,4 +223,4 @@ def test_restarted_replica_rejoins_and_catches_up_from_the_journal(local_cluster
         time.sleep(0.2)
     reader = client_for(restarted)
     reader.execute_command("READONLY")
-    assert reader.mget([f"r{i}" for i in range(400)]) == [str(i).encode() for i in range(400)]
+    assert read_all(reader, [f"r{i}" for i in range(400)]) == [str(i).encode() for i in range(400)]

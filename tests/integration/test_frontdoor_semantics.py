@@ -1,5 +1,7 @@
 """Through the front door, Valkey behaves as Valkey: data types, transactions, scripts,
-blocking commands, pub/sub, RESP3, and Valkey's own errors for bad input."""
+blocking commands, pub/sub, RESP3, and Valkey's own errors for bad input.
+
+Engram always runs in cluster mode (as MemoryDB does), so multi-key commands use hash tags."""
 
 from __future__ import annotations
 
@@ -61,22 +63,22 @@ def test_strings_and_counters(primary) -> None:
     assert primary.incrby("s:counter", 5) == 5
     assert primary.incrbyfloat("s:counter", 0.5) == 5.5
     assert primary.set("s:nx", "1", nx=True) and not primary.set("s:nx", "2", nx=True)
-    assert primary.mset({"s:a": "1", "s:b": "2"})
-    assert primary.mget(["s:a", "s:b", "s:none"]) == [b"1", b"2", None]
+    assert primary.mset({"{s}a": "1", "{s}b": "2"})
+    assert primary.mget(["{s}a", "{s}b", "{s}none"]) == [b"1", b"2", None]
     assert primary.set("s:ttl", "x", px=60000) and 0 < primary.pttl("s:ttl") <= 60000
-    assert primary.getdel("s:a") == b"1" and primary.exists("s:a") == 0
+    assert primary.getdel("{s}a") == b"1" and primary.exists("{s}a") == 0
 
 
 def test_hashes_lists_sets_and_sorted_sets(primary) -> None:
     assert primary.hset("h:user", mapping={"name": "ada", "age": "36"}) == 2
     assert primary.hgetall("h:user") == {b"name": b"ada", b"age": b"36"}
     assert primary.hincrby("h:user", "age", 1) == 37
-    assert primary.rpush("l:q", "a", "b", "c") == 3
-    assert primary.lpop("l:q") == b"a" and primary.lrange("l:q", 0, -1) == [b"b", b"c"]
-    assert primary.lmove("l:q", "l:r", "LEFT", "RIGHT") == b"b"
-    assert primary.sadd("set:x", "1", "2", "3") == 3 and primary.sadd("set:y", "2", "3", "4") == 3
-    assert primary.sinter(["set:x", "set:y"]) == {b"2", b"3"}
-    assert primary.sinterstore("set:z", ["set:x", "set:y"]) == 2
+    assert primary.rpush("{l}q", "a", "b", "c") == 3
+    assert primary.lpop("{l}q") == b"a" and primary.lrange("{l}q", 0, -1) == [b"b", b"c"]
+    assert primary.lmove("{l}q", "{l}r", "LEFT", "RIGHT") == b"b"
+    assert primary.sadd("{set}x", "1", "2", "3") == 3 and primary.sadd("{set}y", "2", "3", "4") == 3
+    assert primary.sinter(["{set}x", "{set}y"]) == {b"2", b"3"}
+    assert primary.sinterstore("{set}z", ["{set}x", "{set}y"]) == 2
     assert primary.zadd("z:board", {"ann": 3, "bob": 1, "cy": 2}) == 3
     assert primary.zrange("z:board", 0, -1, withscores=True) == [(b"bob", 1.0), (b"cy", 2.0), (b"ann", 3.0)]
     assert primary.zincrby("z:board", 5, "bob") == 6.0
@@ -117,10 +119,10 @@ def client_for_same(client: redis.Redis) -> redis.Redis:
 
 def test_lua_scripts_and_functions(primary) -> None:
     script = "redis.call('SET', KEYS[1], ARGV[1]); return redis.call('INCR', KEYS[2])"
-    assert primary.eval(script, 2, "lua:v", "lua:n", "x") == 1
-    assert primary.get("lua:v") == b"x"
+    assert primary.eval(script, 2, "{lua}v", "{lua}n", "x") == 1
+    assert primary.get("{lua}v") == b"x"
     sha = primary.script_load("return redis.call('GET', KEYS[1])")
-    assert primary.evalsha(sha, 1, "lua:v") == b"x"
+    assert primary.evalsha(sha, 1, "{lua}v") == b"x"
     library = (
         "#!lua name=engramtest\n"
         "server.register_function('bump', function(keys, args)\n"

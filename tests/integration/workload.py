@@ -105,11 +105,17 @@ class Writers:
     def missing(self, client: redis.Redis) -> list[str]:
         """Acknowledged writes that are not readable with their value."""
         keys = list(self.acked)
-        lost = []
-        for start in range(0, len(keys), 500):
-            chunk = keys[start : start + 500]
-            values = client.mget(chunk)
-            for key, value in zip(chunk, values, strict=True):
-                if value != str(self.acked[key]).encode():
-                    lost.append(key)
-        return lost
+        values = read_all(client, keys)
+        expected = [str(self.acked[key]).encode() for key in keys]
+        return [key for key, want, got in zip(keys, expected, values, strict=True) if got != want]
+
+
+def read_all(client: redis.Redis, keys: list[str]) -> list[bytes | None]:
+    """GET every key, pipelined (MGET would be refused across slots, as in Valkey cluster mode)."""
+    values: list[bytes | None] = []
+    for start in range(0, len(keys), 500):
+        pipe = client.pipeline(transaction=False)
+        for key in keys[start : start + 500]:
+            pipe.get(key)
+        values += pipe.execute()
+    return values

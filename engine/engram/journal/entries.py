@@ -14,7 +14,8 @@ H_NODE = "Engram-Node"
 H_ADDR = "Engram-Addr"
 H_DB = "Engram-Db"
 H_CHECKSUM = "Engram-Checksum"
-H_TARGET = "Engram-Target"
+# Who appended a leadership entry: the named node itself (campaign) or the old primary (hand-off).
+H_FROM = "Engram-From"
 
 
 class EntryType(enum.StrEnum):
@@ -50,6 +51,7 @@ class Entry:
     version: tuple[int, ...] = ENGINE_VERSION
     seq: int = 0
     msg_id: str = ""
+    source: str = ""
 
     def headers(self) -> dict[str, str]:
         h = {H_TYPE: self.type.value, H_VERSION: format_version(self.version), H_EPOCH: str(self.epoch)}
@@ -58,6 +60,8 @@ class Entry:
             h[H_DB] = str(self.db)
         elif self.type in (EntryType.LEADER, EntryType.LEASE) and self.address:
             h[H_ADDR] = self.address
+        if self.type is EntryType.LEADER:
+            h[H_FROM] = self.source or self.node
         elif self.type is EntryType.CHECKSUM:
             h[H_CHECKSUM] = str(self.checksum)
         return h
@@ -78,6 +82,7 @@ class Entry:
                 version=parse_version(h.get(H_VERSION, "0")),
                 seq=seq,
                 msg_id=h.get("Nats-Msg-Id", ""),
+                source=h.get(H_FROM, ""),
             )
         except (KeyError, ValueError) as exc:
             raise ValueError(f"journal entry {seq} is not an Engram entry: {exc}") from None

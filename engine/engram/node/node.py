@@ -266,9 +266,10 @@ class Node:
 
     async def _apply_loop(self) -> None:
         assert self.applier is not None
-        while self.role is Role.REPLICA:
+        while True:
             try:
                 await self.applier.run()
+                return  # stopped on purpose: this node is taking a hand-off
             except ApplyHalted:
                 metrics.HALTED.set(1)
                 return
@@ -288,6 +289,7 @@ class Node:
         if (
             entry.type is EntryType.LEADER
             and entry.node == self.config.node_id
+            and entry.source != self.config.node_id  # our own campaign, seen again, is no hand-off
             and self.role is Role.REPLICA
         ):
             self.role = Role.PROMOTING
@@ -314,15 +316,17 @@ class Node:
         epoch = self.leader.epoch + 1
         entry = Entry(EntryType.LEADER, epoch, self.config.node_id, address=self.config.announce)
         sent = time.monotonic()
+        # From here the applier must not act on leadership entries: it may see ours before we do.
+        self.role = Role.PROMOTING
         try:
             msg_id = f"{self.config.node_id}.campaign.{epoch}.{applied}"
             seq = await self.journal.append(entry, applied, msg_id)
         except JournalError as exc:
             log.info("campaign for epoch %d lost: %s", epoch, exc)
+            self.role = Role.REPLICA
             self.leader.last_renewal = time.monotonic()
             self.leader.new_backoff()
             return
-        self.role = Role.PROMOTING
         if self._replica_task:
             self._replica_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -339,6 +343,8 @@ class Node:
     async def _promote(self, leader_seq: int, epoch: int, lease_from: float | None) -> None:
         cfg = self.config
         assert self.journal is not None and self.applier is not None
+        if self.committer is not None:
+            raise RuntimeError("promotion while a committer is running: two taps would ack writes")
         self.leader.epoch = epoch
         self.leader.leader_id = cfg.node_id
         self.leader.leader_address = cfg.announce
@@ -421,7 +427,8 @@ class Node:
                 if time.monotonic() > deadline:
                     raise RuntimeError("replication tap did not receive the last writes in time")
                 await asyncio.sleep(0.002)
-            await committer.final_append(Entry(EntryType.LEADER, epoch + 1, target), timeout)
+            handoff = Entry(EntryType.LEADER, epoch + 1, target, source=self.config.node_id)
+            await committer.final_append(handoff, timeout)
         except (JournalError, RuntimeError) as exc:
             self.handing_over = False
             await self.admin.execute("CLIENT", "UNPAUSE")
