@@ -1,0 +1,211 @@
+"""`engram local ...`: run an Engram cluster as local processes (see design.md, Local platform contract)."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import shlex
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from engram.binaries import BinaryNotFound
+from engram.platforms.local import cluster
+from engram.platforms.local.plan import ClusterSpec, PlanError
+from engram.platforms.local.ports import PortBusy
+from engram.platforms.local.probe import FailoverFailed
+from engram.platforms.local.state import default_base_dir
+
+_ERRORS = (cluster.LocalError, BinaryNotFound, PortBusy, PlanError, FailoverFailed, ValueError)
+_SIGNALS = {"KILL": signal.SIGKILL, "STOP": signal.SIGSTOP, "CONT": signal.SIGCONT, "TERM": signal.SIGTERM}
+
+
+def _say(message: str) -> None:
+    print(f"engram: {message}", file=sys.stderr, flush=True)
+
+
+def _fail(message: str) -> int:
+    _say(f"error: {message}")
+    return 1
+
+
+def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Turn the platform's errors into one clear line on stderr and exit code 1."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except _ERRORS as exc:
+            return _fail(str(exc))
+        except KeyboardInterrupt:
+            return _fail("interrupted")
+
+    return run
+
+
+def _zones(text: str) -> tuple[str, ...]:
+    zones = tuple(z.strip() for z in text.split(",") if z.strip())
+    if not zones:
+        raise argparse.ArgumentTypeError("give at least one zone, e.g. a,b,c")
+    return zones
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _dash(value: Any) -> str:
+    return "-" if value is None or value == "" else str(value)
+
+
+def _print_status(doc: dict[str, Any]) -> None:
+    print(f"cluster {doc['name']}  endpoint {doc['endpoint']}  ({doc['dir']})\n")
+    nodes = [("NODE", "SHARD", "ZONE", "ROLE", "ADDRESS", "PID", "APPLIED", "RESTARTS")]
+    for n in doc["nodes"]:
+        role = n["role"] + (f" (halted: {n['halted']})" if n.get("halted") else "")
+        pid, applied, restarts = _dash(n["pid"]), _dash(n["applied_seq"]), str(n["restarts"])
+        nodes.append((n["id"], str(n["shard"]), n["zone"], role, n["address"], pid, applied, restarts))
+    _table(nodes)
+    print()
+    journal = [("JOURNAL", "ZONE", "URL", "PID", "RESTARTS")]
+    journal += [
+        (j["target"], j["zone"], j["url"], _dash(j["pid"]), str(j["restarts"])) for j in doc["journal"]
+    ]
+    _table(journal)
+
+
+@_guarded
+def cmd_up(args: argparse.Namespace) -> int:
+    spec = ClusterSpec(
+        name=args.name,
+        shards=args.shards,
+        replicas=args.replicas,
+        zones=args.zones,
+        base_port=args.port,
+        lease_seconds=args.lease,
+        log_level=args.log_level,
+        node_command=tuple(shlex.split(args.node_command or "")),
+    )
+    doc = cluster.up(spec, args.dir, timeout=args.timeout, progress=_say)
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        _print_status(doc)
+    return 0
+
+
+@_guarded
+def cmd_status(args: argparse.Namespace) -> int:
+    doc = cluster.status(args.dir, args.name)
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        _print_status(doc)
+    return 0
+
+
+@_guarded
+def cmd_down(args: argparse.Namespace) -> int:
+    cluster.down(args.dir, args.name, keep_data=args.keep_data, progress=_say)
+    _say(f"cluster {args.name} stopped" + (" (data kept)" if args.keep_data else ""))
+    return 0
+
+
+@_guarded
+def cmd_kill(args: argparse.Namespace) -> int:
+    _say(cluster.kill(args.dir, args.name, args.target, _SIGNALS[args.signal]))
+    return 0
+
+
+@_guarded
+def cmd_failover(args: argparse.Namespace) -> int:
+    _say(cluster.failover(args.dir, args.name, shard=args.shard, to=args.to, timeout=args.timeout))
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add `local` and its subcommands to the top-level parser."""
+    local = commands.add_parser("local", help="run a cluster as local processes")
+    sub = local.add_subparsers(dest="local_command", required=True, metavar="SUBCOMMAND")
+
+    def add(
+        name: str, handler: Callable[[argparse.Namespace], int], help_text: str
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("name", metavar="NAME", help="the cluster's name")
+        p.add_argument(
+            "--dir",
+            default=str(default_base_dir()),
+            metavar="DIR",
+            help="where clusters keep state, data and logs (default: %(default)s)",
+        )
+        p.set_defaults(func=handler)
+        return p
+
+    up = add("up", cmd_up, "start a cluster under a background supervisor; returns once it serves")
+    up.add_argument("--shards", type=int, default=1, help="number of shards (default: %(default)s)")
+    up.add_argument(
+        "--replicas",
+        type=int,
+        default=2,
+        help="replicas per shard besides the primary (default: %(default)s)",
+    )
+    up.add_argument(
+        "--zones",
+        type=_zones,
+        default=("a", "b", "c"),
+        metavar="A,B,C",
+        help="zones; one journal server per zone (default: a,b,c)",
+    )
+    up.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        metavar="BASE",
+        help="endpoint port; nodes and journal take the ports after it (default: free ports)",
+    )
+    up.add_argument(
+        "--lease", type=float, default=2.0, metavar="SECONDS", help="leader lease (default: %(default)s)"
+    )
+    up.add_argument(
+        "--timeout",
+        type=float,
+        default=90.0,
+        metavar="SECONDS",
+        help="give up if the cluster does not serve within this time (default: %(default)s)",
+    )
+    up.add_argument("--log-level", default="warning", help="node log level (default: %(default)s)")
+    up.add_argument(
+        "--node-command",
+        metavar="CMD",
+        help="run each node as `CMD --config PATH` instead of `python -m engram.node` (profilers, fakes)",
+    )
+    up.add_argument("--json", action="store_true", help="print the status JSON on stdout")
+
+    status = add("status", cmd_status, "show a cluster's nodes, roles and journal")
+    status.add_argument("--json", action="store_true", help="print JSON")
+
+    down = add("down", cmd_down, "stop a cluster and remove its state, data and logs")
+    down.add_argument("--keep-data", action="store_true", help="keep the directory (journal, logs)")
+
+    kill = add("kill", cmd_kill, "send a signal to a node or journal server, as a failure drill")
+    kill.add_argument(
+        "target", metavar="TARGET", help="a node id (NAME-s0-n1) or a journal server (journal-a)"
+    )
+    kill.add_argument(
+        "--signal", type=str.upper, choices=sorted(_SIGNALS), default="KILL", help="(default: %(default)s)"
+    )
+
+    failover = add("failover", cmd_failover, "planned switchover of a shard's primary")
+    failover.add_argument("--shard", type=int, default=0, help="(default: %(default)s)")
+    failover.add_argument(
+        "--to", metavar="NODE_ID", help="the new primary (default: the most caught-up replica)"
+    )
+    failover.add_argument(
+        "--timeout", type=float, default=60.0, metavar="SECONDS", help="(default: %(default)s)"
+    )

@@ -1,0 +1,44 @@
+"""The `engram` command: a small argparse tree; each subcommand lives in its own module."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+
+from engram import __version__
+from engram.cli import local
+
+
+def _run_node(args: argparse.Namespace) -> int:
+    """`engram node --config PATH`: run one engine node in this process (what platforms start)."""
+    from engram.node.__main__ import main as node_main  # lazy: the CLI must not pay for the engine
+
+    node_argv = ["--config", args.config]
+    if inspect.signature(node_main).parameters:
+        return node_main(node_argv) or 0
+    sys.argv = ["engram node", *node_argv]
+    return node_main() or 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="engram",
+        description="Engram: Valkey in memory, every write committed to a multi-zone journal.",
+    )
+    parser.add_argument("--version", action="version", version=f"engram {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    local.register(commands)
+    node = commands.add_parser("node", help="run one engine node (platforms start this)")
+    node.add_argument("--config", required=True, metavar="PATH", help="the node's NodeConfig JSON file")
+    node.set_defaults(func=_run_node)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

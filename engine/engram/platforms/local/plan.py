@@ -1,0 +1,149 @@
+"""Plan a local cluster: zones, node ids, ports, files; write the node and journal configs."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from engram.node.config import NodeConfig
+from engram.platforms.local import journal, ports
+from engram.platforms.local.ports import LOOPBACK
+from engram.platforms.local.state import ClusterState, NodeState, check_name
+
+# Linux refuses unix socket paths longer than this (sun_path is 108 bytes with its NUL).
+MAX_UNIX_SOCKET = 107
+
+
+class PlanError(ValueError):
+    """The requested cluster cannot be laid out as asked."""
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """What the user asked for."""
+
+    name: str
+    shards: int = 1
+    replicas: int = 2
+    zones: tuple[str, ...] = ("a", "b", "c")
+    base_port: int | None = None
+    lease_seconds: float = 2.0
+    log_level: str = "warning"
+    node_command: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_name(self.name)
+        if self.shards < 1:
+            raise PlanError(f"--shards must be at least 1, got {self.shards}")
+        if self.replicas < 0:
+            raise PlanError(f"--replicas must be 0 or more, got {self.replicas}")
+        if not self.zones or len(set(self.zones)) != len(self.zones):
+            raise PlanError(f"--zones must name one or more distinct zones, got {','.join(self.zones)!r}")
+        if self.lease_seconds <= 0:
+            raise PlanError(f"--lease must be positive, got {self.lease_seconds}")
+
+    @property
+    def node_count(self) -> int:
+        return self.shards * (self.replicas + 1)
+
+    @property
+    def journal_replicas(self) -> int:
+        return min(3, len(self.zones))
+
+
+def place_zone(shard: int, index: int, zones: Sequence[str]) -> str:
+    """Zone of node `index` (0 = the initial candidate) of a shard: a shard's nodes sit in distinct
+    zones while it has no more nodes than zones, and initial primaries rotate over the zones."""
+    return zones[(shard + index) % len(zones)]
+
+
+def node_id(name: str, shard: int, index: int) -> str:
+    return f"{name}-s{shard}-n{index}"
+
+
+def plan(spec: ClusterSpec, directory: Path, nats_server: str, valkey_server: str) -> ClusterState:
+    """Lay the cluster out: allocate every port (raising PortBusy) and name every file."""
+    journal_ports = 3 * len(spec.zones)
+    numbers = ports.allocate(1 + spec.node_count + journal_ports, spec.base_port)
+    endpoint, node_ports, rest = numbers[0], numbers[1 : 1 + spec.node_count], numbers[1 + spec.node_count :]
+    nodes = []
+    for shard in range(spec.shards):
+        for index in range(spec.replicas + 1):
+            nid = node_id(spec.name, shard, index)
+            nodes.append(
+                NodeState(
+                    id=nid,
+                    shard=shard,
+                    zone=place_zone(shard, index, spec.zones),
+                    port=node_ports[len(nodes)],
+                    config=str(directory / "nodes" / nid / "node.json"),
+                    log=str(directory / "logs" / f"{nid}.log"),
+                )
+            )
+    return ClusterState(
+        name=spec.name,
+        dir=str(directory),
+        endpoint_port=endpoint,
+        shards=spec.shards,
+        replicas=spec.replicas,
+        zones=list(spec.zones),
+        lease_seconds=spec.lease_seconds,
+        nats_server=nats_server,
+        valkey_server=valkey_server,
+        nodes=nodes,
+        journal=journal.plan_journal(spec.name, spec.zones, directory, rest),
+        node_command=list(spec.node_command),
+    )
+
+
+def node_config(state: ClusterState, node: NodeState, log_level: str = "warning") -> NodeConfig:
+    """The NodeConfig a node process is started with."""
+    values = {
+        "cluster": state.name,
+        "node_id": node.id,
+        "shard": node.shard,
+        "zone": node.zone,
+        "port": node.port,
+        "journal_urls": state.journal_urls,
+        "data_dir": str(Path(node.config).parent),
+        "host": LOOPBACK,
+        "journal_replicas": min(3, len(state.zones)),
+        "lease_seconds": state.lease_seconds,
+        "valkey_server": state.valkey_server,
+        "log_level": log_level,
+    }
+    # Fields the node may grow (the shard count for its slot map); pass them only if it has them.
+    known = {f.name for f in dataclasses.fields(NodeConfig)}
+    if "shards" in known:
+        values["shards"] = state.shards
+    data_dir = str(values["data_dir"])
+    if "valkey_socket" in known and len(str(Path(data_dir) / "valkey.sock")) > MAX_UNIX_SOCKET:
+        values["valkey_socket"] = short_socket(data_dir)
+    return NodeConfig(**values)
+
+
+def short_socket(data_dir: str) -> str:
+    """A unix socket path for a node whose data directory is too deep to hold one (sun_path limit)."""
+    digest = hashlib.sha256(data_dir.encode()).hexdigest()[:16]
+    return str(Path(tempfile.gettempdir()) / f"engram-{digest}.sock")
+
+
+def write_files(state: ClusterState, log_level: str = "warning") -> None:
+    """Create the cluster's directories and write every journal and node config."""
+    configs = [(node, node_config(state, node, log_level)) for node in state.nodes]
+    for _, config in configs:
+        if len(config.valkey_socket) > MAX_UNIX_SOCKET:
+            raise PlanError(
+                f"the directory {state.dir} is too deep: a node's Valkey socket path would be "
+                f"{len(config.valkey_socket)} bytes, over the {MAX_UNIX_SOCKET} Linux allows; "
+                "use a shorter --dir"
+            )
+    (Path(state.dir) / "logs").mkdir(parents=True, exist_ok=True)
+    journal.write_configs(state.journal, f"{state.name}-journal")
+    for node, config in configs:
+        Path(config.data_dir).mkdir(parents=True, exist_ok=True)
+        config.dump(node.config)

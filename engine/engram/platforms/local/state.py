@@ -1,0 +1,175 @@
+"""A local cluster's state file, DIR/NAME/state.json: its plan, its processes and their pids."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from engram.platforms.local.ports import LOOPBACK
+
+STATE_FILE = "state.json"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
+
+# Phases the supervisor walks through; `up` reports them as progress.
+PLANNED = "planned"
+JOURNAL_STARTING = "journal-starting"
+JOURNAL_READY = "journal-ready"
+NODES_STARTED = "nodes-started"
+STOPPING = "stopping"
+FAILED = "failed"
+
+
+def default_base_dir() -> Path:
+    """The per-user state directory: $XDG_STATE_HOME/engram, else ~/.local/state/engram."""
+    xdg = os.environ.get("XDG_STATE_HOME")
+    root = Path(xdg) if xdg else Path.home() / ".local" / "state"
+    return root / "engram"
+
+
+def check_name(name: str) -> str:
+    """A cluster name becomes a directory, node ids and journal stream names: keep it plain."""
+    if not _NAME.match(name):
+        raise ValueError(
+            f"cluster name {name!r} must start with a letter or digit and hold only letters, digits, "
+            "'-' and '_' (at most 40 characters)"
+        )
+    return name
+
+
+def cluster_dir(base: str | Path, name: str) -> Path:
+    return Path(base).expanduser().absolute() / check_name(name)
+
+
+def state_path(base: str | Path, name: str) -> Path:
+    return cluster_dir(base, name) / STATE_FILE
+
+
+@dataclass
+class NodeState:
+    """One engine node: its place in the cluster, its files and its current process."""
+
+    id: str
+    shard: int
+    zone: str
+    port: int
+    config: str
+    log: str
+    pid: int | None = None
+    restarts: int = 0
+    last_exit: int | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+
+@dataclass
+class JournalState:
+    """One journal (nats-server) process, one per zone."""
+
+    zone: str
+    name: str
+    port: int
+    cluster_port: int
+    http_port: int
+    config: str
+    store_dir: str
+    log: str
+    pid: int | None = None
+    restarts: int = 0
+    last_exit: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{LOOPBACK}:{self.port}"
+
+    @property
+    def target(self) -> str:
+        """The name `engram local kill` knows this server by."""
+        return f"journal-{self.zone}"
+
+
+@dataclass
+class ClusterState:
+    """Everything `engram local` and the supervisor share about one cluster."""
+
+    name: str
+    dir: str
+    endpoint_port: int
+    shards: int
+    replicas: int
+    zones: list[str]
+    lease_seconds: float
+    nats_server: str
+    valkey_server: str
+    nodes: list[NodeState] = field(default_factory=list)
+    journal: list[JournalState] = field(default_factory=list)
+    # Replaces `python -m engram.node` (profilers, test doubles); empty: the real node.
+    node_command: list[str] = field(default_factory=list)
+    supervisor_pid: int | None = None
+    # The node the endpoint relays new connections to: shard 0's primary ("" while none is known).
+    endpoint_node: str = ""
+    phase: str = PLANNED
+    error: str = ""
+
+    @property
+    def endpoint(self) -> str:
+        return f"{LOOPBACK}:{self.endpoint_port}"
+
+    @property
+    def path(self) -> Path:
+        return Path(self.dir) / STATE_FILE
+
+    @property
+    def logs(self) -> Path:
+        return Path(self.dir) / "logs"
+
+    @property
+    def journal_urls(self) -> list[str]:
+        return [j.url for j in self.journal]
+
+    def node(self, node_id: str) -> NodeState | None:
+        return next((n for n in self.nodes if n.id == node_id), None)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ClusterState:
+        data = dict(data)
+        nodes = [NodeState(**n) for n in data.pop("nodes", [])]
+        journal = [JournalState(**j) for j in data.pop("journal", [])]
+        return cls(**data, nodes=nodes, journal=journal)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ClusterState:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def save(self) -> None:
+        """Replace the state file atomically, so a reader never sees half of it."""
+        tmp = _write_temp(self.path, self.to_json())
+        os.replace(tmp, self.path)
+
+    def create(self) -> bool:
+        """Write the state file only if none exists; False when another cluster holds the name."""
+        tmp = _write_temp(self.path, self.to_json())
+        try:
+            os.link(tmp, self.path)  # link() refuses to overwrite: an atomic exclusive create
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+        return True
+
+
+def _write_temp(path: Path, text: str) -> str:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    return tmp

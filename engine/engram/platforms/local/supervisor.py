@@ -1,0 +1,291 @@
+"""The background supervisor of a local cluster: starts the journal and the nodes, restarts whatever
+crashes (as the kubelet restarts a pod), keeps state.json current and serves the endpoint.
+
+Run as ``python -m engram.platforms.local.supervisor STATE_FILE``; SIGTERM stops the cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from engram.platforms.local import journal, probe, processes
+from engram.platforms.local.relay import EndpointRelay
+from engram.platforms.local.state import (
+    FAILED,
+    JOURNAL_READY,
+    JOURNAL_STARTING,
+    NODES_STARTED,
+    STOPPING,
+    ClusterState,
+    JournalState,
+    NodeState,
+)
+
+log = logging.getLogger("engram.supervisor")
+
+POLL_CHILDREN = 0.2
+POLL_STATUS = 0.5
+# A node slower than this to answer (a loaded machine) is routed around until it answers again.
+STATUS_TIMEOUT = 2.0
+# Restart backoff: first restart after BACKOFF_MIN, doubling per crash up to BACKOFF_MAX; a child that
+# stayed up for STABLE_AFTER seconds starts from the bottom again (Kubernetes: 10 s .. 5 min, 10 min).
+BACKOFF_MIN = 0.5
+BACKOFF_MAX = 10.0
+STABLE_AFTER = 30.0
+JOURNAL_TIMEOUT = 60.0
+STOP_TIMEOUT = 10.0
+
+
+@dataclass
+class Child:
+    """One supervised process: a journal server or an engine node."""
+
+    key: str
+    argv: list[str]
+    record: NodeState | JournalState
+    proc: subprocess.Popen | None = None
+    started_at: float = 0.0
+    crashes: int = 0
+    restart_at: float | None = None
+
+    def start(self) -> None:
+        self.proc = processes.spawn(self.argv, self.record.log)
+        self.started_at = time.monotonic()
+        self.restart_at = None
+        self.record.pid = self.proc.pid
+
+    def exited(self) -> int | None:
+        """The exit code if the process has ended since the last check (reaping it), else None."""
+        if self.proc is None or self.restart_at is not None:
+            return None
+        return self.proc.poll()
+
+
+class Supervisor:
+    """Runs one cluster's processes from its state file until SIGTERM."""
+
+    def __init__(self, state_path: str | Path) -> None:
+        self.state_path = Path(state_path)
+        self.state = ClusterState.load(self.state_path)
+        self.journal: list[Child] = []
+        self.nodes: list[Child] = []
+        self.status: dict[str, dict[str, str] | None] = {}
+        self.stop = asyncio.Event()
+        self.relay: EndpointRelay | None = None
+
+    def save(self) -> None:
+        try:
+            self.state.save()
+        except OSError as exc:  # the directory may be gone; _serve notices and stops
+            log.error("cannot write %s: %s", self.state_path, exc)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(sig, self.stop.set)
+        self.state.supervisor_pid = os.getpid()
+        self.state.phase = JOURNAL_STARTING
+        self.save()
+        log.info("supervising cluster %s from %s", self.state.name, self.state.dir)
+        try:
+            await self._start()
+            if not self.stop.is_set():
+                await self._serve()
+        except StartFailed as exc:
+            log.error("%s", exc)
+            self.state.phase, self.state.error = FAILED, str(exc)
+            await self._shutdown(remove_state=False)
+            return 1
+        except BaseException:
+            log.exception("supervisor failed; stopping the cluster")
+            await self._shutdown(remove_state=True)
+            raise
+        await self._shutdown(remove_state=True)
+        return 0
+
+    async def _start(self) -> None:
+        s = self.state
+        for server in s.journal:
+            child = Child(server.target, journal.server_argv(server, s.nats_server), server)
+            child.start()
+            self.journal.append(child)
+        self.save()
+        waiting = asyncio.ensure_future(journal.wait_ready(s.journal, JOURNAL_TIMEOUT))
+        try:
+            while not waiting.done():
+                for child in self.journal:
+                    code = child.exited()
+                    if code is not None:
+                        raise StartFailed(
+                            f"journal server {child.key} exited with code {code} while starting: "
+                            f"{processes.tail(child.record.log, 3)} (log: {child.record.log})"
+                        )
+                if self.stop.is_set():
+                    return
+                await asyncio.wait([waiting], timeout=POLL_CHILDREN)
+            try:
+                waiting.result()
+            except journal.JournalNotReady as exc:
+                raise StartFailed(str(exc)) from exc
+        finally:
+            waiting.cancel()
+        s.phase = JOURNAL_READY
+        self.save()
+        log.info("journal ready: %s", ", ".join(s.journal_urls))
+        self.relay = EndpointRelay(s.endpoint_port, self._relay_targets)
+        try:
+            await self.relay.start()
+        except OSError as exc:
+            raise StartFailed(f"cannot listen on the endpoint {s.endpoint}: {exc.strerror or exc}") from exc
+        for node in s.nodes:
+            child = Child(node.id, node_argv(s, node), node)
+            child.start()
+            self.nodes.append(child)
+        s.phase = NODES_STARTED
+        self.save()
+        log.info("started %d nodes; endpoint %s", len(s.nodes), s.endpoint)
+
+    async def _serve(self) -> None:
+        poller = asyncio.ensure_future(self._poll_status())
+        try:
+            while not self.stop.is_set():
+                if not self.state_path.exists():
+                    # Someone removed the cluster's directory: nobody can reach this cluster any more.
+                    log.warning("state file %s was removed; stopping the cluster", self.state_path)
+                    break
+                self._tend()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), POLL_CHILDREN)
+        finally:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+
+    def _tend(self) -> None:
+        """Notice crashed children and restart them once their backoff has passed."""
+        now = time.monotonic()
+        changed = False
+        for child in self.journal + self.nodes:
+            code = child.exited()
+            if code is not None:
+                ran = now - child.started_at
+                child.crashes = 1 if ran >= STABLE_AFTER else child.crashes + 1
+                delay = min(BACKOFF_MAX, BACKOFF_MIN * 2 ** (child.crashes - 1))
+                child.restart_at = now + delay
+                child.record.last_exit = code
+                child.record.pid = None
+                self.status.pop(child.key, None)
+                changed = True
+                log.warning(
+                    "%s (pid %d) exited with code %d after %.1fs; restarting in %.1fs",
+                    child.key,
+                    child.proc.pid if child.proc else 0,
+                    code,
+                    ran,
+                    delay,
+                )
+            if child.restart_at is not None and now >= child.restart_at:
+                child.start()
+                child.record.restarts += 1
+                changed = True
+                log.info("restarted %s as pid %d", child.key, child.record.pid)
+        if changed:
+            self.save()
+
+    async def _poll_status(self) -> None:
+        """Learn every node's role every POLL_STATUS seconds, for the endpoint relay."""
+        while True:
+            nodes = self.state.nodes
+            try:
+                replies = await probe.fetch_all([n.port for n in nodes], timeout=STATUS_TIMEOUT)
+            except Exception:  # a probe bug must not stop the relay from routing
+                log.exception("status poll failed")
+            else:
+                self.status = {n.id: r for n, r in zip(nodes, replies, strict=True)}
+                self._note_endpoint_node()
+            await asyncio.sleep(POLL_STATUS)
+
+    def _note_endpoint_node(self) -> None:
+        """Record which node the endpoint routes to, so `up` can wait for it and status can show it."""
+        ports = self._relay_targets()
+        first = next((n for n in self.state.nodes if ports and n.port == ports[0]), None)
+        chosen = first.id if first is not None and self._is_shard0_primary(first) else ""
+        if chosen != self.state.endpoint_node:
+            self.state.endpoint_node = chosen
+            self.save()
+            log.info("endpoint now routes to %s", chosen or "any live node (no primary known)")
+
+    def _is_shard0_primary(self, node: NodeState) -> bool:
+        st = self.status.get(node.id)
+        return node.shard == 0 and st is not None and st.get("role") == "primary" and not st.get("halted")
+
+    def _relay_targets(self) -> list[int]:
+        """Shard 0's primary first, then other answering nodes of shard 0, then the rest."""
+
+        def rank(node: NodeState) -> tuple[int, int]:
+            if self._is_shard0_primary(node):
+                return (0, 0)
+            if self.status.get(node.id) is None:
+                return (3, node.shard)
+            return (1 if node.shard == 0 else 2, node.shard)
+
+        return [n.port for n in sorted(self.state.nodes, key=rank)]
+
+    async def _shutdown(self, remove_state: bool) -> None:
+        """Stop the relay, then the nodes, then the journal; forget the cluster if asked."""
+        self.state.phase = STOPPING if remove_state else self.state.phase
+        if remove_state:
+            self.save()
+        if self.relay is not None:
+            await self.relay.close()
+        for group in (self.nodes, self.journal):
+            procs = [c.proc for c in group if c.proc is not None]
+            # Waiting blocks the loop, which is fine: nothing else runs while shutting down.
+            processes.stop_all(procs, STOP_TIMEOUT)
+            for c in group:
+                c.record.pid = None
+        if remove_state:
+            with contextlib.suppress(FileNotFoundError):
+                self.state_path.unlink()
+        else:
+            self.save()
+        log.info("cluster %s stopped", self.state.name)
+
+
+class StartFailed(RuntimeError):
+    """The cluster could not be started; the message says why."""
+
+
+def node_argv(state: ClusterState, node: NodeState) -> list[str]:
+    """The node's command line: `python -m engram.node`, unless `up --node-command` or
+    ENGRAM_NODE_COMMAND replaced it (profilers, test doubles)."""
+    command = state.node_command or shlex.split(os.environ.get("ENGRAM_NODE_COMMAND", ""))
+    return [*(command or [sys.executable, "-m", "engram.node"]), "--config", node.config]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m engram.platforms.local.supervisor STATE_FILE", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=os.environ.get("ENGRAM_SUPERVISOR_LOG", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # Plain asyncio, not uvloop: the relay is light, and libuv's child handling stays out of the way
+    # of the subprocess.Popen children reaped here.
+    return asyncio.run(Supervisor(args[0]).run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Laying out a local cluster: zones, ids, ports, state file, CLI arguments."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from engram.cli.main import build_parser
+from engram.node.config import NodeConfig
+from engram.platforms.local import plan, ports
+from engram.platforms.local.probe import parse_status
+from engram.platforms.local.state import ClusterState, check_name
+
+
+def _state(tmp_path: Path, **spec: object) -> ClusterState:
+    return plan.plan(plan.ClusterSpec(name="demo", **spec), tmp_path / "demo", "nats-server", "valkey-server")  # type: ignore[arg-type]
+
+
+def test_a_shards_nodes_sit_in_distinct_zones_and_initial_primaries_rotate() -> None:
+    zones = ("a", "b", "c")
+    for shard in range(4):
+        assert len({plan.place_zone(shard, i, zones) for i in range(3)}) == 3
+    assert [plan.place_zone(s, 0, zones) for s in range(3)] == ["a", "b", "c"]
+
+
+def test_node_ids_name_cluster_shard_and_index(tmp_path: Path) -> None:
+    state = _state(tmp_path, shards=2, replicas=1)
+    assert [n.id for n in state.nodes] == ["demo-s0-n0", "demo-s0-n1", "demo-s1-n0", "demo-s1-n1"]
+    assert [n.zone for n in state.nodes] == ["a", "b", "b", "c"]
+
+
+def test_every_process_gets_its_own_port(tmp_path: Path) -> None:
+    state = _state(tmp_path, shards=2, replicas=2)
+    used = [state.endpoint_port, *(n.port for n in state.nodes)]
+    used += [p for j in state.journal for p in (j.port, j.cluster_port, j.http_port)]
+    assert len(used) == len(set(used)) == 1 + 6 + 9
+
+
+def test_base_port_lays_ports_out_contiguously(tmp_path: Path) -> None:
+    base = ports.allocate(1)[0]
+    if not all(ports.is_free(p) for p in range(base, base + 13)):
+        pytest.skip("no free contiguous block here")
+    state = _state(tmp_path, replicas=2, base_port=base)
+    assert state.endpoint_port == base
+    assert [n.port for n in state.nodes] == [base + 1, base + 2, base + 3]
+
+
+def test_a_busy_base_port_is_refused_with_a_hint() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ports.PortBusy, match=rf"port {port} .* already in use.*--port"):
+            ports.allocate(3, base=port)
+
+
+def test_journal_has_one_server_per_zone_and_at_most_three_replicas(tmp_path: Path) -> None:
+    state = _state(tmp_path, zones=("x", "y"))
+    assert [j.zone for j in state.journal] == ["x", "y"]
+    assert [j.target for j in state.journal] == ["journal-x", "journal-y"]
+    assert plan.ClusterSpec(name="d", zones=("a", "b", "c", "d")).journal_replicas == 3
+
+
+def test_node_configs_point_at_every_journal_server(tmp_path: Path) -> None:
+    state = _state(tmp_path, lease_seconds=1.5)
+    plan.write_files(state)
+    config = NodeConfig.load(state.nodes[1].config)
+    assert config.node_id == "demo-s0-n1"
+    assert config.zone == "b"
+    assert config.port == state.nodes[1].port
+    assert config.lease_seconds == 1.5
+    assert config.journal_urls == state.journal_urls
+    assert config.journal_replicas == 3
+    assert Path(state.journal[0].config).read_text().count("nats-route://") == 3
+
+
+def test_a_directory_too_deep_for_a_unix_socket_gets_its_valkey_socket_elsewhere(tmp_path: Path) -> None:
+    state = _state(tmp_path / ("d" * 90))
+    plan.write_files(state)
+    sockets = {NodeConfig.load(n.config).valkey_socket for n in state.nodes}
+    assert len(sockets) == len(state.nodes)
+    assert all(len(s) <= plan.MAX_UNIX_SOCKET and not s.startswith(state.dir) for s in sockets)
+
+
+@pytest.mark.parametrize("bad", ["", "has space", "dot.ted", "-lead", "x" * 41])
+def test_cluster_names_that_cannot_be_ids_are_refused(bad: str) -> None:
+    with pytest.raises(ValueError, match="cluster name"):
+        check_name(bad)
+
+
+@pytest.mark.parametrize(("field", "value"), [("shards", 0), ("replicas", -1), ("zones", ("a", "a"))])
+def test_impossible_layouts_are_refused(field: str, value: object) -> None:
+    with pytest.raises(plan.PlanError):
+        plan.ClusterSpec(name="demo", **{field: value})  # type: ignore[arg-type]
+
+
+def test_state_file_round_trips_and_create_refuses_an_existing_one(tmp_path: Path) -> None:
+    state = _state(tmp_path)
+    Path(state.dir).mkdir(parents=True)
+    assert state.create()
+    assert not state.create()
+    state.nodes[0].pid = 1234
+    state.save()
+    loaded = ClusterState.load(state.path)
+    assert loaded == state
+    assert json.loads(state.path.read_text())["nodes"][0]["pid"] == 1234
+    assert [p.name for p in Path(state.dir).iterdir()] == ["state.json"]  # no temporary files left
+
+
+def test_status_reply_becomes_a_dict_of_strings() -> None:
+    reply = [b"node_id", b"n0", b"role", b"primary", b"applied_seq", b"7", b"halted", b""]
+    assert parse_status(reply) == {"node_id": "n0", "role": "primary", "applied_seq": "7", "halted": ""}
+
+
+def test_cli_parses_the_documented_local_commands() -> None:
+    parser = build_parser()
+    args = parser.parse_args(
+        ["local", "up", "demo", "--shards", "2", "--replicas", "1", "--zones", "a,b", "--dir", "/d", "--json"]
+    )
+    assert (args.name, args.shards, args.replicas, args.zones, args.dir, args.json) == (
+        "demo", 2, 1, ("a", "b"), "/d", True
+    )  # fmt: skip
+    assert parser.parse_args(["local", "kill", "demo", "journal-a", "--signal", "stop"]).signal == "STOP"
+    failover = parser.parse_args(["local", "failover", "demo", "--shard", "1", "--to", "demo-s1-n2"])
+    assert (failover.shard, failover.to) == (1, "demo-s1-n2")
+    assert parser.parse_args(["node", "--config", "/x.json"]).config == "/x.json"
