@@ -224,3 +224,24 @@ def test_restarted_replica_rejoins_and_catches_up_from_the_journal(local_cluster
     reader = client_for(restarted)
     reader.execute_command("READONLY")
     assert read_all(reader, [f"r{i}" for i in range(400)]) == [str(i).encode() for i in range(400)]
+
+
+def test_without_quorum_a_write_fails_with_a_clear_error_once_the_lease_runs_out(local_cluster) -> None:
+    status = local_cluster(shards=1, replicas=1, lease=1.0)
+    primary = client_for(primary_of(cli_status(status)), socket_timeout=30)
+    primary.set("warm", "1")
+    stopped = _journal_pids(status)[:2]
+    for pid in stopped:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        unknown = r"stopped being primary.*outcome of this command is unknown"
+        with pytest.raises(redis.ResponseError, match=unknown):
+            primary.set("never-acknowledged", "v")
+        waited = time.monotonic() - started
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+    assert waited < 10.0, f"the client waited {waited:.1f}s for its error"
+    new = wait_for_new_primary(status, old_id="", timeout=60)
+    assert client_for(new).set("after-quorum", "1")

@@ -40,6 +40,10 @@ def wait_for_new_primary(status: dict, old_id: str, timeout: float = 30.0) -> di
         fresh = cli_status(status)
         for node in fresh["nodes"]:
             if node["role"] == "primary" and node["id"] != old_id:
+                try:
+                    client_for(node, socket_timeout=2).execute_command("ENGRAM.STATUS")
+                except redis.RedisError:
+                    continue
                 return node
         time.sleep(0.2)
     raise AssertionError(f"no node other than {old_id} became primary within {timeout}s")

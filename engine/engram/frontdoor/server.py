@@ -71,9 +71,13 @@ class FrontDoor:
             self._server.close()
         self.close_sessions()
 
-    def close_sessions(self, keep: Session | None = None) -> None:
+    def close_sessions(self, keep: Session | None = None, reason: str = "") -> None:
         for session in list(self.sessions):
-            if session is not keep:
+            if session is keep:
+                continue
+            if reason:
+                session.abort(reason)
+            else:
                 session.close()
 
     def admission(

@@ -374,6 +374,17 @@ class Session(asyncio.Protocol):
         if self.upstream is not None:
             self.upstream.close()
 
+    def abort(self, reason: str) -> None:
+        """Answer every reply still held with an error naming reason, then hang up."""
+        message = resp.error(f"TRYAGAIN {reason}; the outcome of this command is unknown")
+        for item in self.out:
+            if item.data is None or item.gates:
+                item.data = message
+                item.gates = 0
+                item.group = None
+        self._release()
+        self.close()
+
 
 _UNKNOWN = object()
 _DISCARD = resp.encode_command([b"DISCARD"])

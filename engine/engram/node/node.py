@@ -393,7 +393,7 @@ class Node:
             self.tap.close()
             self.tap = None
         assert self.door is not None and self.admin is not None and self.applier is not None
-        self.door.close_sessions(keep)  # type: ignore[arg-type]
+        self.door.close_sessions(keep, f"this node stopped being primary ({reason})")  # type: ignore[arg-type]
         self.door.pending.resolve_all(False)
         self.committer = None
         # Executed-but-uncommitted writes must vanish: start again from the journal.
@@ -433,9 +433,13 @@ class Node:
             self.handing_over = False
             await self.admin.execute("CLIENT", "UNPAUSE")
             raise RuntimeError(f"switchover to {target} aborted: {exc}") from exc
+        # Hang up on clients before un-pausing: a write they had queued must never run here now
+        # (and whatever slips through is flushed by demote, never journaled: the tap is gone).
+        assert self.door is not None
+        self.door.close_sessions(keep, f"leadership handed to {target}")  # type: ignore[arg-type]
+        await self.admin.execute("CLIENT", "UNPAUSE")
         self.handing_over = False
         await self.demote(f"handed leadership to {target}", keep=keep)
-        await self.admin.execute("CLIENT", "UNPAUSE")
         metrics.FAILOVERS.labels("switchover").inc()
         deadline = time.monotonic() + timeout
         while not (self.leader.epoch == epoch + 1 and self.leader.leader_address):
