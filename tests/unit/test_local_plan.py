@@ -19,17 +19,22 @@ def _state(tmp_path: Path, **spec: object) -> ClusterState:
     return plan.plan(plan.ClusterSpec(name="demo", **spec), tmp_path / "demo", "nats-server", "valkey-server")  # type: ignore[arg-type]
 
 
-def test_a_shards_nodes_sit_in_distinct_zones_and_initial_primaries_rotate() -> None:
-    zones = ("a", "b", "c")
-    for shard in range(4):
-        assert len({plan.place_zone(shard, i, zones) for i in range(3)}) == 3
-    assert [plan.place_zone(s, 0, zones) for s in range(3)] == ["a", "b", "c"]
+def test_a_shards_nodes_sit_in_distinct_zones_and_planned_primaries_are_balanced(tmp_path: Path) -> None:
+    state = _state(tmp_path, shards=3, replicas=2)
+    for shard in range(3):
+        assert len({n.zone for n in state.nodes if n.shard == shard}) == 3
+    preferred = [n for n in state.nodes if n.preferred_primary]
+    assert sorted(n.shard for n in preferred) == [0, 1, 2]
+    assert sorted(n.zone for n in preferred) == ["a", "b", "c"]
+    configs = {n.id: plan.node_config(state, n) for n in state.nodes}
+    assert all(configs[n.id].preferred_primary == n.preferred_primary for n in state.nodes)
+    assert all(c.shards == 3 for c in configs.values())
 
 
 def test_node_ids_name_cluster_shard_and_index(tmp_path: Path) -> None:
     state = _state(tmp_path, shards=2, replicas=1)
     assert [n.id for n in state.nodes] == ["demo-s0-n0", "demo-s0-n1", "demo-s1-n0", "demo-s1-n1"]
-    assert [n.zone for n in state.nodes] == ["a", "b", "b", "c"]
+    assert [n.zone for n in state.nodes] == ["a", "b", "c", "a"]
 
 
 def test_every_process_gets_its_own_port(tmp_path: Path) -> None:
@@ -53,7 +58,7 @@ def test_a_busy_base_port_is_refused_with_a_hint() -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        with pytest.raises(ports.PortBusy, match=rf"port {port} .* already in use.*--port"):
+        with pytest.raises(ports.PortBusy, match=rf"port {port}\b.* already in use.*--port"):
             ports.allocate(3, base=port)
 
 

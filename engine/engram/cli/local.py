@@ -65,11 +65,12 @@ def _dash(value: Any) -> str:
 
 def _print_status(doc: dict[str, Any]) -> None:
     print(f"cluster {doc['name']}  endpoint {doc['endpoint']}  ({doc['dir']})\n")
-    nodes = [("NODE", "SHARD", "ZONE", "ROLE", "ADDRESS", "PID", "APPLIED", "RESTARTS")]
+    nodes = [("NODE", "SHARD", "SLOTS", "ZONE", "ROLE", "ADDRESS", "PID", "APPLIED", "RESTARTS")]
     for n in doc["nodes"]:
         role = n["role"] + (f" (halted: {n['halted']})" if n.get("halted") else "")
         pid, applied, restarts = _dash(n["pid"]), _dash(n["applied_seq"]), str(n["restarts"])
-        nodes.append((n["id"], str(n["shard"]), n["zone"], role, n["address"], pid, applied, restarts))
+        slots = _dash(n.get("slots"))
+        nodes.append((n["id"], str(n["shard"]), slots, n["zone"], role, n["address"], pid, applied, restarts))
     _table(nodes)
     print()
     journal = [("JOURNAL", "ZONE", "URL", "PID", "RESTARTS")]

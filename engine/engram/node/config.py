@@ -24,6 +24,9 @@ class NodeConfig:
     journal_replicas: int = 3
     # Shards of the cluster, for the initial slot map (only the first node to start writes it).
     shards: int = 1
+    # The zone planner's choice of primary: on a brand-new shard it campaigns first, so that
+    # primaries start balanced over zones. Never used once the shard has a history.
+    preferred_primary: bool = False
     lease_seconds: float = 2.0
     # How long a write waits for the journal before its client gets an error.
     commit_timeout: float = 10.0

@@ -128,7 +128,14 @@ class Node:
             "engine_version": format_version(ENGINE_VERSION),
             "halted": self.applier.halted if self.applier else "",
             "address": self.config.announce,
+            "slots": self._slot_ranges(),
         }
+
+    def _slot_ranges(self) -> str:
+        slots = self.meta.view.slots if self.meta else None
+        if slots is None:
+            return ""
+        return ",".join(f"{a}-{b}" if a != b else str(a) for a, b in slots.ranges_of(self.config.shard))
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -156,6 +163,10 @@ class Node:
         await self.door.start(cfg.host, cfg.port)
         self.applier = Applier(self.journal, cfg.valkey_socket, self._observe)
         self.leader.last_renewal = time.monotonic()
+        if cfg.preferred_primary and await self._shard_is_new():
+            # No leader has ever held this shard, so no lease can be running: campaigning early
+            # is safe, and it lets the planned primary win.
+            self.leader.backoff = cfg.lease_seconds * 0.25
         self._become_replica()
         log.info("node %s serving on %s:%d", cfg.node_id, cfg.host, cfg.port)
         try:
@@ -187,6 +198,13 @@ class Node:
                 log.warning("journal not ready (%s); retrying", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+    async def _shard_is_new(self) -> bool:
+        assert self.journal is not None
+        try:
+            return await self.journal.last_seq() == 0
+        except JournalError:
+            return False
 
     async def _open_metadata(self) -> ClusterMetadata:
         cfg = self.config

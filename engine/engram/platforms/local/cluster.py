@@ -100,6 +100,7 @@ def _node_entry(node: NodeState, live: dict[str, str] | None) -> dict[str, Any]:
         "epoch": _int(live.get("epoch")),
         "leader_id": live.get("leader_id") or None,
         "halted": live.get("halted") or "",
+        "slots": live.get("slots") or "",
         "engine_version": live.get("engine_version") or None,
         "restarts": node.restarts,
         "log": node.log,

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import tempfile
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from engram.node.config import NodeConfig
+from engram.orchestration.zones import Spreading, ZonePlan, plan_zones
 from engram.platforms.local import journal, ports
 from engram.platforms.local.ports import LOOPBACK
 from engram.platforms.local.state import ClusterState, NodeState, check_name
@@ -55,10 +54,10 @@ class ClusterSpec:
         return min(3, len(self.zones))
 
 
-def place_zone(shard: int, index: int, zones: Sequence[str]) -> str:
-    """Zone of node `index` (0 = the initial candidate) of a shard: a shard's nodes sit in distinct
-    zones while it has no more nodes than zones, and initial primaries rotate over the zones."""
-    return zones[(shard + index) % len(zones)]
+def zone_plan(spec: ClusterSpec) -> ZonePlan:
+    """The zone planner's layout: a shard's nodes in distinct zones where the zones allow it
+    (Preferred spreading, as a laptop may have fewer zones than nodes), primaries balanced."""
+    return plan_zones(spec.zones, spec.shards, spec.replicas, Spreading.PREFERRED)
 
 
 def node_id(name: str, shard: int, index: int) -> str:
@@ -71,14 +70,17 @@ def plan(spec: ClusterSpec, directory: Path, nats_server: str, valkey_server: st
     numbers = ports.allocate(1 + spec.node_count + journal_ports, spec.base_port)
     endpoint, node_ports, rest = numbers[0], numbers[1 : 1 + spec.node_count], numbers[1 + spec.node_count :]
     nodes = []
+    zones = zone_plan(spec)
     for shard in range(spec.shards):
         for index in range(spec.replicas + 1):
             nid = node_id(spec.name, shard, index)
+            placement = zones.node(shard, index)
             nodes.append(
                 NodeState(
                     id=nid,
                     shard=shard,
-                    zone=place_zone(shard, index, spec.zones),
+                    zone=placement.zone,
+                    preferred_primary=placement.primary,
                     port=node_ports[len(nodes)],
                     config=str(directory / "nodes" / nid / "node.json"),
                     log=str(directory / "logs" / f"{nid}.log"),
@@ -116,12 +118,10 @@ def node_config(state: ClusterState, node: NodeState, log_level: str = "warning"
         "valkey_server": state.valkey_server,
         "log_level": log_level,
     }
-    # Fields the node may grow (the shard count for its slot map); pass them only if it has them.
-    known = {f.name for f in dataclasses.fields(NodeConfig)}
-    if "shards" in known:
-        values["shards"] = state.shards
+    values["shards"] = state.shards
+    values["preferred_primary"] = node.preferred_primary
     data_dir = str(values["data_dir"])
-    if "valkey_socket" in known and len(str(Path(data_dir) / "valkey.sock")) > MAX_UNIX_SOCKET:
+    if len(str(Path(data_dir) / "valkey.sock")) > MAX_UNIX_SOCKET:
         values["valkey_socket"] = short_socket(data_dir)
     return NodeConfig(**values)
 

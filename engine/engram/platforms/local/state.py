@@ -58,6 +58,8 @@ class NodeState:
     port: int
     config: str
     log: str
+    # The zone planner's primary for this shard; it campaigns first on a brand-new shard.
+    preferred_primary: bool = False
     pid: int | None = None
     restarts: int = 0
     last_exit: int | None = None
