@@ -245,3 +245,22 @@ def test_without_quorum_a_write_fails_with_a_clear_error_once_the_lease_runs_out
     assert waited < 10.0, f"the client waited {waited:.1f}s for its error"
     new = wait_for_new_primary(status, old_id="", timeout=60)
     assert client_for(new).set("after-quorum", "1")
+
+
+def test_switchover_to_an_unknown_or_stopped_node_is_refused_and_the_primary_keeps_serving(
+    local_cluster,
+) -> None:
+    status = local_cluster(shards=1, replicas=1, lease=2.0)
+    primary_node = primary_of(cli_status(status))
+    replica = next(n for n in status["nodes"] if n["id"] != primary_node["id"])
+    primary = client_for(primary_node, socket_timeout=30)
+    with pytest.raises(redis.ResponseError, match="not a known node of shard 0"):
+        primary.execute_command("ENGRAM.FAILOVER", "no-such-node")
+    os.kill(replica["pid"], signal.SIGSTOP)
+    try:
+        with pytest.raises(redis.ResponseError, match="does not answer"):
+            primary.execute_command("ENGRAM.FAILOVER", replica["id"])
+    finally:
+        os.kill(replica["pid"], signal.SIGCONT)
+    assert primary.set("still-primary", "yes")
+    assert primary_of(cli_status(status))["id"] == primary_node["id"]

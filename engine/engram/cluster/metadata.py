@@ -15,6 +15,7 @@ from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
 from engram.cluster.topology import ClusterView, LeaderRecord, NodeRecord, SlotMap, TopologyError
+from engram.journal.client import wait_for_stream_leader
 from engram.journal.errors import JournalError, NoQuorum
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,9 @@ class ClusterMetadata:
                 )
             except nats.js.errors.BadRequestError:
                 kv = await js.key_value(name)  # a peer created it first
-        except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError) as exc:
-            raise NoQuorum(f"cluster metadata bucket {name} unavailable: {exc}") from exc
+        except nats.errors.Error as exc:
+            raise NoQuorum(f"cluster metadata bucket {name} unavailable: {exc!r}") from exc
+        await wait_for_stream_leader(js, f"KV_{name}", 10.0)
         return cls(kv, ClusterView())
 
     async def ensure_slot_map(self, shards: int) -> SlotMap:
@@ -61,7 +63,12 @@ class ClusterMetadata:
         except nats.js.errors.APIError as exc:
             if exc.err_code != 10071:
                 raise JournalError(f"cannot write the slot map: {exc}") from exc
-        entry = await self._kv.get(SLOTS_KEY)
+        except nats.errors.Error as exc:
+            raise NoQuorum(f"cannot write the slot map: {exc!r}") from exc
+        try:
+            entry = await self._kv.get(SLOTS_KEY)
+        except nats.errors.Error as exc:
+            raise NoQuorum(f"cannot read the slot map: {exc!r}") from exc
         slots = SlotMap.loads(entry.value or b"")
         self.view.slots = slots
         return slots

@@ -55,6 +55,21 @@ def _translate(exc: BaseException, expected: int | None) -> JournalError:
     return JournalError(f"journal failure: {exc!r}")
 
 
+async def wait_for_stream_leader(js: JetStreamContext, stream: str, timeout: float) -> None:
+    """A new replicated stream answers writes only once its Raft group has elected a leader."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            info = await js.stream_info(stream)
+            if info.cluster is None or info.cluster.leader:
+                return
+        except Exception as exc:
+            log.debug("stream info while waiting for a leader: %r", exc)
+        if asyncio.get_running_loop().time() > deadline:
+            raise NoQuorum(f"stream {stream} has no leader (journal quorum missing?)")
+        await asyncio.sleep(0.05)
+
+
 @dataclass
 class StreamState:
     first_seq: int
@@ -140,21 +155,7 @@ class Journal:
                 raise _translate(exc, None) from exc
         except Exception as exc:
             raise _translate(exc, None) from exc
-        await self._wait_for_leader()
-
-    async def _wait_for_leader(self) -> None:
-        """A new replicated stream answers appends only once its Raft group elected a leader."""
-        deadline = asyncio.get_running_loop().time() + self.timeout * 2
-        while True:
-            try:
-                info = await self._js.stream_info(self.stream)
-                if info.cluster is None or info.cluster.leader:
-                    return
-            except Exception as exc:
-                log.debug("stream info while waiting for a leader: %r", exc)
-            if asyncio.get_running_loop().time() > deadline:
-                raise NoQuorum(f"stream {self.stream} has no leader (journal quorum missing?)")
-            await asyncio.sleep(0.05)
+        await wait_for_stream_leader(self._js, self.stream, self.timeout * 2)
 
     async def state(self) -> StreamState:
         try:

@@ -9,6 +9,7 @@ from engram.cluster.protocol import Me, cluster_command
 from engram.cluster.slots import SLOTS, key_hash_slot
 from engram.frontdoor import resp
 from engram.frontdoor.session import Session
+from engram.leadership.switchover import SwitchoverError
 from engram.valkey.connection import ValkeyConnection
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ def install(node: Node) -> None:
             return resp.error("ERR usage: ENGRAM.FAILOVER <target-node-id>")
         try:
             await node.switchover(args[1].decode(), keep=session)
-        except RuntimeError as exc:
+        except SwitchoverError as exc:
             return resp.error(f"ERR {exc}")
         return resp.simple("OK")
 

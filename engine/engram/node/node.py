@@ -18,6 +18,7 @@ from engram.frontdoor.server import FrontDoor
 from engram.journal.client import Journal
 from engram.journal.entries import Entry, EntryType, format_version
 from engram.journal.errors import Fenced, JournalError
+from engram.leadership.switchover import hand_over
 from engram.leadership.view import LeaderView
 from engram.node.config import NodeConfig
 from engram.replication.applier import Applier, ApplyHalted
@@ -425,45 +426,7 @@ class Node:
 
     async def switchover(self, target: str, keep: object, timeout: float = 10.0) -> None:
         """Planned hand-over of leadership to a caught-up replica named target."""
-        if self.role is not Role.PRIMARY or self.committer is None:
-            raise RuntimeError(
-                f"{self.config.node_id} is not the primary; send ENGRAM.FAILOVER to the primary"
-            )
-        if target == self.config.node_id:
-            return
-        assert self.admin is not None and self.tap is not None
-        committer = self.committer
-        self.handing_over = True
-        pause_ms = str(int(timeout * 1000))
-        await self.admin.execute("CLIENT", "PAUSE", pause_ms, "WRITE")
-        epoch = self.leader.epoch
-        try:
-            info = await self.admin.execute("INFO", "replication")
-            offset = _info_field(info, "master_repl_offset")
-            deadline = time.monotonic() + timeout
-            while self.tap is not None and self.tap.offset < offset:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("replication tap did not receive the last writes in time")
-                await asyncio.sleep(0.002)
-            handoff = Entry(EntryType.LEADER, epoch + 1, target, source=self.config.node_id)
-            await committer.final_append(handoff, timeout)
-        except (JournalError, RuntimeError) as exc:
-            self.handing_over = False
-            await self.admin.execute("CLIENT", "UNPAUSE")
-            raise RuntimeError(f"switchover to {target} aborted: {exc}") from exc
-        # Hang up on clients before un-pausing: a write they had queued must never run here now
-        # (and whatever slips through is flushed by demote, never journaled: the tap is gone).
-        assert self.door is not None
-        self.door.close_sessions(keep, f"leadership handed to {target}")  # type: ignore[arg-type]
-        await self.admin.execute("CLIENT", "UNPAUSE")
-        self.handing_over = False
-        await self.demote(f"handed leadership to {target}", keep=keep)
-        metrics.FAILOVERS.labels("switchover").inc()
-        deadline = time.monotonic() + timeout
-        while not (self.leader.epoch == epoch + 1 and self.leader.leader_address):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{target} was handed leadership but has not renewed its lease")
-            await asyncio.sleep(0.01)
+        await hand_over(self, target, keep, timeout)
 
     # -- the watch ---------------------------------------------------------------------------
 
@@ -502,10 +465,3 @@ class Node:
             except TimeoutError:
                 pass
 
-
-def _info_field(info: object, name: str) -> int:
-    text = info.decode() if isinstance(info, bytes) else str(info)
-    for line in text.splitlines():
-        if line.startswith(name + ":"):
-            return int(line.split(":", 1)[1])
-    raise RuntimeError(f"INFO has no {name}")
