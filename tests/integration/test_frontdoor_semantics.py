@@ -271,3 +271,4 @@ def test_engram_status_reports_role_epoch_sequences_and_version(primary, replica
     replica_fields = {k.decode(): v.decode() for k, v in zip(raw[::2], raw[1::2], strict=True)}
     assert replica_fields["role"] == "replica"
     assert replica_fields["leader_id"] == fields["node_id"]
+    assert int(replica_fields["lag"]) >= 0 and replica_fields["slots"] == "0-16383"

@@ -238,7 +238,10 @@ class Journal:
 
         async def _on_message(msg: nats.aio.msg.Msg) -> None:
             try:
-                queue.put_nowait(Entry.decode(msg.headers, msg.data, msg.metadata.sequence.stream))
+                meta = msg.metadata
+                entry = Entry.decode(msg.headers, msg.data, meta.sequence.stream)
+                entry.pending = meta.num_pending or 0
+                queue.put_nowait(entry)
             except Exception as exc:
                 queue.put_nowait(exc)
 

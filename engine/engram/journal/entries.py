@@ -52,6 +52,8 @@ class Entry:
     seq: int = 0
     msg_id: str = ""
     source: str = ""
+    # Entries after this one already in the stream when it was delivered (replica lag).
+    pending: int = 0
 
     def headers(self) -> dict[str, str]:
         h = {H_TYPE: self.type.value, H_VERSION: format_version(self.version), H_EPOCH: str(self.epoch)}

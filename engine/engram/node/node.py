@@ -58,6 +58,7 @@ class Node:
         self.committer: Committer | None = None
         self.tap: Tap | None = None
         self.handing_over = False
+        self.lag = 0  # journal entries this replica has still to apply
         self._tasks: list[asyncio.Task[None]] = []
         self._replica_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
@@ -130,6 +131,7 @@ class Node:
             "halted": self.applier.halted if self.applier else "",
             "address": self.config.announce,
             "slots": self._slot_ranges(),
+            "lag": str(self.lag if self.role is not Role.PRIMARY else 0),
         }
 
     def _slot_ranges(self) -> str:
@@ -303,7 +305,9 @@ class Node:
     def _observe(self, entry: Entry) -> bool:
         """Called for every applied entry; False stops the applier (this node takes over)."""
         self.leader.observe(entry, time.monotonic())
+        self.lag = entry.pending
         metrics.APPLIED_SEQ.set(entry.seq)
+        metrics.REPLICATION_LAG.set(entry.pending)
         metrics.EPOCH.set(self.leader.epoch)
         if (
             entry.type is EntryType.LEADER

@@ -23,15 +23,8 @@ from engram_operator.builders.common import (
 from engram_operator.builders.journal import STREAM_REPLICAS, journal_urls
 from engram_operator.spec import ClusterSpec
 
-# Ready = a primary, or a replica that is applying the journal (not halted by upgrade protection).
-# Inline so the probe depends only on redis-py, which the engine image already has.
-READINESS_SCRIPT = f"""\
-import sys, redis
-v = redis.Redis(port={constants.CLIENT_PORT}, socket_timeout=2).execute_command("ENGRAM.STATUS")
-s = {{k.decode() if isinstance(k, bytes) else k: v for k, v in zip(v[::2], v[1::2])}}
-role = s.get("role"); role = role.decode() if isinstance(role, bytes) else role
-sys.exit(0 if role == "primary" or (role == "replica" and not s.get("halted")) else 1)
-"""
+# Ready = a primary, or a replica applying the journal (not halted) and nearly caught up.
+READINESS_COMMAND = ["python", "-m", "engram.node.probe", "--port", str(constants.CLIENT_PORT)]
 
 # Valkey gets this share of the container's memory limit; the rest covers replication buffers.
 MAXMEMORY_FRACTION = Decimal("0.75")
@@ -163,7 +156,7 @@ def build_engine_pod(
             "failureThreshold": 120,
         },
         "readinessProbe": {
-            "exec": {"command": ["python", "-c", READINESS_SCRIPT]},
+            "exec": {"command": READINESS_COMMAND},
             "periodSeconds": 5,
             "timeoutSeconds": 4,
             "failureThreshold": 2,
