@@ -272,3 +272,16 @@ def test_engram_status_reports_role_epoch_sequences_and_version(primary, replica
     assert replica_fields["role"] == "replica"
     assert replica_fields["leader_id"] == fields["node_id"]
     assert int(replica_fields["lag"]) >= 0 and replica_fields["slots"] == "0-16383"
+
+
+def test_a_value_larger_than_one_journal_message_reaches_the_replica(primary, replica_node) -> None:
+    big = bytes(range(256)) * (6 * 1024)  # 1.5 MiB: three journal messages
+    assert primary.set("big:value", big)
+    assert primary.get("big:value") == big
+    replica = client_for(replica_node)
+    replica.execute_command("READONLY")
+    deadline = time.monotonic() + 10
+    while replica.get("big:value") != big:
+        assert time.monotonic() < deadline, "the replica never applied the large value"
+        time.sleep(0.1)
+    assert primary.set("big:after", "small") and primary.get("big:after") == b"small"

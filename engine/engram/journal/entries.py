@@ -16,6 +16,8 @@ H_DB = "Engram-Db"
 H_CHECKSUM = "Engram-Checksum"
 # Who appended a leadership entry: the named node itself (campaign) or the old primary (hand-off).
 H_FROM = "Engram-From"
+# A data entry whose batch continues in the next entry (a batch larger than one message).
+H_MORE = "Engram-More"
 
 
 class EntryType(enum.StrEnum):
@@ -54,12 +56,15 @@ class Entry:
     source: str = ""
     # Entries after this one already in the stream when it was delivered (replica lag).
     pending: int = 0
+    more: bool = False
 
     def headers(self) -> dict[str, str]:
         h = {H_TYPE: self.type.value, H_VERSION: format_version(self.version), H_EPOCH: str(self.epoch)}
         h[H_NODE] = self.node
         if self.type is EntryType.DATA:
             h[H_DB] = str(self.db)
+            if self.more:
+                h[H_MORE] = "1"
         elif self.type in (EntryType.LEADER, EntryType.LEASE) and self.address:
             h[H_ADDR] = self.address
         if self.type is EntryType.LEADER:
@@ -85,6 +90,7 @@ class Entry:
                 seq=seq,
                 msg_id=h.get("Nats-Msg-Id", ""),
                 source=h.get(H_FROM, ""),
+                more=h.get(H_MORE) == "1",
             )
         except (KeyError, ValueError) as exc:
             raise ValueError(f"journal entry {seq} is not an Engram entry: {exc}") from None

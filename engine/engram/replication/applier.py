@@ -38,11 +38,13 @@ class Applier:
         self.checksum = 0
         self.halted = ""
         self._conn: ValkeyConnection | None = None
+        self._partial: list[bytes] = []
 
     def reset(self) -> None:
         self.applied_seq = 0
         self.checksum = 0
         self.halted = ""
+        self._partial = []
 
     async def run(self) -> None:
         """Tail from the entry after the last applied one; returns when on_entry says stop."""
@@ -58,6 +60,9 @@ class Applier:
                     )
                 if entry.type is EntryType.DATA:
                     await self._apply(entry)
+                elif entry.type is EntryType.LEADER:
+                    # Pieces of a batch whose leader died before its last piece: never acknowledged.
+                    self._partial = []
                 elif entry.type is EntryType.CHECKSUM and entry.checksum != self.checksum:
                     self._halt(
                         f"checksum mismatch at entry {entry.seq}: journal says {entry.checksum}, "
@@ -73,13 +78,16 @@ class Applier:
     async def _apply(self, entry: Entry) -> None:
         conn = self._conn
         assert conn is not None
-        conn.write(
-            b"".join((_REPLY_OFF, encode([b"SELECT", str(entry.db).encode()]), entry.payload, _REPLY_ON))
-        )
+        self.checksum = zlib.crc32(entry.payload, self.checksum)
+        if entry.more:
+            self._partial.append(entry.payload)
+            return
+        payload = b"".join((*self._partial, entry.payload)) if self._partial else entry.payload
+        self._partial = []
+        conn.write(b"".join((_REPLY_OFF, encode([b"SELECT", str(entry.db).encode()]), payload, _REPLY_ON)))
         reply = await conn.read_reply()
         if reply != b"OK":
             self._halt(f"valkey did not confirm entry {entry.seq}: {reply!r}")
-        self.checksum = zlib.crc32(entry.payload, self.checksum)
 
     def _halt(self, reason: str) -> None:
         self.halted = reason

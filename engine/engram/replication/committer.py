@@ -159,13 +159,19 @@ class Committer:
         # Everything buffered ends at a transaction boundary (checked by the caller).
         payload = b"".join(self._parts)
         end_offset = self._seal_offset
-        entry = Entry(EntryType.DATA, self.epoch, self.node_id, payload, db=self._batch_db)
         self._parts = []
         self._size = 0
         self._seal_offset = -1
         self.checksum = zlib.crc32(payload, self.checksum)
         self._checksum_due = True
-        await self._send(entry, end_offset)
+        # A batch larger than one journal message goes out in pieces; replicas apply it only once
+        # the last piece arrives, and the tap acknowledges it only then.
+        step = self.max_batch_bytes
+        for start in range(0, len(payload), step):
+            last = start + step >= len(payload)
+            piece = Entry(EntryType.DATA, self.epoch, self.node_id, payload[start : start + step],
+                          db=self._batch_db, more=not last)
+            await self._send(piece, end_offset if last else -1)
 
     async def _send(self, entry: Entry, end_offset: int) -> None:
         self._counter += 1
