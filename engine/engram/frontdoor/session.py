@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _FWD, _WAIT, _LOCAL = 0, 1, 2
+# Error code for a command that may have run but whose commit is not confirmed. Not TRYAGAIN:
+# cluster clients retry TRYAGAIN on their own, which would apply an INCR or RPUSH twice.
+UNKNOWN_OUTCOME = "UNKNOWN"
 _PUBSUB_COMMANDS = frozenset(
     (b"subscribe", b"unsubscribe", b"psubscribe", b"punsubscribe", b"ssubscribe", b"sunsubscribe")
 )
@@ -299,8 +302,8 @@ class Session(asyncio.Protocol):
         # The writes ran in memory but the journal did not confirm them in time: their clients get
         # an error (outcome unknown) and other readers keep waiting, since they may still commit.
         message = resp.error(
-            f"TRYAGAIN write not committed to the journal within {self.door.commit_timeout:g}s "
-            "(journal unavailable?); its outcome is unknown"
+            f"{UNKNOWN_OUTCOME} write not committed to the journal within {self.door.commit_timeout:g}s "
+            "(journal unavailable?); the outcome of this command is unknown"
         )
         for item in self.out:
             if item.group is group and item.gates:
@@ -376,7 +379,7 @@ class Session(asyncio.Protocol):
 
     def abort(self, reason: str) -> None:
         """Answer every reply still held with an error naming reason, then hang up."""
-        message = resp.error(f"TRYAGAIN {reason}; the outcome of this command is unknown")
+        message = resp.error(f"{UNKNOWN_OUTCOME} {reason}; the outcome of this command is unknown")
         for item in self.out:
             if item.data is None or item.gates:
                 item.data = message

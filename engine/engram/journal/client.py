@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import nats
@@ -200,7 +200,7 @@ class Journal:
 
     async def append_pipelined(
         self, entry: Entry, expected_last_seq: int | None, msg_id: str
-    ) -> Awaitable[int]:
+    ) -> asyncio.Task[int]:
         """Send an append now; the returned awaitable yields its sequence.
 
         Sends happen in call order, so a single writer can keep several conditional appends in
@@ -220,7 +220,8 @@ class Journal:
                 return await self._landed_or_raise(_translate(exc, expected_last_seq), msg_id)
             return ack.seq
 
-        return _wait()
+        # A task, so that an abandoned append can be cancelled rather than left unawaited.
+        return asyncio.get_running_loop().create_task(_wait())
 
     async def get(self, seq: int) -> Entry | None:
         """The entry at seq, or None if there is none (purged or never written)."""

@@ -63,6 +63,7 @@ class Node:
         self._replica_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self._last_reack = 0.0
+        self._lease_lost_at: float | None = None
 
     # -- what the front door asks ------------------------------------------------------------
 
@@ -158,7 +159,11 @@ class Node:
         self.journal = await self._connect_journal()
         self.meta = await self._open_metadata()
         loop = asyncio.get_running_loop()
-        self._background = [loop.create_task(self.meta.watch()), loop.create_task(self._heartbeat())]
+        self._background = [
+            loop.create_task(self.meta.watch()),
+            loop.create_task(self._heartbeat()),
+            loop.create_task(self._watch_journal()),
+        ]
         self.door = FrontDoor(self, table, cfg.valkey_socket, cfg.commit_timeout)
         from engram.node.admin import install  # local import: admin depends on Node
 
@@ -242,6 +247,24 @@ class Node:
                 except Exception as exc:  # metadata is advisory; never let it stop the node
                     log.info("node record not published: %r", exc)
             await asyncio.sleep(0.2)
+
+    async def _watch_journal(self) -> None:
+        """Stop a replica's election clock while the journal itself is unreachable.
+
+        Silence from a leader only means something while the journal works: otherwise a replica
+        would campaign the moment the journal returned, racing the incumbent's own renewal and
+        turning a journal election into an Engram failover as well.
+        """
+        assert self.journal is not None
+        period = self.config.lease_seconds / 2
+        while True:
+            await asyncio.sleep(period)
+            if self.role is Role.PRIMARY:
+                continue
+            try:
+                await asyncio.wait_for(self.journal.state(), period)
+            except (JournalError, TimeoutError):
+                self.leader.last_renewal = time.monotonic()
 
     async def _publish_leadership(self, epoch: int) -> None:
         assert self.meta is not None
@@ -450,10 +473,24 @@ class Node:
                         log.error("replication failed on the primary: %r", exc)
                         await self.demote(f"replication failed: {exc!r}")
                 elif now > committer.lease_until and not self.handing_over and committer.lease_until:
-                    await self.demote("lease expired (journal unreachable?)")
-                elif now - self._last_reack > 1.0 and self.tap is not None:
-                    self.tap.reack()
-                    self._last_reack = now
+                    # Not serving from this instant (see `serving`). Stepping down at once would add
+                    # a failover to a journal election, so wait: if the journal confirms leadership
+                    # again the node resumes; if it stays silent, another node takes over.
+                    if self._lease_lost_at is None:
+                        self._lease_lost_at = now
+                        log.warning("lease expired: not serving until the journal confirms leadership")
+                    elif now - self._lease_lost_at > self.config.commit_timeout:
+                        await self.demote(
+                            f"lease expired and the journal stayed silent for {self.config.commit_timeout:g}s"
+                        )
+                    self._lease_lost_at = self._lease_lost_at if self.is_primary else None
+                else:
+                    if self._lease_lost_at is not None:
+                        log.warning("the journal confirmed leadership again: serving")
+                        self._lease_lost_at = None
+                    if now - self._last_reack > 1.0 and self.tap is not None:
+                        self.tap.reack()
+                        self._last_reack = now
             elif (
                 self.role is Role.REPLICA
                 and self.applier is not None

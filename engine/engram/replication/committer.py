@@ -12,7 +12,7 @@ import logging
 import time
 import zlib
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from engram.journal.client import Journal
@@ -34,7 +34,7 @@ class _InFlight:
     msg_id: str
     end_offset: int
     sent_at: float
-    result: Awaitable[int] | None
+    result: asyncio.Task[int] | None
 
 
 class Committer:
@@ -153,6 +153,9 @@ class Committer:
                     pass
         finally:
             completer.cancel()
+            for flight in self._inflight:
+                if flight.result is not None:
+                    flight.result.cancel()
         raise self.fenced
 
     async def _send_batch(self) -> None:
@@ -181,7 +184,7 @@ class Committer:
         now = time.monotonic()
         self._last_sent = now
         try:
-            result: Awaitable[int] | None = await self.journal.append_pipelined(entry, expected, msg_id)
+            result: asyncio.Task[int] | None = await self.journal.append_pipelined(entry, expected, msg_id)
         except JournalError as exc:
             log.debug("append send failed: %s", exc)
             result = None  # the completer retries it in order
@@ -218,6 +221,8 @@ class Committer:
     async def _retry(self, flight: _InFlight) -> int | None:
         delay = 0.05
         while True:
+            # A retry that lands proves leadership as of its own send time, which renews the lease.
+            flight.sent_at = time.monotonic()
             try:
                 return await self.journal.append(flight.entry, flight.expected, flight.msg_id)
             except Fenced as exc:
@@ -226,7 +231,9 @@ class Committer:
             except JournalError as exc:
                 log.info("journal append retry in %.2fs: %s", delay, exc)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                # Retry often: when the journal comes back the incumbent should renew before any
+                # replica's election clock runs out.
+                delay = min(delay * 2, self.lease_seconds / 8)
 
     def _fence(self, exc: Fenced) -> None:
         self.fenced = exc
