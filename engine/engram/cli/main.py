@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import sys
 
 from engram import __version__
+from engram.bench import cli as bench_cli
+from engram.chaos import cli as chaos_cli
 from engram.cli import local
 
 
@@ -14,11 +15,7 @@ def _run_node(args: argparse.Namespace) -> int:
     """`engram node --config PATH`: run one engine node in this process (what platforms start)."""
     from engram.node.__main__ import main as node_main  # lazy: the CLI must not pay for the engine
 
-    node_argv = ["--config", args.config]
-    if inspect.signature(node_main).parameters:
-        return node_main(node_argv) or 0
-    sys.argv = ["engram node", *node_argv]
-    return node_main() or 0
+    return node_main(["--config", args.config])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"engram {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     local.register(commands)
+    bench_cli.add_parser(commands)
+    chaos_cli.add_parser(commands)
     node = commands.add_parser("node", help="run one engine node (platforms start this)")
     node.add_argument("--config", required=True, metavar="PATH", help="the node's NodeConfig JSON file")
     node.set_defaults(func=_run_node)

@@ -1,0 +1,300 @@
+"""A multi-process load generator: one uvloop process per core, raw RESP over asyncio protocols.
+
+Used where valkey-benchmark/redis-benchmark is missing or cannot express the workload (the 80/20 mix,
+duration-bounded runs, cluster mode). Commands are pre-encoded and replies parsed by hiredis, so a
+process costs a few microseconds per request and the processes together are not the bottleneck.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import queue
+import random
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import hiredis
+
+from engram.bench.measurement import LatencyHistogram, Measurement
+from engram.bench.targets import Endpoint
+from engram.bench.workloads import LoadSpec, Workload, key
+from engram.cluster.slots import key_hash_slot
+
+NAME = "engram-loadgen (Python, multi-process)"
+START_TIMEOUT = 60.0
+_PROGRESS_EVERY = 1.0
+
+
+class LoadgenFailed(RuntimeError):
+    """A generator process could not connect or crashed."""
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What one generator process does."""
+
+    index: int
+    clients: int
+    requests: int | None
+    seconds: float | None
+    workload: Workload
+    spec: LoadSpec
+    endpoint: Endpoint
+    seed: int
+
+
+class _Conn(asyncio.Protocol):
+    """One client connection; `exchange` sends a pipelined batch and waits for all its replies."""
+
+    def __init__(self) -> None:
+        self.reader = hiredis.Reader()
+        self.transport: asyncio.Transport | None = None
+        self.waiting = 0
+        self.errors = 0
+        self.done: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while (reply := self.reader.gets()) is not False:
+            if isinstance(reply, hiredis.ReplyError):
+                self.errors += 1
+            self.waiting -= 1
+        if self.waiting <= 0 and self.done is not None and not self.done.done():
+            self.done.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.done is not None and not self.done.done():
+            self.done.set_exception(ConnectionError(f"connection lost: {exc}"))
+
+    async def exchange(self, payload: bytes, replies: int) -> None:
+        assert self.transport is not None
+        self.waiting = replies
+        self.done = asyncio.get_running_loop().create_future()
+        self.transport.write(payload)
+        await self.done
+
+
+async def _connect(address: str) -> _Conn:
+    host, port = address.rsplit(":", 1)
+    _, conn = await asyncio.get_running_loop().create_connection(_Conn, host, int(port))
+    return conn
+
+
+async def _slot_owners(seed: str) -> dict[int, str]:
+    """slot -> "host:port" of its primary, from CLUSTER SLOTS."""
+    host, port = seed.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(b"*2\r\n$7\r\nCLUSTER\r\n$5\r\nSLOTS\r\n")
+        parser = hiredis.Reader()
+        while (reply := parser.gets()) is False:
+            data = await reader.read(65536)
+            if not data:
+                raise LoadgenFailed(f"{seed} closed the connection during CLUSTER SLOTS")
+            parser.feed(data)
+    finally:
+        writer.close()
+    if isinstance(reply, hiredis.ReplyError):
+        raise LoadgenFailed(f"CLUSTER SLOTS at {seed} failed: {reply}")
+    owners: dict[int, str] = {}
+    for start, end, primary, *_ in reply:
+        address = f"{primary[0].decode()}:{primary[1]}"
+        for slot in range(start, end + 1):
+            owners[slot] = address
+    return owners
+
+
+class _Commands:
+    """Every key's GET and SET, encoded once per process, and the node owning each key in cluster mode."""
+
+    def __init__(self, spec: LoadSpec, owners: dict[int, str] | None) -> None:
+        value = spec.value
+        set_tail = b"\r\n$%d\r\n%s\r\n" % (len(value), value)
+        keys = [key(i) for i in range(spec.keyspace)]
+        self.gets = [b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(k), k) for k in keys]
+        self.sets = [b"*3\r\n$3\r\nSET\r\n$%d\r\n%s%s" % (len(k), k, set_tail) for k in keys]
+        self.owner = [owners[key_hash_slot(k)] for k in keys] if owners else None
+
+
+class _Client:
+    """One simulated client: its connection(s) and its request loop."""
+
+    def __init__(self, plan: _Plan, rng: random.Random, commands: _Commands) -> None:
+        self.plan = plan
+        self.rng = rng
+        self.commands = commands
+        self.conns: dict[str, _Conn] = {}
+
+    async def connect(self) -> None:
+        owner = self.commands.owner
+        addresses = set(owner) if owner else {self.plan.endpoint.addresses[0]}
+        for address in sorted(addresses):
+            self.conns[address] = await _connect(address)
+
+    def _pick(self) -> int:
+        """A command index: keys uniformly at random; GETs carry the keyspace size as offset."""
+        rng, reads, n = self.rng.random, self.plan.workload.read_fraction, self.plan.spec.keyspace
+        index = int(rng() * n)
+        return index + n if reads >= 1.0 or (reads > 0.0 and rng() < reads) else index
+
+    async def run(self, budget: list[int], deadline: float | None, hist: LatencyHistogram,
+                  done: Callable[[int], None]) -> None:
+        pipeline, n = self.plan.spec.pipeline, self.plan.spec.keyspace
+        table = self.commands.sets + self.commands.gets
+        owner = self.commands.owner
+        single = next(iter(self.conns.values())) if owner is None else None
+        perf, monotonic, record, pick = time.perf_counter_ns, time.monotonic, hist.record, self._pick
+        while True:
+            if deadline is not None:
+                if monotonic() >= deadline:
+                    return
+                size = pipeline
+            else:
+                size = min(pipeline, budget[0])
+                if size <= 0:
+                    return
+                budget[0] -= size
+            picks = [pick() for _ in range(size)]
+            if single is not None:
+                payload = table[picks[0]] if size == 1 else b"".join([table[i] for i in picks])
+                sent = perf()
+                await single.exchange(payload, size)
+            else:
+                assert owner is not None
+                groups: dict[str, list[bytes]] = {}
+                for i in picks:
+                    groups.setdefault(owner[i % n], []).append(table[i])
+                sent = perf()
+                conns = self.conns
+                await asyncio.gather(*(conns[a].exchange(b"".join(c), len(c)) for a, c in groups.items()))
+            record((perf() - sent) // 1000, size)
+            done(size)
+
+    @property
+    def errors(self) -> int:
+        return sum(c.errors for c in self.conns.values())
+
+    def close(self) -> None:
+        for conn in self.conns.values():
+            if conn.transport is not None:
+                conn.transport.close()
+
+
+async def _work(plan: _Plan, start: Any, counters: Any) -> dict[str, Any]:
+    owners = await _slot_owners(plan.endpoint.addresses[0]) if plan.endpoint.cluster else None
+    rng = random.Random(plan.seed)
+    commands = _Commands(plan.spec, owners)
+    clients = [_Client(plan, random.Random(rng.random()), commands) for _ in range(plan.clients)]
+    await asyncio.gather(*(c.connect() for c in clients))
+    # Everyone connects first; the clock starts when every process is ready.
+    await asyncio.to_thread(start.wait, START_TIMEOUT)
+    hist = LatencyHistogram()
+    completed = [0]
+
+    def done(n: int) -> None:
+        completed[0] += n
+        counters[plan.index] = completed[0]
+
+    budget = [plan.requests or 0]
+    began = time.monotonic()
+    deadline = began + plan.seconds if plan.seconds is not None else None
+    try:
+        await asyncio.gather(*(c.run(budget, deadline, hist, done) for c in clients))
+    finally:
+        for c in clients:
+            c.close()
+    return {"counts": dict(hist.counts), "errors": sum(c.errors for c in clients),
+            "began": began, "ended": time.monotonic()}
+
+
+def _worker(plan: _Plan, start: Any, counters: Any, results: Any) -> None:
+    """Entry point of a generator process."""
+    try:
+        import uvloop
+
+        result = uvloop.run(_work(plan, start, counters))
+    except BaseException as exc:  # report, never hang the parent
+        result = {"error": f"{exc.__class__.__name__}: {exc}\n{traceback.format_exc(limit=3)}"}
+    results.put((plan.index, result))
+
+
+def process_count(clients: int, wanted: int | None = None) -> int:
+    """Generator processes: `wanted`, else one per core; never more than there are clients."""
+    return max(1, min(wanted or os.cpu_count() or 1, clients))
+
+
+def run(
+    workload: Workload,
+    spec: LoadSpec,
+    endpoint: Endpoint,
+    target: str,
+    progress: Callable[[str], None],
+    seed: int = 0,
+    processes: int | None = None,
+) -> Measurement:
+    """Run one workload on `processes` generator processes (default: one per core) sharing the clients."""
+    procs_n = process_count(spec.clients, processes)
+    ctx = multiprocessing.get_context("spawn")  # no inherited event loops or sockets
+    start, results, counters = ctx.Event(), ctx.Queue(), ctx.Array("q", procs_n, lock=False)
+    plans = []
+    for i in range(procs_n):
+        requests = None
+        if spec.requests is not None:
+            requests = spec.requests // procs_n + (1 if i < spec.requests % procs_n else 0)
+        clients = spec.clients // procs_n + (1 if i < spec.clients % procs_n else 0)
+        plans.append(_Plan(i, clients, requests, spec.seconds, workload, spec, endpoint, seed * 1000 + i))
+    procs = [ctx.Process(target=_worker, args=(p, start, counters, results), daemon=True) for p in plans]
+    for p in procs:
+        p.start()
+    try:
+        return _collect(procs, plans, start, results, counters, workload, spec, target, progress)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+            p.join(5)
+
+
+def _collect(procs: list[Any], plans: list[_Plan], start: Any, results: Any, counters: Any,
+             workload: Workload, spec: LoadSpec, target: str, progress: Callable[[str], None]) -> Measurement:
+    # Generous bound: a stalled target must not hang the benchmark for ever.
+    limit = START_TIMEOUT + (spec.seconds or 0) + (spec.requests or 0) / 100 + 60
+    deadline = time.monotonic() + limit
+    start.set()
+    got: dict[int, dict[str, Any]] = {}
+    last_total, last_at = 0, time.monotonic()
+    label = f"{target}/{workload.name}"
+    while len(got) < len(plans):
+        try:
+            index, result = results.get(timeout=_PROGRESS_EVERY)
+            got[index] = result
+        except queue.Empty:
+            pass
+        now = time.monotonic()
+        if now >= deadline:
+            raise LoadgenFailed(f"{label}: generator processes did not finish within {limit:.0f}s")
+        if now - last_at >= _PROGRESS_EVERY:
+            total = sum(counters)
+            goal = f" of {spec.requests}" if spec.requests else ""
+            rate = (total - last_total) / (now - last_at)
+            progress(f"{label}: {total}{goal} requests, {rate:,.0f} req/s now")
+            last_total, last_at = total, now
+        if not any(p.is_alive() for p in procs) and results.empty() and len(got) < len(plans):
+            raise LoadgenFailed(f"{label}: a generator process died without reporting")
+    failures = [r["error"] for r in got.values() if "error" in r]
+    if failures:
+        raise LoadgenFailed(f"{label}: {failures[0]}")
+    hist = LatencyHistogram()
+    for r in got.values():
+        hist.merge({int(k): v for k, v in r["counts"].items()})
+    seconds = max(r["ended"] for r in got.values()) - min(r["began"] for r in got.values())
+    errors = sum(r["errors"] for r in got.values())
+    return Measurement.from_histogram(workload.name, target, NAME, hist, errors, seconds)

@@ -1,0 +1,157 @@
+"""Faults a chaos run injects into a local cluster, and the schedule it injects them on.
+
+Faults go through the local platform (`engram local kill`'s code path), so the supervisor restarts
+what was killed exactly as it would after a real crash. Blocking calls: run them in a thread.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from engram.platforms.local import cluster
+
+# How long to wait for a fault's victim to exist (e.g. a primary, during a failover).
+VICTIM_TIMEOUT = 15.0
+
+
+class FaultKind(StrEnum):
+    KILL_PRIMARY = "kill-primary"
+    KILL_REPLICA = "kill-replica"
+    KILL_JOURNAL = "kill-journal"
+    PAUSE_PRIMARY = "pause-primary"
+    PARTITION_ZONE = "partition-zone"
+
+
+ALL_KINDS = tuple(FaultKind)
+
+
+@dataclass
+class Fault:
+    """One injected fault; times are time.monotonic_ns(), like the history's."""
+
+    kind: FaultKind
+    target: str
+    started: int
+    # When the fault was lifted (SIGCONT); a kill is instantaneous and ends when it starts.
+    ended: int
+    detail: str = ""
+    # Wall-clock time.time() at `started`, to find the moment in node logs.
+    wall: float = field(default_factory=time.time)
+    # Seconds from `started` to the first write invoked after it that succeeded (None: never).
+    recovered_after: float | None = None
+
+
+@dataclass(frozen=True)
+class Skipped:
+    kind: FaultKind
+    reason: str
+
+
+def partition_unavailable() -> str:
+    """Why a zone partition cannot be injected here (always, for now: see the message)."""
+    netns = os.geteuid() == 0 and shutil.which("ip") is not None
+    return (
+        "a zone partition needs each zone's processes in their own network namespace joined by veth "
+        "links; the local platform binds every node, journal server and the endpoint relay to 127.0.0.1 "
+        "in one namespace (engram.platforms.local.ports.LOOPBACK), so cutting one zone off would need "
+        "per-zone bind addresses in the platform"
+        + (" (network namespaces themselves are available: root and `ip` are present)" if netns else
+           " (and this process cannot create network namespaces: it needs root and `ip`)")
+    )
+
+
+def schedule(
+    duration: float, kinds: tuple[FaultKind, ...], interval: float, warmup: float, cooldown: float
+) -> list[tuple[float, FaultKind]]:
+    """(seconds after start, kind): kinds in turn every `interval`, none in the first `warmup` seconds
+    or the last `cooldown` (so the last fault's recovery is seen)."""
+    if not kinds:
+        return []
+    plan = []
+    at = warmup
+    i = 0
+    while at <= duration - cooldown:
+        plan.append((at, kinds[i % len(kinds)]))
+        at += interval
+        i += 1
+    return plan
+
+
+@dataclass
+class LocalFaults:
+    """Injects faults into the local cluster `name` under `base`."""
+
+    base: Path
+    name: str
+    lease_seconds: float
+    rng: random.Random
+    # Processes we stopped and have not resumed: always resumed by `resume_all`.
+    stopped: dict[str, str] = field(default_factory=dict)
+
+    def status(self) -> dict[str, Any]:
+        return cluster.status(self.base, self.name)
+
+    def primaries(self, doc: dict[str, Any]) -> dict[int, str]:
+        return {n["shard"]: n["id"] for n in doc["nodes"] if n["role"] == "primary" and not n.get("halted")}
+
+    def _victim(self, role: str) -> dict[str, Any]:
+        deadline = time.monotonic() + VICTIM_TIMEOUT
+        while True:
+            doc = self.status()
+            nodes = [n for n in doc["nodes"] if n["role"] == role and n["pid"] and not n.get("halted")]
+            if nodes:
+                return self.rng.choice(sorted(nodes, key=lambda n: n["id"]))
+            if time.monotonic() >= deadline:
+                raise cluster.LocalError(f"no live {role} to inject a fault into within {VICTIM_TIMEOUT:g}s")
+            time.sleep(0.5)
+
+    def inject(self, kind: FaultKind) -> Fault:
+        """Start the fault and return its record; PAUSE_PRIMARY returns with the victim stopped.
+
+        The fault's time is taken once the signal is sent: an operation invoked later surely saw it."""
+        if kind is FaultKind.KILL_PRIMARY or kind is FaultKind.KILL_REPLICA:
+            node = self._victim("primary" if kind is FaultKind.KILL_PRIMARY else "replica")
+            detail = cluster.kill(self.base, self.name, node["id"], signal.SIGKILL)
+            now = time.monotonic_ns()
+            return Fault(kind, node["id"], now, now, f"{detail}, shard {node['shard']}, zone {node['zone']}")
+        if kind is FaultKind.KILL_JOURNAL:
+            server = self.rng.choice(sorted(self.status()["journal"], key=lambda j: j["zone"]))
+            detail = cluster.kill(self.base, self.name, server["target"], signal.SIGKILL)
+            now = time.monotonic_ns()
+            return Fault(kind, server["target"], now, now, detail)
+        if kind is FaultKind.PAUSE_PRIMARY:
+            node = self._victim("primary")
+            detail = cluster.kill(self.base, self.name, node["id"], signal.SIGSTOP)
+            now = time.monotonic_ns()
+            self.stopped[node["id"]] = node["id"]
+            return Fault(kind, node["id"], now, now, f"{detail}, shard {node['shard']}, zone {node['zone']}")
+        raise ValueError(f"cannot inject {kind}: {partition_unavailable()}")
+
+    def pause_seconds(self) -> float:
+        """Beyond the lease, with room for a replica to notice and take over."""
+        return self.lease_seconds * 2 + 1.0
+
+    def resume(self, fault: Fault) -> None:
+        """SIGCONT a paused primary and note when."""
+        self.stopped.pop(fault.target, None)
+        try:
+            cluster.kill(self.base, self.name, fault.target, signal.SIGCONT)
+        finally:
+            fault.ended = time.monotonic_ns()
+
+    def resume_all(self) -> None:
+        """Never leave a process stopped, whatever happened to the run."""
+        for target in list(self.stopped):
+            self.stopped.pop(target, None)
+            try:
+                cluster.kill(self.base, self.name, target, signal.SIGCONT)
+            except cluster.LocalError:
+                pass  # gone or restarted: nothing left stopped

@@ -1,0 +1,145 @@
+"""The end-of-run report of a chaos run: what was done to the cluster and what the checkers found."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from engram.chaos.faults import Fault, Skipped
+from engram.chaos.history import History, Kind, Outcome
+from engram.chaos.linearizability import CheckResult
+from engram.chaos.loss import LossReport
+
+_SHOWN = 20
+
+
+@dataclass(frozen=True)
+class Failover:
+    """A shard's primary changed, as seen by polling the cluster's status."""
+
+    shard: int
+    at: int
+    previous: str
+    current: str
+    wall: float = field(default_factory=time.time)
+
+
+def local_time(wall: float) -> str:
+    """The format node and supervisor logs use, so a fault can be found in them."""
+    return datetime.fromtimestamp(wall).isoformat(sep=" ", timespec="milliseconds")
+
+
+def recovery_times(faults: list[Fault], history: History, workers: set[int | str]) -> None:
+    """Fill each fault's recovered_after: the first write invoked after the fault that succeeded."""
+    writes = [op for op in history.operations
+              if op.process in workers and op.kind in (Kind.WRITE, Kind.APPEND) and op.outcome is Outcome.OK]
+    for fault in faults:
+        first = next((op for op in writes if op.invoke >= fault.started), None)
+        fault.recovered_after = None if first is None else (first.complete - fault.started) / 1e9
+
+
+@dataclass
+class ChaosReport:
+    """Everything `engram chaos` prints; `ok` is what the exit code reflects."""
+
+    started: int
+    duration: float
+    settings: dict[str, Any]
+    history: History
+    faults: list[Fault] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    failovers: list[Failover] = field(default_factory=list)
+    redirects: int = 0
+    client_errors: dict[str, int] = field(default_factory=dict)
+    client_error_samples: dict[str, list[str]] = field(default_factory=dict)
+    loss: LossReport | None = None
+    linearizability: CheckResult | None = None
+    history_path: str | None = None
+    evidence_dir: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.loss and self.loss.ok and self.linearizability and self.linearizability.linearizable)
+
+    def _at(self, ns: int) -> float:
+        return round((ns - self.started) / 1e9, 3)
+
+    def to_json(self) -> dict[str, Any]:
+        ops = self.history.operations
+        outcomes = Counter(str(op.outcome) for op in ops)
+        by_kind: dict[str, dict[str, int]] = {}
+        for op in ops:
+            by_kind.setdefault(str(op.kind), Counter())[str(op.outcome)] += 1  # type: ignore[index]
+        loss, lin = self.loss, self.linearizability
+        return {
+            "ok": self.ok,
+            "duration": self.duration,
+            "settings": self.settings,
+            "operations": len(ops),
+            "outcomes": dict(outcomes),
+            "operations_by_kind": {k: dict(v) for k, v in by_kind.items()},
+            "faults_injected": [
+                {"kind": str(f.kind), "target": f.target,
+                 "at": self._at(f.started), "until": self._at(f.ended),
+                 "recovered_after": None if f.recovered_after is None else round(f.recovered_after, 3),
+                 "time": local_time(f.wall), "detail": f.detail}
+                for f in self.faults
+            ],
+            "fault_counts": dict(Counter(str(f.kind) for f in self.faults)),
+            "faults_skipped": [{"kind": str(s.kind), "reason": s.reason} for s in self.skipped],
+            "failovers": [{"shard": f.shard, "at": self._at(f.at), "time": local_time(f.wall),
+                           "from": f.previous, "to": f.current}
+                          for f in self.failovers],
+            "redirects_followed": self.redirects,
+            "client_errors": self.client_errors,
+            "client_error_samples": self.client_error_samples,
+            "acknowledged_writes": loss.acknowledged if loss else None,
+            "lost_acknowledged_writes": len(loss.lost) if loss else None,
+            "lost": [str(w) for w in loss.lost[:_SHOWN]] if loss else [],
+            "failed_but_present": len(loss.failed_but_present) if loss else None,
+            "unexpected_values": [f"{k}={v!r}" for k, v in loss.unexpected[:_SHOWN]] if loss else [],
+            "duplicated_appends": len(loss.duplicated) if loss else None,
+            "unknown_writes": {"landed": len(loss.unknown_landed), "missing": len(loss.unknown_missing)}
+            if loss else None,
+            "linearizable": bool(lin and lin.linearizable),
+            "linearizability": {
+                "verdict": str(lin.verdict),
+                "keys": len(lin.keys),
+                "operations": sum(r.operations for r in lin.keys.values()),
+                "seconds": round(lin.elapsed, 3),
+                "explanation": "\n".join(r.explanation for r in lin.failures + lin.undecided),
+            } if lin else None,
+            "history": self.history_path,
+            "evidence": self.evidence_dir,
+        }
+
+    def text(self) -> str:
+        doc = self.to_json()
+        outcomes = doc["outcomes"].items()
+        lines = [
+            f"chaos run of {doc['duration']:g}s: {'OK' if self.ok else 'FAILED'}",
+            f"operations: {doc['operations']} ({', '.join(f'{k} {v}' for k, v in sorted(outcomes))})",
+            "faults injected:",
+        ]
+        for f in doc["faults_injected"]:
+            rec = "never" if f["recovered_after"] is None else f"{f['recovered_after']:.2f}s"
+            held = f" until {f['until']:.1f}s" if f["until"] != f["at"] else ""
+            lines.append(f"  {f['at']:7.1f}s{held}  {f['kind']:<14} {f['target']:<16} recovered after {rec}")
+        lines += [f"  skipped {s['kind']}: {s['reason']}" for s in doc["faults_skipped"]]
+        lines.append(f"failovers seen: {len(doc['failovers'])}")
+        lines += [f"  {f['at']:7.1f}s  shard {f['shard']}: {f['from']} -> {f['to']}"
+                  for f in doc["failovers"]]
+        lines.append(f"redirects followed: {doc['redirects_followed']}; "
+                     f"client errors: {doc['client_errors']}")
+        if self.loss:
+            lines.append(self.loss.summary())
+        if self.linearizability:
+            lines.append(self.linearizability.summary())
+        if self.history_path:
+            lines.append(f"history: {self.history_path}")
+        if self.evidence_dir:
+            lines.append(f"cluster logs and journal kept in {self.evidence_dir}")
+        return "\n".join(lines)

@@ -1,0 +1,287 @@
+"""One chaos run: start (or join) a cluster, run the workload while injecting faults, then check it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from engram.chaos.faults import (
+    ALL_KINDS,
+    Fault,
+    FaultKind,
+    LocalFaults,
+    Skipped,
+    partition_unavailable,
+    schedule,
+)
+from engram.chaos.history import History
+from engram.chaos.linearizability import check
+from engram.chaos.loss import check_loss
+from engram.chaos.report import ChaosReport, Failover, recovery_times
+from engram.chaos.workload import ClientStats, WorkloadSpec, loss_operations, read_final, run_client
+from engram.platforms.local import cluster
+from engram.platforms.local.plan import ClusterSpec
+
+Progress = Callable[[str], None]
+STATUS_EVERY = 1.0
+OWN_CLUSTER = "chaos"
+
+
+class ChaosError(RuntimeError):
+    """The run could not be carried out (as opposed to finding a problem)."""
+
+
+@dataclass
+class ChaosConfig:
+    """What `engram chaos` was asked to do."""
+
+    duration: float = 60.0
+    clients: int = 8
+    keys: int = 5
+    seed: int | None = None
+    faults: tuple[FaultKind, ...] = ALL_KINDS
+    fault_interval: float = 12.0
+    warmup: float = 4.0
+    cooldown: float = 8.0
+    op_timeout: float = 5.0
+    think: float = 0.0
+    # The cluster started when none is given.
+    shards: int = 1
+    replicas: int = 2
+    lease: float = 2.0
+    # An existing local cluster (faults are injected through the platform) ...
+    name: str | None = None
+    dir: str | None = None
+    # ... or just an endpoint (no faults can be injected).
+    endpoint: str | None = None
+    history_path: str | None = None
+    recovery_timeout: float = 90.0
+    check_time_limit: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.duration <= 0 or self.clients < 1 or self.keys < 1:
+            raise ValueError("duration must be positive and clients and keys at least 1")
+        if self.seed is None:
+            self.seed = random.SystemRandom().randrange(1 << 31)
+
+
+class _Run:
+    """The asynchronous part: clients, fault injection and status polling, then the checks."""
+
+    def __init__(self, config: ChaosConfig, endpoint: str, faults: LocalFaults | None,
+                 skipped: list[Skipped], progress: Progress) -> None:
+        self.config = config
+        self.endpoint = endpoint
+        self.faults = faults
+        self.progress = progress
+        self.skipped = skipped
+        self.injected: list[Fault] = []
+        self.failovers: list[Failover] = []
+        assert config.seed is not None
+        self.spec = WorkloadSpec(
+            prefix=f"chaos-{config.seed}-{int(time.time())}",
+            clients=config.clients,
+            keys=config.keys,
+            timeout=config.op_timeout,
+            think=config.think,
+            seed=config.seed,
+        )
+
+    async def execute(self, settings: dict[str, Any]) -> ChaosReport:
+        history = History(meta={"settings": settings})
+        stats = ClientStats()
+        stop = asyncio.Event()
+        started = time.monotonic_ns()
+        clients = [asyncio.create_task(run_client(i, self.spec, self.endpoint, history, stop, stats))
+                   for i in range(self.config.clients)]
+        background = [asyncio.create_task(self._inject(started, stop)),
+                      asyncio.create_task(self._watch_primaries(stop))]
+        try:
+            await self._wait(started, stop, background, history)
+        finally:
+            stop.set()
+            if self.faults is not None:
+                await asyncio.to_thread(self.faults.resume_all)
+            _, late = await asyncio.wait(clients, timeout=self.config.op_timeout + 5)
+            for task in [*late, *background]:
+                task.cancel()
+            await asyncio.gather(*clients, *background, return_exceptions=True)
+        history.close()
+        report = ChaosReport(
+            started=started, duration=self.config.duration, settings=settings, history=history,
+            faults=self.injected, skipped=self.skipped, failovers=self.failovers, redirects=stats.redirects,
+            client_errors=dict(stats.errors), client_error_samples=stats.samples,
+        )
+        self.progress(f"workload stopped after {len(history)} operations; reading every key back")
+        deadline = time.monotonic() + self.config.recovery_timeout
+        final = await read_final(self.spec, self.endpoint, history, deadline)
+        recovery_times(self.injected, history, set(range(self.config.clients)))
+        loss_final = {k: v for k, v in final.items() if not self.spec.is_register(k)}
+        report.loss = check_loss(loss_operations(history, self.spec), loss_final)
+        self.progress(f"{report.loss.acknowledged} acknowledged unique writes and appends, "
+                      f"{len(report.loss.lost)} lost; checking linearizability")
+        registers = history.select(lambda op: self.spec.is_register(op.key))
+        report.linearizability = await asyncio.to_thread(
+            check, registers, time_limit=self.config.check_time_limit
+        )
+        self.progress(report.linearizability.summary().splitlines()[0])
+        return report
+
+    async def _wait(self, started: int, stop: asyncio.Event, background: list[asyncio.Task],
+                    history: History) -> None:
+        """Let the run last its duration, reporting progress; a crashed fault injector ends it early."""
+        end = started / 1e9 + self.config.duration
+        running = set(background)
+        while (left := end - time.monotonic()) > 0:
+            if running:
+                done, running = await asyncio.wait(running, timeout=min(5.0, left))
+            else:
+                done = set()
+                await asyncio.sleep(min(5.0, left))
+            for task in done:
+                if task.exception() is not None:
+                    raise ChaosError(f"fault injection failed: {task.exception()!r}") from task.exception()
+            self.progress(f"{time.monotonic() - started / 1e9:5.1f}s: {len(history)} operations, "
+                          f"{len(self.injected)} faults, {len(self.failovers)} failovers")
+
+    async def _inject(self, started: int, stop: asyncio.Event) -> None:
+        faults = self.faults
+        if faults is None:
+            return
+        plan = schedule(self.config.duration, tuple(k for k in self.config.faults
+                                                    if k is not FaultKind.PARTITION_ZONE),
+                        self.config.fault_interval, self.config.warmup, self.config.cooldown)
+        for offset, kind in plan:
+            delay = started / 1e9 + offset - time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(0.0, delay))
+            if stop.is_set():
+                return
+            try:
+                fault = await asyncio.to_thread(faults.inject, kind)
+            except cluster.LocalError as exc:
+                self.skipped.append(Skipped(kind, f"at {time.monotonic() - started / 1e9:.1f}s: {exc}"))
+                self.progress(f"could not inject {kind}: {exc}")
+                continue
+            self.injected.append(fault)
+            self.progress(f"fault: {kind} {fault.target} ({fault.detail})")
+            if kind is FaultKind.PAUSE_PRIMARY:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), faults.pause_seconds())
+                with contextlib.suppress(cluster.LocalError):
+                    await asyncio.to_thread(faults.resume, fault)
+                held = (fault.ended - fault.started) / 1e9
+                self.progress(f"fault: resumed {fault.target} after {held:.1f}s")
+
+    async def _watch_primaries(self, stop: asyncio.Event) -> None:
+        """Poll the platform's status to see failovers (changes of a shard's primary)."""
+        faults = self.faults
+        if faults is None:
+            return
+        known: dict[int, str] = {}
+        while not stop.is_set():
+            try:
+                doc = await asyncio.to_thread(faults.status)
+            except Exception:  # a probe timing out during a fault must not end the run
+                doc = None
+            if doc is not None:
+                for shard, primary in faults.primaries(doc).items():
+                    if shard in known and known[shard] != primary:
+                        self.failovers.append(Failover(shard, time.monotonic_ns(), known[shard], primary))
+                        self.progress(f"failover: shard {shard} {known[shard]} -> {primary}")
+                    known[shard] = primary
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), STATUS_EVERY)
+
+
+def _settings(config: ChaosConfig, cluster_doc: dict[str, Any] | None, endpoint: str) -> dict[str, Any]:
+    settings = {k: v for k, v in asdict(config).items() if k not in ("faults",)}
+    settings["faults"] = [str(k) for k in config.faults]
+    settings["endpoint"] = endpoint
+    if cluster_doc:
+        settings["cluster"] = {"name": cluster_doc["name"], "dir": cluster_doc.get("dir"),
+                               "shards": cluster_doc.get("shards"), "replicas": cluster_doc.get("replicas"),
+                               "zones": cluster_doc.get("zones")}
+    return settings
+
+
+def run(config: ChaosConfig, progress: Progress) -> ChaosReport:
+    """Run the whole scenario; a cluster started here is removed again (its logs kept if it failed)."""
+    own_base: Path | None = None
+    report: ChaosReport | None = None
+    name, base = config.name, config.dir
+    try:
+        if config.endpoint is None and name is None:
+            own_base = Path(tempfile.mkdtemp(prefix="eg-chaos-", dir="/tmp"))
+            name, base = OWN_CLUSTER, str(own_base)
+            spec = ClusterSpec(
+                name=name, shards=config.shards, replicas=config.replicas, lease_seconds=config.lease
+            )
+            progress(f"starting a local cluster in {own_base}")
+            cluster.up(spec, own_base, progress=progress)
+        report = _run_against(config, name, base, progress)
+        return report
+    finally:
+        if own_base is not None:
+            _teardown(own_base, report, progress)
+
+
+def _run_against(config: ChaosConfig, name: str | None, base: str | None, progress: Progress) -> ChaosReport:
+    skipped: list[Skipped] = []
+    faults: LocalFaults | None = None
+    doc: dict[str, Any] | None = None
+    if name is not None:
+        if base is None:
+            raise ChaosError("--name needs --dir (where `engram local up` put the cluster)")
+        doc = cluster.status(base, name)
+        # The cluster's own lease decides how long a pause must last to outlive it.
+        config = replace(config, lease=cluster.load_running(base, name).lease_seconds)
+        faults = LocalFaults(Path(base), name, config.lease, random.Random(config.seed))
+    endpoint = config.endpoint or (doc["endpoint"] if doc else None)
+    if endpoint is None:
+        raise ChaosError("give --endpoint, or --name and --dir of a local cluster")
+    if FaultKind.PARTITION_ZONE in config.faults:
+        skipped.append(Skipped(FaultKind.PARTITION_ZONE, partition_unavailable()))
+    if faults is None:
+        skipped += [Skipped(k, "no platform access: only an --endpoint was given; pass --name/--dir of a "
+                               "local cluster to inject faults") for k in config.faults
+                    if k is not FaultKind.PARTITION_ZONE]
+    settings = _settings(config, doc, endpoint)
+    progress(f"chaos: {config.duration:g}s, {config.clients} clients on {config.keys} register keys, "
+             f"seed {config.seed}, endpoint {endpoint}")
+    report = asyncio.run(_Run(config, endpoint, faults, skipped, progress).execute(settings))
+    if config.history_path:
+        report.history.save(config.history_path)
+        report.history_path = config.history_path
+    elif not report.ok and doc is not None and doc.get("dir"):
+        path = Path(doc["dir"]) / f"chaos-history-{config.seed}.json"
+        report.history.save(path)
+        report.history_path = str(path)
+    return report
+
+
+def _teardown(base: Path, report: ChaosReport | None, progress: Progress) -> None:
+    keep = report is None or not report.ok
+    try:
+        cluster.down(base, OWN_CLUSTER, keep_data=keep)
+    except cluster.LocalError as exc:
+        progress(f"stopping the chaos cluster: {exc}")
+    finally:
+        from engram.platforms.local.testing import force_cleanup  # last resort after a failed `down`
+
+        with contextlib.suppress(Exception):
+            force_cleanup(OWN_CLUSTER, base)
+    if keep:
+        if report is not None:
+            report.evidence_dir = str(base / OWN_CLUSTER)
+        progress(f"kept the cluster's logs and journal in {base / OWN_CLUSTER} as evidence")
+    else:
+        shutil.rmtree(base, ignore_errors=True)

@@ -1,0 +1,47 @@
+"""A short `engram chaos` scenario: primaries, replicas and journal servers killed or paused under load,
+and still no acknowledged write lost and every register history linearizable.
+
+Run it longer by hand: `engram chaos --duration 600` (it starts and removes its own cluster).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+DURATION = 55
+# Faults at 4, 15, 26 and 37 s: each kind once, and 18 s left to see the last one recover.
+FAULT_INTERVAL = 11
+EXPECTED_FAULTS = ("kill-primary", "kill-replica", "kill-journal", "pause-primary")
+
+
+@pytest.mark.timeout(240)
+def test_faults_under_load_lose_no_acknowledged_write_and_history_is_linearizable(local_cluster) -> None:
+    status = local_cluster(shards=1, replicas=2, lease=2.0)
+    done = subprocess.run(
+        [sys.executable, "-m", "engram.chaos", "--json",
+         "--name", status["name"], "--dir", str(Path(status["dir"]).parent),
+         "--duration", str(DURATION), "--fault-interval", str(FAULT_INTERVAL),
+         "--clients", "6", "--keys", "5", "--seed", "4"],
+        capture_output=True, text=True, timeout=200, check=False,
+    )
+    assert done.stdout, f"engram chaos printed no report (exit {done.returncode}):\n{done.stderr[-4000:]}"
+    report = json.loads(done.stdout)
+    context = f"exit {done.returncode}; report:\n{json.dumps(report, indent=2)[:6000]}\n{done.stderr[-3000:]}"
+
+    assert report["fault_counts"] == {kind: 1 for kind in EXPECTED_FAULTS}, context
+    assert all(f["recovered_after"] is not None for f in report["faults_injected"]), context
+    assert report["failovers"], f"killing and pausing primaries caused no failover: {context}"
+    assert report["operations"] > 1000, context
+    assert report["acknowledged_writes"] > 100, context
+    assert report["lost_acknowledged_writes"] == 0, context
+    assert report["failed_but_present"] == 0 and not report["unexpected_values"], context
+    assert report["duplicated_appends"] == 0, context
+    assert report["linearizable"] is True, context
+    assert done.returncode == 0, context
