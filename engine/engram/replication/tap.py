@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from engram.frontdoor.resp import RequestParser, encode_command
+from engram.valkey.connection import ValkeyConnection
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,27 @@ class Tap:
         self.offset = int(offset)
         await self._skip_snapshot(line, timeout)
         self._acked = -1
-        self.ack(self.offset)  # a diskless replica goes online on its first ack
+        await self._start_stream(timeout)
         return self.offset
+
+    async def _start_stream(self, timeout: float) -> None:
+        """Valkey streams commands to a diskless replica only after an ack that arrives once it
+        has put the replica online, a moment after the snapshot ends. Without this, a new
+        primary's first writes waited for the next periodic ack."""
+        admin = await ValkeyConnection.open(self.socket_path)
+        try:
+            deadline = asyncio.get_running_loop().time() + timeout
+            while True:
+                info = await admin.execute("INFO", "replication")
+                text = info.decode() if isinstance(info, bytes) else str(info)
+                if "state=online" in text:
+                    break
+                if asyncio.get_running_loop().time() > deadline:
+                    raise TapError("valkey did not put the replication tap online")
+                await asyncio.sleep(0.002)
+        finally:
+            admin.close()
+        self.ack(self.offset)
 
     async def _skip_snapshot(self, line: Callable, timeout: float) -> None:
         assert self._reader is not None
