@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,11 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.connection import UnixDomainSocketConnection
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from engram import binaries
 from engram.frontdoor.commands import CommandSpec, CommandTable, CommandTableError
+from tests.valkey_process import running_valkey
 
 pytestmark = pytest.mark.integration
 
@@ -44,48 +40,8 @@ class Valkey:
 
 @pytest.fixture(scope="module")
 def valkey_socket() -> Iterator[Path]:
-    # A short /tmp path: unix socket paths are limited to ~100 bytes.
-    with tempfile.TemporaryDirectory(prefix="engram-cmd-") as tmp:
-        socket = Path(tmp) / "valkey.sock"
-        proc = subprocess.Popen(
-            [
-                binaries.find("valkey-server"),
-                "--port", "0",
-                "--unixsocket", str(socket),
-                "--unixsocketperm", "700",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", tmp,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )  # fmt: skip
-        try:
-            _wait_for_socket(proc, socket)
-            yield socket
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def _wait_for_socket(proc: subprocess.Popen[bytes], socket: Path, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-            raise RuntimeError(f"valkey-server exited with {proc.returncode}: {err}")
-        if socket.exists():
-            try:
-                Valkey(socket).call("PING")
-                return
-            except RedisConnectionError:
-                pass
-        time.sleep(0.05)
-    raise RuntimeError(f"valkey-server did not listen on {socket} within {timeout}s")
+    with running_valkey(prefix="engram-cmd-") as (socket, _):
+        yield socket
 
 
 @pytest.fixture(scope="module")

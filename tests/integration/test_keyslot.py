@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import random
 import socket
-import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from redis.connection import UnixDomainSocketConnection
-from redis.exceptions import ConnectionError as RedisConnectionError
 
-from engram import binaries
 from engram.cluster.slots import key_hash_slot
+from tests.valkey_process import running_valkey
 
 pytestmark = pytest.mark.integration
 
@@ -29,56 +25,13 @@ def _free_loopback_port() -> int:
 @pytest.fixture(scope="module")
 def cluster_valkey() -> Iterator[UnixDomainSocketConnection]:
     """A cluster-enabled valkey-server (no slots assigned: KEYSLOT needs none) on a unix socket."""
-    with tempfile.TemporaryDirectory(prefix="engram-slot-") as tmp:
-        sock_path = Path(tmp) / "valkey.sock"
-        proc = subprocess.Popen(
-            [
-                binaries.find("valkey-server"),
-                "--port", "0",
-                "--bind", "127.0.0.1",
-                "--unixsocket", str(sock_path),
-                "--unixsocketperm", "700",
-                "--cluster-enabled", "yes",
-                "--cluster-config-file", str(Path(tmp) / "nodes.conf"),
-                "--cluster-port", str(_free_loopback_port()),
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", tmp,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )  # fmt: skip
-        try:
-            conn = _connect(proc, sock_path)
+    with tempfile.TemporaryDirectory(prefix="engram-slot-") as conf_dir:
+        cluster = ("--cluster-enabled", "yes", "--cluster-config-file", f"{conf_dir}/nodes.conf",
+                   "--cluster-port", str(_free_loopback_port()), "--bind", "127.0.0.1")
+        with running_valkey(*cluster, prefix="engram-slot-") as (sock_path, _):
+            conn = UnixDomainSocketConnection(path=str(sock_path), protocol=2)
             yield conn
             conn.disconnect()
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def _connect(
-    proc: subprocess.Popen[bytes], sock_path: Path, timeout: float = 10.0
-) -> UnixDomainSocketConnection:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-            raise RuntimeError(f"valkey-server exited with {proc.returncode}: {err}")
-        if sock_path.exists():
-            conn = UnixDomainSocketConnection(path=str(sock_path), protocol=2)
-            try:
-                conn.send_command("PING")
-                conn.read_response()
-                return conn
-            except RedisConnectionError:
-                conn.disconnect()
-        time.sleep(0.05)
-    raise RuntimeError(f"valkey-server did not listen on {sock_path} within {timeout}s")
 
 
 def _keyslots(conn: UnixDomainSocketConnection, keys: list[bytes]) -> list[int]:
