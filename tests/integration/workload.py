@@ -72,7 +72,8 @@ class Writers:
         return self
 
     def mark(self, name: str) -> None:
-        """Record now; first_ack_after[name] becomes the delay to the next acknowledged write."""
+        """Record now; first_ack_after[name] becomes the delay to the first acknowledged write
+        that was sent after this moment (a reply already on its way does not count)."""
         self._marks[name] = time.monotonic()
 
     def _connect(self) -> redis.Redis:
@@ -84,6 +85,7 @@ class Writers:
         n = 0
         while not self._stop.is_set():
             key = f"{self.prefix}{index}:{n}"
+            sent = time.monotonic()
             try:
                 client.set(key, n)
             except redis.RedisError:
@@ -97,7 +99,7 @@ class Writers:
             with self._lock:
                 self.acked[key] = n
                 for name, at in self._marks.items():
-                    if name not in self.first_ack_after:
+                    if name not in self.first_ack_after and sent >= at:
                         self.first_ack_after[name] = now - at
             n += 1
 

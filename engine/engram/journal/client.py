@@ -168,6 +168,14 @@ class Journal:
     async def last_seq(self) -> int:
         return (await self.state()).last_seq
 
+    async def has_leader(self, timeout: float) -> bool:
+        """Whether the shard's stream currently has a Raft leader, i.e. can take appends."""
+        try:
+            info = await asyncio.wait_for(self._js.stream_info(self.stream), timeout)
+        except Exception:
+            return False
+        return info.cluster is None or bool(info.cluster.leader)
+
     def _headers(self, entry: Entry, expected_last_seq: int | None, msg_id: str) -> dict[str, str]:
         headers = entry.headers()
         headers["Nats-Msg-Id"] = msg_id
@@ -175,11 +183,13 @@ class Journal:
             headers["Nats-Expected-Last-Sequence"] = str(expected_last_seq)
         return headers
 
-    async def append(self, entry: Entry, expected_last_seq: int | None, msg_id: str) -> int:
+    async def append(
+        self, entry: Entry, expected_last_seq: int | None, msg_id: str, timeout: float | None = None
+    ) -> int:
         """Append and wait for the quorum ack; returns the entry's sequence."""
         try:
             ack = await self._js.publish(
-                self.subject, entry.payload, timeout=self.timeout,
+                self.subject, entry.payload, timeout=timeout or self.timeout,
                 headers=self._headers(entry, expected_last_seq, msg_id),
             )
         except Exception as exc:
@@ -199,7 +209,7 @@ class Journal:
         raise error
 
     async def append_pipelined(
-        self, entry: Entry, expected_last_seq: int | None, msg_id: str
+        self, entry: Entry, expected_last_seq: int | None, msg_id: str, timeout: float | None = None
     ) -> asyncio.Task[int]:
         """Send an append now; the returned awaitable yields its sequence.
 
@@ -215,7 +225,7 @@ class Journal:
 
         async def _wait() -> int:
             try:
-                ack = await asyncio.wait_for(future, self.timeout)
+                ack = await asyncio.wait_for(future, timeout or self.timeout)
             except Exception as exc:
                 return await self._landed_or_raise(_translate(exc, expected_last_seq), msg_id)
             return ack.seq

@@ -261,9 +261,7 @@ class Node:
             await asyncio.sleep(period)
             if self.role is Role.PRIMARY:
                 continue
-            try:
-                await asyncio.wait_for(self.journal.state(), period)
-            except (JournalError, TimeoutError):
+            if not await self.journal.has_leader(period):
                 self.leader.last_renewal = time.monotonic()
 
     async def _publish_leadership(self, epoch: int) -> None:

@@ -184,7 +184,10 @@ class Committer:
         now = time.monotonic()
         self._last_sent = now
         try:
-            result: asyncio.Task[int] | None = await self.journal.append_pipelined(entry, expected, msg_id)
+            # A lost ack must not hold the lease hostage: past half a lease, retry (same id).
+            result: asyncio.Task[int] | None = await self.journal.append_pipelined(
+                entry, expected, msg_id, timeout=self.lease_seconds / 2
+            )
         except JournalError as exc:
             log.debug("append send failed: %s", exc)
             result = None  # the completer retries it in order
@@ -224,7 +227,11 @@ class Committer:
             # A retry that lands proves leadership as of its own send time, which renews the lease.
             flight.sent_at = time.monotonic()
             try:
-                return await self.journal.append(flight.entry, flight.expected, flight.msg_id)
+                # A short timeout: when the journal elects a new stream leader, the incumbent
+                # must re-send at once rather than sit out a long request timeout.
+                return await self.journal.append(
+                    flight.entry, flight.expected, flight.msg_id, timeout=self.lease_seconds / 2
+                )
             except Fenced as exc:
                 self._fence(exc)
                 return None

@@ -1,0 +1,49 @@
+"""Losing the journal's stream leader costs JetStream's own election, and no Engram failover."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import pytest
+
+from engram.journal.client import Journal
+from tests.integration.workload import Writers, cli_status, client_for, primary_of
+
+pytestmark = pytest.mark.integration
+
+
+def _stream_leader(status: dict) -> str:
+    async def ask() -> str:
+        journal = await Journal.connect([s["url"] for s in status["journal"]], status["name"], 0)
+        try:
+            info = await journal.jetstream.stream_info(journal.stream)
+            return info.cluster.leader
+        finally:
+            await journal.close()
+
+    return asyncio.run(ask())
+
+
+def test_killing_the_stream_leader_keeps_the_primary_and_loses_nothing(local_cluster, capsys) -> None:
+    status = local_cluster(shards=1, replicas=2, lease=2.0)
+    before = primary_of(cli_status(status))
+    leader = _stream_leader(status)
+    victim = next(s for s in status["journal"] if s["name"] == leader)
+    writers = Writers(status["endpoint"], count=8).start()
+    time.sleep(2.0)
+    writers.mark("kill")
+    os.kill(victim["pid"], signal.SIGKILL)
+    time.sleep(14.0)
+    writers.stop()
+
+    after = primary_of(cli_status(status))
+    recovery = writers.first_ack_after.get("kill")
+    assert recovery is not None, "writes never resumed after the stream leader died"
+    with capsys.disabled():
+        print(f"\n[measured] stream leader {leader} killed: first write sent after it acknowledged "
+              f"{recovery:.2f}s later (JetStream's election); primary {before['id']} -> {after['id']}")
+    assert (after["id"], after["epoch"]) == (before["id"], before["epoch"]), "Engram failed over as well"
+    assert writers.missing(client_for(after)) == []
