@@ -67,7 +67,7 @@ def local_cluster(short_tmp: Path, request: pytest.FixtureRequest) -> Iterator[C
     """Factory: `local_cluster(shards=1, replicas=2, lease=2.0, **options)` runs `engram local up --json`
     in a temporary --dir and returns its status dict; every cluster is brought down afterwards.
 
-    Other keyword options become `up` flags (zones="a,b", node_command=FAKE_NODE_COMMAND, ...).
+    Other keyword options become `up` flags (zones="a,b", node_command=FAKE_NODE_COMMAND, netns=True).
     """
     base = short_tmp / "clusters"
     started: list[str] = []
@@ -77,7 +77,8 @@ def local_cluster(short_tmp: Path, request: pytest.FixtureRequest) -> Iterator[C
         argv = ["local", "up", name, "--dir", str(base), "--json"]
         argv += ["--shards", str(shards), "--replicas", str(replicas), "--lease", str(lease)]
         for option, value in options.items():
-            argv += [f"--{option.replace('_', '-')}", str(value)]
+            flag = f"--{option.replace('_', '-')}"
+            argv += [flag] if value is True else [flag, str(value)]
         started.append(name)
         result = run_engram(*argv, timeout=240)
         if result.returncode != 0:

@@ -6,9 +6,7 @@ what was killed exactly as it would after a real crash. Blocking calls: run them
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -16,7 +14,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from engram.platforms.local import cluster
+from engram.platforms.local import cluster, network
 
 # How long to wait for a fault's victim to exist (e.g. a primary, during a failover).
 VICTIM_TIMEOUT = 15.0
@@ -55,17 +53,12 @@ class Skipped:
     reason: str
 
 
-def partition_unavailable() -> str:
-    """Why a zone partition cannot be injected here (always, for now: see the message)."""
-    netns = os.geteuid() == 0 and shutil.which("ip") is not None
-    return (
-        "a zone partition needs each zone's processes in their own network namespace joined by veth "
-        "links; the local platform binds every node, journal server and the endpoint relay to 127.0.0.1 "
-        "in one namespace (engram.platforms.local.ports.LOOPBACK), so cutting one zone off would need "
-        "per-zone bind addresses in the platform"
-        + (" (network namespaces themselves are available: root and `ip` are present)" if netns else
-           " (and this process cannot create network namespaces: it needs root and `ip`)")
-    )
+def partition_unavailable(zone_networks: bool | None = None) -> str:
+    """Why a zone partition cannot be injected (empty when it can). zone_networks: whether the cluster
+    runs each zone in its own network namespace (None: a cluster still to be started here)."""
+    if zone_networks is False:
+        return "the cluster shares one network namespace; start it with `engram local up --netns` (root)"
+    return network.unavailable()
 
 
 def schedule(
@@ -93,8 +86,9 @@ class LocalFaults:
     name: str
     lease_seconds: float
     rng: random.Random
-    # Processes we stopped and have not resumed: always resumed by `resume_all`.
+    # Processes we stopped and zones we cut off, not yet undone: `resume_all` always undoes them.
     stopped: dict[str, str] = field(default_factory=dict)
+    isolated: set[str] = field(default_factory=set)
 
     def status(self) -> dict[str, Any]:
         return cluster.status(self.base, self.name)
@@ -133,22 +127,41 @@ class LocalFaults:
             now = time.monotonic_ns()
             self.stopped[node["id"]] = node["id"]
             return Fault(kind, node["id"], now, now, f"{detail}, shard {node['shard']}, zone {node['zone']}")
-        raise ValueError(f"cannot inject {kind}: {partition_unavailable()}")
+        if kind is FaultKind.PARTITION_ZONE:
+            # The zone of a primary: the partition then costs a failover, the case worth checking.
+            zone = self._victim("primary")["zone"]
+            detail = cluster.partition(self.base, self.name, zone)
+            now = time.monotonic_ns()
+            self.isolated.add(zone)
+            return Fault(kind, f"zone-{zone}", now, now, detail.split(";")[0])
+        raise ValueError(f"unknown fault kind {kind!r}")
 
-    def pause_seconds(self) -> float:
-        """Beyond the lease, with room for a replica to notice and take over."""
-        return self.lease_seconds * 2 + 1.0
+    def hold_seconds(self, kind: FaultKind) -> float:
+        """How long a pause or a partition lasts: beyond the lease, with room for a replica elsewhere to
+        notice and take over (a partition may also move the journal's stream leader first)."""
+        return self.lease_seconds * 2 + (3.0 if kind is FaultKind.PARTITION_ZONE else 1.0)
 
     def resume(self, fault: Fault) -> None:
-        """SIGCONT a paused primary and note when."""
-        self.stopped.pop(fault.target, None)
+        """SIGCONT a paused primary or reconnect a cut-off zone, and note when."""
         try:
-            cluster.kill(self.base, self.name, fault.target, signal.SIGCONT)
+            if fault.kind is FaultKind.PARTITION_ZONE:
+                zone = fault.target.removeprefix("zone-")
+                self.isolated.discard(zone)
+                cluster.heal(self.base, self.name, zone)
+            else:
+                self.stopped.pop(fault.target, None)
+                cluster.kill(self.base, self.name, fault.target, signal.SIGCONT)
         finally:
             fault.ended = time.monotonic_ns()
 
     def resume_all(self) -> None:
-        """Never leave a process stopped, whatever happened to the run."""
+        """Never leave a process stopped or a zone cut off, whatever happened to the run."""
+        for zone in list(self.isolated):
+            self.isolated.discard(zone)
+            try:
+                cluster.heal(self.base, self.name, zone)
+            except (cluster.LocalError, network.NetworkError):
+                pass  # the cluster is gone, and its network with it
         for target in list(self.stopped):
             self.stopped.pop(target, None)
             try:

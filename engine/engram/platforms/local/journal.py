@@ -7,7 +7,7 @@ import json
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from engram import binaries
@@ -22,9 +22,14 @@ class JournalNotReady(RuntimeError):
 
 
 def plan_journal(
-    name: str, zones: Sequence[str], directory: str | Path, port_numbers: Sequence[int] | None = None
+    name: str,
+    zones: Sequence[str],
+    directory: str | Path,
+    port_numbers: Sequence[int] | None = None,
+    hosts: Mapping[str, str] | None = None,
 ) -> list[JournalState]:
-    """One server per zone; port_numbers holds 3 per zone (client, cluster, http) or is allocated."""
+    """One server per zone; port_numbers holds 3 per zone (client, cluster, http) or is allocated;
+    hosts gives a zone's address when zones have networks of their own."""
     directory = Path(directory)
     wanted = 3 * len(zones)
     numbers = list(port_numbers) if port_numbers is not None else ports.allocate(wanted)
@@ -43,6 +48,7 @@ def plan_journal(
                 config=str(directory / "journal" / f"{zone}.conf"),
                 store_dir=str(directory / "journal" / zone),
                 log=str(directory / "logs" / f"journal-{zone}.log"),
+                host=(hosts or {}).get(zone, LOOPBACK),
             )
         )
     return servers
@@ -52,14 +58,14 @@ def server_config(
     server: JournalState, peers: Sequence[JournalState], cluster_name: str
 ) -> JournalServerConfig:
     """The rendered-config description of one local journal server."""
-    routes = tuple(route_url(LOOPBACK, p.cluster_port) for p in peers) if len(peers) > 1 else ()
+    routes = tuple(route_url(p.host, p.cluster_port) for p in peers) if len(peers) > 1 else ()
     return JournalServerConfig(
         server_name=server.name,
         zone=server.zone,
         store_dir=server.store_dir,
         cluster_name=cluster_name,
         routes=routes,
-        host=LOOPBACK,
+        host=server.host,
         port=server.port,
         cluster_port=server.cluster_port,
         http_port=server.http_port,
@@ -78,11 +84,11 @@ def server_argv(server: JournalState, nats_server: str) -> list[str]:
     return [nats_server, "--config", server.config]
 
 
-async def _http_get(port: int, path: str, timeout: float) -> tuple[int, str]:
-    """A minimal HTTP/1.0 GET on loopback (the monitoring port), without threads."""
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(LOOPBACK, port), timeout)
+async def _http_get(host: str, port: int, path: str, timeout: float) -> tuple[int, str]:
+    """A minimal HTTP/1.0 GET of the monitoring port, without threads."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
     try:
-        writer.write(f"GET {path} HTTP/1.0\r\nHost: {LOOPBACK}\r\n\r\n".encode())
+        writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
         await writer.drain()
         raw = await asyncio.wait_for(reader.read(), timeout)
     finally:
@@ -94,18 +100,18 @@ async def _http_get(port: int, path: str, timeout: float) -> tuple[int, str]:
 async def server_ready(server: JournalState, cluster_size: int, timeout: float = 1.0) -> str:
     """Empty when this server is healthy and sees a meta leader over the whole cluster, else why not."""
     try:
-        code, body = await _http_get(server.http_port, "/healthz", timeout)
+        code, body = await _http_get(server.host, server.http_port, "/healthz", timeout)
         if code != 200:
             return f"healthz {code}: {body.strip()[:200]}"
         if cluster_size > 1:
-            _, body = await _http_get(server.http_port, "/jsz", timeout)
+            _, body = await _http_get(server.host, server.http_port, "/jsz", timeout)
             meta = json.loads(body).get("meta_cluster") or {}
             if not meta.get("leader"):
                 return "no JetStream meta leader yet"
             if meta.get("cluster_size", 0) < cluster_size:
                 return f"meta group has {meta.get('cluster_size', 0)} of {cluster_size} servers"
     except (OSError, TimeoutError, ValueError, IndexError) as exc:
-        return f"not answering on {LOOPBACK}:{server.http_port} ({exc.__class__.__name__})"
+        return f"not answering on {server.host}:{server.http_port} ({exc.__class__.__name__})"
     return ""
 
 

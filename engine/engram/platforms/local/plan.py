@@ -9,8 +9,7 @@ from pathlib import Path
 
 from engram.node.config import NodeConfig
 from engram.orchestration.zones import Spreading, ZonePlan, plan_zones
-from engram.platforms.local import journal, ports
-from engram.platforms.local.ports import LOOPBACK
+from engram.platforms.local import journal, network, ports
 from engram.platforms.local.state import ClusterState, NodeState, check_name
 
 # Linux refuses unix socket paths longer than this (sun_path is 108 bytes with its NUL).
@@ -33,6 +32,8 @@ class ClusterSpec:
     lease_seconds: float = 2.0
     log_level: str = "warning"
     node_command: tuple[str, ...] = ()
+    # Each zone in its own network namespace, so a zone can be partitioned (root only).
+    netns: bool = False
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -69,6 +70,8 @@ def plan(spec: ClusterSpec, directory: Path, nats_server: str, valkey_server: st
     journal_ports = 3 * len(spec.zones)
     numbers = ports.allocate(1 + spec.node_count + journal_ports, spec.base_port)
     endpoint, node_ports, rest = numbers[0], numbers[1 : 1 + spec.node_count], numbers[1 + spec.node_count :]
+    net = network.plan_network(str(directory), spec.zones) if spec.netns else None
+    hosts = {link.zone: link.address for link in net.links} if net else {}
     nodes = []
     zones = zone_plan(spec)
     for shard in range(spec.shards):
@@ -84,6 +87,7 @@ def plan(spec: ClusterSpec, directory: Path, nats_server: str, valkey_server: st
                     port=node_ports[len(nodes)],
                     config=str(directory / "nodes" / nid / "node.json"),
                     log=str(directory / "logs" / f"{nid}.log"),
+                    host=hosts.get(placement.zone, ports.LOOPBACK),
                 )
             )
     return ClusterState(
@@ -97,8 +101,9 @@ def plan(spec: ClusterSpec, directory: Path, nats_server: str, valkey_server: st
         nats_server=nats_server,
         valkey_server=valkey_server,
         nodes=nodes,
-        journal=journal.plan_journal(spec.name, spec.zones, directory, rest),
+        journal=journal.plan_journal(spec.name, spec.zones, directory, rest, hosts),
         node_command=list(spec.node_command),
+        network=net,
     )
 
 
@@ -112,7 +117,7 @@ def node_config(state: ClusterState, node: NodeState, log_level: str = "warning"
         "port": node.port,
         "journal_urls": state.journal_urls,
         "data_dir": str(Path(node.config).parent),
-        "host": LOOPBACK,
+        "host": node.host,
         "journal_replicas": min(3, len(state.zones)),
         "lease_seconds": state.lease_seconds,
         "valkey_server": state.valkey_server,

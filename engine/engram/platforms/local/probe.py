@@ -81,16 +81,17 @@ async def fetch_status(
 
 
 async def fetch_all(
-    node_ports: Sequence[int], timeout: float = STATUS_TIMEOUT
+    nodes: Sequence[tuple[str, int]], timeout: float = STATUS_TIMEOUT
 ) -> list[dict[str, str] | None]:
-    """ENGRAM.STATUS of many nodes at once, in order."""
-    return list(await asyncio.gather(*(fetch_status(p, timeout) for p in node_ports)))
+    """ENGRAM.STATUS of many nodes (host, port) at once, in order."""
+    return list(await asyncio.gather(*(fetch_status(port, timeout, host) for host, port in nodes)))
 
 
-async def request_failover(primary_port: int, target: str, timeout: float = 60.0) -> None:
-    """Ask the primary on primary_port to hand leadership to target; raise FailoverFailed if it will not."""
+async def request_failover(primary: tuple[str, int], target: str, timeout: float = 60.0) -> None:
+    """Ask the primary at (host, port) to hand leadership to target; raise FailoverFailed if it will not."""
+    host, port = primary
     try:
-        await command(primary_port, "ENGRAM.FAILOVER", target, timeout=timeout)
+        await command(port, "ENGRAM.FAILOVER", target, timeout=timeout, host=host)
     except CommandError as exc:
         raise FailoverFailed(f"the primary refused the switchover to {target}: {exc}") from exc
     except (OSError, TimeoutError, hiredis.ProtocolError) as exc:

@@ -30,8 +30,10 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 class EndpointRelay:
     """Accepts client connections on one port and pumps each to the first target that accepts it."""
 
-    def __init__(self, port: int, targets: Callable[[], list[int]], host: str = LOOPBACK) -> None:
-        # targets() returns node ports, best first (shard 0's primary, then other live nodes).
+    def __init__(
+        self, port: int, targets: Callable[[], list[tuple[str, int]]], host: str = LOOPBACK
+    ) -> None:
+        # targets() returns node (host, port)s, best first (shard 0's primary, then other live nodes).
         self.host = host
         self.port = port
         self._targets = targets
@@ -61,11 +63,9 @@ class EndpointRelay:
             client_w.close()
 
     async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        for port in self._targets():
+        for host, port in self._targets():
             try:
-                node_r, node_w = await asyncio.wait_for(
-                    asyncio.open_connection(self.host, port), CONNECT_TIMEOUT
-                )
+                node_r, node_w = await asyncio.wait_for(asyncio.open_connection(host, port), CONNECT_TIMEOUT)
             except (OSError, TimeoutError):
                 continue
             try:

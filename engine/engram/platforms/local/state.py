@@ -9,6 +9,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from engram.platforms.local.network import ZoneNetwork
 from engram.platforms.local.ports import LOOPBACK
 
 STATE_FILE = "state.json"
@@ -63,10 +64,12 @@ class NodeState:
     pid: int | None = None
     restarts: int = 0
     last_exit: int | None = None
+    # 127.0.0.1, or the zone's address when each zone has its own network namespace.
+    host: str = LOOPBACK
 
     @property
     def address(self) -> str:
-        return f"{LOOPBACK}:{self.port}"
+        return f"{self.host}:{self.port}"
 
 
 @dataclass
@@ -84,10 +87,11 @@ class JournalState:
     pid: int | None = None
     restarts: int = 0
     last_exit: int | None = None
+    host: str = LOOPBACK
 
     @property
     def url(self) -> str:
-        return f"nats://{LOOPBACK}:{self.port}"
+        return f"nats://{self.host}:{self.port}"
 
     @property
     def target(self) -> str:
@@ -117,6 +121,8 @@ class ClusterState:
     endpoint_node: str = ""
     phase: str = PLANNED
     error: str = ""
+    # Set when every zone runs in its own network namespace (`up --netns`), so zones can be partitioned.
+    network: ZoneNetwork | None = None
 
     @property
     def endpoint(self) -> str:
@@ -134,6 +140,10 @@ class ClusterState:
     def journal_urls(self) -> list[str]:
         return [j.url for j in self.journal]
 
+    def launcher(self, zone: str) -> list[str]:
+        """The argv prefix that starts a process in the zone's network (nothing without zone networks)."""
+        return self.network.launcher(zone) if self.network is not None else []
+
     def node(self, node_id: str) -> NodeState | None:
         return next((n for n in self.nodes if n.id == node_id), None)
 
@@ -145,7 +155,9 @@ class ClusterState:
         data = dict(data)
         nodes = [NodeState(**n) for n in data.pop("nodes", [])]
         journal = [JournalState(**j) for j in data.pop("journal", [])]
-        return cls(**data, nodes=nodes, journal=journal)
+        net = data.pop("network", None)
+        network = ZoneNetwork.from_dict(net) if net else None
+        return cls(**data, nodes=nodes, journal=journal, network=network)
 
     @classmethod
     def load(cls, path: str | Path) -> ClusterState:

@@ -116,7 +116,8 @@ class Supervisor:
     async def _start(self) -> None:
         s = self.state
         for server in s.journal:
-            child = Child(server.target, journal.server_argv(server, s.nats_server), server)
+            argv = [*s.launcher(server.zone), *journal.server_argv(server, s.nats_server)]
+            child = Child(server.target, argv, server)
             child.start()
             self.journal.append(child)
         self.save()
@@ -148,7 +149,7 @@ class Supervisor:
         except OSError as exc:
             raise StartFailed(f"cannot listen on the endpoint {s.endpoint}: {exc.strerror or exc}") from exc
         for node in s.nodes:
-            child = Child(node.id, node_argv(s, node), node)
+            child = Child(node.id, [*s.launcher(node.zone), *node_argv(s, node)], node)
             child.start()
             self.nodes.append(child)
         s.phase = NODES_STARTED
@@ -207,7 +208,7 @@ class Supervisor:
         while True:
             nodes = self.state.nodes
             try:
-                replies = await probe.fetch_all([n.port for n in nodes], timeout=STATUS_TIMEOUT)
+                replies = await probe.fetch_all([(n.host, n.port) for n in nodes], timeout=STATUS_TIMEOUT)
             except Exception:  # a probe bug must not stop the relay from routing
                 log.exception("status poll failed")
             else:
@@ -217,8 +218,8 @@ class Supervisor:
 
     def _note_endpoint_node(self) -> None:
         """Record which node the endpoint routes to, so `up` can wait for it and status can show it."""
-        ports = self._relay_targets()
-        first = next((n for n in self.state.nodes if ports and n.port == ports[0]), None)
+        targets = self._relay_targets()
+        first = next((n for n in self.state.nodes if targets and (n.host, n.port) == targets[0]), None)
         chosen = first.id if first is not None and self._is_shard0_primary(first) else ""
         if chosen != self.state.endpoint_node:
             self.state.endpoint_node = chosen
@@ -229,7 +230,7 @@ class Supervisor:
         st = self.status.get(node.id)
         return node.shard == 0 and st is not None and st.get("role") == "primary" and not st.get("halted")
 
-    def _relay_targets(self) -> list[int]:
+    def _relay_targets(self) -> list[tuple[str, int]]:
         """Shard 0's primary first, then other answering nodes of shard 0, then the rest."""
 
         def rank(node: NodeState) -> tuple[int, int]:
@@ -239,7 +240,7 @@ class Supervisor:
                 return (3, node.shard)
             return (1 if node.shard == 0 else 2, node.shard)
 
-        return [n.port for n in sorted(self.state.nodes, key=rank)]
+        return [(n.host, n.port) for n in sorted(self.state.nodes, key=rank)]
 
     async def _shutdown(self, remove_state: bool) -> None:
         """Stop the relay, then the nodes, then the journal; forget the cluster if asked."""

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from engram.platforms.local import processes
+from engram.platforms.local import network, processes
 from engram.platforms.local.state import STATE_FILE, ClusterState, cluster_dir
 
 T = TypeVar("T")
@@ -80,5 +80,7 @@ def force_cleanup(name: str, directory: str | Path) -> list[int]:
             processes.signal_pid(pid, signal.SIGKILL)
             killed.append(pid)
     processes.wait_gone(killed, 10.0)
+    if state.network is not None:
+        network.destroy(state.network)
     path.unlink(missing_ok=True)
     return killed
