@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from engram.node.peer import parse_status
 from engram_operator import labels
 
 
@@ -124,8 +125,7 @@ def pod_from_api(pod: Mapping[str, Any]) -> PodInfo | None:
 
 def parse_engine_status(reply: Iterable[Any]) -> EngineStatus:
     """ENGRAM.STATUS replies a flat field/value array; values may arrive as bytes or ints."""
-    items = [v.decode() if isinstance(v, bytes) else v for v in reply]
-    fields = dict(zip(items[::2], items[1::2], strict=False))
+    fields = parse_status(list(reply))
 
     def num(key: str) -> int:
         try:

@@ -4,24 +4,20 @@ from __future__ import annotations
 
 import asyncio
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
-
+from engram.node.peer import PeerRefused, PeerUnreachable, call
 from engram_operator import constants
 from engram_operator.observe import EngineStatus, PodInfo, parse_engine_status
 
 TIMEOUT = 2.0
+SWITCHOVER_TIMEOUT = 10.0
 
 
 async def engine_status(host: str, port: int = constants.CLIENT_PORT) -> EngineStatus | None:
     """None when the node does not answer (starting, or gone): the caller keeps the last label."""
-    client = aioredis.Redis(host=host, port=port, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT)
     try:
-        return parse_engine_status(await client.execute_command("ENGRAM.STATUS"))
-    except (TimeoutError, RedisError, OSError):
+        return parse_engine_status(await call(host, port, "ENGRAM.STATUS", timeout=TIMEOUT))
+    except (PeerUnreachable, PeerRefused, ValueError):
         return None
-    finally:
-        await client.aclose()
 
 
 async def all_statuses(pods: list[PodInfo]) -> dict[str, EngineStatus]:
@@ -33,8 +29,4 @@ async def all_statuses(pods: list[PodInfo]) -> dict[str, EngineStatus]:
 
 async def switchover(host: str, target_node_id: str) -> None:
     """Planned failover: the primary at ``host`` hands leadership to a caught-up replica."""
-    client = aioredis.Redis(host=host, port=constants.CLIENT_PORT, socket_timeout=10)
-    try:
-        await client.execute_command("ENGRAM.FAILOVER", target_node_id)
-    finally:
-        await client.aclose()
+    await call(host, constants.CLIENT_PORT, "ENGRAM.FAILOVER", target_node_id, timeout=SWITCHOVER_TIMEOUT)

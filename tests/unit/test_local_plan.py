@@ -10,8 +10,8 @@ import pytest
 
 from engram.cli.main import build_parser
 from engram.node.config import NodeConfig
+from engram.node.peer import parse_status
 from engram.platforms.local import plan, ports
-from engram.platforms.local.probe import parse_status
 from engram.platforms.local.state import ClusterState, check_name
 
 

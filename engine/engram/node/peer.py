@@ -1,8 +1,13 @@
-"""Asking another node how it is: ENGRAM.STATUS over its client port."""
+"""Talking to a node's client port as its peers and tools do: ENGRAM.STATUS, ENGRAM.FAILOVER.
+
+Raw RESP2 over hiredis rather than a full client: a probe must send exactly one command (no HELLO,
+no CLIENT SETINFO, no retries) and report a silent node quickly.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import hiredis
 
@@ -10,35 +15,54 @@ from engram.valkey.connection import encode
 
 
 class PeerUnreachable(RuntimeError):
-    """The node did not answer ENGRAM.STATUS."""
+    """The node did not answer in time, or the connection failed."""
+
+
+class PeerRefused(RuntimeError):
+    """The node answered the command with an error reply."""
 
 
 def parse_status(reply: object) -> dict[str, str]:
-    """ENGRAM.STATUS's flat field/value array as a dict of strings."""
+    """ENGRAM.STATUS's field/value array (a map under RESP3) as a dict of strings."""
+    if isinstance(reply, dict):
+        reply = [x for pair in reply.items() for x in pair]
     if not isinstance(reply, list) or len(reply) % 2:
         raise ValueError(f"ENGRAM.STATUS returned {reply!r}, not a field/value array")
-    text = [v.decode() if isinstance(v, bytes) else str(v) for v in reply]
+    text = [v.decode(errors="replace") if isinstance(v, bytes) else str(v) for v in reply]
     return dict(zip(text[::2], text[1::2], strict=True))
 
 
+async def call(host: str, port: int, *args: str, timeout: float) -> Any:
+    """Send one command on a fresh connection and return its reply (PeerUnreachable, PeerRefused)."""
+
+    async def exchange() -> Any:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(encode(list(args)))
+            await writer.drain()
+            parser = hiredis.Reader(replyError=PeerRefused)
+            while (reply := parser.gets()) is False:
+                data = await reader.read(65536)
+                if not data:
+                    raise PeerUnreachable(f"{host}:{port} closed the connection")
+                parser.feed(data)
+            return reply
+        finally:
+            writer.close()
+
+    try:
+        reply = await asyncio.wait_for(exchange(), timeout)
+    except (OSError, TimeoutError, hiredis.ProtocolError) as exc:
+        raise PeerUnreachable(f"{host}:{port} does not answer: {exc or exc.__class__.__name__}") from exc
+    if isinstance(reply, PeerRefused):
+        raise reply
+    return reply
+
+
 async def peer_status(address: str, timeout: float = 3.0) -> dict[str, str]:
+    """ENGRAM.STATUS of the node at host:port."""
     host, _, port = address.rpartition(":")
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout)
-    except (OSError, TimeoutError) as exc:
-        raise PeerUnreachable(f"{address} does not answer: {exc}") from exc
-    try:
-        writer.write(encode(["ENGRAM.STATUS"]))
-        parser = hiredis.Reader()
-        reply: object = False
-        while reply is False:
-            data = await asyncio.wait_for(reader.read(65536), timeout)
-            if not data:
-                raise PeerUnreachable(f"{address} closed the connection")
-            parser.feed(data)
-            reply = parser.gets()
-    except (OSError, TimeoutError) as exc:
-        raise PeerUnreachable(f"{address} does not answer: {exc}") from exc
-    finally:
-        writer.close()
-    return parse_status(reply)
+        return parse_status(await call(host, int(port), "ENGRAM.STATUS", timeout=timeout))
+    except PeerRefused as exc:
+        raise PeerUnreachable(f"{address} refused ENGRAM.STATUS: {exc}") from exc
