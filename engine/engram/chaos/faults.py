@@ -14,6 +14,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from engram.cluster.topology import SlotMap
 from engram.platforms.local import cluster, network
 
 # How long to wait for a fault's victim to exist (e.g. a primary, during a failover).
@@ -43,7 +44,9 @@ class Fault:
     detail: str = ""
     # Wall-clock time.time() at `started`, to find the moment in node logs.
     wall: float = field(default_factory=time.time)
-    # Seconds from `started` to the first write invoked after it that succeeded (None: never).
+    # The shard a node fault hits; None for faults that reach every shard (journal server, zone).
+    shard: int | None = None
+    # Seconds from `started` until every shard it hit acknowledged a write invoked after it (None: never).
     recovered_after: float | None = None
 
 
@@ -93,6 +96,18 @@ class LocalFaults:
     def status(self) -> dict[str, Any]:
         return cluster.status(self.base, self.name)
 
+    def slot_map(self, doc: dict[str, Any]) -> SlotMap:
+        """The cluster's slot ranges per shard, as its nodes report them."""
+        ranges: dict[int, list[tuple[int, int, int]]] = {}
+        for node in doc["nodes"]:
+            if node["shard"] in ranges or not node.get("slots"):
+                continue
+            ranges[node["shard"]] = [
+                (int(first), int(last or first), node["shard"])
+                for first, _, last in (part.partition("-") for part in node["slots"].split(","))
+            ]
+        return SlotMap([r for shard_ranges in ranges.values() for r in shard_ranges])
+
     def primaries(self, doc: dict[str, Any]) -> dict[int, str]:
         return {n["shard"]: n["id"] for n in doc["nodes"] if n["role"] == "primary" and not n.get("halted")}
 
@@ -115,7 +130,8 @@ class LocalFaults:
             node = self._victim("primary" if kind is FaultKind.KILL_PRIMARY else "replica")
             detail = cluster.kill(self.base, self.name, node["id"], signal.SIGKILL)
             now = time.monotonic_ns()
-            return Fault(kind, node["id"], now, now, f"{detail}, shard {node['shard']}, zone {node['zone']}")
+            return Fault(kind, node["id"], now, now, f"{detail}, shard {node['shard']}, zone {node['zone']}",
+                         shard=node["shard"])
         if kind is FaultKind.KILL_JOURNAL:
             server = self.rng.choice(sorted(self.status()["journal"], key=lambda j: j["zone"]))
             detail = cluster.kill(self.base, self.name, server["target"], signal.SIGKILL)
@@ -126,7 +142,8 @@ class LocalFaults:
             detail = cluster.kill(self.base, self.name, node["id"], signal.SIGSTOP)
             now = time.monotonic_ns()
             self.stopped[node["id"]] = node["id"]
-            return Fault(kind, node["id"], now, now, f"{detail}, shard {node['shard']}, zone {node['zone']}")
+            return Fault(kind, node["id"], now, now, f"{detail}, shard {node['shard']}, zone {node['zone']}",
+                         shard=node["shard"])
         if kind is FaultKind.PARTITION_ZONE:
             # The zone of a primary: the partition then costs a failover, the case worth checking.
             zone = self._victim("primary")["zone"]

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from engram.chaos.faults import Fault, Skipped
-from engram.chaos.history import History, Kind, Outcome
+from engram.chaos.history import History, Kind, Operation, Outcome
 from engram.chaos.linearizability import CheckResult
 from engram.chaos.loss import LossReport
 
@@ -32,13 +33,24 @@ def local_time(wall: float) -> str:
     return datetime.fromtimestamp(wall).isoformat(sep=" ", timespec="milliseconds")
 
 
-def recovery_times(faults: list[Fault], history: History, workers: set[int | str]) -> None:
-    """Fill each fault's recovered_after: the first write invoked after the fault that succeeded."""
-    writes = [op for op in history.operations
-              if op.process in workers and op.kind in (Kind.WRITE, Kind.APPEND) and op.outcome is Outcome.OK]
+def recovery_times(faults: list[Fault], history: History, workers: set[int | str],
+                   shard_of: Callable[[str], int] | None = None) -> None:
+    """Fill each fault's recovered_after: when every shard it hit acknowledged a write invoked after it.
+
+    Per shard, because the other shards of a cluster keep acknowledging writes through a fault in one.
+    shard_of maps a key to its shard; None treats the cluster as one shard.
+    """
+    by_shard: dict[int, list[Operation]] = {}
+    for op in history.operations:
+        if op.process in workers and op.kind in (Kind.WRITE, Kind.APPEND) and op.outcome is Outcome.OK:
+            by_shard.setdefault(0 if shard_of is None else shard_of(op.key), []).append(op)
     for fault in faults:
-        first = next((op for op in writes if op.invoke >= fault.started), None)
-        fault.recovered_after = None if first is None else (first.complete - fault.started) / 1e9
+        hit = list(by_shard) if fault.shard is None or shard_of is None else [fault.shard]
+        waits = []
+        for shard in hit:
+            first = next((op for op in by_shard.get(shard, ()) if op.invoke >= fault.started), None)
+            waits.append(None if first is None else (first.complete - fault.started) / 1e9)
+        fault.recovered_after = None if not waits or None in waits else max(waits)  # type: ignore[type-var]
 
 
 @dataclass
@@ -83,7 +95,7 @@ class ChaosReport:
             "operations_by_kind": {k: dict(v) for k, v in by_kind.items()},
             "faults_injected": [
                 {"kind": str(f.kind), "target": f.target,
-                 "at": self._at(f.started), "until": self._at(f.ended),
+                 "at": self._at(f.started), "until": self._at(f.ended), "shard": f.shard,
                  "recovered_after": None if f.recovered_after is None else round(f.recovered_after, 3),
                  "time": local_time(f.wall), "detail": f.detail}
                 for f in self.faults

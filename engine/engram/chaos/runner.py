@@ -27,6 +27,7 @@ from engram.chaos.linearizability import check
 from engram.chaos.loss import check_loss
 from engram.chaos.report import ChaosReport, Failover, recovery_times
 from engram.chaos.workload import ClientStats, WorkloadSpec, loss_operations, read_final, run_client
+from engram.cluster.slots import key_hash_slot
 from engram.platforms.local import cluster
 from engram.platforms.local.network import NetworkError
 from engram.platforms.local.plan import ClusterSpec
@@ -124,7 +125,7 @@ class _Run:
         self.progress(f"workload stopped after {len(history)} operations; reading every key back")
         deadline = time.monotonic() + self.config.recovery_timeout
         final = await read_final(self.spec, self.endpoint, history, deadline)
-        recovery_times(self.injected, history, set(range(self.config.clients)))
+        recovery_times(self.injected, history, set(range(self.config.clients)), await self._shard_of())
         loss_final = {k: v for k, v in final.items() if not self.spec.is_register(k)}
         report.loss = check_loss(loss_operations(history, self.spec), loss_final)
         self.progress(f"{report.loss.acknowledged} acknowledged unique writes and appends, "
@@ -135,6 +136,17 @@ class _Run:
         )
         self.progress(report.linearizability.summary().splitlines()[0])
         return report
+
+    async def _shard_of(self) -> Callable[[str], int] | None:
+        """Key to shard, from the cluster's slot map; None where there is no cluster to ask."""
+        if self.faults is None:
+            return None
+        try:
+            slots = self.faults.slot_map(await asyncio.to_thread(self.faults.status))
+        except Exception as exc:  # the report still stands, with recovery measured cluster-wide
+            self.progress(f"recovery times are cluster-wide: no slot map from the cluster ({exc})")
+            return None
+        return lambda key: slots.owner(key_hash_slot(key.encode()))
 
     async def _wait(self, started: int, stop: asyncio.Event, background: list[asyncio.Task],
                     history: History) -> None:
