@@ -55,6 +55,15 @@ def test_slot_maps_with_gaps_or_overlaps_are_refused() -> None:
         SlotMap.even(501)
 
 
+def test_ranges_text_reads_back_as_the_same_slot_map() -> None:
+    split = SlotMap([(0, 99, 0), (100, 100, 1), (101, 8000, 0), (8001, SLOTS - 1, 1)])
+    assert split.ranges_text(0) == "0-99,101-8000"
+    assert split.ranges_text(1) == f"100,8001-{SLOTS - 1}"
+    for original in (split, SlotMap.even(3)):
+        again = SlotMap.from_ranges_text({shard: original.ranges_text(shard) for shard in original.shards()})
+        assert [again.owner(slot) for slot in range(SLOTS)] == [original.owner(slot) for slot in range(SLOTS)]
+
+
 def test_cluster_view_lists_fresh_nodes_leader_first() -> None:
     view = ClusterView(SlotMap.even(2))
     view.leaders[1] = LeaderRecord(1, "b", "h:2", 4)

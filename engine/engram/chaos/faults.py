@@ -98,15 +98,11 @@ class LocalFaults:
 
     def slot_map(self, doc: dict[str, Any]) -> SlotMap:
         """The cluster's slot ranges per shard, as its nodes report them."""
-        ranges: dict[int, list[tuple[int, int, int]]] = {}
+        texts: dict[int, str] = {}
         for node in doc["nodes"]:
-            if node["shard"] in ranges or not node.get("slots"):
-                continue
-            ranges[node["shard"]] = [
-                (int(first), int(last or first), node["shard"])
-                for first, _, last in (part.partition("-") for part in node["slots"].split(","))
-            ]
-        return SlotMap([r for shard_ranges in ranges.values() for r in shard_ranges])
+            if node.get("slots"):
+                texts.setdefault(node["shard"], node["slots"])
+        return SlotMap.from_ranges_text(texts)
 
     def primaries(self, doc: dict[str, Any]) -> dict[int, str]:
         return {n["shard"]: n["id"] for n in doc["nodes"] if n["role"] == "primary" and not n.get("halted")}

@@ -66,6 +66,19 @@ class SlotMap:
     def ranges_of(self, shard: int) -> list[tuple[int, int]]:
         return [(first, last) for first, last, owner in self.ranges if owner == shard]
 
+    def ranges_text(self, shard: int) -> str:
+        """A shard's slots as status reports show them, e.g. `0-5460,7000`."""
+        return ",".join(f"{a}-{b}" if a != b else str(a) for a, b in self.ranges_of(shard))
+
+    @classmethod
+    def from_ranges_text(cls, texts: dict[int, str]) -> SlotMap:
+        """The map whose shards report these ranges_text strings."""
+        return cls([
+            (int(first), int(last or first), shard)
+            for shard, text in texts.items() if text
+            for first, _, last in (part.partition("-") for part in text.split(","))
+        ])
+
     def dumps(self) -> bytes:
         return json.dumps({"epoch": self.epoch, "ranges": self.ranges}).encode()
 

@@ -140,7 +140,7 @@ class Node:
         slots = self.meta.view.slots if self.meta else None
         if slots is None:
             return ""
-        return ",".join(f"{a}-{b}" if a != b else str(a) for a, b in slots.ranges_of(self.config.shard))
+        return slots.ranges_text(self.config.shard)
 
     # -- life cycle --------------------------------------------------------------------------
 
