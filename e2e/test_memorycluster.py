@@ -1,10 +1,11 @@
-"""A MemoryCluster on kind: placement per zone, a stock cluster client, primary loss, clean deletion.
+"""A MemoryCluster on kind: provisioning, placement per zone, a stock client, primary loss, clean deletion.
 
 The tests run in file order and share one cluster (creating it is the expensive part).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 
@@ -73,6 +74,16 @@ def test_pods_land_one_per_zone_per_shard(kube: Kubectl) -> None:
         assert all(p["metadata"]["labels"]["engram.io/zone"] == nodes[p["spec"]["nodeName"]] for p in pods)
     status = kube.get("memorycluster", NAME)["status"]
     assert all(s["primary"] for s in status["shards"])
+
+
+def test_provisioning_job_succeeded_and_every_shard_owns_slots(kube: Kubectl, client_pod: str) -> None:
+    status = kube.get("memorycluster", NAME)["status"]
+    provisioned = next(c for c in status["conditions"] if c["type"] == "Provisioned")
+    assert provisioned["status"] == "True" and status["clusterId"], provisioned
+    assert kube.get("job", f"{NAME}-provision")["status"].get("succeeded") == 1
+    shards = json.loads(kube.exec(client_pod, "python", "/tmp/shards.py", endpoint(kube)))
+    assert len(shards) == SHARDS and all(shards), shards
+    assert sum(end - start + 1 for ranges in shards for start, end in ranges) == 16384
 
 
 def test_cluster_client_writes_and_reads_through_the_configuration_endpoint(
@@ -153,7 +164,7 @@ def test_bad_spec_is_refused_by_the_api_server_naming_the_field(kube: Kubectl) -
 def test_deleting_the_memorycluster_cleans_up_everything(kube: Kubectl) -> None:
     kube.run("delete", "memorycluster", NAME, "--wait=true", timeout=300)
     selector = f"engram.io/cluster={NAME}"
-    for kind in ("pods", "statefulsets", "services", "configmaps", "poddisruptionbudgets", "pvc"):
+    for kind in ("pods", "jobs", "statefulsets", "services", "configmaps", "poddisruptionbudgets", "pvc"):
         eventually_equal(
             kube,
             f"{kind} of the cluster gone",

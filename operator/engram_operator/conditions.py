@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 # Every type is set on the first visit, even as Unknown, so `kubectl wait` and humans see them all.
-CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "JournalReady", "ZoneSpreadSatisfied")
+CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "JournalReady", "Provisioned", "ZoneSpreadSatisfied")
 
 
 @dataclass(frozen=True)

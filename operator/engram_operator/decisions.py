@@ -8,6 +8,7 @@ from typing import Any
 
 from engram_operator import builders, labels, placement
 from engram_operator.builders.journal import JournalSpreadError, plan_journal
+from engram_operator.conditions import Condition
 from engram_operator.observe import Observed, PodInfo
 from engram_operator.spec import ClusterSpec
 
@@ -41,6 +42,7 @@ class Plan:
 
     create: list[dict[str, Any]] = field(default_factory=list)
     delete_pods: list[str] = field(default_factory=list)
+    delete_jobs: list[str] = field(default_factory=list)
     switchovers: list[Switchover] = field(default_factory=list)
     role_labels: dict[str, str] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
@@ -48,11 +50,12 @@ class Plan:
     degraded: Problem | None = None
     spread: Problem | None = None
     rolling: bool = False
+    provisioned: Condition | None = None
 
     @property
     def changes(self) -> bool:
         """Whether anything running or existing is touched (labels excluded)."""
-        return bool(self.create or self.delete_pods or self.switchovers)
+        return bool(self.create or self.delete_pods or self.delete_jobs or self.switchovers)
 
 
 def decide(cluster: ClusterSpec, seen: Observed) -> Plan:
@@ -68,14 +71,16 @@ def decide(cluster: ClusterSpec, seen: Observed) -> Plan:
         # The spec cannot be met: say so, and touch nothing beyond keeping existing pods alive.
         plan.degraded = Problem("UnsatisfiableSpread", str(err))
         plan.events.append(Event("Warning", "UnsatisfiableSpread", str(err)))
-        _recover_existing(cluster, seen, plan)
+        _recover_existing(cluster, seen, plan, _provision(cluster, seen, plan))
         return plan
     if slots.note:
         plan.spread = Problem("PreferredSpreadDegraded", slots.note)
 
     _create_missing_children(cluster, seen, journal, plan)
-    _reconcile_pods(cluster, seen, slots, plan)
-    if not plan.changes:
+    provisioned = _provision(cluster, seen, plan)
+    _reconcile_pods(cluster, seen, slots, plan, provisioned)
+    # A replaced pod could not come back before provisioning has finished: roll only after.
+    if not plan.changes and provisioned:
         _roll_one(cluster, seen, plan)
     _wait_reasons(cluster, seen, plan)
     return plan
@@ -106,6 +111,67 @@ def _create_missing_children(cluster: ClusterSpec, seen: Observed, journal: list
             plan.create.append(obj)
 
 
+def _provision(cluster: ClusterSpec, seen: Observed, plan: Plan) -> bool:
+    """Whether new engine pods may start: the provisioning Job succeeded for this cluster's id.
+
+    Nodes never create their stream or the slot map; the Job does, once the journal is ready.
+    """
+    name = labels.provision_job_name(cluster.name)
+    job = seen.provisioning
+
+    def pending(reason: str, message: str) -> bool:
+        plan.provisioned = Condition("Provisioned", "False", reason, message)
+        plan.waiting.append(f"provisioning: {message}")
+        return False
+
+    if job is not None and job.deleting:
+        return pending("Provisioning", f"job {name} is being deleted; a new one follows")
+    if job is not None and (job.cluster_id != seen.cluster_id or job.owner_uid != cluster.uid):
+        # Left by an earlier MemoryCluster of this name that the garbage collector has not removed
+        # yet: its success says nothing about this cluster's journal.
+        plan.delete_jobs.append(job.name)
+        message = f"job {name} belongs to cluster id {job.cluster_id or '(none)'}, not {seen.cluster_id}"
+        plan.events.append(Event("Warning", "StaleProvisionJob", f"{message}; replacing it"))
+        return pending("StaleJob", f"{message}; replacing it")
+    if job is not None and job.succeeded:
+        plan.provisioned = Condition(
+            "Provisioned",
+            "True",
+            "Provisioned",
+            f"job {name} created the journal streams and slot map of cluster id {seen.cluster_id}",
+        )
+        return True
+    if job is not None and job.failed:
+        # Retry with a fresh Job: the journal may have been slow; a name held by another cluster
+        # id fails again and keeps saying so here and in the events.
+        plan.delete_jobs.append(job.name)
+        message = f"job {name} failed ({job.error or 'no reason given'}); retrying with a new job"
+        plan.events.append(Event("Warning", "ProvisioningFailed", message))
+        return pending("ProvisioningFailed", message)
+    if job is not None:
+        tail = f"; last attempt failed: {job.error}" if job.error else ""
+        return pending("Provisioning", f"job {name} is running{tail}")
+    if not seen.cluster_id:
+        plan.provisioned = Condition("Provisioned", "Unknown", "NoClusterId", "the cluster id is not decided")
+        plan.waiting.append("provisioning: the cluster id is not decided")
+        return False
+    want = cluster.journal.replicas
+    if seen.journal_ready < want:
+        # _wait_reasons already reports the journal; the condition says what comes after it.
+        plan.provisioned = Condition(
+            "Provisioned",
+            "False",
+            "WaitingForJournal",
+            f"job {name} starts once every journal server is ready ({seen.journal_ready}/{want})",
+        )
+        return False
+    plan.create.append(builders.build_provision_job(cluster, seen.cluster_id))
+    plan.events.append(
+        Event("Normal", "Provisioning", f"creating job {name} for cluster id {seen.cluster_id}")
+    )
+    return pending("Provisioning", f"creating job {name}")
+
+
 def _slot_pods(seen: Observed) -> dict[tuple[int, int], list[PodInfo]]:
     by_slot: dict[tuple[int, int], list[PodInfo]] = defaultdict(list)
     for pod in seen.pods:
@@ -113,7 +179,9 @@ def _slot_pods(seen: Observed) -> dict[tuple[int, int], list[PodInfo]]:
     return by_slot
 
 
-def _reconcile_pods(cluster: ClusterSpec, seen: Observed, slots: placement.SlotPlan, plan: Plan) -> None:
+def _reconcile_pods(
+    cluster: ClusterSpec, seen: Observed, slots: placement.SlotPlan, plan: Plan, provisioned: bool
+) -> None:
     healthy = seen.healthy_zones()
     by_slot = _slot_pods(seen)
     taken = {p.name for p in seen.pods}
@@ -143,7 +211,8 @@ def _reconcile_pods(cluster: ClusterSpec, seen: Observed, slots: placement.SlotP
         else:
             missing.append((shard, index))
 
-    for shard, index in missing:
+    # Until provisioning has made the shard's stream and the slot map, a new node would only halt.
+    for shard, index in missing if provisioned else []:
         zone = slots.zones[(shard, index)]
         if zone is not None:
             used = [z for s, _, z in actual if s == shard]
@@ -157,7 +226,17 @@ def _reconcile_pods(cluster: ClusterSpec, seen: Observed, slots: placement.SlotP
             actual.append((shard, index, zone))
         name = labels.engine_pod_name(cluster.name, shard, index, taken)
         taken.add(name)
-        plan.create.append(builders.build_engine_pod(cluster, name=name, shard=shard, index=index, zone=zone))
+        plan.create.append(
+            builders.build_engine_pod(
+                cluster,
+                name=name,
+                shard=shard,
+                index=index,
+                zone=zone,
+                cluster_id=seen.cluster_id,
+                preferred_primary=placement.planned_primary(slots, shard, index),
+            )
+        )
         plan.events.append(
             Event("Normal", "CreatingPod", f"creating {name} (shard {shard}) in zone {zone or '-'}")
         )
@@ -184,8 +263,10 @@ def _reconcile_pods(cluster: ClusterSpec, seen: Observed, slots: placement.SlotP
                 )
 
 
-def _recover_existing(cluster: ClusterSpec, seen: Observed, plan: Plan) -> None:
+def _recover_existing(cluster: ClusterSpec, seen: Observed, plan: Plan, provisioned: bool) -> None:
     """Degraded: recreate only pods that vanished, in their own zone while it is healthy."""
+    if not provisioned:
+        return
     healthy = set(seen.healthy_zones())
     taken = {p.name for p in seen.pods}
     for (shard, index), pods in sorted(_slot_pods(seen).items()):
@@ -196,7 +277,18 @@ def _recover_existing(cluster: ClusterSpec, seen: Observed, plan: Plan) -> None:
             continue
         name = labels.engine_pod_name(cluster.name, shard, index, taken)
         taken.add(name)
-        plan.create.append(builders.build_engine_pod(cluster, name=name, shard=shard, index=index, zone=zone))
+        # No zone plan to consult here; the planner always names node 0 as a shard's first primary.
+        plan.create.append(
+            builders.build_engine_pod(
+                cluster,
+                name=name,
+                shard=shard,
+                index=index,
+                zone=zone,
+                cluster_id=seen.cluster_id,
+                preferred_primary=index == 0,
+            )
+        )
 
 
 def _switchover_target(

@@ -32,11 +32,24 @@ async def list_nodes() -> list[dict[str, Any]]:
     return [_to_dict(n) for n in result.items]
 
 
-async def list_engine_pods(namespace: str, cluster: str) -> list[dict[str, Any]]:
+async def list_pods(namespace: str, cluster: str, component: str) -> list[dict[str, Any]]:
     result = await asyncio.to_thread(
-        client.CoreV1Api().list_namespaced_pod, namespace, label_selector=_selector(cluster, labels.ENGINE)
+        client.CoreV1Api().list_namespaced_pod, namespace, label_selector=_selector(cluster, component)
     )
     return [_to_dict(p) for p in result.items]
+
+
+async def list_engine_pods(namespace: str, cluster: str) -> list[dict[str, Any]]:
+    return await list_pods(namespace, cluster, labels.ENGINE)
+
+
+async def list_jobs(namespace: str, cluster: str) -> list[dict[str, Any]]:
+    """The cluster's provisioning Job (a list: it may be absent, or an earlier one still deleting)."""
+    selector = _selector(cluster, labels.PROVISION)
+    result = await asyncio.to_thread(
+        client.BatchV1Api().list_namespaced_job, namespace, label_selector=selector
+    )
+    return [_to_dict(j) for j in result.items]
 
 
 async def list_children(namespace: str, cluster: str) -> tuple[frozenset[tuple[str, str]], int]:
@@ -65,6 +78,7 @@ _CREATE = {
     "PodDisruptionBudget": lambda ns, body: client.PolicyV1Api().create_namespaced_pod_disruption_budget(
         ns, body
     ),
+    "Job": lambda ns, body: client.BatchV1Api().create_namespaced_job(ns, body),
 }
 
 
@@ -82,6 +96,17 @@ async def create(obj: dict[str, Any]) -> bool:
 async def delete_pod(namespace: str, name: str) -> None:
     try:
         await asyncio.to_thread(client.CoreV1Api().delete_namespaced_pod, name, namespace)
+    except ApiException as err:
+        if err.status != 404:
+            raise
+
+
+async def delete_job(namespace: str, name: str) -> None:
+    """Delete a Job and its pods (the API's default for Jobs would orphan the pods)."""
+    try:
+        await asyncio.to_thread(
+            client.BatchV1Api().delete_namespaced_job, name, namespace, propagation_policy="Background"
+        )
     except ApiException as err:
         if err.status != 404:
             raise

@@ -21,11 +21,14 @@ JOURNAL_SERVER = f"{GROUP}/journal-server"
 # Annotations.
 NODE_CONFIG = f"{GROUP}/node-config"
 POD_SPEC_HASH = f"{GROUP}/pod-spec-hash"
+# The cluster id a provisioning Job wrote into the journal (engine pods carry it in their node config).
+CLUSTER_ID = f"{GROUP}/cluster-id"
 # The escape hatch: "disabled" stops the operator touching this cluster (CloudNativePG does the same).
 RECONCILIATION = f"{GROUP}/reconciliation"
 
 ENGINE = "engine"
 JOURNAL = "journal"
+PROVISION = "provision"
 MANAGER = "engram-operator"
 
 
@@ -81,6 +84,10 @@ def journal_pod_name(cluster: str, server: int) -> str:
 
 def journal_configmap_name(cluster: str) -> str:
     return f"{cluster}-journal"
+
+
+def provision_job_name(cluster: str) -> str:
+    return f"{cluster}-provision"
 
 
 def engine_pod_base_name(cluster: str, shard: int, index: int) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,11 +51,28 @@ class PodInfo:
     spec_hash: str = ""
     role_label: str = ""
     ip: str = ""
+    # From the node config annotation; "" on pods made before clusters had an identity.
+    cluster_id: str = ""
 
     @property
     def finished(self) -> bool:
         """A pod that will never run again (evicted, or its containers exited for good)."""
         return self.phase in ("Failed", "Succeeded")
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """The provisioning Job: the cluster id it provisions, and how far it got."""
+
+    name: str
+    cluster_id: str
+    owner_uid: str = ""
+    succeeded: bool = False
+    failed: bool = False
+    deleting: bool = False
+    # Why the Job gave up (its Failed condition), or why its last attempt failed (the container's
+    # termination message) while it retries.
+    error: str = ""
 
 
 @dataclass(frozen=True)
@@ -67,6 +85,9 @@ class Observed:
     children: frozenset[tuple[str, str]] = frozenset()
     journal_ready: int = 0
     statuses: dict[str, EngineStatus] = field(default_factory=dict)
+    # The id the journal carries (see identity.py); resolved before deciding, as it names the Job.
+    cluster_id: str = ""
+    provisioning: JobInfo | None = None
 
     def known_zones(self) -> list[str]:
         """Every zone a node is labelled with, healthy or not: the stable base of the plan."""
@@ -120,7 +141,63 @@ def pod_from_api(pod: Mapping[str, Any]) -> PodInfo | None:
         spec_hash=(meta.get("annotations") or {}).get(labels.POD_SPEC_HASH, ""),
         role_label=pod_labels.get(labels.ROLE, ""),
         ip=status.get("podIP") or "",
+        cluster_id=_node_config_cluster_id(meta.get("annotations") or {}),
     )
+
+
+def _node_config_cluster_id(annotations: Mapping[str, str]) -> str:
+    try:
+        config = json.loads(annotations.get(labels.NODE_CONFIG) or "{}")
+    except ValueError:
+        return ""
+    return str(config.get("cluster_id") or "") if isinstance(config, dict) else ""
+
+
+# A termination message is up to 4 KiB of log; the condition shows its last lines.
+ERROR_CHARS = 600
+
+
+def job_from_api(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]] = ()) -> JobInfo:
+    """The provisioning Job, with the last failed attempt's error read from its pods."""
+    meta = job.get("metadata") or {}
+    status = job.get("status") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
+    gave_up = conditions.get("Failed") or conditions.get("FailureTarget")
+    error = ""
+    if gave_up:
+        error = ": ".join(x for x in (gave_up.get("reason") or "Failed", gave_up.get("message")) if x)
+    mine = [p for p in pods if meta.get("uid") in _owner_uids(p)]
+    attempt = _last_attempt_error(mine)
+    owners = meta.get("ownerReferences") or []
+    return JobInfo(
+        name=meta.get("name", ""),
+        cluster_id=(meta.get("annotations") or {}).get(labels.CLUSTER_ID, ""),
+        owner_uid=next((o.get("uid", "") for o in owners if o.get("controller")), ""),
+        succeeded=int(status.get("succeeded") or 0) >= 1 or "Complete" in conditions,
+        failed=bool(gave_up),
+        deleting=bool(meta.get("deletionTimestamp")),
+        error="; ".join(e for e in (error, attempt) if e),
+    )
+
+
+def _owner_uids(obj: Mapping[str, Any]) -> set[str]:
+    return {o.get("uid", "") for o in (obj.get("metadata") or {}).get("ownerReferences") or []}
+
+
+def _last_attempt_error(pods: Iterable[Mapping[str, Any]]) -> str:
+    """The newest non-zero exit's termination message among the Job's pods, trimmed to its tail."""
+    found: list[tuple[str, str]] = []
+    for pod in pods:
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            for state in (container.get("state") or {}, container.get("lastState") or {}):
+                ended = state.get("terminated") or {}
+                if ended and ended.get("exitCode", 0) != 0:
+                    text = (ended.get("message") or ended.get("reason") or "").strip()
+                    found.append((str(ended.get("finishedAt") or ""), text))
+    if not found:
+        return ""
+    text = max(found)[1]
+    return text[-ERROR_CHARS:] if len(text) > ERROR_CHARS else text
 
 
 def parse_engine_status(reply: Iterable[Any]) -> EngineStatus:

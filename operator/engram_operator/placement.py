@@ -11,7 +11,7 @@ from engram_operator.spec import ClusterSpec
 # Empty zone lists and impossible Required layouts both mean "the spec cannot be met here".
 SpreadError = ZonePlanError
 
-__all__ = ["SlotPlan", "SpreadError", "ZoneSpreadError", "plan_slots", "replacement"]
+__all__ = ["SlotPlan", "SpreadError", "ZoneSpreadError", "plan_slots", "planned_primary", "replacement"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,14 @@ def plan_slots(zones: list[str], cluster: ClusterSpec) -> SlotPlan:
     zone_plan = plan_zones(zones, cluster.shards, cluster.replicas_per_shard, cluster.placement.spreading)
     slots = {(n.shard, n.index): n.zone for n in zone_plan.nodes}
     return SlotPlan(zone_plan, slots, "; ".join(zone_plan.warnings))
+
+
+def planned_primary(slot_plan: SlotPlan, shard: int, index: int) -> bool:
+    """Whether the zone planner chose node ``index`` as its shard's first primary (balanced over zones)."""
+    if slot_plan.plan is None:
+        # No zones to balance over: node 0 leads, as the planner itself would choose.
+        return index == 0
+    return slot_plan.plan.node(shard, index).primary
 
 
 def replacement(

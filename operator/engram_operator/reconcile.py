@@ -7,20 +7,22 @@ import logging
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
-from engram_operator import kube, labels, metrics, probe
+from engram_operator import identity, kube, labels, metrics, probe
 from engram_operator.decisions import Event, Plan, decide
-from engram_operator.observe import Observed, node_from_api, pod_from_api
+from engram_operator.observe import JobInfo, Observed, job_from_api, node_from_api, pod_from_api
 from engram_operator.spec import ClusterSpec
 from engram_operator.status import build_status
 
 EmitEvent = Callable[[Event], None]
 
 
-async def observe(cluster: ClusterSpec) -> Observed:
-    nodes, pods, (children, journal_ready) = await asyncio.gather(
+async def observe(cluster: ClusterSpec, status: Mapping[str, Any]) -> Observed:
+    """Everything decide needs; ``status`` is the last written status (it records the cluster id)."""
+    nodes, pods, (children, journal_ready), job = await asyncio.gather(
         kube.list_nodes(),
         kube.list_engine_pods(cluster.namespace, cluster.name),
         kube.list_children(cluster.namespace, cluster.name),
+        provisioning_job(cluster),
     )
     pod_infos = [p for p in (pod_from_api(p) for p in pods) if p is not None]
     return Observed(
@@ -29,12 +31,30 @@ async def observe(cluster: ClusterSpec) -> Observed:
         children=children,
         journal_ready=journal_ready,
         statuses=await probe.all_statuses(pod_infos),
+        cluster_id=identity.cluster_id(status, pod_infos, cluster.uid),
+        provisioning=job,
     )
+
+
+async def provisioning_job(cluster: ClusterSpec) -> JobInfo | None:
+    """The provisioning Job; its pods are read only while it runs, for a failed attempt's error."""
+    name = labels.provision_job_name(cluster.name)
+    job = next(
+        (j for j in await kube.list_jobs(cluster.namespace, cluster.name) if j["metadata"]["name"] == name),
+        None,
+    )
+    if job is None:
+        return None
+    info = job_from_api(job)
+    if info.succeeded or info.failed:
+        return info
+    return job_from_api(job, await kube.list_pods(cluster.namespace, cluster.name, labels.PROVISION))
 
 
 async def execute(cluster: ClusterSpec, plan: Plan, seen: Observed, logger: logging.Logger) -> None:
     """Carry out a plan. Creates tolerate AlreadyExists, deletes tolerate NotFound: safe to repeat."""
-    # Services, config and the journal before pods, so a new pod's DNS and journal already exist.
+    # Services, config and the journal before pods, so a new pod's DNS and journal already exist
+    # (pods also wait for the provisioning Job, which decide plans in an earlier reconcile).
     for obj in sorted(plan.create, key=lambda o: o["kind"] == "Pod"):
         if await kube.create(obj):
             logger.info("created %s %s", obj["kind"], obj["metadata"]["name"])
@@ -44,6 +64,9 @@ async def execute(cluster: ClusterSpec, plan: Plan, seen: Observed, logger: logg
         await kube.delete_pod(cluster.namespace, name)
         metrics.POD_ACTIONS.labels("delete").inc()
         logger.info("deleted pod %s", name)
+    for name in plan.delete_jobs:
+        await kube.delete_job(cluster.namespace, name)
+        logger.info("deleted job %s", name)
     ips = {p.name: p.ip for p in seen.pods}
     for switch in plan.switchovers:
         logger.info("switchover: %s hands its shard to %s", switch.pod, switch.target)
@@ -72,9 +95,9 @@ async def reconcile(
         logger.info("reconciliation disabled by the %s annotation", labels.RECONCILIATION)
         return None
     cluster = ClusterSpec.from_body(body)
-    seen = await observe(cluster)
-    plan = decide(cluster, seen)
     previous = body.get("status") or {}
+    seen = await observe(cluster, previous)
+    plan = decide(cluster, seen)
     await execute(cluster, plan, seen, logger)
     already = _degraded_reason(previous)
     for event in plan.events:

@@ -77,6 +77,8 @@ def build_status(
             "QuorumReady" if journal_ok else "ServersNotReady",
             f"{seen.journal_ready}/{cluster.journal.replicas} journal servers ready",
         ),
+        # decide always sets it; a plan made elsewhere leaves it to build_conditions' Unknown.
+        *([plan.provisioned] if plan.provisioned else []),
         Condition("ZoneSpreadSatisfied", "False", plan.spread.reason, plan.spread.message)
         if plan.spread
         else Condition(
@@ -89,7 +91,7 @@ def build_status(
         phase = "Updating" if plan.rolling else "Ready"
     else:
         phase = "Updating" if plan.rolling else "Reconciling"
-    return {
+    status: dict[str, Any] = {
         "observedGeneration": generation,
         "phase": phase,
         "readyNodes": f"{ready}/{want}",
@@ -102,3 +104,7 @@ def build_status(
         "shards": shards,
         "conditions": build_conditions((previous or {}).get("conditions"), conds, generation, now),
     }
+    if seen.cluster_id:
+        # The record every later reconcile reads first: once written, the id never changes.
+        status["clusterId"] = seen.cluster_id
+    return status

@@ -1,14 +1,15 @@
-"""Builders of observed cluster state for decision tests: nodes in zones, running engine pods."""
+"""Builders of observed cluster state for decision tests: nodes in zones, the stages of a new cluster."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from engram_operator import builders, decisions
-from engram_operator.observe import EngineStatus, NodeInfo, Observed, PodInfo
+from engram_operator import builders, decisions, labels
+from engram_operator.observe import EngineStatus, JobInfo, NodeInfo, Observed, PodInfo
 from engram_operator.spec import ClusterSpec
 
 ZONES = ["zone-a", "zone-b", "zone-c"]
+CLUSTER_ID = "0123456789abcdef0123456789abcdef"
 
 
 def spec(**overrides: Any) -> ClusterSpec:
@@ -30,7 +31,10 @@ def nodes(zones: list[str] = ZONES, per_zone: int = 1, down: tuple[str, ...] = (
 
 
 def children_of(plan: decisions.Plan) -> frozenset[tuple[str, str]]:
-    return frozenset((o["kind"], o["metadata"]["name"]) for o in plan.create if o["kind"] != "Pod")
+    """What a plan creates besides pods and the Job (which the observed state carries on its own)."""
+    return frozenset(
+        (o["kind"], o["metadata"]["name"]) for o in plan.create if o["kind"] not in ("Pod", "Job")
+    )
 
 
 def pods_from(plan: decisions.Plan, cluster: ClusterSpec, ready: bool = True) -> list[PodInfo]:
@@ -51,6 +55,7 @@ def pods_from(plan: decisions.Plan, cluster: ClusterSpec, ready: bool = True) ->
                 spec_hash=builders.pod_spec_hash(cluster),
                 role_label="primary" if meta["labels"]["engram.io/node-index"] == "0" else "replica",
                 ip="10.0.0.1",
+                cluster_id=CLUSTER_ID,
             )
         )
     return out
@@ -65,14 +70,56 @@ def statuses(pods: list[PodInfo]) -> dict[str, EngineStatus]:
     }
 
 
-def running(cluster: ClusterSpec, zones: list[str] = ZONES) -> Observed:
-    """A cluster the operator created earlier, fully up: journal ready, every pod ready."""
-    first = decisions.decide(cluster, Observed(nodes=nodes(zones), pods=[]))
-    pods = pods_from(first, cluster)
+def provision_job(cluster: ClusterSpec, **state: Any) -> JobInfo:
+    """The cluster's provisioning Job as observed; ``state`` sets succeeded, failed, error, ..."""
+    return JobInfo(
+        name=labels.provision_job_name(cluster.name),
+        cluster_id=CLUSTER_ID,
+        owner_uid=cluster.uid,
+        **state,
+    )
+
+
+def just_applied(cluster: ClusterSpec, node_infos: list[NodeInfo] | None = None) -> Observed:
+    """A MemoryCluster just applied: nothing exists yet, its id is decided."""
+    return Observed(nodes=nodes() if node_infos is None else node_infos, pods=[], cluster_id=CLUSTER_ID)
+
+
+def journal_up(cluster: ClusterSpec, node_infos: list[NodeInfo] | None = None) -> Observed:
+    """The children of the first reconcile exist and every journal server is ready; no Job yet."""
+    seen = just_applied(cluster, node_infos)
     return Observed(
-        nodes=nodes(zones),
-        pods=pods,
-        children=children_of(first),
+        nodes=seen.nodes,
+        pods=[],
+        children=children_of(decisions.decide(cluster, seen)),
         journal_ready=cluster.journal.replicas,
+        cluster_id=CLUSTER_ID,
+    )
+
+
+def provisioned(cluster: ClusterSpec, node_infos: list[NodeInfo] | None = None) -> Observed:
+    """The provisioning Job succeeded: the moment engine pods may be created."""
+    seen = journal_up(cluster, node_infos)
+    return Observed(
+        nodes=seen.nodes,
+        pods=[],
+        children=seen.children,
+        journal_ready=seen.journal_ready,
+        cluster_id=CLUSTER_ID,
+        provisioning=provision_job(cluster, succeeded=True),
+    )
+
+
+def running(cluster: ClusterSpec, zones: list[str] = ZONES) -> Observed:
+    """A cluster the operator created earlier, fully up: journal ready, provisioned, every pod ready."""
+    seen = provisioned(cluster, nodes(zones))
+    pods = pods_from(decisions.decide(cluster, seen), cluster)
+    return Observed(
+        nodes=seen.nodes,
+        pods=pods,
+        children=seen.children,
+        journal_ready=seen.journal_ready,
         statuses=statuses(pods),
+        cluster_id=CLUSTER_ID,
+        provisioning=seen.provisioning,
     )

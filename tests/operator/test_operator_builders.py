@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from cluster_state import ZONES, nodes, spec
+from cluster_state import CLUSTER_ID, ZONES, journal_up, just_applied, provisioned, spec
 from k8s_offline import validate_manifest
 
 from engram.node.config import NodeConfig
@@ -14,7 +14,6 @@ from engram_operator import builders, labels
 from engram_operator.builders.engine import valkey_args
 from engram_operator.builders.journal import JournalSpreadError, plan_journal
 from engram_operator.decisions import decide
-from engram_operator.observe import Observed
 
 SPECS = {
     "minimal": spec(),
@@ -29,7 +28,16 @@ SPECS = {
 
 
 def all_manifests(name: str) -> list[dict[str, Any]]:
-    return decide(SPECS[name], Observed(nodes=nodes(), pods=[])).create
+    """Everything the operator creates for a new cluster, stage by stage: children, Job, pods."""
+    cluster = SPECS[name]
+    stages = (just_applied(cluster), journal_up(cluster), provisioned(cluster))
+    return [obj for seen in stages for obj in decide(cluster, seen).create]
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_a_new_cluster_creates_every_kind_of_child(name: str) -> None:
+    kinds = {o["kind"] for o in all_manifests(name)}
+    assert kinds == {"Service", "ConfigMap", "StatefulSet", "PodDisruptionBudget", "Job", "Pod"}
 
 
 @pytest.mark.parametrize("name", SPECS)
@@ -60,7 +68,7 @@ def test_every_child_is_adopted_and_labelled(name: str) -> None:
 def _pod_specs(obj: dict[str, Any]) -> list[dict[str, Any]]:
     if obj["kind"] == "Pod":
         return [obj["spec"]]
-    if obj["kind"] == "StatefulSet":
+    if obj["kind"] in ("StatefulSet", "Job"):
         return [obj["spec"]["template"]["spec"]]
     return []
 
@@ -80,13 +88,16 @@ def test_pods_meet_the_restricted_pod_security_standard(name: str) -> None:
 
 def test_engine_pod_is_pinned_to_its_zone_and_carries_its_node_config() -> None:
     cluster = SPECS["three-zones"]
-    pod = builders.build_engine_pod(cluster, name="demo-1-2", shard=1, index=2, zone="zone-b")
+    pod = builders.build_engine_pod(
+        cluster, name="demo-1-2", shard=1, index=2, zone="zone-b", cluster_id=CLUSTER_ID
+    )
     term = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
     assert term["nodeSelectorTerms"] == [
         {"matchExpressions": [{"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["zone-b"]}]}
     ]
     config = NodeConfig(**json.loads(pod["metadata"]["annotations"][labels.NODE_CONFIG]))
     assert (config.node_id, config.shard, config.zone) == ("demo-1-2", 1, "zone-b")
+    assert (config.cluster_id, config.shards, config.preferred_primary) == (CLUSTER_ID, 3, False)
     assert config.spawn_valkey is False and config.host == "0.0.0.0"
     assert config.valkey_socket == "/run/engram/valkey.sock"
     assert config.announce == "demo-1-2.demo-nodes.db.svc.cluster.local:6379"
@@ -167,3 +178,38 @@ def test_pdbs_allow_one_disruption_per_shard_and_for_the_journal() -> None:
 def test_engine_pod_names_skip_names_still_held_by_terminating_pods() -> None:
     assert labels.engine_pod_name("demo", 0, 1) == "demo-0-1"
     assert labels.engine_pod_name("demo", 0, 1, {"demo-0-1", "demo-0-1-r1"}) == "demo-0-1-r2"
+
+
+def test_provision_job_runs_engram_provision_against_every_journal_server() -> None:
+    cluster = SPECS["three-zones"]
+    job = builders.build_provision_job(cluster, CLUSTER_ID)
+    validate_manifest(job)
+    assert job["metadata"]["name"] == "demo-provision"
+    assert job["metadata"]["labels"][labels.COMPONENT] == "provision"
+    assert job["metadata"]["annotations"][labels.CLUSTER_ID] == CLUSTER_ID
+    pod = job["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["image"] == cluster.engine.resolved_image
+    args = container["command"]
+    assert args[:2] == ["engram", "provision"]
+    flags = dict(zip(args[2::2], args[3::2], strict=True))
+    urls = ",".join(f"nats://demo-journal-{i}-0.demo-journal.db.svc.cluster.local:4222" for i in range(3))
+    assert flags == {
+        "--cluster": "demo",
+        "--cluster-id": CLUSTER_ID,
+        "--shards": "3",
+        "--journal-replicas": "3",
+        "--journal": urls,
+        "--timeout": "60",
+    }
+
+
+def test_provision_job_is_bounded_and_retries_in_place() -> None:
+    job = builders.build_provision_job(SPECS["minimal"], CLUSTER_ID)
+    spec_ = job["spec"]
+    assert spec_["backoffLimit"] > 0 and spec_["activeDeadlineSeconds"] > 0
+    pod = spec_["template"]["spec"]
+    assert pod["restartPolicy"] == "OnFailure" and pod["automountServiceAccountToken"] is False
+    [container] = pod["containers"]
+    assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"

@@ -76,6 +76,8 @@ def test_rbac_is_least_privilege() -> None:
     for resource in ("services", "configmaps"):
         assert verbs[("", resource)] == {"get", "list", "watch", "create"}
     assert verbs[("apps", "statefulsets")] == {"get", "list", "watch", "create"}
+    # A failed provisioning Job is deleted so that a fresh one retries.
+    assert verbs[("batch", "jobs")] == {"get", "list", "watch", "create", "delete"}
     assert not any("*" in rule["verbs"] or "*" in rule["resources"] for rule in rules)
     assert not any(r in ("secrets", "customresourcedefinitions", "namespaces") for _, r in verbs)
 
@@ -86,6 +88,7 @@ def test_one_namespace_mode_grants_only_nodes_cluster_wide() -> None:
     assert cluster_resources == {"nodes", "clusterkopfpeerings"}
     [role] = [d for d in docs if d["kind"] == "Role"]
     assert role["metadata"]["namespace"] == "databases"
+    assert any("jobs" in rule["resources"] and "batch" in rule["apiGroups"] for rule in role["rules"])
 
 
 def test_operator_pod_is_restricted_and_standalone_without_peering() -> None:

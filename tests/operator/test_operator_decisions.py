@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections import Counter
 
-from cluster_state import ZONES, nodes, pods_from, running, spec, statuses
+from cluster_state import (
+    CLUSTER_ID,
+    ZONES,
+    journal_up,
+    just_applied,
+    nodes,
+    pods_from,
+    provision_job,
+    provisioned,
+    running,
+    spec,
+    statuses,
+)
 
+from engram.orchestration.zones import plan_zones as zone_plan
 from engram_operator.decisions import decide
-from engram_operator.observe import EngineStatus, NodeInfo, Observed
+from engram_operator.observe import EngineStatus, NodeInfo
 
 
 def created_pods(plan) -> list[dict]:
@@ -19,18 +33,107 @@ def zone_of(pod: dict) -> str:
     return pod["metadata"]["labels"]["engram.io/zone"]
 
 
-def test_new_cluster_gets_journal_services_pdbs_and_one_pod_per_zone_per_shard() -> None:
+def test_new_cluster_gets_journal_services_and_pdbs_but_no_job_or_pod_before_the_journal_is_ready() -> None:
     cluster = spec(shards=2, replicasPerShard=2, placement={"spreading": "Required"})
-    plan = decide(cluster, Observed(nodes=nodes(), pods=[]))
+    plan = decide(cluster, just_applied(cluster))
     kinds = Counter(o["kind"] for o in plan.create)
-    assert kinds == {"Pod": 6, "Service": 3, "StatefulSet": 3, "ConfigMap": 1, "PodDisruptionBudget": 3}
+    assert kinds == {"Service": 3, "StatefulSet": 3, "ConfigMap": 1, "PodDisruptionBudget": 3}
+    assert plan.degraded is None and plan.delete_pods == []
+    assert "journal servers ready: 0/3" in plan.waiting
+    assert plan.provisioned is not None
+    assert (plan.provisioned.status, plan.provisioned.reason) == ("False", "WaitingForJournal")
+
+
+def test_provisioning_job_is_planned_once_the_journal_is_ready_and_alone() -> None:
+    cluster = spec(shards=2, replicasPerShard=2)
+    plan = decide(cluster, journal_up(cluster))
+    [job] = plan.create
+    assert job["kind"] == "Job" and job["metadata"]["name"] == "demo-provision"
+    assert job["metadata"]["annotations"]["engram.io/cluster-id"] == CLUSTER_ID
+    assert plan.provisioned is not None and plan.provisioned.reason == "Provisioning"
+    assert [e.reason for e in plan.events] == ["Provisioning"]
+    assert any(w.startswith("provisioning:") for w in plan.waiting)
+
+
+def test_no_engine_pod_is_planned_while_the_provisioning_job_runs_and_its_error_is_shown() -> None:
+    cluster = spec(shards=1, replicasPerShard=1)
+    seen = dataclasses.replace(
+        journal_up(cluster),
+        provisioning=provision_job(cluster, error="engram provision: error: journal unreachable"),
+    )
+    plan = decide(cluster, seen)
+    assert plan.create == [] and plan.delete_jobs == []
+    assert plan.provisioned is not None and plan.provisioned.status == "False"
+    assert "last attempt failed: engram provision: error: journal unreachable" in plan.provisioned.message
+
+
+def test_engine_pods_are_planned_after_the_job_succeeded_one_per_zone_per_shard() -> None:
+    cluster = spec(shards=2, replicasPerShard=2, placement={"spreading": "Required"})
+    plan = decide(cluster, provisioned(cluster))
+    assert Counter(o["kind"] for o in plan.create) == {"Pod": 6}
     for shard in (0, 1):
         zones = [
             zone_of(p) for p in created_pods(plan) if p["metadata"]["labels"]["engram.io/shard"] == str(shard)
         ]
         assert sorted(zones) == ZONES
-    assert plan.degraded is None and plan.delete_pods == []
-    assert "journal servers ready: 0/3" in plan.waiting
+    assert plan.provisioned is not None
+    assert (plan.provisioned.status, plan.provisioned.reason) == ("True", "Provisioned")
+
+
+def test_failed_provisioning_job_is_deleted_for_a_retry_with_a_warning() -> None:
+    cluster = spec(shards=1, replicasPerShard=1)
+    failed = provision_job(cluster, failed=True, error="BackoffLimitExceeded: held by cluster id ffff")
+    plan = decide(cluster, dataclasses.replace(journal_up(cluster), provisioning=failed))
+    assert plan.delete_jobs == ["demo-provision"] and created_pods(plan) == []
+    [event] = plan.events
+    assert event.type == "Warning" and event.reason == "ProvisioningFailed"
+    assert "held by cluster id ffff" in event.message
+    assert plan.provisioned is not None and plan.provisioned.reason == "ProvisioningFailed"
+
+
+def test_a_succeeded_job_of_another_cluster_id_is_not_trusted_and_is_replaced() -> None:
+    cluster = spec(shards=1, replicasPerShard=1)
+    # An earlier MemoryCluster of the same name, not yet garbage collected.
+    stale = dataclasses.replace(
+        provision_job(cluster, succeeded=True), cluster_id="f" * 32, owner_uid="old-uid"
+    )
+    plan = decide(cluster, dataclasses.replace(journal_up(cluster), provisioning=stale))
+    assert created_pods(plan) == [] and plan.delete_jobs == ["demo-provision"]
+    assert plan.provisioned is not None and plan.provisioned.reason == "StaleJob"
+
+
+def test_existing_pods_stay_but_none_is_replaced_before_provisioning_after_an_operator_upgrade() -> None:
+    cluster = spec(shards=1, replicasPerShard=2)
+    seen = running(cluster)
+    # Made by an operator that had no provisioning Job: one pod since lost, no Job yet.
+    upgraded = dataclasses.replace(seen, pods=seen.pods[:2], provisioning=None)
+    plan = decide(cluster, upgraded)
+    assert [o["kind"] for o in plan.create] == ["Job"] and plan.delete_pods == []
+    done = decide(cluster, dataclasses.replace(upgraded, provisioning=provision_job(cluster, succeeded=True)))
+    assert [p["metadata"]["name"] for p in created_pods(done)] == [seen.pods[2].name]
+
+
+def test_rolling_update_waits_for_provisioning() -> None:
+    old = spec(shards=1, replicasPerShard=1)
+    seen = dataclasses.replace(running(old), provisioning=None)
+    plan = decide(spec(shards=1, replicasPerShard=1, engine={"version": "0.2.0"}), seen)
+    assert plan.delete_pods == [] and not plan.rolling
+
+
+def test_engine_pods_carry_the_cluster_id_shard_count_and_the_planned_primary() -> None:
+    cluster = spec(shards=3, replicasPerShard=2)
+    pods = created_pods(decide(cluster, provisioned(cluster)))
+    configs = [json.loads(p["metadata"]["annotations"]["engram.io/node-config"]) for p in pods]
+    assert {c["cluster_id"] for c in configs} == {CLUSTER_ID}
+    assert {c["shards"] for c in configs} == {3}
+    preferred = {(c["shard"], c["zone"]) for c in configs if c["preferred_primary"]}
+    # One planned primary per shard, balanced over the zones as the zone planner chose.
+    assert sorted(s for s, _ in preferred) == [0, 1, 2]
+    assert sorted(z for _, z in preferred) == ZONES
+    plan = zone_plan(ZONES, 3, 2)
+    for c in configs:
+        index = int(c["node_id"].rsplit("-", 1)[1])
+        assert c["preferred_primary"] == plan.node(c["shard"], index).primary
 
 
 def test_a_settled_cluster_needs_nothing() -> None:
@@ -101,13 +204,13 @@ def test_impossible_required_spec_is_degraded_with_an_event_and_changes_nothing(
 
 def test_impossible_spec_on_a_new_cluster_creates_nothing() -> None:
     cluster = spec(shards=1, replicasPerShard=1, placement={"spreading": "Required"})
-    plan = decide(cluster, Observed(nodes=nodes(zones=["zone-a"]), pods=[]))
+    plan = decide(cluster, just_applied(cluster, nodes(zones=["zone-a"])))
     assert plan.create == [] and plan.degraded is not None
 
 
 def test_preferred_spreading_on_too_few_zones_proceeds_and_says_how() -> None:
     cluster = spec(shards=1, replicasPerShard=2, placement={"spreading": "Preferred"})
-    plan = decide(cluster, Observed(nodes=nodes(zones=["zone-a", "zone-b"]), pods=[]))
+    plan = decide(cluster, provisioned(cluster, nodes(zones=["zone-a", "zone-b"])))
     assert len(created_pods(plan)) == 3
     assert plan.spread is not None and "only 2 zones" in plan.spread.message
 
@@ -115,7 +218,7 @@ def test_preferred_spreading_on_too_few_zones_proceeds_and_says_how() -> None:
 def test_nodes_without_zone_labels_get_unpinned_pods_when_preferred() -> None:
     cluster = spec(shards=1, replicasPerShard=1)
     unlabelled = [NodeInfo("n1", None, True, True)]
-    plan = decide(cluster, Observed(nodes=unlabelled, pods=[]))
+    plan = decide(cluster, provisioned(cluster, unlabelled))
     pods = created_pods(plan)
     assert len(pods) == 2 and all("nodeAffinity" not in p["spec"]["affinity"] for p in pods)
 
@@ -162,7 +265,7 @@ def test_rolling_update_switches_over_before_replacing_the_primary() -> None:
     new = spec(shards=1, replicasPerShard=1, engine={"version": "0.2.0"})
     seen = running(old)
     primary, replica = seen.pods
-    new_hash = pods_from(decide(new, Observed(nodes=nodes(), pods=[])), new)[0].spec_hash
+    new_hash = pods_from(decide(new, provisioned(new)), new)[0].spec_hash
     seen = dataclasses.replace(seen, pods=[primary, dataclasses.replace(replica, spec_hash=new_hash)])
     plan = decide(new, seen)
     assert plan.delete_pods == []

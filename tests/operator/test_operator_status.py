@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from cluster_state import running, spec
+from cluster_state import CLUSTER_ID, journal_up, just_applied, provision_job, running, spec
 from k8s_offline import crd_schema, memorycluster_crd, schema_errors
 
 from engram_operator.conditions import CONDITION_TYPES, Condition, build_conditions
@@ -30,6 +30,37 @@ def test_status_of_a_ready_cluster_fits_the_crd_and_names_primaries() -> None:
     assert [s["primary"] for s in status["shards"]] == ["demo-0-0", "demo-1-0", "demo-2-0"]
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "True" and ready["observedGeneration"] == 4
+    assert status["clusterId"] == CLUSTER_ID
+    assert condition(status, "Provisioned")["status"] == "True"
+
+
+def condition(status: dict, ctype: str) -> dict:
+    return next(c for c in status["conditions"] if c["type"] == ctype)
+
+
+def test_first_visit_records_the_cluster_id_and_says_provisioning_waits_for_the_journal() -> None:
+    cluster = spec()
+    seen = just_applied(cluster)
+    status = build_status(cluster, seen, decide(cluster, seen), None, generation=1)
+    assert schema_errors(status_schema(), status) == []
+    assert status["clusterId"] == CLUSTER_ID
+    provisioned = condition(status, "Provisioned")
+    assert (provisioned["status"], provisioned["reason"]) == ("False", "WaitingForJournal")
+
+
+def test_provisioned_condition_follows_the_job() -> None:
+    cluster = spec()
+    stages = {
+        "Provisioning": journal_up(cluster),
+        "ProvisioningFailed": dataclasses.replace(
+            journal_up(cluster), provisioning=provision_job(cluster, failed=True, error="DeadlineExceeded")
+        ),
+        "Provisioned": running(cluster),
+    }
+    for reason, seen in stages.items():
+        status = build_status(cluster, seen, decide(cluster, seen), None, generation=1)
+        assert schema_errors(status_schema(), status) == []
+        assert condition(status, "Provisioned")["reason"] == reason
 
 
 def test_every_condition_type_is_set_on_the_first_visit() -> None:

@@ -8,6 +8,7 @@ from engram_operator.builders.journal import (
     journal_server_configs,
     journal_urls,
 )
+from engram_operator.builders.provision import build_provision_job
 from engram_operator.builders.services import (
     build_endpoint_service,
     build_headless_service,
@@ -23,6 +24,7 @@ __all__ = [
     "build_journal_service",
     "build_journal_statefulset",
     "build_node_config",
+    "build_provision_job",
     "build_shard_pdb",
     "journal_server_configs",
     "journal_urls",

@@ -30,8 +30,19 @@ READINESS_COMMAND = ["python", "-m", "engram.node.probe", "--port", str(constant
 MAXMEMORY_FRACTION = Decimal("0.75")
 
 
-def build_node_config(cluster: ClusterSpec, pod_name: str, shard: int, zone: str) -> NodeConfig:
-    """The engine node's configuration; the pod carries it as an annotation (see build_engine_pod)."""
+def build_node_config(
+    cluster: ClusterSpec,
+    pod_name: str,
+    shard: int,
+    zone: str,
+    *,
+    cluster_id: str,
+    preferred_primary: bool = False,
+) -> NodeConfig:
+    """The engine node's configuration; the pod carries it as an annotation (see build_engine_pod).
+
+    ``cluster_id`` is the id provisioning wrote into the journal: a node finding another one halts.
+    """
     headless = labels.headless_service_name(cluster.name)
     return NodeConfig(
         cluster=cluster.name,
@@ -41,6 +52,9 @@ def build_node_config(cluster: ClusterSpec, pod_name: str, shard: int, zone: str
         port=constants.CLIENT_PORT,
         journal_urls=journal_urls(cluster),
         data_dir=constants.DATA_DIR,
+        cluster_id=cluster_id,
+        shards=cluster.shards,
+        preferred_primary=preferred_primary,
         host="0.0.0.0",
         announce=f"{fqdn(pod_name, headless, cluster)}:{constants.CLIENT_PORT}",
         journal_replicas=STREAM_REPLICAS,
@@ -79,9 +93,16 @@ def build_engine_pod(
     shard: int,
     index: int,
     zone: str | None,
+    cluster_id: str,
+    preferred_primary: bool = False,
 ) -> dict[str, Any]:
-    """One engine node. ``zone`` None means the nodes carry no topology label: the pod is not pinned."""
-    node_config = build_node_config(cluster, name, shard, zone or "")
+    """One engine node. ``zone`` None means the nodes carry no topology label: the pod is not pinned.
+
+    ``preferred_primary``: the zone planner chose this node as its shard's first primary.
+    """
+    node_config = build_node_config(
+        cluster, name, shard, zone or "", cluster_id=cluster_id, preferred_primary=preferred_primary
+    )
     pod_labels = labels.engine_pod_labels(cluster.name, shard, index, zone or "", role="starting")
     pod_labels[labels.VERSION] = cluster.engine.version
     annotations = {
