@@ -1,5 +1,5 @@
-"""The journal on a real 3-server JetStream cluster: conditional appends, retries, tail, truncate,
-and a replica that refuses entries it must not apply."""
+"""The journal on a real 3-server JetStream cluster: provisioning and identity, conditional appends,
+retries, tail, truncate, and a replica that refuses entries it must not apply."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ import pytest
 
 from engram.journal.client import Journal
 from engram.journal.entries import Entry, EntryType
-from engram.journal.errors import Fenced
+from engram.journal.errors import Fenced, IdentityMismatch, StreamMissing
 from engram.replication.applier import Applier, ApplyHalted
 from engram.valkey.connection import ValkeyConnection, encode
 from engram.valkey.process import start_valkey
 
 pytestmark = pytest.mark.integration
+
+CLUSTER_ID = "c0ffee"
 
 
 def _run(coro):
@@ -30,16 +32,22 @@ def _set(key: str, value: str) -> bytes:
     return encode(["SET", key, value])
 
 
+async def _provisioned(urls: list[str], cluster: str, shard: int, cluster_id: str = CLUSTER_ID) -> Journal:
+    """A journal whose stream provisioning created: entry 1 is its genesis."""
+    journal = await Journal.connect(urls, cluster, shard, replicas=3)
+    await journal.create_stream(cluster_id)
+    return journal
+
+
 def test_conditional_append_fences_a_writer_with_a_stale_view(nats_journal) -> None:
     async def scenario() -> None:
-        journal = await Journal.connect(nats_journal.urls, "jt", 0, replicas=3)
-        await journal.ensure_stream()
-        assert await journal.append(Entry(EntryType.LEADER, 1, "a", address="x:1"), 0, "m1") == 1
-        assert await journal.append(_data(b"one"), 1, "m2") == 2
+        journal = await _provisioned(nats_journal.urls, "jt", 0)
+        assert (await journal.append(Entry(EntryType.LEADER, 1, "a", address="x:1"), 1, "m1")).seq == 2
+        assert (await journal.append(_data(b"one"), 2, "m2")).seq == 3
         with pytest.raises(Fenced) as fenced:
-            await journal.append(_data(b"stale"), 1, "m3")
-        assert fenced.value.expected == 1 and fenced.value.actual == 2
-        assert (await journal.state()).last_seq == 2
+            await journal.append(_data(b"stale"), 2, "m3")
+        assert fenced.value.expected == 2 and fenced.value.actual == 3
+        assert (await journal.state()).last_seq == 3
         await journal.close()
 
     _run(scenario())
@@ -47,12 +55,16 @@ def test_conditional_append_fences_a_writer_with_a_stale_view(nats_journal) -> N
 
 def test_a_retried_append_whose_first_try_landed_returns_the_original_sequence(nats_journal) -> None:
     async def scenario() -> None:
-        journal = await Journal.connect(nats_journal.urls, "jt", 1, replicas=3)
-        await journal.ensure_stream()
-        seq = await journal.append(_data(b"once"), 0, "same-id")
+        journal = await _provisioned(nats_journal.urls, "jt", 1)
+        first = await journal.append(_data(b"once"), 1, "same-id")
+        assert not first.earlier
         # The ack was "lost": the writer retries with the same id and the same expectation.
-        assert await journal.append(_data(b"once"), 0, "same-id") == seq
-        assert (await journal.state()).messages == 1
+        again = await journal.append(_data(b"once"), 1, "same-id")
+        assert (again.seq, again.earlier) == (first.seq, True)
+        assert (await journal.state()).messages == 2
+        # Another id at the same place is refused: only the append's own id passes as landed.
+        with pytest.raises(Fenced):
+            await journal.append(_data(b"once"), 1, "other-id")
         await journal.close()
 
     _run(scenario())
@@ -60,14 +72,13 @@ def test_a_retried_append_whose_first_try_landed_returns_the_original_sequence(n
 
 def test_pipelined_appends_keep_their_order(nats_journal) -> None:
     async def scenario() -> None:
-        journal = await Journal.connect(nats_journal.urls, "jt", 2, replicas=3)
-        await journal.ensure_stream()
-        pending = [await journal.append_pipelined(_data(b"%d" % i), i, f"p{i}") for i in range(200)]
-        assert [await p for p in pending] == list(range(1, 201))
+        journal = await _provisioned(nats_journal.urls, "jt", 2)
+        pending = [await journal.append_pipelined(_data(b"%d" % i), i + 1, f"p{i}") for i in range(200)]
+        assert [(await p).seq for p in pending] == list(range(2, 202))
         seen = []
-        async for entry in journal.tail(150):
+        async for entry in journal.tail(151):
             seen.append(entry.payload)
-            if entry.seq == 200:
+            if entry.seq == 201:
                 break
         assert seen == [b"%d" % i for i in range(149, 200)]
         await journal.close()
@@ -77,16 +88,15 @@ def test_pipelined_appends_keep_their_order(nats_journal) -> None:
 
 def test_truncate_keeps_the_tail_and_conditional_appends_still_work(nats_journal) -> None:
     async def scenario() -> None:
-        journal = await Journal.connect(nats_journal.urls, "jt", 3, replicas=3)
-        await journal.ensure_stream()
+        journal = await _provisioned(nats_journal.urls, "jt", 3)
         for i in range(10):
-            await journal.append(_data(b"%d" % i), i, f"t{i}")
-        await journal.truncate(8)
+            await journal.append(_data(b"%d" % i), i + 1, f"t{i}")
+        await journal.truncate(9)
         state = await journal.state()
-        assert (state.first_seq, state.last_seq, state.messages) == (8, 10, 3)
+        assert (state.first_seq, state.last_seq, state.messages) == (9, 11, 3)
         assert await journal.get(3) is None
-        assert (await journal.get(9)).payload == b"8"
-        assert await journal.append(_data(b"after"), 10, "t10") == 11
+        assert (await journal.get(10)).payload == b"8"
+        assert (await journal.append(_data(b"after"), 11, "t10")).seq == 12
         await journal.close()
 
     _run(scenario())
@@ -94,14 +104,13 @@ def test_truncate_keeps_the_tail_and_conditional_appends_still_work(nats_journal
 
 def test_journal_survives_the_loss_of_one_server(nats_journal) -> None:
     async def scenario() -> None:
-        journal = await Journal.connect(nats_journal.urls, "jt", 4, replicas=3)
-        await journal.ensure_stream()
-        await journal.append(_data(b"before"), 0, "s1")
+        journal = await _provisioned(nats_journal.urls, "jt", 4)
+        await journal.append(_data(b"before"), 1, "s1")
         nats_journal.kill("a")
         deadline = asyncio.get_running_loop().time() + 30
         while True:
             try:
-                assert await journal.append(_data(b"after"), 1, "s2") == 2
+                assert (await journal.append(_data(b"after"), 2, "s2")).seq == 3
                 break
             except Exception:
                 assert asyncio.get_running_loop().time() < deadline, "no quorum with 2 of 3 servers"
@@ -111,12 +120,13 @@ def test_journal_survives_the_loss_of_one_server(nats_journal) -> None:
     _run(scenario())
 
 
-async def _applier_against(nats_urls: list[str], shard: int, tmp: str) -> tuple[Journal, Applier, object]:
-    journal = await Journal.connect(nats_urls, "ap", shard, replicas=3)
-    await journal.ensure_stream()
+async def _applier_against(
+    nats_urls: list[str], shard: int, tmp: str, cluster_id: str = CLUSTER_ID
+) -> tuple[Journal, Applier, object]:
+    journal = await _provisioned(nats_urls, "ap", shard)
     socket = f"{tmp}/v.sock"
     proc = await start_valkey(socket, tmp, [])
-    applier = Applier(journal, socket, lambda entry: True)
+    applier = Applier(journal, socket, lambda entry: True, cluster_id)
     return journal, applier, proc
 
 
@@ -124,13 +134,13 @@ def test_replica_applies_data_and_halts_on_an_entry_from_a_newer_engine(nats_jou
     async def scenario() -> None:
         journal, applier, proc = await _applier_against(nats_journal.urls, 0, str(short_tmp))
         try:
-            await journal.append(_data(_set("a", "1")), 0, "e1")
+            await journal.append(_data(_set("a", "1")), 1, "e1")
             newer = _data(_set("b", "2"))
             newer.version = (99, 0, 0)
-            await journal.append(newer, 1, "e2")
+            await journal.append(newer, 2, "e2")
             with pytest.raises(ApplyHalted, match="newer than this node"):
                 await applier.run()
-            assert applier.applied_seq == 1
+            assert applier.applied_seq == 2
             assert "99.0.0" in applier.halted
             conn = await ValkeyConnection.open(f"{short_tmp}/v.sock")
             assert await conn.execute("GET", "a") == b"1"
@@ -148,14 +158,76 @@ def test_replica_halts_when_the_running_checksum_disagrees(nats_journal, short_t
         journal, applier, proc = await _applier_against(nats_journal.urls, 1, str(short_tmp))
         try:
             payload = _set("k", "v")
-            await journal.append(_data(payload), 0, "c1")
+            await journal.append(_data(payload), 1, "c1")
             good = zlib.crc32(payload)
-            await journal.append(Entry(EntryType.CHECKSUM, 1, "n1", checksum=good), 1, "c2")
-            await journal.append(_data(_set("k", "w")), 2, "c3")
-            await journal.append(Entry(EntryType.CHECKSUM, 1, "n1", checksum=good), 3, "c4")
-            with pytest.raises(ApplyHalted, match="checksum mismatch at entry 4"):
+            await journal.append(Entry(EntryType.CHECKSUM, 1, "n1", checksum=good), 2, "c2")
+            await journal.append(_data(_set("k", "w")), 3, "c3")
+            await journal.append(Entry(EntryType.CHECKSUM, 1, "n1", checksum=good), 4, "c4")
+            with pytest.raises(ApplyHalted, match="checksum mismatch at entry 5"):
                 await applier.run()
-            assert applier.applied_seq == 3
+            assert applier.applied_seq == 4
+        finally:
+            proc.kill()
+            await journal.close()
+
+    _run(scenario())
+
+
+def test_a_node_never_creates_a_stream_it_cannot_find(nats_journal) -> None:
+    async def scenario() -> None:
+        journal = await Journal.connect(nats_journal.urls, "unprovisioned", 0, replicas=3)
+        with pytest.raises(StreamMissing, match="created by provisioning"):
+            await journal.open_stream(CLUSTER_ID)
+        with pytest.raises(StreamMissing):
+            await journal.open_stream(CLUSTER_ID)
+        assert await journal.jetstream.streams_info() == []
+        await journal.close()
+
+    _run(scenario())
+
+
+def test_provisioning_is_idempotent_and_a_stream_of_another_cluster_is_refused(nats_journal) -> None:
+    async def scenario() -> None:
+        journal = await _provisioned(nats_journal.urls, "idem", 0)
+        await journal.create_stream(CLUSTER_ID)  # a re-run of provisioning: nothing new
+        assert (await journal.state()).messages == 1
+        genesis = await journal.get(1)
+        assert (genesis.type, genesis.cluster_id, genesis.shard) == (EntryType.GENESIS, CLUSTER_ID, 0)
+        with pytest.raises(IdentityMismatch, match="belongs to cluster id 'c0ffee'"):
+            await journal.create_stream("another-cluster")
+        with pytest.raises(IdentityMismatch, match="not to cluster id 'another-cluster'"):
+            await journal.open_stream("another-cluster")
+        await journal.open_stream(CLUSTER_ID)
+        await journal.close()
+
+    _run(scenario())
+
+
+def test_replica_halts_on_a_stream_provisioned_for_another_cluster(nats_journal, short_tmp) -> None:
+    async def scenario() -> None:
+        journal, applier, proc = await _applier_against(nats_journal.urls, 2, str(short_tmp), "stranger")
+        try:
+            await journal.append(_data(_set("a", "1")), 1, "x1")
+            with pytest.raises(ApplyHalted, match="provisioned for cluster id 'c0ffee'"):
+                await applier.run()
+            assert applier.applied_seq == 0 and not applier.identity_verified
+        finally:
+            proc.kill()
+            await journal.close()
+
+    _run(scenario())
+
+
+def test_replica_halts_when_a_leadership_epoch_goes_backwards(nats_journal, short_tmp) -> None:
+    async def scenario() -> None:
+        journal, applier, proc = await _applier_against(nats_journal.urls, 3, str(short_tmp))
+        try:
+            await journal.append(Entry(EntryType.LEADER, 5, "n1", address="x:1"), 1, "l1")
+            await journal.append(_data(_set("a", "1"), epoch=5), 2, "l2")
+            await journal.append(Entry(EntryType.LEADER, 1, "n0", address="x:2"), 3, "l3")
+            with pytest.raises(ApplyHalted, match="epoch 1, not above the epoch 5"):
+                await applier.run()
+            assert applier.applied_seq == 3 and applier.identity_verified
         finally:
             proc.kill()
             await journal.close()

@@ -8,7 +8,7 @@ import sys
 from engram import __version__
 from engram.bench import cli as bench_cli
 from engram.chaos import cli as chaos_cli
-from engram.cli import local
+from engram.cli import local, provision
 
 
 def _run_node(args: argparse.Namespace) -> int:
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     local.register(commands)
     bench_cli.add_parser(commands)
     chaos_cli.add_parser(commands)
+    provision.add_parser(commands)
     node = commands.add_parser("node", help="run one engine node (platforms start this)")
     node.add_argument("--config", required=True, metavar="PATH", help="the node's NodeConfig JSON file")
     node.set_defaults(func=_run_node)

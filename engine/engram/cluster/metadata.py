@@ -1,11 +1,14 @@
 """Cluster metadata in a JetStream key-value bucket, watched by every node.
 
-Keys: `slots` (the slot map), `leader.<shard>` (its primary), `node.<id>` (a node's record).
+Keys: `cluster` (the cluster's unique id), `slots` (the slot map), `leader.<shard>` (its primary),
+`node.<id>` (a node's record). The bucket, `cluster` and the first `slots` are written once, by
+provisioning; nodes only read them, and wait while they cannot be found.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 import nats.errors
@@ -16,11 +19,12 @@ from nats.js.kv import KeyValue
 
 from engram.cluster.topology import ClusterView, LeaderRecord, NodeRecord, SlotMap, TopologyError
 from engram.journal.client import wait_for_stream_leader
-from engram.journal.errors import JournalError, NoQuorum
+from engram.journal.errors import IdentityMismatch, JournalError, NoQuorum, StreamMissing
 
 log = logging.getLogger(__name__)
 
 SLOTS_KEY = "slots"
+CLUSTER_KEY = "cluster"
 
 
 def bucket_name(cluster: str) -> str:
@@ -36,42 +40,85 @@ class ClusterMetadata:
         self.changed = asyncio.Event()
 
     @classmethod
-    async def open(cls, js: JetStreamContext, cluster: str, replicas: int) -> ClusterMetadata:
+    async def open(cls, js: JetStreamContext, cluster: str, cluster_id: str) -> ClusterMetadata:
+        """A node's view of provisioned metadata; raises StreamMissing until provisioning ran."""
         name = bucket_name(cluster)
         try:
             kv = await js.key_value(name)
         except nats.js.errors.BucketNotFoundError:
-            try:
-                kv = await js.create_key_value(
-                    api.KeyValueConfig(
-                        bucket=name, history=1, replicas=replicas, storage=api.StorageType.FILE
-                    )
-                )
-            except nats.js.errors.BadRequestError:
-                kv = await js.key_value(name)  # a peer created it first
+            raise StreamMissing(f"metadata bucket {name} not found: provisioning creates it") from None
         except nats.errors.Error as exc:
             raise NoQuorum(f"cluster metadata bucket {name} unavailable: {exc!r}") from exc
         await wait_for_stream_leader(js, f"KV_{name}", 10.0)
-        return cls(kv, ClusterView())
+        meta = cls(kv, ClusterView())
+        found = await meta._read(CLUSTER_KEY)
+        if found is None:
+            raise StreamMissing(f"cluster metadata {name} has no identity record yet: provisioning writes it")
+        recorded = json.loads(found).get("id")
+        if recorded != cluster_id:
+            raise IdentityMismatch(f"metadata {name} belongs to cluster id {recorded!r}, not {cluster_id!r}")
+        return meta
 
-    async def ensure_slot_map(self, shards: int) -> SlotMap:
-        """Create the initial even slot map unless the cluster already has one."""
+    @classmethod
+    async def provision(
+        cls, js: JetStreamContext, cluster: str, cluster_id: str, replicas: int, shards: int
+    ) -> ClusterMetadata:
+        """Create the bucket, record the cluster's id and write the first slot map; idempotent."""
+        name = bucket_name(cluster)
+        # No direct gets: any replica, a lagging one too, could answer them with an old value.
+        config = api.KeyValueConfig(
+            bucket=name, history=1, replicas=replicas, storage=api.StorageType.FILE, direct=False
+        )
         try:
-            await self._kv.create(SLOTS_KEY, SlotMap.even(shards).dumps())
-        except nats.js.errors.KeyWrongLastSequenceError:
+            kv = await js.create_key_value(config)
+        except nats.js.errors.BadRequestError:
+            kv = await js.key_value(name)  # provisioned before (a re-run)
+        except nats.errors.Error as exc:
+            raise NoQuorum(f"cannot create the cluster metadata bucket {name}: {exc!r}") from exc
+        await wait_for_stream_leader(js, f"KV_{name}", 10.0)
+        meta = cls(kv, ClusterView())
+        await meta._create_once(CLUSTER_KEY, json.dumps({"id": cluster_id, "name": cluster}).encode())
+        found = await meta._read(CLUSTER_KEY)
+        if found is None:
+            raise NoQuorum(f"the identity record of {name} was written but cannot be read back yet")
+        recorded = json.loads(found).get("id")
+        if recorded != cluster_id:
+            raise IdentityMismatch(f"cluster name {cluster!r} is held by cluster id {recorded!r}")
+        await meta._create_once(SLOTS_KEY, SlotMap.even(shards).dumps())
+        return meta
+
+    async def _read(self, key: str) -> bytes | None:
+        try:
+            entry = await self._kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        except nats.errors.Error as exc:
+            raise NoQuorum(f"cannot read {key} from the cluster metadata: {exc!r}") from exc
+        return entry.value or None
+
+    async def _create_once(self, key: str, value: bytes) -> None:
+        try:
+            await self._kv.create(key, value)
+        except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):
+            # Written before: the first write stands. (The client answers KeyNotFound when the
+            # server refused the create but its read-back reached a replica without the key.)
             pass
-        except nats.js.errors.APIError as exc:
-            if exc.err_code != 10071:
-                raise JournalError(f"cannot write the slot map: {exc}") from exc
         except nats.errors.Error as exc:
-            raise NoQuorum(f"cannot write the slot map: {exc!r}") from exc
-        try:
-            entry = await self._kv.get(SLOTS_KEY)
-        except nats.errors.Error as exc:
-            raise NoQuorum(f"cannot read the slot map: {exc!r}") from exc
-        slots = SlotMap.loads(entry.value or b"")
+            raise NoQuorum(f"cannot write {key} to the cluster metadata: {exc!r}") from exc
+
+    async def load_slot_map(self) -> SlotMap:
+        """The slot map provisioning wrote; raises StreamMissing while there is none."""
+        found = await self._read(SLOTS_KEY)
+        if found is None:
+            raise StreamMissing("the cluster metadata has no slot map yet: provisioning writes it")
+        slots = SlotMap.loads(found)
         self.view.slots = slots
         return slots
+
+    def recorded_epoch(self, shard: int) -> int:
+        """The highest leadership epoch of the shard recorded in the metadata (0 if none)."""
+        record = self.view.leaders.get(shard)
+        return record.epoch if record is not None else 0
 
     async def publish_leader(self, record: LeaderRecord) -> None:
         """Record a shard's new primary, unless a later epoch is already recorded."""

@@ -19,12 +19,23 @@ from nats.aio.client import Client as NatsClient
 from nats.js import api
 from nats.js.client import JetStreamContext
 
-from engram.journal.entries import Entry
-from engram.journal.errors import Fenced, JournalError, JournalTimeout, NoQuorum
+from engram.journal.entries import Entry, EntryType
+from engram.journal.errors import (
+    Fenced,
+    IdentityMismatch,
+    JournalError,
+    JournalTimeout,
+    NoQuorum,
+    StreamMissing,
+)
 
 log = logging.getLogger(__name__)
 
 WRONG_LAST_SEQUENCE = 10071
+STREAM_NAME_IN_USE = 10058
+# Stream metadata keys: who the stream belongs to, set once by provisioning.
+META_CLUSTER_ID = "engram.cluster-id"
+META_SHARD = "engram.shard"
 _LAST_SEQ_IN_MESSAGE = re.compile(r"(\d+)\s*$")
 _NAME_OK = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -55,6 +66,18 @@ def _translate(exc: BaseException, expected: int | None) -> JournalError:
     return JournalError(f"journal failure: {exc!r}")
 
 
+def check_genesis(entry: Entry | None, stream: str, cluster_id: str, shard: int) -> None:
+    """The first entry must name this cluster and shard; anything else is another history."""
+    if entry is None or entry.type is not EntryType.GENESIS:
+        found = "nothing" if entry is None else f"a {entry.type.value} entry"
+        raise IdentityMismatch(f"stream {stream} starts with {found}, not with its genesis entry")
+    if entry.cluster_id != cluster_id or entry.shard != shard:
+        raise IdentityMismatch(
+            f"stream {stream} was provisioned for cluster id {entry.cluster_id!r} shard {entry.shard}, "
+            f"not for cluster id {cluster_id!r} shard {shard}"
+        )
+
+
 async def wait_for_stream_leader(js: JetStreamContext, stream: str, timeout: float) -> None:
     """A new replicated stream answers writes only once its Raft group has elected a leader."""
     deadline = asyncio.get_running_loop().time() + timeout
@@ -68,6 +91,14 @@ async def wait_for_stream_leader(js: JetStreamContext, stream: str, timeout: flo
         if asyncio.get_running_loop().time() > deadline:
             raise NoQuorum(f"stream {stream} has no leader (journal quorum missing?)")
         await asyncio.sleep(0.05)
+
+
+@dataclass(frozen=True)
+class Appended:
+    """Where an append landed; earlier means it had landed on a previous try, at an unknown time."""
+
+    seq: int
+    earlier: bool = False
 
 
 @dataclass
@@ -85,9 +116,15 @@ class Journal:
         self._nc = nc
         self._js: JetStreamContext = nc.jetstream(timeout=timeout)
         self.stream = stream_name(cluster, shard)
+        self.shard = shard
+        self._cluster = cluster
         self.subject = f"engram.{cluster}.{shard}"
         self.replicas = replicas
         self.timeout = timeout
+
+    def for_shard(self, shard: int) -> Journal:
+        """The journal of another shard of the same cluster, sharing this connection."""
+        return Journal(self._nc, self._cluster, shard, self.replicas, self.timeout)
 
     @property
     def jetstream(self) -> JetStreamContext:
@@ -129,9 +166,8 @@ class Journal:
         except Exception as exc:  # closing a broken connection must not mask the real error
             log.debug("journal close: %r", exc)
 
-    async def ensure_stream(self) -> None:
-        """Create the shard's stream if missing: file storage, replicated, never drops entries."""
-        config = api.StreamConfig(
+    def _config(self, cluster_id: str) -> api.StreamConfig:
+        return api.StreamConfig(
             name=self.stream,
             subjects=[self.subject],
             storage=api.StorageType.FILE,
@@ -140,21 +176,52 @@ class Journal:
             # An entry no snapshot covers must never be dropped silently to make room.
             discard=api.DiscardPolicy.NEW,
             deny_delete=True,
-            allow_direct=True,
+            allow_direct=False,
             duplicate_window=120.0,
+            metadata={META_CLUSTER_ID: cluster_id, META_SHARD: str(self.shard)},
         )
+
+    async def create_stream(self, cluster_id: str) -> None:
+        """Provisioning only: create the shard's stream and write its genesis entry (idempotent).
+
+        Nodes never call this: a stream that cannot be found may only be hidden by a lagging
+        journal server, and creating it then would start a second history.
+        """
         try:
-            await self._js.stream_info(self.stream)
-        except nats.js.errors.NotFoundError:
-            try:
-                await self._js.add_stream(config)
-            except nats.js.errors.BadRequestError as exc:
-                if exc.err_code != 10058:  # created concurrently by a peer with the same config
-                    raise _translate(exc, None) from exc
-            except Exception as exc:
+            await self._js.add_stream(self._config(cluster_id))
+        except nats.js.errors.BadRequestError as exc:
+            if exc.err_code != STREAM_NAME_IN_USE:
                 raise _translate(exc, None) from exc
+            # Held already: by this cluster (a re-run of provisioning) or by another one.
         except Exception as exc:
             raise _translate(exc, None) from exc
+        await self.open_stream(cluster_id)
+        genesis = Entry(EntryType.GENESIS, 0, "provisioning", cluster_id=cluster_id, shard=self.shard)
+        try:
+            await self.append(genesis, 0, f"genesis.{cluster_id}.{self.shard}")
+        except Fenced:
+            first = await self.get(1)
+            if first is None or first.type is not EntryType.GENESIS:
+                raise IdentityMismatch(f"stream {self.stream} holds entries but no genesis entry") from None
+        check_genesis(await self.get(1), self.stream, cluster_id, self.shard)
+
+    async def open_stream(self, cluster_id: str) -> None:
+        """A node's start: the stream must exist and belong to this cluster; never creates it."""
+        try:
+            info = await self._js.stream_info(self.stream)
+        except nats.js.errors.NotFoundError:
+            raise StreamMissing(
+                f"stream {self.stream} not found: it is created by provisioning, not by nodes "
+                "(or a journal server that has not loaded it yet answered)"
+            ) from None
+        except Exception as exc:
+            raise _translate(exc, None) from exc
+        found = dict(info.config.metadata or {})
+        if found.get(META_CLUSTER_ID) != cluster_id or found.get(META_SHARD) != str(self.shard):
+            raise IdentityMismatch(
+                f"stream {self.stream} belongs to cluster id {found.get(META_CLUSTER_ID)!r} shard "
+                f"{found.get(META_SHARD)!r}, not to cluster id {cluster_id!r} shard {self.shard}"
+            )
         await wait_for_stream_leader(self._js, self.stream, self.timeout * 2)
 
     async def state(self) -> StreamState:
@@ -185,8 +252,8 @@ class Journal:
 
     async def append(
         self, entry: Entry, expected_last_seq: int | None, msg_id: str, timeout: float | None = None
-    ) -> int:
-        """Append and wait for the quorum ack; returns the entry's sequence."""
+    ) -> Appended:
+        """Append and wait for the quorum ack. msg_id must be unique to this one append, ever."""
         try:
             ack = await self._js.publish(
                 self.subject, entry.payload, timeout=timeout or self.timeout,
@@ -194,23 +261,24 @@ class Journal:
             )
         except Exception as exc:
             return await self._landed_or_raise(_translate(exc, expected_last_seq), msg_id)
-        return ack.seq
+        return Appended(ack.seq, earlier=bool(ack.duplicate))
 
-    async def _landed_or_raise(self, error: JournalError, msg_id: str) -> int:
+    async def _landed_or_raise(self, error: JournalError, msg_id: str) -> Appended:
         """A retried append whose first try landed is refused as Fenced: recognise it by its id.
 
         The server checks the expected last sequence before the duplicate window, so the message
-        id alone does not make a conditional retry safe.
+        id alone does not make a conditional retry safe. This is sound only because message ids
+        are never reused: an id that names an older append would pass an old entry off as new.
         """
         if isinstance(error, Fenced) and error.actual is not None and error.actual > error.expected:
             entry = await self.get(error.expected + 1)
             if entry is not None and entry.msg_id == msg_id:
-                return entry.seq
+                return Appended(entry.seq, earlier=True)
         raise error
 
     async def append_pipelined(
         self, entry: Entry, expected_last_seq: int | None, msg_id: str, timeout: float | None = None
-    ) -> asyncio.Task[int]:
+    ) -> asyncio.Task[Appended]:
         """Send an append now; the returned awaitable yields its sequence.
 
         Sends happen in call order, so a single writer can keep several conditional appends in
@@ -223,12 +291,12 @@ class Journal:
         except Exception as exc:
             raise _translate(exc, expected_last_seq) from exc
 
-        async def _wait() -> int:
+        async def _wait() -> Appended:
             try:
                 ack = await asyncio.wait_for(future, timeout or self.timeout)
             except Exception as exc:
                 return await self._landed_or_raise(_translate(exc, expected_last_seq), msg_id)
-            return ack.seq
+            return Appended(ack.seq, earlier=bool(ack.duplicate))
 
         # A task, so that an abandoned append can be cancelled rather than left unawaited.
         return asyncio.get_running_loop().create_task(_wait())
@@ -236,7 +304,8 @@ class Journal:
     async def get(self, seq: int) -> Entry | None:
         """The entry at seq, or None if there is none (purged or never written)."""
         try:
-            msg = await self._js.get_msg(self.stream, seq)
+            # Never a direct get: any replica, a lagging one too, may answer those.
+            msg = await self._js.get_msg(self.stream, seq, direct=False)
         except nats.js.errors.NotFoundError:
             return None
         except Exception as exc:

@@ -18,9 +18,14 @@ H_CHECKSUM = "Engram-Checksum"
 H_FROM = "Engram-From"
 # A data entry whose batch continues in the next entry (a batch larger than one message).
 H_MORE = "Engram-More"
+# The genesis entry names the cluster and shard the stream belongs to.
+H_CLUSTER_ID = "Engram-Cluster-Id"
+H_SHARD = "Engram-Shard"
 
 
 class EntryType(enum.StrEnum):
+    # The first entry of every shard's stream, written once by provisioning: its identity.
+    GENESIS = "genesis"
     DATA = "data"
     # A node takes leadership of the shard (campaign) or is handed it (switchover).
     LEADER = "leader"
@@ -57,6 +62,9 @@ class Entry:
     # Entries after this one already in the stream when it was delivered (replica lag).
     pending: int = 0
     more: bool = False
+    # GENESIS only: the unique id of the cluster and the shard this stream belongs to.
+    cluster_id: str = ""
+    shard: int = -1
 
     def headers(self) -> dict[str, str]:
         h = {H_TYPE: self.type.value, H_VERSION: format_version(self.version), H_EPOCH: str(self.epoch)}
@@ -71,6 +79,9 @@ class Entry:
             h[H_FROM] = self.source or self.node
         elif self.type is EntryType.CHECKSUM:
             h[H_CHECKSUM] = str(self.checksum)
+        elif self.type is EntryType.GENESIS:
+            h[H_CLUSTER_ID] = self.cluster_id
+            h[H_SHARD] = str(self.shard)
         return h
 
     @classmethod
@@ -91,6 +102,8 @@ class Entry:
                 msg_id=h.get("Nats-Msg-Id", ""),
                 source=h.get(H_FROM, ""),
                 more=h.get(H_MORE) == "1",
+                cluster_id=h.get(H_CLUSTER_ID, ""),
+                shard=int(h.get(H_SHARD, "-1")),
             )
         except (KeyError, ValueError) as exc:
             raise ValueError(f"journal entry {seq} is not an Engram entry: {exc}") from None

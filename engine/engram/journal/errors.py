@@ -29,3 +29,11 @@ class NoQuorum(JournalError):
 
 class NewerEngine(JournalError):
     """An entry was written by a newer engine than this node runs."""
+
+
+class StreamMissing(JournalError):
+    """The shard's stream does not exist (yet): only provisioning creates it, never a node."""
+
+
+class IdentityMismatch(JournalError):
+    """The stream or metadata found belongs to another cluster or shard: a node must not touch it."""

@@ -10,7 +10,7 @@ import signal
 import sys
 
 from engram.node.config import NodeConfig
-from engram.node.node import Node
+from engram.node.node import Node, NodeHalted
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +40,11 @@ async def _run(config: NodeConfig) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, node.stop)
-    await node.run()
+    try:
+        await node.run()
+    except NodeHalted as exc:
+        logging.getLogger("engram.node").error("node halted: %s", exc)
+        return 3
     return 0
 
 

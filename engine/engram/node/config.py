@@ -18,11 +18,14 @@ class NodeConfig:
     port: int
     journal_urls: list[str]
     data_dir: str
+    # The cluster's unique id, chosen once by provisioning; the shard's stream and the cluster
+    # metadata must carry it, or the node refuses to touch them.
+    cluster_id: str = ""
     host: str = "127.0.0.1"
     # Address clients are told about (MOVED, CLUSTER SLOTS); defaults to host:port.
     announce: str = ""
     journal_replicas: int = 3
-    # Shards of the cluster, for the initial slot map (only the first node to start writes it).
+    # Shards of the cluster when it was created (provisioning writes the slot map, not nodes).
     shards: int = 1
     # The zone planner's choice of primary: on a brand-new shard it campaigns first, so that
     # primaries start balanced over zones. Never used once the shard has a history.

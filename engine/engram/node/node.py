@@ -7,6 +7,7 @@ import contextlib
 import enum
 import logging
 import os
+import secrets
 import subprocess
 import time
 
@@ -17,7 +18,7 @@ from engram.frontdoor.commands import CommandTable
 from engram.frontdoor.server import FrontDoor
 from engram.journal.client import Journal
 from engram.journal.entries import Entry, EntryType, format_version
-from engram.journal.errors import Fenced, JournalError
+from engram.journal.errors import Fenced, IdentityMismatch, JournalError
 from engram.leadership.switchover import hand_over
 from engram.leadership.view import LeaderView
 from engram.node.config import NodeConfig
@@ -30,9 +31,22 @@ from engram.valkey.process import start_valkey
 log = logging.getLogger(__name__)
 
 MONITOR_INTERVAL = 0.02
+def _warn_waiting(warned_at: float, what: str, exc: Exception) -> float:
+    """Say now and then, not five times a second, that the node waits; returns when it last said so."""
+    now = time.monotonic()
+    if now - warned_at < TAIL_WARN_EVERY:
+        return warned_at
+    log.warning("waiting for the %s (%s)", what, exc)
+    return now
+
+
 # How often a node refreshes its record in the cluster metadata (and on every role change).
 HEARTBEAT_INTERVAL = 10.0
 TAIL_WARN_EVERY = 10.0
+
+
+class NodeHalted(RuntimeError):
+    """The node must not go on: it was pointed at a journal or metadata of another cluster."""
 
 
 class Role(enum.StrEnum):
@@ -146,6 +160,8 @@ class Node:
 
     async def run(self) -> None:
         cfg = self.config
+        if not cfg.cluster_id:
+            raise NodeHalted("the node config has no cluster_id: provisioning assigns one per cluster")
         metrics.serve(cfg.metrics_port, cfg.host)
         os.makedirs(cfg.data_dir, exist_ok=True)
         if cfg.spawn_valkey:
@@ -170,7 +186,7 @@ class Node:
 
         install(self)
         await self.door.start(cfg.host, cfg.port)
-        self.applier = Applier(self.journal, cfg.valkey_socket, self._observe)
+        self.applier = Applier(self.journal, cfg.valkey_socket, self._observe, cfg.cluster_id)
         self.leader.last_renewal = time.monotonic()
         if cfg.preferred_primary and await self._shard_is_new():
             # No leader has ever held this shard, so no lease can be running: campaigning early
@@ -194,38 +210,48 @@ class Node:
                 await asyncio.sleep(0.1)
 
     async def _connect_journal(self) -> Journal:
+        """Open the shard's provisioned stream, waiting while it cannot be found; never create it."""
         cfg = self.config
-        delay = 0.1
+        journal: Journal | None = None
+        delay, warned_at = 0.1, -TAIL_WARN_EVERY
         while True:
             try:
-                journal = await Journal.connect(
-                    cfg.journal_urls, cfg.cluster, cfg.shard, cfg.journal_replicas, name=cfg.node_id
-                )
-                await journal.ensure_stream()
+                if journal is None:
+                    journal = await Journal.connect(
+                        cfg.journal_urls, cfg.cluster, cfg.shard, cfg.journal_replicas, name=cfg.node_id
+                    )
+                await journal.open_stream(cfg.cluster_id)
                 return journal
+            except IdentityMismatch as exc:
+                if journal is not None:
+                    await journal.close()
+                raise NodeHalted(str(exc)) from exc
             except JournalError as exc:
-                log.warning("journal not ready (%s); retrying", exc)
+                warned_at = _warn_waiting(warned_at, "journal", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
     async def _shard_is_new(self) -> bool:
         assert self.journal is not None
         try:
-            return await self.journal.last_seq() == 0
+            return await self.journal.last_seq() == 1  # the genesis entry alone
         except JournalError:
             return False
 
     async def _open_metadata(self) -> ClusterMetadata:
+        """Open the provisioned cluster metadata, waiting while it cannot be found; never create it."""
         cfg = self.config
         assert self.journal is not None
-        delay = 0.1
+        delay, warned_at = 0.1, -TAIL_WARN_EVERY
         while True:
             try:
-                meta = await ClusterMetadata.open(self.journal.jetstream, cfg.cluster, cfg.journal_replicas)
-                await meta.ensure_slot_map(cfg.shards)
+                meta = await ClusterMetadata.open(self.journal.jetstream, cfg.cluster, cfg.cluster_id)
+                await meta.load_slot_map()
                 return meta
+            except IdentityMismatch as exc:
+                raise NodeHalted(str(exc)) from exc
             except JournalError as exc:
-                log.warning("cluster metadata not ready (%s); retrying", exc)
+                warned_at = _warn_waiting(warned_at, "cluster metadata", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
@@ -361,8 +387,25 @@ class Node:
         await self._promote(entry.seq, entry.epoch, lease_from=None)
         metrics.FAILOVERS.labels("switchover").inc()
 
+    def _campaign_refusal(self) -> str:
+        """Why this node may not campaign now ("" when it may)."""
+        assert self.applier is not None and self.meta is not None
+        if not self.applier.identity_verified:
+            return "it has not applied the stream's genesis entry yet"
+        recorded = self.meta.recorded_epoch(self.config.shard)
+        if recorded > self.leader.epoch:
+            return (f"the metadata records epoch {recorded} for the shard, above the epoch "
+                    f"{self.leader.epoch} this node has applied from the journal")
+        return ""
+
     async def _campaign(self) -> None:
         assert self.journal is not None and self.applier is not None
+        refusal = self._campaign_refusal()
+        if refusal:
+            log.info("not campaigning for shard %d: %s", self.config.shard, refusal)
+            self.leader.last_renewal = time.monotonic()
+            self.leader.new_backoff()
+            return
         applied = self.applier.applied_seq
         epoch = self.leader.epoch + 1
         entry = Entry(EntryType.LEADER, epoch, self.config.node_id, address=self.config.announce)
@@ -370,8 +413,10 @@ class Node:
         # From here the applier must not act on leadership entries: it may see ours before we do.
         self.role = Role.PROMOTING
         try:
-            msg_id = f"{self.config.node_id}.campaign.{epoch}.{applied}"
-            seq = await self.journal.append(entry, applied, msg_id)
+            # Never reused: a campaign must not recognise an old entry of its own as this one.
+            msg_id = f"{self.config.node_id}.{secrets.token_hex(6)}.campaign.{epoch}"
+            landed = await self.journal.append(entry, applied, msg_id)
+            seq = landed.seq
         except JournalError as exc:
             log.info("campaign for epoch %d lost: %s", epoch, exc)
             self.role = Role.REPLICA

@@ -7,8 +7,9 @@ import zlib
 from collections.abc import Callable
 
 from engram import ENGINE_VERSION
-from engram.journal.client import Journal
+from engram.journal.client import Journal, check_genesis
 from engram.journal.entries import Entry, EntryType, format_version
+from engram.journal.errors import IdentityMismatch
 from engram.valkey.connection import ValkeyConnection, encode
 
 log = logging.getLogger(__name__)
@@ -30,13 +31,20 @@ class Applier:
         journal: Journal,
         valkey_socket: str,
         on_entry: Callable[[Entry], bool],
+        cluster_id: str,
     ) -> None:
         self.journal = journal
+        self.cluster_id = cluster_id
         self.valkey_socket = valkey_socket
         self._on_entry = on_entry
         self.applied_seq = 0
         self.checksum = 0
         self.halted = ""
+        # The stream's genesis entry was applied and names this cluster and shard: only then may
+        # this node campaign (a stream without it is not the one provisioning created).
+        self.identity_verified = False
+        # The epoch of the last leadership entry applied: epochs only ever grow in one history.
+        self.leader_epoch = 0
         self._conn: ValkeyConnection | None = None
         self._partial: list[bytes] = []
 
@@ -44,6 +52,8 @@ class Applier:
         self.applied_seq = 0
         self.checksum = 0
         self.halted = ""
+        self.identity_verified = False
+        self.leader_epoch = 0
         self._partial = []
 
     async def run(self) -> None:
@@ -58,9 +68,17 @@ class Applier:
                         f"entry {entry.seq} was written by engine {format_version(entry.version)}, newer "
                         f"than this node's {format_version(ENGINE_VERSION)}; upgrade this node"
                     )
+                if not self.identity_verified:
+                    self._check_identity(entry)
                 if entry.type is EntryType.DATA:
                     await self._apply(entry)
                 elif entry.type is EntryType.LEADER:
+                    if entry.epoch <= self.leader_epoch:
+                        self._halt(
+                            f"leadership entry {entry.seq} has epoch {entry.epoch}, not above the "
+                            f"epoch {self.leader_epoch} before it: the stream holds two histories"
+                        )
+                    self.leader_epoch = entry.epoch
                     # Pieces of a batch whose leader died before its last piece: never acknowledged.
                     self._partial = []
                 elif entry.type is EntryType.CHECKSUM and entry.checksum != self.checksum:
@@ -74,6 +92,17 @@ class Applier:
         finally:
             self._conn.close()
             self._conn = None
+
+    def _check_identity(self, entry: Entry) -> None:
+        if entry.seq != 1:
+            # Entries before this one were truncated away; the stream's metadata was checked when
+            # the node opened it, and a snapshot restore carries the identity on.
+            self._halt(f"the stream starts at entry {entry.seq}: its genesis entry is gone")
+        try:
+            check_genesis(entry, self.journal.stream, self.cluster_id, self.journal.shard)
+        except IdentityMismatch as exc:
+            self._halt(str(exc))
+        self.identity_verified = True
 
     async def _apply(self, entry: Entry) -> None:
         conn = self._conn

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from engram.journal.client import Journal
+from engram.journal.client import Appended, Journal
 from engram.journal.entries import Entry, EntryType
 from engram.journal.errors import Fenced, JournalError
 from engram.replication.tap import StreamCommand, Tap
@@ -33,8 +34,10 @@ class _InFlight:
     expected: int
     msg_id: str
     end_offset: int
+    # When the append was first sent, and when the try that may land now was sent.
+    first_sent_at: float
     sent_at: float
-    result: asyncio.Task[int] | None
+    result: asyncio.Task[Appended] | None
 
 
 class Committer:
@@ -69,6 +72,10 @@ class Committer:
         self.lease_until = time.monotonic() + lease_seconds
         self.fenced: Fenced | None = None
         self._counter = 0
+        # Message ids must never repeat, across restarts and re-elections of the same node at the
+        # same epoch: a retry recognises its own earlier landing by id, and a reused id would pass
+        # off an entry of a previous incarnation as this one's (the split brain of issue 11).
+        self._id_prefix = f"{node_id}.{secrets.token_hex(6)}.{epoch}"
         self._parts: list[bytes] = []
         self._size = 0
         self._db = 0
@@ -176,22 +183,25 @@ class Committer:
                           db=self._batch_db, more=not last)
             await self._send(piece, end_offset if last else -1)
 
-    async def _send(self, entry: Entry, end_offset: int) -> None:
+    def _next_msg_id(self) -> str:
         self._counter += 1
-        msg_id = f"{self.node_id}.{self.epoch}.{self._counter}"
+        return f"{self._id_prefix}.{self._counter}"
+
+    async def _send(self, entry: Entry, end_offset: int) -> None:
+        msg_id = self._next_msg_id()
         expected = self.next_expected
         self.next_expected += 1
         now = time.monotonic()
         self._last_sent = now
         try:
             # A lost ack must not hold the lease hostage: past half a lease, retry (same id).
-            result: asyncio.Task[int] | None = await self.journal.append_pipelined(
+            result: asyncio.Task[Appended] | None = await self.journal.append_pipelined(
                 entry, expected, msg_id, timeout=self.lease_seconds / 2
             )
         except JournalError as exc:
             log.debug("append send failed: %s", exc)
             result = None  # the completer retries it in order
-        self._inflight.append(_InFlight(entry, expected, msg_id, end_offset, now, result))
+        self._inflight.append(_InFlight(entry, expected, msg_id, end_offset, now, now, result))
         self._completed.set()
 
     async def _complete(self) -> None:
@@ -201,7 +211,7 @@ class Committer:
                 self._completed.clear()
                 await self._completed.wait()
             flight = self._inflight[0]
-            seq: int | None
+            seq: Appended | None
             if flight.result is None:
                 seq = await self._retry(flight)
             else:
@@ -221,10 +231,11 @@ class Committer:
             self._settle(flight, seq)
             self._wake.set()
 
-    async def _retry(self, flight: _InFlight) -> int | None:
+    async def _retry(self, flight: _InFlight) -> Appended | None:
         delay = 0.05
         while True:
-            # A retry that lands proves leadership as of its own send time, which renews the lease.
+            # A retry that lands now proves leadership as of its own send time; one found to have
+            # landed earlier proves it only as of the first send (see _settle).
             flight.sent_at = time.monotonic()
             try:
                 # A short timeout: when the journal elects a new stream leader, the incumbent
@@ -246,15 +257,23 @@ class Committer:
         self.fenced = exc
         self._wake.set()
 
-    def _settle(self, flight: _InFlight, seq: int) -> None:
+    def _settle(self, flight: _InFlight, landed: Appended) -> None:
+        seq = landed.seq
+        if seq <= self.committed_seq:
+            log.error("the journal acknowledged seq %d after %d: its history went backwards", seq,
+                      self.committed_seq)
         if seq != flight.expected + 1:
             self._fence(Fenced(flight.expected, seq - 1))
             return
         self.committed_seq = seq
-        self.lease_until = max(self.lease_until, flight.sent_at + self.lease_seconds)
+        # An entry that landed on an earlier try may have landed long ago, before a partition: it
+        # proves nothing about leadership since then, so it renews the lease only from the first
+        # send. Taking the retry's send time let a deposed primary serve stale reads (issue 11).
+        since = flight.first_sent_at if landed.earlier else flight.sent_at
+        self.lease_until = max(self.lease_until, since + self.lease_seconds)
         if flight.end_offset >= 0:
             self.tap.ack(flight.end_offset)
-        self._on_committed(seq, time.monotonic() - flight.sent_at)
+        self._on_committed(seq, time.monotonic() - flight.first_sent_at)
         if not self._parts and not self._inflight and not self._in_tx:
             self.tap.ack(self._stream_offset)
 
@@ -269,11 +288,9 @@ class Committer:
         self._stopping = True
         while self._inflight:
             await asyncio.sleep(0.002)
-        self._counter += 1
-        msg_id = f"{self.node_id}.{self.epoch}.{self._counter}"
-        seq = await self.journal.append(entry, self.next_expected, msg_id)
-        self.next_expected = self.committed_seq = seq
-        return seq
+        landed = await self.journal.append(entry, self.next_expected, self._next_msg_id())
+        self.next_expected = self.committed_seq = landed.seq
+        return landed.seq
 
     async def drain(self, timeout: float) -> None:
         """Wait until everything captured so far is committed."""

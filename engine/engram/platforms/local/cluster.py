@@ -184,6 +184,11 @@ def up(
     # A directory kept by `down --keep-data` holds data to resume from: never delete it on failure.
     had_data = directory.exists() and any(c.name != "logs" for c in directory.iterdir())
     directory.mkdir(parents=True, exist_ok=True)
+    if had_data:
+        try:
+            state.resume_identity()
+        except ValueError as exc:
+            raise LocalError(str(exc)) from None
     if not state.create():
         _refuse_existing(base, spec.name, path)
     try:

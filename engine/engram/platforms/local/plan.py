@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engram.node.config import NodeConfig
+from engram.orchestration.provision import ProvisionRequest, new_cluster_id
 from engram.orchestration.zones import Spreading, ZonePlan, plan_zones
 from engram.platforms.local import journal, network, ports
 from engram.platforms.local.state import ClusterState, NodeState, check_name
@@ -104,13 +105,25 @@ def plan(spec: ClusterSpec, directory: Path, nats_server: str, valkey_server: st
         journal=journal.plan_journal(spec.name, spec.zones, directory, rest, hosts),
         node_command=list(spec.node_command),
         network=net,
+        cluster_id=new_cluster_id(),
     )
+
+
+def journal_replicas(state: ClusterState) -> int:
+    """Replicas of every journal stream: one per zone, at most three."""
+    return min(3, len(state.zones))
+
+
+def provision_request(state: ClusterState) -> ProvisionRequest:
+    """What provisioning creates for this cluster, once, before its first node starts."""
+    return ProvisionRequest(state.name, state.cluster_id, state.shards, journal_replicas(state))
 
 
 def node_config(state: ClusterState, node: NodeState, log_level: str = "warning") -> NodeConfig:
     """The NodeConfig a node process is started with."""
     values = {
         "cluster": state.name,
+        "cluster_id": state.cluster_id,
         "node_id": node.id,
         "shard": node.shard,
         "zone": node.zone,
@@ -118,7 +131,7 @@ def node_config(state: ClusterState, node: NodeState, log_level: str = "warning"
         "journal_urls": state.journal_urls,
         "data_dir": str(Path(node.config).parent),
         "host": node.host,
-        "journal_replicas": min(3, len(state.zones)),
+        "journal_replicas": journal_replicas(state),
         "lease_seconds": state.lease_seconds,
         "valkey_server": state.valkey_server,
         "log_level": log_level,

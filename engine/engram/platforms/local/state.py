@@ -13,6 +13,8 @@ from engram.platforms.local.network import ZoneNetwork
 from engram.platforms.local.ports import LOOPBACK
 
 STATE_FILE = "state.json"
+# Survives `down --keep-data`: the provisioned cluster's id, so `up` resumes the same cluster.
+IDENTITY_FILE = "identity.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
 
 # Phases the supervisor walks through; `up` reports them as progress.
@@ -123,6 +125,10 @@ class ClusterState:
     error: str = ""
     # Set when every zone runs in its own network namespace (`up --netns`), so zones can be partitioned.
     network: ZoneNetwork | None = None
+    # Chosen once when the cluster is planned; its streams and metadata carry it.
+    cluster_id: str = ""
+    # Provisioning created the streams and metadata; it never runs again for this cluster.
+    provisioned: bool = False
 
     @property
     def endpoint(self) -> str:
@@ -149,6 +155,26 @@ class ClusterState:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
+
+    def record_identity(self) -> None:
+        """Remember, outside the journal, that this cluster was provisioned and under which id."""
+        record = {"cluster_id": self.cluster_id, "shards": self.shards}
+        tmp = _write_temp(self.path, json.dumps(record))
+        os.replace(tmp, Path(self.dir) / IDENTITY_FILE)
+
+    def resume_identity(self) -> bool:
+        """Adopt the id of a cluster provisioned in this directory before; False if there is none."""
+        path = Path(self.dir) / IDENTITY_FILE
+        if not path.exists():
+            return False
+        record = json.loads(path.read_text())
+        if record["shards"] != self.shards:
+            raise ValueError(
+                f"the data kept in {self.dir} is of a cluster with {record['shards']} shards, not "
+                f"{self.shards}: start it with --shards {record['shards']}"
+            )
+        self.cluster_id, self.provisioned = record["cluster_id"], True
+        return True
 
     @classmethod
     def from_dict(cls, data: dict) -> ClusterState:

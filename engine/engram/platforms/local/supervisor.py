@@ -18,7 +18,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from engram.orchestration.provision import ProvisionError, provision
 from engram.platforms.local import journal, probe, processes
+from engram.platforms.local.plan import provision_request
 from engram.platforms.local.relay import EndpointRelay
 from engram.platforms.local.state import (
     FAILED,
@@ -143,6 +145,14 @@ class Supervisor:
         s.phase = JOURNAL_READY
         self.save()
         log.info("journal ready: %s", ", ".join(s.journal_urls))
+        if not s.provisioned:
+            try:
+                await provision(s.journal_urls, provision_request(s), JOURNAL_TIMEOUT, log.info)
+            except ProvisionError as exc:
+                raise StartFailed(f"provisioning failed: {exc}") from exc
+            s.provisioned = True
+            s.record_identity()
+            self.save()
         self.relay = EndpointRelay(s.endpoint_port, self._relay_targets)
         try:
             await self.relay.start()

@@ -1,0 +1,49 @@
+"""`engram provision`: create a cluster's journal streams and metadata, once, at its creation.
+
+Exit codes: 0 provisioned (or already, under the same id); 1 the journal was not available in time
+(retry); 3 the name is held by another cluster id (retrying cannot help)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+from engram.orchestration.provision import ProvisionError, ProvisionRequest, new_cluster_id, provision
+
+
+def _say(message: str) -> None:
+    print(f"engram provision: {message}", file=sys.stderr, flush=True)
+
+
+def handle(args: argparse.Namespace) -> int:
+    urls = [u.strip() for u in args.journal.split(",") if u.strip()]
+    try:
+        request = ProvisionRequest(args.cluster, args.cluster_id or new_cluster_id(), args.shards,
+                                   args.journal_replicas)
+        asyncio.run(provision(urls, request, args.timeout, _say))
+    except ProvisionError as exc:
+        _say(f"error: {exc}")
+        return 3 if exc.permanent else 1
+    except ValueError as exc:
+        _say(f"error: {exc}")
+        return 2
+    result = {"cluster": request.cluster, "cluster_id": request.cluster_id, "shards": request.shards}
+    print(json.dumps(result) if args.json else f"provisioned {request.cluster} (id {request.cluster_id})")
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("provision", help="create a new cluster's journal streams and metadata",
+                              description=__doc__)
+    p.add_argument("--cluster", required=True, help="the cluster's name")
+    p.add_argument("--cluster-id", default="", help="its unique id (default: a new one, printed)")
+    p.add_argument("--shards", type=int, required=True)
+    p.add_argument("--journal-replicas", type=int, default=3, help="(default: %(default)s)")
+    p.add_argument("--journal", required=True, metavar="URL[,URL]", help="journal server URLs (nats://...)")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="how long to wait for the journal (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=handle)
+    return p
