@@ -7,6 +7,7 @@ Run it longer by hand: `engram chaos --duration 600` (it starts and removes its 
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -54,3 +55,30 @@ def test_faults_under_load_lose_no_acknowledged_write_and_history_is_linearizabl
     assert report["duplicated_appends"] == 0, context
     assert report["linearizable"] is True, context
     assert done.returncode == 0, context
+
+
+@pytest.mark.timeout(150)
+def test_a_sweep_of_two_seeds_with_faults_every_4s_passes_and_faults_never_overlap(tmp_path: Path) -> None:
+    # Kill, pause and kill again 4 s apart: the pause (shortened to 3 s) lands while the first failover may
+    # still be under way. Evidence is kept so the test can read each run's report.
+    done = subprocess.run(
+        [sys.executable, "-m", "engram.chaos", "--json", "--seeds", "11,12", "--duration", "20",
+         "--fault-interval", "4", "--faults", "kill-primary,pause-primary,kill-replica",
+         "--clients", "4", "--keys", "3", "--evidence", str(tmp_path / "ev"), "--keep-evidence"],
+        capture_output=True, text=True, timeout=140, check=False, cwd=tmp_path,
+    )
+    assert done.stdout, f"engram chaos printed nothing (exit {done.returncode}):\n{done.stderr[-4000:]}"
+    result = json.loads(done.stdout)
+    context = f"exit {done.returncode}: {json.dumps(result, indent=2)}\n{done.stderr[-3000:]}"
+    assert (done.returncode, result["ok"], result["failed_seed"]) == (0, True, None), context
+    assert [r["seed"] for r in result["runs"]] == [11, 12], context
+    for run in result["runs"]:
+        assert run["lost_acknowledged_writes"] == 0 and run["linearizable"] is True, context
+        report = json.loads((Path(run["evidence"]) / "report.json").read_text())
+        assert Path(report["history"]).is_file() and (Path(run["evidence"]) / "logs").is_dir(), context
+        faults = report["faults_injected"]
+        tried = sorted([f["kind"] for f in faults] + [s["kind"] for s in report["faults_skipped"]])
+        assert tried == ["kill-primary", "kill-replica", "pause-primary"] and len(faults) >= 2, context
+        for fault, following in itertools.pairwise(faults):
+            assert fault["until"] <= following["at"], f"overlapping faults: {context}"
+        assert all(f["until"] <= 20 - 8 + 1 for f in faults), context

@@ -1,16 +1,20 @@
 """`engram chaos`: a workload under injected faults, then checks that nothing acknowledged was lost
 and that every register history is linearizable. Exit code 1 when either fails, 2 when the run could not
-be carried out."""
+be carried out. With --seeds, one run per seed on a fresh cluster, stopping at the first failure."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from dataclasses import replace
+from pathlib import Path
 
 from engram.binaries import BinaryNotFound
-from engram.chaos.faults import ALL_KINDS, FaultKind
+from engram.chaos.faults import ALL_KINDS, MIN_FAULT_INTERVAL, FaultKind
+from engram.chaos.report import ChaosReport
 from engram.chaos.runner import ChaosConfig, ChaosError, run
+from engram.chaos.sweep import check_evidence_free, parse_seeds, sweep
 from engram.chaos.workload import FinalReadFailed
 from engram.platforms.local.cluster import LocalError
 
@@ -26,8 +30,53 @@ def _kinds(text: str) -> tuple[FaultKind, ...]:
         raise argparse.ArgumentTypeError(f"choose from {', '.join(ALL_KINDS)} (comma-separated)") from None
 
 
+def _interval(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not seconds >= MIN_FAULT_INTERVAL:  # `not >=` also refuses nan
+        raise argparse.ArgumentTypeError(f"must be at least {MIN_FAULT_INTERVAL:g} seconds, not {text}")
+    return seconds
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return parse_seeds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _misused(args: argparse.Namespace) -> str:
+    """Why the sweep options cannot be used as given (empty when they can)."""
+    if args.seeds is not None:
+        clash = [f for f, v in (("--name", args.name), ("--dir", args.dir), ("--endpoint", args.endpoint),
+                                ("--history", args.history)) if v is not None]
+        if clash:
+            return (f"--seeds starts a fresh cluster for every seed and keeps histories itself: "
+                    f"drop {', '.join(clash)}")
+    elif args.evidence is not None or args.keep_evidence:
+        return "--evidence and --keep-evidence go with --seeds"
+    return ""
+
+
+def _sweep(args: argparse.Namespace, config: ChaosConfig) -> int:
+    check_evidence_free(args.seeds, args.evidence, args.keep_evidence)
+
+    def run_seed(seed: int, base: Path) -> ChaosReport:
+        # The runner keeps every run's evidence; the sweep decides what to keep and moves it.
+        return run(replace(config, seed=seed, keep_evidence=True), lambda m: _say(f"seed {seed}: {m}"), base)
+
+    result = sweep(args.seeds, run_seed, args.evidence, args.keep_evidence, _say)
+    print(json.dumps(result.to_json(), indent=2) if args.json else result.text())
+    return result.exit_code
+
+
 def handle(args: argparse.Namespace) -> int:
     """Run the scenario; the report (or JSON) goes to stdout, progress to stderr."""
+    if why := _misused(args):
+        _say(f"error: {why}")
+        return 2
     try:
         config = ChaosConfig(
             duration=args.duration,
@@ -45,6 +94,8 @@ def handle(args: argparse.Namespace) -> int:
             endpoint=args.endpoint,
             history_path=args.history,
         )
+        if args.seeds is not None:
+            return _sweep(args, config)
         report = run(config, _say)
     except (ChaosError, FinalReadFailed, LocalError, BinaryNotFound, ValueError) as exc:
         _say(f"error: {exc}")
@@ -63,11 +114,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--duration", type=float, default=60.0, metavar="SECONDS", help="(default: %(default)s)")
     p.add_argument("--clients", type=int, default=8, help="concurrent clients (default: %(default)s)")
     p.add_argument("--keys", type=int, default=5, help="register keys (default: %(default)s)")
-    p.add_argument("--seed", type=int, help="fault victims and operation mix (default: random, printed)")
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, help="fault victims and operation mix (default: random, printed)")
+    seeds.add_argument("--seeds", type=_seeds, metavar="S,S|A-B",
+                       help="one run per seed, each on a fresh cluster, stopping at the first failure")
     p.add_argument("--faults", type=_kinds, default=ALL_KINDS, metavar="K,K",
                    help=f"among {', '.join(ALL_KINDS)} (default: all, in that order)")
-    p.add_argument("--fault-interval", type=float, default=12.0, metavar="SECONDS",
-                   help="time between faults (default: %(default)s)")
+    p.add_argument("--fault-interval", type=_interval, default=12.0, metavar="SECONDS",
+                   help=f"time between faults, at least {MIN_FAULT_INTERVAL:g}; pauses and partitions are "
+                        "shortened to end before the next fault (default: %(default)s)")
     p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
                    help="an operation unanswered this long has an unknown outcome (default: %(default)s)")
     p.add_argument("--shards", type=int, default=1, help="of the cluster started here (default: %(default)s)")
@@ -79,6 +134,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--endpoint", metavar="HOST:PORT", help="run the workload here; without --name no faults")
     p.add_argument("--history", metavar="PATH", help="save the operation history as JSON "
                    "(re-check with python -m engram.chaos.linearizability PATH)")
+    p.add_argument("--evidence", metavar="DIR", help="with --seeds: where the failing run's cluster logs, "
+                   "journal, history and report go (default: ./chaos-evidence-SEED; DIR/SEED per seed with "
+                   "--keep-evidence)")
+    p.add_argument("--keep-evidence", action="store_true",
+                   help="with --seeds: keep passing runs' evidence too")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=handle)
     return p

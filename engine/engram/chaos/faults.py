@@ -17,8 +17,13 @@ from typing import Any
 from engram.cluster.topology import SlotMap
 from engram.platforms.local import cluster, network
 
-# How long to wait for a fault's victim to exist (e.g. a primary, during a failover).
+# How long to wait for a fault's victim to exist (e.g. a primary, during a failover) when the
+# schedule sets no deadline.
 VICTIM_TIMEOUT = 15.0
+# Below this, faults come faster than a status probe and a kill can complete under load.
+MIN_FAULT_INTERVAL = 2.0
+# The share of the interval a pause or partition may last, so it is lifted before the next fault.
+HOLD_SHARE = 0.75
 
 
 class FaultKind(StrEnum):
@@ -64,20 +69,46 @@ def partition_unavailable(zone_networks: bool | None = None) -> str:
     return network.unavailable()
 
 
+def default_hold(kind: FaultKind, lease: float) -> float:
+    """How long a pause or a partition lasts when there is time: beyond the lease, with room for a replica
+    elsewhere to notice and take over (a partition may also move the journal's stream leader first)."""
+    if kind is FaultKind.PAUSE_PRIMARY:
+        return lease * 2 + 1.0
+    if kind is FaultKind.PARTITION_ZONE:
+        return lease * 2 + 3.0
+    return 0.0
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A fault of the schedule: seconds after the start, and how long it is held (0 for a kill)."""
+
+    at: float
+    kind: FaultKind
+    hold: float
+
+    @property
+    def until(self) -> float:
+        return self.at + self.hold
+
+
 def schedule(
-    duration: float, kinds: tuple[FaultKind, ...], interval: float, warmup: float, cooldown: float
-) -> list[tuple[float, FaultKind]]:
-    """(seconds after start, kind): kinds in turn every `interval`, none in the first `warmup` seconds
-    or the last `cooldown` (so the last fault's recovery is seen)."""
-    if not kinds:
-        return []
-    plan = []
-    at = warmup
-    i = 0
-    while at <= duration - cooldown:
-        plan.append((at, kinds[i % len(kinds)]))
-        at += interval
-        i += 1
+    duration: float, kinds: tuple[FaultKind, ...], interval: float, warmup: float, cooldown: float,
+    lease: float,
+) -> list[Planned]:
+    """Kinds in turn every `interval`, none in the first `warmup` seconds and each lifted before the
+    next starts and before the last `cooldown` seconds (so the last fault's recovery is seen)."""
+    if interval < MIN_FAULT_INTERVAL:
+        raise ValueError(f"the fault interval must be at least {MIN_FAULT_INTERVAL:g}s, not {interval:g}s")
+    plan: list[Planned] = []
+    while kinds:
+        at = warmup + len(plan) * interval
+        kind = kinds[len(plan) % len(kinds)]
+        # Short intervals shorten holds rather than overlap faults: a fault's effects are then its own.
+        hold = min(default_hold(kind, lease), interval * HOLD_SHARE)
+        if at + hold > duration - cooldown:
+            break
+        plan.append(Planned(at, kind, hold))
     return plan
 
 
@@ -107,23 +138,28 @@ class LocalFaults:
     def primaries(self, doc: dict[str, Any]) -> dict[int, str]:
         return {n["shard"]: n["id"] for n in doc["nodes"] if n["role"] == "primary" and not n.get("halted")}
 
-    def _victim(self, role: str) -> dict[str, Any]:
-        deadline = time.monotonic() + VICTIM_TIMEOUT
+    def _victim(self, role: str, deadline: float) -> dict[str, Any]:
+        """A live node of that role, awaited until `deadline` (time.monotonic()); tried at least once."""
+        first = time.monotonic()
         while True:
             doc = self.status()
             nodes = [n for n in doc["nodes"] if n["role"] == role and n["pid"] and not n.get("halted")]
             if nodes:
                 return self.rng.choice(sorted(nodes, key=lambda n: n["id"]))
             if time.monotonic() >= deadline:
-                raise cluster.LocalError(f"no live {role} to inject a fault into within {VICTIM_TIMEOUT:g}s")
-            time.sleep(0.5)
+                raise cluster.LocalError(
+                    f"no live {role} to inject a fault into within {time.monotonic() - first:.1f}s")
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
-    def inject(self, kind: FaultKind) -> Fault:
-        """Start the fault and return its record; PAUSE_PRIMARY returns with the victim stopped.
+    def inject(self, kind: FaultKind, deadline: float | None = None) -> Fault:
+        """Start the fault and return its record; PAUSE_PRIMARY returns with the victim stopped. A victim
+        is awaited until `deadline` (time.monotonic(); default VICTIM_TIMEOUT from now).
 
         The fault's time is taken once the signal is sent: an operation invoked later surely saw it."""
+        if deadline is None:
+            deadline = time.monotonic() + VICTIM_TIMEOUT
         if kind is FaultKind.KILL_PRIMARY or kind is FaultKind.KILL_REPLICA:
-            node = self._victim("primary" if kind is FaultKind.KILL_PRIMARY else "replica")
+            node = self._victim("primary" if kind is FaultKind.KILL_PRIMARY else "replica", deadline)
             detail = cluster.kill(self.base, self.name, node["id"], signal.SIGKILL)
             now = time.monotonic_ns()
             return Fault(kind, node["id"], now, now, f"{detail}, shard {node['shard']}, zone {node['zone']}",
@@ -134,7 +170,7 @@ class LocalFaults:
             now = time.monotonic_ns()
             return Fault(kind, server["target"], now, now, detail)
         if kind is FaultKind.PAUSE_PRIMARY:
-            node = self._victim("primary")
+            node = self._victim("primary", deadline)
             detail = cluster.kill(self.base, self.name, node["id"], signal.SIGSTOP)
             now = time.monotonic_ns()
             self.stopped[node["id"]] = node["id"]
@@ -142,17 +178,12 @@ class LocalFaults:
                          shard=node["shard"])
         if kind is FaultKind.PARTITION_ZONE:
             # The zone of a primary: the partition then costs a failover, the case worth checking.
-            zone = self._victim("primary")["zone"]
+            zone = self._victim("primary", deadline)["zone"]
             detail = cluster.partition(self.base, self.name, zone)
             now = time.monotonic_ns()
             self.isolated.add(zone)
             return Fault(kind, f"zone-{zone}", now, now, detail.split(";")[0])
         raise ValueError(f"unknown fault kind {kind!r}")
-
-    def hold_seconds(self, kind: FaultKind) -> float:
-        """How long a pause or a partition lasts: beyond the lease, with room for a replica elsewhere to
-        notice and take over (a partition may also move the journal's stream leader first)."""
-        return self.lease_seconds * 2 + (3.0 if kind is FaultKind.PARTITION_ZONE else 1.0)
 
     def resume(self, fault: Fault) -> None:
         """SIGCONT a paused primary or reconnect a cut-off zone, and note when."""

@@ -15,6 +15,7 @@ from typing import Any
 
 from engram.chaos.faults import (
     ALL_KINDS,
+    MIN_FAULT_INTERVAL,
     Fault,
     FaultKind,
     LocalFaults,
@@ -26,7 +27,14 @@ from engram.chaos.history import History
 from engram.chaos.linearizability import check
 from engram.chaos.loss import check_loss
 from engram.chaos.report import ChaosReport, Failover, recovery_times
-from engram.chaos.workload import ClientStats, WorkloadSpec, loss_operations, read_final, run_client
+from engram.chaos.workload import (
+    ClientStats,
+    FinalReadFailed,
+    WorkloadSpec,
+    loss_operations,
+    read_final,
+    run_client,
+)
 from engram.cluster.slots import key_hash_slot
 from engram.platforms.local import cluster
 from engram.platforms.local.network import NetworkError
@@ -38,7 +46,11 @@ OWN_CLUSTER = "chaos"
 
 
 class ChaosError(RuntimeError):
-    """The run could not be carried out (as opposed to finding a problem)."""
+    """The run could not be carried out (as opposed to finding a problem); `report` is what it got to."""
+
+    def __init__(self, message: str, report: ChaosReport | None = None) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 @dataclass
@@ -67,10 +79,14 @@ class ChaosConfig:
     history_path: str | None = None
     recovery_timeout: float = 90.0
     check_time_limit: float = 300.0
+    # Keep the cluster's directory and save the history even when the run passes (`--seeds` decides later).
+    keep_evidence: bool = False
 
     def __post_init__(self) -> None:
         if self.duration <= 0 or self.clients < 1 or self.keys < 1:
             raise ValueError("duration must be positive and clients and keys at least 1")
+        if self.fault_interval < MIN_FAULT_INTERVAL:
+            raise ValueError(f"the fault interval must be at least {MIN_FAULT_INTERVAL:g}s")
         if self.seed is None:
             self.seed = random.SystemRandom().randrange(1 << 31)
 
@@ -124,7 +140,11 @@ class _Run:
         )
         self.progress(f"workload stopped after {len(history)} operations; reading every key back")
         deadline = time.monotonic() + self.config.recovery_timeout
-        final = await read_final(self.spec, self.endpoint, history, deadline)
+        try:
+            final = await read_final(self.spec, self.endpoint, history, deadline)
+        except FinalReadFailed as exc:
+            # A cluster that never recovered is the run to investigate: keep what led up to it.
+            raise ChaosError(str(exc), report) from exc
         recovery_times(self.injected, history, set(range(self.config.clients)), await self._shard_of())
         loss_final = {k: v for k, v in final.items() if not self.spec.is_register(k)}
         report.loss = check_loss(loss_operations(history, self.spec), loss_final)
@@ -170,25 +190,35 @@ class _Run:
         if faults is None:
             return
         cannot = {s.kind for s in self.skipped}
-        plan = schedule(self.config.duration, tuple(k for k in self.config.faults if k not in cannot),
-                        self.config.fault_interval, self.config.warmup, self.config.cooldown)
-        for offset, kind in plan:
-            delay = started / 1e9 + offset - time.monotonic()
+        config = self.config
+        plan = schedule(config.duration, tuple(k for k in config.faults if k not in cannot),
+                        config.fault_interval, config.warmup, config.cooldown, config.lease)
+        start = started / 1e9
+        for i, planned in enumerate(plan):
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), max(0.0, delay))
+                await asyncio.wait_for(stop.wait(), max(0.0, start + planned.at - time.monotonic()))
             if stop.is_set():
                 return
+            # A fault must be over before the next one's slot: then each fault's effects are its own.
+            slot_end = plan[i + 1].at if i + 1 < len(plan) else config.duration - config.cooldown
+            latest = start + (planned.until if planned.hold else slot_end)
+            kind = planned.kind
+            if planned.hold and time.monotonic() >= latest:  # a kill still happens, at once
+                self.skipped.append(Skipped(kind, f"at {planned.at:g}s: the previous fault overran its slot"))
+                self.progress(f"skipped {kind} at {planned.at:g}s: the previous fault overran its slot")
+                continue
             try:
-                fault = await asyncio.to_thread(faults.inject, kind)
+                fault = await asyncio.to_thread(faults.inject, kind, latest)
             except cluster.LocalError as exc:
-                self.skipped.append(Skipped(kind, f"at {time.monotonic() - started / 1e9:.1f}s: {exc}"))
+                self.skipped.append(Skipped(kind, f"at {time.monotonic() - start:.1f}s: {exc}"))
                 self.progress(f"could not inject {kind}: {exc}")
                 continue
             self.injected.append(fault)
             self.progress(f"fault: {kind} {fault.target} ({fault.detail})")
-            if kind in (FaultKind.PAUSE_PRIMARY, FaultKind.PARTITION_ZONE):
+            if planned.hold:
+                # Held until the planned end, not for `hold` after a late start, to keep the next slot free.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), faults.hold_seconds(kind))
+                    await asyncio.wait_for(stop.wait(), max(0.0, start + planned.until - time.monotonic()))
                 with contextlib.suppress(cluster.LocalError, NetworkError):
                     await asyncio.to_thread(faults.resume, fault)
                 held = (fault.ended - fault.started) / 1e9
@@ -227,14 +257,15 @@ def _settings(config: ChaosConfig, cluster_doc: dict[str, Any] | None, endpoint:
     return settings
 
 
-def run(config: ChaosConfig, progress: Progress) -> ChaosReport:
-    """Run the whole scenario; a cluster started here is removed again (its logs kept if it failed)."""
+def run(config: ChaosConfig, progress: Progress, own_dir: Path | None = None) -> ChaosReport:
+    """Run the whole scenario; a cluster started here (in own_dir, default a new temporary directory) is
+    removed again, its logs kept if it failed or config.keep_evidence."""
     own_base: Path | None = None
     report: ChaosReport | None = None
     name, base = config.name, config.dir
     try:
         if config.endpoint is None and name is None:
-            own_base = Path(tempfile.mkdtemp(prefix="eg-chaos-", dir="/tmp"))
+            own_base = own_dir or Path(tempfile.mkdtemp(prefix="eg-chaos-", dir="/tmp"))
             name, base = OWN_CLUSTER, str(own_base)
             # Zones get networks of their own when a partition is wanted and can be made here.
             netns = FaultKind.PARTITION_ZONE in config.faults and not partition_unavailable()
@@ -248,7 +279,7 @@ def run(config: ChaosConfig, progress: Progress) -> ChaosReport:
         return report
     finally:
         if own_base is not None:
-            _teardown(own_base, report, progress)
+            _teardown(own_base, report, config.keep_evidence, progress)
 
 
 def _run_against(config: ChaosConfig, name: str | None, base: str | None, progress: Progress) -> ChaosReport:
@@ -276,19 +307,29 @@ def _run_against(config: ChaosConfig, name: str | None, base: str | None, progre
     settings = _settings(config, doc, endpoint)
     progress(f"chaos: {config.duration:g}s, {config.clients} clients on {config.keys} register keys, "
              f"seed {config.seed}, endpoint {endpoint}")
-    report = asyncio.run(_Run(config, endpoint, faults, skipped, progress).execute(settings))
-    if config.history_path:
-        report.history.save(config.history_path)
-        report.history_path = config.history_path
-    elif not report.ok and doc is not None and doc.get("dir"):
-        path = Path(doc["dir"]) / f"chaos-history-{config.seed}.json"
-        report.history.save(path)
-        report.history_path = str(path)
+    try:
+        report = asyncio.run(_Run(config, endpoint, faults, skipped, progress).execute(settings))
+    except ChaosError as exc:
+        if exc.report is not None:
+            _save_history(exc.report, config, doc)
+        raise
+    _save_history(report, config, doc)
     return report
 
 
-def _teardown(base: Path, report: ChaosReport | None, progress: Progress) -> None:
-    keep = report is None or not report.ok
+def _save_history(report: ChaosReport, config: ChaosConfig, doc: dict[str, Any] | None) -> None:
+    """Where asked, or beside the cluster's logs when the run is evidence (failed, or keep_evidence)."""
+    if config.history_path:
+        report.history.save(config.history_path)
+        report.history_path = config.history_path
+    elif (not report.ok or config.keep_evidence) and doc is not None and doc.get("dir"):
+        path = Path(doc["dir"]) / f"chaos-history-{config.seed}.json"
+        report.history.save(path)
+        report.history_path = str(path)
+
+
+def _teardown(base: Path, report: ChaosReport | None, keep_evidence: bool, progress: Progress) -> None:
+    keep = report is None or not report.ok or keep_evidence
     try:
         cluster.down(base, OWN_CLUSTER, keep_data=keep)
     except cluster.LocalError as exc:
