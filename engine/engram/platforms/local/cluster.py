@@ -359,13 +359,15 @@ def _remove(state: ClusterState, keep_logs: bool, keep_data: bool = False) -> No
     with contextlib.suppress(FileNotFoundError):
         state.path.unlink()
     directory = Path(state.dir)
-    if keep_data or not directory.exists():
+    if not directory.exists():
         return
     for node in state.nodes:  # sockets placed outside a too-deep directory (plan.short_socket)
         with contextlib.suppress(OSError, ValueError, TypeError):
             socket = Path(NodeConfig.load(node.config).valkey_socket)
             if not socket.is_relative_to(directory):
                 socket.unlink(missing_ok=True)
+    if keep_data:
+        return
     for child in directory.iterdir():
         if keep_logs and child.name == "logs":
             continue
