@@ -9,8 +9,12 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-.PHONY: install up down test lint
-install: $(BIN)/.installed
+.PHONY: install up down test lint module
+install: $(BIN)/.installed module
+
+# The Engram Valkey module (engine/module/engram.so), built with the system C compiler.
+module:
+	$(MAKE) -C engine/module
 
 up: install
 	$(BIN)/engram local up demo --shards 1 --replicas 2

@@ -1,4 +1,4 @@
-"""Locate the valkey-server, valkey-cli and nats-server executables."""
+"""Locate the valkey-server, valkey-cli and nats-server executables and the Engram Valkey module."""
 
 from __future__ import annotations
 
@@ -96,3 +96,23 @@ def nats_server_ok(path: str) -> bool:
         return False
     match = re.search(r"v(\d+)\.(\d+)", out)
     return bool(match) and (int(match[1]), int(match[2])) >= MIN_NATS_SERVER
+
+
+MODULE_ENV = "ENGRAM_VALKEY_MODULE"
+
+
+def valkey_module() -> str:
+    """Return the path of engram.so: the env override first, then the one built in this checkout."""
+    override = os.environ.get(MODULE_ENV)
+    if override:
+        if not os.path.isfile(override):
+            raise BinaryNotFound(f"{MODULE_ENV}={override} is not a file")
+        return override
+    # engine/engram/binaries.py -> engine/module/engram.so, built by `make install`.
+    built = Path(__file__).resolve().parent.parent / "module" / "engram.so"
+    if built.is_file():
+        return str(built)
+    raise BinaryNotFound(
+        f"the Engram Valkey module was not found at {built}: run `make install` "
+        f"(or `make -C engine/module`), or set {MODULE_ENV}"
+    )

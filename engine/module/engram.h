@@ -1,0 +1,270 @@
+/* Engram's Valkey module: our own declarations of the parts of the Valkey module API we use,
+ * and the types shared by the module's files.
+ *
+ * The server hands every module a function, first in the load context, that resolves API
+ * functions by name ("ValkeyModule_<Name>"); vk_resolve_api() fills the pointers below through
+ * it. Constants and struct layouts are the server's ABI (Valkey 8/9, API version 1). */
+#ifndef ENGRAM_H
+#define ENGRAM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- The server's ABI ---------------------------------------------------------------- */
+
+typedef struct VkCtx VkCtx;
+typedef struct VkString VkString;
+typedef struct VkCallReply VkCallReply;
+typedef struct VkBlockedClient VkBlockedClient;
+typedef struct VkFilterCtx VkFilterCtx;
+typedef struct VkFilter VkFilter;
+typedef struct VkDict VkDict;
+
+#define VK_OK 0
+#define VK_ERR 1
+#define VK_APIVER_1 1
+
+#define VK_REPLY_ERROR 1
+#define VK_REPLY_PROMISE 12
+
+#define VK_CTX_FLAGS_LUA (1 << 0)
+#define VK_CTX_FLAGS_MULTI (1 << 1)
+#define VK_CTX_FLAGS_REPLICA (1 << 3)
+
+#define VK_CMDFILTER_NOSELF (1 << 0)
+
+/* Keyspace notification classes: generic, string, list, set, hash, zset, expired, evicted,
+ * stream and module keys, which is every class that changes data. */
+#define VK_NOTIFY_DATA                                                                         \
+    ((1 << 2) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 9) | \
+     (1 << 10) | (1 << 13))
+
+typedef struct VkEvent {
+    uint64_t id;
+    uint64_t dataver;
+} VkEvent;
+
+#define VK_EVENT_ROLE_CHANGED 0
+#define VK_EVENT_FLUSHDB 2
+#define VK_EVENT_CLIENT_CHANGE 4
+#define VK_EVENT_EVENTLOOP 15
+#define VK_SUBEVENT_NOW_PRIMARY 0
+#define VK_SUBEVENT_CLIENT_DISCONNECTED 1
+#define VK_SUBEVENT_BEFORE_SLEEP 0
+#define VK_SUBEVENT_AFTER_SLEEP 1
+
+typedef struct VkClientInfo { /* version 1 */
+    uint64_t version;
+    uint64_t flags;
+    uint64_t id;
+    char addr[46];
+    uint16_t port;
+    uint16_t db;
+} VkClientInfo;
+
+#define VK_CONFIG_DEFAULT 0
+
+typedef int (*VkCmdFunc)(VkCtx *ctx, VkString **argv, int argc);
+typedef void (*VkFilterFunc)(VkFilterCtx *filter);
+typedef void (*VkEventCallback)(VkCtx *ctx, VkEvent event, uint64_t subevent, void *data);
+typedef int (*VkNotifyFunc)(VkCtx *ctx, int type, const char *event, VkString *key);
+typedef void (*VkDisconnectFunc)(VkCtx *ctx, VkBlockedClient *bc);
+typedef void (*VkFreePrivFunc)(VkCtx *ctx, void *privdata);
+typedef void (*VkOnUnblocked)(VkCtx *ctx, VkCallReply *reply, void *privdata);
+typedef long long (*VkGetNumericFunc)(const char *name, void *privdata);
+typedef int (*VkSetNumericFunc)(const char *name, long long val, void *privdata, VkString **err);
+typedef int (*VkApplyFunc)(VkCtx *ctx, void *privdata, VkString **err);
+
+/* X(return type, name, parameters): every API function Engram calls. */
+#define VK_API(X)                                                                                  \
+    X(void, SetModuleAttribs, (VkCtx * ctx, const char *name, int ver, int apiver))                \
+    X(int, IsModuleNameBusy, (const char *name))                                                   \
+    X(void *, Alloc, (size_t bytes))                                                               \
+    X(void *, Calloc, (size_t nmemb, size_t size))                                                 \
+    X(void *, Realloc, (void *ptr, size_t bytes))                                                  \
+    X(void, Free, (void *ptr))                                                                     \
+    X(int, CreateCommand,                                                                          \
+      (VkCtx * ctx, const char *name, VkCmdFunc f, const char *flags, int first, int last, int step)) \
+    X(int, WrongArity, (VkCtx * ctx))                                                              \
+    X(int, ReplyWithError, (VkCtx * ctx, const char *err))                                         \
+    X(int, ReplyWithSimpleString, (VkCtx * ctx, const char *msg))                                  \
+    X(int, ReplyWithArray, (VkCtx * ctx, long len))                                                \
+    X(int, ReplyWithNullArray, (VkCtx * ctx))                                                      \
+    X(int, ReplyWithLongLong, (VkCtx * ctx, long long ll))                                         \
+    X(int, ReplyWithCallReply, (VkCtx * ctx, VkCallReply * reply))                                 \
+    X(int, ReplyWithStringBuffer, (VkCtx * ctx, const char *buf, size_t len))                      \
+    X(VkCallReply *, Call, (VkCtx * ctx, const char *cmd, const char *fmt, ...))                   \
+    X(int, CallReplyType, (VkCallReply * reply))                                                   \
+    X(size_t, CallReplyLength, (VkCallReply * reply))                                              \
+    X(VkCallReply *, CallReplyArrayElement, (VkCallReply * reply, size_t idx))                     \
+    X(const char *, CallReplyStringPtr, (VkCallReply * reply, size_t * len))                       \
+    X(long long, CallReplyInteger, (VkCallReply * reply))                                          \
+    X(void, FreeCallReply, (VkCallReply * reply))                                                  \
+    X(const char *, CallReplyProto, (VkCallReply * reply, size_t * len))                           \
+    X(void, CallReplyPromiseSetUnblockHandler, (VkCallReply * reply, VkOnUnblocked cb, void *priv)) \
+    X(int, CallReplyPromiseAbort, (VkCallReply * reply, void **priv))                              \
+    X(const char *, StringPtrLen, (const VkString *str, size_t *len))                              \
+    X(VkString *, CreateString, (VkCtx * ctx, const char *ptr, size_t len))                        \
+    X(void, FreeString, (VkCtx * ctx, VkString * str))                                             \
+    X(void, RetainString, (VkCtx * ctx, VkString * str))                                           \
+    X(int, StringToLongLong, (const VkString *str, long long *ll))                                 \
+    X(VkFilter *, RegisterCommandFilter, (VkCtx * ctx, VkFilterFunc cb, int flags))                \
+    X(int, CommandFilterArgsCount, (VkFilterCtx * f))                                              \
+    X(VkString *, CommandFilterArgGet, (VkFilterCtx * f, int pos))                                 \
+    X(int, CommandFilterArgInsert, (VkFilterCtx * f, int pos, VkString *arg))                      \
+    X(unsigned long long, CommandFilterGetClientId, (VkFilterCtx * f))                             \
+    X(VkBlockedClient *, BlockClient,                                                              \
+      (VkCtx * ctx, VkCmdFunc reply, VkCmdFunc timeout, VkFreePrivFunc free_priv, long long ms))   \
+    X(int, UnblockClient, (VkBlockedClient * bc, void *privdata))                                  \
+    X(void *, GetBlockedClientPrivateData, (VkCtx * ctx))                                          \
+    X(void *, BlockClientGetPrivateData, (VkBlockedClient * bc))                                   \
+    X(void, BlockClientSetPrivateData, (VkBlockedClient * bc, void *privdata))                     \
+    X(void, SetDisconnectCallback, (VkBlockedClient * bc, VkDisconnectFunc cb))                    \
+    X(unsigned long long, GetClientId, (VkCtx * ctx))                                              \
+    X(int, GetContextFlags, (VkCtx * ctx))                                                         \
+    X(int, SelectDb, (VkCtx * ctx, int db))                                                        \
+    X(int, GetSelectedDb, (VkCtx * ctx))                                                           \
+    X(int, SubscribeToKeyspaceEvents, (VkCtx * ctx, int types, VkNotifyFunc cb))                   \
+    X(int, SubscribeToServerEvent, (VkCtx * ctx, VkEvent event, VkEventCallback cb))               \
+    X(int *, GetCommandKeysWithFlags,                                                              \
+      (VkCtx * ctx, VkString * *argv, int argc, int *num_keys, int **out_flags))                   \
+    X(void, Log, (VkCtx * ctx, const char *level, const char *fmt, ...))                           \
+    X(VkDict *, CreateDict, (VkCtx * ctx))                                                         \
+    X(uint64_t, DictSize, (VkDict * d))                                                            \
+    X(int, DictSetC, (VkDict * d, void *key, size_t keylen, void *ptr))                            \
+    X(int, DictReplaceC, (VkDict * d, void *key, size_t keylen, void *ptr))                        \
+    X(void *, DictGetC, (VkDict * d, void *key, size_t keylen, int *nokey))                        \
+    X(int, DictDelC, (VkDict * d, void *key, size_t keylen, void *oldval))                         \
+    X(int, RegisterNumericConfig,                                                                  \
+      (VkCtx * ctx, const char *name, long long dflt, unsigned int flags, long long min,           \
+       long long max, VkGetNumericFunc get, VkSetNumericFunc set, VkApplyFunc apply, void *priv))  \
+    X(int, LoadConfigs, (VkCtx * ctx))
+
+#define VK_DECLARE(ret, name, params) extern ret(*Vk_##name) params;
+VK_API(VK_DECLARE)
+#undef VK_DECLARE
+
+/* Fills every Vk_ pointer from the load context; VK_ERR names nothing, the server logs it. */
+int vk_resolve_api(VkCtx *ctx);
+
+/* ---- Engram's own types ------------------------------------------------------------- */
+
+/* A reply waiting in a client's queue. */
+typedef enum {
+    EG_CALL,    /* the reply of a command run with Call */
+    EG_ERROR,   /* an error built by the module, text without the leading '-' */
+    EG_STATUS,  /* a simple string built by the module */
+    EG_EXEC,    /* an emulated EXEC: an array of replies */
+    EG_NULLARR, /* an EXEC aborted by a touched WATCHed key */
+    EG_PENDING, /* a blocking command still waiting; its reply fills this entry */
+} EgKind;
+
+typedef struct EgEntry {
+    EgKind kind;
+    VkCallReply *reply;
+    char *text;
+    VkCallReply **items; /* EG_EXEC */
+    size_t nitems;
+    struct EgEntry *next;
+} EgEntry;
+
+typedef struct EgClient EgClient;
+
+/* One RM_BlockClient: the server frees it after the client it blocked may be long gone. */
+typedef struct EgTicket {
+    EgClient *client;
+    VkBlockedClient *bc;
+} EgTicket;
+
+typedef struct EgTxCommand {
+    VkString **argv;
+    int argc;
+} EgTxCommand;
+
+struct EgClient {
+    unsigned long long id;
+    long long consumed;    /* wire bytes of every command the filter saw from this client */
+    long long netin;       /* tot-net-in as last read from CLIENT LIST */
+    long long netin_iter;  /* event-loop iteration netin was read in */
+    EgEntry *head, *tail;
+    size_t queued;         /* entries in the queue */
+    size_t queued_bytes;   /* estimate of their memory, for the caps */
+    long long target;      /* replication offset that must be committed to release the queue */
+    int unassigned;        /* the queue holds effects whose offset is known only before sleep */
+    int touched;           /* on the list visited before sleep */
+    int dead;              /* disconnected; freed once no ticket refers to it */
+    char *fail;            /* step-down reason: the queue fails instead of waiting */
+    EgTicket *ticket;      /* set while the client is blocked */
+    VkCallReply *promise;  /* a blocking command running on the module's behalf */
+    EgEntry *promise_entry;
+    /* Emulated MULTI/EXEC/WATCH: the server's own EXEC reply cannot be held. */
+    int in_tx, tx_abort, watch_touched;
+    EgTxCommand *tx;
+    int tx_n, tx_cap;
+    char **watched; /* "db:key" strings, length-prefixed */
+    size_t *watched_len;
+    int n_watched;
+    long long watch_epoch; /* flushes seen when the first key was watched */
+};
+
+/* Per-command classes, from COMMAND at load time (lower-case name or "container|sub"). */
+enum {
+    EG_CMD_WRITE = 1 << 0,    /* its effects enter the replication stream: hold its reply */
+    EG_CMD_NATIVE = 1 << 1,   /* cannot run through Call on the client's behalf */
+    EG_CMD_TX = 1 << 2,       /* MULTI/EXEC/DISCARD/WATCH/UNWATCH: emulated */
+    EG_CMD_SELECT = 1 << 3,   /* SELECT: emulated on the real client when queued */
+    EG_CMD_BLOCKING = 1 << 4, /* may block: run with a promise */
+    EG_CMD_NO_MULTI = 1 << 5, /* refused inside MULTI */
+    EG_CMD_CONTAINER = 1 << 6,
+};
+
+/* module.c */
+extern long long eg_commit_timeout_ms;
+extern long long eg_max_queued_bytes; /* per client */
+extern long long eg_iter;             /* event-loop iteration, for per-iteration caches */
+extern int eg_active;                 /* primary role: the module holds replies */
+extern VkString *eg_wrap_write, *eg_wrap_read, *eg_wrap_tx, *eg_wrap_native, *eg_wrap_select;
+int eg_command_class(const char *name, size_t len, VkString *sub);
+void *eg_alloc(size_t n);
+char *eg_strdup(const char *s);
+
+/* filter.c */
+void eg_filter(VkFilterCtx *f);
+
+/* replies.c */
+EgClient *eg_client(unsigned long long id, int create);
+EgEntry *eg_queue(EgClient *cl, EgKind kind, VkCallReply *reply, const char *text);
+void eg_need_offset(EgClient *cl);
+void eg_need_target(EgClient *cl, long long target);
+int eg_finish(VkCtx *ctx, EgClient *cl);
+void eg_release_ready(void);
+void eg_fail_all(const char *reason);
+void eg_before_sleep_clients(VkCtx *ctx, long long offset);
+void eg_client_gone(unsigned long long id);
+int eg_block_for_promise(VkCtx *ctx, EgClient *cl, VkCallReply *promise);
+void eg_replies_stats(long long *clients, long long *blocked, long long *queued);
+void eg_free_tx(EgClient *cl);
+
+/* dirty.c */
+void eg_dirty_init(void);
+int eg_on_keyspace(VkCtx *ctx, int type, const char *event, VkString *key);
+long long eg_dirty_target(VkString **argv, int argc, int *unassigned);
+int eg_dirty_any(void);
+void eg_dirty_assign(long long offset);
+void eg_dirty_release(long long committed);
+long long eg_dirty_count(void);
+void eg_watch_touch_key(int db, const char *key, size_t len);
+void eg_watch_touch_all(void);
+void eg_watch_add(EgClient *cl, int db, VkString *key);
+void eg_watch_clear(EgClient *cl);
+int eg_watch_broken(EgClient *cl);
+void eg_dirty_flushed(void);
+
+/* commit.c */
+extern long long eg_committed; /* highest offset the replica link acknowledged */
+void eg_on_ack(long long offset);
+long long eg_current_offset(VkCtx *ctx);
+int eg_unassigned_pending(void);
+void eg_mark_unassigned(void);
+
+#endif

@@ -1,0 +1,72 @@
+/* The command filter: sees every command as it executes, before the server runs it.
+ *
+ * It counts each client's wire bytes (to find the end of its input), takes the replica link's
+ * REPLCONF ACK as the commit signal, and rewrites a command into one of Engram's wrappers when
+ * its reply must wait: a write, anything behind a queued reply, a read of an uncommitted key. */
+#include <string.h>
+#include <strings.h>
+
+#include "engram.h"
+
+static int digits(size_t v) {
+    int d = 1;
+    while (v >= 10) {
+        v /= 10;
+        d++;
+    }
+    return d;
+}
+
+/* The RESP size of the command: what the client sent, unless it used the inline protocol. */
+static long long wire_bytes(VkFilterCtx *f, int argc) {
+    long long n = 1 + digits((size_t)argc) + 2;
+    for (int i = 0; i < argc; i++) {
+        size_t len;
+        Vk_StringPtrLen(Vk_CommandFilterArgGet(f, i), &len);
+        n += 1 + digits(len) + 2 + (long long)len + 2;
+    }
+    return n;
+}
+
+static void wrap(VkFilterCtx *f, VkString *wrapper) {
+    Vk_RetainString(NULL, wrapper);
+    Vk_CommandFilterArgInsert(f, 0, wrapper);
+}
+
+static int reads_dirty_key(VkFilterCtx *f, int argc) {
+    VkString *argv[64];
+    if (argc > 64) return 1; /* too long to look through cheaply: hold it */
+    for (int i = 0; i < argc; i++) argv[i] = Vk_CommandFilterArgGet(f, i);
+    int unassigned = 0;
+    return eg_dirty_target(argv, argc, &unassigned) > eg_committed || unassigned;
+}
+
+void eg_filter(VkFilterCtx *f) {
+    int argc = Vk_CommandFilterArgsCount(f);
+    size_t len;
+    const char *name = Vk_StringPtrLen(Vk_CommandFilterArgGet(f, 0), &len);
+    if (len == 8 && !strncasecmp(name, "replconf", 8)) {
+        long long offset;
+        if (argc >= 3 && !strcasecmp(Vk_StringPtrLen(Vk_CommandFilterArgGet(f, 1), NULL), "ack") &&
+            Vk_StringToLongLong(Vk_CommandFilterArgGet(f, 2), &offset) == VK_OK)
+            eg_on_ack(offset);
+        return;
+    }
+    EgClient *cl = eg_client(Vk_CommandFilterGetClientId(f), 1);
+    cl->consumed += wire_bytes(f, argc);
+    if (!eg_active || (len > 7 && !strncasecmp(name, "engram.", 7))) return;
+
+    int cls = eg_command_class(name, len, argc > 1 ? Vk_CommandFilterArgGet(f, 1) : NULL);
+    int pending = cl->head != NULL;
+    if (cl->in_tx || (cls & EG_CMD_TX)) {
+        wrap(f, eg_wrap_tx);
+    } else if (cls & EG_CMD_NATIVE) {
+        if (pending) wrap(f, eg_wrap_native);
+    } else if (cls & EG_CMD_SELECT) {
+        if (pending) wrap(f, eg_wrap_select);
+    } else if (cls & EG_CMD_WRITE) {
+        wrap(f, eg_wrap_write);
+    } else if (pending || (eg_dirty_any() && reads_dirty_key(f, argc))) {
+        wrap(f, eg_wrap_read);
+    }
+}

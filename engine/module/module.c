@@ -1,0 +1,519 @@
+/* Engram's Valkey module: load, configuration, the command table and the commands.
+ *
+ * The filter (filter.c) rewrites commands into the wrappers below; a wrapper runs the real
+ * command with Call on the client's behalf and puts its reply in the client's queue
+ * (replies.c), which the commit signal (commit.c) releases. */
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "engram.h"
+
+#define VK_DEFINE(ret, name, params) ret(*Vk_##name) params;
+VK_API(VK_DEFINE)
+#undef VK_DEFINE
+
+long long eg_commit_timeout_ms = 5000;
+long long eg_max_queued_bytes = 4LL << 20;
+long long eg_iter = 0;
+int eg_active = 1;
+VkString *eg_wrap_write, *eg_wrap_read, *eg_wrap_tx, *eg_wrap_native, *eg_wrap_select;
+
+static VkDict *command_classes; /* lower-case "name" or "container|sub" -> class + 1 */
+
+int vk_resolve_api(VkCtx *ctx) {
+    /* The server puts its GetApi function first in every module's load context. */
+    void *getapi = ((void **)ctx)[0];
+    int (*get_api)(const char *, void *) = (int (*)(const char *, void *))(uintptr_t)getapi;
+    int missing = 0;
+#define VK_RESOLVE(ret, name, params) \
+    if (get_api("ValkeyModule_" #name, (void *)&Vk_##name) != VK_OK) missing++;
+    VK_API(VK_RESOLVE)
+#undef VK_RESOLVE
+    return missing ? VK_ERR : VK_OK;
+}
+
+void *eg_alloc(size_t n) {
+    return Vk_Alloc(n);
+}
+
+char *eg_strdup(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *p = Vk_Alloc(n);
+    memcpy(p, s, n);
+    return p;
+}
+
+/* ---- The command table ------------------------------------------------------------------ */
+
+static size_t lower(char *out, size_t cap, const char *s, size_t len) {
+    if (len >= cap) len = cap - 1;
+    for (size_t i = 0; i < len; i++) out[i] = (char)tolower((unsigned char)s[i]);
+    out[len] = 0;
+    return len;
+}
+
+static void add_class(const char *name, size_t len, int cls) {
+    char buf[128];
+    size_t n = lower(buf, sizeof buf, name, len);
+    intptr_t old = (intptr_t)Vk_DictGetC(command_classes, buf, n, NULL);
+    int merged = (old ? (int)old - 1 : 0) | cls;
+    Vk_DictReplaceC(command_classes, buf, n, (void *)(intptr_t)(merged + 1));
+}
+
+static int has_flag(VkCallReply *flags, const char *flag) {
+    size_t n = Vk_CallReplyLength(flags), want = strlen(flag);
+    for (size_t i = 0; i < n; i++) {
+        size_t len;
+        const char *f = Vk_CallReplyStringPtr(Vk_CallReplyArrayElement(flags, i), &len);
+        if (f && len == want && !memcmp(f, flag, len)) return 1;
+    }
+    return 0;
+}
+
+static void load_command(VkCallReply *c) {
+    size_t len;
+    const char *name = Vk_CallReplyStringPtr(Vk_CallReplyArrayElement(c, 0), &len);
+    VkCallReply *flags = Vk_CallReplyArrayElement(c, 2);
+    int cls = 0;
+    if (has_flag(flags, "write")) cls |= EG_CMD_WRITE;
+    if (has_flag(flags, "blocking")) cls |= EG_CMD_BLOCKING;
+    if (has_flag(flags, "no_multi")) cls |= EG_CMD_NO_MULTI;
+    if (Vk_CallReplyLength(c) > 9) {
+        VkCallReply *subs = Vk_CallReplyArrayElement(c, 9);
+        size_t nsubs = Vk_CallReplyLength(subs);
+        if (nsubs) cls |= EG_CMD_CONTAINER;
+        for (size_t i = 0; i < nsubs; i++) load_command(Vk_CallReplyArrayElement(subs, i));
+    }
+    add_class(name, len, cls);
+}
+
+static void load_command_table(VkCtx *ctx) {
+    command_classes = Vk_CreateDict(NULL);
+    VkCallReply *all = Vk_Call(ctx, "COMMAND", "");
+    size_t n = all ? Vk_CallReplyLength(all) : 0;
+    for (size_t i = 0; i < n; i++) load_command(Vk_CallReplyArrayElement(all, i));
+    if (all) Vk_FreeCallReply(all);
+    /* Scripts may write: their replies wait like a write's. */
+    static const char *scripts[] = {"eval", "evalsha", "fcall", NULL};
+    for (int i = 0; scripts[i]; i++) add_class(scripts[i], strlen(scripts[i]), EG_CMD_WRITE);
+    /* Commands that act on the calling connection itself, which Call would run on a
+     * temporary client instead, or that must get through while a script is busy. */
+    static const char *native[] = {
+        "hello", "auth", "reset", "quit", "client", "subscribe", "unsubscribe", "psubscribe",
+        "punsubscribe", "ssubscribe", "sunsubscribe", "monitor", "sync", "psync", "replconf",
+        "readonly", "readwrite", "asking", "wait", "waitaof", "shutdown", "failover", "replicaof",
+        "slaveof", "script|kill", "function|kill", NULL};
+    for (int i = 0; native[i]; i++) add_class(native[i], strlen(native[i]), EG_CMD_NATIVE);
+    static const char *tx[] = {"multi", "exec", "discard", "watch", "unwatch", NULL};
+    for (int i = 0; tx[i]; i++) add_class(tx[i], strlen(tx[i]), EG_CMD_TX);
+    add_class("select", 6, EG_CMD_SELECT);
+}
+
+int eg_command_class(const char *name, size_t len, VkString *sub) {
+    char buf[160];
+    size_t n = lower(buf, 64, name, len);
+    intptr_t cls = (intptr_t)Vk_DictGetC(command_classes, buf, n, NULL);
+    if (!cls) return 0;
+    int result = (int)cls - 1;
+    if ((result & EG_CMD_CONTAINER) && sub) {
+        size_t sublen;
+        const char *s = Vk_StringPtrLen(sub, &sublen);
+        buf[n] = '|';
+        size_t m = n + 1 + lower(buf + n + 1, sizeof buf - n - 1, s, sublen);
+        intptr_t subcls = (intptr_t)Vk_DictGetC(command_classes, buf, m, NULL);
+        if (subcls) result = ((int)subcls - 1) | (result & EG_CMD_NATIVE);
+    }
+    return result;
+}
+
+/* ---- Wrappers ---------------------------------------------------------------------------- */
+
+static int in_script_or_multi(VkCtx *ctx) {
+    return (Vk_GetContextFlags(ctx) & (VK_CTX_FLAGS_LUA | VK_CTX_FLAGS_MULTI)) != 0;
+}
+
+/* ENGRAM.W / ENGRAM.R <command> <args...>: run the command now, queue its reply. */
+static int cmd_call(VkCtx *ctx, VkString **argv, int argc) {
+    if (argc < 2) return Vk_WrongArity(ctx);
+    size_t wlen;
+    const char *w = Vk_StringPtrLen(argv[0], &wlen);
+    int is_write = tolower((unsigned char)w[wlen - 1]) == 'w';
+    size_t len;
+    const char *cmd = Vk_StringPtrLen(argv[1], &len);
+    int cls = eg_command_class(cmd, len, argc > 2 ? argv[2] : NULL);
+    if (in_script_or_multi(ctx)) {
+        /* Inside a script the script's own reply is what waits; run the command as it is. */
+        VkCallReply *r = Vk_Call(ctx, cmd, is_write ? "!0EC" : "0EC", argv + 2, (size_t)(argc - 2));
+        if (!r) return Vk_ReplyWithError(ctx, "ERR engram: the command could not be run");
+        Vk_ReplyWithCallReply(ctx, r);
+        Vk_FreeCallReply(r);
+        return VK_OK;
+    }
+    EgClient *cl = eg_client(Vk_GetClientId(ctx), 1);
+    /* ! replicates the effects, 0 answers in the client's protocol, E returns errors as replies
+     * (so they keep their place in the queue), C checks the client's ACL on the real command,
+     * M refuses deny-oom commands over maxmemory, K lets a blocking command block. */
+    const char *fmt = is_write ? ((cls & EG_CMD_BLOCKING) ? "!0ECMKv" : "!0ECMv")
+                               : ((cls & EG_CMD_BLOCKING) ? "0ECKv" : "0ECv");
+    VkCallReply *r = Vk_Call(ctx, cmd, fmt, argv + 2, (size_t)(argc - 2));
+    if (!r) {
+        eg_queue(cl, EG_ERROR, NULL, "ERR engram: the command could not be run");
+        return eg_finish(ctx, cl);
+    }
+    if (Vk_CallReplyType(r) == VK_REPLY_PROMISE) return eg_block_for_promise(ctx, cl, r);
+    eg_queue(cl, EG_CALL, r, NULL);
+    if (is_write) {
+        eg_need_offset(cl);
+    } else if (eg_dirty_any()) {
+        int unassigned = 0;
+        long long target = eg_dirty_target(argv + 1, argc - 1, &unassigned);
+        if (unassigned)
+            eg_need_offset(cl);
+        else
+            eg_need_target(cl, target);
+    }
+    return eg_finish(ctx, cl);
+}
+
+/* ENGRAM.X <command> ...: a command that acts on the connection itself arrived behind replies
+ * that wait for a commit. Run later it would answer out of order, run now its reply would
+ * overtake theirs: it is refused in order instead. */
+static int cmd_native(VkCtx *ctx, VkString **argv, int argc) {
+    if (argc < 2) return Vk_WrongArity(ctx);
+    EgClient *cl = eg_client(Vk_GetClientId(ctx), 1);
+    char buf[256];
+    char name[64];
+    size_t len;
+    const char *cmd = Vk_StringPtrLen(argv[1], &len);
+    lower(name, sizeof name, cmd, len);
+    snprintf(buf, sizeof buf,
+             "ERR engram: '%s' cannot follow pipelined commands whose replies wait for a commit; "
+             "send it after their replies arrive",
+             name);
+    eg_queue(cl, EG_ERROR, NULL, buf);
+    return eg_finish(ctx, cl);
+}
+
+/* ENGRAM.SELECT SELECT <db>: SELECT on the real client, its reply in order. */
+static int cmd_select(VkCtx *ctx, VkString **argv, int argc) {
+    EgClient *cl = eg_client(Vk_GetClientId(ctx), 1);
+    long long db;
+    if (argc != 3)
+        eg_queue(cl, EG_ERROR, NULL, "ERR wrong number of arguments for 'select' command");
+    else if (Vk_StringToLongLong(argv[2], &db) != VK_OK || db < 0 || db > 0x7fffffff)
+        eg_queue(cl, EG_ERROR, NULL, "ERR value is not an integer or out of range");
+    else if (Vk_SelectDb(ctx, (int)db) != VK_OK)
+        eg_queue(cl, EG_ERROR, NULL, "ERR DB index is out of range");
+    else
+        eg_queue(cl, EG_STATUS, NULL, "OK");
+    return eg_finish(ctx, cl);
+}
+
+void eg_free_tx(EgClient *cl) {
+    for (int i = 0; i < cl->tx_n; i++) {
+        for (int j = 0; j < cl->tx[i].argc; j++) Vk_FreeString(NULL, cl->tx[i].argv[j]);
+        Vk_Free(cl->tx[i].argv);
+    }
+    Vk_Free(cl->tx);
+    cl->tx = NULL;
+    cl->tx_n = cl->tx_cap = 0;
+    cl->in_tx = cl->tx_abort = 0;
+}
+
+static void end_tx(EgClient *cl) {
+    eg_free_tx(cl);
+    eg_watch_clear(cl);
+}
+
+static void run_tx(VkCtx *ctx, EgClient *cl) {
+    EgEntry *e = eg_queue(cl, EG_EXEC, NULL, NULL);
+    e->items = Vk_Calloc((size_t)(cl->tx_n ? cl->tx_n : 1), sizeof(*e->items));
+    /* Call inside one command: the server propagates the effects wrapped in MULTI/EXEC. */
+    for (int i = 0; i < cl->tx_n; i++) {
+        const char *cmd = Vk_StringPtrLen(cl->tx[i].argv[0], NULL);
+        VkCallReply *r = Vk_Call(ctx, cmd, "!0ECv", cl->tx[i].argv + 1, (size_t)(cl->tx[i].argc - 1));
+        e->items[e->nitems++] = r;
+    }
+    eg_need_offset(cl);
+}
+
+/* ENGRAM.TX <command> ...: MULTI, EXEC, DISCARD, WATCH, UNWATCH and commands queued in a
+ * transaction, emulated so that EXEC's reply can wait for the commit like any other. */
+static int cmd_tx(VkCtx *ctx, VkString **argv, int argc) {
+    if (argc < 2) return Vk_WrongArity(ctx);
+    EgClient *cl = eg_client(Vk_GetClientId(ctx), 1);
+    size_t len;
+    const char *cmd = Vk_StringPtrLen(argv[1], &len);
+    char name[32];
+    lower(name, sizeof name, cmd, len);
+    int cls = eg_command_class(cmd, len, argc > 2 ? argv[2] : NULL);
+    if (!strcmp(name, "exec") || !strcmp(name, "discard")) {
+        int exec = name[0] == 'e';
+        if (argc != 2) {
+            eg_queue(cl, EG_ERROR, NULL,
+                     exec ? "ERR wrong number of arguments for 'exec' command"
+                          : "ERR wrong number of arguments for 'discard' command");
+            if (cl->in_tx) cl->tx_abort = 1;
+        } else if (!cl->in_tx) {
+            eg_queue(cl, EG_ERROR, NULL, exec ? "ERR EXEC without MULTI" : "ERR DISCARD without MULTI");
+        } else if (!exec) {
+            end_tx(cl);
+            eg_queue(cl, EG_STATUS, NULL, "OK");
+        } else if (cl->tx_abort) {
+            end_tx(cl);
+            eg_queue(cl, EG_ERROR, NULL, "EXECABORT Transaction discarded because of previous errors.");
+        } else if (eg_watch_broken(cl)) {
+            end_tx(cl);
+            eg_queue(cl, EG_NULLARR, NULL, NULL);
+        } else {
+            eg_watch_clear(cl);
+            run_tx(ctx, cl);
+            eg_free_tx(cl);
+        }
+        return eg_finish(ctx, cl);
+    }
+    if (cl->in_tx && (cls & EG_CMD_NO_MULTI)) {
+        /* MULTI and WATCH inside MULTI included: refused, and the transaction is aborted. */
+        eg_queue(cl, EG_ERROR, NULL, "ERR Command not allowed inside a transaction");
+        cl->tx_abort = 1;
+        return eg_finish(ctx, cl);
+    }
+    if (!strcmp(name, "multi") && !cl->in_tx) {
+        if (argc != 2) {
+            eg_queue(cl, EG_ERROR, NULL, "ERR wrong number of arguments for 'multi' command");
+        } else {
+            cl->in_tx = 1;
+            cl->tx_abort = 0;
+            eg_queue(cl, EG_STATUS, NULL, "OK");
+        }
+        return eg_finish(ctx, cl);
+    }
+    if (!strcmp(name, "watch") && !cl->in_tx) {
+        if (argc < 3) {
+            eg_queue(cl, EG_ERROR, NULL, "ERR wrong number of arguments for 'watch' command");
+        } else {
+            int db = Vk_GetSelectedDb(ctx);
+            for (int i = 2; i < argc; i++) eg_watch_add(cl, db, argv[i]);
+            eg_queue(cl, EG_STATUS, NULL, "OK");
+        }
+        return eg_finish(ctx, cl);
+    }
+    if (!strcmp(name, "unwatch") && !cl->in_tx) {
+        if (argc != 2) {
+            eg_queue(cl, EG_ERROR, NULL, "ERR wrong number of arguments for 'unwatch' command");
+        } else {
+            eg_watch_clear(cl);
+            eg_queue(cl, EG_STATUS, NULL, "OK");
+        }
+        return eg_finish(ctx, cl);
+    }
+    /* A command queued inside the transaction: a dry run reports now what the server would
+     * refuse while queueing (unknown command, arity, ACL), which aborts the transaction. */
+    VkCallReply *dry = Vk_Call(ctx, cmd, "DECv", argv + 2, (size_t)(argc - 2));
+    if (dry && Vk_CallReplyType(dry) == VK_REPLY_ERROR) {
+        cl->tx_abort = 1;
+        eg_queue(cl, EG_CALL, dry, NULL);
+        return eg_finish(ctx, cl);
+    }
+    if (dry) Vk_FreeCallReply(dry);
+    if (!cl->tx_abort) {
+        if (cl->tx_n == cl->tx_cap) {
+            cl->tx_cap = cl->tx_cap ? cl->tx_cap * 2 : 8;
+            cl->tx = Vk_Realloc(cl->tx, sizeof(*cl->tx) * (size_t)cl->tx_cap);
+        }
+        EgTxCommand *c = &cl->tx[cl->tx_n++];
+        c->argc = argc - 1;
+        c->argv = Vk_Alloc(sizeof(*c->argv) * (size_t)c->argc);
+        for (int i = 0; i < c->argc; i++) {
+            Vk_RetainString(NULL, argv[1 + i]);
+            c->argv[i] = argv[1 + i];
+        }
+    }
+    eg_queue(cl, EG_STATUS, NULL, "QUEUED");
+    return eg_finish(ctx, cl);
+}
+
+/* ---- Control commands ------------------------------------------------------------------- */
+
+/* ENGRAM.STEPDOWN <reason>: the node lost leadership; no held reply can be confirmed now. */
+static int cmd_stepdown(VkCtx *ctx, VkString **argv, int argc) {
+    if (argc < 2) return Vk_WrongArity(ctx);
+    char reason[256] = "";
+    size_t used = 0;
+    for (int i = 1; i < argc && used < sizeof reason - 1; i++) {
+        size_t len;
+        const char *s = Vk_StringPtrLen(argv[i], &len);
+        int n = snprintf(reason + used, sizeof reason - used, "%s%.*s", i > 1 ? " " : "", (int)len, s);
+        if (n < 0) break;
+        used += (size_t)n;
+    }
+    /* Error replies are one line: keep the reason on it. */
+    for (size_t i = 0; reason[i]; i++)
+        if (reason[i] == '\r' || reason[i] == '\n') reason[i] = ' ';
+    eg_fail_all(reason);
+    return Vk_ReplyWithSimpleString(ctx, "OK");
+}
+
+/* ENGRAM.COMMITTIMEOUT [ms]: read or set how long a reply waits for its commit. */
+static int cmd_committimeout(VkCtx *ctx, VkString **argv, int argc) {
+    if (argc > 2) return Vk_WrongArity(ctx);
+    if (argc == 2) {
+        long long ms;
+        if (Vk_StringToLongLong(argv[1], &ms) != VK_OK || ms < 1)
+            return Vk_ReplyWithError(ctx, "ERR engram: the commit timeout is a positive number of milliseconds");
+        eg_commit_timeout_ms = ms;
+    }
+    return Vk_ReplyWithLongLong(ctx, eg_commit_timeout_ms);
+}
+
+/* ENGRAM.INFO: the module's state, one field a line. */
+static int cmd_info(VkCtx *ctx, VkString **argv, int argc) {
+    (void)argv;
+    if (argc != 1) return Vk_WrongArity(ctx);
+    long long n_clients, n_blocked, queued_bytes;
+    eg_replies_stats(&n_clients, &n_blocked, &queued_bytes);
+    char buf[512];
+    int n = snprintf(buf, sizeof buf,
+                     "active:%d\r\ncommitted_offset:%lld\r\ndirty_keys:%lld\r\ntracked_clients:%lld\r\n"
+                     "blocked_clients:%lld\r\nqueued_reply_bytes:%lld\r\ncommit_timeout_ms:%lld\r\n",
+                     eg_active, eg_committed, eg_dirty_count(), n_clients, n_blocked, queued_bytes,
+                     eg_commit_timeout_ms);
+    return Vk_ReplyWithStringBuffer(ctx, buf, (size_t)n);
+}
+
+/* ---- Server events ---------------------------------------------------------------------- */
+
+static void on_event_loop(VkCtx *ctx, VkEvent e, uint64_t sub, void *data) {
+    (void)e;
+    (void)data;
+    eg_iter++;
+    if (sub != VK_SUBEVENT_BEFORE_SLEEP) return;
+    long long offset = -1;
+    if (eg_unassigned_pending()) {
+        offset = eg_current_offset(ctx);
+        eg_dirty_assign(offset);
+    }
+    eg_before_sleep_clients(ctx, offset);
+    eg_dirty_release(eg_committed);
+    eg_release_ready();
+}
+
+static void on_client_change(VkCtx *ctx, VkEvent e, uint64_t sub, void *data) {
+    (void)ctx;
+    (void)e;
+    if (sub == VK_SUBEVENT_CLIENT_DISCONNECTED) eg_client_gone(((VkClientInfo *)data)->id);
+}
+
+static void on_role_change(VkCtx *ctx, VkEvent e, uint64_t sub, void *data) {
+    (void)ctx;
+    (void)e;
+    (void)data;
+    eg_active = sub == VK_SUBEVENT_NOW_PRIMARY;
+    if (!eg_active) eg_fail_all("this node became a replica");
+}
+
+static void on_flush(VkCtx *ctx, VkEvent e, uint64_t sub, void *data) {
+    (void)ctx;
+    (void)e;
+    (void)sub;
+    (void)data;
+    eg_dirty_flushed();
+}
+
+static int keyspace_event(VkCtx *ctx, int type, const char *event, VkString *key) {
+    return eg_on_keyspace(ctx, type, event, key);
+}
+
+/* ---- Configuration ---------------------------------------------------------------------- */
+
+static long long get_numeric(const char *name, void *priv) {
+    (void)name;
+    return *(long long *)priv;
+}
+
+static int set_numeric(const char *name, long long val, void *priv, VkString **err) {
+    (void)name;
+    (void)err;
+    *(long long *)priv = val;
+    return VK_OK;
+}
+
+static int register_configs(VkCtx *ctx) {
+    if (Vk_RegisterNumericConfig(ctx, "commit-timeout-ms", 5000, VK_CONFIG_DEFAULT, 1, 86400000LL, get_numeric,
+                                 set_numeric, NULL, &eg_commit_timeout_ms) != VK_OK)
+        return VK_ERR;
+    if (Vk_RegisterNumericConfig(ctx, "max-queued-bytes", 4LL << 20, VK_CONFIG_DEFAULT, 1024, 1LL << 40,
+                                 get_numeric, set_numeric, NULL, &eg_max_queued_bytes) != VK_OK)
+        return VK_ERR;
+    return Vk_LoadConfigs(ctx);
+}
+
+/* Module arguments: commit-timeout-ms <ms>, max-queued-bytes <n>. */
+static int parse_args(VkCtx *ctx, VkString **argv, int argc) {
+    for (int i = 0; i < argc; i += 2) {
+        const char *key = Vk_StringPtrLen(argv[i], NULL);
+        long long v;
+        if (i + 1 >= argc || Vk_StringToLongLong(argv[i + 1], &v) != VK_OK || v < 1) {
+            Vk_Log(ctx, "warning", "engram: module argument '%s' needs a positive integer value", key);
+            return VK_ERR;
+        }
+        if (!strcasecmp(key, "commit-timeout-ms")) {
+            eg_commit_timeout_ms = v;
+        } else if (!strcasecmp(key, "max-queued-bytes")) {
+            eg_max_queued_bytes = v;
+        } else {
+            Vk_Log(ctx, "warning", "engram: unknown module argument '%s'", key);
+            return VK_ERR;
+        }
+    }
+    return VK_OK;
+}
+
+__attribute__((visibility("default"))) int ValkeyModule_OnLoad(VkCtx *ctx, VkString **argv, int argc);
+
+int ValkeyModule_OnLoad(VkCtx *ctx, VkString **argv, int argc) {
+    if (vk_resolve_api(ctx) != VK_OK) return VK_ERR;
+    if (Vk_IsModuleNameBusy("engram")) return VK_ERR;
+    Vk_SetModuleAttribs(ctx, "engram", 1, VK_APIVER_1);
+    if (register_configs(ctx) != VK_OK || parse_args(ctx, argv, argc) != VK_OK) return VK_ERR;
+
+    /* Wrappers are flagged neither write nor deny-oom: the server would refuse them before they
+     * run (READONLY, OOM...) and that refusal would overtake the queued replies. The real
+     * command's checks run inside Call, and its refusal takes its place in the queue. */
+    struct {
+        const char *name;
+        VkCmdFunc fn;
+        const char *flags;
+    } commands[] = {
+        {"engram.w", cmd_call, "may-replicate"},
+        {"engram.r", cmd_call, "readonly"},
+        {"engram.x", cmd_native, "readonly fast"},
+        {"engram.select", cmd_select, "readonly fast"},
+        {"engram.tx", cmd_tx, "may-replicate"},
+        {"engram.stepdown", cmd_stepdown, "admin fast"},
+        {"engram.committimeout", cmd_committimeout, "admin fast"},
+        {"engram.info", cmd_info, "readonly fast"},
+    };
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (Vk_CreateCommand(ctx, commands[i].name, commands[i].fn, commands[i].flags, 0, 0, 0) != VK_OK)
+            return VK_ERR;
+    eg_wrap_write = Vk_CreateString(NULL, "engram.w", 8);
+    eg_wrap_read = Vk_CreateString(NULL, "engram.r", 8);
+    eg_wrap_tx = Vk_CreateString(NULL, "engram.tx", 9);
+    eg_wrap_native = Vk_CreateString(NULL, "engram.x", 8);
+    eg_wrap_select = Vk_CreateString(NULL, "engram.select", 13);
+
+    load_command_table(ctx);
+    eg_dirty_init();
+    eg_active = !(Vk_GetContextFlags(ctx) & VK_CTX_FLAGS_REPLICA);
+    if (!Vk_RegisterCommandFilter(ctx, eg_filter, VK_CMDFILTER_NOSELF)) return VK_ERR;
+    Vk_SubscribeToKeyspaceEvents(ctx, VK_NOTIFY_DATA, keyspace_event);
+    Vk_SubscribeToServerEvent(ctx, (VkEvent){VK_EVENT_EVENTLOOP, 1}, on_event_loop);
+    Vk_SubscribeToServerEvent(ctx, (VkEvent){VK_EVENT_CLIENT_CHANGE, 1}, on_client_change);
+    Vk_SubscribeToServerEvent(ctx, (VkEvent){VK_EVENT_ROLE_CHANGED, 1}, on_role_change);
+    Vk_SubscribeToServerEvent(ctx, (VkEvent){VK_EVENT_FLUSHDB, 1}, on_flush);
+    return VK_OK;
+}

@@ -1,0 +1,400 @@
+/* Per-client queues of replies that wait for a commit.
+ *
+ * A client's write runs at once; its reply, and the reply of every later command of that
+ * client, joins the client's queue. The command that ends the client's input blocks the
+ * client; the queue is emitted, in order, from one reply callback once the replica link has
+ * acknowledged an offset covering everything in it. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engram.h"
+
+static VkDict *clients;
+static EgClient *last_client; /* a pipeline hits the same client many times in a row */
+
+/* Clients to visit before sleep (queued effects need an offset) and clients blocked now. */
+static EgClient **touched, **blocked;
+static size_t n_touched, cap_touched, n_blocked, cap_blocked;
+static long long total_queued_bytes;
+static long long stat_blocks, stat_emitted, stat_timeouts, stat_failed, stat_early;
+
+/* Queued replies live outside the client's output buffer, where neither client-output-buffer
+ * limits nor maxmemory-clients see them: past these, a client blocks before its input ends. */
+#define EG_MAX_QUEUED_ENTRIES 4096
+#define EG_MAX_TOTAL_QUEUED_BYTES (256LL << 20)
+
+static void push(EgClient ***arr, size_t *n, size_t *cap, EgClient *cl) {
+    if (*n == *cap) {
+        *cap = *cap ? *cap * 2 : 64;
+        *arr = Vk_Realloc(*arr, sizeof(**arr) * *cap);
+    }
+    (*arr)[(*n)++] = cl;
+}
+
+static void remove_blocked(EgClient *cl) {
+    for (size_t i = 0; i < n_blocked; i++) {
+        if (blocked[i] == cl) {
+            blocked[i] = blocked[--n_blocked];
+            return;
+        }
+    }
+}
+
+EgClient *eg_client(unsigned long long id, int create) {
+    if (last_client && last_client->id == id) return last_client;
+    if (!clients) clients = Vk_CreateDict(NULL);
+    EgClient *cl = Vk_DictGetC(clients, &id, sizeof(id), NULL);
+    if (!cl && create) {
+        cl = Vk_Calloc(1, sizeof(*cl));
+        cl->id = id;
+        cl->netin_iter = -1;
+        Vk_DictSetC(clients, &id, sizeof(id), cl);
+    }
+    if (cl) last_client = cl;
+    return cl;
+}
+
+static void touch(EgClient *cl) {
+    if (!cl->touched) {
+        cl->touched = 1;
+        push(&touched, &n_touched, &cap_touched, cl);
+    }
+}
+
+static size_t entry_bytes(EgEntry *e) {
+    size_t n = sizeof(*e), len = 0;
+    if (e->reply) {
+        Vk_CallReplyProto(e->reply, &len);
+        n += len;
+    }
+    for (size_t i = 0; i < e->nitems; i++) {
+        if (!e->items[i]) continue;
+        Vk_CallReplyProto(e->items[i], &len);
+        n += len;
+    }
+    if (e->text) n += strlen(e->text);
+    return n;
+}
+
+static void free_entry(EgEntry *e) {
+    if (e->reply) Vk_FreeCallReply(e->reply);
+    for (size_t i = 0; i < e->nitems; i++)
+        if (e->items[i]) Vk_FreeCallReply(e->items[i]);
+    Vk_Free(e->items);
+    Vk_Free(e->text);
+    Vk_Free(e);
+}
+
+static void free_queue(EgClient *cl) {
+    EgEntry *e = cl->head;
+    while (e) {
+        EgEntry *next = e->next;
+        free_entry(e);
+        e = next;
+    }
+    cl->head = cl->tail = NULL;
+    cl->queued = 0;
+    total_queued_bytes -= (long long)cl->queued_bytes;
+    cl->queued_bytes = 0;
+    cl->target = 0;
+    cl->unassigned = 0;
+    Vk_Free(cl->fail);
+    cl->fail = NULL;
+}
+
+static void free_client(EgClient *cl) {
+    free_queue(cl);
+    eg_free_tx(cl);
+    eg_watch_clear(cl);
+    Vk_Free(cl);
+}
+
+EgEntry *eg_queue(EgClient *cl, EgKind kind, VkCallReply *reply, const char *text) {
+    EgEntry *e = Vk_Calloc(1, sizeof(*e));
+    e->kind = kind;
+    e->reply = reply;
+    e->text = text ? eg_strdup(text) : NULL;
+    if (cl->tail)
+        cl->tail->next = e;
+    else
+        cl->head = e;
+    cl->tail = e;
+    cl->queued++;
+    size_t bytes = entry_bytes(e);
+    cl->queued_bytes += bytes;
+    total_queued_bytes += (long long)bytes;
+    touch(cl);
+    return e;
+}
+
+/* The queue now holds an effect that is in the replication stream only once this event-loop
+ * iteration ends: its offset is read before sleep. */
+void eg_need_offset(EgClient *cl) {
+    if (!cl->unassigned) eg_mark_unassigned();
+    cl->unassigned = 1;
+    touch(cl);
+}
+
+void eg_need_target(EgClient *cl, long long target) {
+    if (target > cl->target) cl->target = target;
+}
+
+static int ready(EgClient *cl) {
+    if (cl->promise) return 0;
+    if (cl->fail) return 1;
+    return !cl->unassigned && cl->target <= eg_committed;
+}
+
+static void emit(VkCtx *ctx, EgClient *cl) {
+    for (EgEntry *e = cl->head; e; e = e->next) {
+        if (cl->fail) {
+            char buf[512];
+            snprintf(buf, sizeof buf, "UNKNOWN %s; the outcome of this command is unknown", cl->fail);
+            Vk_ReplyWithError(ctx, buf);
+            stat_failed++;
+            continue;
+        }
+        switch (e->kind) {
+        case EG_CALL: Vk_ReplyWithCallReply(ctx, e->reply); break;
+        case EG_ERROR: Vk_ReplyWithError(ctx, e->text); break;
+        case EG_STATUS: Vk_ReplyWithSimpleString(ctx, e->text); break;
+        case EG_NULLARR: Vk_ReplyWithNullArray(ctx); break;
+        case EG_EXEC:
+            Vk_ReplyWithArray(ctx, (long)e->nitems);
+            for (size_t i = 0; i < e->nitems; i++) {
+                if (e->items[i])
+                    Vk_ReplyWithCallReply(ctx, e->items[i]);
+                else
+                    Vk_ReplyWithError(ctx, "ERR engram: the command could not be run");
+            }
+            break;
+        case EG_PENDING: Vk_ReplyWithError(ctx, "ERR engram: a blocking command lost its reply"); break;
+        }
+        stat_emitted++;
+    }
+    free_queue(cl);
+}
+
+static int on_reply(VkCtx *ctx, VkString **argv, int argc) {
+    (void)argv;
+    (void)argc;
+    EgTicket *t = Vk_GetBlockedClientPrivateData(ctx);
+    if (t && t->client) emit(ctx, t->client);
+    return VK_OK;
+}
+
+/* No acknowledgement within the commit timeout: the writes ran, their commit is unknown. */
+static int on_timeout(VkCtx *ctx, VkString **argv, int argc) {
+    (void)argv;
+    (void)argc;
+    EgTicket *t = Vk_GetBlockedClientPrivateData(ctx);
+    EgClient *cl = t ? t->client : NULL;
+    if (!cl) return VK_OK;
+    stat_timeouts++;
+    if (!cl->fail) {
+        char buf[128];
+        snprintf(buf, sizeof buf, "commit not confirmed by the journal within %lld ms", eg_commit_timeout_ms);
+        cl->fail = eg_strdup(buf);
+    }
+    if (cl->promise) {
+        Vk_CallReplyPromiseAbort(cl->promise, NULL);
+        Vk_FreeCallReply(cl->promise);
+        cl->promise = NULL;
+        cl->promise_entry = NULL;
+    }
+    emit(ctx, cl);
+    remove_blocked(cl);
+    cl->ticket = NULL;
+    t->client = NULL;
+    /* A client blocked without keys is freed only through UnblockClient, even after a timeout. */
+    Vk_UnblockClient(t->bc, t);
+    return VK_OK;
+}
+
+static void on_free(VkCtx *ctx, void *privdata) {
+    (void)ctx;
+    EgTicket *t = privdata;
+    if (!t) return;
+    EgClient *cl = t->client;
+    if (cl && cl->ticket == t) {
+        cl->ticket = NULL;
+        if (cl->dead) free_client(cl);
+    }
+    Vk_Free(t);
+}
+
+/* The client went away while blocked: the server calls this before it frees the client, and
+ * the blocked handle is released only by UnblockClient. */
+static void on_disconnect(VkCtx *ctx, VkBlockedClient *bc) {
+    (void)ctx;
+    EgTicket *t = Vk_BlockClientGetPrivateData(bc);
+    EgClient *cl = t ? t->client : NULL;
+    if (!cl) return;
+    if (cl->promise) {
+        Vk_CallReplyPromiseAbort(cl->promise, NULL);
+        Vk_FreeCallReply(cl->promise);
+        cl->promise = NULL;
+        cl->promise_entry = NULL;
+    }
+    remove_blocked(cl);
+    free_queue(cl);
+    t->client = NULL;
+    cl->ticket = NULL;
+    if (cl->dead) free_client(cl);
+    Vk_UnblockClient(bc, t);
+}
+
+static void block(VkCtx *ctx, EgClient *cl, long long timeout_ms) {
+    EgTicket *t = Vk_Calloc(1, sizeof(*t));
+    t->client = cl;
+    t->bc = Vk_BlockClient(ctx, on_reply, on_timeout, on_free, timeout_ms);
+    /* The timeout and disconnect paths find the ticket here; UnblockClient passes it again. */
+    Vk_BlockClientSetPrivateData(t->bc, t);
+    cl->ticket = t;
+    Vk_SetDisconnectCallback(t->bc, on_disconnect);
+    push(&blocked, &n_blocked, &cap_blocked, cl);
+    stat_blocks++;
+}
+
+/* Bytes of this client's input that no command has consumed yet. */
+static long long input_left(VkCtx *ctx, EgClient *cl) {
+    if (cl->netin_iter != eg_iter) {
+        VkCallReply *r = Vk_Call(ctx, "CLIENT", "ccl", "LIST", "ID", (long long)cl->id);
+        size_t len = 0;
+        const char *p = r ? Vk_CallReplyStringPtr(r, &len) : NULL;
+        const char *q = p ? strstr(p, " tot-net-in=") : NULL;
+        cl->netin = q ? atoll(q + 12) : cl->consumed;
+        if (r) Vk_FreeCallReply(r);
+        cl->netin_iter = eg_iter;
+    }
+    long long left = cl->netin - cl->consumed;
+    if (left < 0) { /* inline commands are shorter than the bytes counted for them */
+        cl->consumed = cl->netin;
+        left = 0;
+    }
+    return left;
+}
+
+/* After a reply joined the queue: return without replying while more of the client's input
+ * waits (Valkey runs the next command), block when this command ends the input. */
+int eg_finish(VkCtx *ctx, EgClient *cl) {
+    if (!cl->head) return VK_OK;
+    int over_cap = cl->queued_bytes > (size_t)eg_max_queued_bytes || cl->queued >= EG_MAX_QUEUED_ENTRIES ||
+                   total_queued_bytes > EG_MAX_TOTAL_QUEUED_BYTES;
+    if (input_left(ctx, cl) > 0) {
+        if (!over_cap) return VK_OK;
+        stat_early++;
+    }
+    if (ready(cl)) {
+        emit(ctx, cl);
+        return VK_OK;
+    }
+    block(ctx, cl, eg_commit_timeout_ms);
+    return VK_OK;
+}
+
+/* A blocking command (BLPOP...) blocked on Call's client: the real client blocks now, and the
+ * command's reply fills its place in the queue when it comes. */
+static void on_promise(VkCtx *ctx, VkCallReply *reply, void *privdata) {
+    (void)ctx;
+    unsigned long long id = (unsigned long long)(uintptr_t)privdata;
+    EgClient *cl = eg_client(id, 0);
+    if (!cl || !cl->promise || !cl->promise_entry) {
+        Vk_FreeCallReply(reply);
+        return;
+    }
+    EgEntry *e = cl->promise_entry;
+    e->kind = EG_CALL;
+    e->reply = reply;
+    /* The module owns the promise handle: it is freed before sleep, not inside its handler. */
+    cl->promise_entry = NULL;
+    eg_need_offset(cl); /* the command may have written (BLPOP pops) */
+}
+
+int eg_block_for_promise(VkCtx *ctx, EgClient *cl, VkCallReply *promise) {
+    cl->promise = promise;
+    cl->promise_entry = eg_queue(cl, EG_PENDING, NULL, NULL);
+    Vk_CallReplyPromiseSetUnblockHandler(promise, on_promise, (void *)(uintptr_t)cl->id);
+    /* The blocking command has its own timeout; the commit timeout starts once it returned. */
+    block(ctx, cl, 0);
+    return VK_OK;
+}
+
+void eg_release_ready(void) {
+    for (size_t i = 0; i < n_blocked;) {
+        EgClient *cl = blocked[i];
+        if (cl->ticket && ready(cl)) {
+            blocked[i] = blocked[--n_blocked];
+            EgTicket *t = cl->ticket;
+            cl->ticket = NULL;
+            Vk_UnblockClient(t->bc, t);
+            continue;
+        }
+        i++;
+    }
+}
+
+/* ENGRAM.STEPDOWN: every queued reply fails now; blocked clients are released at once. */
+void eg_fail_all(const char *reason) {
+    if (!clients) return;
+    for (size_t i = 0; i < n_blocked; i++) {
+        EgClient *cl = blocked[i];
+        if (!cl->fail) cl->fail = eg_strdup(reason);
+        if (cl->promise) {
+            Vk_CallReplyPromiseAbort(cl->promise, NULL);
+            Vk_FreeCallReply(cl->promise);
+            cl->promise = NULL;
+            cl->promise_entry = NULL;
+        }
+    }
+    /* Clients in the middle of a pipeline fail when their batch ends. */
+    for (size_t i = 0; i < n_touched; i++) {
+        EgClient *cl = touched[i];
+        if (cl->head && !cl->fail) cl->fail = eg_strdup(reason);
+    }
+    eg_release_ready();
+}
+
+void eg_before_sleep_clients(VkCtx *ctx, long long offset) {
+    (void)ctx;
+    for (size_t i = 0; i < n_touched; i++) {
+        EgClient *cl = touched[i];
+        cl->touched = 0;
+        if (cl->promise && !cl->promise_entry) {
+            Vk_FreeCallReply(cl->promise); /* its reply already joined the queue */
+            cl->promise = NULL;
+        }
+        if (cl->unassigned) {
+            cl->unassigned = 0;
+            if (offset > cl->target) cl->target = offset;
+        }
+        if (cl->dead && !cl->ticket) {
+            free_client(cl);
+            continue;
+        }
+    }
+    n_touched = 0;
+}
+
+/* The client disconnected (server event). A blocked client is cleaned up by on_disconnect. */
+void eg_client_gone(unsigned long long id) {
+    if (!clients) return;
+    EgClient *cl = Vk_DictGetC(clients, &id, sizeof(id), NULL);
+    if (!cl) return;
+    Vk_DictDelC(clients, &id, sizeof(id), NULL);
+    if (last_client == cl) last_client = NULL;
+    cl->dead = 1;
+    if (cl->ticket) return; /* on_disconnect or on_free finishes it */
+    if (cl->touched) {
+        free_queue(cl); /* the before-sleep visit frees the rest */
+        return;
+    }
+    free_client(cl);
+}
+
+void eg_replies_stats(long long *n_clients, long long *n_block, long long *n_queued) {
+    *n_clients = clients ? (long long)Vk_DictSize(clients) : 0;
+    *n_block = (long long)n_blocked;
+    *n_queued = total_queued_bytes;
+}
