@@ -482,6 +482,8 @@ class Node:
         log.warning("node %s steps down: %s", self.config.node_id, reason)
         self.role = Role.REPLICA  # admission refuses from this instant
         metrics.ROLE.set(0)
+        if self.committer is not None:
+            self.committer.close()
         for task in self._tasks:
             task.cancel()
         self._tasks = []

@@ -90,6 +90,7 @@ class Committer:
         self._checksum_due = False
         self._last_checksum = time.monotonic()
         self._stopping = False
+        self._closed = False
 
     # -- input from the tap ------------------------------------------------------------------
 
@@ -133,7 +134,7 @@ class Committer:
         completer = asyncio.get_running_loop().create_task(self._complete())
         renew_every = self.lease_seconds / 4
         try:
-            while self.fenced is None:
+            while self.fenced is None and not self._closed:
                 if completer.done():
                     completer.result()
                 now = time.monotonic()
@@ -154,8 +155,12 @@ class Committer:
                         continue
                 self._wake.clear()
                 timeout = max(0.0, renew_every - (time.monotonic() - self._last_sent))
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel that
+                # arrives as the wake-up fires, and a committer that outlives its primary term
+                # would go on renewing a lease nobody serves under.
                 try:
-                    await asyncio.wait_for(self._wake.wait(), timeout)
+                    async with asyncio.timeout(timeout):
+                        await self._wake.wait()
                 except TimeoutError:
                     pass
         finally:
@@ -163,7 +168,8 @@ class Committer:
             for flight in self._inflight:
                 if flight.result is not None:
                     flight.result.cancel()
-        raise self.fenced
+        if self.fenced is not None:
+            raise self.fenced
 
     async def _send_batch(self) -> None:
         # Everything buffered ends at a transaction boundary (checked by the caller).
@@ -276,6 +282,11 @@ class Committer:
         self._on_committed(seq, time.monotonic() - flight.first_sent_at)
         if not self._parts and not self._inflight and not self._in_tx:
             self.tap.ack(self._stream_offset)
+
+    def close(self) -> None:
+        """End this primary term: run() returns and nothing more is appended."""
+        self._closed = True
+        self._wake.set()
 
     def renew_now(self) -> None:
         """Send a lease renewal at once (a node handed leadership has no lease yet)."""
