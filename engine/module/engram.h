@@ -19,6 +19,7 @@ typedef struct VkBlockedClient VkBlockedClient;
 typedef struct VkFilterCtx VkFilterCtx;
 typedef struct VkFilter VkFilter;
 typedef struct VkDict VkDict;
+typedef struct VkDictIter VkDictIter;
 
 #define VK_OK 0
 #define VK_ERR 1
@@ -135,6 +136,9 @@ typedef int (*VkApplyFunc)(VkCtx *ctx, void *privdata, VkString **err);
     X(int, DictReplaceC, (VkDict * d, void *key, size_t keylen, void *ptr))                        \
     X(void *, DictGetC, (VkDict * d, void *key, size_t keylen, int *nokey))                        \
     X(int, DictDelC, (VkDict * d, void *key, size_t keylen, void *oldval))                         \
+    X(VkDictIter *, DictIteratorStartC, (VkDict * d, const char *op, void *key, size_t keylen))    \
+    X(void *, DictNextC, (VkDictIter * it, size_t *keylen, void **data))                           \
+    X(void, DictIteratorStop, (VkDictIter * it))                                                   \
     X(int, RegisterNumericConfig,                                                                  \
       (VkCtx * ctx, const char *name, long long dflt, unsigned int flags, long long min,           \
        long long max, VkGetNumericFunc get, VkSetNumericFunc set, VkApplyFunc apply, void *priv))  \
@@ -243,6 +247,7 @@ void eg_before_sleep_clients(VkCtx *ctx, long long offset);
 void eg_client_gone(unsigned long long id);
 int eg_block_for_promise(VkCtx *ctx, EgClient *cl, VkCallReply *promise);
 void eg_replies_stats(long long *clients, long long *blocked, long long *queued);
+int eg_reply_clients(VkCtx *ctx);
 void eg_free_tx(EgClient *cl);
 
 /* dirty.c */

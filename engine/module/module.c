@@ -277,7 +277,9 @@ static int cmd_tx(VkCtx *ctx, VkString **argv, int argc) {
     }
     if (cl->in_tx && (cls & EG_CMD_NO_MULTI)) {
         /* MULTI and WATCH inside MULTI included: refused, and the transaction is aborted. */
-        eg_queue(cl, EG_ERROR, NULL, "ERR Command not allowed inside a transaction");
+        char buf[128];
+        snprintf(buf, sizeof buf, "ERR Command '%s' not allowed inside a transaction", name);
+        eg_queue(cl, EG_ERROR, NULL, buf);
         cl->tx_abort = 1;
         return eg_finish(ctx, cl);
     }
@@ -382,6 +384,12 @@ static int cmd_info(VkCtx *ctx, VkString **argv, int argc) {
                      eg_active, eg_committed, eg_dirty_count(), n_clients, n_blocked, queued_bytes,
                      eg_commit_timeout_ms);
     return Vk_ReplyWithStringBuffer(ctx, buf, (size_t)n);
+}
+
+static int cmd_clients(VkCtx *ctx, VkString **argv, int argc) {
+    (void)argv;
+    if (argc != 1) return Vk_WrongArity(ctx);
+    return eg_reply_clients(ctx);
 }
 
 /* ---- Server events ---------------------------------------------------------------------- */
@@ -496,6 +504,7 @@ int ValkeyModule_OnLoad(VkCtx *ctx, VkString **argv, int argc) {
         {"engram.stepdown", cmd_stepdown, "admin fast"},
         {"engram.committimeout", cmd_committimeout, "admin fast"},
         {"engram.info", cmd_info, "readonly fast"},
+        {"engram.clients", cmd_clients, "readonly"},
     };
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (Vk_CreateCommand(ctx, commands[i].name, commands[i].fn, commands[i].flags, 0, 0, 0) != VK_OK)

@@ -335,11 +335,14 @@ void eg_release_ready(void) {
     }
 }
 
-/* ENGRAM.STEPDOWN: every queued reply fails now; blocked clients are released at once. */
+/* ENGRAM.STEPDOWN: every queued reply fails; blocked clients are released at once, clients in
+ * the middle of a pipeline when their batch ends. */
 void eg_fail_all(const char *reason) {
     if (!clients) return;
-    for (size_t i = 0; i < n_blocked; i++) {
-        EgClient *cl = blocked[i];
+    VkDictIter *it = Vk_DictIteratorStartC(clients, "^", NULL, 0);
+    EgClient *cl;
+    while (Vk_DictNextC(it, NULL, (void **)&cl)) {
+        if (!cl->head) continue;
         if (!cl->fail) cl->fail = eg_strdup(reason);
         if (cl->promise) {
             Vk_CallReplyPromiseAbort(cl->promise, NULL);
@@ -348,12 +351,25 @@ void eg_fail_all(const char *reason) {
             cl->promise_entry = NULL;
         }
     }
-    /* Clients in the middle of a pipeline fail when their batch ends. */
-    for (size_t i = 0; i < n_touched; i++) {
-        EgClient *cl = touched[i];
-        if (cl->head && !cl->fail) cl->fail = eg_strdup(reason);
-    }
+    Vk_DictIteratorStop(it);
     eg_release_ready();
+}
+
+/* ENGRAM.CLIENTS: [id, queued replies, blocked] for every client the module tracks. */
+int eg_reply_clients(VkCtx *ctx) {
+    long n = clients ? (long)Vk_DictSize(clients) : 0;
+    Vk_ReplyWithArray(ctx, n);
+    if (!n) return VK_OK;
+    VkDictIter *it = Vk_DictIteratorStartC(clients, "^", NULL, 0);
+    EgClient *cl;
+    while (Vk_DictNextC(it, NULL, (void **)&cl)) {
+        Vk_ReplyWithArray(ctx, 3);
+        Vk_ReplyWithLongLong(ctx, (long long)cl->id);
+        Vk_ReplyWithLongLong(ctx, (long long)cl->queued);
+        Vk_ReplyWithLongLong(ctx, cl->ticket != NULL);
+    }
+    Vk_DictIteratorStop(it);
+    return VK_OK;
 }
 
 void eg_before_sleep_clients(VkCtx *ctx, long long offset) {

@@ -64,6 +64,10 @@ class Conn:
         out, self.replies = self.replies[:count], self.replies[count:]
         return out
 
+    async def read_after(self, command: tuple[Any, ...], count: int = 1) -> list[Any]:
+        self.send(command)
+        return await self.read(count)
+
     async def call(self, *args: Any) -> Any:
         self.send(args)
         return (await self.read(1))[0]
@@ -151,6 +155,10 @@ async def valkey(*extra: str, module: bool = True) -> AsyncIterator[str]:
     proc: subprocess.Popen[bytes] = await start_valkey(socket, str(tmp), args)
     try:
         yield socket
+    except BaseException:
+        # The server's log says why a scenario failed (a crash report, a refused command...).
+        print(f"--- valkey.log ---\n{(tmp / 'valkey.log').read_text(errors='replace')[-6000:]}")
+        raise
     finally:
         proc.kill()
         proc.wait()
