@@ -1,0 +1,107 @@
+"""Random pipelines give exactly Valkey's replies, in order, while every write waits for its ack."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import hiredis
+import pytest
+
+from tests.module.harness import Conn, attached_tap, run, valkey
+
+pytestmark = pytest.mark.integration
+
+
+def _command(rng: random.Random, prefix: str) -> tuple[Any, ...]:
+    key = f"{prefix}:{rng.randrange(4)}"
+    choices: list[tuple[Any, ...]] = [
+        ("SET", key, rng.randrange(100)),
+        ("GET", key),
+        ("INCR", key),
+        ("LPUSH", key, "x"),
+        ("DEL", key),
+        ("EXISTS", key),
+        ("APPEND", key, "z"),
+        ("PING",),
+        ("ECHO", "hi"),
+        ("NOSUCHCOMMAND", key),
+        ("GET",),
+        ("MGET", key, f"{prefix}:0"),
+    ]
+    return rng.choice(choices)
+
+
+def _steps(seed: int, prefix: str) -> list[list[tuple[Any, ...]]]:
+    rng = random.Random(seed)
+    steps = []
+    for _ in range(25):
+        step = [_command(rng, prefix) for _ in range(rng.choice([1, 1, 2, 5, 16, 40]))]
+        if rng.random() < 0.2:
+            step = [("MULTI",), *step[:4], ("EXEC",)]
+        steps.append(step)
+    return steps
+
+
+async def _play(socket: str, steps: list[list[tuple[Any, ...]]]) -> list[Any]:
+    client = await Conn.open(socket)
+    out: list[Any] = []
+    for step in steps:
+        client.send(*step)
+        out += [_comparable(r) for r in await client.read(len(step))]
+    client.close()
+    return out
+
+
+def _comparable(reply: Any) -> Any:
+    if isinstance(reply, hiredis.ReplyError):
+        return ("error", str(reply))
+    if isinstance(reply, list):
+        return [_comparable(r) for r in reply]
+    return reply
+
+
+def test_random_pipelines_from_concurrent_clients_match_plain_valkey() -> None:
+    clients = 6
+    plans = [_steps(seed, f"c{seed}") for seed in range(clients)]
+
+    async def scenario() -> None:
+        async with valkey(module=False) as socket:
+            expected = [await _play(socket, plan) for plan in plans]
+        async with valkey() as socket, attached_tap(socket, auto=True):
+            # Clients use their own keys, so running them at once keeps each one's replies fixed.
+            got = await asyncio.gather(*[_play(socket, plan) for plan in plans])
+        for mine, theirs in zip(got, expected, strict=True):
+            assert mine == theirs
+
+    run(scenario, timeout=60)
+
+
+def test_clients_that_leave_mid_pipeline_do_not_disturb_the_others() -> None:
+    async def scenario() -> None:
+        async with valkey() as socket, attached_tap(socket, auto=True):
+            async def leaver(n: int) -> None:
+                client = await Conn.open(socket)
+                client.send(*[("SET", f"l{n}:{i}", i) for i in range(200)])
+                await asyncio.sleep(0)
+                client.close()
+
+            steady = await Conn.open(socket)
+            for round_ in range(10):
+                await asyncio.gather(*[leaver(round_ * 10 + n) for n in range(5)])
+                steady.send(*[("INCR", "steady") for _ in range(10)])
+                assert await steady.read(10) == list(range(round_ * 10 + 1, round_ * 10 + 11))
+            assert await steady.call("ENGRAM.CLIENTS") is not None
+
+    run(scenario, timeout=60)
+
+
+def test_inline_commands_still_get_their_replies_in_order() -> None:
+    async def scenario() -> None:
+        async with valkey() as socket, attached_tap(socket, auto=True):
+            client = await Conn.open(socket)
+            client.send_raw(b"SET a 1\r\nINCR a\r\nGET a\r\nPING\r\n")
+            assert await client.read(4) == [b"OK", 2, b"2", b"PONG"]
+
+    run(scenario)
