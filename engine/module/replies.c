@@ -110,6 +110,12 @@ static void free_client(EgClient *cl) {
     Vk_Free(cl);
 }
 
+/* A disconnected client's record goes once nothing points at it: no blocked handle, and not on
+ * the list visited before sleep (a client can be freed in the iteration it queued a reply). */
+static void free_if_unused(EgClient *cl) {
+    if (cl->dead && !cl->ticket && !cl->touched) free_client(cl);
+}
+
 EgEntry *eg_queue(EgClient *cl, EgKind kind, VkCallReply *reply, const char *text) {
     EgEntry *e = Vk_Calloc(1, sizeof(*e));
     e->kind = kind;
@@ -219,7 +225,7 @@ static void on_free(VkCtx *ctx, void *privdata) {
     EgClient *cl = t->client;
     if (cl && cl->ticket == t) {
         cl->ticket = NULL;
-        if (cl->dead) free_client(cl);
+        free_if_unused(cl);
     }
     Vk_Free(t);
 }
@@ -241,7 +247,7 @@ static void on_disconnect(VkCtx *ctx, VkBlockedClient *bc) {
     free_queue(cl);
     t->client = NULL;
     cl->ticket = NULL;
-    if (cl->dead) free_client(cl);
+    free_if_unused(cl);
     Vk_UnblockClient(bc, t);
 }
 
@@ -385,10 +391,7 @@ void eg_before_sleep_clients(VkCtx *ctx, long long offset) {
             cl->unassigned = 0;
             if (offset > cl->target) cl->target = offset;
         }
-        if (cl->dead && !cl->ticket) {
-            free_client(cl);
-            continue;
-        }
+        free_if_unused(cl);
     }
     n_touched = 0;
 }
@@ -401,12 +404,9 @@ void eg_client_gone(unsigned long long id) {
     Vk_DictDelC(clients, &id, sizeof(id), NULL);
     if (last_client == cl) last_client = NULL;
     cl->dead = 1;
-    if (cl->ticket) return; /* on_disconnect or on_free finishes it */
-    if (cl->touched) {
-        free_queue(cl); /* the before-sleep visit frees the rest */
-        return;
-    }
-    free_client(cl);
+    if (cl->ticket) return; /* on_disconnect finishes it */
+    free_queue(cl);
+    free_if_unused(cl);
 }
 
 void eg_replies_stats(long long *n_clients, long long *n_block, long long *n_queued) {
