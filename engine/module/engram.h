@@ -246,7 +246,10 @@ void eg_fail_all(const char *reason);
 void eg_before_sleep_clients(VkCtx *ctx, long long offset);
 void eg_client_gone(unsigned long long id);
 int eg_block_for_promise(VkCtx *ctx, EgClient *cl, VkCallReply *promise);
-void eg_replies_stats(long long *clients, long long *blocked, long long *queued);
+typedef struct EgStats {
+    long long clients, blocked, queued_bytes, blocks, early_blocks, emitted, timeouts, failed;
+} EgStats;
+void eg_replies_stats(EgStats *stats);
 int eg_reply_clients(VkCtx *ctx);
 void eg_free_tx(EgClient *cl);
 

@@ -375,14 +375,16 @@ static int cmd_committimeout(VkCtx *ctx, VkString **argv, int argc) {
 static int cmd_info(VkCtx *ctx, VkString **argv, int argc) {
     (void)argv;
     if (argc != 1) return Vk_WrongArity(ctx);
-    long long n_clients, n_blocked, queued_bytes;
-    eg_replies_stats(&n_clients, &n_blocked, &queued_bytes);
-    char buf[512];
+    EgStats st;
+    eg_replies_stats(&st);
+    char buf[1024];
     int n = snprintf(buf, sizeof buf,
                      "active:%d\r\ncommitted_offset:%lld\r\ndirty_keys:%lld\r\ntracked_clients:%lld\r\n"
-                     "blocked_clients:%lld\r\nqueued_reply_bytes:%lld\r\ncommit_timeout_ms:%lld\r\n",
-                     eg_active, eg_committed, eg_dirty_count(), n_clients, n_blocked, queued_bytes,
-                     eg_commit_timeout_ms);
+                     "blocked_clients:%lld\r\nqueued_reply_bytes:%lld\r\ncommit_timeout_ms:%lld\r\n"
+                     "blocks:%lld\r\nearly_blocks:%lld\r\nreplies_released:%lld\r\ncommit_timeouts:%lld\r\n"
+                     "replies_failed:%lld\r\n",
+                     eg_active, eg_committed, eg_dirty_count(), st.clients, st.blocked, st.queued_bytes,
+                     eg_commit_timeout_ms, st.blocks, st.early_blocks, st.emitted, st.timeouts, st.failed);
     return Vk_ReplyWithStringBuffer(ctx, buf, (size_t)n);
 }
 

@@ -409,8 +409,13 @@ void eg_client_gone(unsigned long long id) {
     free_if_unused(cl);
 }
 
-void eg_replies_stats(long long *n_clients, long long *n_block, long long *n_queued) {
-    *n_clients = clients ? (long long)Vk_DictSize(clients) : 0;
-    *n_block = (long long)n_blocked;
-    *n_queued = total_queued_bytes;
+void eg_replies_stats(EgStats *s) {
+    s->clients = clients ? (long long)Vk_DictSize(clients) : 0;
+    s->blocked = (long long)n_blocked;
+    s->queued_bytes = total_queued_bytes;
+    s->blocks = stat_blocks;
+    s->early_blocks = stat_early;
+    s->emitted = stat_emitted;
+    s->timeouts = stat_timeouts;
+    s->failed = stat_failed;
 }

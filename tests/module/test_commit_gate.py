@@ -27,7 +27,8 @@ def test_a_write_reply_arrives_only_after_the_tap_acknowledges_it() -> None:
 def test_sixteen_pipelined_writes_get_sixteen_replies_in_order_after_one_ack() -> None:
     async def scenario() -> None:
         async with valkey() as socket, attached_tap(socket) as tap:
-            client = await Conn.open(socket)
+            client, admin = await Conn.open(socket), await Conn.open(socket)
+            blocks = _info(await admin.call("ENGRAM.INFO"))["blocks"]
             client.send(*[("INCR", "counter") for _ in range(16)])
             await tap.wait_for_command(b"INCR", 16)  # all ran at once: nothing waited per write
             await settle(socket)
@@ -35,6 +36,8 @@ def test_sixteen_pipelined_writes_get_sixteen_replies_in_order_after_one_ack() -
             tap.ack()
             assert await client.read(16) == list(range(1, 17))
             assert tap.acks == 1
+            # Only the batch's last command blocked the client.
+            assert int(_info(await admin.call("ENGRAM.INFO"))["blocks"]) == int(blocks) + 1
 
     run(scenario)
 
@@ -93,6 +96,10 @@ def test_replies_of_a_client_without_writes_are_not_held() -> None:
             assert await client.read(3) == [None, b"PONG", 0]
 
     run(scenario)
+
+
+def _info(text: bytes) -> dict[str, str]:
+    return dict(line.split(":", 1) for line in text.decode().splitlines() if ":" in line)
 
 
 def _comparable(replies: list[object]) -> list[object]:
