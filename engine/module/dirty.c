@@ -90,13 +90,15 @@ int eg_dirty_any(void) {
 /* The offset a read of these arguments must wait for; *unassigned when a key was written in
  * this event-loop iteration, whose offset is known only before sleep. */
 long long eg_dirty_target(VkString **argv, int argc, int *unassigned) {
-    long long target = 0;
-    if (flush_unassigned) *unassigned = 1;
-    if (flush_target > eg_committed) target = flush_target;
-    if (!oldest) return target;
     int nkeys = 0, *flags = NULL;
     int *pos = Vk_GetCommandKeysWithFlags(NULL, argv, argc, &nkeys, &flags);
-    for (int i = 0; pos && i < nkeys; i++) {
+    long long target = 0;
+    /* Commands without keys (PING, DBSIZE, SCAN...) are not held: see docs/data-path.md. */
+    if (nkeys > 0) {
+        if (flush_unassigned) *unassigned = 1;
+        if (flush_target > eg_committed) target = flush_target;
+    }
+    for (int i = 0; oldest && pos && i < nkeys; i++) {
         size_t len;
         const char *k = Vk_StringPtrLen(argv[pos[i]], &len);
         EgDirty *d = Vk_DictGetC(dirty, (void *)k, len, NULL);

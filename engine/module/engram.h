@@ -197,6 +197,8 @@ struct EgClient {
     int unassigned;        /* the queue holds effects whose offset is known only before sleep */
     int touched;           /* on the list visited before sleep */
     int dead;              /* disconnected; freed once no ticket refers to it */
+    int recount;           /* the byte count may include bytes that held no command */
+    long long fail_at;     /* monotonic ms: commit timeout of a queue behind a blocking command */
     char *fail;            /* step-down reason: the queue fails instead of waiting */
     EgTicket *ticket;      /* set while the client is blocked */
     VkCallReply *promise;  /* a blocking command running on the module's behalf */
@@ -234,6 +236,7 @@ char *eg_strdup(const char *s);
 
 /* filter.c */
 void eg_filter(VkFilterCtx *f);
+int eg_is_reply_mode_change(VkString **argv, int argc);
 
 /* replies.c */
 EgClient *eg_client(unsigned long long id, int create);
@@ -241,6 +244,7 @@ EgEntry *eg_queue(EgClient *cl, EgKind kind, VkCallReply *reply, const char *tex
 void eg_need_offset(EgClient *cl);
 void eg_need_target(EgClient *cl, long long target);
 int eg_finish(VkCtx *ctx, EgClient *cl);
+long long eg_now_ms(void);
 void eg_release_ready(void);
 void eg_fail_all(const char *reason);
 void eg_before_sleep_clients(VkCtx *ctx, long long offset);

@@ -189,10 +189,15 @@ static int cmd_native(VkCtx *ctx, VkString **argv, int argc) {
     size_t len;
     const char *cmd = Vk_StringPtrLen(argv[1], &len);
     lower(name, sizeof name, cmd, len);
-    snprintf(buf, sizeof buf,
-             "ERR engram: '%s' cannot follow pipelined commands whose replies wait for a commit; "
-             "send it after their replies arrive",
-             name);
+    if (eg_is_reply_mode_change(argv + 1, argc - 1))
+        snprintf(buf, sizeof buf,
+                 "ERR engram: CLIENT REPLY OFF and SKIP are not supported; replies wait for their "
+                 "commit and are sent in order");
+    else
+        snprintf(buf, sizeof buf,
+                 "ERR engram: '%s' cannot follow pipelined commands whose replies wait for a commit; "
+                 "send it after their replies arrive",
+                 name);
     eg_queue(cl, EG_ERROR, NULL, buf);
     return eg_finish(ctx, cl);
 }

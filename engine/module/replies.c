@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "engram.h"
 
@@ -23,6 +24,14 @@ static long long stat_blocks, stat_emitted, stat_timeouts, stat_failed, stat_ear
  * limits nor maxmemory-clients see them: past these, a client blocks before its input ends. */
 #define EG_MAX_QUEUED_ENTRIES 4096
 #define EG_MAX_TOTAL_QUEUED_BYTES (256LL << 20)
+/* The shortest complete command in RESP: "*1\r\n$1\r\nX\r\n". */
+#define EG_MIN_COMMAND_BYTES 11
+
+long long eg_now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 static void push(EgClient ***arr, size_t *n, size_t *cap, EgClient *cl) {
     if (*n == *cap) {
@@ -99,6 +108,7 @@ static void free_queue(EgClient *cl) {
     cl->queued_bytes = 0;
     cl->target = 0;
     cl->unassigned = 0;
+    cl->fail_at = 0;
     Vk_Free(cl->fail);
     cl->fail = NULL;
 }
@@ -288,10 +298,13 @@ int eg_finish(VkCtx *ctx, EgClient *cl) {
     if (!cl->head) return VK_OK;
     int over_cap = cl->queued_bytes > (size_t)eg_max_queued_bytes || cl->queued >= EG_MAX_QUEUED_ENTRIES ||
                    total_queued_bytes > EG_MAX_TOTAL_QUEUED_BYTES;
-    if (input_left(ctx, cl) > 0) {
-        if (!over_cap) return VK_OK;
-        stat_early++;
-    }
+    long long left = input_left(ctx, cl);
+    if (left >= EG_MIN_COMMAND_BYTES && !over_cap) return VK_OK;
+    if (left >= EG_MIN_COMMAND_BYTES) stat_early++;
+    /* Fewer bytes than any command: the start of one still arriving, or bytes that hold no
+     * command at all (an empty "*0" array). Waiting for a command that never comes would strand
+     * the queue, so the client blocks now, and its count is checked again before sleep. */
+    if (left > 0) cl->recount = 1;
     if (ready(cl)) {
         emit(ctx, cl);
         return VK_OK;
@@ -378,22 +391,70 @@ int eg_reply_clients(VkCtx *ctx) {
     return VK_OK;
 }
 
+/* Set the byte count to what the server has read, when nothing of this client's input waits
+ * to be parsed: bytes that carried no command are forgotten. Returns 0 when it must wait. */
+static int recount(VkCtx *ctx, EgClient *cl) {
+    VkCallReply *r = Vk_Call(ctx, "CLIENT", "ccl", "LIST", "ID", (long long)cl->id);
+    size_t len = 0;
+    const char *p = r ? Vk_CallReplyStringPtr(r, &len) : NULL;
+    const char *netin = p ? strstr(p, " tot-net-in=") : NULL;
+    const char *qbuf = p ? strstr(p, " qbuf=") : NULL;
+    const char *argv_mem = p ? strstr(p, " argv-mem=") : NULL;
+    int done = 0;
+    /* Before sleep qbuf holds only unparsed bytes, and argv-mem the arguments of a command
+     * parsed in part: both 0 means every byte read so far was consumed. */
+    if (netin && qbuf && argv_mem && atoll(qbuf + 6) == 0 && atoll(argv_mem + 10) == 0) {
+        cl->consumed = atoll(netin + 12);
+        done = 1;
+    } else if (!p) {
+        done = 1; /* the client is gone */
+    }
+    if (r) Vk_FreeCallReply(r);
+    return done;
+}
+
 void eg_before_sleep_clients(VkCtx *ctx, long long offset) {
-    (void)ctx;
-    for (size_t i = 0; i < n_touched; i++) {
+    size_t n = n_touched, carried = 0;
+    n_touched = 0;
+    for (size_t i = 0; i < n; i++) {
         EgClient *cl = touched[i];
         cl->touched = 0;
         if (cl->promise && !cl->promise_entry) {
             Vk_FreeCallReply(cl->promise); /* its reply already joined the queue */
             cl->promise = NULL;
+            /* The commit timeout starts now that the blocking command has answered. */
+            cl->fail_at = eg_now_ms() + eg_commit_timeout_ms;
         }
         if (cl->unassigned) {
             cl->unassigned = 0;
             if (offset > cl->target) cl->target = offset;
         }
+        /* A blocked client's parsed commands wait in a queue no counter shows: recount later. */
+        int stranded = cl->head && !cl->ticket && !cl->dead;
+        if ((cl->recount || stranded) && !cl->ticket && !cl->dead) {
+            if (recount(ctx, cl)) cl->recount = 0;
+        }
+        if (cl->recount && !cl->dead) {
+            touched[carried++] = cl; /* visited again next time */
+            cl->touched = 1;
+            continue;
+        }
         free_if_unused(cl);
     }
-    n_touched = 0;
+    n_touched = carried;
+    /* Clients blocked on a blocking command have no server-side commit timeout. */
+    long long now = -1;
+    for (size_t i = 0; i < n_blocked; i++) {
+        EgClient *cl = blocked[i];
+        if (!cl->fail_at || cl->fail) continue;
+        if (now < 0) now = eg_now_ms();
+        if (now >= cl->fail_at) {
+            char buf[128];
+            snprintf(buf, sizeof buf, "commit not confirmed by the journal within %lld ms", eg_commit_timeout_ms);
+            cl->fail = eg_strdup(buf);
+            stat_timeouts++;
+        }
+    }
 }
 
 /* The client disconnected (server event). A blocked client is cleaned up by on_disconnect. */

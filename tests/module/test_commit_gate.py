@@ -104,3 +104,36 @@ def _info(text: bytes) -> dict[str, str]:
 
 def _comparable(replies: list[object]) -> list[object]:
     return [("error", str(r)) if isinstance(r, hiredis.ReplyError) else r for r in replies]
+
+
+def test_after_an_uncommitted_flushall_every_read_waits() -> None:
+    async def scenario() -> None:
+        async with valkey() as socket, attached_tap(socket) as tap:
+            seed = await Conn.open(socket)
+            seed.send(("SET", "k", "v"))
+            await tap.wait_for_command(b"SET")
+            tap.ack()
+            assert await seed.read(1) == [b"OK"]
+            seed.send(("FLUSHALL",))
+            await tap.wait_for_command(b"FLUSHALL")
+            reader = await Conn.open(socket)
+            reader.send(("GET", "k"))
+            await settle(socket)
+            assert reader.arrived() == 0
+            tap.ack()
+            assert await reader.read(1) == [None]
+
+    run(scenario)
+
+
+def test_a_blocking_pop_whose_write_is_never_acknowledged_fails_after_the_commit_timeout() -> None:
+    async def scenario() -> None:
+        async with valkey("--engram.commit-timeout-ms", "300") as socket, attached_tap(socket) as tap:
+            popper, pusher = await Conn.open(socket), await Conn.open(socket)
+            popper.send(("BLPOP", "q", "0"))
+            pusher.send(("RPUSH", "q", "job"))
+            await tap.wait_for_stream(lambda cs: any(c.args[0].lower() == b"lpop" for c in cs))
+            (reply,) = await popper.read(1)
+            assert str(reply).startswith("UNKNOWN commit not confirmed by the journal within 300 ms")
+
+    run(scenario)

@@ -9,7 +9,7 @@ from typing import Any
 import hiredis
 import pytest
 
-from tests.module.harness import Conn, attached_tap, run, valkey
+from tests.module.harness import Conn, attached_tap, run, settle, valkey
 
 pytestmark = pytest.mark.integration
 
@@ -103,5 +103,34 @@ def test_inline_commands_still_get_their_replies_in_order() -> None:
             client = await Conn.open(socket)
             client.send_raw(b"SET a 1\r\nINCR a\r\nGET a\r\nPING\r\n")
             assert await client.read(4) == [b"OK", 2, b"2", b"PONG"]
+
+    run(scenario)
+
+
+def test_an_empty_array_after_a_write_does_not_strand_its_reply() -> None:
+    async def scenario() -> None:
+        async with valkey() as socket, attached_tap(socket, auto=True):
+            client = await Conn.open(socket)
+            client.send_raw(b"*3\r\n$3\r\nSET\r\n$1\r\nb\r\n$1\r\n1\r\n*0\r\n")
+            assert await client.read(1) == [b"OK"]
+            # Bytes that held no command are forgotten: the next pipeline is counted right.
+            client.send(("INCR", "b"), ("INCR", "b"))
+            assert await client.read(2) == [2, 3]
+
+    run(scenario)
+
+
+def test_many_empty_arrays_delay_replies_only_until_the_next_command() -> None:
+    async def scenario() -> None:
+        async with valkey() as socket, attached_tap(socket, auto=True):
+            client = await Conn.open(socket)
+            # 16 bytes that hold no command look like more input: the replies wait (a known limit,
+            # see docs/data-path.md) until the client's next command, and then all come in order.
+            client.send_raw(b"*3\r\n$3\r\nSET\r\n$1\r\nb\r\n$1\r\n1\r\n" + b"*0\r\n" * 4)
+            await settle(socket)
+            client.send(("GET", "b"))
+            assert await client.read(2) == [b"OK", b"1"]
+            client.send(("INCR", "b"), ("INCR", "b"))
+            assert await client.read(2) == [2, 3]
 
     run(scenario)

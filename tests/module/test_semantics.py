@@ -200,3 +200,16 @@ def test_select_behind_queued_replies_switches_the_client_database_in_order() ->
          ("SELECT", "0"), ("GET", "k")],
     ])
     assert engram == plain
+
+
+def test_client_reply_off_and_skip_are_refused_clearly() -> None:
+    async def scenario() -> None:
+        async with valkey() as socket, attached_tap(socket, auto=True):
+            client = await Conn.open(socket)
+            for mode in ("OFF", "SKIP"):
+                reply = await client.call("CLIENT", "REPLY", mode)
+                assert str(reply).startswith("ERR engram: CLIENT REPLY OFF and SKIP are not supported")
+            assert await client.call("CLIENT", "REPLY", "ON") == b"OK"
+            assert await client.call("SET", "k", "v") == b"OK"
+
+    run(scenario)
