@@ -124,3 +124,25 @@ def test_queued_replies_past_the_cap_block_the_client_early_and_all_still_arrive
             assert replies == [b"OK"] * 40 + [value.encode()] * 40
 
     run(scenario)
+
+
+def test_becoming_a_replica_fails_held_replies_and_the_module_stops_holding() -> None:
+    async def scenario() -> None:
+        async with valkey() as socket, attached_tap(socket) as tap:
+            client = await Conn.open(socket)
+            client.send(("SET", "k", "v"))
+            await tap.wait_for_command(b"SET")
+            admin = await Conn.open(socket)
+            # A primary that cannot be reached: Valkey becomes a replica at once, and itself
+            # disconnects blocked clients with -UNBLOCKED (the node sends ENGRAM.STEPDOWN first,
+            # so its clients get UNKNOWN and keep their connection).
+            assert await admin.call("REPLICAOF", "127.0.0.1", "1") == b"OK"
+            (reply,) = await client.read(1)
+            assert isinstance(reply, hiredis.ReplyError)
+            assert str(reply).startswith(("UNBLOCKED ", "UNKNOWN this node became a replica"))
+            state = _info(await admin.call("ENGRAM.INFO"))
+            assert (state["active"], state["blocked_clients"], state["queued_reply_bytes"]) == ("0", "0", "0")
+            # Replicas hold nothing: reads are Valkey's own.
+            assert await admin.call("GET", "k") == b"v"
+
+    run(scenario)
