@@ -178,6 +178,7 @@ typedef struct EgClient EgClient;
 typedef struct EgTicket {
     EgClient *client;
     VkBlockedClient *bc;
+    int released; /* UnblockClient was called: the reply callback and free are to come */
 } EgTicket;
 
 typedef struct EgTxCommand {

@@ -224,6 +224,7 @@ static int on_timeout(VkCtx *ctx, VkString **argv, int argc) {
     cl->ticket = NULL;
     t->client = NULL;
     /* A client blocked without keys is freed only through UnblockClient, even after a timeout. */
+    t->released = 1;
     Vk_UnblockClient(t->bc, t);
     return VK_OK;
 }
@@ -258,7 +259,8 @@ static void on_disconnect(VkCtx *ctx, VkBlockedClient *bc) {
     t->client = NULL;
     cl->ticket = NULL;
     free_if_unused(cl);
-    Vk_UnblockClient(bc, t);
+    /* Already released (its reply callback was still to run): the handle is on its way out. */
+    if (!t->released) Vk_UnblockClient(bc, t);
 }
 
 static void block(VkCtx *ctx, EgClient *cl, long long timeout_ms) {
@@ -343,11 +345,12 @@ int eg_block_for_promise(VkCtx *ctx, EgClient *cl, VkCallReply *promise) {
 void eg_release_ready(void) {
     for (size_t i = 0; i < n_blocked;) {
         EgClient *cl = blocked[i];
-        if (cl->ticket && ready(cl)) {
+        if (cl->ticket && !cl->ticket->released && ready(cl)) {
             blocked[i] = blocked[--n_blocked];
-            EgTicket *t = cl->ticket;
-            cl->ticket = NULL;
-            Vk_UnblockClient(t->bc, t);
+            /* The ticket stays on the client until the server frees it: the client can still
+             * disconnect before its reply callback runs, and must not be freed under it. */
+            cl->ticket->released = 1;
+            Vk_UnblockClient(cl->ticket->bc, cl->ticket);
             continue;
         }
         i++;
@@ -361,7 +364,8 @@ void eg_fail_all(const char *reason) {
     VkDictIter *it = Vk_DictIteratorStartC(clients, "^", NULL, 0);
     EgClient *cl;
     while (Vk_DictNextC(it, NULL, (void **)&cl)) {
-        if (!cl->head) continue;
+        /* A released queue was committed: its replies are already on their way. */
+        if (!cl->head || (cl->ticket && cl->ticket->released)) continue;
         if (!cl->fail) cl->fail = eg_strdup(reason);
         if (cl->promise) {
             Vk_CallReplyPromiseAbort(cl->promise, NULL);
