@@ -24,8 +24,8 @@ def _run(coro):
     return asyncio.run(asyncio.wait_for(coro, 60))
 
 
-def _data(payload: bytes, epoch: int = 1) -> Entry:
-    return Entry(EntryType.DATA, epoch, "n1", payload)
+def _data(payload: bytes, epoch: int = 1, term_seq: int = 0) -> Entry:
+    return Entry(EntryType.DATA, epoch, "n1", payload, term_seq=term_seq)
 
 
 def _set(key: str, value: str) -> bytes:
@@ -123,7 +123,9 @@ def test_journal_survives_the_loss_of_one_server(nats_journal) -> None:
 async def _applier_against(
     nats_urls: list[str], shard: int, tmp: str, cluster_id: str = CLUSTER_ID
 ) -> tuple[Journal, Applier, object]:
+    """A replica's applier over a provisioned stream whose entry 2 makes n1 leader of epoch 1."""
     journal = await _provisioned(nats_urls, "ap", shard)
+    await journal.append(Entry(EntryType.LEADER, 1, "n1", address="x:1"), 1, f"lead-{shard}")
     socket = f"{tmp}/v.sock"
     proc = await start_valkey(socket, tmp, [])
     applier = Applier(journal, socket, lambda entry: True, cluster_id)
@@ -134,13 +136,13 @@ def test_replica_applies_data_and_halts_on_an_entry_from_a_newer_engine(nats_jou
     async def scenario() -> None:
         journal, applier, proc = await _applier_against(nats_journal.urls, 0, str(short_tmp))
         try:
-            await journal.append(_data(_set("a", "1")), 1, "e1")
-            newer = _data(_set("b", "2"))
+            await journal.append(_data(_set("a", "1"), term_seq=1), 2, "e1")
+            newer = _data(_set("b", "2"), term_seq=2)
             newer.version = (99, 0, 0)
-            await journal.append(newer, 2, "e2")
+            await journal.append(newer, 3, "e2")
             with pytest.raises(ApplyHalted, match="newer than this node"):
                 await applier.run()
-            assert applier.applied_seq == 2
+            assert applier.applied_seq == 3
             assert "99.0.0" in applier.halted
             conn = await ValkeyConnection.open(f"{short_tmp}/v.sock")
             assert await conn.execute("GET", "a") == b"1"
@@ -158,14 +160,14 @@ def test_replica_halts_when_the_running_checksum_disagrees(nats_journal, short_t
         journal, applier, proc = await _applier_against(nats_journal.urls, 1, str(short_tmp))
         try:
             payload = _set("k", "v")
-            await journal.append(_data(payload), 1, "c1")
+            await journal.append(_data(payload, term_seq=1), 2, "c1")
             good = zlib.crc32(payload)
-            await journal.append(Entry(EntryType.CHECKSUM, 1, "n1", checksum=good), 2, "c2")
-            await journal.append(_data(_set("k", "w")), 3, "c3")
-            await journal.append(Entry(EntryType.CHECKSUM, 1, "n1", checksum=good), 4, "c4")
-            with pytest.raises(ApplyHalted, match="checksum mismatch at entry 5"):
+            await journal.append(Entry(EntryType.CHECKSUM, 1, "n1", checksum=good, term_seq=2), 3, "c2")
+            await journal.append(_data(_set("k", "w"), term_seq=3), 4, "c3")
+            await journal.append(Entry(EntryType.CHECKSUM, 1, "n1", checksum=good, term_seq=4), 5, "c4")
+            with pytest.raises(ApplyHalted, match="checksum mismatch at entry 6"):
                 await applier.run()
-            assert applier.applied_seq == 4
+            assert applier.applied_seq == 5
         finally:
             proc.kill()
             await journal.close()
@@ -207,7 +209,7 @@ def test_replica_halts_on_a_stream_provisioned_for_another_cluster(nats_journal,
     async def scenario() -> None:
         journal, applier, proc = await _applier_against(nats_journal.urls, 2, str(short_tmp), "stranger")
         try:
-            await journal.append(_data(_set("a", "1")), 1, "x1")
+            await journal.append(_data(_set("a", "1"), term_seq=1), 2, "x1")
             with pytest.raises(ApplyHalted, match="provisioned for cluster id 'c0ffee'"):
                 await applier.run()
             assert applier.applied_seq == 0 and not applier.identity_verified
@@ -222,12 +224,47 @@ def test_replica_halts_when_a_leadership_epoch_goes_backwards(nats_journal, shor
     async def scenario() -> None:
         journal, applier, proc = await _applier_against(nats_journal.urls, 3, str(short_tmp))
         try:
-            await journal.append(Entry(EntryType.LEADER, 5, "n1", address="x:1"), 1, "l1")
-            await journal.append(_data(_set("a", "1"), epoch=5), 2, "l2")
-            await journal.append(Entry(EntryType.LEADER, 1, "n0", address="x:2"), 3, "l3")
+            await journal.append(Entry(EntryType.LEADER, 5, "n1", address="x:1"), 2, "l1")
+            await journal.append(_data(_set("a", "1"), epoch=5, term_seq=1), 3, "l2")
+            await journal.append(Entry(EntryType.LEADER, 1, "n0", address="x:2"), 4, "l3")
             with pytest.raises(ApplyHalted, match="epoch 1, not above the epoch 5"):
                 await applier.run()
-            assert applier.applied_seq == 3 and applier.identity_verified
+            assert applier.applied_seq == 4 and applier.identity_verified
+        finally:
+            proc.kill()
+            await journal.close()
+
+    _run(scenario())
+
+
+def test_replica_applies_only_the_gap_free_chain_of_the_current_term(nats_journal, short_tmp) -> None:
+    """Entries a refused pipeline left behind another node's entry are skipped, not applied."""
+
+    async def scenario() -> None:
+        journal, _, proc = await _applier_against(nats_journal.urls, 4, str(short_tmp))
+        seen: list[int] = []
+
+        def on_entry(entry: Entry) -> bool:
+            seen.append(entry.seq)
+            return entry.seq < 8
+
+        applier = Applier(journal, f"{short_tmp}/v.sock", on_entry, CLUSTER_ID)
+        try:
+            await journal.append(_data(_set("a", "1"), epoch=1, term_seq=1), 2, "t1")
+            await journal.append(Entry(EntryType.LEADER, 2, "n2", address="x:2"), 3, "t2")
+            # The deposed leader's pipelined leftover, landed behind the campaign.
+            await journal.append(_data(_set("a", "stale"), epoch=1, term_seq=2), 4, "t3")
+            # The new leader's second append, landed although its first was refused: a gap.
+            await journal.append(_data(_set("a", "gap"), epoch=2, term_seq=2), 5, "t4")
+            await journal.append(Entry(EntryType.LEADER, 3, "n3", address="x:3"), 6, "t5")
+            await journal.append(_data(_set("b", "1"), epoch=3, term_seq=1), 7, "t6")
+            await applier.run()
+            assert applier.applied_seq == 8 and applier.skipped == 2
+            assert 5 not in seen and 6 not in seen
+            conn = await ValkeyConnection.open(f"{short_tmp}/v.sock")
+            assert await conn.execute("GET", "a") == b"1"
+            assert await conn.execute("GET", "b") == b"1"
+            conn.close()
         finally:
             proc.kill()
             await journal.close()

@@ -19,6 +19,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js import api
 from nats.js.client import JetStreamContext
 
+from engram.journal.acks import AckInbox, Reply
 from engram.journal.entries import Entry, EntryType
 from engram.journal.errors import (
     Fenced,
@@ -47,16 +48,21 @@ def stream_name(cluster: str, shard: int) -> str:
     return f"ENGRAM_{cluster}_{shard}"
 
 
+def _refusal(code: int, err_code: int, description: str, expected: int | None) -> JournalError:
+    """A refusal from the journal as our error type (Fenced for a failed condition)."""
+    if err_code == WRONG_LAST_SEQUENCE:
+        match = _LAST_SEQ_IN_MESSAGE.search(description or "")
+        return Fenced(expected or 0, int(match[1]) if match else None)
+    if code == 503 or err_code in (10008, 10077):
+        return NoQuorum(f"journal stream unavailable: {description}")
+    return JournalError(f"journal refused the request: {description} (code {err_code})")
+
+
 def _translate(exc: BaseException, expected: int | None) -> JournalError:
     if isinstance(exc, JournalError):
         return exc
     if isinstance(exc, nats.js.errors.APIError):
-        if exc.err_code == WRONG_LAST_SEQUENCE:
-            match = _LAST_SEQ_IN_MESSAGE.search(exc.description or "")
-            return Fenced(expected or 0, int(match[1]) if match else None)
-        if exc.code == 503 or exc.err_code in (10008, 10077):
-            return NoQuorum(f"journal stream unavailable: {exc.description}")
-        return JournalError(f"journal refused the request: {exc.description} (code {exc.err_code})")
+        return _refusal(exc.code or 0, exc.err_code or 0, exc.description or "", expected)
     if isinstance(exc, (asyncio.TimeoutError, nats.errors.TimeoutError)):
         return JournalTimeout("journal did not answer in time (no quorum or servers unreachable)")
     if isinstance(exc, (nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError)):
@@ -118,13 +124,16 @@ class Journal:
         self.stream = stream_name(cluster, shard)
         self.shard = shard
         self._cluster = cluster
+        self._acks = AckInbox(nc)
         self.subject = f"engram.{cluster}.{shard}"
         self.replicas = replicas
         self.timeout = timeout
 
     def for_shard(self, shard: int) -> Journal:
         """The journal of another shard of the same cluster, sharing this connection."""
-        return Journal(self._nc, self._cluster, shard, self.replicas, self.timeout)
+        journal = Journal(self._nc, self._cluster, shard, self.replicas, self.timeout)
+        journal._acks = self._acks
+        return journal
 
     @property
     def jetstream(self) -> JetStreamContext:
@@ -271,7 +280,10 @@ class Journal:
         are never reused: an id that names an older append would pass an old entry off as new.
         """
         if isinstance(error, Fenced) and error.actual is not None and error.actual > error.expected:
-            entry = await self.get(error.expected + 1)
+            try:
+                entry = await self.get(error.expected + 1)
+            except JournalError:
+                raise error from None  # unproven is not landed: fenced is the safe answer
             if entry is not None and entry.msg_id == msg_id:
                 return Appended(entry.seq, earlier=True)
         raise error
@@ -282,21 +294,28 @@ class Journal:
         """Send an append now; the returned awaitable yields its sequence.
 
         Sends happen in call order, so a single writer can keep several conditional appends in
-        flight (the stream leader checks against the last proposed sequence).
+        flight (the stream leader checks against the last proposed sequence). The condition names
+        a position, not an entry: once an earlier append of the writer is refused, a later one can
+        land behind another writer's entry. Replicas skip such entries (see the applier's term
+        chain), and the writer steps down on the refusal.
         """
         try:
-            future = await self._js.publish_async(
-                self.subject, entry.payload, headers=self._headers(entry, expected_last_seq, msg_id)
+            future = await self._acks.send(
+                self.subject, entry.payload, self._headers(entry, expected_last_seq, msg_id)
             )
         except Exception as exc:
             raise _translate(exc, expected_last_seq) from exc
 
         async def _wait() -> Appended:
             try:
-                ack = await asyncio.wait_for(future, timeout or self.timeout)
+                async with asyncio.timeout(timeout or self.timeout):
+                    reply: Reply = await future
             except Exception as exc:
                 return await self._landed_or_raise(_translate(exc, expected_last_seq), msg_id)
-            return Appended(ack.seq, earlier=bool(ack.duplicate))
+            if reply.refused:
+                error = _refusal(reply.code, reply.err_code, reply.description, expected_last_seq)
+                return await self._landed_or_raise(error, msg_id)
+            return Appended(reply.seq, earlier=reply.duplicate)
 
         # A task, so that an abandoned append can be cancelled rather than left unawaited.
         return asyncio.get_running_loop().create_task(_wait())

@@ -21,6 +21,8 @@ H_MORE = "Engram-More"
 # The genesis entry names the cluster and shard the stream belongs to.
 H_CLUSTER_ID = "Engram-Cluster-Id"
 H_SHARD = "Engram-Shard"
+# An entry's place in its leader's term: 1, 2, 3... after the term's leadership entry.
+H_TERM_SEQ = "Engram-Term-Seq"
 
 
 class EntryType(enum.StrEnum):
@@ -62,6 +64,9 @@ class Entry:
     # Entries after this one already in the stream when it was delivered (replica lag).
     pending: int = 0
     more: bool = False
+    # Place in the leader's term (DATA, LEASE, CHECKSUM): replicas apply a term's entries only
+    # as a gap-free chain 1, 2, 3..., so an entry of a refused pipeline never counts.
+    term_seq: int = 0
     # GENESIS only: the unique id of the cluster and the shard this stream belongs to.
     cluster_id: str = ""
     shard: int = -1
@@ -69,6 +74,8 @@ class Entry:
     def headers(self) -> dict[str, str]:
         h = {H_TYPE: self.type.value, H_VERSION: format_version(self.version), H_EPOCH: str(self.epoch)}
         h[H_NODE] = self.node
+        if self.term_seq:
+            h[H_TERM_SEQ] = str(self.term_seq)
         if self.type is EntryType.DATA:
             h[H_DB] = str(self.db)
             if self.more:
@@ -102,6 +109,7 @@ class Entry:
                 msg_id=h.get("Nats-Msg-Id", ""),
                 source=h.get(H_FROM, ""),
                 more=h.get(H_MORE) == "1",
+                term_seq=int(h.get(H_TERM_SEQ, "0")),
                 cluster_id=h.get(H_CLUSTER_ID, ""),
                 shard=int(h.get(H_SHARD, "-1")),
             )

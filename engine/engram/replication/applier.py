@@ -45,6 +45,9 @@ class Applier:
         self.identity_verified = False
         # The epoch of the last leadership entry applied: epochs only ever grow in one history.
         self.leader_epoch = 0
+        # The next place in the current leader's term chain; entries off the chain are skipped.
+        self.term_next = 1
+        self.skipped = 0
         self._conn: ValkeyConnection | None = None
         self._partial: list[bytes] = []
 
@@ -54,6 +57,7 @@ class Applier:
         self.halted = ""
         self.identity_verified = False
         self.leader_epoch = 0
+        self.term_next = 1
         self._partial = []
 
     async def run(self) -> None:
@@ -70,6 +74,9 @@ class Applier:
                     )
                 if not self.identity_verified:
                     self._check_identity(entry)
+                if not self._in_chain(entry):
+                    self.applied_seq = entry.seq  # a position passed, nothing applied
+                    continue
                 if entry.type is EntryType.DATA:
                     await self._apply(entry)
                 elif entry.type is EntryType.LEADER:
@@ -79,6 +86,7 @@ class Applier:
                             f"epoch {self.leader_epoch} before it: the stream holds two histories"
                         )
                     self.leader_epoch = entry.epoch
+                    self.term_next = 1
                     # Pieces of a batch whose leader died before its last piece: never acknowledged.
                     self._partial = []
                 elif entry.type is EntryType.CHECKSUM and entry.checksum != self.checksum:
@@ -92,6 +100,27 @@ class Applier:
         finally:
             self._conn.close()
             self._conn = None
+
+    def _in_chain(self, entry: Entry) -> bool:
+        """Whether the entry continues the current leader's term without a gap.
+
+        A leader pipelines conditional appends. When one is refused because another node's entry
+        took its place, the ones behind it can still land after that entry: a deposed leader's
+        leftovers behind a new leader's campaign, or a new leader's own appends behind such
+        leftovers. They carry an old epoch or skip a place in the term; applying them would mix
+        two histories (seen as a checksum mismatch that halted every replica). Their writer was
+        refused, steps down, and acknowledged none of them.
+        """
+        if entry.type in (EntryType.GENESIS, EntryType.LEADER):
+            return True
+        if entry.epoch == self.leader_epoch and entry.term_seq == self.term_next:
+            self.term_next += 1
+            return True
+        self.skipped += 1
+        log.info("skipping entry %d (epoch %d, place %d in its term): not next in the term of epoch %d, "
+                 "which expects place %d", entry.seq, entry.epoch, entry.term_seq, self.leader_epoch,
+                 self.term_next)
+        return False
 
     def _check_identity(self, entry: Entry) -> None:
         if entry.seq != 1:

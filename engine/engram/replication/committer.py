@@ -195,6 +195,7 @@ class Committer:
 
     async def _send(self, entry: Entry, end_offset: int) -> None:
         msg_id = self._next_msg_id()
+        entry.term_seq = self._counter
         expected = self.next_expected
         self.next_expected += 1
         now = time.monotonic()
