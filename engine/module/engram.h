@@ -232,8 +232,12 @@ extern long long eg_iter;             /* event-loop iteration, for per-iteration
 extern int eg_active;                 /* primary role: the module holds replies */
 extern VkString *eg_wrap_write, *eg_wrap_read, *eg_wrap_tx, *eg_wrap_native, *eg_wrap_select;
 int eg_command_class(const char *name, size_t len, VkString *sub);
-void *eg_alloc(size_t n);
 char *eg_strdup(const char *s);
+size_t eg_lower(char *out, size_t cap, const char *s, size_t len);
+
+/* tx.c */
+int eg_cmd_tx(VkCtx *ctx, VkString **argv, int argc);
+void eg_free_tx(EgClient *cl);
 
 /* filter.c */
 void eg_filter(VkFilterCtx *f);
@@ -256,7 +260,6 @@ typedef struct EgStats {
 } EgStats;
 void eg_replies_stats(EgStats *stats);
 int eg_reply_clients(VkCtx *ctx);
-void eg_free_tx(EgClient *cl);
 
 /* dirty.c */
 void eg_dirty_init(void);

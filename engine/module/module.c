@@ -35,10 +35,6 @@ int vk_resolve_api(VkCtx *ctx) {
     return missing ? VK_ERR : VK_OK;
 }
 
-void *eg_alloc(size_t n) {
-    return Vk_Alloc(n);
-}
-
 char *eg_strdup(const char *s) {
     size_t n = strlen(s) + 1;
     char *p = Vk_Alloc(n);
@@ -48,7 +44,7 @@ char *eg_strdup(const char *s) {
 
 /* ---- The command table ------------------------------------------------------------------ */
 
-static size_t lower(char *out, size_t cap, const char *s, size_t len) {
+size_t eg_lower(char *out, size_t cap, const char *s, size_t len) {
     if (len >= cap) len = cap - 1;
     for (size_t i = 0; i < len; i++) out[i] = (char)tolower((unsigned char)s[i]);
     out[len] = 0;
@@ -57,7 +53,7 @@ static size_t lower(char *out, size_t cap, const char *s, size_t len) {
 
 static void add_class(const char *name, size_t len, int cls) {
     char buf[128];
-    size_t n = lower(buf, sizeof buf, name, len);
+    size_t n = eg_lower(buf, sizeof buf, name, len);
     intptr_t old = (intptr_t)Vk_DictGetC(command_classes, buf, n, NULL);
     int merged = (old ? (int)old - 1 : 0) | cls;
     Vk_DictReplaceC(command_classes, buf, n, (void *)(intptr_t)(merged + 1));
@@ -114,7 +110,7 @@ static void load_command_table(VkCtx *ctx) {
 
 int eg_command_class(const char *name, size_t len, VkString *sub) {
     char buf[160];
-    size_t n = lower(buf, 64, name, len);
+    size_t n = eg_lower(buf, 64, name, len);
     intptr_t cls = (intptr_t)Vk_DictGetC(command_classes, buf, n, NULL);
     if (!cls) return 0;
     int result = (int)cls - 1;
@@ -122,7 +118,7 @@ int eg_command_class(const char *name, size_t len, VkString *sub) {
         size_t sublen;
         const char *s = Vk_StringPtrLen(sub, &sublen);
         buf[n] = '|';
-        size_t m = n + 1 + lower(buf + n + 1, sizeof buf - n - 1, s, sublen);
+        size_t m = n + 1 + eg_lower(buf + n + 1, sizeof buf - n - 1, s, sublen);
         intptr_t subcls = (intptr_t)Vk_DictGetC(command_classes, buf, m, NULL);
         if (subcls) result = ((int)subcls - 1) | (result & EG_CMD_NATIVE);
     }
@@ -188,7 +184,7 @@ static int cmd_native(VkCtx *ctx, VkString **argv, int argc) {
     char name[64];
     size_t len;
     const char *cmd = Vk_StringPtrLen(argv[1], &len);
-    lower(name, sizeof name, cmd, len);
+    eg_lower(name, sizeof name, cmd, len);
     if (eg_is_reply_mode_change(argv + 1, argc - 1))
         snprintf(buf, sizeof buf,
                  "ERR engram: CLIENT REPLY OFF and SKIP are not supported; replies wait for their "
@@ -214,132 +210,6 @@ static int cmd_select(VkCtx *ctx, VkString **argv, int argc) {
         eg_queue(cl, EG_ERROR, NULL, "ERR DB index is out of range");
     else
         eg_queue(cl, EG_STATUS, NULL, "OK");
-    return eg_finish(ctx, cl);
-}
-
-void eg_free_tx(EgClient *cl) {
-    for (int i = 0; i < cl->tx_n; i++) {
-        for (int j = 0; j < cl->tx[i].argc; j++) Vk_FreeString(NULL, cl->tx[i].argv[j]);
-        Vk_Free(cl->tx[i].argv);
-    }
-    Vk_Free(cl->tx);
-    cl->tx = NULL;
-    cl->tx_n = cl->tx_cap = 0;
-    cl->in_tx = cl->tx_abort = 0;
-}
-
-static void end_tx(EgClient *cl) {
-    eg_free_tx(cl);
-    eg_watch_clear(cl);
-}
-
-static void run_tx(VkCtx *ctx, EgClient *cl) {
-    EgEntry *e = eg_queue(cl, EG_EXEC, NULL, NULL);
-    e->items = Vk_Calloc((size_t)(cl->tx_n ? cl->tx_n : 1), sizeof(*e->items));
-    /* Call inside one command: the server propagates the effects wrapped in MULTI/EXEC. */
-    for (int i = 0; i < cl->tx_n; i++) {
-        const char *cmd = Vk_StringPtrLen(cl->tx[i].argv[0], NULL);
-        VkCallReply *r = Vk_Call(ctx, cmd, "!0ECv", cl->tx[i].argv + 1, (size_t)(cl->tx[i].argc - 1));
-        e->items[e->nitems++] = r;
-    }
-    eg_need_offset(cl);
-}
-
-/* ENGRAM.TX <command> ...: MULTI, EXEC, DISCARD, WATCH, UNWATCH and commands queued in a
- * transaction, emulated so that EXEC's reply can wait for the commit like any other. */
-static int cmd_tx(VkCtx *ctx, VkString **argv, int argc) {
-    if (argc < 2) return Vk_WrongArity(ctx);
-    EgClient *cl = eg_client(Vk_GetClientId(ctx), 1);
-    size_t len;
-    const char *cmd = Vk_StringPtrLen(argv[1], &len);
-    char name[32];
-    lower(name, sizeof name, cmd, len);
-    int cls = eg_command_class(cmd, len, argc > 2 ? argv[2] : NULL);
-    if (!strcmp(name, "exec") || !strcmp(name, "discard")) {
-        int exec = name[0] == 'e';
-        if (argc != 2) {
-            eg_queue(cl, EG_ERROR, NULL,
-                     exec ? "ERR wrong number of arguments for 'exec' command"
-                          : "ERR wrong number of arguments for 'discard' command");
-            if (cl->in_tx) cl->tx_abort = 1;
-        } else if (!cl->in_tx) {
-            eg_queue(cl, EG_ERROR, NULL, exec ? "ERR EXEC without MULTI" : "ERR DISCARD without MULTI");
-        } else if (!exec) {
-            end_tx(cl);
-            eg_queue(cl, EG_STATUS, NULL, "OK");
-        } else if (cl->tx_abort) {
-            end_tx(cl);
-            eg_queue(cl, EG_ERROR, NULL, "EXECABORT Transaction discarded because of previous errors.");
-        } else if (eg_watch_broken(cl)) {
-            end_tx(cl);
-            eg_queue(cl, EG_NULLARR, NULL, NULL);
-        } else {
-            eg_watch_clear(cl);
-            run_tx(ctx, cl);
-            eg_free_tx(cl);
-        }
-        return eg_finish(ctx, cl);
-    }
-    if (cl->in_tx && (cls & EG_CMD_NO_MULTI)) {
-        /* MULTI and WATCH inside MULTI included: refused, and the transaction is aborted. */
-        char buf[128];
-        snprintf(buf, sizeof buf, "ERR Command '%s' not allowed inside a transaction", name);
-        eg_queue(cl, EG_ERROR, NULL, buf);
-        cl->tx_abort = 1;
-        return eg_finish(ctx, cl);
-    }
-    if (!strcmp(name, "multi") && !cl->in_tx) {
-        if (argc != 2) {
-            eg_queue(cl, EG_ERROR, NULL, "ERR wrong number of arguments for 'multi' command");
-        } else {
-            cl->in_tx = 1;
-            cl->tx_abort = 0;
-            eg_queue(cl, EG_STATUS, NULL, "OK");
-        }
-        return eg_finish(ctx, cl);
-    }
-    if (!strcmp(name, "watch") && !cl->in_tx) {
-        if (argc < 3) {
-            eg_queue(cl, EG_ERROR, NULL, "ERR wrong number of arguments for 'watch' command");
-        } else {
-            int db = Vk_GetSelectedDb(ctx);
-            for (int i = 2; i < argc; i++) eg_watch_add(cl, db, argv[i]);
-            eg_queue(cl, EG_STATUS, NULL, "OK");
-        }
-        return eg_finish(ctx, cl);
-    }
-    if (!strcmp(name, "unwatch") && !cl->in_tx) {
-        if (argc != 2) {
-            eg_queue(cl, EG_ERROR, NULL, "ERR wrong number of arguments for 'unwatch' command");
-        } else {
-            eg_watch_clear(cl);
-            eg_queue(cl, EG_STATUS, NULL, "OK");
-        }
-        return eg_finish(ctx, cl);
-    }
-    /* A command queued inside the transaction: a dry run reports now what the server would
-     * refuse while queueing (unknown command, arity, ACL), which aborts the transaction. */
-    VkCallReply *dry = Vk_Call(ctx, cmd, "DECv", argv + 2, (size_t)(argc - 2));
-    if (dry && Vk_CallReplyType(dry) == VK_REPLY_ERROR) {
-        cl->tx_abort = 1;
-        eg_queue(cl, EG_CALL, dry, NULL);
-        return eg_finish(ctx, cl);
-    }
-    if (dry) Vk_FreeCallReply(dry);
-    if (!cl->tx_abort) {
-        if (cl->tx_n == cl->tx_cap) {
-            cl->tx_cap = cl->tx_cap ? cl->tx_cap * 2 : 8;
-            cl->tx = Vk_Realloc(cl->tx, sizeof(*cl->tx) * (size_t)cl->tx_cap);
-        }
-        EgTxCommand *c = &cl->tx[cl->tx_n++];
-        c->argc = argc - 1;
-        c->argv = Vk_Alloc(sizeof(*c->argv) * (size_t)c->argc);
-        for (int i = 0; i < c->argc; i++) {
-            Vk_RetainString(NULL, argv[1 + i]);
-            c->argv[i] = argv[1 + i];
-        }
-    }
-    eg_queue(cl, EG_STATUS, NULL, "QUEUED");
     return eg_finish(ctx, cl);
 }
 
@@ -507,7 +377,7 @@ int ValkeyModule_OnLoad(VkCtx *ctx, VkString **argv, int argc) {
         {"engram.r", cmd_call, "readonly"},
         {"engram.x", cmd_native, "readonly fast"},
         {"engram.select", cmd_select, "readonly fast"},
-        {"engram.tx", cmd_tx, "may-replicate"},
+        {"engram.tx", eg_cmd_tx, "may-replicate"},
         {"engram.stepdown", cmd_stepdown, "admin fast"},
         {"engram.committimeout", cmd_committimeout, "admin fast"},
         {"engram.info", cmd_info, "readonly fast"},

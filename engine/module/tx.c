@@ -1,0 +1,135 @@
+/* MULTI, EXEC, DISCARD, WATCH and UNWATCH, emulated in the module.
+ *
+ * Valkey's own EXEC writes its reply at once and cannot be held; here the transaction's commands
+ * are kept by the module and EXEC runs them inside one command, so they replicate as one
+ * MULTI/EXEC block and EXEC's reply waits for their commit like any other reply. */
+#include <stdio.h>
+#include <string.h>
+
+#include "engram.h"
+
+void eg_free_tx(EgClient *cl) {
+    for (int i = 0; i < cl->tx_n; i++) {
+        for (int j = 0; j < cl->tx[i].argc; j++) Vk_FreeString(NULL, cl->tx[i].argv[j]);
+        Vk_Free(cl->tx[i].argv);
+    }
+    Vk_Free(cl->tx);
+    cl->tx = NULL;
+    cl->tx_n = cl->tx_cap = 0;
+    cl->in_tx = cl->tx_abort = 0;
+}
+
+static void end_tx(EgClient *cl) {
+    eg_free_tx(cl);
+    eg_watch_clear(cl);
+}
+
+static void run_tx(VkCtx *ctx, EgClient *cl) {
+    EgEntry *e = eg_queue(cl, EG_EXEC, NULL, NULL);
+    e->items = Vk_Calloc((size_t)(cl->tx_n ? cl->tx_n : 1), sizeof(*e->items));
+    /* Call inside one command: the server propagates the effects wrapped in MULTI/EXEC. */
+    for (int i = 0; i < cl->tx_n; i++) {
+        const char *cmd = Vk_StringPtrLen(cl->tx[i].argv[0], NULL);
+        VkCallReply *r = Vk_Call(ctx, cmd, "!0ECv", cl->tx[i].argv + 1, (size_t)(cl->tx[i].argc - 1));
+        e->items[e->nitems++] = r;
+    }
+    eg_need_offset(cl);
+}
+
+/* ENGRAM.TX <command> ...: MULTI, EXEC, DISCARD, WATCH, UNWATCH and commands queued in a
+ * transaction, emulated so that EXEC's reply can wait for the commit like any other. */
+int eg_cmd_tx(VkCtx *ctx, VkString **argv, int argc) {
+    if (argc < 2) return Vk_WrongArity(ctx);
+    EgClient *cl = eg_client(Vk_GetClientId(ctx), 1);
+    size_t len;
+    const char *cmd = Vk_StringPtrLen(argv[1], &len);
+    char name[32];
+    eg_lower(name, sizeof name, cmd, len);
+    int cls = eg_command_class(cmd, len, argc > 2 ? argv[2] : NULL);
+    if (!strcmp(name, "exec") || !strcmp(name, "discard")) {
+        int exec = name[0] == 'e';
+        if (argc != 2) {
+            eg_queue(cl, EG_ERROR, NULL,
+                     exec ? "ERR wrong number of arguments for 'exec' command"
+                          : "ERR wrong number of arguments for 'discard' command");
+            if (cl->in_tx) cl->tx_abort = 1;
+        } else if (!cl->in_tx) {
+            eg_queue(cl, EG_ERROR, NULL, exec ? "ERR EXEC without MULTI" : "ERR DISCARD without MULTI");
+        } else if (!exec) {
+            end_tx(cl);
+            eg_queue(cl, EG_STATUS, NULL, "OK");
+        } else if (cl->tx_abort) {
+            end_tx(cl);
+            eg_queue(cl, EG_ERROR, NULL, "EXECABORT Transaction discarded because of previous errors.");
+        } else if (eg_watch_broken(cl)) {
+            end_tx(cl);
+            eg_queue(cl, EG_NULLARR, NULL, NULL);
+        } else {
+            eg_watch_clear(cl);
+            run_tx(ctx, cl);
+            eg_free_tx(cl);
+        }
+        return eg_finish(ctx, cl);
+    }
+    if (cl->in_tx && (cls & EG_CMD_NO_MULTI)) {
+        /* MULTI and WATCH inside MULTI included: refused, and the transaction is aborted. */
+        char buf[128];
+        snprintf(buf, sizeof buf, "ERR Command '%s' not allowed inside a transaction", name);
+        eg_queue(cl, EG_ERROR, NULL, buf);
+        cl->tx_abort = 1;
+        return eg_finish(ctx, cl);
+    }
+    if (!strcmp(name, "multi") && !cl->in_tx) {
+        if (argc != 2) {
+            eg_queue(cl, EG_ERROR, NULL, "ERR wrong number of arguments for 'multi' command");
+        } else {
+            cl->in_tx = 1;
+            cl->tx_abort = 0;
+            eg_queue(cl, EG_STATUS, NULL, "OK");
+        }
+        return eg_finish(ctx, cl);
+    }
+    if (!strcmp(name, "watch") && !cl->in_tx) {
+        if (argc < 3) {
+            eg_queue(cl, EG_ERROR, NULL, "ERR wrong number of arguments for 'watch' command");
+        } else {
+            int db = Vk_GetSelectedDb(ctx);
+            for (int i = 2; i < argc; i++) eg_watch_add(cl, db, argv[i]);
+            eg_queue(cl, EG_STATUS, NULL, "OK");
+        }
+        return eg_finish(ctx, cl);
+    }
+    if (!strcmp(name, "unwatch") && !cl->in_tx) {
+        if (argc != 2) {
+            eg_queue(cl, EG_ERROR, NULL, "ERR wrong number of arguments for 'unwatch' command");
+        } else {
+            eg_watch_clear(cl);
+            eg_queue(cl, EG_STATUS, NULL, "OK");
+        }
+        return eg_finish(ctx, cl);
+    }
+    /* A command queued inside the transaction: a dry run reports now what the server would
+     * refuse while queueing (unknown command, arity, ACL), which aborts the transaction. */
+    VkCallReply *dry = Vk_Call(ctx, cmd, "DECv", argv + 2, (size_t)(argc - 2));
+    if (dry && Vk_CallReplyType(dry) == VK_REPLY_ERROR) {
+        cl->tx_abort = 1;
+        eg_queue(cl, EG_CALL, dry, NULL);
+        return eg_finish(ctx, cl);
+    }
+    if (dry) Vk_FreeCallReply(dry);
+    if (!cl->tx_abort) {
+        if (cl->tx_n == cl->tx_cap) {
+            cl->tx_cap = cl->tx_cap ? cl->tx_cap * 2 : 8;
+            cl->tx = Vk_Realloc(cl->tx, sizeof(*cl->tx) * (size_t)cl->tx_cap);
+        }
+        EgTxCommand *c = &cl->tx[cl->tx_n++];
+        c->argc = argc - 1;
+        c->argv = Vk_Alloc(sizeof(*c->argv) * (size_t)c->argc);
+        for (int i = 0; i < c->argc; i++) {
+            Vk_RetainString(NULL, argv[1 + i]);
+            c->argv[i] = argv[1 + i];
+        }
+    }
+    eg_queue(cl, EG_STATUS, NULL, "QUEUED");
+    return eg_finish(ctx, cl);
+}
