@@ -241,7 +241,7 @@ void eg_free_tx(EgClient *cl);
 
 /* filter.c */
 void eg_filter(VkFilterCtx *f);
-int eg_is_reply_mode_change(VkString **argv, int argc);
+int eg_is_refused_client_setting(VkString **argv, int argc);
 
 /* replies.c */
 EgClient *eg_client(unsigned long long id, int create);

@@ -41,19 +41,24 @@ static int reads_dirty_key(VkFilterCtx *f, int argc) {
     return eg_dirty_target(argv, argc, &unassigned) > eg_committed || unassigned;
 }
 
-/* CLIENT REPLY OFF|SKIP: the server would drop replies as they are written, but queued replies
- * are written later, after the flag has changed; refused until the module tracks the mode. */
-int eg_is_reply_mode_change(VkString **argv, int argc) {
+/* Connection settings the queue would break, refused until the module handles them:
+ * CLIENT REPLY OFF|SKIP (the server drops replies as they are written, but queued replies are
+ * written later, after the flag changed) and CLIENT TRACKING ON (an invalidation is pushed at
+ * once and could reach the client before a held read that carries the old value). */
+int eg_is_refused_client_setting(VkString **argv, int argc) {
     if (argc < 3) return 0;
     const char *cmd = Vk_StringPtrLen(argv[0], NULL), *sub = Vk_StringPtrLen(argv[1], NULL);
     const char *mode = Vk_StringPtrLen(argv[2], NULL);
-    return !strcasecmp(cmd, "client") && !strcasecmp(sub, "reply") && strcasecmp(mode, "on") != 0;
+    if (strcasecmp(cmd, "client") != 0) return 0;
+    if (!strcasecmp(sub, "reply")) return strcasecmp(mode, "on") != 0;
+    if (!strcasecmp(sub, "tracking")) return !strcasecmp(mode, "on");
+    return 0;
 }
 
-static int reply_mode_change(VkFilterCtx *f, int argc) {
+static int refused_client_setting(VkFilterCtx *f, int argc) {
     if (argc < 3) return 0;
     VkString *argv[3] = {Vk_CommandFilterArgGet(f, 0), Vk_CommandFilterArgGet(f, 1), Vk_CommandFilterArgGet(f, 2)};
-    return eg_is_reply_mode_change(argv, argc);
+    return eg_is_refused_client_setting(argv, argc);
 }
 
 void eg_filter(VkFilterCtx *f) {
@@ -76,7 +81,7 @@ void eg_filter(VkFilterCtx *f) {
     if (cl->in_tx || (cls & EG_CMD_TX)) {
         wrap(f, eg_wrap_tx);
     } else if (cls & EG_CMD_NATIVE) {
-        if (pending || reply_mode_change(f, argc)) wrap(f, eg_wrap_native);
+        if (pending || refused_client_setting(f, argc)) wrap(f, eg_wrap_native);
     } else if (cls & EG_CMD_SELECT) {
         if (pending) wrap(f, eg_wrap_select);
     } else if (cls & EG_CMD_WRITE) {

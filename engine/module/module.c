@@ -185,10 +185,15 @@ static int cmd_native(VkCtx *ctx, VkString **argv, int argc) {
     size_t len;
     const char *cmd = Vk_StringPtrLen(argv[1], &len);
     eg_lower(name, sizeof name, cmd, len);
-    if (eg_is_reply_mode_change(argv + 1, argc - 1))
+    int refused = eg_is_refused_client_setting(argv + 1, argc - 1);
+    if (refused && !strcasecmp(Vk_StringPtrLen(argv[2], NULL), "reply"))
         snprintf(buf, sizeof buf,
                  "ERR engram: CLIENT REPLY OFF and SKIP are not supported; replies wait for their "
                  "commit and are sent in order");
+    else if (refused)
+        snprintf(buf, sizeof buf,
+                 "ERR engram: CLIENT TRACKING is not supported yet; an invalidation could overtake "
+                 "a read that waits for a commit");
     else
         snprintf(buf, sizeof buf,
                  "ERR engram: '%s' cannot follow pipelined commands whose replies wait for a commit; "
