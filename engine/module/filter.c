@@ -57,7 +57,8 @@ int eg_is_refused_client_setting(VkString **argv, int argc) {
 
 static int refused_client_setting(VkFilterCtx *f, int argc) {
     if (argc < 3) return 0;
-    VkString *argv[3] = {Vk_CommandFilterArgGet(f, 0), Vk_CommandFilterArgGet(f, 1), Vk_CommandFilterArgGet(f, 2)};
+    VkString *argv[3];
+    for (int i = 0; i < 3; i++) argv[i] = Vk_CommandFilterArgGet(f, i);
     return eg_is_refused_client_setting(argv, argc);
 }
 

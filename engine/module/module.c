@@ -245,7 +245,8 @@ static int cmd_committimeout(VkCtx *ctx, VkString **argv, int argc) {
     if (argc == 2) {
         long long ms;
         if (Vk_StringToLongLong(argv[1], &ms) != VK_OK || ms < 1)
-            return Vk_ReplyWithError(ctx, "ERR engram: the commit timeout is a positive number of milliseconds");
+            return Vk_ReplyWithError(ctx,
+                                     "ERR engram: the commit timeout is a positive number of milliseconds");
         eg_commit_timeout_ms = ms;
     }
     return Vk_ReplyWithLongLong(ctx, eg_commit_timeout_ms);
@@ -332,8 +333,8 @@ static int set_numeric(const char *name, long long val, void *priv, VkString **e
 }
 
 static int register_configs(VkCtx *ctx) {
-    if (Vk_RegisterNumericConfig(ctx, "commit-timeout-ms", 5000, VK_CONFIG_DEFAULT, 1, 86400000LL, get_numeric,
-                                 set_numeric, NULL, &eg_commit_timeout_ms) != VK_OK)
+    if (Vk_RegisterNumericConfig(ctx, "commit-timeout-ms", 5000, VK_CONFIG_DEFAULT, 1, 86400000LL,
+                                 get_numeric, set_numeric, NULL, &eg_commit_timeout_ms) != VK_OK)
         return VK_ERR;
     if (Vk_RegisterNumericConfig(ctx, "max-queued-bytes", 4LL << 20, VK_CONFIG_DEFAULT, 1024, 1LL << 40,
                                  get_numeric, set_numeric, NULL, &eg_max_queued_bytes) != VK_OK)

@@ -454,7 +454,8 @@ void eg_before_sleep_clients(VkCtx *ctx, long long offset) {
         if (now < 0) now = eg_now_ms();
         if (now >= cl->fail_at) {
             char buf[128];
-            snprintf(buf, sizeof buf, "commit not confirmed by the journal within %lld ms", eg_commit_timeout_ms);
+            snprintf(buf, sizeof buf, "commit not confirmed by the journal within %lld ms",
+                     eg_commit_timeout_ms);
             cl->fail = eg_strdup(buf);
             stat_timeouts++;
         }
