@@ -246,6 +246,7 @@ int eg_is_refused_client_setting(VkString **argv, int argc);
 /* replies.c */
 EgClient *eg_client(unsigned long long id, int create);
 EgEntry *eg_queue(EgClient *cl, EgKind kind, VkCallReply *reply, const char *text);
+EgEntry *eg_queue_exec(EgClient *cl, VkCallReply **items, size_t n);
 void eg_need_offset(EgClient *cl);
 void eg_need_target(EgClient *cl, long long target);
 int eg_finish(VkCtx *ctx, EgClient *cl);

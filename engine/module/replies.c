@@ -126,11 +126,7 @@ static void free_if_unused(EgClient *cl) {
     if (cl->dead && !cl->ticket && !cl->touched) free_client(cl);
 }
 
-EgEntry *eg_queue(EgClient *cl, EgKind kind, VkCallReply *reply, const char *text) {
-    EgEntry *e = Vk_Calloc(1, sizeof(*e));
-    e->kind = kind;
-    e->reply = reply;
-    e->text = text ? eg_strdup(text) : NULL;
+static EgEntry *append(EgClient *cl, EgEntry *e) {
     if (cl->tail)
         cl->tail->next = e;
     else
@@ -142,6 +138,23 @@ EgEntry *eg_queue(EgClient *cl, EgKind kind, VkCallReply *reply, const char *tex
     total_queued_bytes += (long long)bytes;
     touch(cl);
     return e;
+}
+
+EgEntry *eg_queue(EgClient *cl, EgKind kind, VkCallReply *reply, const char *text) {
+    EgEntry *e = Vk_Calloc(1, sizeof(*e));
+    e->kind = kind;
+    e->reply = reply;
+    e->text = text ? eg_strdup(text) : NULL;
+    return append(cl, e);
+}
+
+/* An emulated EXEC's replies, owned by the queue from now on. */
+EgEntry *eg_queue_exec(EgClient *cl, VkCallReply **items, size_t n) {
+    EgEntry *e = Vk_Calloc(1, sizeof(*e));
+    e->kind = EG_EXEC;
+    e->items = items;
+    e->nitems = n;
+    return append(cl, e);
 }
 
 /* The queue now holds an effect that is in the replication stream only once this event-loop

@@ -25,14 +25,13 @@ static void end_tx(EgClient *cl) {
 }
 
 static void run_tx(VkCtx *ctx, EgClient *cl) {
-    EgEntry *e = eg_queue(cl, EG_EXEC, NULL, NULL);
-    e->items = Vk_Calloc((size_t)(cl->tx_n ? cl->tx_n : 1), sizeof(*e->items));
+    VkCallReply **items = Vk_Calloc((size_t)(cl->tx_n ? cl->tx_n : 1), sizeof(*items));
     /* Call inside one command: the server propagates the effects wrapped in MULTI/EXEC. */
     for (int i = 0; i < cl->tx_n; i++) {
         const char *cmd = Vk_StringPtrLen(cl->tx[i].argv[0], NULL);
-        VkCallReply *r = Vk_Call(ctx, cmd, "!0ECv", cl->tx[i].argv + 1, (size_t)(cl->tx[i].argc - 1));
-        e->items[e->nitems++] = r;
+        items[i] = Vk_Call(ctx, cmd, "!0ECv", cl->tx[i].argv + 1, (size_t)(cl->tx[i].argc - 1));
     }
+    eg_queue_exec(cl, items, (size_t)cl->tx_n);
     eg_need_offset(cl);
 }
 

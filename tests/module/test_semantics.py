@@ -73,6 +73,8 @@ def test_multi_exec_discard_and_their_errors_match_valkey() -> None:
         [("EXEC",), ("DISCARD",)],
         [("MULTI",), ("MULTI",), ("EXEC",)],
         [("SET", "d", "1"), ("MULTI",), ("INCR", "d"), ("EXEC",)],
+        # Inside a transaction a blocking command does not block.
+        [("MULTI",), ("BLPOP", "empty", "0"), ("RPUSH", "l", "x"), ("BLPOP", "l", "0"), ("EXEC",)],
     ])
     assert engram == plain
 
