@@ -199,6 +199,7 @@ struct EgClient {
     int touched;           /* on the list visited before sleep */
     int dead;              /* disconnected; freed once no ticket refers to it */
     int recount;           /* the byte count may include bytes that held no command */
+    int replica_link;      /* sent PSYNC/SYNC: its REPLCONF ACK is the commit signal */
     long long fail_at;     /* monotonic ms: commit timeout of a queue behind a blocking command */
     char *fail;            /* step-down reason: the queue fails instead of waiting */
     EgTicket *ticket;      /* set while the client is blocked */
@@ -255,6 +256,7 @@ void eg_release_ready(void);
 void eg_fail_all(const char *reason);
 void eg_before_sleep_clients(VkCtx *ctx, long long offset);
 void eg_client_gone(unsigned long long id);
+int eg_is_replica_link(unsigned long long id);
 int eg_block_for_promise(VkCtx *ctx, EgClient *cl, VkCallReply *promise);
 typedef struct EgStats {
     long long clients, blocked, queued_bytes, blocks, early_blocks, emitted, timeouts, failed;

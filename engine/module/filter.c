@@ -66,14 +66,18 @@ void eg_filter(VkFilterCtx *f) {
     int argc = Vk_CommandFilterArgsCount(f);
     size_t len;
     const char *name = Vk_StringPtrLen(Vk_CommandFilterArgGet(f, 0), &len);
+    unsigned long long id = Vk_CommandFilterGetClientId(f);
     if (len == 8 && !strncasecmp(name, "replconf", 8)) {
         long long offset;
+        /* Only a replica's acknowledgement is a commit: any client can send these words. */
         if (argc >= 3 && !strcasecmp(Vk_StringPtrLen(Vk_CommandFilterArgGet(f, 1), NULL), "ack") &&
-            Vk_StringToLongLong(Vk_CommandFilterArgGet(f, 2), &offset) == VK_OK)
+            Vk_StringToLongLong(Vk_CommandFilterArgGet(f, 2), &offset) == VK_OK && eg_is_replica_link(id))
             eg_on_ack(offset);
         return;
     }
-    EgClient *cl = eg_client(Vk_CommandFilterGetClientId(f), 1);
+    EgClient *cl = eg_client(id, 1);
+    if ((len == 5 && !strncasecmp(name, "psync", 5)) || (len == 4 && !strncasecmp(name, "sync", 4)))
+        cl->replica_link = 1; /* the replication tap attaches with PSYNC */
     cl->consumed += wire_bytes(f, argc);
     if (!eg_active || (len > 7 && !strncasecmp(name, "engram.", 7))) return;
 

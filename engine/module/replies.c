@@ -475,6 +475,11 @@ void eg_before_sleep_clients(VkCtx *ctx, long long offset) {
     }
 }
 
+int eg_is_replica_link(unsigned long long id) {
+    EgClient *cl = eg_client(id, 0);
+    return cl && cl->replica_link;
+}
+
 /* The client disconnected (server event). A blocked client is cleaned up by on_disconnect. */
 void eg_client_gone(unsigned long long id) {
     if (!clients) return;

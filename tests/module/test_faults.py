@@ -146,3 +146,19 @@ def test_becoming_a_replica_fails_held_replies_and_the_module_stops_holding() ->
             assert await admin.call("GET", "k") == b"v"
 
     run(scenario)
+
+
+def test_an_ack_from_a_client_that_is_not_the_replica_link_commits_nothing() -> None:
+    async def scenario() -> None:
+        async with valkey() as socket, attached_tap(socket) as tap:
+            client = await Conn.open(socket)
+            client.send(("SET", "k", "v"))
+            await tap.wait_for_command(b"SET")
+            impostor = await Conn.open(socket)
+            impostor.send(("REPLCONF", "ACK", str(1 << 40)))
+            await settle(socket)
+            assert client.arrived() == 0
+            tap.ack()
+            assert await client.read(1) == [b"OK"]
+
+    run(scenario)
