@@ -76,8 +76,12 @@ void eg_filter(VkFilterCtx *f) {
         return;
     }
     EgClient *cl = eg_client(id, 1);
-    if ((len == 5 && !strncasecmp(name, "psync", 5)) || (len == 4 && !strncasecmp(name, "sync", 4)))
-        cl->replica_link = 1; /* the replication tap attaches with PSYNC */
+    if ((len == 5 && !strncasecmp(name, "psync", 5)) || (len == 4 && !strncasecmp(name, "sync", 4))) {
+        /* The replication tap attaches with PSYNC and starts from a snapshot of everything run so
+         * far: replies still held were never journaled through it, and cannot be confirmed. */
+        eg_fail_all("the replication link to the journal was replaced");
+        cl->replica_link = 1;
+    }
     cl->consumed += wire_bytes(f, argc);
     if (!eg_active || (len > 7 && !strncasecmp(name, "engram.", 7))) return;
 

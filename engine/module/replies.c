@@ -488,6 +488,9 @@ void eg_client_gone(unsigned long long id) {
     Vk_DictDelC(clients, &id, sizeof(id), NULL);
     if (last_client == cl) last_client = NULL;
     cl->dead = 1;
+    /* Whatever the link had not acknowledged may never reach the journal, and a new link's first
+     * ack covers bytes it never saw (it starts from a snapshot): no held reply can be confirmed. */
+    if (cl->replica_link) eg_fail_all("the replication link to the journal was lost");
     if (cl->ticket) return; /* on_disconnect finishes it */
     free_queue(cl);
     free_if_unused(cl);

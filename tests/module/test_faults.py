@@ -162,3 +162,23 @@ def test_an_ack_from_a_client_that_is_not_the_replica_link_commits_nothing() -> 
             assert await client.read(1) == [b"OK"]
 
     run(scenario)
+
+
+def test_losing_the_replica_link_fails_held_replies_and_a_new_link_confirms_only_new_writes() -> None:
+    async def scenario() -> None:
+        async with valkey() as socket:
+            client = await Conn.open(socket)
+            async with attached_tap(socket) as tap:
+                client.send(("SET", "k", "1"))
+                await tap.wait_for_command(b"SET")
+            (reply,) = await client.read(1)
+            assert str(reply) == (
+                "UNKNOWN the replication link to the journal was lost; the outcome of this command is unknown"
+            )
+            async with attached_tap(socket) as tap:
+                client.send(("SET", "k", "2"))
+                await tap.wait_for_command(b"SET")
+                tap.ack()
+                assert await client.read(1) == [b"OK"]
+
+    run(scenario)
