@@ -93,7 +93,7 @@ long long eg_dirty_target(VkString **argv, int argc, int *unassigned) {
     int nkeys = 0, *flags = NULL;
     int *pos = Vk_GetCommandKeysWithFlags(NULL, argv, argc, &nkeys, &flags);
     long long target = 0;
-    /* Commands without keys (PING, DBSIZE, SCAN...) are not held: see docs/data-path.md. */
+    /* A flush holds reads of keys; DBSIZE, SCAN and other keyless reads are held by their class. */
     if (nkeys > 0) {
         if (flush_unassigned) *unassigned = 1;
         if (flush_target > eg_committed) target = flush_target;

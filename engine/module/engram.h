@@ -224,6 +224,7 @@ enum {
     EG_CMD_BLOCKING = 1 << 4, /* may block: run with a promise */
     EG_CMD_NO_MULTI = 1 << 5, /* refused inside MULTI */
     EG_CMD_CONTAINER = 1 << 6,
+    EG_CMD_KEYSPACE_READ = 1 << 7, /* reads the whole keyspace, no key of its own (DBSIZE, SCAN) */
 };
 
 /* module.c */

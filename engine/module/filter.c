@@ -95,7 +95,7 @@ void eg_filter(VkFilterCtx *f) {
         if (pending) wrap(f, eg_wrap_select);
     } else if (cls & EG_CMD_WRITE) {
         wrap(f, eg_wrap_write);
-    } else if (pending || (eg_dirty_any() && reads_dirty_key(f, argc))) {
+    } else if (pending || (eg_dirty_any() && ((cls & EG_CMD_KEYSPACE_READ) || reads_dirty_key(f, argc)))) {
         wrap(f, eg_wrap_read);
     }
 }

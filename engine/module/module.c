@@ -77,6 +77,11 @@ static void load_command(VkCallReply *c) {
     if (has_flag(flags, "write")) cls |= EG_CMD_WRITE;
     if (has_flag(flags, "blocking")) cls |= EG_CMD_BLOCKING;
     if (has_flag(flags, "no_multi")) cls |= EG_CMD_NO_MULTI;
+    /* DBSIZE, KEYS, SCAN, RANDOMKEY: no key to look up as dirty, yet they see every write. */
+    if (Vk_CallReplyLength(c) > 6 && has_flag(flags, "readonly") &&
+        has_flag(Vk_CallReplyArrayElement(c, 6), "@keyspace") &&
+        Vk_CallReplyInteger(Vk_CallReplyArrayElement(c, 3)) == 0)
+        cls |= EG_CMD_KEYSPACE_READ;
     if (Vk_CallReplyLength(c) > 9) {
         VkCallReply *subs = Vk_CallReplyArrayElement(c, 9);
         size_t nsubs = Vk_CallReplyLength(subs);
@@ -161,8 +166,8 @@ static int cmd_call(VkCtx *ctx, VkString **argv, int argc) {
     }
     if (Vk_CallReplyType(r) == VK_REPLY_PROMISE) return eg_block_for_promise(ctx, cl, r);
     eg_queue(cl, EG_CALL, r, NULL);
-    if (is_write) {
-        eg_need_offset(cl);
+    if (is_write || ((cls & EG_CMD_KEYSPACE_READ) && eg_dirty_any())) {
+        eg_need_offset(cl); /* waits for everything run so far */
     } else if (eg_dirty_any()) {
         int unassigned = 0;
         long long target = eg_dirty_target(argv + 1, argc - 1, &unassigned);

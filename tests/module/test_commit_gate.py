@@ -137,3 +137,20 @@ def test_a_blocking_pop_whose_write_is_never_acknowledged_fails_after_the_commit
             assert str(reply).startswith("UNKNOWN commit not confirmed by the journal within 300 ms")
 
     run(scenario)
+
+
+def test_keyspace_reads_wait_for_uncommitted_writes_and_ping_does_not() -> None:
+    async def scenario() -> None:
+        async with valkey() as socket, attached_tap(socket) as tap:
+            writer = await Conn.open(socket)
+            writer.send(("SET", "new", "1"))
+            await tap.wait_for_command(b"SET")
+            reader = await Conn.open(socket)
+            assert await reader.call("PING") == b"PONG"
+            reader.send(("DBSIZE",), ("SCAN", "0"))
+            await settle(socket)
+            assert reader.arrived() == 0
+            tap.ack()
+            assert await reader.read(2) == [1, [b"0", [b"new"]]]
+
+    run(scenario)
