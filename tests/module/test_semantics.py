@@ -64,6 +64,18 @@ def test_refusals_come_back_as_valkey_words_them_in_order_with_queued_replies() 
     assert sum(isinstance(r, tuple) for r in plain) == 6
 
 
+def test_writes_over_maxmemory_are_refused_as_valkey_refuses_them() -> None:
+    plain, engram = _side_by_side([
+        [("SET", "before", "1")],
+        [("CONFIG", "SET", "maxmemory", "1")],
+        [("SET", "k", "v"), ("GET", "before"), ("DEL", "before"), ("INCR", "n")],
+        [("CONFIG", "SET", "maxmemory", "0")],
+        [("SET", "k", "v")],
+    ])
+    assert engram == plain
+    assert plain[2][0] == "error" and plain[2][1].startswith("OOM ")
+
+
 def test_multi_exec_discard_and_their_errors_match_valkey() -> None:
     plain, engram = _side_by_side([
         [("MULTI",), ("SET", "a", "1"), ("INCR", "a"), ("LPUSH", "a", "x"), ("GET", "a"), ("EXEC",)],
