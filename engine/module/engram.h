@@ -20,6 +20,7 @@ typedef struct VkFilterCtx VkFilterCtx;
 typedef struct VkFilter VkFilter;
 typedef struct VkDict VkDict;
 typedef struct VkDictIter VkDictIter;
+typedef struct VkCommand VkCommand;
 
 #define VK_OK 0
 #define VK_ERR 1
@@ -87,6 +88,8 @@ typedef int (*VkApplyFunc)(VkCtx *ctx, void *privdata, VkString **err);
     X(int, CreateCommand,                                                                          \
       (VkCtx * ctx, const char *name, VkCmdFunc f, const char *flags, int first, int last, int step)) \
     X(int, WrongArity, (VkCtx * ctx))                                                              \
+    X(VkCommand *, GetCommand, (VkCtx * ctx, const char *name))                                    \
+    X(int, SetCommandACLCategories, (VkCommand * command, const char *categories))                 \
     X(int, ReplyWithError, (VkCtx * ctx, const char *err))                                         \
     X(int, ReplyWithSimpleString, (VkCtx * ctx, const char *msg))                                  \
     X(int, ReplyWithArray, (VkCtx * ctx, long len))                                                \

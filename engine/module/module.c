@@ -21,6 +21,10 @@ long long eg_iter = 0;
 int eg_active = 1;
 VkString *eg_wrap_write, *eg_wrap_read, *eg_wrap_tx, *eg_wrap_native, *eg_wrap_select;
 
+#define EG_WRAPPER_ACL_CATEGORIES                                                                  \
+    "read write keyspace string list set sortedset hash stream bitmap hyperloglog geo scripting " \
+    "transaction blocking pubsub connection fast"
+
 static VkDict *command_classes; /* lower-case "name" or "container|sub" -> class + 1 */
 
 int vk_resolve_api(VkCtx *ctx) {
@@ -397,6 +401,16 @@ int ValkeyModule_OnLoad(VkCtx *ctx, VkString **argv, int argc) {
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (Vk_CreateCommand(ctx, commands[i].name, commands[i].fn, commands[i].flags, 0, 0, 0) != VK_OK)
             return VK_ERR;
+    /* A wrapper is only the vehicle: the user's rights are checked on the real command inside it
+     * (Call's C flag, with Valkey's own NOPERM message). So a wrapper belongs to every category a
+     * wrapped command can come from, and to none that users usually take away (@dangerous,
+     * @admin, @slow): a user granted +@read +@write needs nothing more for Engram. */
+    static const char *wrappers[] = {"engram.w", "engram.r", "engram.x", "engram.select", "engram.tx", NULL};
+    for (int i = 0; wrappers[i]; i++) {
+        VkCommand *command = Vk_GetCommand(ctx, wrappers[i]);
+        if (!command || Vk_SetCommandACLCategories(command, EG_WRAPPER_ACL_CATEGORIES) != VK_OK)
+            return VK_ERR;
+    }
     eg_wrap_write = Vk_CreateString(NULL, "engram.w", 8);
     eg_wrap_read = Vk_CreateString(NULL, "engram.r", 8);
     eg_wrap_tx = Vk_CreateString(NULL, "engram.tx", 9);

@@ -45,6 +45,26 @@ int eg_cmd_tx(VkCtx *ctx, VkString **argv, int argc) {
     char name[32];
     eg_lower(name, sizeof name, cmd, len);
     int cls = eg_command_class(cmd, len, argc > 2 ? argv[2] : NULL);
+    if (cls & EG_CMD_TX) {
+        /* The user's rights on MULTI/EXEC/... themselves: Valkey checks them before it runs them. */
+        VkCallReply *denied = Vk_Call(ctx, cmd, "DCEv", argv + 2, (size_t)(argc - 2));
+        if (denied && Vk_CallReplyType(denied) == VK_REPLY_ERROR) {
+            size_t elen;
+            const char *err = Vk_CallReplyStringPtr(denied, &elen);
+            if (!strcmp(name, "exec")) { /* a refused EXEC always ends the transaction */
+                char buf[512];
+                snprintf(buf, sizeof buf, "EXECABORT Transaction discarded because of: %.*s", (int)elen, err);
+                end_tx(cl);
+                eg_queue(cl, EG_ERROR, NULL, buf);
+                Vk_FreeCallReply(denied);
+            } else {
+                if (cl->in_tx) cl->tx_abort = 1;
+                eg_queue(cl, EG_CALL, denied, NULL);
+            }
+            return eg_finish(ctx, cl);
+        }
+        if (denied) Vk_FreeCallReply(denied);
+    }
     if (!strcmp(name, "exec") || !strcmp(name, "discard")) {
         int exec = name[0] == 'e';
         if (argc != 2) {

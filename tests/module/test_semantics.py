@@ -230,3 +230,34 @@ def test_client_reply_off_skip_and_tracking_are_refused_clearly() -> None:
             assert await client.call("SET", "k", "v") == b"OK"
 
     run(scenario)
+
+
+def test_acl_users_granted_by_category_get_valkeys_own_answers() -> None:
+    users = {
+        "rw": ("+@read", "+@write"),
+        "ro": ("+@read",),
+        "nodanger": ("+@all", "-@dangerous"),
+    }
+    pipeline = [("SET", "k", "v"), ("GET", "k"), ("DEL", "k"), ("MULTI",), ("INCR", "n"), ("EXEC",)]
+
+    async def answers(socket: str) -> dict[str, list[Any]]:
+        admin = await Conn.open(socket)
+        out = {}
+        for user, rules in users.items():
+            assert await admin.call("ACL", "SETUSER", user, "on", ">pw", "~*", *rules) == b"OK"
+            client = await Conn.open(socket)
+            assert await client.call("AUTH", user, "pw") == b"OK"
+            client.send(*pipeline)
+            out[user] = [_comparable(r) for r in await client.read(len(pipeline))]
+            client.close()
+        return out
+
+    async def scenario() -> None:
+        async with valkey(module=False) as socket:
+            plain = await answers(socket)
+        async with valkey() as socket, attached_tap(socket, auto=True):
+            engram = await answers(socket)
+        assert engram == plain
+        assert plain["ro"][0] == ("error", "NOPERM User ro has no permissions to run the 'set' command")
+
+    run(scenario)
