@@ -216,6 +216,13 @@ static int cmd_native(VkCtx *ctx, VkString **argv, int argc) {
 static int cmd_select(VkCtx *ctx, VkString **argv, int argc) {
     EgClient *cl = eg_client(Vk_GetClientId(ctx), 1);
     long long db;
+    /* The user's right to SELECT, as Valkey would check it. */
+    VkCallReply *denied = argc > 1 ? Vk_Call(ctx, "SELECT", "DCEv", argv + 2, (size_t)(argc - 2)) : NULL;
+    if (denied && Vk_CallReplyType(denied) == VK_REPLY_ERROR) {
+        eg_queue(cl, EG_CALL, denied, NULL);
+        return eg_finish(ctx, cl);
+    }
+    if (denied) Vk_FreeCallReply(denied);
     if (argc != 3)
         eg_queue(cl, EG_ERROR, NULL, "ERR wrong number of arguments for 'select' command");
     else if (Vk_StringToLongLong(argv[2], &db) != VK_OK || db < 0 || db > 0x7fffffff)
@@ -388,11 +395,11 @@ int ValkeyModule_OnLoad(VkCtx *ctx, VkString **argv, int argc) {
         VkCmdFunc fn;
         const char *flags;
     } commands[] = {
-        {"engram.w", cmd_call, "may-replicate"},
-        {"engram.r", cmd_call, "readonly"},
+        {"engram.w", cmd_call, "may-replicate fast"},
+        {"engram.r", cmd_call, "readonly fast"},
         {"engram.x", cmd_native, "readonly fast"},
         {"engram.select", cmd_select, "readonly fast"},
-        {"engram.tx", eg_cmd_tx, "may-replicate"},
+        {"engram.tx", eg_cmd_tx, "may-replicate fast"},
         {"engram.stepdown", cmd_stepdown, "admin fast"},
         {"engram.committimeout", cmd_committimeout, "admin fast"},
         {"engram.info", cmd_info, "readonly fast"},
@@ -404,7 +411,7 @@ int ValkeyModule_OnLoad(VkCtx *ctx, VkString **argv, int argc) {
     /* A wrapper is only the vehicle: the user's rights are checked on the real command inside it
      * (Call's C flag, with Valkey's own NOPERM message). So a wrapper belongs to every category a
      * wrapped command can come from, and to none that users usually take away (@dangerous,
-     * @admin, @slow): a user granted +@read +@write needs nothing more for Engram. */
+     * @admin, @slow: hence "fast" above): a user granted +@read +@write needs nothing more. */
     static const char *wrappers[] = {"engram.w", "engram.r", "engram.x", "engram.select", "engram.tx", NULL};
     for (int i = 0; wrappers[i]; i++) {
         VkCommand *command = Vk_GetCommand(ctx, wrappers[i]);

@@ -237,6 +237,7 @@ def test_acl_users_granted_by_category_get_valkeys_own_answers() -> None:
         "rw": ("+@read", "+@write"),
         "ro": ("+@read",),
         "nodanger": ("+@all", "-@dangerous"),
+        "fastonly": ("+@all", "-@slow"),
     }
     pipeline = [("SET", "k", "v"), ("GET", "k"), ("DEL", "k"), ("MULTI",), ("INCR", "n"), ("EXEC",)]
 
