@@ -152,7 +152,14 @@ async def valkey(*extra: str, module: bool = True) -> AsyncIterator[str]:
     tmp = Path(tempfile.mkdtemp(prefix="egm-", dir="/tmp"))
     socket = str(tmp / "v.sock")
     args = ["--loadmodule", binaries.valkey_module(), *extra] if module else list(extra)
-    proc: subprocess.Popen[bytes] = await start_valkey(socket, str(tmp), args)
+    try:
+        proc: subprocess.Popen[bytes] = await start_valkey(socket, str(tmp), args)
+    except BaseException:
+        log = tmp / "valkey.log"
+        if log.exists():
+            print(f"--- valkey.log ---\n{log.read_text(errors='replace')[-6000:]}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         yield socket
     except BaseException:
