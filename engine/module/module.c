@@ -380,6 +380,13 @@ static int parse_args(VkCtx *ctx, VkString **argv, int argc) {
 }
 
 __attribute__((visibility("default"))) int ValkeyModule_OnLoad(VkCtx *ctx, VkString **argv, int argc);
+__attribute__((visibility("default"))) int ValkeyModule_OnUnload(VkCtx *ctx);
+
+/* Unloading would strand every held reply and drop the commit gate under running clients. */
+int ValkeyModule_OnUnload(VkCtx *ctx) {
+    Vk_Log(ctx, "warning", "engram: the module cannot be unloaded; restart valkey-server without it");
+    return VK_ERR;
+}
 
 int ValkeyModule_OnLoad(VkCtx *ctx, VkString **argv, int argc) {
     if (vk_resolve_api(ctx) != VK_OK) return VK_ERR;

@@ -182,3 +182,13 @@ def test_losing_the_replica_link_fails_held_replies_and_a_new_link_confirms_only
                 assert await client.read(1) == [b"OK"]
 
     run(scenario)
+
+
+def test_the_module_refuses_to_be_unloaded() -> None:
+    async def scenario() -> None:
+        async with valkey() as socket:
+            admin = await Conn.open(socket)
+            assert isinstance(await admin.call("MODULE", "UNLOAD", "engram"), hiredis.ReplyError)
+            assert _info(await admin.call("ENGRAM.INFO"))["active"] == "1"
+
+    run(scenario)
