@@ -1,4 +1,4 @@
-"""`engram local ...`: run an Engram cluster as local processes (see design.md, Local platform contract)."""
+"""`engram local ...`: run an Engram cluster as local processes (docs/local-platform.md)."""
 
 from __future__ import annotations
 

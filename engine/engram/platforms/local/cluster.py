@@ -132,7 +132,7 @@ def _network_entry(state: ClusterState) -> dict[str, Any] | None:
 
 
 def describe(state: ClusterState, live: list[dict[str, str] | None]) -> dict[str, Any]:
-    """The `engram local status --json` document (design.md's shape plus a few extra keys)."""
+    """The `engram local status --json` document (docs/local-platform.md's shape plus a few extra keys)."""
     return {
         "name": state.name,
         "endpoint": state.endpoint,
