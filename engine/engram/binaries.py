@@ -89,7 +89,7 @@ MIN_NATS_SERVER = (2, 14)
 
 
 def nats_server_ok(path: str) -> bool:
-    """True when the nats-server at path is new enough (2.9.x races on conditional appends, nats-server#4320)."""
+    """True when the nats-server at path is new enough (2.9.x races on conditional appends: #4320)."""
     try:
         out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
