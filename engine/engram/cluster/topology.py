@@ -119,13 +119,17 @@ class NodeRecord:
     role: str
     applied_seq: int = 0
     updated: float = field(default_factory=time.time)
+    # The node's control port (ENGRAM.STATUS, ENGRAM.FAILOVER); empty in records of older nodes.
+    admin: str = ""
 
     def dumps(self) -> bytes:
         return json.dumps(asdict(self)).encode()
 
     @classmethod
     def loads(cls, data: bytes) -> NodeRecord:
-        return cls(**json.loads(data))
+        raw = json.loads(data)
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in raw.items() if k in known})
 
 
 @dataclass

@@ -24,6 +24,9 @@ class NodeConfig:
     host: str = "127.0.0.1"
     # Address clients are told about (MOVED, CLUSTER SLOTS); defaults to host:port.
     announce: str = ""
+    # The node's control port: ENGRAM.STATUS and ENGRAM.FAILOVER for probes, peers and tools.
+    # Clients use `port`, served by Valkey itself; 0 means port + 10000.
+    admin_port: int = 0
     journal_replicas: int = 3
     # Shards of the cluster when it was created (provisioning writes the slot map, not nodes).
     shards: int = 1
@@ -49,11 +52,20 @@ class NodeConfig:
     def __post_init__(self) -> None:
         if not self.announce:
             self.announce = f"{self.host}:{self.port}"
+        if not self.admin_port:
+            self.admin_port = self.port + 10000
+        if not 0 < self.admin_port < 65536 or self.admin_port == self.port:
+            raise ValueError(f"admin_port {self.admin_port} is not a free port apart from the client "
+                             f"port {self.port}: set admin_port in the node config")
         if not self.valkey_socket:
             self.valkey_socket = str(Path(self.data_dir) / "valkey.sock")
         if self.lease_seconds <= 0:
             raise ValueError(f"lease_seconds must be positive, got {self.lease_seconds}")
 
+    @property
+    def admin_announce(self) -> str:
+        """Where peers reach this node's control port: the announced host, the admin port."""
+        return f"{self.announce.rpartition(':')[0]}:{self.admin_port}"
 
     def dump(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2))

@@ -22,6 +22,7 @@ from engram.journal.errors import Fenced, IdentityMismatch, JournalError
 from engram.leadership.switchover import hand_over
 from engram.leadership.view import LeaderView
 from engram.node.config import NodeConfig
+from engram.node.control import ControlServer
 from engram.replication.applier import Applier, ApplyHalted
 from engram.replication.committer import Committer
 from engram.replication.tap import Tap
@@ -69,6 +70,7 @@ class Node:
         self.meta: ClusterMetadata | None = None
         self._background: list[asyncio.Task[None]] = []
         self.door: FrontDoor | None = None
+        self.control: ControlServer | None = None
         self.applier: Applier | None = None
         self.committer: Committer | None = None
         self.tap: Tap | None = None
@@ -146,6 +148,7 @@ class Node:
             "engine_version": format_version(ENGINE_VERSION),
             "halted": self.applier.halted if self.applier else "",
             "address": self.config.announce,
+            "admin": self.config.admin_announce,
             "slots": self._slot_ranges(),
             "lag": str(self.lag if self.role is not Role.PRIMARY else 0),
         }
@@ -186,6 +189,8 @@ class Node:
 
         install(self)
         await self.door.start(cfg.host, cfg.port)
+        self.control = ControlServer(self.status, lambda target: self.switchover(target, keep=None))
+        await self.control.start(cfg.host, cfg.admin_port)
         self.applier = Applier(self.journal, cfg.valkey_socket, self._observe, cfg.cluster_id)
         self.leader.last_renewal = time.monotonic()
         if cfg.preferred_primary and await self._shard_is_new():
@@ -258,7 +263,8 @@ class Node:
     def _record(self) -> NodeRecord:
         cfg = self.config
         role = "primary" if self.role is Role.PRIMARY else "replica"
-        return NodeRecord(cfg.node_id, cfg.shard, cfg.zone, cfg.announce, role, self.applied_seq)
+        return NodeRecord(cfg.node_id, cfg.shard, cfg.zone, cfg.announce, role, self.applied_seq,
+                          admin=cfg.admin_announce)
 
     async def _heartbeat(self) -> None:
         """Keep this node's record fresh so CLUSTER replies list it; sooner after a role change."""
@@ -314,6 +320,8 @@ class Node:
             self._replica_task.cancel()
         if self.door:
             await self.door.stop()
+        if self.control:
+            await self.control.stop()
         if self.tap:
             self.tap.close()
         if self.journal:

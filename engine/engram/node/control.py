@@ -1,0 +1,75 @@
+"""The node's control port: ENGRAM.STATUS and ENGRAM.FAILOVER for probes, peers and tools.
+
+Clients talk to Valkey itself on the node's client port; this small RESP server is the node
+process's own door, so asking a node what it is never depends on its data path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from engram.frontdoor import resp
+from engram.leadership.switchover import SwitchoverError
+
+log = logging.getLogger(__name__)
+
+StatusSource = Callable[[], dict[str, str]]
+Switchover = Callable[[str], Awaitable[None]]
+
+
+class ControlServer:
+    """Answers the node's control commands, one RESP connection at a time each."""
+
+    def __init__(self, status: StatusSource, switchover: Switchover) -> None:
+        self._status = status
+        self._switchover = switchover
+        self._server: asyncio.base_events.Server | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        self._server = await asyncio.start_server(self._serve, host, port, reuse_address=True)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        parser = resp.RequestParser()
+        try:
+            while data := await reader.read(65536):
+                parser.feed(data)
+                for args, _ in parser.parse():
+                    writer.write(await self.answer(args))
+                await writer.drain()
+        except resp.ProtocolError as exc:
+            writer.write(resp.error(f"ERR {exc}"))
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def answer(self, args: list[bytes]) -> bytes:
+        """The reply to one control command."""
+        name = args[0].lower()
+        if name == b"engram.status":
+            return resp.array([resp.bulk(part) for pair in self._status().items() for part in pair])
+        if name == b"engram.failover":
+            if len(args) != 2:
+                return resp.error("ERR usage: ENGRAM.FAILOVER <target-node-id>")
+            try:
+                await self._switchover(args[1].decode(errors="replace"))
+            except SwitchoverError as exc:
+                return resp.error(f"ERR {exc}")
+            except Exception as exc:  # a control command must never take the node down
+                log.exception("ENGRAM.FAILOVER failed")
+                return resp.error(f"ERR switchover failed: {exc}")
+            return resp.simple("OK")
+        if name == b"ping":
+            return resp.simple("PONG")
+        if name == b"client":
+            return resp.simple("OK")  # clients announce themselves (CLIENT SETINFO); nothing to keep
+        return resp.error(
+            f"ERR unknown command '{args[0].decode(errors='replace')}' on the node's control port: "
+            "it answers ENGRAM.STATUS and ENGRAM.FAILOVER; data commands go to the client port"
+        )
