@@ -26,15 +26,27 @@ class ValkeyStartError(RuntimeError):
     """valkey-server did not come up."""
 
 
-def valkey_command(socket_path: str, data_dir: str, extra: list[str], binary: str | None = None) -> list[str]:
-    """The argv of a private, persistence-free Valkey listening only on a unix socket."""
-    return [binary or binaries.find("valkey-server"), *valkey_flags(socket_path, data_dir), *extra]
+def valkey_command(
+    socket_path: str, data_dir: str, extra: list[str], binary: str | None = None,
+    port: int = 0, bind: str = "", module: str | None = None,
+) -> list[str]:
+    """The argv of a persistence-free engine Valkey (see valkey_flags)."""
+    flags = valkey_flags(socket_path, data_dir, port, bind, module)
+    return [binary or binaries.find("valkey-server"), *flags, *extra]
 
 
-def valkey_flags(socket_path: str, data_dir: str) -> list[str]:
-    """Flags every engine Valkey runs with, local process or Kubernetes container alike."""
+def valkey_flags(socket_path: str, data_dir: str, port: int = 0, bind: str = "",
+                 module: str | None = None) -> list[str]:
+    """Flags every engine Valkey runs with, local process or Kubernetes container alike.
+
+    The node talks to Valkey on the unix socket; clients on port (0: none), where the Engram
+    module, loaded from module, holds each write's reply until the journal has committed it.
+    """
+    listen = ["--port", str(port)] + (["--bind", bind] if bind else [])
+    load = ["--loadmodule", module] if module else []
     return [
-        "--port", "0",
+        *listen,
+        *load,
         "--unixsocket", socket_path,
         "--unixsocketperm", "700",
         "--dir", data_dir,
@@ -52,7 +64,8 @@ def valkey_flags(socket_path: str, data_dir: str) -> list[str]:
 
 
 async def start_valkey(
-    socket_path: str, data_dir: str, extra: list[str], binary: str | None = None, timeout: float = 15.0
+    socket_path: str, data_dir: str, extra: list[str], binary: str | None = None, timeout: float = 15.0,
+    port: int = 0, bind: str = "", module: str | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start Valkey and wait until its socket answers."""
     Path(data_dir).mkdir(parents=True, exist_ok=True)
@@ -60,7 +73,7 @@ async def start_valkey(
         os.unlink(socket_path)
     log = open(Path(data_dir) / "valkey.log", "ab")
     proc = subprocess.Popen(
-        valkey_command(socket_path, data_dir, extra, binary),
+        valkey_command(socket_path, data_dir, extra, binary, port, bind, module),
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         preexec_fn=_die_with_parent,
     )
