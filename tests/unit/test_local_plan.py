@@ -39,18 +39,51 @@ def test_node_ids_name_cluster_shard_and_index(tmp_path: Path) -> None:
 
 def test_every_process_gets_its_own_port(tmp_path: Path) -> None:
     state = _state(tmp_path, shards=2, replicas=2)
-    used = [state.endpoint_port, *(n.port for n in state.nodes)]
+    used = [state.endpoint_port, *(n.port for n in state.nodes), *(n.admin_port for n in state.nodes)]
     used += [p for j in state.journal for p in (j.port, j.cluster_port, j.http_port)]
-    assert len(used) == len(set(used)) == 1 + 6 + 9
+    assert len(used) == len(set(used)) == 1 + 6 + 6 + 9
+    assert all(0 < p < 65536 for p in used)
 
 
-def test_base_port_lays_ports_out_contiguously(tmp_path: Path) -> None:
+def test_base_port_lays_ports_out_contiguously_as_documented(tmp_path: Path) -> None:
     base = ports.allocate(1)[0]
-    if not all(ports.is_free(p) for p in range(base, base + 13)):
+    if base + 16 > 65535 or not all(ports.is_free(p) for p in range(base, base + 16)):
         pytest.skip("no free contiguous block here")
     state = _state(tmp_path, replicas=2, base_port=base)
+    # docs/local-platform.md: endpoint, client ports, 3 per journal server, then control ports.
     assert state.endpoint_port == base
     assert [n.port for n in state.nodes] == [base + 1, base + 2, base + 3]
+    assert [(j.port, j.cluster_port, j.http_port) for j in state.journal] == [
+        (base + 4, base + 5, base + 6), (base + 7, base + 8, base + 9), (base + 10, base + 11, base + 12)
+    ]  # fmt: skip
+    assert [n.admin_port for n in state.nodes] == [base + 13, base + 14, base + 15]
+    assert [n.admin for n in state.nodes] == [f"127.0.0.1:{base + i}" for i in (13, 14, 15)]
+
+
+def test_a_base_port_leaves_room_for_the_control_ports_or_is_refused(tmp_path: Path) -> None:
+    # 1 endpoint + 3 client + 9 journal + 3 control ports from 65521 would end at 65536.
+    with pytest.raises(ports.PortBusy, match=r"outside 1\.\.65535"):
+        _state(tmp_path, replicas=2, base_port=65521)
+
+
+def test_each_node_config_carries_the_control_port_the_plan_allocated(tmp_path: Path) -> None:
+    state = _state(tmp_path, shards=2, replicas=1)
+    plan.write_files(state)
+    for node in state.nodes:
+        config = NodeConfig.load(node.config)
+        assert (config.port, config.admin_port) == (node.port, node.admin_port)
+        assert config.admin_announce == node.admin
+
+
+def test_a_state_file_from_before_control_ports_reads_port_plus_10000() -> None:
+    old = {"id": "n", "shard": 0, "zone": "a", "port": 7001, "config": "c", "log": "l"}
+    loaded = ClusterState.from_dict({**_minimal_state(), "nodes": [old]}).nodes[0]
+    assert (loaded.control_port, loaded.admin) == (17001, "127.0.0.1:17001")
+
+
+def _minimal_state() -> dict[str, object]:
+    return {"name": "demo", "dir": "/d", "endpoint_port": 7000, "shards": 1, "replicas": 0,
+            "zones": ["a"], "lease_seconds": 2.0, "nats_server": "n", "valkey_server": "v"}
 
 
 def test_a_busy_base_port_is_refused_with_a_hint() -> None:

@@ -51,6 +51,9 @@ def test_a_cluster_with_zone_networks_binds_each_zones_processes_to_its_address(
     for node in state.nodes:
         assert node.host == address[node.zone]
         assert plan.node_config(state, node).host == address[node.zone]
+        # The control port is served on the zone's address too: a partition cuts it off with the node.
+        assert node.admin == f"{address[node.zone]}:{node.admin_port}"
+        assert plan.node_config(state, node).admin_announce == node.admin
         assert plan.node_config(state, node).journal_urls == [f"nats://{address[j.zone]}:{j.port}"
                                                               for j in state.journal]
     server = state.journal[0]

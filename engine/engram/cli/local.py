@@ -66,12 +66,15 @@ def _dash(value: Any) -> str:
 
 def _print_status(doc: dict[str, Any]) -> None:
     print(f"cluster {doc['name']}  endpoint {doc['endpoint']}  ({doc['dir']})\n")
-    nodes = [("NODE", "SHARD", "SLOTS", "ZONE", "ROLE", "ADDRESS", "PID", "APPLIED", "RESTARTS")]
+    nodes = [("NODE", "SHARD", "SLOTS", "ZONE", "ROLE", "ADDRESS", "CONTROL", "PID", "APPLIED", "RESTARTS")]
     for n in doc["nodes"]:
         role = n["role"] + (f" (halted: {n['halted']})" if n.get("halted") else "")
         pid, applied, restarts = _dash(n["pid"]), _dash(n["applied_seq"]), str(n["restarts"])
         slots = _dash(n.get("slots"))
-        nodes.append((n["id"], str(n["shard"]), slots, n["zone"], role, n["address"], pid, applied, restarts))
+        control = _dash(n.get("admin"))
+        nodes.append(
+            (n["id"], str(n["shard"]), slots, n["zone"], role, n["address"], control, pid, applied, restarts)
+        )
     _table(nodes)
     print()
     journal = [("JOURNAL", "ZONE", "URL", "PID", "RESTARTS")]
@@ -191,7 +194,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         metavar="BASE",
-        help="endpoint port; nodes and journal take the ports after it (default: free ports)",
+        help="endpoint port; node client ports, journal ports and node control ports follow it "
+        "(docs/local-platform.md; default: free ports)",
     )
     up.add_argument(
         "--lease", type=float, default=2.0, metavar="SECONDS", help="leader lease (default: %(default)s)"

@@ -94,6 +94,8 @@ def _node_entry(node: NodeState, live: dict[str, str] | None) -> dict[str, Any]:
         "role": live.get("role", "down") if live else "down",
         "zone": node.zone,
         "address": node.address,
+        # The control port: ENGRAM.STATUS and ENGRAM.FAILOVER (clients use "address").
+        "admin": node.admin,
         "pid": node.pid,
         "applied_seq": _int(live.get("applied_seq")),
         "committed_seq": _int(live.get("committed_seq")),
@@ -150,7 +152,7 @@ def describe(state: ClusterState, live: list[dict[str, str] | None]) -> dict[str
 
 
 def _probe(state: ClusterState) -> list[dict[str, str] | None]:
-    return asyncio.run(probe.fetch_all([(n.host, n.port) for n in state.nodes]))
+    return asyncio.run(probe.fetch_all(probe.control_addresses(state.nodes)))
 
 
 def status(base: str | Path, name: str) -> dict[str, Any]:
@@ -405,7 +407,7 @@ def failover(
     members = [n for n in state.nodes if n.shard == shard]
     if not members:
         raise LocalError(f"cluster {name} has no shard {shard} (shards: 0..{state.shards - 1})")
-    live = asyncio.run(probe.fetch_all([(n.host, n.port) for n in members]))
+    live = asyncio.run(probe.fetch_all(probe.control_addresses(members)))
     by_id = {n.id: (n, st) for n, st in zip(members, live, strict=True)}
     primary = next((n for n, st in by_id.values() if st and st.get("role") == "primary"), None)
     if primary is None:
@@ -421,7 +423,7 @@ def failover(
         raise LocalError(f"{to} is not a node of shard {shard}; its nodes are: {', '.join(by_id)}")
     elif to == primary.id:
         raise LocalError(f"{to} is already the primary of shard {shard}")
-    asyncio.run(probe.request_failover((primary.host, primary.port), to, timeout))
+    asyncio.run(probe.request_failover((primary.host, primary.control_port), to, timeout))
     return f"shard {shard}: {to} is now primary (was {primary.id})"
 
 

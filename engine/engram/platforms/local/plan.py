@@ -66,11 +66,26 @@ def node_id(name: str, shard: int, index: int) -> str:
     return f"{name}-s{shard}-n{index}"
 
 
+def port_layout(spec: ClusterSpec, numbers: list[int]) -> tuple[int, list[int], list[int], list[int]]:
+    """Split the allocated ports: (endpoint, node client ports, journal ports, node control ports).
+
+    With --port BASE the order is predictable (docs/local-platform.md): the endpoint, every node's
+    client port, three per journal server, then every node's control port. The control ports come
+    last so that the ports of clusters planned before nodes had one keep their numbers.
+    """
+    n, journal_ports = spec.node_count, 3 * len(spec.zones)
+    if len(numbers) != 1 + 2 * n + journal_ports:
+        raise ValueError(f"the cluster needs {1 + 2 * n + journal_ports} ports, got {len(numbers)}")
+    journal_end = 1 + n + journal_ports
+    return numbers[0], numbers[1 : 1 + n], numbers[1 + n : journal_end], numbers[journal_end:]
+
+
 def plan(spec: ClusterSpec, directory: Path, nats_server: str, valkey_server: str) -> ClusterState:
     """Lay the cluster out: allocate every port (raising PortBusy) and name every file."""
-    journal_ports = 3 * len(spec.zones)
-    numbers = ports.allocate(1 + spec.node_count + journal_ports, spec.base_port)
-    endpoint, node_ports, rest = numbers[0], numbers[1 : 1 + spec.node_count], numbers[1 + spec.node_count :]
+    # Control ports are allocated, not derived (client port + 10000): an ephemeral client port
+    # plus 10000 can pass 65535, and nothing would check that it is free.
+    count = 1 + 2 * spec.node_count + 3 * len(spec.zones)
+    endpoint, node_ports, rest, admin_ports = port_layout(spec, ports.allocate(count, spec.base_port))
     net = network.plan_network(str(directory), spec.zones) if spec.netns else None
     hosts = {link.zone: link.address for link in net.links} if net else {}
     nodes = []
@@ -86,6 +101,7 @@ def plan(spec: ClusterSpec, directory: Path, nats_server: str, valkey_server: st
                     zone=placement.zone,
                     preferred_primary=placement.primary,
                     port=node_ports[len(nodes)],
+                    admin_port=admin_ports[len(nodes)],
                     config=str(directory / "nodes" / nid / "node.json"),
                     log=str(directory / "logs" / f"{nid}.log"),
                     host=hosts.get(placement.zone, ports.LOOPBACK),
@@ -128,6 +144,7 @@ def node_config(state: ClusterState, node: NodeState, log_level: str = "warning"
         "shard": node.shard,
         "zone": node.zone,
         "port": node.port,
+        "admin_port": node.control_port,
         "journal_urls": state.journal_urls,
         "data_dir": str(Path(node.config).parent),
         "host": node.host,

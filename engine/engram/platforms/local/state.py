@@ -68,10 +68,23 @@ class NodeState:
     last_exit: int | None = None
     # 127.0.0.1, or the zone's address when each zone has its own network namespace.
     host: str = LOOPBACK
+    # The node's control port (ENGRAM.STATUS, ENGRAM.FAILOVER), allocated by the plan like `port`.
+    # 0 only in state files written before control ports existed: their nodes took port + 10000.
+    admin_port: int = 0
 
     @property
     def address(self) -> str:
+        """Where clients connect: the node's data path."""
         return f"{self.host}:{self.port}"
+
+    @property
+    def control_port(self) -> int:
+        return self.admin_port or self.port + 10000
+
+    @property
+    def admin(self) -> str:
+        """Where the platform asks the node what it is and requests switchovers."""
+        return f"{self.host}:{self.control_port}"
 
 
 @dataclass

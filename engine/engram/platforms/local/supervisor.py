@@ -218,7 +218,7 @@ class Supervisor:
         while True:
             nodes = self.state.nodes
             try:
-                replies = await probe.fetch_all([(n.host, n.port) for n in nodes], timeout=STATUS_TIMEOUT)
+                replies = await probe.fetch_all(probe.control_addresses(nodes), timeout=STATUS_TIMEOUT)
             except Exception:  # a probe bug must not stop the relay from routing
                 log.exception("status poll failed")
             else:
