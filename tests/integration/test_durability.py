@@ -19,6 +19,7 @@ from tests.integration.workload import (
     Writers,
     cli_status,
     client_for,
+    control_for,
     primary_of,
     read_all,
     wait_for_new_primary,
@@ -294,14 +295,14 @@ def test_switchover_to_an_unknown_or_stopped_node_is_refused_and_the_primary_kee
     status = local_cluster(shards=1, replicas=1, lease=2.0)
     primary_node = primary_of(cli_status(status))
     replica = next(n for n in status["nodes"] if n["id"] != primary_node["id"])
-    primary = client_for(primary_node, socket_timeout=30)
+    control = control_for(primary_node, socket_timeout=30)
     with pytest.raises(redis.ResponseError, match="not a known node of shard 0"):
-        primary.execute_command("ENGRAM.FAILOVER", "no-such-node")
+        control.execute_command("ENGRAM.FAILOVER", "no-such-node")
     os.kill(replica["pid"], signal.SIGSTOP)
     try:
         with pytest.raises(redis.ResponseError, match="does not answer"):
-            primary.execute_command("ENGRAM.FAILOVER", replica["id"])
+            control.execute_command("ENGRAM.FAILOVER", replica["id"])
     finally:
         os.kill(replica["pid"], signal.SIGCONT)
-    assert primary.set("still-primary", "yes")
+    assert client_for(primary_node, socket_timeout=30).set("still-primary", "yes")
     assert primary_of(cli_status(status))["id"] == primary_node["id"]

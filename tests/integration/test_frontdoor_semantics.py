@@ -14,7 +14,7 @@ import redis
 from redis.exceptions import MovedError
 
 from engram.cluster.slots import key_hash_slot
-from tests.integration.workload import cli_status, client_for, primary_of
+from tests.integration.workload import cli_status, client_for, control_status, primary_of
 
 pytestmark = pytest.mark.integration
 
@@ -259,16 +259,18 @@ def test_replica_redirects_writes_and_serves_reads_after_readonly(primary, repli
         replica.set("ro:key", "w")
 
 
-def test_engram_status_reports_role_epoch_sequences_and_version(primary, replica_node) -> None:
-    raw = primary.execute_command("ENGRAM.STATUS")
-    fields = {k.decode(): v.decode() for k, v in zip(raw[::2], raw[1::2], strict=True)}
+def test_engram_status_on_the_control_port_reports_role_epoch_sequences_and_version(
+    cluster, replica_node
+) -> None:
+    primary_node = primary_of(cli_status(cluster))
+    fields = control_status(primary_node)
     assert fields["role"] == "primary"
     assert int(fields["epoch"]) >= 1
     assert int(fields["committed_seq"]) >= 1
     assert int(fields["lease_ms"]) > 0
     assert fields["engine_version"]
-    raw = client_for(replica_node).execute_command("ENGRAM.STATUS")
-    replica_fields = {k.decode(): v.decode() for k, v in zip(raw[::2], raw[1::2], strict=True)}
+    assert (fields["address"], fields["admin"]) == (primary_node["address"], primary_node["admin"])
+    replica_fields = control_status(replica_node)
     assert replica_fields["role"] == "replica"
     assert replica_fields["leader_id"] == fields["node_id"]
     assert int(replica_fields["lag"]) >= 0 and replica_fields["slots"] == "0-16383"

@@ -34,14 +34,29 @@ def client_for(node: dict, **kwargs: object) -> redis.Redis:
     return redis.Redis(host=host, port=int(port), **kwargs)
 
 
+def control_for(node: dict, **kwargs: object) -> redis.Redis:
+    """A connection to the node's control port: ENGRAM.STATUS and ENGRAM.FAILOVER live there only."""
+    host, port = node["admin"].rsplit(":", 1)
+    return redis.Redis(host=host, port=int(port), **kwargs)
+
+
+def control_status(node: dict, **kwargs: object) -> dict[str, str]:
+    """The node's ENGRAM.STATUS fields, from its control port."""
+    raw = control_for(node, **kwargs).execute_command("ENGRAM.STATUS")
+    return {k.decode(): v.decode() for k, v in zip(raw[::2], raw[1::2], strict=True)}
+
+
 def wait_for_new_primary(status: dict, old_id: str, timeout: float = 30.0) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         fresh = cli_status(status)
         for node in fresh["nodes"]:
             if node["role"] == "primary" and node["id"] != old_id:
+                # The node still says it is primary, and its data path answers clients.
                 try:
-                    client_for(node, socket_timeout=2).execute_command("ENGRAM.STATUS")
+                    if control_status(node, socket_timeout=2).get("role") != "primary":
+                        continue
+                    client_for(node, socket_timeout=2).ping()
                 except redis.RedisError:
                     continue
                 return node
