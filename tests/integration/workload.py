@@ -35,9 +35,12 @@ def client_for(node: dict, **kwargs: object) -> redis.Redis:
 
 
 def control_for(node: dict, **kwargs: object) -> redis.Redis:
-    """A connection to the node's control port: ENGRAM.STATUS and ENGRAM.FAILOVER live there only."""
+    """A connection to the node's control port: ENGRAM.STATUS and ENGRAM.FAILOVER live there only.
+
+    RESP2: the control port speaks no HELLO, which redis-py sends first for RESP3 (its default).
+    """
     host, port = node["admin"].rsplit(":", 1)
-    return redis.Redis(host=host, port=int(port), **kwargs)
+    return redis.Redis(host=host, port=int(port), **{"protocol": 2, **kwargs})
 
 
 def control_status(node: dict, **kwargs: object) -> dict[str, str]:
