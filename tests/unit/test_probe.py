@@ -1,11 +1,19 @@
-"""The readiness probe's verdict from ENGRAM.STATUS fields."""
+"""The readiness probe: its verdict from ENGRAM.STATUS fields, asked on the node's control port."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+
 import pytest
 
+from engram.node import probe
+from engram.node.control import ControlServer
 from engram.node.peer import parse_status
 from engram.node.probe import ready
+from engram.platforms.local import ports
 
 
 @pytest.mark.parametrize(
@@ -26,3 +34,56 @@ def test_status_replies_parse_into_strings() -> None:
     assert parse_status([b"role", b"replica", b"lag", b"2"]) == {"role": "replica", "lag": "2"}
     with pytest.raises(ValueError, match="not a field/value array"):
         parse_status([b"odd"])
+
+
+@contextmanager
+def _serving(start: Callable[[int], Awaitable[object]]) -> Iterator[int]:
+    """Run a server, started by start(port), on a free port in a thread of its own: probe.main
+    runs its own event loop."""
+    port = ports.allocate(1)[0]
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+
+    def run() -> None:
+        loop.run_until_complete(start(port))
+        started.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert started.wait(10)
+    try:
+        yield port
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+async def _no_switchover(target: str) -> None:
+    raise AssertionError("the probe must not request a switchover")
+
+
+def test_the_probe_asks_the_nodes_control_port() -> None:
+    control = ControlServer(lambda: {"role": "replica", "halted": "", "lag": "2"}, _no_switchover)
+    with _serving(lambda port: control.start(ports.LOOPBACK, port)) as port:
+        assert probe.main(["--port", str(port)]) == 0
+
+
+def test_a_port_that_does_not_know_engram_status_is_not_ready(capsys: pytest.CaptureFixture[str]) -> None:
+    """What the probe meets if pointed at the client port, where Valkey serves clients."""
+
+    async def valkey_like(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        writer.write(b"-ERR unknown command 'ENGRAM.STATUS', with args beginning with: \r\n")
+        await writer.drain()
+        writer.close()
+
+    with _serving(lambda port: asyncio.start_server(valkey_like, ports.LOOPBACK, port)) as port:
+        assert probe.main(["--port", str(port), "--timeout", "2"]) == 1
+    assert "not ready" in capsys.readouterr().err
+
+
+def test_the_probes_help_says_port_is_the_control_port(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        probe.main(["--help"])
+    assert "control port" in capsys.readouterr().out

@@ -2,6 +2,9 @@
 
 Ready = the shard's primary, or a replica that applies the journal (not halted by upgrade
 protection or a checksum mismatch) and is no more than --max-lag entries behind.
+
+It asks ENGRAM.STATUS on the node's control port (NodeConfig.admin_port): the client port is
+Valkey's own, where no such command exists.
 """
 
 from __future__ import annotations
@@ -11,6 +14,9 @@ import asyncio
 import sys
 
 from engram.node.peer import PeerUnreachable, peer_status
+
+# The control port of a node on the default client port 6379 whose admin_port is left at 0.
+DEFAULT_CONTROL_PORT = 6379 + 10000
 
 
 def ready(fields: dict[str, str], max_lag: int) -> tuple[bool, str]:
@@ -30,7 +36,10 @@ def ready(fields: dict[str, str], max_lag: int) -> tuple[bool, str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="engram-probe", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=6379)
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_CONTROL_PORT,
+        help="the node's control port (admin_port), not its client port (default: %(default)s)",
+    )
     parser.add_argument("--max-lag", type=int, default=1000, help="journal entries a ready replica may trail")
     parser.add_argument("--timeout", type=float, default=2.0)
     args = parser.parse_args(argv)
