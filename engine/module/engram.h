@@ -94,6 +94,11 @@ typedef int (*VkApplyFunc)(VkCtx *ctx, void *privdata, VkString **err);
     X(int, ReplyWithSimpleString, (VkCtx * ctx, const char *msg))                                  \
     X(int, ReplyWithArray, (VkCtx * ctx, long len))                                                \
     X(int, ReplyWithNullArray, (VkCtx * ctx))                                                      \
+    X(int, ReplyWithMap, (VkCtx * ctx, long len))                                                  \
+    X(int, ReplyWithSet, (VkCtx * ctx, long len))                                                  \
+    X(int, ReplyWithNull, (VkCtx * ctx))                                                           \
+    X(int, ReplyWithBool, (VkCtx * ctx, int b))                                                    \
+    X(int, ReplyWithDouble, (VkCtx * ctx, double d))                                               \
     X(int, ReplyWithLongLong, (VkCtx * ctx, long long ll))                                         \
     X(int, ReplyWithCallReply, (VkCtx * ctx, VkCallReply * reply))                                 \
     X(int, ReplyWithStringBuffer, (VkCtx * ctx, const char *buf, size_t len))                      \
@@ -165,6 +170,17 @@ typedef enum {
     EG_NULLARR, /* an EXEC aborted by a touched WATCHed key */
     EG_PENDING, /* a blocking command still waiting; its reply fills this entry */
 } EgKind;
+
+/* A reply parsed from RESP (resp.c), emitted with the ValkeyModule_ReplyWith* calls so that it
+ * takes the client's protocol: a RESP3 map goes out as a flat array to a RESP2 client. */
+typedef struct EgResp {
+    char type;             /* the RESP3 type byte: + - : $ * % ~ _ # , */
+    long long n;           /* ':' and '#' value; '+' '-' '$' ',' length; aggregates: elements (map: pairs) */
+    char *str;             /* string types: the text, NUL-terminated */
+    struct EgResp *items;  /* aggregates: the elements, keys and values alternating in a map */
+    int refs;              /* the root only: the owner and every queued entry that emits it */
+    size_t bytes;          /* the root only: the RESP size, for the queue's caps */
+} EgResp;
 
 typedef struct EgEntry {
     EgKind kind;
@@ -282,6 +298,21 @@ void eg_watch_add(EgClient *cl, int db, VkString *key);
 void eg_watch_clear(EgClient *cl);
 int eg_watch_broken(EgClient *cl);
 void eg_dirty_flushed(void);
+
+/* crc16.c */
+#define EG_SLOTS 16384
+void eg_crc16_init(void);
+int eg_key_slot(const char *key, size_t len);
+
+/* resp.c */
+EgResp *eg_resp_parse(const char *buf, size_t len);
+void eg_resp_emit(VkCtx *ctx, const EgResp *r);
+EgResp *eg_resp_retain(EgResp *r);
+void eg_resp_release(EgResp *r);
+EgResp *eg_resp_integer(long long v);
+EgResp *eg_resp_error(const char *text);
+EgResp *eg_resp_status(const char *text);
+EgResp *eg_resp_bulk_array(char **strs, size_t *lens, size_t n); /* takes strs[i] */
 
 /* commit.c */
 extern long long eg_committed; /* highest offset the replica link acknowledged */
