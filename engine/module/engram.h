@@ -21,6 +21,8 @@ typedef struct VkFilter VkFilter;
 typedef struct VkDict VkDict;
 typedef struct VkDictIter VkDictIter;
 typedef struct VkCommand VkCommand;
+typedef struct VkKey VkKey;
+typedef struct VkScanCursor VkScanCursor;
 
 #define VK_OK 0
 #define VK_ERR 1
@@ -64,6 +66,8 @@ typedef struct VkClientInfo { /* version 1 */
     uint16_t db;
 } VkClientInfo;
 
+#define VK_CLIENTINFO_FLAG_UNIXSOCKET (1 << 4)
+
 #define VK_CONFIG_DEFAULT 0
 
 typedef int (*VkCmdFunc)(VkCtx *ctx, VkString **argv, int argc);
@@ -76,6 +80,7 @@ typedef void (*VkOnUnblocked)(VkCtx *ctx, VkCallReply *reply, void *privdata);
 typedef long long (*VkGetNumericFunc)(const char *name, void *privdata);
 typedef int (*VkSetNumericFunc)(const char *name, long long val, void *privdata, VkString **err);
 typedef int (*VkApplyFunc)(VkCtx *ctx, void *privdata, VkString **err);
+typedef void (*VkScanFunc)(VkCtx *ctx, VkString *keyname, VkKey *key, void *privdata);
 
 /* X(return type, name, parameters): every API function Engram calls. */
 #define VK_API(X)                                                                                  \
@@ -130,6 +135,10 @@ typedef int (*VkApplyFunc)(VkCtx *ctx, void *privdata, VkString **err);
     X(void, BlockClientSetPrivateData, (VkBlockedClient * bc, void *privdata))                     \
     X(void, SetDisconnectCallback, (VkBlockedClient * bc, VkDisconnectFunc cb))                    \
     X(unsigned long long, GetClientId, (VkCtx * ctx))                                              \
+    X(int, GetClientInfoById, (void *ci, uint64_t id))                                             \
+    X(VkScanCursor *, ScanCursorCreate, (void))                                                    \
+    X(void, ScanCursorDestroy, (VkScanCursor * cursor))                                            \
+    X(int, Scan, (VkCtx * ctx, VkScanCursor * cursor, VkScanFunc fn, void *privdata))               \
     X(int, GetContextFlags, (VkCtx * ctx))                                                         \
     X(int, SelectDb, (VkCtx * ctx, int db))                                                        \
     X(int, GetSelectedDb, (VkCtx * ctx))                                                           \
@@ -169,6 +178,7 @@ typedef enum {
     EG_EXEC,    /* an emulated EXEC: an array of replies */
     EG_NULLARR, /* an EXEC aborted by a touched WATCHed key */
     EG_PENDING, /* a blocking command still waiting; its reply fills this entry */
+    EG_RESP,    /* a reply the module built or the node pushed (CLUSTER ...) */
 } EgKind;
 
 /* A reply parsed from RESP (resp.c), emitted with the ValkeyModule_ReplyWith* calls so that it
@@ -185,6 +195,7 @@ typedef struct EgResp {
 typedef struct EgEntry {
     EgKind kind;
     VkCallReply *reply;
+    EgResp *resp; /* EG_RESP: one reference */
     char *text;
     VkCallReply **items; /* EG_EXEC */
     size_t nitems;
@@ -232,7 +243,15 @@ struct EgClient {
     size_t *watched_len;
     int n_watched;
     long long watch_epoch; /* flushes seen when the first key was watched */
+    /* The cluster protocol (cluster.c). */
+    int internal;   /* the node's own connection (ENGRAM.INTERNAL): the filter leaves it alone */
+    int conn;       /* EG_CONN_*: a client connection or a script's/module's fake client */
+    int readonly;   /* READONLY: keyed reads are served on a replica */
+    int tx_slot;    /* slot + 1 of the keyed commands queued in MULTI; 0 none yet */
+    int tx_writes;  /* a write was queued in MULTI */
 };
+
+enum { EG_CONN_UNKNOWN = 0, EG_CONN_CLIENT = 1, EG_CONN_FAKE = 2 };
 
 /* Per-command classes, from COMMAND at load time (lower-case name or "container|sub"). */
 enum {
@@ -252,6 +271,7 @@ extern long long eg_max_queued_bytes; /* per client */
 extern long long eg_iter;             /* event-loop iteration, for per-iteration caches */
 extern int eg_active;                 /* primary role: the module holds replies */
 extern VkString *eg_wrap_write, *eg_wrap_read, *eg_wrap_tx, *eg_wrap_native, *eg_wrap_select;
+extern VkString *eg_wrap_refuse, *eg_wrap_cluster;
 int eg_command_class(const char *name, size_t len, VkString *sub);
 char *eg_strdup(const char *s);
 size_t eg_lower(char *out, size_t cap, const char *s, size_t len);
@@ -259,6 +279,7 @@ size_t eg_lower(char *out, size_t cap, const char *s, size_t len);
 /* tx.c */
 int eg_cmd_tx(VkCtx *ctx, VkString **argv, int argc);
 void eg_free_tx(EgClient *cl);
+void eg_discard_tx(EgClient *cl);
 
 /* filter.c */
 void eg_filter(VkFilterCtx *f);
@@ -268,6 +289,7 @@ int eg_is_refused_client_setting(VkString **argv, int argc);
 EgClient *eg_client(unsigned long long id, int create);
 EgEntry *eg_queue(EgClient *cl, EgKind kind, VkCallReply *reply, const char *text);
 EgEntry *eg_queue_exec(EgClient *cl, VkCallReply **items, size_t n);
+EgEntry *eg_queue_resp(EgClient *cl, EgResp *resp);
 void eg_need_offset(EgClient *cl);
 void eg_need_target(EgClient *cl, long long target);
 int eg_finish(VkCtx *ctx, EgClient *cl);
@@ -313,6 +335,46 @@ EgResp *eg_resp_integer(long long v);
 EgResp *eg_resp_error(const char *text);
 EgResp *eg_resp_status(const char *text);
 EgResp *eg_resp_bulk_array(char **strs, size_t *lens, size_t n); /* takes strs[i] */
+
+/* control.c: what the node pushed */
+#define EG_NO_SHARD 0xFFFF
+typedef struct EgNamedReply {
+    char *name; /* lower-case subcommand, or a node id for REPLICAS */
+    EgResp *reply;
+} EgNamedReply;
+typedef struct EgTopology {
+    int shard;         /* this node's shard */
+    int slots_known;
+    uint16_t owner[EG_SLOTS]; /* shard per slot, EG_NO_SHARD unassigned */
+    char **leader;     /* per shard id below n_leader: its primary's host:port, or NULL */
+    int n_leader;
+    char *reason;      /* why the shard has no primary: the CLUSTERDOWN text on a replica */
+    EgNamedReply *replies, *replicas;
+    int n_replies, n_replicas;
+} EgTopology;
+extern int eg_cluster_on;      /* the node pushed ROLE, LEASE or TOPOLOGY: cluster checks run */
+extern int eg_valkey_replica;  /* Valkey itself replicates from another server (REPLICAOF) */
+extern EgTopology *eg_topology; /* NULL: the slot map is not known yet */
+long long eg_now_us(void);
+int eg_serving(void);
+const char *eg_lease_reason(void);
+const char *eg_no_primary_reason(void);
+const char *eg_leader_of(int shard);
+EgResp *eg_topology_reply(int replicas, const char *name);
+int eg_control_info(char *buf, size_t cap);
+int eg_from_unix_socket(VkCtx *ctx);
+void eg_join_args(VkString **argv, int from, int argc, char *out, size_t cap);
+void eg_on_valkey_role(int primary);
+int eg_cmd_internal(VkCtx *ctx, VkString **argv, int argc);
+int eg_cmd_role(VkCtx *ctx, VkString **argv, int argc);
+int eg_cmd_lease(VkCtx *ctx, VkString **argv, int argc);
+int eg_cmd_topology(VkCtx *ctx, VkString **argv, int argc);
+
+/* cluster.c */
+int eg_cluster_filter(VkFilterCtx *f, EgClient *cl, const char *name, size_t len, int argc, int cls);
+int eg_cmd_refuse(VkCtx *ctx, VkString **argv, int argc);
+int eg_cmd_cluster(VkCtx *ctx, VkString **argv, int argc);
+void eg_refuse(VkFilterCtx *f, const char *text);
 
 /* commit.c */
 extern long long eg_committed; /* highest offset the replica link acknowledged */

@@ -2,7 +2,9 @@
  *
  * It counts each client's wire bytes (to find the end of its input), takes the replica link's
  * REPLCONF ACK as the commit signal, and rewrites a command into one of Engram's wrappers when
- * its reply must wait: a write, anything behind a queued reply, a read of an uncommitted key. */
+ * its reply must wait: a write, anything behind a queued reply, a read of an uncommitted key.
+ * Once the node has pushed its cluster state, the cluster checks (cluster.c) run first. */
+#include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
@@ -31,6 +33,14 @@ static long long wire_bytes(VkFilterCtx *f, int argc) {
 static void wrap(VkFilterCtx *f, VkString *wrapper) {
     Vk_RetainString(NULL, wrapper);
     Vk_CommandFilterArgInsert(f, 0, wrapper);
+}
+
+static int is_wrapper(const char *name, size_t len) {
+    static const char *wrappers[] = {"engram.w", "engram.r", "engram.x", "engram.select", "engram.tx",
+                                     "engram.refuse", "engram.cluster", NULL};
+    for (int i = 0; wrappers[i]; i++)
+        if (len == strlen(wrappers[i]) && !strncasecmp(name, wrappers[i], len)) return 1;
+    return 0;
 }
 
 static int reads_dirty_key(VkFilterCtx *f, int argc) {
@@ -83,10 +93,33 @@ void eg_filter(VkFilterCtx *f) {
         cl->replica_link = 1;
     }
     cl->consumed += wire_bytes(f, argc);
-    if (!eg_active || (len > 7 && !strncasecmp(name, "engram.", 7))) return;
+    if (cl->internal) return; /* the node's own connection: nothing is wrapped, checked or held */
+    if (len > 7 && !strncasecmp(name, "engram.", 7)) {
+        /* A wrapper named by a client would run a command unchecked, or a write unreplicated. */
+        if (is_wrapper(name, len)) {
+            char buf[160];
+            snprintf(buf, sizeof buf, "ERR engram: '%.*s' is the module's own; send the command itself",
+                     (int)(len < 32 ? len : 32), name);
+            eg_refuse(f, buf);
+        }
+        return;
+    }
 
     int cls = eg_command_class(name, len, argc > 1 ? Vk_CommandFilterArgGet(f, 1) : NULL);
+    if (eg_cluster_filter(f, cl, name, len, argc, cls)) return;
     int pending = cl->head != NULL;
+    if (!eg_active) {
+        /* Replicas hold nothing; but replies queued before the role changed keep their order,
+         * and transactions stay emulated (a refusal inside one must doom it, not be QUEUED);
+         * one begun on the primary does not run its writes here. While Valkey replicates from
+         * another server its primary's MULTI/EXEC blocks run natively, as everything else. */
+        if (!pending && !cl->in_tx && (!(cls & EG_CMD_TX) || eg_valkey_replica)) return;
+        int exec = cl->in_tx && cl->tx_n > 0 && len == 4 && !strncasecmp(name, "exec", 4);
+        if ((cls & EG_CMD_WRITE) || (exec && cl->tx_writes)) {
+            eg_refuse(f, "READONLY You can't write against a read only replica.");
+            return;
+        }
+    }
     if (cl->in_tx || (cls & EG_CMD_TX)) {
         wrap(f, eg_wrap_tx);
     } else if (cls & EG_CMD_NATIVE) {

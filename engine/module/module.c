@@ -20,6 +20,7 @@ long long eg_max_queued_bytes = 4LL << 20;
 long long eg_iter = 0;
 int eg_active = 1;
 VkString *eg_wrap_write, *eg_wrap_read, *eg_wrap_tx, *eg_wrap_native, *eg_wrap_select;
+VkString *eg_wrap_refuse, *eg_wrap_cluster;
 
 #define EG_WRAPPER_ACL_CATEGORIES                                                                  \
     "read write keyspace string list set sortedset hash stream bitmap hyperloglog geo scripting " \
@@ -239,18 +240,11 @@ static int cmd_select(VkCtx *ctx, VkString **argv, int argc) {
 /* ENGRAM.STEPDOWN <reason>: the node lost leadership; no held reply can be confirmed now. */
 static int cmd_stepdown(VkCtx *ctx, VkString **argv, int argc) {
     if (argc < 2) return Vk_WrongArity(ctx);
-    char reason[256] = "";
-    size_t used = 0;
-    for (int i = 1; i < argc && used < sizeof reason - 1; i++) {
-        size_t len;
-        const char *s = Vk_StringPtrLen(argv[i], &len);
-        int n = snprintf(reason + used, sizeof reason - used, "%s%.*s", i > 1 ? " " : "", (int)len, s);
-        if (n < 0) break;
-        used += (size_t)n;
-    }
-    /* Error replies are one line: keep the reason on it. */
-    for (size_t i = 0; reason[i]; i++)
-        if (reason[i] == '\r' || reason[i] == '\n') reason[i] = ' ';
+    if (!eg_from_unix_socket(ctx))
+        return Vk_ReplyWithError(ctx, "ERR engram: ENGRAM.STEPDOWN is accepted only from the node, over "
+                                      "Valkey's unix socket");
+    char reason[256];
+    eg_join_args(argv, 1, argc, reason, sizeof reason);
     eg_fail_all(reason);
     return Vk_ReplyWithSimpleString(ctx, "OK");
 }
@@ -259,6 +253,9 @@ static int cmd_stepdown(VkCtx *ctx, VkString **argv, int argc) {
 static int cmd_committimeout(VkCtx *ctx, VkString **argv, int argc) {
     if (argc > 2) return Vk_WrongArity(ctx);
     if (argc == 2) {
+        if (!eg_from_unix_socket(ctx))
+            return Vk_ReplyWithError(ctx,
+                                     "ERR engram: the commit timeout is set only over Valkey's unix socket");
         long long ms;
         if (Vk_StringToLongLong(argv[1], &ms) != VK_OK || ms < 1)
             return Vk_ReplyWithError(ctx,
@@ -274,7 +271,7 @@ static int cmd_info(VkCtx *ctx, VkString **argv, int argc) {
     if (argc != 1) return Vk_WrongArity(ctx);
     EgStats st;
     eg_replies_stats(&st);
-    char buf[1024];
+    char buf[1536];
     int n = snprintf(buf, sizeof buf,
                      "active:%d\r\ncommitted_offset:%lld\r\ndirty_keys:%lld\r\ntracked_clients:%lld\r\n"
                      "blocked_clients:%lld\r\nqueued_reply_bytes:%lld\r\ncommit_timeout_ms:%lld\r\n"
@@ -282,6 +279,8 @@ static int cmd_info(VkCtx *ctx, VkString **argv, int argc) {
                      "replies_failed:%lld\r\n",
                      eg_active, eg_committed, eg_dirty_count(), st.clients, st.blocked, st.queued_bytes,
                      eg_commit_timeout_ms, st.blocks, st.early_blocks, st.emitted, st.timeouts, st.failed);
+    if (n > 0 && (size_t)n < sizeof buf) n += eg_control_info(buf + n, sizeof buf - (size_t)n);
+    if (n < 0 || (size_t)n >= sizeof buf) n = (int)strlen(buf);
     return Vk_ReplyWithStringBuffer(ctx, buf, (size_t)n);
 }
 
@@ -318,8 +317,7 @@ static void on_role_change(VkCtx *ctx, VkEvent e, uint64_t sub, void *data) {
     (void)ctx;
     (void)e;
     (void)data;
-    eg_active = sub == VK_SUBEVENT_NOW_PRIMARY;
-    if (!eg_active) eg_fail_all("this node became a replica");
+    eg_on_valkey_role(sub == VK_SUBEVENT_NOW_PRIMARY);
 }
 
 static void on_flush(VkCtx *ctx, VkEvent e, uint64_t sub, void *data) {
@@ -407,7 +405,13 @@ int ValkeyModule_OnLoad(VkCtx *ctx, VkString **argv, int argc) {
         {"engram.x", cmd_native, "readonly fast"},
         {"engram.select", cmd_select, "readonly fast"},
         {"engram.tx", eg_cmd_tx, "may-replicate fast"},
+        {"engram.refuse", eg_cmd_refuse, "readonly fast"},
+        {"engram.cluster", eg_cmd_cluster, "readonly fast"},
         {"engram.stepdown", cmd_stepdown, "admin fast"},
+        {"engram.internal", eg_cmd_internal, "admin fast deny-script"},
+        {"engram.role", eg_cmd_role, "admin fast deny-script"},
+        {"engram.lease", eg_cmd_lease, "admin fast deny-script"},
+        {"engram.topology", eg_cmd_topology, "admin deny-script"},
         {"engram.committimeout", cmd_committimeout, "admin fast"},
         {"engram.info", cmd_info, "readonly fast"},
         {"engram.clients", cmd_clients, "readonly"},
@@ -419,7 +423,8 @@ int ValkeyModule_OnLoad(VkCtx *ctx, VkString **argv, int argc) {
      * (Call's C flag, with Valkey's own NOPERM message). So a wrapper belongs to every category a
      * wrapped command can come from, and to none that users usually take away (@dangerous,
      * @admin, @slow: hence "fast" above): a user granted +@read +@write needs nothing more. */
-    static const char *wrappers[] = {"engram.w", "engram.r", "engram.x", "engram.select", "engram.tx", NULL};
+    static const char *wrappers[] = {"engram.w",  "engram.r",      "engram.x",       "engram.select",
+                                     "engram.tx", "engram.refuse", "engram.cluster", NULL};
     for (int i = 0; wrappers[i]; i++) {
         VkCommand *command = Vk_GetCommand(ctx, wrappers[i]);
         if (!command || Vk_SetCommandACLCategories(command, EG_WRAPPER_ACL_CATEGORIES) != VK_OK)
@@ -430,10 +435,14 @@ int ValkeyModule_OnLoad(VkCtx *ctx, VkString **argv, int argc) {
     eg_wrap_tx = Vk_CreateString(NULL, "engram.tx", 9);
     eg_wrap_native = Vk_CreateString(NULL, "engram.x", 8);
     eg_wrap_select = Vk_CreateString(NULL, "engram.select", 13);
+    eg_wrap_refuse = Vk_CreateString(NULL, "engram.refuse", 13);
+    eg_wrap_cluster = Vk_CreateString(NULL, "engram.cluster", 14);
 
     load_command_table(ctx);
     eg_dirty_init();
+    eg_crc16_init();
     eg_active = !(Vk_GetContextFlags(ctx) & VK_CTX_FLAGS_REPLICA);
+    eg_valkey_replica = !eg_active;
     if (!Vk_RegisterCommandFilter(ctx, eg_filter, VK_CMDFILTER_NOSELF)) return VK_ERR;
     Vk_SubscribeToKeyspaceEvents(ctx, VK_NOTIFY_DATA, keyspace_event);
     Vk_SubscribeToServerEvent(ctx, (VkEvent){VK_EVENT_EVENTLOOP, 1}, on_event_loop);

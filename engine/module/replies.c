@@ -83,6 +83,7 @@ static size_t entry_bytes(EgEntry *e) {
         n += len;
     }
     if (e->text) n += strlen(e->text);
+    if (e->resp) n += e->resp->bytes;
     return n;
 }
 
@@ -92,6 +93,7 @@ static void free_entry(EgEntry *e) {
         if (e->items[i]) Vk_FreeCallReply(e->items[i]);
     Vk_Free(e->items);
     Vk_Free(e->text);
+    eg_resp_release(e->resp);
     Vk_Free(e);
 }
 
@@ -157,15 +159,25 @@ EgEntry *eg_queue_exec(EgClient *cl, VkCallReply **items, size_t n) {
     return append(cl, e);
 }
 
+/* A parsed reply (a CLUSTER reply, a refusal...); the queue takes the caller's reference. */
+EgEntry *eg_queue_resp(EgClient *cl, EgResp *resp) {
+    EgEntry *e = Vk_Calloc(1, sizeof(*e));
+    e->kind = EG_RESP;
+    e->resp = resp;
+    return append(cl, e);
+}
+
 /* The queue now holds an effect that is in the replication stream only once this event-loop
  * iteration ends: its offset is read before sleep. */
 void eg_need_offset(EgClient *cl) {
+    if (!eg_active) return; /* a replica holds nothing */
     if (!cl->unassigned) eg_mark_unassigned();
     cl->unassigned = 1;
     touch(cl);
 }
 
 void eg_need_target(EgClient *cl, long long target) {
+    if (!eg_active) return;
     if (target > cl->target) cl->target = target;
 }
 
@@ -199,6 +211,7 @@ static void emit(VkCtx *ctx, EgClient *cl) {
             }
             break;
         case EG_PENDING: Vk_ReplyWithError(ctx, "ERR engram: a blocking command lost its reply"); break;
+        case EG_RESP: eg_resp_emit(ctx, e->resp); break;
         }
         stat_emitted++;
     }

@@ -17,9 +17,11 @@ void eg_free_tx(EgClient *cl) {
     cl->tx = NULL;
     cl->tx_n = cl->tx_cap = 0;
     cl->in_tx = cl->tx_abort = 0;
+    cl->tx_slot = cl->tx_writes = 0;
 }
 
-static void end_tx(EgClient *cl) {
+/* The transaction ends without running: its commands and WATCHed keys are forgotten. */
+void eg_discard_tx(EgClient *cl) {
     eg_free_tx(cl);
     eg_watch_clear(cl);
 }
@@ -54,7 +56,7 @@ int eg_cmd_tx(VkCtx *ctx, VkString **argv, int argc) {
             if (!strcmp(name, "exec")) { /* a refused EXEC always ends the transaction */
                 char buf[512];
                 snprintf(buf, sizeof buf, "EXECABORT Transaction discarded because of: %.*s", (int)elen, err);
-                end_tx(cl);
+                eg_discard_tx(cl);
                 eg_queue(cl, EG_ERROR, NULL, buf);
                 Vk_FreeCallReply(denied);
             } else {
@@ -75,13 +77,13 @@ int eg_cmd_tx(VkCtx *ctx, VkString **argv, int argc) {
         } else if (!cl->in_tx) {
             eg_queue(cl, EG_ERROR, NULL, exec ? "ERR EXEC without MULTI" : "ERR DISCARD without MULTI");
         } else if (!exec) {
-            end_tx(cl);
+            eg_discard_tx(cl);
             eg_queue(cl, EG_STATUS, NULL, "OK");
         } else if (cl->tx_abort) {
-            end_tx(cl);
+            eg_discard_tx(cl);
             eg_queue(cl, EG_ERROR, NULL, "EXECABORT Transaction discarded because of previous errors.");
         } else if (eg_watch_broken(cl)) {
-            end_tx(cl);
+            eg_discard_tx(cl);
             eg_queue(cl, EG_NULLARR, NULL, NULL);
         } else {
             eg_watch_clear(cl);
@@ -104,6 +106,7 @@ int eg_cmd_tx(VkCtx *ctx, VkString **argv, int argc) {
         } else {
             cl->in_tx = 1;
             cl->tx_abort = 0;
+            cl->tx_slot = cl->tx_writes = 0;
             eg_queue(cl, EG_STATUS, NULL, "OK");
         }
         return eg_finish(ctx, cl);
@@ -141,6 +144,7 @@ int eg_cmd_tx(VkCtx *ctx, VkString **argv, int argc) {
             cl->tx_cap = cl->tx_cap ? cl->tx_cap * 2 : 8;
             cl->tx = Vk_Realloc(cl->tx, sizeof(*cl->tx) * (size_t)cl->tx_cap);
         }
+        if (cls & EG_CMD_WRITE) cl->tx_writes = 1;
         EgTxCommand *c = &cl->tx[cl->tx_n++];
         c->argc = argc - 1;
         c->argv = Vk_Alloc(sizeof(*c->argv) * (size_t)c->argc);
