@@ -12,6 +12,10 @@ DEFAULT_NATS_IMAGE = os.environ.get("ENGRAM_NATS_IMAGE", "nats:2.14.0-alpine")
 CLUSTER_DOMAIN = os.environ.get("ENGRAM_CLUSTER_DOMAIN", "cluster.local")
 
 CLIENT_PORT = 6379
+# The node's control port: ENGRAM.STATUS and ENGRAM.FAILOVER, for the operator, the readiness probe
+# and peers (NodeConfig.admin_port's default, client port + 10000). Clients need only CLIENT_PORT,
+# where Valkey itself serves them.
+ADMIN_PORT = CLIENT_PORT + 10000
 METRICS_PORT = 9121
 JOURNAL_CLIENT_PORT = 4222
 JOURNAL_CLUSTER_PORT = 6222

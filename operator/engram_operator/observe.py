@@ -27,7 +27,7 @@ class NodeInfo:
 
 @dataclass(frozen=True)
 class EngineStatus:
-    """An engine node's answer to ENGRAM.STATUS (the fields the operator uses)."""
+    """An engine node's answer to ENGRAM.STATUS on its control port (the fields the operator uses)."""
 
     role: str
     halted: str = ""

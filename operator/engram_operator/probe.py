@@ -1,4 +1,7 @@
-"""Asks engine nodes who they are (ENGRAM.STATUS) and requests planned switchovers (ENGRAM.FAILOVER)."""
+"""Asks engine nodes who they are (ENGRAM.STATUS) and requests planned switchovers (ENGRAM.FAILOVER).
+
+Both on the node's control port (ADMIN_PORT): the client port is Valkey's own and knows neither.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ TIMEOUT = 2.0
 SWITCHOVER_TIMEOUT = 10.0
 
 
-async def engine_status(host: str, port: int = constants.CLIENT_PORT) -> EngineStatus | None:
+async def engine_status(host: str, port: int = constants.ADMIN_PORT) -> EngineStatus | None:
     """None when the node does not answer (starting, or gone): the caller keeps the last label."""
     try:
         return parse_engine_status(await call(host, port, "ENGRAM.STATUS", timeout=TIMEOUT))
@@ -29,4 +32,4 @@ async def all_statuses(pods: list[PodInfo]) -> dict[str, EngineStatus]:
 
 async def switchover(host: str, target_node_id: str) -> None:
     """Planned failover: the primary at ``host`` hands leadership to a caught-up replica."""
-    await call(host, constants.CLIENT_PORT, "ENGRAM.FAILOVER", target_node_id, timeout=SWITCHOVER_TIMEOUT)
+    await call(host, constants.ADMIN_PORT, "ENGRAM.FAILOVER", target_node_id, timeout=SWITCHOVER_TIMEOUT)

@@ -68,6 +68,7 @@ async def execute(cluster: ClusterSpec, plan: Plan, seen: Observed, logger: logg
         await kube.delete_job(cluster.namespace, name)
         logger.info("deleted job %s", name)
     ips = {p.name: p.ip for p in seen.pods}
+    # By pod IP on the control port (probe.switchover): no Service lists that port, none needs to.
     for switch in plan.switchovers:
         logger.info("switchover: %s hands its shard to %s", switch.pod, switch.target)
         await probe.switchover(ips[switch.pod], switch.target)

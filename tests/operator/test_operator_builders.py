@@ -79,7 +79,7 @@ def test_pods_meet_the_restricted_pod_security_standard(name: str) -> None:
         for pod in _pod_specs(obj):
             assert pod["securityContext"]["runAsNonRoot"] is True
             assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-            for c in pod["containers"]:
+            for c in [*pod.get("initContainers", []), *pod["containers"]]:
                 ctx = c["securityContext"]
                 assert ctx["allowPrivilegeEscalation"] is False
                 assert ctx["capabilities"] == {"drop": ["ALL"]}
@@ -121,6 +121,37 @@ def test_valkey_runs_on_the_private_socket_without_persistence_and_with_maxmemor
     # The node's replication tap needs diskless full syncs and a generous replica timeout.
     assert flags["--repl-diskless-sync"] == "yes" and flags["--repl-timeout"] == "3600"
     assert args[-2:] == ["--maxmemory", str(int(2 * 1024**3 * 0.75))]
+
+
+def _engine_pod() -> dict[str, Any]:
+    return builders.build_engine_pod(
+        SPECS["three-zones"], name="demo-1-2", shard=1, index=2, zone="zone-b", cluster_id=CLUSTER_ID
+    )
+
+
+def _containers(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    spec_ = pod["spec"]
+    return {c["name"]: c for c in [*spec_.get("initContainers", []), *spec_["containers"]]}
+
+
+def test_the_operator_reaches_the_nodes_control_port() -> None:
+    pod = _engine_pod()
+    node = _containers(pod)["node"]
+    assert {"name": "admin", "containerPort": 16379} in node["ports"]
+    # Every question to the node goes to its own port: the client port answers while it starts.
+    assert node["readinessProbe"]["exec"]["command"][-2:] == ["--port", "16379"]
+    assert node["startupProbe"]["tcpSocket"]["port"] == 16379
+    assert node["livenessProbe"]["tcpSocket"]["port"] == 16379
+    config = NodeConfig(**json.loads(pod["metadata"]["annotations"][labels.NODE_CONFIG]))
+    assert (config.port, config.admin_port) == (6379, 16379)
+    assert config.admin_announce == "demo-1-2.demo-nodes.db.svc.cluster.local:16379"
+
+
+def test_services_carry_the_client_port_only() -> None:
+    """Clients need 6379 alone; the operator and peers reach the control port by pod IP or DNS name."""
+    cluster = SPECS["minimal"]
+    for svc in (builders.build_endpoint_service(cluster), builders.build_headless_service(cluster)):
+        assert svc["spec"]["ports"] == [{"name": "valkey", "port": 6379, "targetPort": "valkey"}]
 
 
 def test_configuration_endpoint_selects_every_engine_pod_regardless_of_role() -> None:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+from typing import Any
 
+import pytest
 from cluster_state import CLUSTER_ID, journal_up, just_applied, provision_job, running, spec
 from k8s_offline import crd_schema, memorycluster_crd, schema_errors
 
+from engram_operator import probe
 from engram_operator.conditions import CONDITION_TYPES, Condition, build_conditions
 from engram_operator.decisions import decide
-from engram_operator.observe import EngineStatus, parse_engine_status
+from engram_operator.observe import EngineStatus, PodInfo, parse_engine_status
 from engram_operator.status import build_status
 
 
@@ -108,3 +112,23 @@ def test_engram_status_reply_is_parsed_from_a_flat_array() -> None:
     assert parse_engine_status(reply) == EngineStatus(
         role="replica", halted="", epoch=3, applied_seq=41, committed_seq=42
     )
+
+
+def test_the_operator_asks_and_switches_over_on_the_nodes_control_port(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Port 6379 is Valkey's, which knows neither command; 16379 is the node's own."""
+    sent: list[tuple[str, int, tuple[str, ...]]] = []
+
+    async def call(host: str, port: int, *args: str, timeout: float) -> Any:
+        sent.append((host, port, args))
+        return [b"role", b"primary"] if args[0] == "ENGRAM.STATUS" else "OK"
+
+    monkeypatch.setattr(probe, "call", call)
+    pod = PodInfo(name="demo-0-0", shard=0, index=0, zone="zone-a", phase="Running", ip="10.0.0.7")
+    assert asyncio.run(probe.all_statuses([pod])) == {"demo-0-0": EngineStatus(role="primary")}
+    asyncio.run(probe.switchover("10.0.0.7", "demo-0-1"))
+    assert sent == [
+        ("10.0.0.7", 16379, ("ENGRAM.STATUS",)),
+        ("10.0.0.7", 16379, ("ENGRAM.FAILOVER", "demo-0-1")),
+    ]

@@ -1,4 +1,7 @@
-"""Engine pods: a Valkey container and the engine node container, pinned to their planned zone."""
+"""Engine pods: a Valkey container and the engine node container, pinned to their planned zone.
+
+The node answers the operator and its peers on ADMIN_PORT, its control port.
+"""
 
 from __future__ import annotations
 
@@ -23,8 +26,9 @@ from engram_operator.builders.common import (
 from engram_operator.builders.journal import STREAM_REPLICAS, journal_urls
 from engram_operator.spec import ClusterSpec
 
-# Ready = a primary, or a replica applying the journal (not halted) and nearly caught up.
-READINESS_COMMAND = ["python", "-m", "engram.node.probe", "--port", str(constants.CLIENT_PORT)]
+# Ready = a primary, or a replica applying the journal (not halted) and nearly caught up; the node
+# says which on its control port.
+READINESS_COMMAND = ["python", "-m", "engram.node.probe", "--port", str(constants.ADMIN_PORT)]
 
 # Valkey gets this share of the container's memory limit; the rest covers replication buffers.
 MAXMEMORY_FRACTION = Decimal("0.75")
@@ -50,6 +54,7 @@ def build_node_config(
         shard=shard,
         zone=zone,
         port=constants.CLIENT_PORT,
+        admin_port=constants.ADMIN_PORT,
         journal_urls=journal_urls(cluster),
         data_dir=constants.DATA_DIR,
         cluster_id=cluster_id,
@@ -160,6 +165,8 @@ def build_engine_pod(
         ],
         "ports": [
             {"name": "valkey", "containerPort": constants.CLIENT_PORT},
+            # The control port: the operator and peers reach it by pod IP or pod DNS name.
+            {"name": "admin", "containerPort": constants.ADMIN_PORT},
             {"name": "metrics", "containerPort": constants.METRICS_PORT},
         ],
         "resources": cluster.node_resources.to_manifest(),
@@ -170,9 +177,10 @@ def build_engine_pod(
             {"name": "data", "mountPath": constants.DATA_DIR},
             {"name": "tmp", "mountPath": "/tmp"},
         ],
-        # Loading a snapshot and replaying the journal tail can take a while on a big shard.
+        # Loading a snapshot and replaying the journal tail can take a while on a big shard. The
+        # node's own port: the client port becomes Valkey's, which answers long before the node does.
         "startupProbe": {
-            "tcpSocket": {"port": constants.CLIENT_PORT},
+            "tcpSocket": {"port": constants.ADMIN_PORT},
             "periodSeconds": 5,
             "failureThreshold": 120,
         },
@@ -182,9 +190,10 @@ def build_engine_pod(
             "timeoutSeconds": 4,
             "failureThreshold": 2,
         },
-        # Liveness only asks whether the port answers: a halted replica is alive and must not restart.
+        # Liveness only asks whether the node's port answers: a halted replica is alive and must not
+        # restart.
         "livenessProbe": {
-            "tcpSocket": {"port": constants.CLIENT_PORT},
+            "tcpSocket": {"port": constants.ADMIN_PORT},
             "periodSeconds": 10,
             "failureThreshold": 6,
         },

@@ -28,6 +28,8 @@ def build_headless_service(cluster: ClusterSpec) -> dict[str, Any]:
             "clusterIP": "None",
             # A replica catching up is not Ready yet but its peers and the operator must reach it.
             "publishNotReadyAddresses": True,
+            # Clients' port only: peers reach a node's control port (ADMIN_PORT) by its pod DNS
+            # name, which needs no port listed here, and the operator by pod IP.
             "ports": [{"name": "valkey", "port": constants.CLIENT_PORT, "targetPort": "valkey"}],
         },
     )
