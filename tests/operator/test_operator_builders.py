@@ -111,12 +111,14 @@ def test_engine_pod_is_pinned_to_its_zone_and_carries_its_node_config() -> None:
     )
 
 
-def test_valkey_runs_on_the_private_socket_without_persistence_and_with_maxmemory() -> None:
+def test_valkey_serves_clients_with_the_module_and_the_node_on_its_socket_without_persistence() -> None:
     args = valkey_args(SPECS["three-zones"])
     flags = dict(zip(args[1::2], args[2::2], strict=False))
     assert args[0] == "valkey-server"
-    assert flags["--port"] == "0" and flags["--unixsocket"] == "/run/engram/valkey.sock"
-    assert flags["--unixsocketperm"] == "700"
+    # Clients connect to Valkey itself; the module holds write replies until the journal commits.
+    assert flags["--port"] == "6379" and flags["--bind"] == "0.0.0.0"
+    assert flags["--loadmodule"] == "/opt/engram/lib/engram.so"
+    assert flags["--unixsocket"] == "/run/engram/valkey.sock" and flags["--unixsocketperm"] == "700"
     assert flags["--save"] == "" and flags["--appendonly"] == "no"
     # The node's replication tap needs diskless full syncs and a generous replica timeout.
     assert flags["--repl-diskless-sync"] == "yes" and flags["--repl-timeout"] == "3600"
@@ -134,10 +136,31 @@ def _containers(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["name"]: c for c in [*spec_.get("initContainers", []), *spec_["containers"]]}
 
 
-def test_the_operator_reaches_the_nodes_control_port() -> None:
+def test_the_valkey_container_loads_the_module_the_init_container_copies_from_the_engine_image() -> None:
     pod = _engine_pod()
-    node = _containers(pod)["node"]
+    containers = _containers(pod)
+    [init] = pod["spec"]["initContainers"]
+    valkey = containers["valkey"]
+    assert init["image"] == containers["node"]["image"] == SPECS["three-zones"].engine.resolved_image
+    # glibc: the module is built on Debian in the engine image; musl (alpine) cannot load it.
+    assert "alpine" not in valkey["image"]
+    source, target = init["command"][-2:]
+    assert init["command"][0] == "cp" and source == "/opt/engram/lib/engram.so"
+    [staging] = init["volumeMounts"]
+    assert target == f"{staging['mountPath']}/engram.so"
+    module_path = dict(zip(valkey["command"][1::2], valkey["command"][2::2], strict=False))["--loadmodule"]
+    [shared] = [m for m in valkey["volumeMounts"] if m["name"] == staging["name"]]
+    assert module_path == f"{shared['mountPath']}/engram.so" and shared["readOnly"] is True
+    assert {"name": staging["name"], "emptyDir": {}} in pod["spec"]["volumes"]
+
+
+def test_clients_reach_valkey_and_the_operator_reaches_the_nodes_control_port() -> None:
+    pod = _engine_pod()
+    containers = _containers(pod)
+    valkey, node = containers["valkey"], containers["node"]
+    assert valkey["ports"] == [{"name": "valkey", "containerPort": 6379}]
     assert {"name": "admin", "containerPort": 16379} in node["ports"]
+    assert not any(p["containerPort"] == 6379 for p in node["ports"])
     # Every question to the node goes to its own port: the client port answers while it starts.
     assert node["readinessProbe"]["exec"]["command"][-2:] == ["--port", "16379"]
     assert node["startupProbe"]["tcpSocket"]["port"] == 16379

@@ -1,6 +1,8 @@
 """Engine pods: a Valkey container and the engine node container, pinned to their planned zone.
 
-The node answers the operator and its peers on ADMIN_PORT, its control port.
+Clients talk to Valkey on CLIENT_PORT, where the Engram module (copied in from the engine image by
+an init container) holds each write's reply until the journal has committed it; the node talks to
+Valkey on a unix socket and answers the operator and its peers on ADMIN_PORT.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from engram_operator.spec import ClusterSpec
 # Ready = a primary, or a replica applying the journal (not halted) and nearly caught up; the node
 # says which on its control port.
 READINESS_COMMAND = ["python", "-m", "engram.node.probe", "--port", str(constants.ADMIN_PORT)]
+# Clients on every IPv4 address of the pod. Not "0.0.0.0 ::": Valkey does not start when an address
+# it is told to bind (without a "-" prefix) cannot be bound, as "::" on a pod without IPv6.
+VALKEY_BIND = "0.0.0.0"
 
 # Valkey gets this share of the container's memory limit; the rest covers replication buffers.
 MAXMEMORY_FRACTION = Decimal("0.75")
@@ -83,8 +88,16 @@ def pod_spec_hash(cluster: ClusterSpec) -> str:
 
 
 def valkey_args(cluster: ClusterSpec) -> list[str]:
-    """Standalone Valkey on a private socket: no TCP, no persistence (the journal is the durability)."""
-    args = ["valkey-server", *valkey_flags(constants.VALKEY_SOCKET, constants.RUN_DIR)]
+    """Standalone Valkey with the Engram module, serving clients on CLIENT_PORT and the node on the
+    shared socket; no persistence (the journal is the durability)."""
+    flags = valkey_flags(
+        constants.VALKEY_SOCKET,
+        constants.RUN_DIR,
+        port=constants.CLIENT_PORT,
+        bind=VALKEY_BIND,
+        module=constants.MODULE_PATH,
+    )
+    args = ["valkey-server", *flags]
     limit = cluster.valkey_resources.limits.get("memory")
     if limit:
         args += ["--maxmemory", str(int(parse_quantity(limit) * MAXMEMORY_FRACTION))]
@@ -136,15 +149,32 @@ def build_engine_pod(
     if zone:
         affinity.update(zone_affinity(cluster.placement.topology_key, zone))
     run_mount = {"name": "run", "mountPath": constants.RUN_DIR}
+    module = {
+        "name": "module",
+        "image": cluster.engine.resolved_image,
+        "imagePullPolicy": cluster.engine.image_pull_policy,
+        # engram.so must be loadable in the valkey container, which runs Valkey's own image.
+        "command": ["cp", constants.MODULE_PATH, f"{constants.MODULE_STAGING_DIR}/{constants.MODULE_FILE}"],
+        # The node's: an init container's requests only count where they exceed the pod's sum, so
+        # these change no scheduling, and they satisfy quotas that demand limits on every container.
+        "resources": cluster.node_resources.to_manifest(),
+        "securityContext": container_security_context(),
+        "volumeMounts": [{"name": "module", "mountPath": constants.MODULE_STAGING_DIR}],
+    }
     valkey = {
         "name": "valkey",
         "image": cluster.engine.resolved_valkey_image,
         "imagePullPolicy": cluster.engine.image_pull_policy,
         # Bypass the image's entrypoint: it would chown and switch users, which restricted pods forbid.
         "command": valkey_args(cluster),
+        # Valkey serves the clients: the Services' "valkey" target port is here.
+        "ports": [{"name": "valkey", "containerPort": constants.CLIENT_PORT}],
         "resources": cluster.valkey_resources.to_manifest(),
         "securityContext": container_security_context(),
-        "volumeMounts": [run_mount],
+        "volumeMounts": [
+            run_mount,
+            {"name": "module", "mountPath": constants.MODULE_DIR, "readOnly": True},
+        ],
         "livenessProbe": {
             "exec": {"command": ["valkey-cli", "-s", constants.VALKEY_SOCKET, "ping"]},
             "periodSeconds": 10,
@@ -164,7 +194,6 @@ def build_engine_pod(
             f"{constants.NODE_CONFIG_DIR}/{constants.NODE_CONFIG_FILE}",
         ],
         "ports": [
-            {"name": "valkey", "containerPort": constants.CLIENT_PORT},
             # The control port: the operator and peers reach it by pod IP or pod DNS name.
             {"name": "admin", "containerPort": constants.ADMIN_PORT},
             {"name": "metrics", "containerPort": constants.METRICS_PORT},
@@ -178,7 +207,7 @@ def build_engine_pod(
             {"name": "tmp", "mountPath": "/tmp"},
         ],
         # Loading a snapshot and replaying the journal tail can take a while on a big shard. The
-        # node's own port: the client port becomes Valkey's, which answers long before the node does.
+        # node's own port: the client port is Valkey's, which answers long before the node does.
         "startupProbe": {
             "tcpSocket": {"port": constants.ADMIN_PORT},
             "periodSeconds": 5,
@@ -212,9 +241,12 @@ def build_engine_pod(
             "terminationGracePeriodSeconds": 30,
             "securityContext": pod_security_context(),
             "affinity": affinity,
+            "initContainers": [module],
             "containers": [valkey, node],
             "volumes": [
                 {"name": "run", "emptyDir": {}},
+                # engram.so, copied from the engine image by the init container.
+                {"name": "module", "emptyDir": {}},
                 {"name": "data", "emptyDir": {}},
                 {"name": "tmp", "emptyDir": {}},
                 # The node's config travels in the pod itself: no per-pod ConfigMap to create,
