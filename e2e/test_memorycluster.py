@@ -86,6 +86,20 @@ def test_provisioning_job_succeeded_and_every_shard_owns_slots(kube: Kubectl, cl
     assert sum(end - start + 1 for ranges in shards for start, end in ranges) == 16384
 
 
+def test_nodes_answer_on_their_control_port_and_valkey_serves_clients_with_the_module(
+    kube: Kubectl, client_pod: str
+) -> None:
+    """The operator's way in (ENGRAM.STATUS on 16379) and the clients' (Valkey on 6379) both work."""
+    pods = {p["status"]["podIP"]: p for p in kube.pods(ENGINE)}
+    seen = json.loads(kube.exec(client_pod, "python", "/tmp/control.py", *pods))
+    for ip, answer in seen.items():
+        assert answer["status"]["node_id"] == pods[ip]["metadata"]["name"], answer
+        assert answer["status"]["admin"].endswith(":16379"), answer
+        assert "engram" in answer["modules"], answer
+    roles = Counter(answer["status"]["role"] for answer in seen.values())
+    assert roles == {"primary": SHARDS, "replica": SHARDS * REPLICAS}, roles
+
+
 def test_cluster_client_writes_and_reads_through_the_configuration_endpoint(
     kube: Kubectl, client_pod: str
 ) -> None:
