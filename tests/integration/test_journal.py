@@ -8,6 +8,7 @@ import zlib
 
 import pytest
 
+from engram import binaries
 from engram.journal.client import Journal
 from engram.journal.entries import Entry, EntryType
 from engram.journal.errors import Fenced, IdentityMismatch, StreamMissing
@@ -127,9 +128,19 @@ async def _applier_against(
     journal = await _provisioned(nats_urls, "ap", shard)
     await journal.append(Entry(EntryType.LEADER, 1, "n1", address="x:1"), 1, f"lead-{shard}")
     socket = f"{tmp}/v.sock"
-    proc = await start_valkey(socket, tmp, [])
+    proc = await start_valkey(socket, tmp, [], module=binaries.valkey_module())
+    node = await _node_connection(socket)
+    await node.execute("ENGRAM.ROLE", "replica")  # as the node sets it before its applier runs
+    node.close()
     applier = Applier(journal, socket, lambda entry: True, cluster_id)
     return journal, applier, proc
+
+
+async def _node_connection(socket: str) -> ValkeyConnection:
+    """A connection with the node's own rights: the module neither checks nor holds it."""
+    conn = await ValkeyConnection.open(socket)
+    await conn.execute("ENGRAM.INTERNAL")
+    return conn
 
 
 def test_replica_applies_data_and_halts_on_an_entry_from_a_newer_engine(nats_journal, short_tmp) -> None:
@@ -144,7 +155,7 @@ def test_replica_applies_data_and_halts_on_an_entry_from_a_newer_engine(nats_jou
                 await applier.run()
             assert applier.applied_seq == 3
             assert "99.0.0" in applier.halted
-            conn = await ValkeyConnection.open(f"{short_tmp}/v.sock")
+            conn = await _node_connection(f"{short_tmp}/v.sock")
             assert await conn.execute("GET", "a") == b"1"
             assert await conn.execute("GET", "b") is None
             conn.close()
@@ -261,7 +272,7 @@ def test_replica_applies_only_the_gap_free_chain_of_the_current_term(nats_journa
             await applier.run()
             assert applier.applied_seq == 8 and applier.skipped == 2
             assert 5 not in seen and 6 not in seen
-            conn = await ValkeyConnection.open(f"{short_tmp}/v.sock")
+            conn = await _node_connection(f"{short_tmp}/v.sock")
             assert await conn.execute("GET", "a") == b"1"
             assert await conn.execute("GET", "b") == b"1"
             conn.close()

@@ -13,12 +13,13 @@ import time
 
 import pytest
 
+from engram import binaries
 from engram.journal.client import Appended, Journal
 from engram.journal.entries import Entry, EntryType
 from engram.journal.errors import Fenced
 from engram.replication.committer import Committer, _InFlight
 from engram.replication.tap import Tap
-from engram.valkey.connection import ValkeyConnection
+from engram.valkey.connection import ValkeyConnection, ValkeyError
 from engram.valkey.process import start_valkey
 
 pytestmark = pytest.mark.integration
@@ -44,11 +45,15 @@ class _Primary:
         self.tasks = [loop.create_task(self.tap.stream(self.committer.feed)),
                       loop.create_task(self.committer.run())]
         self.client = await ValkeyConnection.open(self.socket)
+        await self.client.execute("ENGRAM.COMMITTIMEOUT", "3000")
 
     async def write(self, key: str, value: str) -> bool:
-        """SET then WAIT for the journal, as the front door does; True when acknowledged."""
-        await self.client.execute("SET", key, value)
-        return await self.client.execute("WAIT", "1", "3000") == 1
+        """SET as a client does; the module replies only once the journal has it: True when acknowledged."""
+        try:
+            return await self.client.execute("SET", key, value) == b"OK"
+        except ValkeyError as exc:
+            assert str(exc).startswith("UNKNOWN"), exc
+            return False
 
     async def stop(self) -> None:
         for task in self.tasks:
@@ -62,8 +67,9 @@ def test_a_restarted_primary_cannot_pass_its_old_entries_off_as_new_writes(nats_
     async def scenario() -> None:
         journal = await Journal.connect(nats_journal.urls, "sb", 0, replicas=3)
         await journal.create_stream(CLUSTER_ID)
-        first_life = await start_valkey(f"{short_tmp}/a.sock", str(short_tmp / "a"), [])
-        second_life = await start_valkey(f"{short_tmp}/b.sock", str(short_tmp / "b"), [])
+        module = binaries.valkey_module()
+        first_life = await start_valkey(f"{short_tmp}/a.sock", str(short_tmp / "a"), [], module=module)
+        second_life = await start_valkey(f"{short_tmp}/b.sock", str(short_tmp / "b"), [], module=module)
         try:
             # n0's first life: it wins epoch 1 right after the genesis entry and commits writes.
             campaign = Entry(EntryType.LEADER, 1, "n0", address="x:1")
@@ -114,7 +120,7 @@ def test_an_append_found_to_have_landed_earlier_renews_the_lease_only_from_its_f
     async def scenario() -> None:
         journal = await Journal.connect(nats_journal.urls, "lease", 0, replicas=3)
         await journal.create_stream(CLUSTER_ID)
-        proc = await start_valkey(f"{short_tmp}/v.sock", str(short_tmp), [])
+        proc = await start_valkey(f"{short_tmp}/v.sock", str(short_tmp), [], module=binaries.valkey_module())
         won = await journal.append(Entry(EntryType.LEADER, 1, "n0", address="x:1"), 1, "campaign")
         primary = _Primary(journal, f"{short_tmp}/v.sock", "n0", 1, won.seq)
         await primary.start()

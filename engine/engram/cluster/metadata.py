@@ -113,6 +113,7 @@ class ClusterMetadata:
             raise StreamMissing("the cluster metadata has no slot map yet: provisioning writes it")
         slots = SlotMap.loads(found)
         self.view.slots = slots
+        self.view.changes += 1
         return slots
 
     def recorded_epoch(self, shard: int) -> int:
@@ -155,6 +156,7 @@ class ClusterMetadata:
                 async for entry in watcher:
                     if entry is not None:
                         self._apply(entry)
+                        self.view.changes += 1
                     self.changed.set()
             except (TimeoutError, nats.errors.Error, JournalError) as exc:
                 log.warning("metadata watch interrupted (%s); resuming", exc)

@@ -139,6 +139,8 @@ class ClusterView:
     slots: SlotMap | None = None
     leaders: dict[int, LeaderRecord] = field(default_factory=dict)
     nodes: dict[str, NodeRecord] = field(default_factory=dict)
+    # Bumped on every change, so whoever renders the view knows when to render it again.
+    changes: int = 0
 
     def owner(self, slot: int) -> int | None:
         return self.slots.owner(slot) if self.slots is not None else None

@@ -23,14 +23,14 @@ class SwitchoverError(RuntimeError):
     """The hand-over was refused or aborted; the primary keeps serving."""
 
 
-async def hand_over(node: Node, target: str, keep: object, timeout: float) -> None:
-    if not node.is_primary or node.committer is None or node.tap is None or node.admin is None:
+async def hand_over(node: Node, target: str, timeout: float) -> None:
+    if not node.is_primary or node.committer is None or node.tap is None:
         name = node.config.node_id
         raise SwitchoverError(f"{name} is not the primary; send ENGRAM.FAILOVER to the primary")
     if target == node.config.node_id:
         return
     await _check_target(node, target)
-    admin, committer, tap = node.admin, node.committer, node.tap
+    admin, committer, tap = node.datapath, node.committer, node.tap
     node.handing_over = True
     await admin.execute("CLIENT", "PAUSE", str(int(timeout * 1000)), "WRITE")
     epoch = node.leader.epoch
@@ -41,6 +41,8 @@ async def hand_over(node: Node, target: str, keep: object, timeout: float) -> No
             if time.monotonic() > deadline:
                 raise SwitchoverError("the replication tap did not receive the last writes in time")
             await asyncio.sleep(0.002)
+        # Reads stop before the hand-off entry exists: the target may serve as soon as it lands.
+        await admin.set_lease(0.0, "switchover in progress, retry shortly")
         handoff = Entry(EntryType.LEADER, epoch + 1, target, source=node.config.node_id)
         await committer.final_append(handoff, timeout)
     except (JournalError, SwitchoverError) as exc:
@@ -49,11 +51,11 @@ async def hand_over(node: Node, target: str, keep: object, timeout: float) -> No
         raise SwitchoverError(f"switchover to {target} aborted: {exc}") from exc
     # Hang up on clients before un-pausing: a write they had queued must never run here now
     # (and whatever slips through is flushed by demote, never journaled: the tap is gone).
-    assert node.door is not None
-    node.door.close_sessions(keep, f"leadership handed to {target}")  # type: ignore[arg-type]
+    await admin.step_down(f"leadership handed to {target}")
+    await admin.disconnect_clients()
     await admin.execute("CLIENT", "UNPAUSE")
     node.handing_over = False
-    await node.demote(f"handed leadership to {target}", keep=keep)
+    await node.demote(f"handed leadership to {target}")
     metrics.FAILOVERS.labels("switchover").inc()
     deadline = time.monotonic() + timeout
     while not (node.leader.epoch == epoch + 1 and node.leader.leader_address):

@@ -11,11 +11,11 @@ import secrets
 import subprocess
 import time
 
-from engram import ENGINE_VERSION, metrics
+from engram import ENGINE_VERSION, binaries, metrics
 from engram.cluster.metadata import ClusterMetadata
+from engram.cluster.protocol import Me
+from engram.cluster.push import topology_command
 from engram.cluster.topology import ClusterView, LeaderRecord, NodeRecord
-from engram.frontdoor.commands import CommandTable
-from engram.frontdoor.server import FrontDoor
 from engram.journal.client import Journal
 from engram.journal.entries import Entry, EntryType, format_version
 from engram.journal.errors import Fenced, IdentityMismatch, JournalError
@@ -23,10 +23,11 @@ from engram.leadership.switchover import hand_over
 from engram.leadership.view import LeaderView
 from engram.node.config import NodeConfig
 from engram.node.control import ControlServer
+from engram.node.datapath import DataPath
 from engram.replication.applier import Applier, ApplyHalted
 from engram.replication.committer import Committer
 from engram.replication.tap import Tap
-from engram.valkey.connection import ValkeyConnection
+from engram.valkey.connection import ValkeyError
 from engram.valkey.process import start_valkey
 
 log = logging.getLogger(__name__)
@@ -58,18 +59,17 @@ class Role(enum.StrEnum):
 
 
 class Node:
-    """Owns the local Valkey, the journal connection, the front door and the node's role."""
+    """Owns the local Valkey, the journal connection, and the node's role."""
 
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.role = Role.STARTING
         self.leader = LeaderView(config.lease_seconds)
         self.valkey: subprocess.Popen[bytes] | None = None
-        self.admin: ValkeyConnection | None = None
+        self.datapath = DataPath(config.valkey_socket)
         self.journal: Journal | None = None
         self.meta: ClusterMetadata | None = None
         self._background: list[asyncio.Task[None]] = []
-        self.door: FrontDoor | None = None
         self.control: ControlServer | None = None
         self.applier: Applier | None = None
         self.committer: Committer | None = None
@@ -82,7 +82,7 @@ class Node:
         self._last_reack = 0.0
         self._lease_lost_at: float | None = None
 
-    # -- what the front door asks ------------------------------------------------------------
+    # -- what the node knows ------------------------------------------------------------
 
     @property
     def shard(self) -> int:
@@ -169,13 +169,13 @@ class Node:
         os.makedirs(cfg.data_dir, exist_ok=True)
         if cfg.spawn_valkey:
             self.valkey = await start_valkey(
-                cfg.valkey_socket, cfg.data_dir, cfg.valkey_args, cfg.valkey_server
+                cfg.valkey_socket, cfg.data_dir, cfg.valkey_args, cfg.valkey_server,
+                port=cfg.port, bind=cfg.host, module=binaries.valkey_module(),
             )
-        self.admin = await self._open_admin()
+        await self._open_datapath()
         # A node always starts empty and rebuilds from the journal: whatever Valkey held was
         # possibly never committed.
-        await self.admin.execute("FLUSHALL", "SYNC")
-        table = CommandTable.from_command_reply(await self.admin.execute("COMMAND"))
+        await self.datapath.execute("FLUSHALL", "SYNC")
         self.journal = await self._connect_journal()
         self.meta = await self._open_metadata()
         loop = asyncio.get_running_loop()
@@ -184,12 +184,7 @@ class Node:
             loop.create_task(self._heartbeat()),
             loop.create_task(self._watch_journal()),
         ]
-        self.door = FrontDoor(self, table, cfg.valkey_socket, cfg.commit_timeout)
-        from engram.node.admin import install  # local import: admin depends on Node
-
-        install(self)
-        await self.door.start(cfg.host, cfg.port)
-        self.control = ControlServer(self.status, lambda target: self.switchover(target, keep=None))
+        self.control = ControlServer(self.status, lambda target: self.switchover(target))
         await self.control.start(cfg.host, cfg.admin_port)
         self.applier = Applier(self.journal, cfg.valkey_socket, self._observe, cfg.cluster_id)
         self.leader.last_renewal = time.monotonic()
@@ -204,15 +199,20 @@ class Node:
         finally:
             await self.shutdown()
 
-    async def _open_admin(self) -> ValkeyConnection:
+    async def _open_datapath(self) -> None:
+        """Reach Valkey (its container may still be starting) and take charge of its module."""
         deadline = time.monotonic() + 60
         while True:
             try:
-                return await ValkeyConnection.open(self.config.valkey_socket)
+                await self.datapath.open()
+                break
             except OSError:
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.1)
+        await self.datapath.set_role("replica")
+        await self.datapath.set_lease(0.0, "this node is starting", force=True)
+        await self.datapath.execute("ENGRAM.COMMITTIMEOUT", max(1, int(self.config.commit_timeout * 1000)))
 
     async def _connect_journal(self) -> Journal:
         """Open the shard's provisioned stream, waiting while it cannot be found; never create it."""
@@ -318,14 +318,13 @@ class Node:
             task.cancel()
         if self._replica_task:
             self._replica_task.cancel()
-        if self.door:
-            await self.door.stop()
         if self.control:
             await self.control.stop()
         if self.tap:
             self.tap.close()
         if self.journal:
             await self.journal.close()
+        self.datapath.close()
         if self.valkey and self.valkey.poll() is None:
             self.valkey.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -474,6 +473,8 @@ class Node:
             loop.create_task(tap.stream(committer.feed)),
             loop.create_task(committer.run()),
         ]
+        # Replies wait for commits from here on; nothing is served before the first lease push.
+        await self.datapath.set_role("primary")
         self.role = Role.PRIMARY
         metrics.ROLE.set(1)
         self._background.append(loop.create_task(self._publish_leadership(epoch)))
@@ -483,13 +484,20 @@ class Node:
         metrics.COMMITTED_SEQ.set(seq)
         metrics.APPLIED_SEQ.set(seq)
 
-    async def demote(self, reason: str, keep: object = None) -> None:
+    async def demote(self, reason: str) -> None:
         """Stop serving at once, drop what Valkey holds, and rebuild as a replica."""
         if self.role is not Role.PRIMARY:
             return
         log.warning("node %s steps down: %s", self.config.node_id, reason)
-        self.role = Role.REPLICA  # admission refuses from this instant
+        self.role = Role.REPLICA
         metrics.ROLE.set(0)
+        assert self.applier is not None
+        # Held replies fail (UNKNOWN) and nothing more is served, before the tap goes: its loss
+        # would fail them too, with a vaguer reason.
+        await self.datapath.step_down(f"this node stopped being primary ({reason})")
+        # A deposed primary must not run what its clients have queued or are blocked on: a BLPOP
+        # woken by a replicated push would pop on a replica.
+        await self.datapath.disconnect_clients()
         if self.committer is not None:
             self.committer.close()
         for task in self._tasks:
@@ -498,22 +506,34 @@ class Node:
         if self.tap:
             self.tap.close()
             self.tap = None
-        assert self.door is not None and self.admin is not None and self.applier is not None
-        self.door.close_sessions(keep, f"this node stopped being primary ({reason})")  # type: ignore[arg-type]
-        self.door.pending.resolve_all(False)
         self.committer = None
         # Executed-but-uncommitted writes must vanish: start again from the journal.
-        await self.admin.execute("FLUSHALL", "SYNC")
-        await self.admin.execute("FUNCTION", "FLUSH", "SYNC")
-        await self.admin.execute("SCRIPT", "FLUSH", "SYNC")
+        await self.datapath.execute_now("FLUSHALL", "SYNC")
+        await self.datapath.execute_now("FUNCTION", "FLUSH", "SYNC")
+        await self.datapath.execute_now("SCRIPT", "FLUSH", "SYNC")
         self.applier.reset()
         self.leader.last_renewal = time.monotonic()
         self.leader.new_backoff()
         self._become_replica()
 
-    async def switchover(self, target: str, keep: object, timeout: float = 10.0) -> None:
+    async def switchover(self, target: str, timeout: float = 10.0) -> None:
         """Planned hand-over of leadership to a caught-up replica named target."""
-        await hand_over(self, target, keep, timeout)
+        await hand_over(self, target, timeout)
+
+    async def _push_datapath(self) -> None:
+        """Bring the module's lease and topology up to date with the node's view."""
+        committer = self.committer
+        if self.role is Role.PRIMARY and committer is not None and self.serving:
+            await self.datapath.set_lease(committer.lease_until, "")
+        else:
+            await self.datapath.set_lease(0.0, self.unavailable_reason())
+        view = self.view
+        key = (view.changes, self.role, self.leader.epoch, self.leader_address)
+        if self.datapath.topology_due(key):
+            me = Me(self.config.node_id, self.config.shard, self.config.announce, self.leader.epoch)
+            await self.datapath.set_topology(
+                key, topology_command(view, me, self.leader_address, self.unavailable_reason())
+            )
 
     # -- the watch ---------------------------------------------------------------------------
 
@@ -560,6 +580,15 @@ class Node:
                 await self._campaign()
             if self.valkey is not None and self.valkey.poll() is not None:
                 log.error("valkey exited with code %s; the node stops", self.valkey.returncode)
+                return
+            try:
+                await self._push_datapath()
+            except ValkeyError as exc:
+                # A busy script: the module keeps the last lease it was given, which only runs
+                # out, and the push is retried on the next round.
+                log.debug("data path push refused: %s", exc)
+            except (ConnectionError, OSError) as exc:
+                log.error("local valkey unreachable: %s; the node stops", exc)
                 return
             try:
                 await asyncio.wait_for(self._stopped.wait(), MONITOR_INTERVAL)

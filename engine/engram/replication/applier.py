@@ -63,6 +63,8 @@ class Applier:
     async def run(self) -> None:
         """Tail from the entry after the last applied one; returns when on_entry says stop."""
         self._conn = await ValkeyConnection.open(self.valkey_socket)
+        # The journal's entries are already committed: the module must neither hold nor refuse them.
+        await self._conn.execute("ENGRAM.INTERNAL")
         try:
             async for entry in self.journal.tail(self.applied_seq + 1):
                 if entry.seq <= self.applied_seq:
