@@ -1,4 +1,4 @@
-"""Through the front door, Valkey behaves as Valkey: data types, transactions, scripts,
+"""On an Engram primary, Valkey behaves as Valkey: data types, transactions, scripts,
 blocking commands, pub/sub, RESP3, and Valkey's own errors for bad input.
 
 Engram always runs in cluster mode (as MemoryDB does), so multi-key commands use hash tags."""
