@@ -3,7 +3,8 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-$(BIN)/.installed: pyproject.toml
+# The package's C extension (the tap's stream scanner) is built by pip: reinstall when it changes.
+$(BIN)/.installed: pyproject.toml engine/engram/replication/_streamscan.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
