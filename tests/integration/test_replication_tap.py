@@ -1,4 +1,5 @@
-"""The replication tap against a real Valkey: it receives the write stream and its acks release WAIT."""
+"""The replication tap against a real Valkey: it pumps the write stream's bytes with their scan, and its
+acks release WAIT."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import asyncio
 
 import pytest
 
-from engram.replication.tap import StreamCommand, Tap
-from engram.valkey.connection import ValkeyConnection
+from engram.replication.streamscan import Scan
+from engram.replication.tap import Tap
+from engram.valkey.connection import ValkeyConnection, encode
 from engram.valkey.process import start_valkey
 
 pytestmark = pytest.mark.integration
@@ -22,21 +24,24 @@ def test_tap_streams_writes_from_the_first_one_and_its_ack_releases_wait(short_t
             await seed.execute("SET", "before", "attach")  # in the snapshot, not the stream
             tap = Tap(socket)
             start = await tap.attach()
-            seen: list[StreamCommand] = []
+            received = bytearray()
+            scans: list[Scan] = []
 
-            def on_commands(commands: list[StreamCommand]) -> None:
-                seen.extend(commands)
-                tap.ack(commands[-1].end_offset)
+            def on_chunk(data: bytes, scan: Scan) -> None:
+                received.extend(data)
+                scans.append(scan)
+                tap.ack(scan.safe)
 
-            streaming = asyncio.get_running_loop().create_task(tap.stream(on_commands))
+            streaming = asyncio.get_running_loop().create_task(tap.stream(on_chunk))
             client = await ValkeyConnection.open(socket)
             assert await client.execute("SET", "k", "v") == b"OK"
             # Valkey only streams to a diskless replica after an ack sent once it is online;
             # an ack sent too early left the first writes stuck until a periodic re-ack.
             assert await client.execute("WAIT", "1", "2000") == 1
-            writes = [c.args for c in seen if c.args[0].lower() == b"set"]
-            assert writes == [[b"SET", b"k", b"v"]]
-            assert seen[-1].end_offset > start
+            # The stream's own bytes from the attach offset on: SELECT, then the write.
+            assert encode([b"SELECT", b"0"]) + encode([b"SET", b"k", b"v"]) in bytes(received)
+            assert tap.offset == start + len(received)
+            assert scans[-1].safe > start and scans[-1].data_end > start and scans[-1].db == 0
             streaming.cancel()
             tap.close()
         finally:

@@ -16,7 +16,8 @@ import hiredis
 
 from engram import binaries
 from engram.frontdoor.resp import encode_command
-from engram.replication.tap import StreamCommand, Tap
+from engram.replication.streamscan import Scan
+from engram.replication.tap import Tap
 from engram.valkey.process import start_valkey
 
 DEADLINE = 10.0  # seconds any single awaited condition may take on a loaded machine
@@ -93,20 +94,32 @@ def _arg(value: Any) -> bytes:
 
 
 @dataclass
+class StreamCommand:
+    """A command of the replication stream, parsed here for the tests to look at (the tap itself
+    only pumps bytes)."""
+
+    args: list[bytes]
+
+
+@dataclass
 class ControlledTap:
     """The node's real replication tap as the only replica; it acknowledges only when told."""
 
     tap: Tap
-    received: int = 0
+    received: int = 0  # where the committer could cut: the scan's last safe place
     commands: list[StreamCommand] = field(default_factory=list)
     acks: int = 0
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
     auto: bool = False
+    # The stream is arrays of bulk strings, which hiredis reads as it reads replies.
+    _parser: Any = field(default_factory=lambda: hiredis.Reader(notEnoughData=_NOT_YET))
 
-    def _on_commands(self, commands: list[StreamCommand]) -> None:
-        self.commands.extend(commands)
-        self.received = commands[-1].end_offset
+    def _on_chunk(self, data: bytes, scan: Scan) -> None:
+        self._parser.feed(data)
+        while (args := self._parser.gets()) is not _NOT_YET:
+            self.commands.append(StreamCommand(args))
+        self.received = scan.safe
         if self.auto:
             self.ack()
         self._changed.set()
@@ -139,7 +152,7 @@ async def attached_tap(socket: str, auto: bool = False) -> AsyncIterator[Control
     tap = Tap(socket)
     start = await tap.attach()
     controlled = ControlledTap(tap, received=start, auto=auto)
-    controlled._task = asyncio.get_running_loop().create_task(tap.stream(controlled._on_commands))
+    controlled._task = asyncio.get_running_loop().create_task(tap.stream(controlled._on_chunk))
     try:
         yield controlled
     finally:

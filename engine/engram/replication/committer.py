@@ -1,8 +1,16 @@
 """Group commit: the primary turns the captured stream into journal entries.
 
-The next batch fills while earlier appends are in flight; every append is conditional on the
-sequence before it, so a primary that lost leadership finds out on its next append (fenced).
-Appends also renew the leader's lease; when the stream is quiet a lease entry is sent instead.
+The tap pumps raw stream bytes in; they are buffered as they came and sealed into an entry only
+at a safe place (the scanner's: never inside MULTI...EXEC), so an entry's payload is stream bytes
+of complete commands. The next batch fills while earlier appends are in flight; every append is
+conditional on the sequence before it, so a primary that lost leadership finds out on its next
+append (fenced). Appends also renew the leader's lease; when the stream is quiet a lease entry is
+sent instead.
+
+Link-only commands (PING, REPLCONF GETACK: they keep the replication link alive) are not journaled
+when nothing else is buffered with them: an idle primary acknowledges them as soon as everything
+before them is committed. Between data commands of one batch they are journaled with it; replicas
+apply them without effect or reply.
 """
 
 from __future__ import annotations
@@ -19,12 +27,11 @@ from dataclasses import dataclass
 from engram.journal.client import Appended, Journal
 from engram.journal.entries import Entry, EntryType
 from engram.journal.errors import Fenced, JournalError
-from engram.replication.tap import StreamCommand, Tap
+from engram.replication.streamscan import Scan
+from engram.replication.tap import Tap
 
 log = logging.getLogger(__name__)
 
-# Stream commands that only concern the replication link itself.
-_LINK_ONLY = frozenset((b"replconf", b"ping"))
 CHECKSUM_INTERVAL = 5.0
 
 
@@ -76,13 +83,15 @@ class Committer:
         # same epoch: a retry recognises its own earlier landing by id, and a reused id would pass
         # off an entry of a previous incarnation as this one's (the split brain of issue 11).
         self._id_prefix = f"{node_id}.{secrets.token_hex(6)}.{epoch}"
-        self._parts: list[bytes] = []
-        self._size = 0
-        self._db = 0
-        self._batch_db = 0
-        self._in_tx = False
-        self._seal_offset = -1  # stream offset up to which the buffered commands may be sealed
-        self._stream_offset = tap.offset
+        # Stream bytes received and not yet sealed into an entry (nor dropped as link-only), as
+        # the chunks they came in; they start at stream offset _start, where db _start_db holds.
+        self._chunks: deque[bytes | memoryview] = deque()
+        self._buffered = 0
+        self._start = tap.offset
+        self._start_db = 0
+        self._scan = Scan((tap.offset, 0, tap.offset))  # the tap's latest
+        # Between taking a batch off the buffer and its last piece joining _inflight.
+        self._sealing = False
         self._inflight: deque[_InFlight] = deque()
         self._wake = asyncio.Event()
         self._completed = asyncio.Event()
@@ -94,38 +103,67 @@ class Committer:
 
     # -- input from the tap ------------------------------------------------------------------
 
-    def feed(self, commands: list[StreamCommand]) -> None:
-        for command in commands:
-            name = command.args[0].lower()
-            self._stream_offset = command.end_offset
-            if name in _LINK_ONLY:
-                if not self._parts and not self._inflight and not self._in_tx:
-                    self.tap.ack(command.end_offset)
-                elif not self._in_tx:
-                    self._seal_offset = command.end_offset
-                continue
-            if not self._parts:
-                self._batch_db = self._db
-            if name == b"select" and len(command.args) > 1:
-                self._db = int(command.args[1])
-            elif name == b"multi":
-                self._in_tx = True
-            elif name == b"exec":
-                self._in_tx = False
-            self._parts.append(command.raw)
-            self._size += len(command.raw)
-            if not self._in_tx:
-                self._seal_offset = command.end_offset
+    def feed(self, data: bytes, scan: Scan) -> None:
+        """The tap's next chunk, and its scan: where the stream received so far may be cut."""
+        self._chunks.append(data)
+        self._buffered += len(data)
+        self._scan = scan
+        self._drop_link_only()
         self._wake.set()
+
+    def _cut(self) -> int | None:
+        """Where the next entry may end: the last safe place, short of link-only commands that
+        trail the data (see streamscan); None when nothing buffered can be sealed yet."""
+        data_end = self._scan.data_end
+        return data_end if data_end > self._start else None
+
+    def _drop_link_only(self) -> None:
+        """Forget buffered commands that only concern the replication link (see the module
+        docstring) and acknowledge past them once everything before them is committed."""
+        safe, db, data_end = self._scan
+        if safe > self._start and data_end <= self._start:
+            self._take(safe - self._start)
+            self._start, self._start_db = safe, db
+            self._ack_settled()
+
+    def _take(self, size: int) -> bytes:
+        """The first size bytes buffered, off the buffer; the common case, every buffered chunk,
+        costs no copy when there is one chunk."""
+        chunks = self._chunks
+        self._buffered -= size
+        first = chunks[0]
+        if size == len(first) and isinstance(first, bytes):
+            chunks.popleft()
+            return first
+        parts = []
+        while size:
+            chunk = chunks[0]
+            if len(chunk) <= size:
+                parts.append(chunks.popleft())
+                size -= len(chunk)
+            else:
+                view = memoryview(chunk)
+                parts.append(view[:size])
+                chunks[0] = view[size:]
+                size = 0
+        return b"".join(parts)
+
+    def _ack_settled(self) -> None:
+        """With nothing sealed still uncommitted, everything before the buffer is journaled or
+        needed no journaling: acknowledge it. A fenced batch leaves _inflight too, uncommitted:
+        after a fence nothing more is acknowledged."""
+        if not self._inflight and not self._sealing and self.fenced is None:
+            self.tap.ack(self._start)
 
     @property
     def idle(self) -> bool:
         """Nothing captured is waiting for the journal."""
-        return not self._parts and not self._inflight
+        return not self._buffered and not self._inflight and not self._sealing
 
     @property
     def stream_offset(self) -> int:
-        return self._stream_offset
+        """The stream offset after the last byte received."""
+        return self._start + self._buffered
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -139,8 +177,9 @@ class Committer:
                     completer.result()
                 now = time.monotonic()
                 if len(self._inflight) < self.window and not self._stopping:
-                    if self._parts and self._seal_offset >= 0 and not self._in_tx:
-                        await self._send_batch()
+                    cut = self._cut()
+                    if cut is not None:
+                        await self._send_batch(cut)
                         continue
                     if self._checksum_due and now - self._last_checksum >= CHECKSUM_INTERVAL:
                         await self._send(Entry(EntryType.CHECKSUM, self.epoch, self.node_id,
@@ -171,23 +210,28 @@ class Committer:
         if self.fenced is not None:
             raise self.fenced
 
-    async def _send_batch(self) -> None:
-        # Everything buffered ends at a transaction boundary (checked by the caller).
-        payload = b"".join(self._parts)
-        end_offset = self._seal_offset
-        self._parts = []
-        self._size = 0
-        self._seal_offset = -1
+    async def _send_batch(self, cut: int) -> None:
+        """Seal the buffered stream up to the safe place cut into one batch and send it."""
+        payload = self._take(cut - self._start)
+        db = self._start_db
+        # Only link-only commands lie between cut and the scan's safe place: its db holds at cut.
+        self._start, self._start_db = cut, self._scan.db
         self.checksum = zlib.crc32(payload, self.checksum)
         self._checksum_due = True
-        # A batch larger than one journal message goes out in pieces; replicas apply it only once
-        # the last piece arrives, and the tap acknowledges it only then.
-        step = self.max_batch_bytes
-        for start in range(0, len(payload), step):
-            last = start + step >= len(payload)
-            piece = Entry(EntryType.DATA, self.epoch, self.node_id, payload[start : start + step],
-                          db=self._batch_db, more=not last)
-            await self._send(piece, end_offset if last else -1)
+        self._sealing = True
+        try:
+            # Link-only commands after the batch go now; their ack waits for the batch.
+            self._drop_link_only()
+            # A batch larger than one journal message goes out in pieces; replicas apply it only
+            # once the last piece arrives, and the tap acknowledges it only then.
+            step = self.max_batch_bytes
+            for start in range(0, len(payload), step):
+                last = start + step >= len(payload)
+                piece = Entry(EntryType.DATA, self.epoch, self.node_id, payload[start : start + step],
+                              db=db, more=not last)
+                await self._send(piece, cut if last else -1)
+        finally:
+            self._sealing = False
 
     def _next_msg_id(self) -> str:
         self._counter += 1
@@ -281,8 +325,7 @@ class Committer:
         if flight.end_offset >= 0:
             self.tap.ack(flight.end_offset)
         self._on_committed(seq, time.monotonic() - flight.first_sent_at)
-        if not self._parts and not self._inflight and not self._in_tx:
-            self.tap.ack(self._stream_offset)
+        self._ack_settled()
 
     def close(self) -> None:
         """End this primary term: run() returns and nothing more is appended."""

@@ -1,8 +1,9 @@
 """The replication tap: the primary node attaches to its Valkey as the only replica (PSYNC).
 
-It receives the replication stream (effects, so non-deterministic commands are safe), hands
-each command to the batcher, and acknowledges an offset to Valkey only once the journal has
-committed everything up to it; Valkey's WAIT then releases the clients' write replies.
+It receives the replication stream (effects, so non-deterministic commands are safe) and pumps
+its raw bytes to the committer, with a scan of where they may be cut (see streamscan); no command
+is parsed in Python. It acknowledges an offset to Valkey only once the journal has committed
+everything up to it; Valkey's WAIT then releases the clients' write replies.
 """
 
 from __future__ import annotations
@@ -10,23 +11,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from engram.frontdoor.resp import RequestParser, encode_command
-from engram.valkey.connection import ValkeyConnection
+from engram.replication.streamscan import Scan, StreamError, StreamScanner
+from engram.valkey.connection import ValkeyConnection, encode
 
 log = logging.getLogger(__name__)
+
+# What the tap hands over for every chunk it receives: the raw bytes and the scan after them.
+OnChunk = Callable[[bytes, Scan], None]
 
 
 class TapError(RuntimeError):
     """The replication link to the local Valkey failed or spoke something unexpected."""
-
-
-@dataclass
-class StreamCommand:
-    args: list[bytes]
-    raw: bytes
-    end_offset: int
 
 
 class Tap:
@@ -35,7 +31,7 @@ class Tap:
     def __init__(self, socket_path: str) -> None:
         self.socket_path = socket_path
         self.replid = ""
-        self.offset = 0  # replication offset after the last byte received
+        self.offset = 0  # replication offset after the last byte received (maybe mid-command)
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._acked = -1
@@ -59,11 +55,11 @@ class Tap:
             [b"REPLCONF", b"listening-port", b"0"],
             [b"REPLCONF", b"capa", b"eof", b"capa", b"psync2"],
         ):
-            writer.write(encode_command(command))
+            writer.write(encode(command))
             reply = await line()
             if reply.startswith(b"-"):
                 raise TapError(f"valkey refused {command[0].decode()}: {reply[1:].decode()}")
-        writer.write(encode_command([b"PSYNC", b"?", b"-1"]))
+        writer.write(encode([b"PSYNC", b"?", b"-1"]))
         reply = await line()
         if not reply.startswith(b"+FULLRESYNC"):
             raise TapError(f"expected FULLRESYNC from valkey, got {reply[:80]!r}")
@@ -115,38 +111,38 @@ class Tap:
         else:
             await asyncio.wait_for(self._reader.readexactly(int(header[1:])), timeout)
 
-    async def stream(self, on_commands: Callable[[list[StreamCommand]], None]) -> None:
-        """Read the stream forever, handing over complete commands with their end offsets."""
+    async def stream(self, on_chunk: OnChunk) -> None:
+        """Read the stream forever, handing over each chunk as it arrives with its scan."""
         assert self._reader is not None
-        parser = RequestParser()
-        offset = self.offset
+        reader = self._reader
+        scanner = StreamScanner(self.offset)
         data, self._leftover = self._leftover, b""
         while True:
             if not data:
-                data = await self._reader.read(1 << 20)
-            if not data:
-                raise TapError("valkey closed the replication link")
-            parser.feed(data)
-            batch = []
-            for args, raw in parser.parse():
-                offset += len(raw)
-                batch.append(StreamCommand(args, raw, offset))
-            self.offset = offset
+                data = await reader.read(1 << 20)
+                if not data:
+                    raise TapError("valkey closed the replication link")
+            try:
+                scan = scanner.feed(data)
+            except StreamError as exc:
+                # Bytes we cannot frame cannot be cut into entries safely: stop, and the node
+                # steps down, rather than journal a transaction in halves.
+                raise TapError(f"malformed replication stream from valkey: {exc}") from None
+            self.offset = scanner.offset
+            on_chunk(data, scan)
             data = b""
-            if batch:
-                on_commands(batch)
 
     def ack(self, offset: int) -> None:
         """Tell Valkey the journal holds everything up to offset."""
         if offset <= self._acked or self._writer is None:
             return
         self._acked = offset
-        self._writer.write(encode_command([b"REPLCONF", b"ACK", str(offset).encode()]))
+        self._writer.write(encode([b"REPLCONF", b"ACK", offset]))
 
     def reack(self) -> None:
         """Repeat the last ack: Valkey drops a replica it has not heard from in repl-timeout."""
         if self._writer is not None and self._acked >= 0:
-            self._writer.write(encode_command([b"REPLCONF", b"ACK", str(self._acked).encode()]))
+            self._writer.write(encode([b"REPLCONF", b"ACK", self._acked]))
 
     def close(self) -> None:
         if self._writer is not None:
