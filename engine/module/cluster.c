@@ -21,10 +21,11 @@ static int is(const char *name, size_t len, const char *want) {
 
 /* ---- The checks, in the command filter ----------------------------------------------------- */
 
-void eg_refuse(VkFilterCtx *f, const char *text) {
+void eg_refuse(VkFilterCtx *f, EgClient *cl, const char *text) {
     Vk_CommandFilterArgInsert(f, 0, Vk_CreateString(NULL, text, strlen(text)));
-    Vk_RetainString(NULL, eg_wrap_refuse);
-    Vk_CommandFilterArgInsert(f, 0, eg_wrap_refuse);
+    VkString *wrapper = eg_wrapper(cl, EG_W_REFUSE);
+    Vk_RetainString(NULL, wrapper);
+    Vk_CommandFilterArgInsert(f, 0, wrapper);
 }
 
 /* The slot of the command's keys, -1 without keys, -2 when they hash to different slots. */
@@ -106,15 +107,16 @@ int eg_cluster_filter(VkFilterCtx *f, EgClient *cl, const char *name, size_t len
     if (cl->conn != EG_CONN_CLIENT) return 0;
     if (is(name, len, "cluster") || is(name, len, "readonly") || is(name, len, "readwrite") ||
         is(name, len, "asking")) {
-        Vk_RetainString(NULL, eg_wrap_cluster);
-        Vk_CommandFilterArgInsert(f, 0, eg_wrap_cluster);
+        VkString *wrapper = eg_wrapper(cl, EG_W_CLUSTER);
+        Vk_RetainString(NULL, wrapper);
+        Vk_CommandFilterArgInsert(f, 0, wrapper);
         return 1;
     }
     if (is(name, len, "reset") && !cl->head && !cl->in_tx) cl->readonly = 0; /* runs natively */
     char buf[512];
     const char *text = refusal(f, cl, name, len, argc, cls, buf, sizeof buf);
     if (!text) return 0;
-    eg_refuse(f, text);
+    eg_refuse(f, cl, text);
     return 1;
 }
 
@@ -123,7 +125,7 @@ int eg_cluster_filter(VkFilterCtx *f, EgClient *cl, const char *name, size_t len
 /* Reply now, or behind the client's queued replies; wait_commit: it read uncommitted data. */
 static int answer(VkCtx *ctx, EgClient *cl, EgResp *r, int wait_commit) {
     if (!cl->head && !wait_commit) {
-        eg_resp_emit(ctx, r);
+        if (!eg_silenced(cl)) eg_resp_emit(ctx, r); /* CLIENT REPLY OFF/SKIP */
         eg_resp_release(r);
         return VK_OK;
     }
@@ -137,10 +139,28 @@ static int answer_error(VkCtx *ctx, EgClient *cl, const char *text) {
 }
 
 /* ENGRAM.REFUSE <error> <command> <args...>: the filter refused the command. Inside MULTI the
- * transaction is doomed (EXECABORT at EXEC), and a refused EXEC discards it, as in Valkey cluster. */
+ * transaction is doomed (EXECABORT at EXEC), and a refused EXEC discards it, as in Valkey cluster.
+ * Valkey checks the command itself first (unknown, arity, the user's rights): a dry run gives
+ * those errors their precedence, in Valkey's words. */
 int eg_cmd_refuse(VkCtx *ctx, VkString **argv, int argc) {
     if (argc < 2) return Vk_WrongArity(ctx);
     EgClient *cl = eg_client(Vk_GetClientId(ctx), 1);
+    char checked[512];
+    const char *text = Vk_StringPtrLen(argv[1], NULL);
+    if (argc > 2) {
+        size_t len;
+        const char *cmd = Vk_StringPtrLen(argv[2], &len);
+        VkCallReply *dry = eg_is_wrapper(cmd, len) ? NULL : Vk_Call(ctx, cmd, "DCEv", argv + 3, (size_t)(argc - 3));
+        if (dry && Vk_CallReplyType(dry) == VK_REPLY_ERROR) {
+            size_t elen = 0;
+            const char *err = Vk_CallReplyStringPtr(dry, &elen);
+            snprintf(checked, sizeof checked, "%.*s", (int)elen, err ? err : "");
+            for (char *p = checked; *p; p++)
+                if (*p == '\r' || *p == '\n') *p = ' ';
+            text = checked;
+        }
+        if (dry) Vk_FreeCallReply(dry);
+    }
     if (cl->in_tx) {
         size_t len = 0;
         const char *cmd = argc > 2 ? Vk_StringPtrLen(argv[2], &len) : "";
@@ -149,8 +169,7 @@ int eg_cmd_refuse(VkCtx *ctx, VkString **argv, int argc) {
         else
             cl->tx_abort = 1;
     }
-    const char *text = Vk_StringPtrLen(argv[1], NULL);
-    if (!cl->head) return Vk_ReplyWithError(ctx, text);
+    if (!cl->head) return eg_silenced(cl) ? VK_OK : Vk_ReplyWithError(ctx, text);
     eg_queue(cl, EG_ERROR, NULL, text);
     return eg_finish(ctx, cl);
 }

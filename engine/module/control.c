@@ -7,7 +7,10 @@
  *
  * Nothing is checked until the node pushes its first ROLE, LEASE or TOPOLOGY: until then the
  * module behaves as in phase 1. From then on the slot map is "not known yet" until a TOPOLOGY
- * carries one, and a primary serves nothing that needs its lease until a LEASE is pushed. */
+ * carries one, and a primary serves nothing that needs its lease until a LEASE is pushed.
+ * With the module argument "managed 1" (or engram.managed yes) the module starts as if the node
+ * had pushed ENGRAM.ROLE replica with the slot map unknown: no client write runs before the node
+ * has taken charge, however late its first push comes. */
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -91,6 +94,15 @@ void eg_on_valkey_role(int primary) {
     eg_active = 0;
     lease_until_us = 0;
     eg_fail_all("this node became a replica");
+}
+
+/* managed: from load, as if ENGRAM.ROLE replica had been pushed and no TOPOLOGY yet. Keyed
+ * commands get CLUSTERDOWN (slot map not known), keyless writes READONLY, nothing is held. */
+void eg_fail_closed(void) {
+    eg_active = 0;
+    lease_until_us = 0;
+    role_pushed = 1;
+    eg_cluster_on = 1;
 }
 
 /* ---- ENGRAM.INTERNAL, ENGRAM.ROLE, ENGRAM.LEASE ------------------------------------------- */
@@ -316,7 +328,8 @@ EgResp *eg_topology_reply(int replicas, const char *name) {
 int eg_control_info(char *buf, size_t cap) {
     long long left = lease_until_us ? (lease_until_us - eg_now_us()) / 1000 : 0;
     return snprintf(buf, cap,
-                    "cluster_checks:%d\r\nslot_map:%s\r\nlease_left_ms:%lld\r\nvalkey_replica:%d\r\n",
-                    eg_cluster_on, eg_topology && eg_topology->slots_known ? "known" : "unknown",
+                    "managed:%d\r\ncluster_checks:%d\r\nslot_map:%s\r\nlease_left_ms:%lld\r\n"
+                    "valkey_replica:%d\r\n",
+                    eg_managed, eg_cluster_on, eg_topology && eg_topology->slots_known ? "known" : "unknown",
                     left > 0 ? left : 0, eg_valkey_replica);
 }

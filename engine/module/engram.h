@@ -23,6 +23,7 @@ typedef struct VkDictIter VkDictIter;
 typedef struct VkCommand VkCommand;
 typedef struct VkKey VkKey;
 typedef struct VkScanCursor VkScanCursor;
+typedef struct VkUser VkUser;
 
 #define VK_OK 0
 #define VK_ERR 1
@@ -69,6 +70,7 @@ typedef struct VkClientInfo { /* version 1 */
 #define VK_CLIENTINFO_FLAG_UNIXSOCKET (1 << 4)
 
 #define VK_CONFIG_DEFAULT 0
+#define VK_CONFIG_IMMUTABLE 1 /* set only at startup: module argument, --engram.<name>, config file */
 
 typedef int (*VkCmdFunc)(VkCtx *ctx, VkString **argv, int argc);
 typedef void (*VkFilterFunc)(VkFilterCtx *filter);
@@ -80,6 +82,8 @@ typedef void (*VkOnUnblocked)(VkCtx *ctx, VkCallReply *reply, void *privdata);
 typedef long long (*VkGetNumericFunc)(const char *name, void *privdata);
 typedef int (*VkSetNumericFunc)(const char *name, long long val, void *privdata, VkString **err);
 typedef int (*VkApplyFunc)(VkCtx *ctx, void *privdata, VkString **err);
+typedef int (*VkGetBoolFunc)(const char *name, void *privdata);
+typedef int (*VkSetBoolFunc)(const char *name, int val, void *privdata, VkString **err);
 typedef void (*VkScanFunc)(VkCtx *ctx, VkString *keyname, VkKey *key, void *privdata);
 
 /* X(return type, name, parameters): every API function Engram calls. */
@@ -127,6 +131,12 @@ typedef void (*VkScanFunc)(VkCtx *ctx, VkString *keyname, VkKey *key, void *priv
     X(VkString *, CommandFilterArgGet, (VkFilterCtx * f, int pos))                                 \
     X(int, CommandFilterArgInsert, (VkFilterCtx * f, int pos, VkString *arg))                      \
     X(unsigned long long, CommandFilterGetClientId, (VkFilterCtx * f))                             \
+    X(int, CommandFilterArgReplace, (VkFilterCtx * f, int pos, VkString *arg))                     \
+    X(VkString *, GetClientUserNameById, (VkCtx * ctx, uint64_t id))                               \
+    X(VkUser *, GetModuleUserFromUserName, (VkString * name))                                      \
+    X(VkString *, GetModuleUserACLString, (VkUser * user))                                         \
+    X(int, FreeModuleUser, (VkUser * user))                                                        \
+    X(int, ACLCheckCommandPermissions, (VkUser * user, VkString **argv, int argc))                 \
     X(VkBlockedClient *, BlockClient,                                                              \
       (VkCtx * ctx, VkCmdFunc reply, VkCmdFunc timeout, VkFreePrivFunc free_priv, long long ms))   \
     X(int, UnblockClient, (VkBlockedClient * bc, void *privdata))                                  \
@@ -147,6 +157,7 @@ typedef void (*VkScanFunc)(VkCtx *ctx, VkString *keyname, VkKey *key, void *priv
     X(int *, GetCommandKeysWithFlags,                                                              \
       (VkCtx * ctx, VkString * *argv, int argc, int *num_keys, int **out_flags))                   \
     X(void, Log, (VkCtx * ctx, const char *level, const char *fmt, ...))                           \
+    X(VkCtx *, GetDetachedThreadSafeContext, (VkCtx * ctx))                                        \
     X(VkDict *, CreateDict, (VkCtx * ctx))                                                         \
     X(uint64_t, DictSize, (VkDict * d))                                                            \
     X(int, DictSetC, (VkDict * d, void *key, size_t keylen, void *ptr))                            \
@@ -159,6 +170,9 @@ typedef void (*VkScanFunc)(VkCtx *ctx, VkString *keyname, VkKey *key, void *priv
     X(int, RegisterNumericConfig,                                                                  \
       (VkCtx * ctx, const char *name, long long dflt, unsigned int flags, long long min,           \
        long long max, VkGetNumericFunc get, VkSetNumericFunc set, VkApplyFunc apply, void *priv))  \
+    X(int, RegisterBoolConfig,                                                                     \
+      (VkCtx * ctx, const char *name, int dflt, unsigned int flags, VkGetBoolFunc get,             \
+       VkSetBoolFunc set, VkApplyFunc apply, void *priv))                                          \
     X(int, LoadConfigs, (VkCtx * ctx))
 
 #define VK_DECLARE(ret, name, params) extern ret(*Vk_##name) params;
@@ -199,6 +213,7 @@ typedef struct EgEntry {
     char *text;
     VkCallReply **items; /* EG_EXEC */
     size_t nitems;
+    int silenced; /* CLIENT REPLY OFF/SKIP was in force: waited for, never sent */
     struct EgEntry *next;
 } EgEntry;
 
@@ -249,6 +264,12 @@ struct EgClient {
     int readonly;   /* READONLY: keyed reads are served on a replica */
     int tx_slot;    /* slot + 1 of the keyed commands queued in MULTI; 0 none yet */
     int tx_writes;  /* a write was queued in MULTI */
+    /* ACL (acl.c): the connection is known to be authenticated (its user is not "default"). */
+    int authed;
+    /* CLIENT REPLY, as Valkey applies it (acl.c): replies off until ON; the next command's
+     * replies skipped; this command's replies skipped. desync: the mode was set by the module
+     * (behind queued replies), not on the connection, so Valkey itself silences nothing. */
+    int reply_off, skip_next, skip_cur, reply_desync;
 };
 
 enum { EG_CONN_UNKNOWN = 0, EG_CONN_CLIENT = 1, EG_CONN_FAKE = 2 };
@@ -265,13 +286,19 @@ enum {
     EG_CMD_KEYSPACE_READ = 1 << 7, /* reads the whole keyspace, no key of its own (DBSIZE, SCAN) */
 };
 
+/* The wrappers the filter rewrites commands into. Each has two forms: the common one is flagged
+ * no-auth, which exempts it from Valkey's ACL command check (the real command's rights are
+ * checked inside it); the ".auth" twin is checked like any command, and is used for a
+ * connection that may not have authenticated (acl.c). */
+enum { EG_W_WRITE, EG_W_READ, EG_W_NATIVE, EG_W_SELECT, EG_W_TX, EG_W_REFUSE, EG_W_CLUSTER, EG_W_COUNT };
+extern VkString *eg_wrappers[2][EG_W_COUNT];
+
 /* module.c */
 extern long long eg_commit_timeout_ms;
 extern long long eg_max_queued_bytes; /* per client */
 extern long long eg_iter;             /* event-loop iteration, for per-iteration caches */
 extern int eg_active;                 /* primary role: the module holds replies */
-extern VkString *eg_wrap_write, *eg_wrap_read, *eg_wrap_tx, *eg_wrap_native, *eg_wrap_select;
-extern VkString *eg_wrap_refuse, *eg_wrap_cluster;
+extern int eg_managed;                /* managed 1: fail closed until the node pushes its state */
 int eg_command_class(const char *name, size_t len, VkString *sub);
 char *eg_strdup(const char *s);
 size_t eg_lower(char *out, size_t cap, const char *s, size_t len);
@@ -284,6 +311,17 @@ void eg_discard_tx(EgClient *cl);
 /* filter.c */
 void eg_filter(VkFilterCtx *f);
 int eg_is_refused_client_setting(VkString **argv, int argc);
+int eg_is_wrapper(const char *name, size_t len);
+
+/* acl.c */
+int eg_auth_known(EgClient *cl);
+VkString *eg_wrapper(EgClient *cl, int kind);
+void eg_acl_command_seen(const char *name, size_t len);
+void eg_reply_mode_next_command(EgClient *cl);
+int eg_silenced(EgClient *cl);
+int eg_reply_mode_wraps(EgClient *cl);
+int eg_client_reply_filter(VkFilterCtx *f, EgClient *cl, int argc);
+void eg_client_reply_apply(EgClient *cl, const char *mode);
 
 /* replies.c */
 EgClient *eg_client(unsigned long long id, int create);
@@ -362,6 +400,7 @@ const char *eg_no_primary_reason(void);
 const char *eg_leader_of(int shard);
 EgResp *eg_topology_reply(int replicas, const char *name);
 int eg_control_info(char *buf, size_t cap);
+void eg_fail_closed(void);
 int eg_from_unix_socket(VkCtx *ctx);
 void eg_join_args(VkString **argv, int from, int argc, char *out, size_t cap);
 void eg_on_valkey_role(int primary);
@@ -374,7 +413,7 @@ int eg_cmd_topology(VkCtx *ctx, VkString **argv, int argc);
 int eg_cluster_filter(VkFilterCtx *f, EgClient *cl, const char *name, size_t len, int argc, int cls);
 int eg_cmd_refuse(VkCtx *ctx, VkString **argv, int argc);
 int eg_cmd_cluster(VkCtx *ctx, VkString **argv, int argc);
-void eg_refuse(VkFilterCtx *f, const char *text);
+void eg_refuse(VkFilterCtx *f, EgClient *cl, const char *text);
 
 /* commit.c */
 extern long long eg_committed; /* highest offset the replica link acknowledged */

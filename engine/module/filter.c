@@ -30,17 +30,26 @@ static long long wire_bytes(VkFilterCtx *f, int argc) {
     return n;
 }
 
-static void wrap(VkFilterCtx *f, VkString *wrapper) {
+static void wrap(VkFilterCtx *f, EgClient *cl, int kind) {
+    VkString *wrapper = eg_wrapper(cl, kind);
     Vk_RetainString(NULL, wrapper);
     Vk_CommandFilterArgInsert(f, 0, wrapper);
 }
 
-static int is_wrapper(const char *name, size_t len) {
-    static const char *wrappers[] = {"engram.w", "engram.r", "engram.x", "engram.select", "engram.tx",
-                                     "engram.refuse", "engram.cluster", NULL};
-    for (int i = 0; wrappers[i]; i++)
-        if (len == strlen(wrappers[i]) && !strncasecmp(name, wrappers[i], len)) return 1;
+/* One of the wrappers, or its ".auth" twin. */
+int eg_is_wrapper(const char *name, size_t len) {
+    if (len > 5 && !strncasecmp(name + len - 5, ".auth", 5)) len -= 5;
+    for (int i = 0; i < EG_W_COUNT; i++) {
+        size_t n;
+        const char *w = Vk_StringPtrLen(eg_wrappers[0][i], &n);
+        if (len == n && !strncasecmp(name, w, len)) return 1;
+    }
     return 0;
+}
+
+static int is_client_reply(VkFilterCtx *f, const char *name, size_t len, int argc) {
+    return len == 6 && !strncasecmp(name, "client", 6) && argc >= 2 &&
+           !strcasecmp(Vk_StringPtrLen(Vk_CommandFilterArgGet(f, 1), NULL), "reply");
 }
 
 static int reads_dirty_key(VkFilterCtx *f, int argc) {
@@ -51,16 +60,14 @@ static int reads_dirty_key(VkFilterCtx *f, int argc) {
     return eg_dirty_target(argv, argc, &unassigned) > eg_committed || unassigned;
 }
 
-/* Connection settings the queue would break, refused until the module handles them:
- * CLIENT REPLY OFF|SKIP (the server drops replies as they are written, but queued replies are
- * written later, after the flag changed) and CLIENT TRACKING ON (an invalidation is pushed at
- * once and could reach the client before a held read that carries the old value). */
+/* A connection setting the queue would break, refused until the module handles it: CLIENT
+ * TRACKING ON (an invalidation is pushed at once and could reach the client before a held read
+ * that carries the old value). */
 int eg_is_refused_client_setting(VkString **argv, int argc) {
     if (argc < 3) return 0;
     const char *cmd = Vk_StringPtrLen(argv[0], NULL), *sub = Vk_StringPtrLen(argv[1], NULL);
     const char *mode = Vk_StringPtrLen(argv[2], NULL);
     if (strcasecmp(cmd, "client") != 0) return 0;
-    if (!strcasecmp(sub, "reply")) return strcasecmp(mode, "on") != 0;
     if (!strcasecmp(sub, "tracking")) return !strcasecmp(mode, "on");
     return 0;
 }
@@ -93,14 +100,20 @@ void eg_filter(VkFilterCtx *f) {
         cl->replica_link = 1;
     }
     cl->consumed += wire_bytes(f, argc);
+    eg_acl_command_seen(name, len);
     if (cl->internal) return; /* the node's own connection: nothing is wrapped, checked or held */
+    eg_reply_mode_next_command(cl);
+    if (len == 5 && !strncasecmp(name, "reset", 5)) {
+        cl->authed = 0; /* RESET makes the connection the default user's again */
+        if (!cl->head && !cl->in_tx) cl->reply_off = cl->skip_next = cl->reply_desync = 0; /* runs natively */
+    }
     if (len > 7 && !strncasecmp(name, "engram.", 7)) {
         /* A wrapper named by a client would run a command unchecked, or a write unreplicated. */
-        if (is_wrapper(name, len)) {
+        if (eg_is_wrapper(name, len)) {
             char buf[160];
             snprintf(buf, sizeof buf, "ERR engram: '%.*s' is the module's own; send the command itself",
                      (int)(len < 32 ? len : 32), name);
-            eg_refuse(f, buf);
+            eg_refuse(f, cl, buf);
         }
         return;
     }
@@ -108,27 +121,34 @@ void eg_filter(VkFilterCtx *f) {
     int cls = eg_command_class(name, len, argc > 1 ? Vk_CommandFilterArgGet(f, 1) : NULL);
     if (eg_cluster_filter(f, cl, name, len, argc, cls)) return;
     int pending = cl->head != NULL;
+    /* Replies silenced by a CLIENT REPLY the module applied: commands run where it can drop them. */
+    int silencing = eg_reply_mode_wraps(cl);
+    if (!cl->in_tx && is_client_reply(f, name, len, argc)) {
+        eg_client_reply_filter(f, cl, argc);
+        return;
+    }
     if (!eg_active) {
         /* Replicas hold nothing; but replies queued before the role changed keep their order,
          * and transactions stay emulated (a refusal inside one must doom it, not be QUEUED);
          * one begun on the primary does not run its writes here. While Valkey replicates from
          * another server its primary's MULTI/EXEC blocks run natively, as everything else. */
-        if (!pending && !cl->in_tx && (!(cls & EG_CMD_TX) || eg_valkey_replica)) return;
+        if (!pending && !silencing && !cl->in_tx && (!(cls & EG_CMD_TX) || eg_valkey_replica)) return;
         int exec = cl->in_tx && cl->tx_n > 0 && len == 4 && !strncasecmp(name, "exec", 4);
         if ((cls & EG_CMD_WRITE) || (exec && cl->tx_writes)) {
-            eg_refuse(f, "READONLY You can't write against a read only replica.");
+            eg_refuse(f, cl, "READONLY You can't write against a read only replica.");
             return;
         }
     }
     if (cl->in_tx || (cls & EG_CMD_TX)) {
-        wrap(f, eg_wrap_tx);
+        wrap(f, cl, EG_W_TX);
     } else if (cls & EG_CMD_NATIVE) {
-        if (pending || refused_client_setting(f, argc)) wrap(f, eg_wrap_native);
+        if (pending || refused_client_setting(f, argc)) wrap(f, cl, EG_W_NATIVE);
     } else if (cls & EG_CMD_SELECT) {
-        if (pending) wrap(f, eg_wrap_select);
+        if (pending || silencing) wrap(f, cl, EG_W_SELECT);
     } else if (cls & EG_CMD_WRITE) {
-        wrap(f, eg_wrap_write);
-    } else if (pending || (eg_dirty_any() && ((cls & EG_CMD_KEYSPACE_READ) || reads_dirty_key(f, argc)))) {
-        wrap(f, eg_wrap_read);
+        wrap(f, cl, EG_W_WRITE);
+    } else if (pending || silencing ||
+               (eg_dirty_any() && ((cls & EG_CMD_KEYSPACE_READ) || reads_dirty_key(f, argc)))) {
+        wrap(f, cl, EG_W_READ);
     }
 }

@@ -19,8 +19,9 @@ long long eg_commit_timeout_ms = 5000;
 long long eg_max_queued_bytes = 4LL << 20;
 long long eg_iter = 0;
 int eg_active = 1;
-VkString *eg_wrap_write, *eg_wrap_read, *eg_wrap_tx, *eg_wrap_native, *eg_wrap_select;
-VkString *eg_wrap_refuse, *eg_wrap_cluster;
+int eg_managed = 0;
+VkString *eg_wrappers[2][EG_W_COUNT];
+VkCtx *eg_ctx;
 
 #define EG_WRAPPER_ACL_CATEGORIES                                                                  \
     "read write keyspace string list set sortedset hash stream bitmap hyperloglog geo scripting " \
@@ -142,11 +143,8 @@ static int in_script_or_multi(VkCtx *ctx) {
 }
 
 /* ENGRAM.W / ENGRAM.R <command> <args...>: run the command now, queue its reply. */
-static int cmd_call(VkCtx *ctx, VkString **argv, int argc) {
+static int cmd_call(VkCtx *ctx, VkString **argv, int argc, int is_write) {
     if (argc < 2) return Vk_WrongArity(ctx);
-    size_t wlen;
-    const char *w = Vk_StringPtrLen(argv[0], &wlen);
-    int is_write = tolower((unsigned char)w[wlen - 1]) == 'w';
     size_t len;
     const char *cmd = Vk_StringPtrLen(argv[1], &len);
     int cls = eg_command_class(cmd, len, argc > 2 ? argv[2] : NULL);
@@ -184,9 +182,18 @@ static int cmd_call(VkCtx *ctx, VkString **argv, int argc) {
     return eg_finish(ctx, cl);
 }
 
+static int cmd_write(VkCtx *ctx, VkString **argv, int argc) {
+    return cmd_call(ctx, argv, argc, 1);
+}
+
+static int cmd_read(VkCtx *ctx, VkString **argv, int argc) {
+    return cmd_call(ctx, argv, argc, 0);
+}
+
 /* ENGRAM.X <command> ...: a command that acts on the connection itself arrived behind replies
  * that wait for a commit. Run later it would answer out of order, run now its reply would
- * overtake theirs: it is refused in order instead. */
+ * overtake theirs: it is refused in order instead, after the checks Valkey makes first (arity,
+ * the user's rights). CLIENT REPLY is emulated in order (acl.c). */
 static int cmd_native(VkCtx *ctx, VkString **argv, int argc) {
     if (argc < 2) return Vk_WrongArity(ctx);
     EgClient *cl = eg_client(Vk_GetClientId(ctx), 1);
@@ -195,12 +202,25 @@ static int cmd_native(VkCtx *ctx, VkString **argv, int argc) {
     size_t len;
     const char *cmd = Vk_StringPtrLen(argv[1], &len);
     eg_lower(name, sizeof name, cmd, len);
+    VkCallReply *denied = Vk_Call(ctx, name, "DCEv", argv + 2, (size_t)(argc - 2));
+    if (denied && Vk_CallReplyType(denied) == VK_REPLY_ERROR) {
+        eg_queue(cl, EG_CALL, denied, NULL);
+        return eg_finish(ctx, cl);
+    }
+    if (denied) Vk_FreeCallReply(denied);
+    if (!strcmp(name, "client") && argc == 4 && !strcasecmp(Vk_StringPtrLen(argv[2], NULL), "reply")) {
+        const char *mode = Vk_StringPtrLen(argv[3], NULL);
+        if (strcasecmp(mode, "on") && strcasecmp(mode, "off") && strcasecmp(mode, "skip")) {
+            eg_queue(cl, EG_ERROR, NULL, "ERR syntax error");
+        } else {
+            eg_client_reply_apply(cl, mode);
+            cl->reply_desync = cl->reply_off || cl->skip_next; /* Valkey's own flag is not set */
+            if (!strcasecmp(mode, "on")) eg_queue(cl, EG_STATUS, NULL, "OK");
+        }
+        return eg_finish(ctx, cl);
+    }
     int refused = eg_is_refused_client_setting(argv + 1, argc - 1);
-    if (refused && !strcasecmp(Vk_StringPtrLen(argv[2], NULL), "reply"))
-        snprintf(buf, sizeof buf,
-                 "ERR engram: CLIENT REPLY OFF and SKIP are not supported; replies wait for their "
-                 "commit and are sent in order");
-    else if (refused)
+    if (refused)
         snprintf(buf, sizeof buf,
                  "ERR engram: CLIENT TRACKING is not supported yet; an invalidation could overtake "
                  "a read that waits for a commit");
@@ -346,7 +366,25 @@ static int set_numeric(const char *name, long long val, void *priv, VkString **e
     return VK_OK;
 }
 
+static int get_bool(const char *name, void *priv) {
+    (void)name;
+    return *(int *)priv;
+}
+
+static int set_bool(const char *name, int val, void *priv, VkString **err) {
+    (void)name;
+    (void)err;
+    *(int *)priv = val;
+    return VK_OK;
+}
+
 static int register_configs(VkCtx *ctx) {
+    /* engram.managed: a node owns this Valkey and will push its role; until then nothing runs
+     * that the node has not allowed. Set at startup only: turning it off under running clients
+     * would drop every check. */
+    if (Vk_RegisterBoolConfig(ctx, "managed", 0, VK_CONFIG_IMMUTABLE, get_bool, set_bool, NULL, &eg_managed) !=
+        VK_OK)
+        return VK_ERR;
     if (Vk_RegisterNumericConfig(ctx, "commit-timeout-ms", 5000, VK_CONFIG_DEFAULT, 1, 86400000LL,
                                  get_numeric, set_numeric, NULL, &eg_commit_timeout_ms) != VK_OK)
         return VK_ERR;
@@ -356,11 +394,23 @@ static int register_configs(VkCtx *ctx) {
     return Vk_LoadConfigs(ctx);
 }
 
-/* Module arguments: commit-timeout-ms <ms>, max-queued-bytes <n>. */
+/* Module arguments: commit-timeout-ms <ms>, max-queued-bytes <n>, managed 0|1. */
 static int parse_args(VkCtx *ctx, VkString **argv, int argc) {
     for (int i = 0; i < argc; i += 2) {
         const char *key = Vk_StringPtrLen(argv[i], NULL);
         long long v;
+        if (!strcasecmp(key, "managed")) {
+            const char *val = i + 1 < argc ? Vk_StringPtrLen(argv[i + 1], NULL) : "";
+            if (!strcmp(val, "1") || !strcasecmp(val, "yes")) {
+                eg_managed = 1;
+            } else if (!strcmp(val, "0") || !strcasecmp(val, "no")) {
+                eg_managed = 0;
+            } else {
+                Vk_Log(ctx, "warning", "engram: module argument 'managed' takes 1 or 0 (yes or no)");
+                return VK_ERR;
+            }
+            continue;
+        }
         if (i + 1 >= argc || Vk_StringToLongLong(argv[i + 1], &v) != VK_OK || v < 1) {
             Vk_Log(ctx, "warning", "engram: module argument '%s' needs a positive integer value", key);
             return VK_ERR;
@@ -400,13 +450,6 @@ int ValkeyModule_OnLoad(VkCtx *ctx, VkString **argv, int argc) {
         VkCmdFunc fn;
         const char *flags;
     } commands[] = {
-        {"engram.w", cmd_call, "may-replicate fast"},
-        {"engram.r", cmd_call, "readonly fast"},
-        {"engram.x", cmd_native, "readonly fast"},
-        {"engram.select", cmd_select, "readonly fast"},
-        {"engram.tx", eg_cmd_tx, "may-replicate fast"},
-        {"engram.refuse", eg_cmd_refuse, "readonly fast"},
-        {"engram.cluster", eg_cmd_cluster, "readonly fast"},
         {"engram.stepdown", cmd_stepdown, "admin fast"},
         {"engram.internal", eg_cmd_internal, "admin fast deny-script"},
         {"engram.role", eg_cmd_role, "admin fast deny-script"},
@@ -420,29 +463,44 @@ int ValkeyModule_OnLoad(VkCtx *ctx, VkString **argv, int argc) {
         if (Vk_CreateCommand(ctx, commands[i].name, commands[i].fn, commands[i].flags, 0, 0, 0) != VK_OK)
             return VK_ERR;
     /* A wrapper is only the vehicle: the user's rights are checked on the real command inside it
-     * (Call's C flag, with Valkey's own NOPERM message). So a wrapper belongs to every category a
-     * wrapped command can come from, and to none that users usually take away (@dangerous,
-     * @admin, @slow: hence "fast" above): a user granted +@read +@write needs nothing more. */
-    static const char *wrappers[] = {"engram.w",  "engram.r",      "engram.x",       "engram.select",
-                                     "engram.tx", "engram.refuse", "engram.cluster", NULL};
-    for (int i = 0; wrappers[i]; i++) {
-        VkCommand *command = Vk_GetCommand(ctx, wrappers[i]);
-        if (!command || Vk_SetCommandACLCategories(command, EG_WRAPPER_ACL_CATEGORIES) != VK_OK)
-            return VK_ERR;
+     * (Call's C flag, with Valkey's own NOPERM message and ACL LOG entry). Each wrapper comes in
+     * two forms (acl.c): "no-auth", which Valkey's ACL command check skips, for connections known
+     * to be authenticated; and the ".auth" twin, checked as any command, for default-user
+     * connections while the default user has a password. The twin belongs to every category a
+     * wrapped command can come from and to none that users usually take away (@dangerous, @admin,
+     * @slow: hence "fast"), so a default user granted +@read +@write needs nothing more. */
+    static const struct {
+        const char *name;
+        VkCmdFunc fn;
+        const char *flags;
+    } wrappers[EG_W_COUNT] = {
+        [EG_W_WRITE] = {"engram.w", cmd_write, "may-replicate fast"},
+        [EG_W_READ] = {"engram.r", cmd_read, "readonly fast"},
+        [EG_W_NATIVE] = {"engram.x", cmd_native, "readonly fast"},
+        [EG_W_SELECT] = {"engram.select", cmd_select, "readonly fast"},
+        [EG_W_TX] = {"engram.tx", eg_cmd_tx, "may-replicate fast"},
+        [EG_W_REFUSE] = {"engram.refuse", eg_cmd_refuse, "readonly fast"},
+        [EG_W_CLUSTER] = {"engram.cluster", eg_cmd_cluster, "readonly fast"},
+    };
+    for (int i = 0; i < EG_W_COUNT; i++) {
+        char name[64], flags[64];
+        snprintf(flags, sizeof flags, "%s no-auth", wrappers[i].flags);
+        if (Vk_CreateCommand(ctx, wrappers[i].name, wrappers[i].fn, flags, 0, 0, 0) != VK_OK) return VK_ERR;
+        snprintf(name, sizeof name, "%s.auth", wrappers[i].name);
+        if (Vk_CreateCommand(ctx, name, wrappers[i].fn, wrappers[i].flags, 0, 0, 0) != VK_OK) return VK_ERR;
+        VkCommand *twin = Vk_GetCommand(ctx, name);
+        if (!twin || Vk_SetCommandACLCategories(twin, EG_WRAPPER_ACL_CATEGORIES) != VK_OK) return VK_ERR;
+        eg_wrappers[0][i] = Vk_CreateString(NULL, wrappers[i].name, strlen(wrappers[i].name));
+        eg_wrappers[1][i] = Vk_CreateString(NULL, name, strlen(name));
     }
-    eg_wrap_write = Vk_CreateString(NULL, "engram.w", 8);
-    eg_wrap_read = Vk_CreateString(NULL, "engram.r", 8);
-    eg_wrap_tx = Vk_CreateString(NULL, "engram.tx", 9);
-    eg_wrap_native = Vk_CreateString(NULL, "engram.x", 8);
-    eg_wrap_select = Vk_CreateString(NULL, "engram.select", 13);
-    eg_wrap_refuse = Vk_CreateString(NULL, "engram.refuse", 13);
-    eg_wrap_cluster = Vk_CreateString(NULL, "engram.cluster", 14);
+    eg_ctx = Vk_GetDetachedThreadSafeContext(ctx);
 
     load_command_table(ctx);
     eg_dirty_init();
     eg_crc16_init();
     eg_active = !(Vk_GetContextFlags(ctx) & VK_CTX_FLAGS_REPLICA);
     eg_valkey_replica = !eg_active;
+    if (eg_managed) eg_fail_closed();
     if (!Vk_RegisterCommandFilter(ctx, eg_filter, VK_CMDFILTER_NOSELF)) return VK_ERR;
     Vk_SubscribeToKeyspaceEvents(ctx, VK_NOTIFY_DATA, keyspace_event);
     Vk_SubscribeToServerEvent(ctx, (VkEvent){VK_EVENT_EVENTLOOP, 1}, on_event_loop);

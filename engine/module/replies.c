@@ -128,7 +128,16 @@ static void free_if_unused(EgClient *cl) {
     if (cl->dead && !cl->ticket && !cl->touched) free_client(cl);
 }
 
+/* A reply Valkey would drop (CLIENT REPLY OFF/SKIP in force when its command ran) is dropped
+ * now; a blocking command's place is kept, silenced: the client still waits for it. */
 static EgEntry *append(EgClient *cl, EgEntry *e) {
+    if (eg_silenced(cl)) {
+        if (e->kind != EG_PENDING) {
+            free_entry(e);
+            return NULL;
+        }
+        e->silenced = 1;
+    }
     if (cl->tail)
         cl->tail->next = e;
     else
@@ -189,6 +198,7 @@ static int ready(EgClient *cl) {
 
 static void emit(VkCtx *ctx, EgClient *cl) {
     for (EgEntry *e = cl->head; e; e = e->next) {
+        if (e->silenced) continue;
         if (cl->fail) {
             char buf[512];
             snprintf(buf, sizeof buf, "UNKNOWN %s; the outcome of this command is unknown", cl->fail);

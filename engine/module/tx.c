@@ -94,8 +94,16 @@ int eg_cmd_tx(VkCtx *ctx, VkString **argv, int argc) {
     }
     if (cl->in_tx && (cls & EG_CMD_NO_MULTI)) {
         /* MULTI and WATCH inside MULTI included: refused, and the transaction is aborted. */
-        char buf[128];
-        snprintf(buf, sizeof buf, "ERR Command '%s' not allowed inside a transaction", name);
+        char buf[192], full[96];
+        snprintf(full, sizeof full, "%s", name);
+        if (argc > 2 && (eg_command_class(cmd, len, NULL) & EG_CMD_CONTAINER)) { /* Valkey names "client|reply" */
+            size_t sublen;
+            const char *sub = Vk_StringPtrLen(argv[2], &sublen);
+            size_t n = strlen(full);
+            full[n++] = '|';
+            eg_lower(full + n, sizeof full - n, sub, sublen);
+        }
+        snprintf(buf, sizeof buf, "ERR Command '%s' not allowed inside a transaction", full);
         eg_queue(cl, EG_ERROR, NULL, buf);
         cl->tx_abort = 1;
         return eg_finish(ctx, cl);
