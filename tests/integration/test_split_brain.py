@@ -14,9 +14,13 @@ import time
 import pytest
 
 from engram import binaries
+from engram.cluster.protocol import Me
+from engram.cluster.push import topology_command
+from engram.cluster.topology import ClusterView, SlotMap
 from engram.journal.client import Appended, Journal
 from engram.journal.entries import Entry, EntryType
 from engram.journal.errors import Fenced
+from engram.node.datapath import DataPath
 from engram.replication.committer import Committer, _InFlight
 from engram.replication.tap import Tap
 from engram.valkey.connection import ValkeyConnection, ValkeyError
@@ -44,8 +48,16 @@ class _Primary:
         loop = asyncio.get_running_loop()
         self.tasks = [loop.create_task(self.tap.stream(self.committer.feed)),
                       loop.create_task(self.committer.run())]
+        # Take charge of the module as the node does: primary of every slot, serving for now.
+        self.datapath = DataPath(self.socket)
+        await self.datapath.open()
+        await self.datapath.set_role("primary")
+        await self.datapath.set_lease(time.monotonic() + 3600, "")
+        view = ClusterView(slots=SlotMap.even(1))
+        me = Me(self.node, 0, "127.0.0.1:1", self.epoch)
+        await self.datapath.set_topology(None, topology_command(view, me, "127.0.0.1:1", ""))
+        await self.datapath.execute("ENGRAM.COMMITTIMEOUT", "3000")
         self.client = await ValkeyConnection.open(self.socket)
-        await self.client.execute("ENGRAM.COMMITTIMEOUT", "3000")
 
     async def write(self, key: str, value: str) -> bool:
         """SET as a client does; the module replies only once the journal has it: True when acknowledged."""
@@ -61,6 +73,7 @@ class _Primary:
         await asyncio.gather(*self.tasks, return_exceptions=True)
         self.tap.close()
         self.client.close()
+        self.datapath.close()
 
 
 def test_a_restarted_primary_cannot_pass_its_old_entries_off_as_new_writes(nats_journal, short_tmp) -> None:

@@ -43,7 +43,9 @@ def valkey_flags(socket_path: str, data_dir: str, port: int = 0, bind: str = "",
     module, loaded from module, holds each write's reply until the journal has committed it.
     """
     listen = ["--port", str(port)] + (["--bind", bind] if bind else [])
-    load = ["--loadmodule", module] if module else []
+    # managed: the module refuses every client command until the node has pushed its role, so
+    # nothing runs in the moments between Valkey listening and the node taking charge.
+    load = ["--loadmodule", module, "managed", "1"] if module else []
     return [
         *listen,
         *load,
