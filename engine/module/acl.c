@@ -12,7 +12,8 @@
  * (on, nopass), when Valkey requires no authentication at all. Otherwise (the default user has
  * a password, or is off) the ".auth" twin of the wrapper is used: Valkey checks authentication
  * and the ACL on it as on any command, so an unauthenticated connection gets -NOAUTH, and the
- * default user needs the right to the twin (its categories, or +@all).
+ * default user needs the right to the twin (its categories, or +@all). A twin that runs proves
+ * the connection authenticated: its later commands use the no-auth wrappers.
  *
  * CLIENT REPLY. Valkey silences a reply when it is written; a reply that waits for a commit is
  * written later, from a reply callback, when the flag may have changed, and a wrapper writes
@@ -94,6 +95,14 @@ int eg_auth_known(EgClient *cl) {
     Vk_FreeString(eg_ctx, name);
     if (!is_default) cl->authed = 1; /* until RESET: a connection can only change user by AUTH/HELLO */
     return !is_default;
+}
+
+/* A ".auth" twin ran: Valkey found the connection authenticated, or asking for no
+ * authentication. Unless the default user is open (then nothing is learnt: it may close again),
+ * the connection stays authenticated until RESET, and the no-auth wrappers serve it from now on. */
+void eg_auth_proven(EgClient *cl) {
+    default_open_cached = -1;
+    if (!default_open()) cl->authed = 1;
 }
 
 VkString *eg_wrapper(EgClient *cl, int kind) {

@@ -315,6 +315,7 @@ int eg_is_wrapper(const char *name, size_t len);
 
 /* acl.c */
 int eg_auth_known(EgClient *cl);
+void eg_auth_proven(EgClient *cl);
 VkString *eg_wrapper(EgClient *cl, int kind);
 void eg_acl_command_seen(const char *name, size_t len);
 void eg_reply_mode_next_command(EgClient *cl);

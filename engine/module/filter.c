@@ -121,8 +121,10 @@ void eg_filter(VkFilterCtx *f) {
     int cls = eg_command_class(name, len, argc > 1 ? Vk_CommandFilterArgGet(f, 1) : NULL);
     if (eg_cluster_filter(f, cl, name, len, argc, cls)) return;
     int pending = cl->head != NULL;
-    /* Replies silenced by a CLIENT REPLY the module applied: commands run where it can drop them. */
-    int silencing = eg_reply_mode_wraps(cl);
+    /* Replies silenced by a CLIENT REPLY the module applied: commands run where it can drop them.
+     * A default-user connection not yet known to be authenticated: a command that would run
+     * natively runs in a checked twin instead, whose running proves it (acl.c). */
+    int silencing = eg_reply_mode_wraps(cl) || !eg_auth_known(cl);
     if (!cl->in_tx && is_client_reply(f, name, len, argc)) {
         eg_client_reply_filter(f, cl, argc);
         return;

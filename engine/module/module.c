@@ -190,6 +190,41 @@ static int cmd_read(VkCtx *ctx, VkString **argv, int argc) {
     return cmd_call(ctx, argv, argc, 0);
 }
 
+/* ENGRAM.X CLIENT REPLY <mode>, emulated (acl.c): behind queued replies, or on a connection that
+ * may not have authenticated. Its reply (+OK for ON, or an error) takes its place in the queue,
+ * or goes out at once when nothing waits, so that what follows may run natively. */
+static int client_reply(VkCtx *ctx, EgClient *cl, VkString **argv, int argc) {
+    int queued = cl->head != NULL;
+    VkCallReply *denied = Vk_Call(ctx, "CLIENT", "DCEv", argv + 2, (size_t)(argc - 2));
+    const char *error = NULL;
+    if (denied && Vk_CallReplyType(denied) == VK_REPLY_ERROR) {
+        if (queued) {
+            eg_queue(cl, EG_CALL, denied, NULL);
+            return eg_finish(ctx, cl);
+        }
+        if (!eg_silenced(cl)) Vk_ReplyWithCallReply(ctx, denied);
+        Vk_FreeCallReply(denied);
+        return VK_OK;
+    }
+    if (denied) Vk_FreeCallReply(denied);
+    const char *mode = Vk_StringPtrLen(argv[3], NULL);
+    if (strcasecmp(mode, "on") && strcasecmp(mode, "off") && strcasecmp(mode, "skip")) {
+        error = "ERR syntax error";
+    } else {
+        eg_client_reply_apply(cl, mode);
+        cl->reply_desync = cl->reply_off || cl->skip_next; /* Valkey's own flag is not set */
+    }
+    int ok = !error && !strcasecmp(mode, "on"); /* ON replies, after it turned replies on */
+    if (queued) {
+        if (error) eg_queue(cl, EG_ERROR, NULL, error);
+        if (ok) eg_queue(cl, EG_STATUS, NULL, "OK");
+        return eg_finish(ctx, cl);
+    }
+    if (error && !eg_silenced(cl)) return Vk_ReplyWithError(ctx, error);
+    if (ok) return Vk_ReplyWithSimpleString(ctx, "OK");
+    return VK_OK;
+}
+
 /* ENGRAM.X <command> ...: a command that acts on the connection itself arrived behind replies
  * that wait for a commit. Run later it would answer out of order, run now its reply would
  * overtake theirs: it is refused in order instead, after the checks Valkey makes first (arity,
@@ -202,23 +237,14 @@ static int cmd_native(VkCtx *ctx, VkString **argv, int argc) {
     size_t len;
     const char *cmd = Vk_StringPtrLen(argv[1], &len);
     eg_lower(name, sizeof name, cmd, len);
+    if (!strcmp(name, "client") && argc > 2 && !strcasecmp(Vk_StringPtrLen(argv[2], NULL), "reply"))
+        return client_reply(ctx, cl, argv, argc);
     VkCallReply *denied = Vk_Call(ctx, name, "DCEv", argv + 2, (size_t)(argc - 2));
     if (denied && Vk_CallReplyType(denied) == VK_REPLY_ERROR) {
         eg_queue(cl, EG_CALL, denied, NULL);
         return eg_finish(ctx, cl);
     }
     if (denied) Vk_FreeCallReply(denied);
-    if (!strcmp(name, "client") && argc == 4 && !strcasecmp(Vk_StringPtrLen(argv[2], NULL), "reply")) {
-        const char *mode = Vk_StringPtrLen(argv[3], NULL);
-        if (strcasecmp(mode, "on") && strcasecmp(mode, "off") && strcasecmp(mode, "skip")) {
-            eg_queue(cl, EG_ERROR, NULL, "ERR syntax error");
-        } else {
-            eg_client_reply_apply(cl, mode);
-            cl->reply_desync = cl->reply_off || cl->skip_next; /* Valkey's own flag is not set */
-            if (!strcasecmp(mode, "on")) eg_queue(cl, EG_STATUS, NULL, "OK");
-        }
-        return eg_finish(ctx, cl);
-    }
     int refused = eg_is_refused_client_setting(argv + 1, argc - 1);
     if (refused)
         snprintf(buf, sizeof buf,
@@ -253,6 +279,23 @@ static int cmd_select(VkCtx *ctx, VkString **argv, int argc) {
     else
         eg_queue(cl, EG_STATUS, NULL, "OK");
     return eg_finish(ctx, cl);
+}
+
+static VkCmdFunc wrapper_fn[EG_W_COUNT];
+
+/* A ".auth" twin: Valkey let it run, so the connection has authenticated (acl.c); then the
+ * wrapper it stands for. */
+static int cmd_twin(VkCtx *ctx, VkString **argv, int argc) {
+    size_t len;
+    const char *name = Vk_StringPtrLen(argv[0], &len);
+    eg_auth_proven(eg_client(Vk_GetClientId(ctx), 1));
+    len -= 5; /* ".auth" */
+    for (int i = 0; i < EG_W_COUNT; i++) {
+        size_t n;
+        const char *w = Vk_StringPtrLen(eg_wrappers[0][i], &n);
+        if (n == len && !strncasecmp(name, w, n)) return wrapper_fn[i](ctx, argv, argc);
+    }
+    return Vk_ReplyWithError(ctx, "ERR engram: unknown wrapper");
 }
 
 /* ---- Control commands ------------------------------------------------------------------- */
@@ -487,7 +530,8 @@ int ValkeyModule_OnLoad(VkCtx *ctx, VkString **argv, int argc) {
         snprintf(flags, sizeof flags, "%s no-auth", wrappers[i].flags);
         if (Vk_CreateCommand(ctx, wrappers[i].name, wrappers[i].fn, flags, 0, 0, 0) != VK_OK) return VK_ERR;
         snprintf(name, sizeof name, "%s.auth", wrappers[i].name);
-        if (Vk_CreateCommand(ctx, name, wrappers[i].fn, wrappers[i].flags, 0, 0, 0) != VK_OK) return VK_ERR;
+        if (Vk_CreateCommand(ctx, name, cmd_twin, wrappers[i].flags, 0, 0, 0) != VK_OK) return VK_ERR;
+        wrapper_fn[i] = wrappers[i].fn;
         VkCommand *twin = Vk_GetCommand(ctx, name);
         if (!twin || Vk_SetCommandACLCategories(twin, EG_WRAPPER_ACL_CATEGORIES) != VK_OK) return VK_ERR;
         eg_wrappers[0][i] = Vk_CreateString(NULL, wrappers[i].name, strlen(wrappers[i].name));

@@ -334,6 +334,13 @@ static long long input_left(VkCtx *ctx, EgClient *cl) {
  * waits (Valkey runs the next command), block when this command ends the input. */
 int eg_finish(VkCtx *ctx, EgClient *cl) {
     if (!cl->head) return VK_OK;
+    /* Nothing in the queue waits for anything (reads of committed data run in a wrapper while
+     * replies are silenced, or to prove a connection authenticated): it goes out now, and the
+     * client's next commands need not queue behind it. */
+    if (!cl->fail && !cl->ticket && ready(cl)) {
+        emit(ctx, cl);
+        return VK_OK;
+    }
     int over_cap = cl->queued_bytes > (size_t)eg_max_queued_bytes || cl->queued >= EG_MAX_QUEUED_ENTRIES ||
                    total_queued_bytes > EG_MAX_TOTAL_QUEUED_BYTES;
     long long left = input_left(ctx, cl);

