@@ -10,8 +10,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from engram.bench.endpoint import Endpoint
 from engram.bench.measurement import Measurement
-from engram.bench.targets import Endpoint
 from engram.bench.workloads import LoadSpec, Workload
 
 TOOLS = ("valkey-benchmark", "redis-benchmark")
@@ -39,6 +39,10 @@ def unsupported(workload: Workload, spec: LoadSpec, endpoint: Endpoint) -> str |
     """Why the tool cannot run this workload faithfully, or None when it can."""
     if workload.read_fraction not in (0.0, 1.0):
         return "the tool runs one command per test, so a GET/SET mix needs the Python generator"
+    if workload.write != "SET":
+        return f"the tool's {workload.write} test does not share keys with pre-population"
+    if spec.in_flight > 1:
+        return "the tool pipelines batches; it cannot keep requests in flight on a multiplexed connection"
     if spec.seconds is not None:
         return "the tool is bounded by a request count, not a duration"
     if endpoint.cluster:

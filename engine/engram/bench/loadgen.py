@@ -8,30 +8,23 @@ process costs a few microseconds per request and the processes together are not 
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import os
-import queue
 import random
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import hiredis
 
+from engram.bench import child
+from engram.bench.endpoint import Endpoint
 from engram.bench.measurement import LatencyHistogram, Measurement
-from engram.bench.targets import Endpoint
-from engram.bench.workloads import LoadSpec, Workload, key
+from engram.bench.workloads import LoadSpec, Workload, commands
 from engram.cluster.slots import key_hash_slot
 
 NAME = "engram-loadgen (Python, multi-process)"
-START_TIMEOUT = 60.0
-_PROGRESS_EVERY = 1.0
-
-
-class LoadgenFailed(RuntimeError):
-    """A generator process could not connect or crashed."""
+LoadgenFailed = child.GeneratorFailed
 
 
 @dataclass(frozen=True)
@@ -56,6 +49,7 @@ class _Conn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.waiting = 0
         self.errors = 0
+        self.error_sample: str | None = None
         self.done: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -66,6 +60,7 @@ class _Conn(asyncio.Protocol):
         while (reply := self.reader.gets()) is not False:
             if isinstance(reply, hiredis.ReplyError):
                 self.errors += 1
+                self.error_sample = self.error_sample or str(reply)
             self.waiting -= 1
         if self.waiting <= 0 and self.done is not None and not self.done.done():
             self.done.set_result(None)
@@ -113,14 +108,11 @@ async def _slot_owners(seed: str) -> dict[int, str]:
 
 
 class _Commands:
-    """Every key's GET and SET, encoded once per process, and the node owning each key in cluster mode."""
+    """Every key's GET and write, encoded once per process, and the node owning each key in cluster mode."""
 
-    def __init__(self, spec: LoadSpec, owners: dict[int, str] | None) -> None:
-        value = spec.value
-        set_tail = b"\r\n$%d\r\n%s\r\n" % (len(value), value)
-        keys = [key(i) for i in range(spec.keyspace)]
-        self.gets = [b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(k), k) for k in keys]
-        self.sets = [b"*3\r\n$3\r\nSET\r\n$%d\r\n%s%s" % (len(k), k, set_tail) for k in keys]
+    def __init__(self, workload: Workload, spec: LoadSpec, owners: dict[int, str] | None) -> None:
+        self.sets, self.gets = commands(workload, spec)
+        keys = [workload.key(i) for i in range(spec.keyspace)]
         self.owner = [owners[key_hash_slot(k)] for k in keys] if owners else None
 
 
@@ -152,10 +144,13 @@ class _Client:
         owner = self.commands.owner
         single = next(iter(self.conns.values())) if owner is None else None
         perf, monotonic, record, pick = time.perf_counter_ns, time.monotonic, hist.record, self._pick
+        first = True
         while True:
             if deadline is not None:
-                if monotonic() >= deadline:
+                # Each client's first batch goes out even on a machine too busy to start it in time.
+                if monotonic() >= deadline and not first:
                     return
+                first = False
                 size = pipeline
             else:
                 size = min(pipeline, budget[0])
@@ -182,26 +177,29 @@ class _Client:
     def errors(self) -> int:
         return sum(c.errors for c in self.conns.values())
 
+    @property
+    def error_sample(self) -> str | None:
+        return next((c.error_sample for c in self.conns.values() if c.error_sample), None)
+
     def close(self) -> None:
         for conn in self.conns.values():
             if conn.transport is not None:
                 conn.transport.close()
 
 
-async def _work(plan: _Plan, start: Any, counters: Any) -> dict[str, Any]:
+async def _work(plan: _Plan, gate: child.Gate) -> dict[str, Any]:
     owners = await _slot_owners(plan.endpoint.addresses[0]) if plan.endpoint.cluster else None
     rng = random.Random(plan.seed)
-    commands = _Commands(plan.spec, owners)
+    commands = _Commands(plan.workload, plan.spec, owners)
     clients = [_Client(plan, random.Random(rng.random()), commands) for _ in range(plan.clients)]
     await asyncio.gather(*(c.connect() for c in clients))
-    # Everyone connects first; the clock starts when every process is ready.
-    await asyncio.to_thread(start.wait, START_TIMEOUT)
+    await gate.opened()  # everyone connects first; the clock starts when every process is ready
     hist = LatencyHistogram()
     completed = [0]
 
     def done(n: int) -> None:
         completed[0] += n
-        counters[plan.index] = completed[0]
+        gate.count(completed[0])
 
     budget = [plan.requests or 0]
     began = time.monotonic()
@@ -211,24 +209,29 @@ async def _work(plan: _Plan, start: Any, counters: Any) -> dict[str, Any]:
     finally:
         for c in clients:
             c.close()
-    return {"counts": dict(hist.counts), "errors": sum(c.errors for c in clients),
-            "began": began, "ended": time.monotonic()}
-
-
-def _worker(plan: _Plan, start: Any, counters: Any, results: Any) -> None:
-    """Entry point of a generator process."""
-    try:
-        import uvloop
-
-        result = uvloop.run(_work(plan, start, counters))
-    except BaseException as exc:  # report, never hang the parent
-        result = {"error": f"{exc.__class__.__name__}: {exc}\n{traceback.format_exc(limit=3)}"}
-    results.put((plan.index, result))
+    sample = next((c.error_sample for c in clients if c.error_sample), None)
+    return child.result(hist, sum(c.errors for c in clients), began, time.monotonic(), sample)
 
 
 def process_count(clients: int, wanted: int | None = None) -> int:
     """Generator processes: `wanted`, else one per core; never more than there are clients."""
     return max(1, min(wanted or os.cpu_count() or 1, clients))
+
+
+def share(total: int, parts: int, index: int) -> int:
+    """Part `index` of `total` split as evenly as possible into `parts`."""
+    return total // parts + (1 if index < total % parts else 0)
+
+
+def portion(spec: LoadSpec, parts: int, index: int) -> tuple[int, int | None]:
+    """Process `index`'s clients and requests (None: bounded by time) out of `parts` processes."""
+    requests = None if spec.requests is None else share(spec.requests, parts, index)
+    return share(spec.clients, parts, index), requests
+
+
+def limit(spec: LoadSpec) -> float:
+    """Generous bound on a run: a stalled target must not hang the benchmark for ever."""
+    return (spec.seconds or 0) + (spec.requests or 0) / 100 + 60
 
 
 def run(
@@ -241,60 +244,9 @@ def run(
     processes: int | None = None,
 ) -> Measurement:
     """Run one workload on `processes` generator processes (default: one per core) sharing the clients."""
-    procs_n = process_count(spec.clients, processes)
-    ctx = multiprocessing.get_context("spawn")  # no inherited event loops or sockets
-    start, results, counters = ctx.Event(), ctx.Queue(), ctx.Array("q", procs_n, lock=False)
-    plans = []
-    for i in range(procs_n):
-        requests = None
-        if spec.requests is not None:
-            requests = spec.requests // procs_n + (1 if i < spec.requests % procs_n else 0)
-        clients = spec.clients // procs_n + (1 if i < spec.clients % procs_n else 0)
-        plans.append(_Plan(i, clients, requests, spec.seconds, workload, spec, endpoint, seed * 1000 + i))
-    procs = [ctx.Process(target=_worker, args=(p, start, counters, results), daemon=True) for p in plans]
-    for p in procs:
-        p.start()
-    try:
-        return _collect(procs, plans, start, results, counters, workload, spec, target, progress)
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-            p.join(5)
-
-
-def _collect(procs: list[Any], plans: list[_Plan], start: Any, results: Any, counters: Any,
-             workload: Workload, spec: LoadSpec, target: str, progress: Callable[[str], None]) -> Measurement:
-    # Generous bound: a stalled target must not hang the benchmark for ever.
-    limit = START_TIMEOUT + (spec.seconds or 0) + (spec.requests or 0) / 100 + 60
-    deadline = time.monotonic() + limit
-    start.set()
-    got: dict[int, dict[str, Any]] = {}
-    last_total, last_at = 0, time.monotonic()
+    n = process_count(spec.clients, processes)
+    plans = [_Plan(i, *portion(spec, n, i), spec.seconds, workload, spec, endpoint, seed * 1000 + i)
+             for i in range(n)]
     label = f"{target}/{workload.name}"
-    while len(got) < len(plans):
-        try:
-            index, result = results.get(timeout=_PROGRESS_EVERY)
-            got[index] = result
-        except queue.Empty:
-            pass
-        now = time.monotonic()
-        if now >= deadline:
-            raise LoadgenFailed(f"{label}: generator processes did not finish within {limit:.0f}s")
-        if now - last_at >= _PROGRESS_EVERY:
-            total = sum(counters)
-            goal = f" of {spec.requests}" if spec.requests else ""
-            rate = (total - last_total) / (now - last_at)
-            progress(f"{label}: {total}{goal} requests, {rate:,.0f} req/s now")
-            last_total, last_at = total, now
-        if not any(p.is_alive() for p in procs) and results.empty() and len(got) < len(plans):
-            raise LoadgenFailed(f"{label}: a generator process died without reporting")
-    failures = [r["error"] for r in got.values() if "error" in r]
-    if failures:
-        raise LoadgenFailed(f"{label}: {failures[0]}")
-    hist = LatencyHistogram()
-    for r in got.values():
-        hist.merge({int(k): v for k, v in r["counts"].items()})
-    seconds = max(r["ended"] for r in got.values()) - min(r["began"] for r in got.values())
-    errors = sum(r["errors"] for r in got.values())
-    return Measurement.from_histogram(workload.name, target, NAME, hist, errors, seconds)
+    results = child.run(_work, plans, label, progress, goal=spec.requests, limit=limit(spec))
+    return child.measurement(results, workload.name, target, NAME, progress)

@@ -15,9 +15,12 @@ from typing import Protocol
 import redis
 
 from engram import binaries
+from engram.bench.endpoint import Endpoint
 from engram.platforms.local import cluster, ports, processes
 from engram.platforms.local.plan import ClusterSpec
 from engram.platforms.local.ports import LOOPBACK
+
+__all__ = ["Endpoint", "EngramTarget", "Target", "TargetError", "ValkeyTarget", "plain_valkey", "valkey_aof"]
 
 Progress = Callable[[str], None]
 READY_TIMEOUT = 30.0
@@ -25,21 +28,6 @@ READY_TIMEOUT = 30.0
 
 class TargetError(RuntimeError):
     """A benchmark target could not be started or reached."""
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where the load generator connects; cluster=True means route by slot from these seeds."""
-
-    addresses: tuple[str, ...]
-    cluster: bool
-    # How the target is reached, for the report ("shard 0's primary, bypassing the endpoint relay").
-    note: str = ""
-
-    @property
-    def first(self) -> tuple[str, int]:
-        host, port = self.addresses[0].rsplit(":", 1)
-        return host, int(port)
 
 
 class Target(Protocol):
