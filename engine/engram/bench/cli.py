@@ -7,7 +7,8 @@ import json
 import sys
 
 from engram.bench.runner import GENERATORS, TARGETS, Bench, BenchConfig
-from engram.bench.workloads import WORKLOADS, LoadSpec
+from engram.bench.suites import SUITE_SECONDS, SUITES
+from engram.bench.workloads import DEFAULT_WORKLOADS, WORKLOADS, LoadSpec
 from engram.binaries import BinaryNotFound
 from engram.platforms.local.cluster import LocalError
 
@@ -27,29 +28,56 @@ def _names(choices: tuple[str, ...]) -> type:
     return parse  # type: ignore[return-value]
 
 
+# Options that shape the load of a run without a suite; a suite gives each row its own.
+_ROW_OPTIONS = ("workloads", "clients", "pipeline", "in_flight", "shards", "generator")
+_ROW_DEFAULTS = {"workloads": DEFAULT_WORKLOADS, "clients": 50, "pipeline": 1, "in_flight": 1, "shards": 1,
+                 "generator": "auto"}
+
+
+def _bound(args: argparse.Namespace) -> tuple[int | None, float | None]:
+    """requests or seconds: as given; else a suite's rows run SUITE_SECONDS each, a plain run 100,000."""
+    if args.seconds is not None:
+        return None, args.seconds
+    if args.requests is not None:
+        return args.requests, None
+    return (None, SUITE_SECONDS) if args.suite else (100_000, None)
+
+
+def _config(args: argparse.Namespace) -> BenchConfig:
+    if args.suite:
+        given = [o for o in _ROW_OPTIONS if getattr(args, o) is not None and o != "generator"]
+        if given:
+            flags = ", ".join("--" + o.replace("_", "-") for o in given)
+            raise ValueError(f"--suite {args.suite} sets each row's load itself; drop {flags}")
+    row = {o: _ROW_DEFAULTS[o] if getattr(args, o) is None else getattr(args, o) for o in _ROW_OPTIONS}
+    requests, seconds = _bound(args)
+    spec = LoadSpec(
+        clients=row["clients"],
+        value_size=args.value_size,
+        pipeline=row["pipeline"],
+        keyspace=args.keyspace,
+        requests=requests,
+        seconds=seconds,
+        in_flight=row["in_flight"],
+    )
+    return BenchConfig(
+        spec=spec,
+        workloads=row["workloads"],
+        targets=args.targets if args.targets else (("valkey", "engram") if args.suite else TARGETS),
+        shards=row["shards"],
+        replicas=args.replicas,
+        generator=row["generator"],
+        engram_endpoint=args.endpoint,
+        seed=args.seed,
+        processes=args.processes,
+        suite=args.suite,
+    )
+
+
 def handle(args: argparse.Namespace) -> int:
     """Run the benchmark; the table (or JSON) goes to stdout, progress to stderr."""
     try:
-        spec = LoadSpec(
-            clients=args.clients,
-            value_size=args.value_size,
-            pipeline=args.pipeline,
-            keyspace=args.keyspace,
-            requests=None if args.seconds else args.requests,
-            seconds=args.seconds,
-        )
-        config = BenchConfig(
-            spec=spec,
-            workloads=args.workloads,
-            targets=args.targets,
-            shards=args.shards,
-            replicas=args.replicas,
-            generator=args.generator,
-            engram_endpoint=args.endpoint,
-            seed=args.seed,
-            processes=args.processes,
-        )
-        report = Bench(config, _say).run()
+        report = Bench(_config(args), _say).run()
     except (ValueError, RuntimeError, BinaryNotFound, LocalError) as exc:
         _say(f"error: {exc}")
         return 1
@@ -58,8 +86,6 @@ def handle(args: argparse.Namespace) -> int:
         return 1
     print(json.dumps(report.to_json(), indent=2) if args.json else report.table())
     return 0
-
-
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add `bench` to the top-level `engram` parser."""
     p = subparsers.add_parser(
@@ -67,25 +93,36 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="benchmark Engram against plain and fsync-always Valkey",
         description=__doc__,
     )
-    p.add_argument("--workloads", type=_names(tuple(WORKLOADS)), default=tuple(WORKLOADS), metavar="W,W",
-                   help=f"among {', '.join(WORKLOADS)} (default: all)")
-    p.add_argument("--targets", type=_names(TARGETS), default=TARGETS, metavar="T,T",
+    p.add_argument("--suite", choices=tuple(SUITES),
+                   help="a fixed set of rows, each with its own load, in one table; datapath: SET/GET at 50 "
+                        "clients, SET at 256, SET/GET at 4 clients x pipeline 16, 3 INCR : 1 GET on one "
+                        "connection with 1,000 in flight, and the valkey-glide cluster client with 500 in "
+                        "flight against 3 shards (needs valkey-glide). Targets default to valkey,engram; "
+                        f"rows run {SUITE_SECONDS:g}s each unless --seconds/--requests")
+    p.add_argument("--workloads", type=_names(tuple(WORKLOADS)), metavar="W,W",
+                   help=f"among {', '.join(WORKLOADS)} (default: {','.join(DEFAULT_WORKLOADS)})")
+    p.add_argument("--targets", type=_names(TARGETS), metavar="T,T",
                    help=f"among {', '.join(TARGETS)} (default: all; ratios need valkey)")
     p.add_argument("--value-size", type=int, default=100, metavar="BYTES", help="(default: %(default)s)")
-    p.add_argument("--clients", type=int, default=50, help="concurrent connections (default: %(default)s)")
+    p.add_argument("--clients", type=int, help="concurrent connections, or GLIDE clients (default: 50)")
     bound = p.add_mutually_exclusive_group()
-    bound.add_argument("--requests", type=int, default=100_000, help="per workload and target "
-                       "(default: %(default)s)")
+    bound.add_argument("--requests", type=int, help="per workload and target (default: 100000)")
     bound.add_argument("--seconds", type=float, help="run each workload this long instead of --requests")
-    p.add_argument("--pipeline", type=int, default=1, help="requests per round trip (default: %(default)s)")
+    p.add_argument("--pipeline", type=int,
+                   help="requests sent together, then all their replies awaited (default: 1)")
+    p.add_argument("--in-flight", type=int, metavar="N",
+                   help="requests each connection keeps outstanding, one sent as each reply arrives, as "
+                        "valkey-glide multiplexes (default: 1); uses the multiplexing Python generator")
     p.add_argument("--keyspace", type=int, default=10_000, help="distinct keys (default: %(default)s)")
-    p.add_argument("--shards", type=int, default=1, help="shards of every target (default: %(default)s)")
+    p.add_argument("--shards", type=int, help="shards of every target (default: 1)")
     p.add_argument("--replicas", type=int, default=2, help="Engram replicas per shard (default: %(default)s)")
     p.add_argument("--endpoint", metavar="HOST:PORT",
                    help="measure this running Engram cluster instead of starting a local one")
-    p.add_argument("--generator", choices=GENERATORS, default="auto",
-                   help="auto: valkey-benchmark/redis-benchmark where it can express the workload, "
-                        "else the Python generator (default: %(default)s)")
+    p.add_argument("--generator", choices=GENERATORS,
+                   help="auto: valkey-benchmark/redis-benchmark where it can express the workload, else the "
+                        "Python generators; python: never the tool; glide: the valkey-glide client "
+                        "(GlideClusterClient against a cluster), --in-flight requests per client "
+                        "(default: auto)")
     p.add_argument("--processes", type=int, metavar="N",
                    help="Python generator processes (default: one per core)")
     p.add_argument("--seed", type=int, default=0, help="Python generator key choice (default: %(default)s)")
