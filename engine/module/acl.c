@@ -35,8 +35,11 @@ extern VkCtx *eg_ctx; /* module.c: a context for calls made outside any command 
 
 static VkString *default_name;
 static int default_open_cached = -1;
-static long long default_open_iter = -1;
+static long long default_open_read_ms = 0, default_open_iter = -1;
 static int recheck_default = 0;
+/* Users change through commands the filter sees; another module's API call is not seen, and is
+ * caught within this long. */
+#define DEFAULT_RECHECK_MS 100
 
 static int has_token(const char *s, size_t len, const char *token) {
     size_t n = strlen(token);
@@ -48,10 +51,13 @@ static int has_token(const char *s, size_t len, const char *token) {
 }
 
 /* Valkey requires no authentication: the default user is "nopass" and not "off" (networking.c,
- * authRequired). Read from the user's ACL description once per event-loop iteration, and again
- * after any command that may have changed users. */
+ * authRequired). Read from the user's ACL description after any command that may have changed
+ * users, and at least every DEFAULT_RECHECK_MS. */
 static int default_open(void) {
     if (default_open_cached >= 0 && default_open_iter == eg_iter) return default_open_cached;
+    long long now = eg_now_ms();
+    default_open_iter = eg_iter;
+    if (default_open_cached >= 0 && now - default_open_read_ms < DEFAULT_RECHECK_MS) return default_open_cached;
     if (!default_name) default_name = Vk_CreateString(NULL, "default", 7);
     int open = 0;
     VkUser *user = Vk_GetModuleUserFromUserName(default_name);
@@ -66,7 +72,7 @@ static int default_open(void) {
         Vk_FreeModuleUser(user);
     }
     default_open_cached = open;
-    default_open_iter = eg_iter;
+    default_open_read_ms = now;
     return open;
 }
 
