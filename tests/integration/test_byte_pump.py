@@ -8,6 +8,7 @@ import asyncio
 
 import pytest
 
+from engram import binaries
 from engram.journal.client import Journal
 from engram.journal.entries import Entry, EntryType
 from engram.replication.applier import Applier
@@ -54,10 +55,13 @@ def test_a_replica_applying_the_pumped_entries_rebuilds_what_the_primary_ran(nat
         await journal.create_stream(CLUSTER_ID)
         won = await journal.append(Entry(EntryType.LEADER, 1, "n0", address="x:1"), 1, "pump-campaign")
         primary_socket, replica_socket = f"{short_tmp}/p.sock", f"{short_tmp}/r.sock"
-        # PINGs on the replication link every second, so that an idle stretch holds some.
+        # A plain Valkey whose clients WAIT for the tap's acknowledgement, with PINGs on the
+        # replication link every second, so that an idle stretch holds some.
         pings = ["--repl-ping-replica-period", "1"]
         primary = await start_valkey(primary_socket, str(short_tmp / "p"), pings)
-        replica = await start_valkey(replica_socket, str(short_tmp / "r"), [])
+        # The replica as a node runs it: with the module, which the applier tells to stand aside.
+        module = binaries.valkey_module()
+        replica = await start_valkey(replica_socket, str(short_tmp / "r"), [], module=module)
         tap = Tap(primary_socket)
         tasks: list[asyncio.Task] = []
         try:
@@ -118,7 +122,7 @@ def test_link_only_commands_journaled_between_writes_are_harmless_on_a_replica(
     nats_journal, short_tmp
 ) -> None:
     """A batch can hold PING and REPLCONF GETACK between writes (see the committer); a replica runs
-    them on a normal connection with replies off: no reply, no effect, and still one +OK."""
+    them on its applier's connection with replies off: no reply, no effect, and still one +OK."""
 
     async def scenario() -> None:
         journal = await Journal.connect(nats_journal.urls, "link", 0, replicas=3)
@@ -131,7 +135,7 @@ def test_link_only_commands_journaled_between_writes_are_harmless_on_a_replica(
         await journal.append(Entry(EntryType.DATA, 1, "n0", payload, db=2, term_seq=1), 2, "link-data")
         await journal.append(Entry(EntryType.DATA, 1, "n0", encode(["SET", "z", "3"]), db=2, term_seq=2), 3,
                              "link-next")
-        proc = await start_valkey(f"{short_tmp}/v.sock", str(short_tmp), [])
+        proc = await start_valkey(f"{short_tmp}/v.sock", str(short_tmp), [], module=binaries.valkey_module())
         try:
             applier = Applier(journal, f"{short_tmp}/v.sock", lambda entry: entry.seq < 4, CLUSTER_ID)
             await applier.run()

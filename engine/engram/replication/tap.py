@@ -20,6 +20,14 @@ log = logging.getLogger(__name__)
 # What the tap hands over for every chunk it receives: the raw bytes and the scan after them.
 OnChunk = Callable[[bytes, Scan], None]
 
+_ACK = b"*3\r\n$8\r\nREPLCONF\r\n$3\r\nACK\r\n"
+
+
+def _ack_command(offset: int) -> bytes:
+    """REPLCONF ACK <offset>, built without the generic encoder: it is sent once per commit."""
+    digits = b"%d" % offset
+    return b"%s$%d\r\n%s\r\n" % (_ACK, len(digits), digits)
+
 
 class TapError(RuntimeError):
     """The replication link to the local Valkey failed or spoke something unexpected."""
@@ -137,12 +145,12 @@ class Tap:
         if offset <= self._acked or self._writer is None:
             return
         self._acked = offset
-        self._writer.write(encode([b"REPLCONF", b"ACK", offset]))
+        self._writer.write(_ack_command(offset))
 
     def reack(self) -> None:
         """Repeat the last ack: Valkey drops a replica it has not heard from in repl-timeout."""
         if self._writer is not None and self._acked >= 0:
-            self._writer.write(encode([b"REPLCONF", b"ACK", self._acked]))
+            self._writer.write(_ack_command(self._acked))
 
     def close(self) -> None:
         if self._writer is not None:
