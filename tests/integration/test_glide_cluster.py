@@ -14,7 +14,7 @@ from redis.cluster import RedisCluster
 
 from tests.integration.workload import cli_status
 
-glide = pytest.importorskip("glide", reason="needs valkey-glide (pip install 'valkey-glide>=2.6')")
+glide = pytest.importorskip("glide", reason="needs valkey-glide (pip install 'valkey-glide>=2.6,<2.7')")
 
 pytestmark = pytest.mark.integration
 

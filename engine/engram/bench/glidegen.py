@@ -24,7 +24,7 @@ from engram.bench.loadgen import limit, portion, process_count
 from engram.bench.measurement import LatencyHistogram, Measurement
 from engram.bench.workloads import LoadSpec, Workload
 
-INSTALL_HINT = "pip install 'valkey-glide>=2.6,<3'"
+INSTALL_HINT = "pip install 'valkey-glide>=2.6,<2.7'"
 # GLIDE's default (250 ms) is shorter than a reply may wait for a journal commit under load.
 REQUEST_TIMEOUT_MS = 10_000
 
