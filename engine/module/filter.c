@@ -79,6 +79,13 @@ static int refused_client_setting(VkFilterCtx *f, int argc) {
     return eg_is_refused_client_setting(argv, argc);
 }
 
+static int on_unix_socket(unsigned long long id) {
+    VkClientInfo ci;
+    memset(&ci, 0, sizeof ci);
+    ci.version = 1;
+    return Vk_GetClientInfoById(&ci, id) == VK_OK && (ci.flags & VK_CLIENTINFO_FLAG_UNIXSOCKET);
+}
+
 void eg_filter(VkFilterCtx *f) {
     int argc = Vk_CommandFilterArgsCount(f);
     size_t len;
@@ -93,13 +100,23 @@ void eg_filter(VkFilterCtx *f) {
         return;
     }
     EgClient *cl = eg_client(id, 1);
-    if ((len == 5 && !strncasecmp(name, "psync", 5)) || (len == 4 && !strncasecmp(name, "sync", 4))) {
+    cl->consumed += wire_bytes(f, argc);
+    int attaches = (len == 5 && !strncasecmp(name, "psync", 5)) || (len == 4 && !strncasecmp(name, "sync", 4));
+    int reattaches = (len == 9 && !strncasecmp(name, "replicaof", 9)) || (len == 7 && !strncasecmp(name, "slaveof", 7));
+    if ((attaches || (reattaches && eg_managed)) && !on_unix_socket(id)) {
+        /* The replica link's acknowledgements release held replies: a link from the network could
+         * confirm writes the journal never had. Replicas are fed from the journal, not by Valkey. */
+        eg_refuse(f, cl, attaches ? "ERR engram: replication is served only to the node's journal tap, over "
+                                    "Valkey's unix socket; replicas are fed from the journal"
+                                  : "ERR engram: this Valkey's role is set by its Engram node, not by REPLICAOF");
+        return;
+    }
+    if (attaches) {
         /* The replication tap attaches with PSYNC and starts from a snapshot of everything run so
          * far: replies still held were never journaled through it, and cannot be confirmed. */
         eg_fail_all("the replication link to the journal was replaced");
         cl->replica_link = 1;
     }
-    cl->consumed += wire_bytes(f, argc);
     eg_acl_command_seen(name, len);
     if (cl->internal) return; /* the node's own connection: nothing is wrapped, checked or held */
     eg_reply_mode_next_command(cl);

@@ -559,6 +559,42 @@ def test_internal_is_refused_over_tcp_and_honoured_over_the_unix_socket() -> Non
     run(scenario)
 
 
+def test_a_network_client_cannot_become_the_replica_link_or_repoint_valkey() -> None:
+    """Acks of the replica link release held replies: only the node's tap, on the unix socket, may be it."""
+    view = _view(1, {0: "10.0.0.1:6379"})
+    me = Me("n0", 0, "10.0.0.1:6379", 3)
+
+    async def scenario() -> None:
+        with _free_port() as port:
+            # Module arguments follow --loadmodule's path: managed, as the engine runs it.
+            async with valkey("managed", "1", "--port", str(port), "--bind", "127.0.0.1") as path:
+                node = await Conn.open(path)
+                await _primary(node, view, me)
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                intruder = Conn(reader, writer)
+                for command in (("PSYNC", "?", "-1"), ("SYNC",)):
+                    assert _err(await intruder.call(*command)).startswith(
+                        "ERR engram: replication is served only to the node's journal tap"
+                    )
+                for command in (("REPLICAOF", "127.0.0.1", "1"), ("SLAVEOF", "127.0.0.1", "1")):
+                    assert _err(await intruder.call(*command)).startswith("ERR engram: this Valkey's role")
+                assert b"role:master" in await node.call("INFO", "replication")
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                client = Conn(reader, writer)
+                client.send(("SET", "held", "v"))
+                # Far past any offset: were the intruder believed, this would release the SET.
+                intruder.send(("REPLCONF", "ACK", "999999999"))  # Valkey never answers an ACK
+                assert await intruder.call("PING") == b"PONG"
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(client.read(1), 0.5)
+                info = (await node.call("ENGRAM.INFO")).decode()
+                assert "committed_offset:0\r\n" in info or "committed_offset:-1\r\n" in info, info
+                intruder.close()
+                client.close()
+
+    run(scenario)
+
+
 def test_redis_py_cluster_client_works_against_one_module_loaded_valkey() -> None:
     from redis.cluster import RedisCluster
 
