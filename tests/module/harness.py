@@ -15,9 +15,9 @@ from typing import Any
 import hiredis
 
 from engram import binaries
-from engram.frontdoor.resp import encode_command
 from engram.replication.streamscan import Scan
 from engram.replication.tap import Tap
+from engram.resp import encode_command
 from engram.valkey.process import start_valkey
 
 DEADLINE = 10.0  # seconds any single awaited condition may take on a loaded machine

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from engram.frontdoor.resp import encode_command
+from engram.resp import encode_command
 from tests.module.harness import DEADLINE, Conn, attached_tap, run, settle, valkey
 
 pytestmark = pytest.mark.integration

@@ -18,7 +18,7 @@ from engram.cluster.protocol import Me, cluster_command
 from engram.cluster.push import slot_owners, topology_command
 from engram.cluster.slots import SLOTS, key_hash_slot
 from engram.cluster.topology import ClusterView, LeaderRecord, NodeRecord, SlotMap, cluster_node_id
-from engram.frontdoor.resp import ReplyScanner, encode_command
+from engram.resp import ReplyScanner, encode_command
 from tests.module.harness import DEADLINE, Conn, attached_tap, run, settle, valkey
 
 pytestmark = pytest.mark.integration

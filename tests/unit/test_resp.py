@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engram.frontdoor import resp
-from engram.frontdoor.resp import ProtocolError, ReplyScanner, RequestParser
+from engram import resp
+from engram.resp import ProtocolError, ReplyScanner, RequestParser
 
 
 def _parse(*chunks: bytes) -> list[tuple[list[bytes], bytes]]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engram import resp
 from engram.cluster.slots import SLOTS, key_hash_slot
 from engram.cluster.topology import ClusterView, NodeRecord, cluster_node_id
-from engram.frontdoor import resp
 
 
 @dataclass

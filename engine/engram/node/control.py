@@ -10,7 +10,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from engram.frontdoor import resp
+from engram import resp
 from engram.leadership.switchover import SwitchoverError
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
-"""RESP framing for the front door: client requests in, reply boundaries out, replies we write.
+"""RESP framing: requests in, reply boundaries out, the replies Engram renders itself.
 
-The front door forwards raw bytes, so it needs exact boundaries rather than decoded values;
-hiredis decodes but does not report where a reply ends.
+The node's control port parses requests with it, and CLUSTER replies are rendered with it for the
+module; hiredis decodes replies but does not report where one ends, which tests need.
 """
 
 from __future__ import annotations
