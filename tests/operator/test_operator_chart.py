@@ -78,6 +78,10 @@ def test_rbac_is_least_privilege() -> None:
     assert verbs[("apps", "statefulsets")] == {"get", "list", "watch", "create"}
     # A failed provisioning Job is deleted so that a fresh one retries.
     assert verbs[("batch", "jobs")] == {"get", "list", "watch", "create", "delete"}
+    # Children carry an owner reference with blockOwnerDeletion: true; with the
+    # OwnerReferencesPermissionEnforcement admission plugin (on in OpenShift and many hardened
+    # clusters) creating them needs update on the owner's finalizers, or every create is refused.
+    assert verbs[("engram.io", "memoryclusters/finalizers")] == {"update"}
     assert not any("*" in rule["verbs"] or "*" in rule["resources"] for rule in rules)
     assert not any(r in ("secrets", "customresourcedefinitions", "namespaces") for _, r in verbs)
 
@@ -89,6 +93,7 @@ def test_one_namespace_mode_grants_only_nodes_cluster_wide() -> None:
     [role] = [d for d in docs if d["kind"] == "Role"]
     assert role["metadata"]["namespace"] == "databases"
     assert any("jobs" in rule["resources"] and "batch" in rule["apiGroups"] for rule in role["rules"])
+    assert any("memoryclusters/finalizers" in rule["resources"] for rule in role["rules"])
 
 
 def test_operator_pod_is_restricted_and_standalone_without_peering() -> None:

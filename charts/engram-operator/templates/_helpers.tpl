@@ -49,6 +49,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [engram.io]
   resources: [memoryclusters/status]
   verbs: [get, patch]
+{{- /* Children name the MemoryCluster as owner with blockOwnerDeletion: true, which the API server
+     admits only from a client that may update the owner's finalizers (OwnerReferencesPermissionEnforcement). */}}
+- apiGroups: [engram.io]
+  resources: [memoryclusters/finalizers]
+  verbs: [update]
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch, create, delete, patch]
