@@ -86,6 +86,14 @@ def test_pods_meet_the_restricted_pod_security_standard(name: str) -> None:
                 assert ctx["readOnlyRootFilesystem"] is True
 
 
+@pytest.mark.parametrize("name", SPECS)
+def test_no_pod_gets_service_environment_links(name: str) -> None:
+    """A MemoryCluster named redis makes a Service redis; with links on, every pod of the namespace
+    would get REDIS_PORT=tcp://..., which Valkey-era tools read as their own port setting."""
+    pods = [pod for obj in all_manifests(name) for pod in _pod_specs(obj)]
+    assert pods and all(pod["enableServiceLinks"] is False for pod in pods)
+
+
 def test_engine_pod_is_pinned_to_its_zone_and_carries_its_node_config() -> None:
     cluster = SPECS["three-zones"]
     pod = builders.build_engine_pod(

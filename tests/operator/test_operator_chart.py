@@ -102,6 +102,8 @@ def test_operator_pod_is_restricted_and_standalone_without_peering() -> None:
     assert deploy["spec"]["replicas"] == 1
     pod = deploy["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
+    # A MemoryCluster named like the operator's env settings must not inject Service variables.
+    assert pod["enableServiceLinks"] is False
     [container] = pod["containers"]
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
