@@ -3,7 +3,8 @@
 It receives the replication stream (effects, so non-deterministic commands are safe) and pumps
 its raw bytes to the committer, with a scan of where they may be cut (see streamscan); no command
 is parsed in Python. It acknowledges an offset to Valkey only once the journal has committed
-everything up to it; Valkey's WAIT then releases the clients' write replies.
+everything up to it; that acknowledgement releases the clients' write replies (the Engram module
+holds them until then).
 """
 
 from __future__ import annotations
