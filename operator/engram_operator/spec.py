@@ -43,6 +43,7 @@ class EngineSpec:
     image: str = ""
     valkey_image: str = ""
     image_pull_policy: str = "IfNotPresent"
+    log_level: str = "info"
 
     @property
     def resolved_image(self) -> str:
@@ -59,6 +60,10 @@ class PlacementSpec:
 
     topology_key: str = "topology.kubernetes.io/zone"
     spreading: Spreading = "Preferred"
+    # Passed to every pod the cluster runs, merged with the operator's zone pin (builders/common.py).
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = field(default_factory=list)
+    affinity: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -116,12 +121,17 @@ class ClusterSpec:
                 image=engine.get("image", ""),
                 valkey_image=engine.get("valkeyImage", ""),
                 image_pull_policy=engine.get("imagePullPolicy", EngineSpec.image_pull_policy),
+                log_level=engine.get("logLevel", EngineSpec.log_level),
             ),
             valkey_resources=Resources.from_dict(resources.get("valkey")),
             node_resources=Resources.from_dict(resources.get("node")),
             placement=PlacementSpec(
                 topology_key=placement.get("topologyKey", PlacementSpec.topology_key),
                 spreading=placement.get("spreading", PlacementSpec.spreading),
+                # Deep copies: manifests built from them never share objects with the body.
+                node_selector={str(k): str(v) for k, v in (placement.get("nodeSelector") or {}).items()},
+                tolerations=[_plain(t) for t in placement.get("tolerations") or []],
+                affinity=_plain(placement.get("affinity") or {}),
             ),
             journal=JournalSpec(
                 replicas=int(journal.get("replicas", JournalSpec.replicas)),
@@ -131,3 +141,12 @@ class ClusterSpec:
                 resources=Resources.from_dict(journal.get("resources")),
             ),
         )
+
+
+def _plain(value: Any) -> Any:
+    """A deep copy made of dicts and lists only, whatever mapping type the body used."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value

@@ -8,6 +8,7 @@ does), then every x-kubernetes-validations rule, evaluated with cel-python.
 from __future__ import annotations
 
 import copy
+import json
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,46 @@ def cel_errors(schema: dict[str, Any], obj: Any, old: Any = _MISSING, path: str 
         for i, item in enumerate(obj):
             errors += cel_errors(schema["items"], item, _MISSING, f"{path}[{i}]")
     return errors
+
+
+@cache
+def _core_definitions() -> dict[str, Any]:
+    root = (
+        Path(kubernetes_validate.__file__).parent
+        / "kubernetes-json-schema"
+        / f"v{K8S_VERSION}.0-local-strict"
+    )
+    return json.loads((root / "_definitions.json").read_text())["$defs"]
+
+
+def core_structural_schema(name: str) -> dict[str, Any]:
+    """A core/v1 type's schema as a CRD embeds it: references inlined, nullable types made plain,
+    descriptions left out (the CRD's fields say what they are for; `kubectl explain` shows both)."""
+
+    def structural(node: dict[str, Any]) -> dict[str, Any]:
+        if "$ref" in node:
+            return structural(_core_definitions()[node["$ref"].rsplit("/", 1)[1]])
+        out: dict[str, Any] = {}
+        kind = node.get("type")
+        if isinstance(kind, list):
+            [kind] = [k for k in kind if k != "null"]
+        if kind:
+            out["type"] = kind
+        for key in ("format", "enum"):
+            if key in node:
+                out[key] = node[key]
+        if "properties" in node:
+            out["properties"] = {k: structural(v) for k, v in node["properties"].items()}
+        if "items" in node:
+            out["items"] = structural(node["items"])
+        if isinstance(node.get("additionalProperties"), dict):
+            out["additionalProperties"] = structural(node["additionalProperties"])
+        for key in ("required", "x-kubernetes-list-type", "x-kubernetes-map-type"):
+            if key in node:
+                out[key] = node[key]
+        return out
+
+    return structural(_core_definitions()[f"io.k8s.api.core.v1.{name}"])
 
 
 @cache

@@ -10,8 +10,8 @@ from cluster_state import CLUSTER_ID, ZONES, journal_up, just_applied, provision
 from k8s_offline import validate_manifest
 
 from engram.node.config import NodeConfig
-from engram_operator import builders, labels
-from engram_operator.builders.engine import valkey_args
+from engram_operator import builders, constants, labels
+from engram_operator.builders.engine import POD_IDENTITY_FIELDS, shared_node_config, valkey_args
 from engram_operator.builders.journal import JournalSpreadError, plan_journal
 from engram_operator.decisions import decide
 
@@ -23,6 +23,36 @@ SPECS = {
         resources={"valkey": {"requests": {"memory": "2Gi"}, "limits": {"memory": "2Gi"}}},
         placement={"spreading": "Required"},
         journal={"storage": {"size": "20Gi", "storageClassName": "fast"}},
+    ),
+    # Nodes set aside for databases: a label to select, a taint to tolerate, rules of the user's own.
+    "dedicated-nodes": spec(
+        shards=2,
+        replicasPerShard=1,
+        placement={
+            "nodeSelector": {"pool": "databases"},
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}],
+            "affinity": {
+                "nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": [
+                            {"matchExpressions": [{"key": "disk", "operator": "In", "values": ["ssd"]}]},
+                            {"matchExpressions": [{"key": "disk", "operator": "In", "values": ["nvme"]}]},
+                        ]
+                    }
+                },
+                "podAntiAffinity": {
+                    "preferredDuringSchedulingIgnoredDuringExecution": [
+                        {
+                            "weight": 50,
+                            "podAffinityTerm": {
+                                "topologyKey": "kubernetes.io/hostname",
+                                "labelSelector": {"matchLabels": {"app": "noisy"}},
+                            },
+                        }
+                    ]
+                },
+            },
+        },
     ),
 }
 
@@ -191,6 +221,79 @@ def test_configuration_endpoint_selects_every_engine_pod_regardless_of_role() ->
     assert svc["spec"]["selector"][labels.COMPONENT] == "engine"
     headless = builders.build_headless_service(SPECS["minimal"])
     assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"] is True
+
+
+def test_every_pod_of_a_cluster_gets_its_node_selector_tolerations_and_affinity() -> None:
+    cluster = SPECS["dedicated-nodes"]
+    pods = [(obj["kind"], pod) for obj in all_manifests("dedicated-nodes") for pod in _pod_specs(obj)]
+    assert {kind for kind, _ in pods} == {"Pod", "StatefulSet", "Job"}
+    for _, pod in pods:
+        assert pod["nodeSelector"] == {"pool": "databases"}
+        assert pod["tolerations"] == cluster.placement.tolerations
+        assert (
+            pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][-1][
+                "weight"
+            ]
+            == 50
+        )
+
+
+def test_the_users_required_node_terms_never_let_a_pod_out_of_its_planned_zone() -> None:
+    pod = builders.build_engine_pod(
+        SPECS["dedicated-nodes"], name="demo-1-1", shard=1, index=1, zone="zone-b", cluster_id=CLUSTER_ID
+    )
+    affinity = pod["spec"]["affinity"]
+    terms = affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    zone = {"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["zone-b"]}
+    # Terms are ORed: each of the user's two keeps its own rule and gains the zone pin.
+    assert [t["matchExpressions"] for t in terms] == [
+        [{"key": "disk", "operator": "In", "values": ["ssd"]}, zone],
+        [{"key": "disk", "operator": "In", "values": ["nvme"]}, zone],
+    ]
+    # The operator's own anti-affinity (nodes of a shard on distinct hosts) stays first.
+    [own, theirs] = affinity["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert own["podAffinityTerm"]["labelSelector"]["matchLabels"][labels.SHARD] == "1"
+    assert theirs["podAffinityTerm"]["labelSelector"] == {"matchLabels": {"app": "noisy"}}
+    # The spec is not changed by building pods from it.
+    user_terms = SPECS["dedicated-nodes"].placement.affinity["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]["nodeSelectorTerms"]
+    assert all(len(t["matchExpressions"]) == 1 for t in user_terms)
+
+
+def test_pods_without_scheduling_settings_carry_none() -> None:
+    pod = builders.build_engine_pod(
+        SPECS["minimal"], name="demo-0-0", shard=0, index=0, zone="zone-a", cluster_id=CLUSTER_ID
+    )
+    assert "nodeSelector" not in pod["spec"] and "tolerations" not in pod["spec"]
+
+
+def test_pod_spec_hash_changes_with_the_rendered_node_config() -> None:
+    """A pod reads its config once, at start: a config change must roll the pods or never arrive."""
+    base = builders.pod_spec_hash(spec())
+    debug = spec(engine={"logLevel": "debug"})
+    assert builders.pod_spec_hash(debug) != base
+    pod = builders.build_engine_pod(
+        debug, name="demo-0-0", shard=0, index=0, zone="zone-a", cluster_id=CLUSTER_ID
+    )
+    assert json.loads(pod["metadata"]["annotations"][labels.NODE_CONFIG])["log_level"] == "debug"
+
+
+def test_pod_spec_hash_changes_when_a_new_operator_renders_the_node_config_differently(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    base = builders.pod_spec_hash(spec())
+    # ENGRAM_CLUSTER_DOMAIN moves every journal URL in the node config.
+    monkeypatch.setattr(constants, "CLUSTER_DOMAIN", "cluster.example")
+    assert builders.pod_spec_hash(spec()) != base
+
+
+def test_pod_spec_hash_changes_with_scheduling_not_with_pod_identity() -> None:
+    base = builders.pod_spec_hash(spec())
+    assert builders.pod_spec_hash(spec(placement={"nodeSelector": {"pool": "db"}})) != base
+    assert builders.pod_spec_hash(spec(placement={"tolerations": [{"operator": "Exists"}]})) != base
+    # Every pod of a cluster has its own name, shard and zone in its config; none of it rolls.
+    assert shared_node_config(spec()).keys().isdisjoint(POD_IDENTITY_FIELDS)
 
 
 def test_pod_spec_hash_changes_with_the_engine_not_with_replica_count() -> None:

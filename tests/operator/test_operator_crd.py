@@ -9,6 +9,7 @@ import pytest
 from k8s_offline import (
     CRD_DIR,
     admit,
+    core_structural_schema,
     crd_schema,
     load_yaml_documents,
     memorycluster_crd,
@@ -75,6 +76,36 @@ def test_crd_defaults_equal_the_operator_defaults() -> None:
     assert ClusterSpec.from_body(stored) == ClusterSpec.from_body(cluster())
 
 
+@pytest.mark.parametrize(("field", "core_type"), [("tolerations", "Toleration"), ("affinity", "Affinity")])
+def test_scheduling_fields_embed_the_core_schemas(field: str, core_type: str) -> None:
+    """What a pod accepts is what the spec accepts: a typo is refused at apply, not at pod creation."""
+    placement = crd_schema(memorycluster_crd())["properties"]["spec"]["properties"]["placement"]
+    schema = placement["properties"][field]
+    schema = schema["items"] if field == "tolerations" else schema
+    assert {k: v for k, v in schema.items() if k != "description"} == core_structural_schema(core_type)
+
+
+def test_node_selector_tolerations_and_affinity_are_admitted_and_reach_the_spec() -> None:
+    placement = {
+        "nodeSelector": {"pool": "databases"},
+        "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
+        "affinity": {
+            "podAntiAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": [
+                    {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": {"a": "b"}}}
+                ]
+            }
+        },
+    }
+    stored, errors = admit(cluster(placement=placement, engine={"logLevel": "debug"}))
+    assert errors == []
+    parsed = ClusterSpec.from_body(stored)
+    assert parsed.placement.node_selector == {"pool": "databases"}
+    assert parsed.placement.tolerations == placement["tolerations"]
+    assert parsed.placement.affinity == placement["affinity"]
+    assert parsed.engine.log_level == "debug"
+
+
 @pytest.mark.parametrize(
     ("spec", "field", "words"),
     [
@@ -87,6 +118,13 @@ def test_crd_defaults_equal_the_operator_defaults() -> None:
         ({"engine": {"version": "latest"}}, "spec.engine.version", "does not match"),
         ({"journal": {"storage": {"size": "lots"}}}, "spec.journal.storage.size", "does not match"),
         ({"shard": 3}, "spec", "'shard' was unexpected"),
+        (
+            {"placement": {"tolerations": [{"keys": "x"}]}},
+            "spec.placement.tolerations.0",
+            "'keys' was unexpected",
+        ),
+        ({"placement": {"nodeSelector": {"pool": 3}}}, "spec.placement.nodeSelector.pool", "is not of type"),
+        ({"engine": {"logLevel": "loud"}}, "spec.engine.logLevel", "is not one of"),
     ],
 )
 def test_out_of_schema_spec_is_refused_naming_the_field(spec: dict[str, Any], field: str, words: str) -> None:
@@ -138,5 +176,7 @@ def test_supported_changes_pass_on_update() -> None:
     new["spec"]["replicasPerShard"] = 2
     new["spec"]["engine"]["version"] = "0.2.0"
     new["spec"]["placement"]["spreading"] = "Required"
+    new["spec"]["placement"]["nodeSelector"] = {"pool": "databases"}
+    new["spec"]["engine"]["logLevel"] = "debug"
     _, errors = admit(new, old=old)
     assert errors == []

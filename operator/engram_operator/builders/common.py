@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from engram_operator import API_VERSION, KIND, constants
@@ -69,6 +70,61 @@ def zone_affinity(topology_key: str, zone: str) -> dict[str, Any]:
             }
         }
     }
+
+
+def scheduling(cluster: ClusterSpec, own: dict[str, Any]) -> dict[str, Any]:
+    """A pod spec's affinity, nodeSelector and tolerations: the operator's ``own`` affinity (zone pin,
+    anti-affinity) merged with the spec's placement, never weakened by it.
+
+    Required node selector terms are ORed by the scheduler, so each of the user's terms gets the
+    zone pin's expressions added (a term of theirs alone could admit another zone); everything
+    preferred, and pod (anti-)affinity, is simply added to the operator's.
+    """
+    user = copy.deepcopy(cluster.placement.affinity)
+    merged = copy.deepcopy(own)
+    node = user.pop("nodeAffinity", None) or {}
+    if node:
+        into = merged.setdefault("nodeAffinity", {})
+        key = "requiredDuringSchedulingIgnoredDuringExecution"
+        theirs = (node.get(key) or {}).get("nodeSelectorTerms") or []
+        ours = (into.get(key) or {}).get("nodeSelectorTerms") or []
+        if theirs and ours:
+            into[key] = {"nodeSelectorTerms": [_and_terms(t, o) for t in theirs for o in ours]}
+        elif theirs:
+            into[key] = {"nodeSelectorTerms": theirs}
+        _add_preferred(into, node)
+    for kind in ("podAffinity", "podAntiAffinity"):
+        extra = user.pop(kind, None) or {}
+        if extra:
+            into = merged.setdefault(kind, {})
+            _add_preferred(into, extra)
+            required = "requiredDuringSchedulingIgnoredDuringExecution"
+            if extra.get(required):
+                into[required] = [*(into.get(required) or []), *extra[required]]
+    out: dict[str, Any] = {}
+    if merged:
+        out["affinity"] = merged
+    if cluster.placement.node_selector:
+        out["nodeSelector"] = dict(cluster.placement.node_selector)
+    if cluster.placement.tolerations:
+        out["tolerations"] = copy.deepcopy(cluster.placement.tolerations)
+    return out
+
+
+def _and_terms(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """One node selector term requiring both (expressions within a term are ANDed)."""
+    out: dict[str, Any] = {}
+    for key in ("matchExpressions", "matchFields"):
+        both = [*(a.get(key) or []), *(b.get(key) or [])]
+        if both:
+            out[key] = both
+    return out
+
+
+def _add_preferred(into: dict[str, Any], extra: dict[str, Any]) -> None:
+    key = "preferredDuringSchedulingIgnoredDuringExecution"
+    if extra.get(key):
+        into[key] = [*(into.get(key) or []), *extra[key]]
 
 
 def fqdn(pod: str, service: str, cluster: ClusterSpec) -> str:

@@ -23,6 +23,7 @@ from engram_operator.builders.common import (
     fqdn,
     metadata,
     pod_security_context,
+    scheduling,
     zone_affinity,
 )
 from engram_operator.builders.journal import STREAM_REPLICAS, journal_urls
@@ -71,18 +72,43 @@ def build_node_config(
         spawn_valkey=False,
         valkey_socket=constants.VALKEY_SOCKET,
         metrics_port=constants.METRICS_PORT,
-        log_level="info",
+        log_level=cluster.engine.log_level,
     )
 
 
+# Node config fields that say which pod this is (its name, slot, zone, whether it led a brand-new
+# shard) rather than how the cluster's nodes run: they differ from pod to pod and never roll one.
+POD_IDENTITY_FIELDS = ("node_id", "shard", "zone", "announce", "preferred_primary", "cluster_id")
+
+
+def shared_node_config(cluster: ClusterSpec) -> dict[str, Any]:
+    """The part of the node config every pod of the cluster shares (the cluster id is fixed for life)."""
+    config = asdict(build_node_config(cluster, "", 0, "", cluster_id=""))
+    for key in POD_IDENTITY_FIELDS:
+        config.pop(key)
+    return config
+
+
 def pod_spec_hash(cluster: ClusterSpec) -> str:
-    """A digest of everything that requires replacing a running pod when it changes (rolling update)."""
+    """A digest of everything that requires replacing a running pod when it changes (rolling update).
+
+    The rendered node config and Valkey's command line are in it, not only the images: a new
+    config field or setting (from the spec or from a new operator) reaches running nodes only
+    through a roll, since a pod's config annotation is read once, at start.
+    """
     relevant = {
         "image": cluster.engine.resolved_image,
         "valkeyImage": cluster.engine.resolved_valkey_image,
         "pullPolicy": cluster.engine.image_pull_policy,
         "valkey": asdict(cluster.valkey_resources),
         "node": asdict(cluster.node_resources),
+        "nodeConfig": shared_node_config(cluster),
+        "valkeyArgs": valkey_args(cluster),
+        "scheduling": {
+            "nodeSelector": cluster.placement.node_selector,
+            "tolerations": cluster.placement.tolerations,
+            "affinity": cluster.placement.affinity,
+        },
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -240,7 +266,7 @@ def build_engine_pod(
             "enableServiceLinks": False,
             "terminationGracePeriodSeconds": 30,
             "securityContext": pod_security_context(),
-            "affinity": affinity,
+            **scheduling(cluster, affinity),
             "initContainers": [module],
             "containers": [valkey, node],
             "volumes": [

@@ -20,6 +20,7 @@ from engram_operator.builders.common import (
     fqdn,
     metadata,
     pod_security_context,
+    scheduling,
     zone_affinity,
 )
 from engram_operator.spec import ClusterSpec
@@ -172,8 +173,8 @@ def build_journal_statefulset(cluster: ClusterSpec, placement: JournalPlacement)
             }
         ],
     }
-    if placement.zone is not None:
-        pod_spec["affinity"] = zone_affinity(cluster.placement.topology_key, placement.zone)
+    own = zone_affinity(cluster.placement.topology_key, placement.zone) if placement.zone is not None else {}
+    pod_spec.update(scheduling(cluster, own))
     claim: dict[str, Any] = {
         "metadata": {"name": "data", "labels": dict(pod_labels)},
         "spec": {

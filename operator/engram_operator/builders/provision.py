@@ -9,7 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 from engram_operator import labels
-from engram_operator.builders.common import container_security_context, metadata, pod_security_context
+from engram_operator.builders.common import (
+    container_security_context,
+    metadata,
+    pod_security_context,
+    scheduling,
+)
 from engram_operator.builders.journal import STREAM_REPLICAS, journal_urls
 from engram_operator.spec import ClusterSpec
 
@@ -78,6 +83,8 @@ def build_provision_job(cluster: ClusterSpec, cluster_id: str) -> dict[str, Any]
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
                     "securityContext": pod_security_context(),
+                    # Not pinned to a zone: it only talks to the journal, wherever the nodes allow.
+                    **scheduling(cluster, {}),
                     "containers": [container],
                     "volumes": [{"name": "tmp", "emptyDir": {}}],
                 },
