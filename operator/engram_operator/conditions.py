@@ -8,7 +8,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 # Every type is set on the first visit, even as Unknown, so `kubectl wait` and humans see them all.
-CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "JournalReady", "Provisioned", "ZoneSpreadSatisfied")
+CONDITION_TYPES = (
+    "Ready",
+    "Progressing",
+    "Degraded",
+    "JournalReady",
+    "Provisioned",
+    "ZoneSpreadSatisfied",
+    "NodesHealthy",
+)
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,19 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from engram_operator import builders, labels, placement
+from engram_operator import availability, builders, labels, placement
 from engram_operator.builders.journal import JournalSpreadError, plan_journal
 from engram_operator.conditions import Condition
 from engram_operator.observe import Observed, PodInfo
 from engram_operator.spec import ClusterSpec
+
+# An outdated pod (one the rolling update will replace anyway) that has not been Ready for this
+# long is replaced at once instead of holding the roll up: it serves nothing, and it may never
+# recover (the old primary, after its switchover, halts on the new engine's journal entries).
+ROLL_STUCK_GRACE = 30.0
+# A halted pod already on the current spec is replaced only once it is this old: its replacement
+# replays the same journal and may halt the same way, and replaying is not free.
+HALTED_RETRY_AFTER = 300.0
 
 
 @dataclass(frozen=True)
@@ -26,6 +34,18 @@ class Event:
     type: str  # Normal | Warning
     reason: str
     message: str
+    # A state that lasts (a wait, a halted node kept for now) rather than an action taken: posted
+    # when it first appears, not again on every reconcile that still sees it (announce.py).
+    standing: bool = False
+
+
+@dataclass(frozen=True)
+class Halted:
+    """An engine node that stopped applying the journal (ENGRAM.STATUS ``halted``), and why."""
+
+    pod: str
+    shard: int
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -51,6 +71,7 @@ class Plan:
     spread: Problem | None = None
     rolling: bool = False
     provisioned: Condition | None = None
+    halted: list[Halted] = field(default_factory=list)
 
     @property
     def changes(self) -> bool:
@@ -79,6 +100,7 @@ def decide(cluster: ClusterSpec, seen: Observed) -> Plan:
     _create_missing_children(cluster, seen, journal, plan)
     provisioned = _provision(cluster, seen, plan)
     _reconcile_pods(cluster, seen, slots, plan, provisioned)
+    _move_primaries_off_cordoned_nodes(seen, slots, plan)
     # A replaced pod could not come back before provisioning has finished: roll only after.
     if not plan.changes and provisioned:
         _roll_one(cluster, seen, plan)
@@ -183,6 +205,7 @@ def _reconcile_pods(
     cluster: ClusterSpec, seen: Observed, slots: placement.SlotPlan, plan: Plan, provisioned: bool
 ) -> None:
     healthy = seen.healthy_zones()
+    current = builders.pod_spec_hash(cluster)
     by_slot = _slot_pods(seen)
     taken = {p.name for p in seen.pods}
     # (shard, index, zone) of pods that stay, kept current as decisions are made.
@@ -199,12 +222,11 @@ def _reconcile_pods(
                 plan.events.append(
                     Event("Normal", "ReplacingPod", f"pod {pod.name} ended ({pod.phase}); replacing it")
                 )
-            elif slots.plan is not None and pod.zone not in healthy:
-                plan.delete_pods.append(pod.name)
-                plan.events.append(
-                    Event("Warning", "ZoneLost", f"zone {pod.zone} has no ready node; replacing {pod.name}")
-                )
-            else:
+            elif seen.pod_lost(pod):
+                # Cordoned or briefly NotReady nodes never get here (availability.py).
+                if _lost_pod_stays(seen, pod, slots, plan):
+                    live.append(pod)
+            elif not _replace_halted(seen, pod, current, plan):
                 live.append(pod)
         if live:
             actual.extend((p.shard, p.index, p.zone) for p in live)
@@ -263,6 +285,116 @@ def _reconcile_pods(
                 )
 
 
+def _lost_pod_stays(seen: Observed, pod: PodInfo, slots: placement.SlotPlan, plan: Plan) -> bool:
+    """Replace a pod of a lost zone or node; True when it stays for now.
+
+    A pod that still answers as primary (its kubelet is gone, not its network) keeps serving the
+    shard: it hands over to a replica elsewhere first and is replaced on a later reconcile, when it
+    no longer leads. One that does not answer has lost its lease or will: it goes at once.
+    """
+    if pod.zone in seen.lost_zones():
+        reason, where = "ZoneLost", f"zone {pod.zone} is lost (no node left in it, or none Ready)"
+    else:
+        reason, where = "NodeLost", f"node {pod.node} is lost (not Ready)"
+    status = seen.statuses.get(pod.name)
+    if status is None or status.role != "primary":
+        plan.delete_pods.append(pod.name)
+        plan.events.append(Event("Warning", reason, f"{where}; replacing {pod.name}"))
+        return False
+    target = _switchover_target(seen, pod.shard, pod.name, slots.zones, allow_cordoned=True)
+    if target and pod.shard not in _shards_switching(seen, plan):
+        plan.switchovers.append(Switchover(pod.name, target))
+        plan.events.append(
+            Event(
+                "Warning",
+                reason,
+                f"{where}, but {pod.name} still leads shard {pod.shard}: handing it to {target} "
+                "before replacing it",
+            )
+        )
+    else:
+        plan.waiting.append(
+            f"{pod.name} leads shard {pod.shard} from a lost zone or node; waiting for a ready "
+            "replica elsewhere to take over before replacing it"
+        )
+    return True
+
+
+def _replace_halted(seen: Observed, pod: PodInfo, current_hash: str, plan: Plan) -> bool:
+    """Record a halted node and delete it when a replacement can help; True when deleted.
+
+    A halted node serves nothing and never recovers by itself, so deleting it costs nothing. One on
+    an old spec comes back on the new one (the old primary that halts on the new engine's entries
+    during an upgrade). One already on the current spec may halt again the same way, so it is
+    replaced at most every HALTED_RETRY_AFTER seconds, which bounds the journal replays it causes.
+    """
+    status = seen.statuses.get(pod.name)
+    if status is None or not status.halted:
+        return False
+    plan.halted.append(Halted(pod.name, pod.shard, status.halted))
+    what = f"{pod.name} (shard {pod.shard}) halted: {status.halted}"
+    if pod.spec_hash != current_hash:
+        why = "replacing it with a pod of the current spec"
+    elif seen.now - pod.created >= HALTED_RETRY_AFTER:
+        why = "replacing it: a new node replays the journal from the start"
+    else:
+        plan.events.append(
+            Event(
+                "Warning",
+                "NodeHalted",
+                f"{what}; it is replaced once {HALTED_RETRY_AFTER:g}s old (a replacement replays the "
+                "same journal and may halt the same way)",
+                standing=True,
+            )
+        )
+        return False
+    plan.delete_pods.append(pod.name)
+    plan.events.append(Event("Warning", "NodeHalted", f"{what}; {why}"))
+    return True
+
+
+def _shards_switching(seen: Observed, plan: Plan) -> set[int]:
+    shard_of = {p.name: p.shard for p in seen.pods}
+    return {shard_of[s.pod] for s in plan.switchovers if s.pod in shard_of}
+
+
+def _move_primaries_off_cordoned_nodes(seen: Observed, slots: placement.SlotPlan, plan: Plan) -> None:
+    """A cordon comes before a drain: hand a primary's shard over while it is still calm.
+
+    Nothing is deleted; the drain then evicts a replica (through the PodDisruptionBudget), not the
+    shard's leader. Only primaries that answer as such, one switchover per shard per reconcile.
+    """
+    busy = _shards_switching(seen, plan)
+    for pod in sorted(seen.pods, key=lambda p: (p.shard, p.index)):
+        status = seen.statuses.get(pod.name)
+        if pod.deleting or pod.shard in busy or pod.name in plan.delete_pods:
+            continue
+        if status is None or status.role != "primary" or not seen.pod_cordoned(pod):
+            continue
+        target = _switchover_target(seen, pod.shard, pod.name, slots.zones, allow_cordoned=False)
+        if target:
+            busy.add(pod.shard)
+            plan.switchovers.append(Switchover(pod.name, target))
+            plan.events.append(
+                Event(
+                    "Normal",
+                    "NodeCordoned",
+                    f"node {pod.node} is cordoned: handing shard {pod.shard} from {pod.name} to {target} "
+                    "before a drain evicts it",
+                )
+            )
+        else:
+            plan.events.append(
+                Event(
+                    "Normal",
+                    "NodeCordoned",
+                    f"node {pod.node} is cordoned and shard {pod.shard} has no ready replica on another "
+                    f"node: {pod.name} stays primary (its eviction hands over, or fails over)",
+                    standing=True,
+                )
+            )
+
+
 def _recover_existing(cluster: ClusterSpec, seen: Observed, plan: Plan, provisioned: bool) -> None:
     """Degraded: recreate only pods that vanished, in their own zone while it is healthy."""
     if not provisioned:
@@ -292,10 +424,16 @@ def _recover_existing(cluster: ClusterSpec, seen: Observed, plan: Plan, provisio
 
 
 def _switchover_target(
-    seen: Observed, shard: int, exclude: str, keep: dict[tuple[int, int], str | None], current_hash: str = ""
+    seen: Observed,
+    shard: int,
+    exclude: str,
+    keep: dict[tuple[int, int], str | None],
+    current_hash: str = "",
+    allow_cordoned: bool = True,
 ) -> str | None:
-    """A ready, caught-up replica of the shard that stays (and runs the current spec, when given)."""
-    best: tuple[int, str] | None = None
+    """The most caught-up ready replica of the shard that stays (and runs the current spec, when
+    given). Never one on a lost node; one on a cordoned node only as a last resort, when allowed."""
+    best: tuple[bool, int, str] | None = None
     for pod in seen.pods:
         if pod.shard != shard or pod.name == exclude or pod.deleting or not pod.ready:
             continue
@@ -303,11 +441,17 @@ def _switchover_target(
             continue
         if current_hash and pod.spec_hash != current_hash:
             continue
+        cordoned = seen.pod_cordoned(pod)
+        if seen.pod_lost(pod) or (cordoned and not allow_cordoned):
+            continue
         status = seen.statuses.get(pod.name)
+        if status is not None and status.halted:
+            continue
         applied = status.applied_seq if status else 0
-        if best is None or applied > best[0]:
-            best = (applied, pod.name)
-    return best[1] if best else None
+        rank = (not cordoned, applied, pod.name)
+        if best is None or rank[:2] > best[:2]:
+            best = rank
+    return best[2] if best else None
 
 
 def _roll_one(cluster: ClusterSpec, seen: Observed, plan: Plan) -> None:
@@ -318,8 +462,28 @@ def _roll_one(cluster: ClusterSpec, seen: Observed, plan: Plan) -> None:
     if not outdated:
         return
     plan.rolling = True
-    if not all(p.ready for p in live):
-        plan.waiting.append("rolling update paused until every engine pod is ready")
+    stuck = [
+        p
+        for p in outdated
+        if p.not_ready_for(seen.now) >= ROLL_STUCK_GRACE and _answers_as(seen, p) != "primary"
+    ]
+    if stuck:
+        pod = min(stuck, key=lambda p: (p.shard, p.index))
+        plan.delete_pods.append(pod.name)
+        plan.events.append(
+            Event(
+                "Normal",
+                "RollingUpdate",
+                f"replacing {pod.name} with the new spec: on the old spec and not ready for "
+                f"{pod.not_ready_for(seen.now):.0f}s, it would hold the update up",
+            )
+        )
+        return
+    not_ready = sorted(p.name for p in live if not p.ready)
+    if not_ready:
+        plan.waiting.append(
+            f"rolling update paused until every engine pod is ready ({', '.join(not_ready)} not)"
+        )
         return
     keep = {(p.shard, p.index): p.zone for p in live}
     replicas = sorted((p for p in outdated if seen.role(p) != "primary"), key=lambda p: (p.shard, p.index))
@@ -351,6 +515,12 @@ def _roll_one(cluster: ClusterSpec, seen: Observed, plan: Plan) -> None:
         plan.waiting.append(f"waiting for an updated replica of shard {primary.shard} to take over")
 
 
+def _answers_as(seen: Observed, pod: PodInfo) -> str:
+    """The role the node itself reported this reconcile ("" when it did not answer)."""
+    status = seen.statuses.get(pod.name)
+    return status.role if status else ""
+
+
 def _wait_reasons(cluster: ClusterSpec, seen: Observed, plan: Plan) -> None:
     if seen.journal_ready < cluster.journal.replicas:
         plan.waiting.append(f"journal servers ready: {seen.journal_ready}/{cluster.journal.replicas}")
@@ -358,3 +528,12 @@ def _wait_reasons(cluster: ClusterSpec, seen: Observed, plan: Plan) -> None:
     ready = sum(1 for p in seen.pods if p.ready and not p.deleting)
     if ready < want:
         plan.waiting.append(f"engine pods ready: {ready}/{want}")
+    # Said without a running count, so that the wait is announced once, not on every reconcile.
+    grace = f"{availability.NODE_LOSS_GRACE:g}s"
+    ours = {p.zone for p in seen.pods if not p.deleting}
+    for zone in sorted(seen.blinking_zones() & ours):
+        plan.waiting.append(f"zone {zone} has no Ready node: its pods stay unless it lasts {grace}")
+    for node in sorted({n.name for n in seen.nodes if n.blinking(seen.now)}):
+        hosted = [p for p in seen.pods if p.node == node and not p.deleting]
+        if hosted and not any(p.zone in seen.blinking_zones() for p in hosted):
+            plan.waiting.append(f"node {node} is not Ready: its pods stay unless it lasts {grace}")

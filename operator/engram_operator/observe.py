@@ -5,24 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from engram.node.peer import parse_status
-from engram_operator import labels
+from engram_operator import availability, labels
+from engram_operator.availability import NodeInfo
 
-
-@dataclass(frozen=True)
-class NodeInfo:
-    """A Kubernetes node: its failure domain and whether new pods can land on it."""
-
-    name: str
-    zone: str | None
-    ready: bool
-    schedulable: bool
-
-    @property
-    def usable(self) -> bool:
-        return self.ready and self.schedulable
+__all__ = ["EngineStatus", "JobInfo", "NodeInfo", "Observed", "PodInfo"]
 
 
 @dataclass(frozen=True)
@@ -53,11 +43,23 @@ class PodInfo:
     ip: str = ""
     # From the node config annotation; "" on pods made before clusters had an identity.
     cluster_id: str = ""
+    # The Kubernetes node it was scheduled to ("" while Pending).
+    node: str = ""
+    # Wall-clock seconds: when the pod was created, and when its Ready condition last left True
+    # (None while Ready).
+    created: float = 0.0
+    not_ready_since: float | None = None
 
     @property
     def finished(self) -> bool:
         """A pod that will never run again (evicted, or its containers exited for good)."""
         return self.phase in ("Failed", "Succeeded")
+
+    def not_ready_for(self, now: float) -> float:
+        """Seconds since the pod last stopped being Ready (0 while Ready)."""
+        if self.ready:
+            return 0.0
+        return max(0.0, now - (self.not_ready_since if self.not_ready_since is not None else self.created))
 
 
 @dataclass(frozen=True)
@@ -88,14 +90,38 @@ class Observed:
     # The id the journal carries (see identity.py); resolved before deciding, as it names the Job.
     cluster_id: str = ""
     provisioning: JobInfo | None = None
+    # Wall-clock seconds when this was observed: the clock every grace period is measured with.
+    now: float = 0.0
 
     def known_zones(self) -> list[str]:
         """Every zone a node is labelled with, healthy or not: the stable base of the plan."""
         return sorted({n.zone for n in self.nodes if n.zone})
 
     def healthy_zones(self) -> list[str]:
-        """Zones where a new pod can be scheduled now; a zone missing here is treated as lost."""
+        """Zones where a new pod can be scheduled now (a Ready, schedulable node). A zone missing
+        here gets no new pod, but its running pods stay unless it is lost (see lost_zones)."""
         return sorted({n.zone for n in self.nodes if n.zone and n.usable})
+
+    def lost_zones(self) -> set[str]:
+        """Zones whose pods are to be replaced elsewhere (availability.py says when)."""
+        return availability.lost_zones(self.nodes, (p.zone for p in self.pods), self.now)
+
+    def blinking_zones(self) -> set[str]:
+        """Zones without a Ready node that are still within their grace: their pods are left alone."""
+        return availability.blinking_zones(self.nodes, self.now)
+
+    def node_of(self, pod: PodInfo) -> NodeInfo | None:
+        return next((n for n in self.nodes if n.name == pod.node), None) if pod.node else None
+
+    def pod_lost(self, pod: PodInfo) -> bool:
+        """The pod's zone is lost, or the node it runs on is."""
+        node = self.node_of(pod)
+        return pod.zone in self.lost_zones() or (node is not None and node.lost(self.now))
+
+    def pod_cordoned(self, pod: PodInfo) -> bool:
+        """The pod runs on a Ready node that takes no new pods: a drain is likely coming."""
+        node = self.node_of(pod)
+        return node is not None and node.cordoned
 
     def unlabelled(self) -> bool:
         """True when no node carries the topology label at all (single-zone or dev clusters)."""
@@ -106,16 +132,38 @@ class Observed:
         return status.role if status else (pod.role_label or "starting")
 
 
+def _timestamp(value: Any) -> float | None:
+    """An API timestamp (RFC 3339 text, or a datetime from the client's models) as epoch seconds."""
+    if isinstance(value, datetime):
+        return value.timestamp() if value.tzinfo else value.replace(tzinfo=UTC).timestamp()
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _ready(conditions: Iterable[Mapping[str, Any]]) -> tuple[bool, float | None]:
+    """Whether the Ready condition is True, and since when it is not (None while Ready or absent)."""
+    cond = next((c for c in conditions if c.get("type") == "Ready"), None)
+    if cond is None:
+        return False, None
+    if cond.get("status") == "True":
+        return True, None
+    return False, _timestamp(cond.get("lastTransitionTime"))
+
+
 def node_from_api(node: Mapping[str, Any], topology_key: str) -> NodeInfo:
     meta = node.get("metadata") or {}
     spec = node.get("spec") or {}
-    conditions = (node.get("status") or {}).get("conditions") or []
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    ready, since = _ready((node.get("status") or {}).get("conditions") or [])
     return NodeInfo(
         name=meta.get("name", ""),
         zone=(meta.get("labels") or {}).get(topology_key),
         ready=ready,
         schedulable=not spec.get("unschedulable", False),
+        not_ready_since=since,
     )
 
 
@@ -129,19 +177,22 @@ def pod_from_api(pod: Mapping[str, Any]) -> PodInfo | None:
     except (KeyError, ValueError):
         return None
     status = pod.get("status") or {}
-    conditions = status.get("conditions") or []
+    ready, not_ready_since = _ready(status.get("conditions") or [])
     return PodInfo(
         name=meta.get("name", ""),
         shard=shard,
         index=index,
         zone=pod_labels.get(labels.ZONE, ""),
         phase=status.get("phase") or "Pending",
-        ready=any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions),
+        ready=ready,
         deleting=bool(meta.get("deletionTimestamp")),
         spec_hash=(meta.get("annotations") or {}).get(labels.POD_SPEC_HASH, ""),
         role_label=pod_labels.get(labels.ROLE, ""),
         ip=status.get("podIP") or "",
         cluster_id=_node_config_cluster_id(meta.get("annotations") or {}),
+        node=(pod.get("spec") or {}).get("nodeName") or "",
+        created=_timestamp(meta.get("creationTimestamp")) or 0.0,
+        not_ready_since=not_ready_since,
     )
 
 

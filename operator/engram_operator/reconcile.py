@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
@@ -33,6 +34,8 @@ async def observe(cluster: ClusterSpec, status: Mapping[str, Any]) -> Observed:
         statuses=await probe.all_statuses(pod_infos),
         cluster_id=identity.cluster_id(status, pod_infos, cluster.uid),
         provisioning=job,
+        # Wall clock: grace periods are measured against the API's own timestamps.
+        now=time.time(),
     )
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from engram_operator import constants, labels
 from engram_operator.conditions import Condition, build_conditions
-from engram_operator.decisions import Plan
+from engram_operator.decisions import HALTED_RETRY_AFTER, Plan, Problem
 from engram_operator.observe import Observed
 from engram_operator.spec import ClusterSpec
 
@@ -32,6 +32,9 @@ def shard_status(cluster: ClusterSpec, seen: Observed) -> list[dict[str, Any]]:
                 "committedSeq": committed,
                 "maxReplicaLag": max(lag, 0),
                 "zones": [p.zone for p in pods],
+                "halted": sorted(
+                    p.name for p in pods if p.name in seen.statuses and seen.statuses[p.name].halted
+                ),
             }
         )
     return out
@@ -43,6 +46,20 @@ def primary_zones(shards: list[dict[str, Any]]) -> str:
     return ",".join(f"{zone}={n}" for zone, n in sorted(counts.items()))
 
 
+def nodes_healthy(plan: Plan) -> Condition:
+    """False while a node has halted (it applies nothing more, and is being replaced)."""
+    if not plan.halted:
+        return Condition("NodesHealthy", "True", "Applying", "no engine node has halted")
+    halted = "; ".join(f"{h.pod} (shard {h.shard}): {h.reason}" for h in plan.halted)
+    return Condition(
+        "NodesHealthy",
+        "False",
+        "NodeHalted",
+        f"{halted}. A halted node is replaced: at once on an old spec, else once it is "
+        f"{HALTED_RETRY_AFTER:g}s old (a replacement replays the same journal)",
+    )
+
+
 def build_status(
     cluster: ClusterSpec,
     seen: Observed,
@@ -50,8 +67,9 @@ def build_status(
     previous: Mapping[str, Any] | None,
     generation: int,
     now: str | None = None,
+    failures: Sequence[Problem] = (),
 ) -> dict[str, Any]:
-    """The full status patch for one reconcile."""
+    """The full status patch for one reconcile; ``failures`` are the actions that failed in it."""
     shards = shard_status(cluster, seen)
     want = cluster.shards * cluster.nodes_per_shard
     ready = sum(1 for p in seen.pods if p.ready and not p.deleting)
@@ -63,7 +81,14 @@ def build_status(
         Condition("Ready", "True", "ClusterReady", "every shard has a primary and all nodes are ready")
         if is_ready
         else Condition("Ready", "False", "NotReady", "; ".join(plan.waiting) or "waiting for primaries"),
-        Condition("Progressing", "True", "RollingUpdate", "replacing pods with the new spec")
+        Condition(
+            "Progressing",
+            "True",
+            failures[0].reason,
+            "; ".join(f.message for f in failures) + "; retrying on the next reconcile",
+        )
+        if failures
+        else Condition("Progressing", "True", "RollingUpdate", "replacing pods with the new spec")
         if plan.rolling
         else Condition("Progressing", "True", "Reconciling", "; ".join(plan.waiting))
         if plan.changes or plan.waiting
@@ -84,6 +109,7 @@ def build_status(
         else Condition(
             "ZoneSpreadSatisfied", "True", "DistinctZones", "each shard's nodes are in distinct zones"
         ),
+        nodes_healthy(plan),
     ]
     if plan.degraded:
         phase = "Degraded"

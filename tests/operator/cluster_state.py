@@ -10,6 +10,8 @@ from engram_operator.spec import ClusterSpec
 
 ZONES = ["zone-a", "zone-b", "zone-c"]
 CLUSTER_ID = "0123456789abcdef0123456789abcdef"
+# The wall clock of every observation here; pods were created an hour before.
+NOW = 1_750_000_000.0
 
 
 def spec(**overrides: Any) -> ClusterSpec:
@@ -21,10 +23,28 @@ def spec(**overrides: Any) -> ClusterSpec:
     return ClusterSpec.from_body(body)
 
 
-def nodes(zones: list[str] = ZONES, per_zone: int = 1, down: tuple[str, ...] = ()) -> list[NodeInfo]:
-    """Kubernetes nodes; those in ``down`` zones are NotReady (the zone is lost)."""
+def nodes(
+    zones: list[str] = ZONES,
+    per_zone: int = 1,
+    down: tuple[str, ...] = (),
+    blinking: tuple[str, ...] = (),
+    cordoned: tuple[str, ...] = (),
+) -> list[NodeInfo]:
+    """Kubernetes nodes named ZONE-I. Those in ``down`` zones have been NotReady for ten minutes
+    (the zone is lost), in ``blinking`` zones for ten seconds; ``cordoned`` zones are Ready but
+    unschedulable."""
+
+    def since(zone: str) -> float | None:
+        return NOW - 600 if zone in down else NOW - 10 if zone in blinking else None
+
     return [
-        NodeInfo(name=f"{z}-{i}", zone=z, ready=z not in down, schedulable=True)
+        NodeInfo(
+            name=f"{z}-{i}",
+            zone=z,
+            ready=z not in down and z not in blinking,
+            schedulable=z not in cordoned,
+            not_ready_since=since(z),
+        )
         for z in zones
         for i in range(per_zone)
     ]
@@ -56,6 +76,8 @@ def pods_from(plan: decisions.Plan, cluster: ClusterSpec, ready: bool = True) ->
                 role_label="primary" if meta["labels"]["engram.io/node-index"] == "0" else "replica",
                 ip="10.0.0.1",
                 cluster_id=CLUSTER_ID,
+                node=f"{meta['labels']['engram.io/zone']}-0",
+                created=NOW - 3600,
             )
         )
     return out
@@ -82,7 +104,9 @@ def provision_job(cluster: ClusterSpec, **state: Any) -> JobInfo:
 
 def just_applied(cluster: ClusterSpec, node_infos: list[NodeInfo] | None = None) -> Observed:
     """A MemoryCluster just applied: nothing exists yet, its id is decided."""
-    return Observed(nodes=nodes() if node_infos is None else node_infos, pods=[], cluster_id=CLUSTER_ID)
+    return Observed(
+        nodes=nodes() if node_infos is None else node_infos, pods=[], cluster_id=CLUSTER_ID, now=NOW
+    )
 
 
 def journal_up(cluster: ClusterSpec, node_infos: list[NodeInfo] | None = None) -> Observed:
@@ -94,6 +118,7 @@ def journal_up(cluster: ClusterSpec, node_infos: list[NodeInfo] | None = None) -
         children=children_of(decisions.decide(cluster, seen)),
         journal_ready=cluster.journal.replicas,
         cluster_id=CLUSTER_ID,
+        now=NOW,
     )
 
 
@@ -107,6 +132,7 @@ def provisioned(cluster: ClusterSpec, node_infos: list[NodeInfo] | None = None) 
         journal_ready=seen.journal_ready,
         cluster_id=CLUSTER_ID,
         provisioning=provision_job(cluster, succeeded=True),
+        now=NOW,
     )
 
 
@@ -122,4 +148,5 @@ def running(cluster: ClusterSpec, zones: list[str] = ZONES) -> Observed:
         statuses=statuses(pods),
         cluster_id=CLUSTER_ID,
         provisioning=seen.provisioning,
+        now=NOW,
     )

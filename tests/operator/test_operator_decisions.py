@@ -8,6 +8,7 @@ from collections import Counter
 
 from cluster_state import (
     CLUSTER_ID,
+    NOW,
     ZONES,
     journal_up,
     just_applied,
@@ -172,9 +173,13 @@ def test_failed_pod_is_deleted_and_replaced_under_a_fresh_name() -> None:
 def test_lost_zone_nodes_move_to_surviving_zones_with_preferred_spreading() -> None:
     cluster = spec(shards=3, replicasPerShard=2, placement={"spreading": "Preferred"})
     seen = dataclasses.replace(running(cluster), nodes=nodes(down=("zone-b",)))
+    # Its primary no longer answers: the lease has moved on, nothing is left to hand over.
+    answering = {name: s for name, s in seen.statuses.items() if name != "demo-1-0"}
+    seen = dataclasses.replace(seen, statuses=answering)
     lost = sorted(p.name for p in seen.pods if p.zone == "zone-b")
+    assert "demo-1-0" in lost
     plan = decide(cluster, seen)
-    assert sorted(plan.delete_pods) == lost
+    assert sorted(plan.delete_pods) == lost and plan.switchovers == []
     replacements = created_pods(plan)
     assert sorted(p["metadata"]["name"] for p in replacements) == [f"{n}-r1" for n in lost]
     assert all(zone_of(p) in ("zone-a", "zone-c") for p in replacements)
@@ -275,6 +280,9 @@ def test_rolling_update_switches_over_before_replacing_the_primary() -> None:
 def test_rolling_update_waits_while_a_pod_is_not_ready() -> None:
     old = spec(shards=1, replicasPerShard=1)
     seen = running(old)
-    seen = dataclasses.replace(seen, pods=[seen.pods[0], dataclasses.replace(seen.pods[1], ready=False)])
+    # Not Ready for five seconds: a replica catching up, most likely.
+    late = dataclasses.replace(seen.pods[1], ready=False, not_ready_since=NOW - 5)
+    seen = dataclasses.replace(seen, pods=[seen.pods[0], late])
     plan = decide(spec(shards=1, replicasPerShard=1, engine={"version": "0.2.0"}), seen)
     assert not plan.changes and plan.rolling
+    assert any(late.name in w for w in plan.waiting)
