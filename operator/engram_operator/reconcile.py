@@ -8,8 +8,12 @@ import time
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
-from engram_operator import identity, kube, labels, metrics, probe
-from engram_operator.decisions import Event, Plan, decide
+from kubernetes.client.exceptions import ApiException
+
+from engram.node.peer import PeerRefused, PeerUnreachable
+from engram_operator import identity, kube, labels, metrics, node_cache, probe
+from engram_operator.announce import announcements
+from engram_operator.decisions import Event, Plan, Problem, decide
 from engram_operator.observe import JobInfo, Observed, job_from_api, node_from_api, pod_from_api
 from engram_operator.spec import ClusterSpec
 from engram_operator.status import build_status
@@ -17,10 +21,16 @@ from engram_operator.status import build_status
 EmitEvent = Callable[[Event], None]
 
 
+# Every cluster's reconcile reads Nodes from here: one list per TTL for the whole operator.
+NODES = node_cache.NodeCache(lambda: kube.list_nodes())
+
+log = logging.getLogger(__name__)
+
+
 async def observe(cluster: ClusterSpec, status: Mapping[str, Any]) -> Observed:
     """Everything decide needs; ``status`` is the last written status (it records the cluster id)."""
     nodes, pods, (children, journal_ready), job = await asyncio.gather(
-        kube.list_nodes(),
+        NODES.get(),
         kube.list_engine_pods(cluster.namespace, cluster.name),
         kube.list_children(cluster.namespace, cluster.name),
         provisioning_job(cluster),
@@ -54,37 +64,66 @@ async def provisioning_job(cluster: ClusterSpec) -> JobInfo | None:
     return job_from_api(job, await kube.list_pods(cluster.namespace, cluster.name, labels.PROVISION))
 
 
-async def execute(cluster: ClusterSpec, plan: Plan, seen: Observed, logger: logging.Logger) -> None:
-    """Carry out a plan. Creates tolerate AlreadyExists, deletes tolerate NotFound: safe to repeat."""
+async def execute(cluster: ClusterSpec, plan: Plan, seen: Observed, logger: logging.Logger) -> list[Problem]:
+    """Carry out a plan. Creates tolerate AlreadyExists, deletes tolerate NotFound: safe to repeat.
+
+    An action that fails does not stop the others nor escape: it is returned, shown in the status
+    and an event, and the next reconcile decides it again (a kopf retry would skip the status and
+    wait its own backoff).
+    """
+    failures: list[Problem] = []
+
+    def failed(reason: str, message: str) -> None:
+        # The module logger, not kopf's object logger: the failure becomes one event, not two.
+        log.warning("%s/%s: %s", cluster.namespace, cluster.name, message)
+        failures.append(Problem(reason, message))
+
     # Services, config and the journal before pods, so a new pod's DNS and journal already exist
     # (pods also wait for the provisioning Job, which decide plans in an earlier reconcile).
     for obj in sorted(plan.create, key=lambda o: o["kind"] == "Pod"):
-        if await kube.create(obj):
-            logger.info("created %s %s", obj["kind"], obj["metadata"]["name"])
-            if obj["kind"] == "Pod":
-                metrics.POD_ACTIONS.labels("create").inc()
+        kind, name = obj["kind"], obj["metadata"]["name"]
+        try:
+            if await kube.create(obj):
+                logger.info("created %s %s", kind, name)
+                if kind == "Pod":
+                    metrics.POD_ACTIONS.labels("create").inc()
+        except ApiException as err:
+            failed("CreateFailed", f"creating {kind} {name} failed: {_api_error(err)}")
     for name in plan.delete_pods:
-        await kube.delete_pod(cluster.namespace, name)
+        try:
+            await kube.delete_pod(cluster.namespace, name)
+        except ApiException as err:
+            failed("DeleteFailed", f"deleting pod {name} failed: {_api_error(err)}")
+            continue
         metrics.POD_ACTIONS.labels("delete").inc()
         logger.info("deleted pod %s", name)
     for name in plan.delete_jobs:
-        await kube.delete_job(cluster.namespace, name)
+        try:
+            await kube.delete_job(cluster.namespace, name)
+        except ApiException as err:
+            failed("DeleteFailed", f"deleting job {name} failed: {_api_error(err)}")
+            continue
         logger.info("deleted job %s", name)
     ips = {p.name: p.ip for p in seen.pods}
     # By pod IP on the control port (probe.switchover): no Service lists that port, none needs to.
     for switch in plan.switchovers:
         logger.info("switchover: %s hands its shard to %s", switch.pod, switch.target)
-        await probe.switchover(ips[switch.pod], switch.target)
+        try:
+            await probe.switchover(ips[switch.pod], switch.target)
+        except (PeerUnreachable, PeerRefused) as err:
+            # Refused (the target fell behind, the primary stepped down meanwhile) or unreachable:
+            # the primary keeps serving either way, and the next reconcile picks a target again.
+            failed("SwitchoverFailed", f"switchover of {switch.pod} to {switch.target} failed: {err}")
     for pod, role in plan.role_labels.items():
-        await kube.set_pod_label(cluster.namespace, pod, labels.ROLE, role)
+        try:
+            await kube.set_pod_label(cluster.namespace, pod, labels.ROLE, role)
+        except ApiException as err:
+            failed("LabelFailed", f"labelling pod {pod} {role} failed: {_api_error(err)}")
+    return failures
 
 
-def _degraded_reason(status: Mapping[str, Any]) -> str:
-    """The reason of a Degraded=True condition in the last written status, or ""."""
-    for cond in status.get("conditions") or []:
-        if cond.get("type") == "Degraded" and cond.get("status") == "True":
-            return str(cond.get("reason") or "")
-    return ""
+def _api_error(err: ApiException) -> str:
+    return f"{err.status} {err.reason}".strip()
 
 
 async def reconcile(
@@ -92,26 +131,31 @@ async def reconcile(
     status_patch: MutableMapping[str, Any],
     emit: EmitEvent,
     logger: logging.Logger,
+    memo: MutableMapping[str, Any] | None = None,
 ) -> Plan | None:
-    """Bring one MemoryCluster one step closer to its spec; returns the plan (None when paused)."""
+    """Bring one MemoryCluster one step closer to its spec; returns the plan (None when paused).
+
+    ``memo`` is kopf's per-object memory: the lasting events posted last time, so that a state is
+    announced when it appears, not on every reconcile.
+    """
     meta = body.get("metadata") or {}
     if (meta.get("annotations") or {}).get(labels.RECONCILIATION) == "disabled":
         logger.info("reconciliation disabled by the %s annotation", labels.RECONCILIATION)
         return None
+    memo = {} if memo is None else memo
     cluster = ClusterSpec.from_body(body)
     previous = body.get("status") or {}
     seen = await observe(cluster, previous)
     plan = decide(cluster, seen)
-    await execute(cluster, plan, seen, logger)
-    already = _degraded_reason(previous)
-    for event in plan.events:
-        # An unsatisfiable spec is re-decided on every timer tick; announce it once, when it starts.
-        if event.type == "Warning" and already and plan.degraded and event.reason == plan.degraded.reason:
-            continue
+    failures = await execute(cluster, plan, seen, logger)
+    events, memo["posted"] = announcements(plan, failures, previous, memo.get("posted", frozenset()))
+    for event in events:
         emit(event)
-    status = build_status(cluster, seen, plan, previous, int(meta.get("generation") or 0))
+    status = build_status(cluster, seen, plan, previous, int(meta.get("generation") or 0), failures=failures)
     status_patch.update(status)
-    outcome = "degraded" if plan.degraded else "waiting" if plan.waiting else "settled"
+    outcome = (
+        "failed" if failures else "degraded" if plan.degraded else "waiting" if plan.waiting else "settled"
+    )
     metrics.RECONCILES.labels(cluster.namespace, cluster.name, outcome).inc()
     metrics.READY_NODES.labels(cluster.namespace, cluster.name).set(int(status["readyNodes"].split("/")[0]))
     return plan

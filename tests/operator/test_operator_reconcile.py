@@ -12,8 +12,10 @@ import kopf
 import pytest
 from cluster_state import ZONES
 
-from engram_operator import GROUP, PLURAL, VERSION, builders, kube, labels, probe, reconcile
+from engram.node.peer import PeerRefused, PeerUnreachable
+from engram_operator import GROUP, PLURAL, VERSION, builders, kube, labels, node_cache, probe, reconcile
 from engram_operator.decisions import Event
+from engram_operator.observe import EngineStatus
 from engram_operator.spec import ClusterSpec
 
 UID = "0b6a3f9e-1d2c-4e5f-8a7b-9c0d1e2f3a4b"
@@ -32,11 +34,15 @@ class FakeApi:
     def __init__(self) -> None:
         self.created: list[dict[str, Any]] = []
         self.deleted: list[str] = []
+        self.labelled: list[tuple[str, str]] = []
         self.journal_ready = 0
         self.engine_pods: list[dict[str, Any]] = []
         self.jobs: list[dict[str, Any]] = []
+        self.node_lists = 0
+        self.children: set[tuple[str, str]] = set()
 
     async def list_nodes(self) -> list[dict[str, Any]]:
+        self.node_lists += 1
         return [node(f"n-{z}", z) for z in ZONES]
 
     async def list_engine_pods(self, namespace: str, cluster: str) -> list[dict[str, Any]]:
@@ -49,10 +55,12 @@ class FakeApi:
         return self.jobs
 
     async def list_children(self, namespace: str, cluster: str) -> tuple[frozenset, int]:
-        return frozenset(), self.journal_ready
+        return frozenset(self.children), self.journal_ready
 
     async def create(self, obj: dict[str, Any]) -> bool:
         self.created.append(obj)
+        if obj["kind"] not in ("Pod", "Job"):
+            self.children.add((obj["kind"], obj["metadata"]["name"]))
         return True
 
     async def delete_pod(self, namespace: str, name: str) -> None:
@@ -61,13 +69,18 @@ class FakeApi:
     async def delete_job(self, namespace: str, name: str) -> None:
         self.deleted.append(name)
 
+    async def set_pod_label(self, namespace: str, name: str, key: str, value: str) -> None:
+        self.labelled.append((name, value))
+
 
 @pytest.fixture
 def api(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
     fake = FakeApi()
     names = ("list_nodes", "list_engine_pods", "list_pods", "list_jobs", "list_children", "create")
-    for name in (*names, "delete_pod", "delete_job"):
+    for name in (*names, "delete_pod", "delete_job", "set_pod_label"):
         monkeypatch.setattr(kube, name, getattr(fake, name))
+    # A cache of its own per test: the shared one would hand one test's nodes to the next.
+    monkeypatch.setattr(reconcile, "NODES", node_cache.NodeCache(fake.list_nodes))
 
     async def no_statuses(pods: list) -> dict:
         return {}
@@ -88,10 +101,10 @@ def body(spec: dict[str, Any], status: dict[str, Any] | None = None, **meta: Any
     return obj
 
 
-def run(obj: dict[str, Any]) -> tuple[Any, dict[str, Any], list[Event]]:
+def run(obj: dict[str, Any], memo: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any], list[Event]]:
     status: dict[str, Any] = {}
     events: list[Event] = []
-    plan = asyncio.run(reconcile.reconcile(obj, status, events.append, logging.getLogger("test")))
+    plan = asyncio.run(reconcile.reconcile(obj, status, events.append, logging.getLogger("test"), memo))
     return plan, status, events
 
 
@@ -126,7 +139,7 @@ def test_reconcile_creates_journal_then_the_provisioning_job_then_pods(api: Fake
     _, status, events = run(body(spec, status=status))
     [job] = jobs_and_pods(api)
     assert job["kind"] == "Job" and job["metadata"]["annotations"][labels.CLUSTER_ID] == status["clusterId"]
-    assert [e.reason for e in events] == ["Provisioning"]
+    assert [e.reason for e in events] == ["Provisioning", "Waiting"]
 
     api.created.clear()
     api.jobs = [succeeded(job)]
@@ -205,3 +218,151 @@ def test_handlers_are_registered_for_every_lifecycle_step() -> None:
     assert {"converge", "delete_cluster"} <= {n.split("/")[0] for n in names}
     assert any(h.id == "resync" for h in registry._spawning.get_all_handlers())
     assert resource.plural == "memoryclusters"
+
+
+def running_cluster(api: FakeApi, spec: dict[str, Any]) -> dict[str, Any]:
+    """Drive reconciles until the cluster's pods exist, then show them running and Ready; the
+    status the last reconcile wrote is returned for the next body."""
+    api.journal_ready = 3
+    _, status, _ = run(body(spec))
+    _, status, _ = run(body(spec, status=status))
+    api.jobs = [succeeded(next(o for o in api.created if o["kind"] == "Job"))]
+    _, status, _ = run(body(spec, status=status))
+    pods = [json.loads(json.dumps(o)) for o in api.created if o["kind"] == "Pod"]
+    for i, pod in enumerate(pods):
+        pod["spec"]["nodeName"] = f"n-{pod['metadata']['labels'][labels.ZONE]}"
+        pod["status"] = {
+            "phase": "Running",
+            "podIP": f"10.0.0.{i + 1}",
+            "conditions": [{"type": "Ready", "status": "True"}],
+        }
+    api.engine_pods = pods
+    api.created.clear()
+    return status
+
+
+def answer_as(monkeypatch: pytest.MonkeyPatch, roles: dict[str, str]) -> None:
+    """Engine nodes answer ENGRAM.STATUS with these roles (pod name -> role)."""
+
+    async def statuses(pods: list) -> dict:
+        return {p.name: EngineStatus(role=roles[p.name], applied_seq=10) for p in pods if p.name in roles}
+
+    monkeypatch.setattr(probe, "all_statuses", statuses)
+
+
+def test_a_refused_switchover_is_shown_in_status_and_an_event_and_retried_next_time(
+    api: FakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = {"shards": 1, "replicasPerShard": 1}
+    status = running_cluster(api, spec)
+    answer_as(monkeypatch, {"demo-0-0": "primary", "demo-0-1": "replica"})
+    asked: list[tuple[str, str]] = []
+
+    async def refuse(host: str, target: str) -> None:
+        asked.append((host, target))
+        raise PeerRefused("ERR switchover to demo-0-1 aborted: the replication tap did not catch up")
+
+    monkeypatch.setattr(probe, "switchover", refuse)
+    # A version change whose replica is already replaced: the primary must hand over next.
+    new = {**spec, "engine": {"version": "0.2.0"}}
+    api.engine_pods[1]["metadata"]["annotations"][labels.POD_SPEC_HASH] = builders.pod_spec_hash(
+        ClusterSpec.from_body(body(new))
+    )
+    memo: dict[str, Any] = {}
+    plan, status, events = run(body(new, status=status), memo)
+    assert [s.target for s in plan.switchovers] == ["demo-0-1"] and len(asked) == 1
+    progressing = conditions(status)["Progressing"]
+    assert (progressing["status"], progressing["reason"]) == ("True", "SwitchoverFailed")
+    assert "the replication tap did not catch up" in progressing["message"]
+    assert [e.type for e in events if e.reason == "SwitchoverFailed"] == ["Warning"]
+    # Retried on the next reconcile, without a second event for the same failure.
+    _, status, events = run(body(new, status=status), memo)
+    assert len(asked) == 2 and not [e for e in events if e.reason == "SwitchoverFailed"]
+    assert conditions(status)["Progressing"]["reason"] == "SwitchoverFailed"
+
+
+def test_an_unreachable_primary_does_not_escape_the_reconcile(
+    api: FakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = {"shards": 1, "replicasPerShard": 1}
+    status = running_cluster(api, spec)
+    answer_as(monkeypatch, {"demo-0-0": "primary", "demo-0-1": "replica"})
+
+    async def unreachable(host: str, target: str) -> None:
+        raise PeerUnreachable(f"{host}:16379 does not answer: timed out")
+
+    monkeypatch.setattr(probe, "switchover", unreachable)
+    new = {**spec, "engine": {"version": "0.2.0"}}
+    api.engine_pods[1]["metadata"]["annotations"][labels.POD_SPEC_HASH] = builders.pod_spec_hash(
+        ClusterSpec.from_body(body(new))
+    )
+    plan, status, _ = run(body(new, status=status))
+    assert plan.switchovers and conditions(status)["Progressing"]["reason"] == "SwitchoverFailed"
+    assert status["readyNodes"] == "2/2"
+
+
+def test_waits_are_normal_events_posted_when_they_change_not_on_every_reconcile(api: FakeApi) -> None:
+    memo: dict[str, Any] = {}
+    _, status, events = run(body({}), memo)
+    waits = [e for e in events if e.reason == "Waiting"]
+    assert [e.type for e in waits] == ["Normal"] and "journal servers ready: 0/3" in waits[0].message
+    assert not any(e.type in ("Warning", "Error") for e in events)
+    # Nothing changed: the same wait is not posted again.
+    _, status, events = run(body({}, status=status), memo)
+    assert [e for e in events if e.reason == "Waiting"] == []
+    # The journal came up: what the cluster waits for changed, and says so once.
+    api.journal_ready = 3
+    _, _, events = run(body({}, status=status), memo)
+    [wait] = [e for e in events if e.reason == "Waiting"]
+    assert "journal servers" not in wait.message and "provisioning" in wait.message
+
+
+def test_waiting_is_not_an_error_for_kopf(api: FakeApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The create handler returns while the cluster still waits (a kopf.TemporaryError was logged,
+    and posted, as an Error every few seconds); the timer carries on from there."""
+    from engram_operator.handlers import handle_cluster
+
+    posted: list[tuple[str, str]] = []
+    monkeypatch.setattr(kopf, "event", lambda obj, *, type, reason, message: posted.append((type, reason)))
+    patch = kopf.Patch()
+    asyncio.run(
+        handle_cluster.converge(
+            body=body({}), patch=patch, memo=kopf.Memo(), logger=logging.getLogger("test")
+        )
+    )
+    assert ("Normal", "Waiting") in posted
+    assert patch["status"]["phase"] == "Reconciling"
+
+
+def test_clusters_reconciling_in_one_tick_share_one_node_list(api: FakeApi) -> None:
+    async def tick() -> None:
+        for name in ("alpha", "beta", "gamma"):
+            await reconcile.reconcile(body({}, name=name), {}, lambda e: None, logging.getLogger("test"), {})
+
+    asyncio.run(tick())
+    assert api.node_lists == 1
+
+
+def test_the_node_list_is_taken_again_once_it_is_older_than_its_ttl() -> None:
+    clock = [100.0]
+    lists = []
+
+    async def fetch() -> list[dict[str, Any]]:
+        lists.append(clock[0])
+        return [node("n-a", "zone-a")]
+
+    cache = node_cache.NodeCache(fetch, ttl=5.0, clock=lambda: clock[0])
+
+    async def at(t: float) -> None:
+        clock[0] = t
+        await cache.get()
+
+    async def timeline() -> None:
+        for t in (100.0, 101.0, 104.9, 105.0, 107.0, 110.5):
+            await at(t)
+
+    asyncio.run(timeline())
+    assert lists == [100.0, 105.0, 110.5]
+    assert node_cache.stale(None, 0.0) and not node_cache.stale(100.0, 104.0, 5.0)
+    # A clock that went backwards (a restored snapshot, a test) never keeps a list forever.
+    assert node_cache.stale(100.0, 50.0, 5.0)

@@ -13,7 +13,6 @@ from engram_operator.decisions import Event
 from engram_operator.reconcile import reconcile
 
 RESYNC_SECONDS = 5.0
-WAIT_SECONDS = 5.0
 
 
 def _lock(memo: kopf.Memo) -> asyncio.Lock:
@@ -36,11 +35,13 @@ def _emitter(body: kopf.Body) -> Any:
 async def converge(
     body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger, **_: Any
 ) -> None:
-    """Reconcile until the cluster is ready; waiting is a TemporaryError, never a sleep."""
+    """Act on a new or changed spec at once; the timer carries the cluster the rest of the way.
+
+    Waiting is not an error: raising kopf.TemporaryError for it posted an Error event every few
+    seconds. The reconcile posts what it waits for as a Normal event, when that changes.
+    """
     async with _lock(memo):
-        plan = await reconcile(body, patch.status, _emitter(body), logger)
-    if plan is not None and plan.waiting and plan.degraded is None:
-        raise kopf.TemporaryError("; ".join(plan.waiting), delay=WAIT_SECONDS)
+        await reconcile(body, patch.status, _emitter(body), logger, memo)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
@@ -49,4 +50,4 @@ async def resync(
 ) -> None:
     """Replace lost pods, follow role changes and refresh status between spec changes."""
     async with _lock(memo):
-        await reconcile(body, patch.status, _emitter(body), logger)
+        await reconcile(body, patch.status, _emitter(body), logger, memo)
