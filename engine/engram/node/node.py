@@ -167,6 +167,11 @@ class Node:
             raise NodeHalted("the node config has no cluster_id: provisioning assigns one per cluster")
         metrics.serve(cfg.metrics_port, cfg.host)
         os.makedirs(cfg.data_dir, exist_ok=True)
+        # The control port before anything that can wait (Valkey starting, a journal that is away
+        # for long): probes and the operator then see a node "starting", not a silent port that a
+        # startup probe would restart over and over.
+        self.control = ControlServer(self.status, lambda target: self.switchover(target))
+        await self.control.start(cfg.host, cfg.admin_port)
         if cfg.spawn_valkey:
             self.valkey = await start_valkey(
                 cfg.valkey_socket, cfg.data_dir, cfg.valkey_args, cfg.valkey_server,
@@ -184,8 +189,6 @@ class Node:
             loop.create_task(self._heartbeat()),
             loop.create_task(self._watch_journal()),
         ]
-        self.control = ControlServer(self.status, lambda target: self.switchover(target))
-        await self.control.start(cfg.host, cfg.admin_port)
         self.applier = Applier(self.journal, cfg.valkey_socket, self._observe, cfg.cluster_id)
         self.leader.last_renewal = time.monotonic()
         if cfg.preferred_primary and await self._shard_is_new():

@@ -232,8 +232,9 @@ def build_engine_pod(
             {"name": "data", "mountPath": constants.DATA_DIR},
             {"name": "tmp", "mountPath": "/tmp"},
         ],
-        # Loading a snapshot and replaying the journal tail can take a while on a big shard. The
-        # node's own port: the client port is Valkey's, which answers long before the node does.
+        # The node's own port, which it opens before anything that can wait (Valkey, a journal
+        # that is away, replaying the journal): a node that waits answers "starting" and passes,
+        # while its readiness stays false until it has a role.
         "startupProbe": {
             "tcpSocket": {"port": constants.ADMIN_PORT},
             "periodSeconds": 5,

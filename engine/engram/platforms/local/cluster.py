@@ -259,7 +259,10 @@ def _wait_serving(state: ClusterState, supervisor: Any, timeout: float, progress
                     said.add(f"shard{shard}")
                     progress(f"shard {shard}: primary {node.id} (zone {node.zone})")
             relayed = current.endpoint_node == getattr(primaries.get(0), "id", None)
-            if len(primaries) == current.shards and all(live) and relayed:
+            # A node's control port answers from its first moment ("starting" while it waits for
+            # Valkey or the journal): serving means every node has taken a role.
+            started = all(st and st.get("role") != "starting" for st in live)
+            if len(primaries) == current.shards and started and relayed:
                 progress(f"cluster {current.name} serving at {current.endpoint}")
                 return describe(current, live)
         if time.monotonic() >= deadline:
@@ -299,8 +302,10 @@ def _missing(state: ClusterState, live: list[dict[str, str] | None]) -> str:
     primaries = _primaries(state, live)
     waiting = [str(s) for s in range(state.shards) if s not in primaries]
     down = [n.id for n, st in zip(state.nodes, live, strict=True) if st is None]
+    starting = [n.id for n, st in zip(state.nodes, live, strict=True) if st and st.get("role") == "starting"]
     parts = [f"no primary in shard {', '.join(waiting)}"] if waiting else []
     parts += [f"not answering: {', '.join(down)}"] if down else []
+    parts += [f"starting (waiting for Valkey or the journal): {', '.join(starting)}"] if starting else []
     if not parts and not state.endpoint_node:
         parts.append("the endpoint does not know shard 0's primary yet")
     return "; ".join(parts)
