@@ -1,8 +1,10 @@
-"""A node's start and stop as a platform sees them: the control port answers from the first moment
-(issue 13)."""
+"""A node's start and stop as a platform sees them: the control port answers from the first moment,
+and a primary asked to stop hands its shard over before it exits (issue 13)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -13,9 +15,55 @@ import redis
 
 from engram.node.config import NodeConfig
 from engram.platforms.local import ports
-from tests.integration.workload import control_status
+from tests.integration.workload import Writers, cli_status, client_for, control_status, primary_of
 
 pytestmark = pytest.mark.integration
+
+# Long enough that a failover by election (a replica waits 1.25-1.5 leases of silence) is easy to
+# tell from a hand-over, which moves leadership in well under one lease.
+LEASE = 8.0
+
+
+def test_sigterm_on_the_primary_hands_the_shard_over_before_it_exits(local_cluster) -> None:
+    """A deleted or evicted pod's primary gets SIGTERM: the shard must change leader in a planned
+    way, at once, not after the lease and an election; and no acknowledged write is lost."""
+    status = local_cluster(shards=1, replicas=2, lease=LEASE)
+    old = primary_of(cli_status(status))
+    epoch = int(control_status(old)["epoch"])
+    writers = Writers(status["endpoint"], count=6).start()
+    time.sleep(1.5)
+
+    writers.mark("sigterm")
+    signalled = time.monotonic()
+    os.kill(old["pid"], signal.SIGTERM)
+    new = None
+    while time.monotonic() - signalled < LEASE:
+        for node in cli_status(status)["nodes"]:
+            if node["id"] == old["id"] or node["role"] != "primary":
+                continue
+            try:
+                if control_status(node, socket_timeout=2)["role"] == "primary":
+                    new = node
+            except redis.RedisError:
+                continue
+        if new is not None:
+            break
+        time.sleep(0.1)
+    took = time.monotonic() - signalled
+    time.sleep(1.0)
+    writers.stop()
+
+    assert new is not None, f"no other node led the shard within one lease ({LEASE}s) of the SIGTERM"
+    fields = control_status(new)
+    # One epoch on: the hand-off entry the old primary wrote, not a campaign after its silence.
+    assert int(fields["epoch"]) == epoch + 1 and fields["leader_id"] == new["id"]
+    assert took < LEASE
+    log = Path(old["log"]).read_text(errors="replace")
+    assert f"handed shard 0 to {new['id']} before stopping" in log, log[-2000:]
+    assert "sigterm" in writers.first_ack_after, "no write was acknowledged after the hand-over"
+    assert writers.first_ack_after["sigterm"] < LEASE
+    assert len(writers.acked) > 100
+    assert writers.missing(client_for(new)) == []
 
 
 def test_a_node_waiting_for_its_journal_answers_on_its_control_port_as_starting(short_tmp: Path) -> None:

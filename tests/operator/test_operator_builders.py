@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from cluster_state import CLUSTER_ID, ZONES, journal_up, just_applied, provisioned, spec
 from k8s_offline import validate_manifest
 
+from engram.leadership.on_stop import STOP_HANDOVER_TIMEOUT
 from engram.node.config import NodeConfig
 from engram_operator import builders, constants, labels
-from engram_operator.builders.engine import POD_IDENTITY_FIELDS, shared_node_config, valkey_args
+from engram_operator.builders import engine as engine_builder
+from engram_operator.builders.engine import (
+    POD_IDENTITY_FIELDS,
+    PRE_STOP_WAIT_SECONDS,
+    shared_node_config,
+    valkey_args,
+)
 from engram_operator.builders.journal import JournalSpreadError, plan_journal
 from engram_operator.decisions import decide
 
@@ -208,6 +219,50 @@ def test_clients_reach_valkey_and_the_operator_reaches_the_nodes_control_port() 
     assert config.admin_announce == "demo-1-2.demo-nodes.db.svc.cluster.local:16379"
 
 
+def _run_pre_stop(tmp_path: Path, roles: list[str]) -> tuple[float, int]:
+    """Run Valkey's preStop with a valkey-cli that answers ENGRAM.STATUS with ``roles`` in turn
+    ("" = the node does not answer); returns how long it waited and how often it asked."""
+    tmp_path.mkdir(exist_ok=True)
+    calls = tmp_path / "calls"
+    script = "\n".join(
+        [
+            "#!/bin/sh",
+            f"n=$(cat {calls} 2>/dev/null || echo 0); echo $((n+1)) > {calls}",
+            f"set -- {' '.join(r or '-' for r in roles)}",
+            'shift "$n" 2>/dev/null || exit 1',
+            '[ "${1:--}" = - ] && exit 1',
+            'printf "node_id\\ndemo-0-0\\nrole\\n%s\\nepoch\\n3\\n" "$1"',
+        ]
+    )
+    cli = tmp_path / "valkey-cli"
+    cli.write_text(script + "\n")
+    cli.chmod(0o755)
+    started = time.monotonic()
+    command = _containers(_engine_pod())["valkey"]["lifecycle"]["preStop"]["exec"]["command"]
+    subprocess.run(
+        command, env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}, check=True, timeout=60
+    )
+    return time.monotonic() - started, int(calls.read_text())
+
+
+def test_valkey_outlives_its_node_while_the_node_hands_its_shard_over(tmp_path: Path) -> None:
+    """On pod deletion both containers get SIGTERM; Valkey's preStop holds it back while the node
+    still says primary (it hands over on SIGTERM), and not a moment longer."""
+    waited, calls = _run_pre_stop(tmp_path, ["primary", "primary", "replica"])
+    assert calls == 3 and 0.9 < waited < 5
+    assert _run_pre_stop(tmp_path / "r", ["replica"])[1] == 1
+    # A node that already exited (or never answered) holds nothing back.
+    assert _run_pre_stop(tmp_path / "gone", [""])[1] == 1
+
+
+def test_the_grace_period_covers_the_nodes_hand_over_and_valkeys_wait_for_it() -> None:
+    pod = _engine_pod()
+    grace = pod["spec"]["terminationGracePeriodSeconds"]
+    assert STOP_HANDOVER_TIMEOUT < PRE_STOP_WAIT_SECONDS < grace
+    # The node itself has no preStop: SIGTERM is its cue to hand over.
+    assert "lifecycle" not in _containers(pod)["node"]
+
+
 def test_services_carry_the_client_port_only() -> None:
     """Clients need 6379 alone; the operator and peers reach the control port by pod IP or DNS name."""
     cluster = SPECS["minimal"]
@@ -285,6 +340,15 @@ def test_pod_spec_hash_changes_when_a_new_operator_renders_the_node_config_diffe
     base = builders.pod_spec_hash(spec())
     # ENGRAM_CLUSTER_DOMAIN moves every journal URL in the node config.
     monkeypatch.setattr(constants, "CLUSTER_DOMAIN", "cluster.example")
+    assert builders.pod_spec_hash(spec()) != base
+
+
+def test_pod_spec_hash_changes_when_a_new_operator_renders_the_pod_differently(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pod's spec is immutable: an operator that adds a hook or a probe must roll the pods."""
+    base = builders.pod_spec_hash(spec())
+    monkeypatch.setattr(engine_builder, "PRE_STOP_WAIT_SECONDS", 20)
     assert builders.pod_spec_hash(spec()) != base
 
 

@@ -19,6 +19,7 @@ from engram.cluster.topology import ClusterView, LeaderRecord, NodeRecord
 from engram.journal.client import Journal
 from engram.journal.entries import Entry, EntryType, format_version
 from engram.journal.errors import Fenced, IdentityMismatch, JournalError
+from engram.leadership.on_stop import hand_over_on_stop
 from engram.leadership.switchover import hand_over
 from engram.leadership.view import LeaderView
 from engram.node.config import NodeConfig
@@ -315,6 +316,9 @@ class Node:
                 await asyncio.sleep(0.2)
 
     async def shutdown(self) -> None:
+        if self._stopped.is_set() and self.is_primary:
+            # Asked to stop (SIGTERM) while leading: hand the shard over before anything closes.
+            await hand_over_on_stop(self)
         for task in self._background:
             task.cancel()
         for task in self._tasks:

@@ -89,26 +89,22 @@ def shared_node_config(cluster: ClusterSpec) -> dict[str, Any]:
     return config
 
 
+# The slot a pod spec is rendered for when only what every pod shares matters (pod_spec_hash).
+_TEMPLATE_POD = "template"
+
+
 def pod_spec_hash(cluster: ClusterSpec) -> str:
     """A digest of everything that requires replacing a running pod when it changes (rolling update).
 
-    The rendered node config and Valkey's command line are in it, not only the images: a new
-    config field or setting (from the spec or from a new operator) reaches running nodes only
-    through a roll, since a pod's config annotation is read once, at start.
+    The whole pod spec as rendered for one fixed slot (images, resources, Valkey's command line,
+    probes, hooks, scheduling), and the node config every pod shares: a pod's spec is immutable
+    and its config annotation is read once, at start, so a change from the spec or from a new
+    operator's rendering reaches running nodes only through a roll. Slot and zone are left out,
+    so that every pod of a cluster on the same spec carries the same hash.
     """
     relevant = {
-        "image": cluster.engine.resolved_image,
-        "valkeyImage": cluster.engine.resolved_valkey_image,
-        "pullPolicy": cluster.engine.image_pull_policy,
-        "valkey": asdict(cluster.valkey_resources),
-        "node": asdict(cluster.node_resources),
+        "pod": _engine_pod_spec(cluster, _TEMPLATE_POD, 0, None),
         "nodeConfig": shared_node_config(cluster),
-        "valkeyArgs": valkey_args(cluster),
-        "scheduling": {
-            "nodeSelector": cluster.placement.node_selector,
-            "tolerations": cluster.placement.tolerations,
-            "affinity": cluster.placement.affinity,
-        },
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -128,6 +124,26 @@ def valkey_args(cluster: ClusterSpec) -> list[str]:
     if limit:
         args += ["--maxmemory", str(int(parse_quantity(limit) * MAXMEMORY_FRACTION))]
     return args
+
+
+# How long Valkey's preStop waits for its node to stop leading: past the node's own bound on the
+# hand-over (engram.leadership.on_stop.STOP_HANDOVER_TIMEOUT), within the pod's grace period.
+PRE_STOP_WAIT_SECONDS = 15
+TERMINATION_GRACE_SECONDS = 30
+
+
+def valkey_pre_stop() -> str:
+    """sh: wait (bounded) while the node on this pod's control port answers that it is primary.
+
+    valkey-cli speaks RESP to the control port; without a terminal it prints ENGRAM.STATUS's
+    field/value array one item per line, so a line "primary" is the role field's value.
+    """
+    polls = PRE_STOP_WAIT_SECONDS * 2
+    return (
+        f"i=0; while [ $i -lt {polls} ]; do "
+        f"valkey-cli -p {constants.ADMIN_PORT} ENGRAM.STATUS 2>/dev/null | grep -qx primary || exit 0; "
+        "sleep 0.5; i=$((i+1)); done"
+    )
 
 
 def build_engine_pod(
@@ -153,6 +169,16 @@ def build_engine_pod(
         labels.NODE_CONFIG: json.dumps(asdict(node_config), sort_keys=True),
         labels.POD_SPEC_HASH: pod_spec_hash(cluster),
     }
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": metadata(cluster, name, pod_labels, annotations),
+        "spec": _engine_pod_spec(cluster, name, shard, zone),
+    }
+
+
+def _engine_pod_spec(cluster: ClusterSpec, name: str, shard: int, zone: str | None) -> dict[str, Any]:
+    """The pod spec of one engine node: everything but its metadata (labels, node config, hash)."""
     affinity: dict[str, Any] = {
         # Two nodes of one shard on one host would fail together.
         "podAntiAffinity": {
@@ -207,6 +233,10 @@ def build_engine_pod(
             "timeoutSeconds": 3,
             "failureThreshold": 6,
         },
+        # A deleted pod's containers get SIGTERM together: Valkey would exit under a primary that is
+        # handing its shard over (the node does so on SIGTERM). Hold Valkey's SIGTERM back until the
+        # node no longer leads, or stops answering.
+        "lifecycle": {"preStop": {"exec": {"command": ["sh", "-c", valkey_pre_stop()]}}},
     }
     node = {
         "name": "node",
@@ -255,40 +285,36 @@ def build_engine_pod(
         },
     }
     return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": metadata(cluster, name, pod_labels, annotations),
-        "spec": {
-            # hostname + subdomain give the pod the DNS name it announces to clients.
-            "hostname": name,
-            "subdomain": labels.headless_service_name(cluster.name),
-            "restartPolicy": "Always",
-            "automountServiceAccountToken": False,
-            "enableServiceLinks": False,
-            "terminationGracePeriodSeconds": 30,
-            "securityContext": pod_security_context(),
-            **scheduling(cluster, affinity),
-            "initContainers": [module],
-            "containers": [valkey, node],
-            "volumes": [
-                {"name": "run", "emptyDir": {}},
-                # engram.so, copied from the engine image by the init container.
-                {"name": "module", "emptyDir": {}},
-                {"name": "data", "emptyDir": {}},
-                {"name": "tmp", "emptyDir": {}},
-                # The node's config travels in the pod itself: no per-pod ConfigMap to create,
-                # adopt and clean up, and it can never disagree with the pod it belongs to.
-                {
-                    "name": "config",
-                    "downwardAPI": {
-                        "items": [
-                            {
-                                "path": constants.NODE_CONFIG_FILE,
-                                "fieldRef": {"fieldPath": f"metadata.annotations['{labels.NODE_CONFIG}']"},
-                            }
-                        ]
-                    },
+        # hostname + subdomain give the pod the DNS name it announces to clients.
+        "hostname": name,
+        "subdomain": labels.headless_service_name(cluster.name),
+        "restartPolicy": "Always",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        # Room for the node's hand-over on SIGTERM, which Valkey's preStop waits for.
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+        "securityContext": pod_security_context(),
+        **scheduling(cluster, affinity),
+        "initContainers": [module],
+        "containers": [valkey, node],
+        "volumes": [
+            {"name": "run", "emptyDir": {}},
+            # engram.so, copied from the engine image by the init container.
+            {"name": "module", "emptyDir": {}},
+            {"name": "data", "emptyDir": {}},
+            {"name": "tmp", "emptyDir": {}},
+            # The node's config travels in the pod itself: no per-pod ConfigMap to create,
+            # adopt and clean up, and it can never disagree with the pod it belongs to.
+            {
+                "name": "config",
+                "downwardAPI": {
+                    "items": [
+                        {
+                            "path": constants.NODE_CONFIG_FILE,
+                            "fieldRef": {"fieldPath": f"metadata.annotations['{labels.NODE_CONFIG}']"},
+                        }
+                    ]
                 },
-            ],
-        },
+            },
+        ],
     }
