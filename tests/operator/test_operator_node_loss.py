@@ -9,7 +9,7 @@ from cluster_state import NOW, nodes, running, spec
 
 from engram_operator.availability import NODE_LOSS_GRACE, NodeInfo
 from engram_operator.decisions import decide
-from engram_operator.observe import EngineStatus, Observed
+from engram_operator.observe import EngineStatus, Observed, node_from_api, pod_from_api
 
 CLUSTER = spec(shards=3, replicasPerShard=2, placement={"spreading": "Preferred"})
 
@@ -107,3 +107,33 @@ def test_the_grace_is_measured_from_when_the_node_stopped_being_ready() -> None:
     assert node.lost(NOW + 1) and not node.blinking(NOW + 1)
     # A node that has not reported its Ready condition yet is registering, not lost.
     assert not NodeInfo("new", "zone-a", ready=False, schedulable=True).lost(NOW)
+
+
+def test_readiness_times_come_from_the_api_objects_ready_conditions() -> None:
+    node = node_from_api(
+        {
+            "metadata": {"name": "n1", "labels": {"topology.kubernetes.io/zone": "zone-a"}},
+            "spec": {"unschedulable": True},
+            "status": {
+                "conditions": [
+                    {"type": "Ready", "status": "Unknown", "lastTransitionTime": "2025-06-15T15:06:40Z"}
+                ]
+            },
+        },
+        "topology.kubernetes.io/zone",
+    )
+    assert (node.ready, node.schedulable, node.not_ready_since) == (False, False, 1_750_000_000.0)
+    pod = pod_from_api(
+        {
+            "metadata": {
+                "name": "demo-0-1",
+                "creationTimestamp": "2025-06-15T15:05:40Z",
+                "labels": {"engram.io/shard": "0", "engram.io/node-index": "1"},
+            },
+            "spec": {"nodeName": "n1"},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "False"}]},
+        }
+    )
+    assert pod is not None and pod.node == "n1" and pod.created == 1_750_000_000.0 - 60
+    # No transition time on the condition: the pod has not been Ready since it was created.
+    assert pod.not_ready_since is None and pod.not_ready_for(1_750_000_000.0) == 60
