@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
+import redis
 
 from engram.node import probe
 from engram.node.control import ControlServer
@@ -87,3 +88,18 @@ def test_the_probes_help_says_port_is_the_control_port(capsys: pytest.CaptureFix
     with pytest.raises(SystemExit):
         probe.main(["--help"])
     assert "control port" in capsys.readouterr().out
+
+
+def test_the_control_port_speaks_resp3_to_clients_that_open_with_hello_3() -> None:
+    """redis-py 8 opens with HELLO 3; ENGRAM.STATUS is then a map, as a client expects."""
+    control = ControlServer(lambda: {"role": "primary", "lag": "0"}, _no_switchover)
+    with _serving(lambda port: control.start(ports.LOOPBACK, port)) as port:
+        client = redis.Redis(host=ports.LOOPBACK, port=port, protocol=3)
+        assert client.execute_command("ENGRAM.STATUS") == {b"role": b"primary", b"lag": b"0"}
+        assert client.execute_command("HELLO", "3")[b"proto"] == 3
+        legacy = redis.Redis(host=ports.LOOPBACK, port=port, protocol=2)
+        assert legacy.execute_command("ENGRAM.STATUS") == [b"role", b"primary", b"lag", b"0"]
+        with pytest.raises(redis.ResponseError, match="NOPROTO"):
+            legacy.execute_command("HELLO", "4")
+        client.close()
+        legacy.close()

@@ -7,16 +7,39 @@ process's own door, so asking a node what it is never depends on its data path.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
-from engram import resp
+from engram import ENGINE_VERSION, resp
+from engram.journal.entries import format_version
 from engram.leadership.switchover import SwitchoverError
 
 log = logging.getLogger(__name__)
 
 StatusSource = Callable[[], dict[str, str]]
 Switchover = Callable[[str], Awaitable[None]]
+
+
+@dataclass
+class Session:
+    """One control connection's protocol: clients such as redis-py open with HELLO 3."""
+
+    resp3: bool = False
+
+
+def _hello(args: list[bytes], session: Session) -> bytes:
+    """HELLO [2|3]: the protocol switch and a short server description, as Valkey answers."""
+    if len(args) > 2:
+        return resp.error("ERR the control port takes no AUTH or SETNAME: HELLO [2|3]")
+    if len(args) == 2:
+        if args[1] not in (b"2", b"3"):
+            return resp.error("NOPROTO unsupported protocol version")
+        session.resp3 = args[1] == b"3"
+    fields = [("server", resp.bulk("engram-node")), ("version", resp.bulk(format_version(ENGINE_VERSION))),
+              ("proto", resp.integer(3 if session.resp3 else 2)), ("mode", resp.bulk("control"))]
+    return resp.mapping([(resp.bulk(k), v) for k, v in fields], session.resp3)
 
 
 class ControlServer:
@@ -36,24 +59,31 @@ class ControlServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         parser = resp.RequestParser()
+        session = Session()
         try:
             while data := await reader.read(65536):
                 parser.feed(data)
                 for args, _ in parser.parse():
-                    writer.write(await self.answer(args))
+                    writer.write(await self.answer(args, session))
                 await writer.drain()
         except resp.ProtocolError as exc:
             writer.write(resp.error(f"ERR {exc}"))
         except (ConnectionError, OSError):
             pass
         finally:
-            writer.close()
+            # A connection still open when the node's loop ends is closed with the loop gone.
+            with contextlib.suppress(RuntimeError):
+                writer.close()
 
-    async def answer(self, args: list[bytes]) -> bytes:
+    async def answer(self, args: list[bytes], session: Session | None = None) -> bytes:
         """The reply to one control command."""
+        session = session or Session()
         name = args[0].lower()
         if name == b"engram.status":
-            return resp.array([resp.bulk(part) for pair in self._status().items() for part in pair])
+            pairs = [(resp.bulk(k), resp.bulk(v)) for k, v in self._status().items()]
+            return resp.mapping(pairs, session.resp3)
+        if name == b"hello":
+            return _hello(args, session)
         if name == b"engram.failover":
             if len(args) != 2:
                 return resp.error("ERR usage: ENGRAM.FAILOVER <target-node-id>")
