@@ -100,6 +100,8 @@ class DataPath:
 
     async def step_down(self, reason: str) -> None:
         """Fail every held reply (UNKNOWN) and stop serving, before Valkey's data is dropped."""
+        if self.role == "replica":
+            return  # done already (a switchover steps down before its demote): a replica holds nothing
         await self.set_lease(0.0, reason, force=True)
         await self.execute_now("ENGRAM.STEPDOWN", reason)
         await self.set_role("replica")
