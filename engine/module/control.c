@@ -4,6 +4,7 @@
  *   ENGRAM.ROLE primary|replica          replies wait for commits, or nothing is held
  *   ENGRAM.LEASE <deadline-us> [reason]  serve until this CLOCK_MONOTONIC time; 0 = not serving
  *   ENGRAM.TOPOLOGY SHARD <n> SLOTS <map> ...   slot map, leaders and CLUSTER replies (below)
+ *   ENGRAM.LOADRDB <path>                replace the whole dataset with an RDB file (below)
  *
  * Nothing is checked until the node pushes its first ROLE, LEASE or TOPOLOGY: until then the
  * module behaves as in phase 1. From then on the slot map is "not known yet" until a TOPOLOGY
@@ -11,10 +12,14 @@
  * With the module argument "managed 1" (or engram.managed yes) the module starts as if the node
  * had pushed ENGRAM.ROLE replica with the slot map unknown: no client write runs before the node
  * has taken charge, however late its first push comes. */
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "engram.h"
 
@@ -26,6 +31,7 @@ int eg_cluster_on = 0;
 int eg_valkey_replica = 0;
 EgTopology *eg_topology = NULL;
 static int role_pushed = 0;
+static int pushed_primary = 0; /* the last ENGRAM.ROLE was primary */
 static long long lease_until_us = 0;
 static char *lease_reason = NULL; /* NULL: the default */
 
@@ -102,6 +108,7 @@ void eg_fail_closed(void) {
     eg_active = 0;
     lease_until_us = 0;
     role_pushed = 1;
+    pushed_primary = 0;
     eg_cluster_on = 1;
 }
 
@@ -135,6 +142,7 @@ int eg_cmd_role(VkCtx *ctx, VkString **argv, int argc) {
         return Vk_ReplyWithError(ctx, "ERR engram: ENGRAM.ROLE takes primary or replica");
     }
     role_pushed = 1;
+    pushed_primary = eg_active;
     eg_cluster_on = 1;
     return Vk_ReplyWithSimpleString(ctx, "OK");
 }
@@ -157,6 +165,99 @@ int eg_cmd_lease(VkCtx *ctx, VkString **argv, int argc) {
     lease_until_us = deadline;
     eg_cluster_on = 1;
     return Vk_ReplyWithSimpleString(ctx, "OK");
+}
+
+/* ---- ENGRAM.LOADRDB ---------------------------------------------------------------------
+ *
+ *   ENGRAM.LOADRDB <path>
+ *
+ * Replaces the whole dataset with the RDB file at <path> (absolute, as Valkey's process sees
+ * it): the node restores a replica from a snapshot this way before it replays the journal's
+ * tail. Refused on a primary, whose data is history the journal may not have committed yet.
+ *
+ * What the server's RdbLoad does, and what is left to this command:
+ * - A corrupt file can end the whole process: Valkey's RDB reader reports corruption with
+ *   rdbReportError, which in Valkey 8.0 runs the RDB check and exits. (Valkey 9.1 was seen to
+ *   fail with EIO instead, keeping what it had loaded so far.) The node checks the snapshot's
+ *   SHA-256 before it sends this command; the module does not try to guard against it.
+ * - Valkey 8.0 empties every database before it even opens the file; 9.1 first checks the
+ *   file's signature and version. So the file is opened here first, and a missing, unreadable
+ *   or non-regular file is refused with the data untouched. A failure past the server's flush
+ *   leaves the dataset empty or partly loaded: the error says so (the flush fires the FLUSHDB
+ *   server event, counted in dirty.c).
+ * - It disconnects every replica and frees the replication backlog: the node's replication tap,
+ *   if attached, is dropped and must attach again (PSYNC then gets a full sync). The offset goes
+ *   on from where it was, so the commit offset the module keeps stays valid.
+ * - While it loads, the server serves other clients' events (-LOADING); the calling connection
+ *   is protected until it returns.
+ * - Valkey refuses it (ENOTSUP) while Valkey itself replicates from another server.
+ * Once the data was replaced (or emptied by a failed load): replies still held, possible only
+ * before the node pushed a role, wrote into data that is gone and fail at once as of unknown
+ * outcome; every dirty-key mark is forgotten and every WATCH is broken. */
+
+static int loadrdb_error(VkCtx *ctx, const char *path, const char *why) {
+    char buf[4608];
+    snprintf(buf, sizeof buf, "ERR engram: cannot load RDB '%s': %s", path, why);
+    for (size_t i = 0; buf[i]; i++)
+        if (buf[i] == '\r' || buf[i] == '\n') buf[i] = ' ';
+    return Vk_ReplyWithError(ctx, buf);
+}
+
+/* 0 when the file opens for reading as a regular file; else an errno. Non-blocking, so a FIFO
+ * cannot hang the server here. */
+static int rdb_file_error(const char *path) {
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return errno;
+    struct stat st;
+    int err = 0;
+    if (fstat(fd, &st) != 0)
+        err = errno;
+    else if (S_ISDIR(st.st_mode))
+        err = EISDIR;
+    else if (!S_ISREG(st.st_mode))
+        err = EINVAL;
+    close(fd);
+    return err;
+}
+
+int eg_cmd_loadrdb(VkCtx *ctx, VkString **argv, int argc) {
+    if (argc != 2) return Vk_WrongArity(ctx);
+    if (!eg_from_unix_socket(ctx)) return refuse_remote(ctx, "ENGRAM.LOADRDB");
+    if (Vk_GetContextFlags(ctx) & (VK_CTX_FLAGS_MULTI | VK_CTX_FLAGS_LUA))
+        return Vk_ReplyWithError(ctx, "ERR engram: ENGRAM.LOADRDB cannot run inside MULTI or a script");
+    if (pushed_primary)
+        return Vk_ReplyWithError(ctx,
+                                 "ERR engram: ENGRAM.LOADRDB is refused on a primary: its data holds writes "
+                                 "the journal may not have committed, which a load would destroy");
+    size_t len;
+    const char *path = Vk_StringPtrLen(argv[1], &len);
+    if (len == 0 || len >= 4096 || strlen(path) != len || path[0] != '/')
+        return Vk_ReplyWithError(ctx, "ERR engram: ENGRAM.LOADRDB takes an absolute file path");
+    int err = rdb_file_error(path);
+    if (err == EINVAL) return loadrdb_error(ctx, path, "not a regular file");
+    if (err) return loadrdb_error(ctx, path, strerror(err));
+
+    long long flushes = eg_dirty_flushes();
+    VkRdbStream *stream = Vk_RdbStreamCreateFromFile(path);
+    errno = 0;
+    int rc = Vk_RdbLoad(ctx, stream, 0);
+    err = errno;
+    Vk_RdbStreamFree(stream);
+    int replaced = rc == VK_OK || eg_dirty_flushes() != flushes;
+    if (replaced) {
+        eg_fail_all("this node's dataset was replaced from a snapshot");
+        eg_dirty_reset();
+    }
+    if (rc == VK_OK) {
+        Vk_Log(ctx, "notice", "engram: the dataset was replaced from the RDB file %s", path);
+        return Vk_ReplyWithSimpleString(ctx, "OK");
+    }
+    char why[256];
+    snprintf(why, sizeof why, "%s%s%s", strerror(err ? err : EIO),
+             err == ENOTSUP ? "; Valkey loads no RDB while it replicates from another server" : "",
+             replaced ? "; the dataset was emptied first and may now hold part of the file" : "");
+    Vk_Log(ctx, "warning", "engram: loading the RDB file %s failed: %s", path, why);
+    return loadrdb_error(ctx, path, why);
 }
 
 /* ---- ENGRAM.TOPOLOGY ----------------------------------------------------------------------

@@ -77,9 +77,35 @@ int eg_on_keyspace(VkCtx *ctx, int type, const char *event, VkString *key) {
     return VK_OK;
 }
 
+static long long flushes;
+
+long long eg_dirty_flushes(void) {
+    return flushes;
+}
+
 void eg_dirty_flushed(void) {
+    flushes++;
     flush_unassigned = 1;
     eg_mark_unassigned();
+    eg_watch_touch_all();
+}
+
+/* The whole dataset was replaced (ENGRAM.LOADRDB): no key holds an uncommitted write any more,
+ * and the flush the load began with entered no replication stream, so nothing is left to wait
+ * for. Every mark is forgotten; a WATCHed key counts as touched. */
+void eg_dirty_reset(void) {
+    while (oldest) {
+        EgDirtyRef *r = oldest;
+        oldest = r->next;
+        if (Vk_DictGetC(dirty, r->key, r->len, NULL) == r->dirty) Vk_DictDelC(dirty, r->key, r->len, NULL);
+        Vk_Free(r->dirty);
+        Vk_Free(r->key);
+        Vk_Free(r);
+    }
+    newest = first_unassigned = NULL;
+    n_dirty = 0;
+    flush_target = 0;
+    flush_unassigned = 0;
     eg_watch_touch_all();
 }
 

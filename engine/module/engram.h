@@ -24,6 +24,7 @@ typedef struct VkCommand VkCommand;
 typedef struct VkKey VkKey;
 typedef struct VkScanCursor VkScanCursor;
 typedef struct VkUser VkUser;
+typedef struct VkRdbStream VkRdbStream;
 
 #define VK_OK 0
 #define VK_ERR 1
@@ -173,7 +174,10 @@ typedef void (*VkScanFunc)(VkCtx *ctx, VkString *keyname, VkKey *key, void *priv
     X(int, RegisterBoolConfig,                                                                     \
       (VkCtx * ctx, const char *name, int dflt, unsigned int flags, VkGetBoolFunc get,             \
        VkSetBoolFunc set, VkApplyFunc apply, void *priv))                                          \
-    X(int, LoadConfigs, (VkCtx * ctx))
+    X(int, LoadConfigs, (VkCtx * ctx))                                                             \
+    X(VkRdbStream *, RdbStreamCreateFromFile, (const char *filename))                              \
+    X(void, RdbStreamFree, (VkRdbStream * stream))                                                 \
+    X(int, RdbLoad, (VkCtx * ctx, VkRdbStream * stream, int flags))
 
 #define VK_DECLARE(ret, name, params) extern ret(*Vk_##name) params;
 VK_API(VK_DECLARE)
@@ -359,6 +363,8 @@ void eg_watch_add(EgClient *cl, int db, VkString *key);
 void eg_watch_clear(EgClient *cl);
 int eg_watch_broken(EgClient *cl);
 void eg_dirty_flushed(void);
+void eg_dirty_reset(void);
+long long eg_dirty_flushes(void); /* FLUSHALL/FLUSHDB and loads seen, ever */
 
 /* crc16.c */
 #define EG_SLOTS 16384
@@ -409,6 +415,7 @@ int eg_cmd_internal(VkCtx *ctx, VkString **argv, int argc);
 int eg_cmd_role(VkCtx *ctx, VkString **argv, int argc);
 int eg_cmd_lease(VkCtx *ctx, VkString **argv, int argc);
 int eg_cmd_topology(VkCtx *ctx, VkString **argv, int argc);
+int eg_cmd_loadrdb(VkCtx *ctx, VkString **argv, int argc);
 
 /* cluster.c */
 int eg_cluster_filter(VkFilterCtx *f, EgClient *cl, const char *name, size_t len, int argc, int cls);

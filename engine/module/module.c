@@ -498,6 +498,7 @@ int ValkeyModule_OnLoad(VkCtx *ctx, VkString **argv, int argc) {
         {"engram.role", eg_cmd_role, "admin fast deny-script"},
         {"engram.lease", eg_cmd_lease, "admin fast deny-script"},
         {"engram.topology", eg_cmd_topology, "admin deny-script"},
+        {"engram.loadrdb", eg_cmd_loadrdb, "admin deny-script"},
         {"engram.committimeout", cmd_committimeout, "admin fast"},
         {"engram.info", cmd_info, "readonly fast"},
         {"engram.clients", cmd_clients, "readonly"},
