@@ -9,7 +9,8 @@ from collections.abc import Callable
 from engram import ENGINE_VERSION
 from engram.journal.client import Journal, check_genesis
 from engram.journal.entries import Entry, EntryType, format_version
-from engram.journal.errors import IdentityMismatch
+from engram.journal.errors import IdentityMismatch, JournalError
+from engram.snapshots.record import Position
 from engram.valkey.connection import ValkeyConnection, encode
 
 log = logging.getLogger(__name__)
@@ -21,6 +22,10 @@ _REPLY_ON = encode([b"CLIENT", b"REPLY", b"ON"])
 
 class ApplyHalted(RuntimeError):
     """The replica stopped applying and must not take leadership."""
+
+
+class JournalGap(JournalError):
+    """The entry after the last applied one is gone (truncated): only a snapshot can bridge it."""
 
 
 class Applier:
@@ -48,6 +53,9 @@ class Applier:
         # The next place in the current leader's term chain; entries off the chain are skipped.
         self.term_next = 1
         self.skipped = 0
+        # Who the last leadership entry named, carried by snapshots with the term chain.
+        self.leader_id = ""
+        self.leader_address = ""
         self._conn: ValkeyConnection | None = None
         self._partial: list[bytes] = []
 
@@ -58,7 +66,36 @@ class Applier:
         self.identity_verified = False
         self.leader_epoch = 0
         self.term_next = 1
+        self.leader_id = ""
+        self.leader_address = ""
         self._partial = []
+
+    @property
+    def mid_batch(self) -> bool:
+        """Pieces of a batch are applied and its last piece is not: no snapshot may be cut here."""
+        return bool(self._partial)
+
+    def position(self) -> Position:
+        """Where this applier stands, for a snapshot taken of its Valkey now."""
+        if self._partial:
+            raise RuntimeError("no position in the middle of a batch")
+        return Position(self.applied_seq, self.checksum, self.leader_epoch, self.term_next,
+                        self.leader_id, self.leader_address)
+
+    def restore(self, position: Position) -> None:
+        """Continue after a snapshot loaded into Valkey, as if the journal had been applied up to it.
+
+        The snapshot's record named this cluster and shard (checked before loading), which stands
+        for the genesis entry that truncation may have removed.
+        """
+        self.reset()
+        self.applied_seq = position.seq
+        self.checksum = position.checksum
+        self.leader_epoch = position.epoch
+        self.term_next = position.term_next
+        self.leader_id = position.leader_id
+        self.leader_address = position.leader_address
+        self.identity_verified = True
 
     async def run(self) -> None:
         """Tail from the entry after the last applied one; returns when on_entry says stop."""
@@ -69,6 +106,12 @@ class Applier:
             async for entry in self.journal.tail(self.applied_seq + 1):
                 if entry.seq <= self.applied_seq:
                     continue
+                if entry.seq != self.applied_seq + 1:
+                    # JetStream starts a consumer at the first entry it still holds.
+                    raise JournalGap(
+                        f"the journal resumed at entry {entry.seq} after applied entry {self.applied_seq}: "
+                        f"entries {self.applied_seq + 1}..{entry.seq - 1} were truncated"
+                    )
                 if entry.version > ENGINE_VERSION:
                     self._halt(
                         f"entry {entry.seq} was written by engine {format_version(entry.version)}, newer "
@@ -88,6 +131,7 @@ class Applier:
                             f"epoch {self.leader_epoch} before it: the stream holds two histories"
                         )
                     self.leader_epoch = entry.epoch
+                    self.leader_id, self.leader_address = entry.node, entry.address
                     self.term_next = 1
                     # Pieces of a batch whose leader died before its last piece: never acknowledged.
                     self._partial = []
