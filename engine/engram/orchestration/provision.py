@@ -1,4 +1,4 @@
-"""Provisioning: the one place that creates a cluster's journal streams and metadata.
+"""Provisioning: the one place that creates a cluster's journal streams, metadata and snapshot bucket.
 
 It runs when a cluster is created (by `engram local up` or the operator's provisioning Job),
 never from a node: a node that cannot find its stream may be talking to a journal server that
@@ -17,6 +17,7 @@ from typing import TypeVar
 from engram.cluster.metadata import ClusterMetadata
 from engram.journal.client import Journal
 from engram.journal.errors import IdentityMismatch, JournalError
+from engram.snapshots.store import SnapshotStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -70,6 +71,10 @@ async def provision(
         for shard in range(request.shards):
             await _retry(lambda s=shard: journal.for_shard(s).create_stream(request.cluster_id), deadline)
             progress(f"shard {shard}: stream {journal.for_shard(shard).stream} ready")
+        snapshots = await _retry(lambda: SnapshotStore.create(
+            journal.jetstream, request.cluster, request.cluster_id, request.replicas
+        ), deadline)
+        progress(f"snapshot bucket {snapshots.bucket} ready")
     finally:
         await journal.close()
 

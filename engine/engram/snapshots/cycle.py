@@ -1,0 +1,43 @@
+"""One snapshot cycle of a shard: take and verify a snapshot, keep the newest few, truncate the journal."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from engram.journal.client import Journal
+from engram.snapshots.producer import Progress, take_snapshot
+from engram.snapshots.record import SnapshotRecord
+from engram.snapshots.store import SnapshotStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_KEEP = 2
+
+
+@dataclass(frozen=True)
+class CycleResult:
+    record: SnapshotRecord
+    pruned: list[SnapshotRecord]
+    truncated_below: int | None
+
+
+def truncation_point(records: list[SnapshotRecord], keep: int) -> int | None:
+    """The first entry the journal must still hold: the one after the oldest snapshot kept, so
+    that every kept snapshot can be recovered from (a newest that fails falls back to an older
+    one). None while no snapshot is verified: nothing may go."""
+    verified = sorted((r for r in records if r.verified), key=lambda r: r.seq, reverse=True)[: max(1, keep)]
+    if not verified:
+        return None
+    return min(r.seq for r in verified) + 1
+
+
+async def snapshot_shard(journal: Journal, store: SnapshotStore, cluster_id: str, *, keep: int = DEFAULT_KEEP,
+                         workdir: str | None = None, progress: Progress | None = None) -> CycleResult:
+    record = await take_snapshot(journal, store, cluster_id, workdir=workdir, progress=progress)
+    pruned = await store.prune(journal.shard, keep)
+    below = truncation_point(await store.records(journal.shard), keep)
+    if below is not None and below > (await journal.state()).first_seq:
+        await journal.truncate(below)
+        log.info("shard %d: journal truncated below entry %d", journal.shard, below)
+    return CycleResult(record, pruned, below)
