@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from engram.snapshots.schedule import SnapshotPolicy
+
 
 @dataclass
 class NodeConfig:
@@ -48,6 +50,11 @@ class NodeConfig:
     valkey_socket: str = ""
     metrics_port: int | None = None
     log_level: str = "warning"
+    # Snapshots (docs/snapshots.md), taken by one replica per shard: every snapshot_interval
+    # seconds, or once snapshot_tail_entries entries follow the newest; 0 turns either off.
+    snapshot_interval: float = 3600.0
+    snapshot_tail_entries: int = 100_000
+    snapshot_keep: int = 2
 
     def __post_init__(self) -> None:
         if not self.announce:
@@ -61,6 +68,11 @@ class NodeConfig:
             self.valkey_socket = str(Path(self.data_dir) / "valkey.sock")
         if self.lease_seconds <= 0:
             raise ValueError(f"lease_seconds must be positive, got {self.lease_seconds}")
+        self.snapshot_policy  # noqa: B018 - refuse a bad policy at load, not at the first snapshot
+
+    @property
+    def snapshot_policy(self) -> SnapshotPolicy:
+        return SnapshotPolicy(self.snapshot_interval, self.snapshot_tail_entries, self.snapshot_keep)
 
     @property
     def admin_announce(self) -> str:

@@ -1,4 +1,4 @@
-"""The node's control port: ENGRAM.STATUS and ENGRAM.FAILOVER for probes, peers and tools.
+"""The node's control port: ENGRAM.STATUS, ENGRAM.FAILOVER, ENGRAM.SNAPSHOT for probes, peers, tools.
 
 Clients talk to Valkey itself on the node's client port; this small RESP server is the node
 process's own door, so asking a node what it is never depends on its data path.
@@ -15,11 +15,14 @@ from dataclasses import dataclass
 from engram import ENGINE_VERSION, resp
 from engram.journal.entries import format_version
 from engram.leadership.switchover import SwitchoverError
+from engram.snapshots.record import SnapshotError
 
 log = logging.getLogger(__name__)
 
 StatusSource = Callable[[], dict[str, str]]
 Switchover = Callable[[str], Awaitable[None]]
+# Takes a snapshot of the node's shard now and says where it landed; SnapshotError when it cannot.
+SnapshotNow = Callable[[], Awaitable[str]]
 
 
 @dataclass
@@ -45,9 +48,11 @@ def _hello(args: list[bytes], session: Session) -> bytes:
 class ControlServer:
     """Answers the node's control commands, one RESP connection at a time each."""
 
-    def __init__(self, status: StatusSource, switchover: Switchover) -> None:
+    def __init__(self, status: StatusSource, switchover: Switchover,
+                 snapshot: SnapshotNow | None = None) -> None:
         self._status = status
         self._switchover = switchover
+        self._snapshot = snapshot
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self, host: str, port: int) -> None:
@@ -95,11 +100,22 @@ class ControlServer:
                 log.exception("ENGRAM.FAILOVER failed")
                 return resp.error(f"ERR switchover failed: {exc}")
             return resp.simple("OK")
+        if name == b"engram.snapshot" and self._snapshot is not None:
+            if len(args) != 1:
+                return resp.error("ERR usage: ENGRAM.SNAPSHOT (takes no arguments)")
+            try:
+                return resp.bulk(await self._snapshot())
+            except SnapshotError as exc:
+                return resp.error(f"ERR {exc}")
+            except Exception as exc:  # a control command must never take the node down
+                log.exception("ENGRAM.SNAPSHOT failed")
+                return resp.error(f"ERR snapshot failed: {exc}")
         if name == b"ping":
             return resp.simple("PONG")
         if name == b"client":
             return resp.simple("OK")  # clients announce themselves (CLIENT SETINFO); nothing to keep
         return resp.error(
             f"ERR unknown command '{args[0].decode(errors='replace')}' on the node's control port: "
-            "it answers ENGRAM.STATUS and ENGRAM.FAILOVER; data commands go to the client port"
+            "it answers ENGRAM.STATUS, ENGRAM.FAILOVER and ENGRAM.SNAPSHOT; data commands go to the "
+            "client port"
         )

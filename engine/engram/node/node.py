@@ -9,6 +9,7 @@ import logging
 import os
 import secrets
 import subprocess
+import sys
 import time
 
 from engram import ENGINE_VERSION, binaries, metrics
@@ -25,9 +26,13 @@ from engram.leadership.view import LeaderView
 from engram.node.config import NodeConfig
 from engram.node.control import ControlServer
 from engram.node.datapath import DataPath
-from engram.replication.applier import Applier, ApplyHalted
+from engram.replication.applier import Applier, ApplyHalted, JournalGap
 from engram.replication.committer import Committer
 from engram.replication.tap import Tap
+from engram.snapshots.record import Position, SnapshotError, SnapshotRecord
+from engram.snapshots.restore import open_store, recover
+from engram.snapshots.schedule import snapshot_due, snapshot_taker
+from engram.snapshots.store import SnapshotStore
 from engram.valkey.connection import ValkeyError
 from engram.valkey.process import start_valkey
 
@@ -43,6 +48,10 @@ def _warn_waiting(warned_at: float, what: str, exc: Exception) -> float:
     return now
 
 
+# How often the shard's snapshot taker asks whether a snapshot is due, and waits after a failure.
+SNAPSHOT_CHECK_INTERVAL = 2.0
+SNAPSHOT_RETRY_AFTER = 30.0
+SNAPSHOT_STATUS_INTERVAL = 15.0
 # How often a node refreshes its record in the cluster metadata (and on every role change).
 HEARTBEAT_INTERVAL = 10.0
 TAIL_WARN_EVERY = 10.0
@@ -73,6 +82,12 @@ class Node:
         self._background: list[asyncio.Task[None]] = []
         self.control: ControlServer | None = None
         self.applier: Applier | None = None
+        self.snapshots: SnapshotStore | None = None
+        self.newest_snapshot: SnapshotRecord | None = None
+        # One snapshot at a time per node, whoever asked for it.
+        self._snapshot_lock = asyncio.Lock()
+        # Valkey must be rebuilt (newest snapshot, then the journal's tail) before applying.
+        self._needs_recovery = True
         self.committer: Committer | None = None
         self.tap: Tap | None = None
         self.handing_over = False
@@ -152,6 +167,10 @@ class Node:
             "admin": self.config.admin_announce,
             "slots": self._slot_ranges(),
             "lag": str(self.lag if self.role is not Role.PRIMARY else 0),
+            # The shard's newest verified snapshot as this node last read it ("" while none).
+            "snapshot_seq": str(self.newest_snapshot.seq) if self.newest_snapshot else "",
+            "snapshot_age": (str(max(0, int(time.time() - self.newest_snapshot.created_at)))
+                             if self.newest_snapshot else ""),
         }
 
     def _slot_ranges(self) -> str:
@@ -171,7 +190,7 @@ class Node:
         # The control port before anything that can wait (Valkey starting, a journal that is away
         # for long): probes and the operator then see a node "starting", not a silent port that a
         # startup probe would restart over and over.
-        self.control = ControlServer(self.status, lambda target: self.switchover(target))
+        self.control = ControlServer(self.status, lambda target: self.switchover(target), self.take_snapshot)
         await self.control.start(cfg.host, cfg.admin_port)
         if cfg.spawn_valkey:
             self.valkey = await start_valkey(
@@ -184,11 +203,13 @@ class Node:
         await self.datapath.execute("FLUSHALL", "SYNC")
         self.journal = await self._connect_journal()
         self.meta = await self._open_metadata()
+        self.snapshots = await self._open_snapshots()
         loop = asyncio.get_running_loop()
         self._background = [
             loop.create_task(self.meta.watch()),
             loop.create_task(self._heartbeat()),
             loop.create_task(self._watch_journal()),
+            loop.create_task(self._snapshot_loop()),
         ]
         self.applier = Applier(self.journal, cfg.valkey_socket, self._observe, cfg.cluster_id)
         self.leader.last_renewal = time.monotonic()
@@ -264,6 +285,52 @@ class Node:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
+    async def _open_snapshots(self) -> SnapshotStore | None:
+        """The cluster's snapshot store (None for a cluster made before snapshots), waiting out a
+        journal that cannot answer: a node that skipped it would replay from a truncated start."""
+        cfg = self.config
+        assert self.journal is not None
+        delay, warned_at = 0.1, -TAIL_WARN_EVERY
+        while True:
+            try:
+                return await open_store(self.journal, cfg.cluster, cfg.cluster_id)
+            except IdentityMismatch as exc:
+                raise NodeHalted(str(exc)) from exc
+            except JournalError as exc:
+                warned_at = _warn_waiting(warned_at, "snapshot store", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _recover(self) -> None:
+        """Rebuild Valkey from the newest usable snapshot and set the applier just after it; with
+        no snapshot, empty Valkey and replay from the genesis entry."""
+        assert self.journal is not None and self.applier is not None
+        reply = await self.datapath.execute("CONFIG", "GET", "dir")
+        valkey_dir = reply[1].decode() if isinstance(reply, list) else self.config.data_dir
+        position = await recover(self.snapshots, self.journal, self.config.cluster_id, valkey_dir,
+                                 self._load_rdb)
+        if position is None:
+            await self.datapath.execute_now("FLUSHALL", "SYNC")
+            await self.datapath.execute_now("FUNCTION", "FLUSH", "SYNC")
+            self.applier.reset()
+        else:
+            self.applier.restore(position)
+            self._adopt_leader(position)
+            metrics.RESTORES.inc()
+
+    async def _load_rdb(self, path: str) -> None:
+        # Libraries already loaded would make the RDB's functions clash, and Valkey exits on that.
+        await self.datapath.execute_now("FUNCTION", "FLUSH", "SYNC")
+        await self.datapath.execute_now("ENGRAM.LOADRDB", path, timeout=600.0)
+
+    def _adopt_leader(self, position: Position) -> None:
+        """The leadership known at the snapshot's entry; the tail updates it as it is applied."""
+        if position.epoch >= self.leader.epoch:
+            self.leader.epoch = position.epoch
+            self.leader.leader_id = position.leader_id
+            self.leader.leader_address = position.leader_address
+        self.leader.last_renewal = time.monotonic()
+
     def _record(self) -> NodeRecord:
         cfg = self.config
         role = "primary" if self.role is Role.PRIMARY else "replica"
@@ -300,6 +367,84 @@ class Node:
                 continue
             if not await self.journal.has_leader(period):
                 self.leader.last_renewal = time.monotonic()
+
+    async def _snapshot_loop(self) -> None:
+        """On the shard's snapshot taker (a replica, see snapshot_taker), take a snapshot when one is
+        due, in a child process: the node's own loop never replays or holds a second dataset."""
+        cfg = self.config
+        policy = cfg.snapshot_policy
+        if self.snapshots is None:
+            return
+        assert self.journal is not None
+        started = time.time()
+        checked = 0.0
+        while True:
+            await asyncio.sleep(SNAPSHOT_CHECK_INTERVAL)
+            view = self.view
+            leader = view.leaders.get(cfg.shard)
+            taker = snapshot_taker(cfg.shard, view.live_nodes(cfg.shard), leader.node if leader else "")
+            is_taker = (policy.enabled and taker == cfg.node_id and self.role is Role.REPLICA
+                        and self.applier is not None and not self.applier.halted)
+            # Every node says how old its shard's newest snapshot is (ENGRAM.STATUS), less often.
+            if not is_taker and time.monotonic() - checked < SNAPSHOT_STATUS_INTERVAL:
+                continue
+            checked = time.monotonic()
+            if not is_taker:
+                with contextlib.suppress(JournalError):
+                    self.newest_snapshot = await self.snapshots.newest_verified(cfg.shard)
+                continue
+            try:
+                newest = await self.snapshots.newest_verified(cfg.shard)
+                last = await self.journal.last_seq()
+            except JournalError as exc:
+                log.info("snapshot check skipped: %s", exc)
+                continue
+            self.newest_snapshot = newest
+            reason = snapshot_due(policy, newest, last, time.time(), started)
+            if not reason or self._snapshot_lock.locked():
+                continue
+            log.info("taking a snapshot of shard %d: %s", cfg.shard, reason)
+            try:
+                await self.take_snapshot()
+            except SnapshotError as exc:
+                log.warning("%s; retrying in %gs", exc, SNAPSHOT_RETRY_AFTER)
+                await asyncio.sleep(SNAPSHOT_RETRY_AFTER)
+
+    async def take_snapshot(self) -> str:
+        """Take, verify and store a snapshot of this node's shard now (ENGRAM.SNAPSHOT, the schedule)."""
+        cfg = self.config
+        if self.snapshots is None:
+            raise SnapshotError(f"cluster {cfg.cluster} has no snapshot store (provisioned before snapshots)")
+        if self.role is not Role.REPLICA:
+            raise SnapshotError(f"{cfg.node_id} is {self.role.value}: snapshots are taken by replicas, never "
+                                "by the primary; ask a replica of the shard")
+        async with self._snapshot_lock:
+            code = await self._snapshot_child()
+        metrics.SNAPSHOTS.labels("ok" if code == 0 else "failed").inc()
+        if code != 0:
+            raise SnapshotError(f"snapshot of shard {cfg.shard} failed (exit {code}); "
+                                f"see the log of {cfg.node_id}")
+        try:
+            self.newest_snapshot = await self.snapshots.newest_verified(cfg.shard)
+        except JournalError as exc:
+            log.info("newest snapshot not read back: %s", exc)
+        seq = self.newest_snapshot.seq if self.newest_snapshot else 0
+        return f"shard {cfg.shard}: snapshot at entry {seq} verified"
+
+    async def _snapshot_child(self) -> int:
+        cfg = self.config
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "engram.snapshots", "--journal", ",".join(cfg.journal_urls),
+            "--cluster", cfg.cluster, "--cluster-id", cfg.cluster_id, "--shard", str(cfg.shard),
+            "--keep", str(cfg.snapshot_keep), "--workdir", cfg.data_dir, "--log-level", cfg.log_level,
+            stdin=subprocess.DEVNULL,
+        )
+        try:
+            return await proc.wait()
+        finally:
+            if proc.returncode is None:  # the node is stopping: so does its snapshot
+                proc.kill()
+                await proc.wait()
 
     async def _publish_leadership(self, epoch: int) -> None:
         assert self.meta is not None
@@ -352,9 +497,21 @@ class Node:
         warned_at, retries = -TAIL_WARN_EVERY, 0
         while True:
             try:
+                if self._needs_recovery:
+                    await self._recover()
+                    self._needs_recovery = False
                 await self.applier.run()
                 return  # stopped on purpose: this node is taking a hand-off
             except ApplyHalted:
+                metrics.HALTED.set(1)
+                return
+            except JournalGap as exc:
+                # Fell behind a truncation: only a snapshot can bring this node back.
+                log.warning("%s; restoring from a snapshot", exc)
+                self._needs_recovery = True
+            except SnapshotError as exc:
+                self.applier.halted = str(exc)
+                log.error("replica halted: %s", exc)
                 metrics.HALTED.set(1)
                 return
             except JournalError as exc:
@@ -514,11 +671,13 @@ class Node:
             self.tap.close()
             self.tap = None
         self.committer = None
-        # Executed-but-uncommitted writes must vanish: start again from the journal.
+        # Executed-but-uncommitted writes must vanish: start again from the newest snapshot and the
+        # journal after it (see _recover).
         await self.datapath.execute_now("FLUSHALL", "SYNC")
         await self.datapath.execute_now("FUNCTION", "FLUSH", "SYNC")
         await self.datapath.execute_now("SCRIPT", "FLUSH", "SYNC")
         self.applier.reset()
+        self._needs_recovery = True
         self.leader.last_renewal = time.monotonic()
         self.leader.new_backoff()
         self._become_replica()
