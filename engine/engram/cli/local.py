@@ -102,6 +102,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         zones=args.zones,
         base_port=args.port,
         lease_seconds=args.lease,
+        snapshot_interval=args.snapshot_interval,
+        snapshot_entries=args.snapshot_entries,
         log_level=args.log_level,
         node_command=tuple(shlex.split(args.node_command or "")),
         netns=args.netns,
@@ -152,6 +154,13 @@ def cmd_heal(args: argparse.Namespace) -> int:
 @_guarded
 def cmd_failover(args: argparse.Namespace) -> int:
     _say(cluster.failover(args.dir, args.name, shard=args.shard, to=args.to, timeout=args.timeout))
+    return 0
+
+
+@_guarded
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    for line in cluster.snapshot(args.dir, args.name, shard=args.shard, keep=args.keep, say=_say):
+        _say(line)
     return 0
 
 
@@ -207,6 +216,15 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="SECONDS",
         help="give up if the cluster does not serve within this time (default: %(default)s)",
     )
+    up.add_argument(
+        "--snapshot-interval", type=float, default=3600.0, metavar="SECONDS",
+        help="take a snapshot of each shard this often; 0: no schedule (default: %(default)s)",
+    )
+    up.add_argument(
+        "--snapshot-entries", type=int, default=100_000, metavar="N",
+        help="take a snapshot once N journal entries follow the newest; 0: no threshold "
+        "(default: %(default)s)",
+    )
     up.add_argument("--log-level", default="warning", help="node log level (default: %(default)s)")
     up.add_argument(
         "--node-command",
@@ -238,6 +256,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     partition.add_argument("zone", metavar="ZONE")
     heal = add("heal", cmd_heal, "reconnect a zone cut off by `partition`")
     heal.add_argument("zone", metavar="ZONE")
+
+    snapshot = add("snapshot", cmd_snapshot,
+                   "take, verify and store a snapshot of every shard; truncate the journal behind it")
+    snapshot.add_argument("--shard", type=int, default=None, help="only this shard (default: every shard)")
+    snapshot.add_argument("--keep", type=int, default=2,
+                          help="verified snapshots kept per shard; the journal is kept from the oldest "
+                          "(default: %(default)s)")
 
     failover = add("failover", cmd_failover, "planned switchover of a shard's primary")
     failover.add_argument("--shard", type=int, default=0, help="(default: %(default)s)")

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from engram import binaries
+from engram.journal.client import Journal
+from engram.journal.errors import JournalError
 from engram.node.config import NodeConfig
 from engram.platforms.local import network, plan, probe, processes
 from engram.platforms.local.state import (
@@ -26,6 +28,9 @@ from engram.platforms.local.state import (
     cluster_dir,
     default_base_dir,
 )
+from engram.snapshots.cycle import DEFAULT_KEEP, snapshot_shard
+from engram.snapshots.record import SnapshotError
+from engram.snapshots.store import SnapshotStore
 
 Progress = Callable[[str], None]
 CRASH_LOOP_RESTARTS = 3
@@ -430,6 +435,36 @@ def failover(
         raise LocalError(f"{to} is already the primary of shard {shard}")
     asyncio.run(probe.request_failover((primary.host, primary.control_port), to, timeout))
     return f"shard {shard}: {to} is now primary (was {primary.id})"
+
+
+def snapshot(base: str | Path, name: str, shard: int | None = None, keep: int = DEFAULT_KEEP,
+             say: Callable[[str], None] | None = None) -> list[str]:
+    """Take and verify a snapshot of each shard (or one), keep the newest `keep`, truncate the journal."""
+    state = load_running(base, name)
+    shards = range(state.shards) if shard is None else [shard]
+    if shard is not None and not 0 <= shard < state.shards:
+        raise LocalError(f"cluster {name} has no shard {shard} (shards: 0..{state.shards - 1})")
+
+    async def run() -> list[str]:
+        journal = await Journal.connect(state.journal_urls, name, 0, name=f"{name}-snapshot")
+        try:
+            store = await SnapshotStore.open(journal.jetstream, name, state.cluster_id)
+            lines = []
+            for number in shards:
+                result = await snapshot_shard(journal.for_shard(number), store, state.cluster_id, keep=keep,
+                                              workdir=str(state.path.parent), progress=say)
+                record = result.record
+                lines.append(f"shard {number}: snapshot at entry {record.seq}, {record.keys} keys, "
+                             f"{record.size} bytes, verified; journal kept from entry "
+                             f"{result.truncated_below or 1}")
+            return lines
+        finally:
+            await journal.close()
+
+    try:
+        return asyncio.run(run())
+    except (JournalError, SnapshotError) as exc:
+        raise LocalError(f"snapshot of {name} failed: {exc}") from exc
 
 
 # ---- partitions --------------------------------------------------------------------------------

@@ -32,6 +32,9 @@ class ClusterSpec:
     base_port: int | None = None
     lease_seconds: float = 2.0
     log_level: str = "warning"
+    # Snapshot triggers (0 turns one off): seconds between snapshots, entries since the newest.
+    snapshot_interval: float = 3600.0
+    snapshot_entries: int = 100_000
     node_command: tuple[str, ...] = ()
     # Each zone in its own network namespace, so a zone can be partitioned (root only).
     netns: bool = False
@@ -46,6 +49,8 @@ class ClusterSpec:
             raise PlanError(f"--zones must name one or more distinct zones, got {','.join(self.zones)!r}")
         if self.lease_seconds <= 0:
             raise PlanError(f"--lease must be positive, got {self.lease_seconds}")
+        if self.snapshot_interval < 0 or self.snapshot_entries < 0:
+            raise PlanError("--snapshot-interval and --snapshot-entries must not be negative (0: off)")
 
     @property
     def node_count(self) -> int:
@@ -115,6 +120,8 @@ def plan(spec: ClusterSpec, directory: Path, nats_server: str, valkey_server: st
         replicas=spec.replicas,
         zones=list(spec.zones),
         lease_seconds=spec.lease_seconds,
+        snapshot_interval=spec.snapshot_interval,
+        snapshot_entries=spec.snapshot_entries,
         nats_server=nats_server,
         valkey_server=valkey_server,
         nodes=nodes,
@@ -150,6 +157,8 @@ def node_config(state: ClusterState, node: NodeState, log_level: str = "warning"
         "host": node.host,
         "journal_replicas": journal_replicas(state),
         "lease_seconds": state.lease_seconds,
+        "snapshot_interval": state.snapshot_interval,
+        "snapshot_tail_entries": state.snapshot_entries,
         "valkey_server": state.valkey_server,
         "log_level": log_level,
     }

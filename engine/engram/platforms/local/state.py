@@ -142,6 +142,8 @@ class ClusterState:
     cluster_id: str = ""
     # Provisioning created the streams and metadata; it never runs again for this cluster.
     provisioned: bool = False
+    snapshot_interval: float = 3600.0
+    snapshot_entries: int = 100_000
 
     @property
     def endpoint(self) -> str:
