@@ -11,6 +11,8 @@ import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from engram import ENGINE_VERSION, binaries, metrics
 from engram.cluster.metadata import ClusterMetadata
@@ -46,6 +48,24 @@ def _warn_waiting(warned_at: float, what: str, exc: Exception) -> float:
         return warned_at
     log.warning("waiting for the %s (%s)", what, exc)
     return now
+
+
+T = TypeVar("T")
+
+
+async def _patiently(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+    """Retry attempt while the journal cannot answer (it may be away for long); data of another
+    cluster halts the node instead."""
+    delay, warned_at = 0.1, -TAIL_WARN_EVERY
+    while True:
+        try:
+            return await attempt()
+        except IdentityMismatch as exc:
+            raise NodeHalted(str(exc)) from exc
+        except JournalError as exc:
+            warned_at = _warn_waiting(warned_at, what, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 # How often the shard's snapshot taker asks whether a snapshot is due, and waits after a failure.
@@ -243,23 +263,21 @@ class Node:
         """Open the shard's provisioned stream, waiting while it cannot be found; never create it."""
         cfg = self.config
         journal: Journal | None = None
-        delay, warned_at = 0.1, -TAIL_WARN_EVERY
-        while True:
+
+        async def attempt() -> Journal:
+            nonlocal journal
+            if journal is None:
+                journal = await Journal.connect(
+                    cfg.journal_urls, cfg.cluster, cfg.shard, cfg.journal_replicas, name=cfg.node_id
+                )
             try:
-                if journal is None:
-                    journal = await Journal.connect(
-                        cfg.journal_urls, cfg.cluster, cfg.shard, cfg.journal_replicas, name=cfg.node_id
-                    )
                 await journal.open_stream(cfg.cluster_id)
-                return journal
-            except IdentityMismatch as exc:
-                if journal is not None:
-                    await journal.close()
-                raise NodeHalted(str(exc)) from exc
-            except JournalError as exc:
-                warned_at = _warn_waiting(warned_at, "journal", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+            except IdentityMismatch:
+                await journal.close()
+                raise
+            return journal
+
+        return await _patiently("journal", attempt)
 
     async def _shard_is_new(self) -> bool:
         assert self.journal is not None
@@ -272,34 +290,22 @@ class Node:
         """Open the provisioned cluster metadata, waiting while it cannot be found; never create it."""
         cfg = self.config
         assert self.journal is not None
-        delay, warned_at = 0.1, -TAIL_WARN_EVERY
-        while True:
-            try:
-                meta = await ClusterMetadata.open(self.journal.jetstream, cfg.cluster, cfg.cluster_id)
-                await meta.load_slot_map()
-                return meta
-            except IdentityMismatch as exc:
-                raise NodeHalted(str(exc)) from exc
-            except JournalError as exc:
-                warned_at = _warn_waiting(warned_at, "cluster metadata", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+        journal = self.journal
+
+        async def attempt() -> ClusterMetadata:
+            meta = await ClusterMetadata.open(journal.jetstream, cfg.cluster, cfg.cluster_id)
+            await meta.load_slot_map()
+            return meta
+
+        return await _patiently("cluster metadata", attempt)
 
     async def _open_snapshots(self) -> SnapshotStore | None:
         """The cluster's snapshot store (None for a cluster made before snapshots), waiting out a
         journal that cannot answer: a node that skipped it would replay from a truncated start."""
         cfg = self.config
         assert self.journal is not None
-        delay, warned_at = 0.1, -TAIL_WARN_EVERY
-        while True:
-            try:
-                return await open_store(self.journal, cfg.cluster, cfg.cluster_id)
-            except IdentityMismatch as exc:
-                raise NodeHalted(str(exc)) from exc
-            except JournalError as exc:
-                warned_at = _warn_waiting(warned_at, "snapshot store", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+        journal = self.journal
+        return await _patiently("snapshot store", lambda: open_store(journal, cfg.cluster, cfg.cluster_id))
 
     async def _recover(self) -> None:
         """Rebuild Valkey from the newest usable snapshot and set the applier just after it; with
