@@ -17,6 +17,7 @@ from engram.journal.client import Journal
 from engram.platforms.local.testing import run_engram, wait_for
 from engram.snapshots.store import RECORD_HEADER, SnapshotStore
 from tests.integration.workload import cli_status, client_for, control_for, control_status, primary_of
+from tests.valkey_process import running_valkey
 
 pytestmark = pytest.mark.integration
 
@@ -196,3 +197,48 @@ def test_engram_snapshot_on_a_replicas_control_port_takes_one_and_the_primary_re
     # Every node learns of it, the primary too, within its status refresh.
     wait_for(lambda: control_status(primary)["snapshot_seq"] == str(seq), 40,
              "the primary's status naming it")
+
+
+def _rdb_file(directory: Path) -> tuple[Path, dict[str, bytes]]:
+    """A dump.rdb written by a stock valkey-server: strings, a hash, a key with a time to live."""
+    written = {f"user:{i}": f"value-{i}".encode() for i in range(3000)}
+    with running_valkey() as (sock, data_dir), redis.Redis(unix_socket_path=str(sock)) as conn:
+        conn.mset(written)
+        conn.hset("profile", mapping={"name": "ada", "lang": "en"})
+        conn.set("session", "s1", ex=3600)
+        conn.set("gone", "x", px=1)  # expired before the save: Valkey drops it on load
+        conn.save()
+        target = directory / "seed.rdb"
+        target.write_bytes((data_dir / "dump.rdb").read_bytes())
+    return target, written
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_a_new_cluster_restores_an_rdb_file_into_any_shard_count(local_cluster, short_tmp: Path,
+                                                                  shards: int) -> None:
+    rdb, written = _rdb_file(short_tmp)
+    status = local_cluster(shards=shards, replicas=1, restore_from=str(rdb))
+    primary = primary_of(cli_status(status))
+    host, port = primary["address"].rsplit(":", 1)
+    with redis.RedisCluster(host=host, port=int(port)) as client:
+        keys = sorted(written)
+        assert [client.get(k) for k in keys] == [written[k] for k in keys]
+        assert client.hgetall("profile") == {b"name": b"ada", b"lang": b"en"}
+        assert 3500 < client.ttl("session") <= 3600
+        assert client.get("gone") is None
+        if shards > 1:
+            owners = {n["shard"] for n in cli_status(status)["nodes"] if n["role"] == "primary"}
+            assert owners == set(range(shards))
+            per_shard = [int(client.execute_command("DBSIZE", target_nodes=node))
+                         for node in client.get_primaries()]
+            assert len(per_shard) == shards and all(n > 500 for n in per_shard), per_shard
+        # The seeded data is a write like any other: new writes go on after it.
+        client.set("user:0", "changed")
+        assert client.get("user:0") == b"changed"
+
+
+def test_restore_refuses_a_file_that_is_not_an_rdb(local_cluster, short_tmp: Path) -> None:
+    bogus = short_tmp / "bogus.rdb"
+    bogus.write_bytes(b"this is not an rdb file")
+    with pytest.raises(pytest.fail.Exception, match="restore failed"):
+        local_cluster(shards=1, replicas=1, restore_from=str(bogus), timeout=60)

@@ -104,6 +104,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         lease_seconds=args.lease,
         snapshot_interval=args.snapshot_interval,
         snapshot_entries=args.snapshot_entries,
+        restore_from=tuple(args.restore_from),
         log_level=args.log_level,
         node_command=tuple(shlex.split(args.node_command or "")),
         netns=args.netns,
@@ -224,6 +225,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--snapshot-entries", type=int, default=100_000, metavar="N",
         help="take a snapshot once N journal entries follow the newest; 0: no threshold "
         "(default: %(default)s)",
+    )
+    up.add_argument(
+        "--restore-from", action="append", default=[], metavar="RDB",
+        help="seed the new cluster with the keys of this RDB file (a snapshot or Valkey's dump.rdb); "
+        "repeatable; keys go to the shards that own their slots",
     )
     up.add_argument("--log-level", default="warning", help="node log level (default: %(default)s)")
     up.add_argument(

@@ -17,6 +17,8 @@ from typing import TypeVar
 from engram.cluster.metadata import ClusterMetadata
 from engram.journal.client import Journal
 from engram.journal.errors import IdentityMismatch, JournalError
+from engram.snapshots.record import SnapshotError
+from engram.snapshots.seed import SEED_NODE, seed_from_rdb
 from engram.snapshots.store import SnapshotStore
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,8 @@ class ProvisionRequest:
     cluster_id: str
     shards: int
     replicas: int = 3
+    # RDB files whose keys seed the new cluster, each to the shard owning its slot (docs/snapshots.md).
+    restore_from: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.cluster_id:
@@ -75,8 +79,23 @@ async def provision(
             journal.jetstream, request.cluster, request.cluster_id, request.replicas
         ), deadline)
         progress(f"snapshot bucket {snapshots.bucket} ready")
+        if request.restore_from:
+            await _seed(journal, request, progress)
     finally:
         await journal.close()
+
+
+async def _seed(journal: Journal, request: ProvisionRequest, progress: Callable[[str], None]) -> None:
+    """Seed the shards from the request's RDB files, once: a re-run finds them seeded already."""
+    try:
+        second = await journal.get(2)
+        if second is not None and second.node == SEED_NODE:
+            progress("restore: the journals were seeded by an earlier run")
+            return
+        await seed_from_rdb(journal, request.cluster_id, request.shards, list(request.restore_from),
+                            progress=progress)
+    except (SnapshotError, JournalError) as exc:
+        raise ProvisionError(f"restore failed: {exc}", permanent=True) from exc
 
 
 async def _retry(attempt: Callable[[], Awaitable[T]], deadline: float) -> T:

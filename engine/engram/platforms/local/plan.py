@@ -35,6 +35,8 @@ class ClusterSpec:
     # Snapshot triggers (0 turns one off): seconds between snapshots, entries since the newest.
     snapshot_interval: float = 3600.0
     snapshot_entries: int = 100_000
+    # RDB files that seed the new cluster (`up --restore-from`).
+    restore_from: tuple[str, ...] = ()
     node_command: tuple[str, ...] = ()
     # Each zone in its own network namespace, so a zone can be partitioned (root only).
     netns: bool = False
@@ -49,6 +51,9 @@ class ClusterSpec:
             raise PlanError(f"--zones must name one or more distinct zones, got {','.join(self.zones)!r}")
         if self.lease_seconds <= 0:
             raise PlanError(f"--lease must be positive, got {self.lease_seconds}")
+        for path in self.restore_from:
+            if not Path(path).is_file():
+                raise PlanError(f"--restore-from {path}: no such file")
         if self.snapshot_interval < 0 or self.snapshot_entries < 0:
             raise PlanError("--snapshot-interval and --snapshot-entries must not be negative (0: off)")
 
@@ -122,6 +127,7 @@ def plan(spec: ClusterSpec, directory: Path, nats_server: str, valkey_server: st
         lease_seconds=spec.lease_seconds,
         snapshot_interval=spec.snapshot_interval,
         snapshot_entries=spec.snapshot_entries,
+        restore_from=[str(Path(p).resolve()) for p in spec.restore_from],
         nats_server=nats_server,
         valkey_server=valkey_server,
         nodes=nodes,
@@ -139,7 +145,8 @@ def journal_replicas(state: ClusterState) -> int:
 
 def provision_request(state: ClusterState) -> ProvisionRequest:
     """What provisioning creates for this cluster, once, before its first node starts."""
-    return ProvisionRequest(state.name, state.cluster_id, state.shards, journal_replicas(state))
+    return ProvisionRequest(state.name, state.cluster_id, state.shards, journal_replicas(state),
+                            restore_from=tuple(state.restore_from))
 
 
 def node_config(state: ClusterState, node: NodeState, log_level: str = "warning") -> NodeConfig:

@@ -144,6 +144,7 @@ class ClusterState:
     provisioned: bool = False
     snapshot_interval: float = 3600.0
     snapshot_entries: int = 100_000
+    restore_from: list[str] = field(default_factory=list)
 
     @property
     def endpoint(self) -> str:
