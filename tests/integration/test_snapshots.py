@@ -197,6 +197,7 @@ def test_engram_snapshot_on_a_replicas_control_port_takes_one_and_the_primary_re
     # Every node learns of it, the primary too, within its status refresh.
     wait_for(lambda: control_status(primary)["snapshot_seq"] == str(seq), 40,
              "the primary's status naming it")
+    assert next(n for n in cli_status(status)["nodes"] if n["id"] == replica["id"])["snapshot_seq"] == seq
 
 
 def _rdb_file(directory: Path) -> tuple[Path, dict[str, bytes]]:

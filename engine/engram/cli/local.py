@@ -66,14 +66,18 @@ def _dash(value: Any) -> str:
 
 def _print_status(doc: dict[str, Any]) -> None:
     print(f"cluster {doc['name']}  endpoint {doc['endpoint']}  ({doc['dir']})\n")
-    nodes = [("NODE", "SHARD", "SLOTS", "ZONE", "ROLE", "ADDRESS", "CONTROL", "PID", "APPLIED", "RESTARTS")]
+    nodes = [("NODE", "SHARD", "SLOTS", "ZONE", "ROLE", "ADDRESS", "CONTROL", "PID", "APPLIED", "SNAPSHOT",
+              "RESTARTS")]
     for n in doc["nodes"]:
         role = n["role"] + (f" (halted: {n['halted']})" if n.get("halted") else "")
         pid, applied, restarts = _dash(n["pid"]), _dash(n["applied_seq"]), str(n["restarts"])
         slots = _dash(n.get("slots"))
         control = _dash(n.get("admin"))
+        seq, age = n.get("snapshot_seq"), n.get("snapshot_age")
+        snapshot = f"{seq} ({age}s ago)" if seq is not None and age is not None else "-"
         nodes.append(
-            (n["id"], str(n["shard"]), slots, n["zone"], role, n["address"], control, pid, applied, restarts)
+            (n["id"], str(n["shard"]), slots, n["zone"], role, n["address"], control, pid, applied, snapshot,
+             restarts)
         )
     _table(nodes)
     print()

@@ -506,6 +506,7 @@ class Node:
                 if self._needs_recovery:
                     await self._recover()
                     self._needs_recovery = False
+                    metrics.HALTED.set(0)
                 await self.applier.run()
                 return  # stopped on purpose: this node is taking a hand-off
             except ApplyHalted:
@@ -516,10 +517,11 @@ class Node:
                 log.warning("%s; restoring from a snapshot", exc)
                 self._needs_recovery = True
             except SnapshotError as exc:
+                # Not applying, and saying why; a snapshot taken meanwhile may still bring it back.
                 self.applier.halted = str(exc)
-                log.error("replica halted: %s", exc)
+                log.error("replica halted: %s; trying again in %gs", exc, SNAPSHOT_RETRY_AFTER)
                 metrics.HALTED.set(1)
-                return
+                await asyncio.sleep(SNAPSHOT_RETRY_AFTER)
             except JournalError as exc:
                 # The journal can be away for long (a partition): say so now and then, not 5x a second.
                 retries += 1

@@ -15,6 +15,7 @@ from engram.snapshots.store import SnapshotStore
 log = logging.getLogger(__name__)
 
 RESTORE_FILE = "engram-restore.rdb"
+LIST_ROUNDS = 3
 
 # Loads an RDB file (a path Valkey can read) into the node's Valkey, replacing its data.
 LoadRdb = Callable[[str], Awaitable[None]]
@@ -37,23 +38,29 @@ async def recover(store: SnapshotStore | None, journal: Journal, cluster_id: str
     left and the journal no longer starts at its genesis entry, the node cannot recover.
     """
     shard = journal.shard
-    first = (await journal.state()).first_seq
-    records = await store.records(shard) if store is not None else []
-    for record in recovery_candidates(records, cluster_id, shard, first):
-        path = os.path.join(valkey_dir, RESTORE_FILE)
-        try:
-            await store.fetch(record, path)  # type: ignore[union-attr]
-        except SnapshotError as exc:
-            log.error("snapshot %s skipped: %s", record.object_name, exc)
-            continue
-        try:
-            await load(path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-        log.info("restored shard %d from snapshot at entry %d (%d keys); replaying the tail",
-                 shard, record.seq, record.keys)
-        return record.position
+    # Newer snapshots may be taken and older ones pruned while this runs: a candidate found gone
+    # is worth one more look at what the store holds now.
+    for _ in range(LIST_ROUNDS):
+        first = (await journal.state()).first_seq
+        records = await store.records(shard) if store is not None else []
+        candidates = recovery_candidates(records, cluster_id, shard, first)
+        for record in candidates:
+            path = os.path.join(valkey_dir, RESTORE_FILE)
+            try:
+                await store.fetch(record, path)  # type: ignore[union-attr]
+            except SnapshotError as exc:
+                log.error("snapshot %s skipped: %s", record.object_name, exc)
+                continue
+            try:
+                await load(path)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            log.info("restored shard %d from snapshot at entry %d (%d keys); replaying the tail",
+                     shard, record.seq, record.keys)
+            return record.position
+        if not candidates:
+            break
     if first > 1:
         raise SnapshotError(
             f"shard {shard}: the journal starts at entry {first} and no usable snapshot covers the "

@@ -108,6 +108,9 @@ def _node_entry(node: NodeState, live: dict[str, str] | None) -> dict[str, Any]:
         "leader_id": live.get("leader_id") or None,
         "halted": live.get("halted") or "",
         "slots": live.get("slots") or "",
+        # The shard's newest verified snapshot, as this node last read it.
+        "snapshot_seq": _int(live.get("snapshot_seq")),
+        "snapshot_age": _int(live.get("snapshot_age")),
         "engine_version": live.get("engine_version") or None,
         "restarts": node.restarts,
         "log": node.log,
