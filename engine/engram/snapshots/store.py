@@ -174,14 +174,16 @@ class SnapshotStore:
             duplicate_window=DUPLICATE_WINDOW,
             metadata={META_CLUSTER_ID: cluster_id},
         )
-        try:
-            await js.add_stream(config)
-        except nats.js.errors.BadRequestError as exc:
-            if exc.err_code != STREAM_NAME_IN_USE:
-                raise _translate(exc, None) from exc
-            # Held already: by this cluster (a re-run of provisioning) or by another; open checks.
-        except Exception as exc:
-            raise _translate(exc, None) from exc
+        async def _add() -> None:
+            # A retry after a timeout is safe: the stream then exists, with this configuration.
+            try:
+                await js.add_stream(config)
+            except nats.js.errors.BadRequestError as exc:
+                if exc.err_code != STREAM_NAME_IN_USE:
+                    raise
+                # Held already: by this cluster (a re-run of provisioning) or by another; checked next.
+
+        await store._retrying(f"creating snapshot bucket {store.bucket}", _add)
         await store._check_identity()
         return store
 
@@ -195,14 +197,15 @@ class SnapshotStore:
         return store
 
     async def _check_identity(self) -> None:
-        try:
-            info = await self._js.stream_info(self.stream)
-        except nats.js.errors.NotFoundError:
-            raise StreamMissing(
-                f"snapshot bucket {self.bucket} not found: it is created by provisioning, not by nodes"
-            ) from None
-        except Exception as exc:
-            raise _translate(exc, None) from exc
+        async def _info() -> api.StreamInfo:
+            try:
+                return await self._js.stream_info(self.stream)
+            except nats.js.errors.NotFoundError:
+                raise StreamMissing(
+                    f"snapshot bucket {self.bucket} not found: it is created by provisioning, not by nodes"
+                ) from None
+
+        info = await self._retrying(f"opening snapshot bucket {self.bucket}", _info)
         owner = (info.config.metadata or {}).get(META_CLUSTER_ID)
         if owner != self.cluster_id:
             raise IdentityMismatch(
