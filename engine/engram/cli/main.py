@@ -7,6 +7,7 @@ import sys
 
 from engram import __version__
 from engram.bench import cli as bench_cli
+from engram.bench import recovery as recovery_bench
 from engram.chaos import cli as chaos_cli
 from engram.cli import local, provision
 
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     local.register(commands)
     bench_cli.add_parser(commands)
+    recovery_bench.add_parser(commands)
     chaos_cli.add_parser(commands)
     provision.add_parser(commands)
     node = commands.add_parser("node", help="run one engine node (platforms start this)")
