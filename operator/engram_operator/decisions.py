@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -537,3 +538,105 @@ def _wait_reasons(cluster: ClusterSpec, seen: Observed, plan: Plan) -> None:
         hosted = [p for p in seen.pods if p.node == node and not p.deleting]
         if hosted and not any(p.zone in seen.blinking_zones() for p in hosted):
             plan.waiting.append(f"node {node} is not Ready: its pods stay unless it lasts {grace}")
+
+
+# On-demand snapshots (spec.snapshots.request): which replica each shard's is asked of, whether a
+# request is still to be carried out, and what its outcome says. The asking is probe.take_snapshots.
+
+
+@dataclass(frozen=True)
+class SnapshotTarget:
+    """Where one shard's on-demand snapshot is asked for: a replica pod, or why there is none."""
+
+    shard: int
+    pod: str = ""
+    problem: str = ""
+
+
+@dataclass(frozen=True)
+class SnapshotResult:
+    """One shard's answer to a snapshot request: the node's reply, or why there is none."""
+
+    shard: int
+    pod: str
+    succeeded: bool
+    message: str
+
+
+def pending_snapshot_request(cluster: ClusterSpec, handled: Iterable[str]) -> str:
+    """The spec's snapshot request when it is still to be carried out, else "".
+
+    ``handled``: the requests already answered (status.snapshots.lastRequest, and the one this
+    operator recorded last, which a body read before that status write does not show yet). A
+    request is carried out once, whether every shard succeeded or not: a failed one is not retried
+    until the user sets a new value.
+    """
+    request = cluster.snapshots.request
+    return request if request and request not in set(handled) else ""
+
+
+def snapshot_replica(seen: Observed, shard: int) -> PodInfo | None:
+    """The replica that takes the shard's on-demand snapshot: ready (so caught up), answering as a
+    replica that has not halted, on a node that is not lost, not being deleted; the lowest pod name
+    of those, the node the engine's own schedule picks too (engram.snapshots.schedule.snapshot_taker),
+    so requested and scheduled snapshots queue on one node instead of running side by side."""
+    eligible = []
+    for pod in seen.pods:
+        status = seen.statuses.get(pod.name)
+        if pod.shard != shard or pod.deleting or not pod.ready or not pod.ip or status is None:
+            continue
+        if status.role != "replica" or status.halted or seen.pod_lost(pod):
+            continue
+        eligible.append(pod)
+    return min(eligible, key=lambda p: p.name, default=None)
+
+
+def snapshot_targets(cluster: ClusterSpec, seen: Observed) -> list[SnapshotTarget]:
+    """One target per shard: the replica to ask (snapshot_replica), or why the shard has none."""
+    out = []
+    for shard in range(cluster.shards):
+        pod = snapshot_replica(seen, shard)
+        if pod is not None:
+            out.append(SnapshotTarget(shard, pod.name))
+        elif cluster.replicas_per_shard == 0:
+            out.append(
+                SnapshotTarget(
+                    shard,
+                    problem=f"shard {shard} has no replica (replicasPerShard is 0): snapshots are taken "
+                    "by a replica, never by the primary",
+                )
+            )
+        else:
+            out.append(
+                SnapshotTarget(
+                    shard,
+                    problem=f"shard {shard} has no ready replica applying the journal (starting, halted, "
+                    "lost or being replaced): snapshots are taken by a replica, never by the primary; "
+                    "set spec.snapshots.request again once one is ready",
+                )
+            )
+    return out
+
+
+def snapshot_request_event(request: str, targets: Sequence[SnapshotTarget]) -> Event:
+    """The action: which replica each shard's snapshot is asked of (and which shards have none)."""
+    asked = ", ".join(f"shard {t.shard} on {t.pod}" for t in targets if t.pod)
+    message = f"snapshot request {request!r}: " + (f"taking a snapshot of {asked}" if asked else "no shard")
+    missing = [t.problem for t in targets if not t.pod]
+    if missing:
+        message += "; " + "; ".join(missing)
+    return Event("Normal", "SnapshotRequested", message)
+
+
+def snapshot_outcome_event(request: str, results: Sequence[SnapshotResult]) -> Event:
+    """Normal when every shard's snapshot is verified, else a Warning naming each failure."""
+    failed = [r for r in results if not r.succeeded]
+    said = "; ".join(r.message for r in sorted(results, key=lambda r: (r.succeeded, r.shard)))
+    if not failed:
+        return Event("Normal", "SnapshotTaken", f"snapshot request {request!r}: {said}")
+    return Event(
+        "Warning",
+        "SnapshotFailed",
+        f"snapshot request {request!r}: {len(failed)} of {len(results)} shard(s) failed: {said}. "
+        "Not retried: set spec.snapshots.request to a new value to try again",
+    )

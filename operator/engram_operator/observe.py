@@ -25,6 +25,10 @@ class EngineStatus:
     applied_seq: int = 0
     committed_seq: int = 0
     leader_id: str = ""
+    # The shard's newest verified snapshot as the node last read it: its entry (0 while none) and
+    # its age in seconds (None while none).
+    snapshot_seq: int = 0
+    snapshot_age: int | None = None
 
 
 @dataclass(frozen=True)
@@ -261,6 +265,13 @@ def parse_engine_status(reply: Iterable[Any]) -> EngineStatus:
         except (TypeError, ValueError):
             return 0
 
+    def optional(key: str) -> int | None:
+        # "" while there is nothing to say (and absent from nodes older than the field).
+        try:
+            return int(fields[key])
+        except (KeyError, TypeError, ValueError):
+            return None
+
     return EngineStatus(
         role=str(fields.get("role") or "starting"),
         halted=str(fields.get("halted") or ""),
@@ -268,4 +279,6 @@ def parse_engine_status(reply: Iterable[Any]) -> EngineStatus:
         applied_seq=num("applied_seq"),
         committed_seq=num("committed_seq"),
         leader_id=str(fields.get("leader_id") or ""),
+        snapshot_seq=num("snapshot_seq"),
+        snapshot_age=optional("snapshot_age"),
     )

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -13,10 +14,21 @@ from kubernetes.client.exceptions import ApiException
 from engram.node.peer import PeerRefused, PeerUnreachable
 from engram_operator import identity, kube, labels, metrics, node_cache, probe
 from engram_operator.announce import announcements
-from engram_operator.decisions import Event, Plan, Problem, decide
+from engram_operator.decisions import (
+    Event,
+    Plan,
+    Problem,
+    SnapshotResult,
+    SnapshotTarget,
+    decide,
+    pending_snapshot_request,
+    snapshot_outcome_event,
+    snapshot_request_event,
+    snapshot_targets,
+)
 from engram_operator.observe import JobInfo, Observed, job_from_api, node_from_api, pod_from_api
 from engram_operator.spec import ClusterSpec
-from engram_operator.status import build_status
+from engram_operator.status import build_status, snapshot_request_done, snapshot_request_record
 
 EmitEvent = Callable[[Event], None]
 
@@ -122,6 +134,78 @@ async def execute(cluster: ClusterSpec, plan: Plan, seen: Observed, logger: logg
     return failures
 
 
+@dataclass
+class SnapshotRun:
+    """An on-demand snapshot request being carried out, kept in the cluster's kopf memo."""
+
+    request: str
+    targets: list[SnapshotTarget]
+    task: asyncio.Task[list[SnapshotResult]]
+
+
+# Memo keys: the run in progress, and the last request recorded (a body read before that status
+# write reached the operator still shows the previous lastRequest).
+SNAPSHOT_RUN = "snapshot_run"
+SNAPSHOT_RECORDED = "snapshot_recorded"
+
+
+def snapshot_requests(
+    cluster: ClusterSpec,
+    seen: Observed,
+    previous: Mapping[str, Any],
+    memo: MutableMapping[str, Any],
+    plan: Plan,
+) -> dict[str, Any]:
+    """Carry out spec.snapshots.request; returns status.snapshots' request record.
+
+    A snapshot takes minutes, so the reconcile never waits for one: a new request starts a task
+    that asks one replica per shard at once (probe.take_snapshots, each call bounded by
+    probe.SNAPSHOT_TIMEOUT), and a later reconcile (the 5 s timer) records its results once it
+    has finished. The decisions (whether a request is pending, which replica) are in decisions.py.
+    After an operator restart a request still in progress is asked again (the node queues it).
+    """
+    record = snapshot_request_record(previous)
+    run: SnapshotRun | None = memo.get(SNAPSHOT_RUN)
+    if run is not None:
+        if not run.task.done():
+            return {**record, "inProgress": run.request}
+        del memo[SNAPSHOT_RUN]
+        try:
+            results = run.task.result()
+        except BaseException as err:  # cancelled (take_snapshots itself never raises)
+            results = [SnapshotResult(t.shard, t.pod, False, f"interrupted: {err!r}") for t in run.targets]
+        return _snapshots_done(cluster, seen, run.request, results, memo, plan)
+    request = pending_snapshot_request(cluster, (record["lastRequest"], memo.get(SNAPSHOT_RECORDED, "")))
+    if not request:
+        return {**record, "inProgress": ""}
+    targets = snapshot_targets(cluster, seen)
+    plan.events.append(snapshot_request_event(request, targets))
+    if not any(t.pod for t in targets):
+        results = [SnapshotResult(t.shard, "", False, t.problem) for t in targets]
+        return _snapshots_done(cluster, seen, request, results, memo, plan)
+    ips = {p.name: p.ip for p in seen.pods}
+    task = asyncio.create_task(probe.take_snapshots(targets, ips))
+    memo[SNAPSHOT_RUN] = SnapshotRun(request, targets, task)
+    log.info("%s/%s: snapshot request %r started", cluster.namespace, cluster.name, request)
+    return {**record, "inProgress": request}
+
+
+def _snapshots_done(
+    cluster: ClusterSpec,
+    seen: Observed,
+    request: str,
+    results: list[SnapshotResult],
+    memo: MutableMapping[str, Any],
+    plan: Plan,
+) -> dict[str, Any]:
+    memo[SNAPSHOT_RECORDED] = request
+    plan.events.append(snapshot_outcome_event(request, results))
+    for result in results:
+        outcome = "taken" if result.succeeded else "failed"
+        metrics.SNAPSHOT_REQUESTS.labels(cluster.namespace, cluster.name, outcome).inc()
+    return snapshot_request_done(request, results, seen.now)
+
+
 def _api_error(err: ApiException) -> str:
     return f"{err.status} {err.reason}".strip()
 
@@ -148,10 +232,19 @@ async def reconcile(
     seen = await observe(cluster, previous)
     plan = decide(cluster, seen)
     failures = await execute(cluster, plan, seen, logger)
+    requests = snapshot_requests(cluster, seen, previous, memo, plan)
     events, memo["posted"] = announcements(plan, failures, previous, memo.get("posted", frozenset()))
     for event in events:
         emit(event)
-    status = build_status(cluster, seen, plan, previous, int(meta.get("generation") or 0), failures=failures)
+    status = build_status(
+        cluster,
+        seen,
+        plan,
+        previous,
+        int(meta.get("generation") or 0),
+        failures=failures,
+        snapshot_requests=requests,
+    )
     status_patch.update(status)
     outcome = (
         "failed" if failures else "degraded" if plan.degraded else "waiting" if plan.waiting else "settled"

@@ -82,6 +82,21 @@ class JournalSpec:
 
 
 @dataclass(frozen=True)
+class SnapshotSpec:
+    """When the engine nodes snapshot their shards (docs/snapshots.md), and an on-demand request.
+
+    ``interval_seconds``, ``tail_entries`` and ``keep`` reach every node's config (NodeConfig's
+    snapshot_*), so changing one rolls the pods. ``request`` never reaches a node: the operator
+    asks one replica per shard for a snapshot when it changes (decisions.pending_snapshot_request).
+    """
+
+    interval_seconds: float = 3600.0
+    tail_entries: int = 100_000
+    keep: int = 2
+    request: str = ""
+
+
+@dataclass(frozen=True)
 class ClusterSpec:
     """One MemoryCluster: identity plus its desired state."""
 
@@ -95,6 +110,7 @@ class ClusterSpec:
     node_resources: Resources = field(default_factory=Resources)
     placement: PlacementSpec = field(default_factory=PlacementSpec)
     journal: JournalSpec = field(default_factory=JournalSpec)
+    snapshots: SnapshotSpec = field(default_factory=SnapshotSpec)
 
     @property
     def nodes_per_shard(self) -> int:
@@ -110,6 +126,7 @@ class ClusterSpec:
         journal = spec.get("journal") or {}
         storage = journal.get("storage") or {}
         resources = spec.get("resources") or {}
+        snapshots = spec.get("snapshots") or {}
         return cls(
             name=meta["name"],
             namespace=meta.get("namespace") or "default",
@@ -139,6 +156,12 @@ class ClusterSpec:
                 storage_class=storage.get("storageClassName"),
                 image=journal.get("image", ""),
                 resources=Resources.from_dict(journal.get("resources")),
+            ),
+            snapshots=SnapshotSpec(
+                interval_seconds=float(snapshots.get("intervalSeconds", SnapshotSpec.interval_seconds)),
+                tail_entries=int(snapshots.get("tailEntries", SnapshotSpec.tail_entries)),
+                keep=int(snapshots.get("keep", SnapshotSpec.keep)),
+                request=str(snapshots.get("request") or ""),
             ),
         )
 

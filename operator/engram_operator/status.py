@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from engram_operator import constants, labels
 from engram_operator.conditions import Condition, build_conditions
-from engram_operator.decisions import HALTED_RETRY_AFTER, Plan, Problem
+from engram_operator.decisions import HALTED_RETRY_AFTER, Plan, Problem, SnapshotResult
 from engram_operator.observe import Observed
 from engram_operator.spec import ClusterSpec
 
@@ -22,21 +23,83 @@ def shard_status(cluster: ClusterSpec, seen: Observed) -> list[dict[str, Any]]:
         statuses = [seen.statuses[p.name] for p in pods if p.name in seen.statuses]
         committed = max((s.committed_seq for s in statuses), default=0)
         lag = max((committed - s.applied_seq for s in statuses if s.role == "replica"), default=0)
-        out.append(
-            {
-                "id": shard,
-                "primary": primary.name if primary else "",
-                "primaryZone": primary.zone if primary else "",
-                "readyNodes": sum(1 for p in pods if p.ready),
-                "nodes": len(pods),
-                "committedSeq": committed,
-                "maxReplicaLag": max(lag, 0),
-                "zones": [p.zone for p in pods],
-                "halted": sorted(
-                    p.name for p in pods if p.name in seen.statuses and seen.statuses[p.name].halted
-                ),
-            }
-        )
+        # Every node reads the shard's newest verified snapshot now and then: the furthest one wins.
+        snapshot_seq = max((s.snapshot_seq for s in statuses), default=0)
+        ages = [
+            s.snapshot_age for s in statuses if s.snapshot_seq == snapshot_seq and s.snapshot_age is not None
+        ]
+        entry: dict[str, Any] = {
+            "id": shard,
+            "primary": primary.name if primary else "",
+            "primaryZone": primary.zone if primary else "",
+            "readyNodes": sum(1 for p in pods if p.ready),
+            "nodes": len(pods),
+            "committedSeq": committed,
+            "maxReplicaLag": max(lag, 0),
+            "zones": [p.zone for p in pods],
+            "halted": sorted(
+                p.name for p in pods if p.name in seen.statuses and seen.statuses[p.name].halted
+            ),
+            # 0 (and no age) while no node of the shard knows a verified snapshot.
+            "snapshotSeq": snapshot_seq,
+        }
+        if snapshot_seq and ages:
+            entry["snapshotAgeSeconds"] = min(ages)
+        out.append(entry)
+    return out
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def snapshot_request_record(previous: Mapping[str, Any] | None) -> dict[str, Any]:
+    """status.snapshots' record of on-demand requests as last written (empty on a new cluster)."""
+    old = (previous or {}).get("snapshots") or {}
+    record: dict[str, Any] = {
+        "lastRequest": str(old.get("lastRequest") or ""),
+        "inProgress": str(old.get("inProgress") or ""),
+        "results": [dict(r) for r in old.get("results") or []],
+    }
+    if old.get("completedAt"):
+        record["completedAt"] = str(old["completedAt"])
+    return record
+
+
+def snapshot_request_done(request: str, results: Sequence[SnapshotResult], now: float) -> dict[str, Any]:
+    """The record once every shard has answered ``request``: it is not carried out again."""
+    return {
+        "lastRequest": request,
+        "inProgress": "",
+        "completedAt": _iso(now),
+        "results": [
+            {"shard": r.shard, "pod": r.pod, "succeeded": r.succeeded, "message": r.message}
+            for r in sorted(results, key=lambda r: r.shard)
+        ],
+    }
+
+
+def snapshots_status(
+    shards: Sequence[Mapping[str, Any]],
+    record: Mapping[str, Any],
+    previous: Mapping[str, Any] | None,
+    now: float,
+) -> dict[str, Any]:
+    """status.snapshots: the request record, and since when every shard has a verified snapshot.
+
+    ``allShardsSince`` is when the stalest shard's newest verified snapshot was taken: every shard
+    has one at least that recent. It only moves forward (retention deletes a snapshot only once a
+    newer one is verified), so while some shard's nodes do not answer the last value stays true
+    and is kept; it is absent until every shard has had a snapshot.
+    """
+    out = dict(record)
+    ages = [int(s["snapshotAgeSeconds"]) for s in shards if s.get("snapshotAgeSeconds") is not None]
+    if shards and len(ages) == len(shards):
+        out["allShardsSince"] = _iso(now - max(ages))
+    else:
+        before = ((previous or {}).get("snapshots") or {}).get("allShardsSince")
+        if before:
+            out["allShardsSince"] = before
     return out
 
 
@@ -68,8 +131,13 @@ def build_status(
     generation: int,
     now: str | None = None,
     failures: Sequence[Problem] = (),
+    snapshot_requests: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The full status patch for one reconcile; ``failures`` are the actions that failed in it."""
+    """The full status patch for one reconcile; ``failures`` are the actions that failed in it.
+
+    ``snapshot_requests``: status.snapshots' request record as this reconcile leaves it
+    (reconcile.snapshot_requests); the previous one is carried over when not given.
+    """
     shards = shard_status(cluster, seen)
     want = cluster.shards * cluster.nodes_per_shard
     ready = sum(1 for p in seen.pods if p.ready and not p.deleting)
@@ -128,6 +196,12 @@ def build_status(
         "zones": seen.healthy_zones(),
         "journal": {"replicas": cluster.journal.replicas, "ready": seen.journal_ready},
         "shards": shards,
+        "snapshots": snapshots_status(
+            shards,
+            snapshot_requests if snapshot_requests is not None else snapshot_request_record(previous),
+            previous,
+            seen.now,
+        ),
         "conditions": build_conditions((previous or {}).get("conditions"), conds, generation, now),
     }
     if seen.cluster_id:

@@ -35,6 +35,16 @@ SPECS = {
         placement={"spreading": "Required"},
         journal={"storage": {"size": "20Gi", "storageClassName": "fast"}},
     ),
+    # Snapshots on request only, with a node container sized for a snapshot's second copy.
+    "snapshots": spec(
+        shards=2,
+        replicasPerShard=1,
+        resources={
+            "valkey": {"limits": {"memory": "1Gi"}},
+            "node": {"requests": {"memory": "1280Mi"}, "limits": {"memory": "1280Mi"}},
+        },
+        snapshots={"intervalSeconds": 0, "tailEntries": 0, "keep": 1, "request": "2025-06-01T12:00:00Z"},
+    ),
     # Nodes set aside for databases: a label to select, a taint to tolerate, rules of the user's own.
     "dedicated-nodes": spec(
         shards=2,

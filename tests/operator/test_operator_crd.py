@@ -57,7 +57,7 @@ def test_status_is_a_subresource_and_printer_columns_cover_the_issue() -> None:
     version = memorycluster_crd()["spec"]["versions"][0]
     assert version["subresources"] == {"status": {}}
     names = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert names == ["Shards", "Replicas", "Ready", "Status", "Phase", "Primary Zones", "Age"]
+    assert names == ["Shards", "Replicas", "Ready", "Status", "Phase", "Primary Zones", "Snapshots", "Age"]
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])

@@ -366,3 +366,106 @@ def test_the_node_list_is_taken_again_once_it_is_older_than_its_ttl() -> None:
     assert node_cache.stale(None, 0.0) and not node_cache.stale(100.0, 104.0, 5.0)
     # A clock that went backwards (a restored snapshot, a test) never keeps a list forever.
     assert node_cache.stale(100.0, 50.0, 5.0)
+
+
+def test_a_snapshot_request_is_carried_out_once_without_holding_the_reconcile_up(
+    api: FakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One replica per shard is asked at once; the reconcile returns while the snapshots run, a later
+    one records every shard's answer (a failure too), and the same value is never asked again."""
+    spec = {"shards": 2, "replicasPerShard": 1}
+    status = running_cluster(api, spec)
+    answer_as(
+        monkeypatch,
+        {"demo-0-0": "primary", "demo-0-1": "replica", "demo-1-0": "primary", "demo-1-1": "replica"},
+    )
+    ips = {p["metadata"]["name"]: p["status"]["podIP"] for p in api.engine_pods}
+    asked: list[str] = []
+
+    async def scenario() -> None:
+        gate = asyncio.Event()
+
+        async def snapshot(host: str) -> str:
+            asked.append(host)
+            await gate.wait()
+            if host == ips["demo-1-1"]:
+                raise PeerRefused("ERR cluster demo has no snapshot store (provisioned before snapshots)")
+            return "shard 0: snapshot at entry 42 verified"
+
+        monkeypatch.setattr(probe, "snapshot", snapshot)
+        memo: dict[str, Any] = {}
+        requested = {**spec, "snapshots": {"request": "2025-06-01T12:00:00Z"}}
+
+        async def tick(current: dict[str, Any]) -> tuple[dict[str, Any], list[Event]]:
+            out: dict[str, Any] = {}
+            events: list[Event] = []
+            await reconcile.reconcile(
+                body(requested, status=current), out, events.append, logging.getLogger("t"), memo
+            )
+            for _ in range(10):  # let a started request reach its nodes
+                await asyncio.sleep(0)
+            return out, events
+
+        # Bounded: a reconcile that waited for the snapshots would never get past the gate.
+        started, events = await asyncio.wait_for(tick(status), 5)
+        assert sorted(asked) == sorted([ips["demo-0-1"], ips["demo-1-1"]])
+        assert started["snapshots"]["inProgress"] == "2025-06-01T12:00:00Z"
+        assert started["snapshots"]["lastRequest"] == ""
+        [request_event] = [e for e in events if e.reason == "SnapshotRequested"]
+        assert (
+            "shard 0 on demo-0-1" in request_event.message and "shard 1 on demo-1-1" in request_event.message
+        )
+
+        # Still running: later reconciles neither wait for it nor ask again.
+        running_status, events = await tick(started)
+        assert len(asked) == 2 and running_status["snapshots"]["inProgress"] == "2025-06-01T12:00:00Z"
+        assert not [e for e in events if e.reason.startswith("Snapshot")]
+
+        gate.set()
+        await memo[reconcile.SNAPSHOT_RUN].task
+        done, events = await tick(running_status)
+        snapshots = done["snapshots"]
+        assert snapshots["lastRequest"] == "2025-06-01T12:00:00Z" and snapshots["inProgress"] == ""
+        assert [(r["shard"], r["pod"], r["succeeded"]) for r in snapshots["results"]] == [
+            (0, "demo-0-1", True),
+            (1, "demo-1-1", False),
+        ]
+        assert "no snapshot store" in snapshots["results"][1]["message"]
+        [outcome] = [e for e in events if e.reason.startswith("Snapshot")]
+        assert (outcome.type, outcome.reason) == ("Warning", "SnapshotFailed")
+
+        # Answered: not asked again, neither from a body that still shows the status before it
+        # nor from one that shows it; a new value is.
+        await tick(running_status)
+        again, _ = await tick(done)
+        assert len(asked) == 2 and again["snapshots"]["lastRequest"] == "2025-06-01T12:00:00Z"
+        requested["snapshots"]["request"] = "2025-06-01T13:00:00Z"
+        await tick(again)
+        assert len(asked) == 4
+        memo[reconcile.SNAPSHOT_RUN].task.cancel()
+
+    asyncio.run(scenario())
+    # Taking snapshots replaced no pod.
+    assert api.deleted == [] and api.created == []
+
+
+def test_a_request_for_a_cluster_without_replicas_fails_at_once_with_the_reason(
+    api: FakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = {"shards": 1, "replicasPerShard": 0}
+    status = running_cluster(api, spec)
+    answer_as(monkeypatch, {"demo-0-0": "primary"})
+
+    async def snapshot(host: str) -> str:
+        raise AssertionError("no node may be asked")
+
+    monkeypatch.setattr(probe, "snapshot", snapshot)
+    memo: dict[str, Any] = {}
+    _, done, events = run(body({**spec, "snapshots": {"request": "r1"}}, status=status), memo)
+    assert done["snapshots"]["lastRequest"] == "r1" and reconcile.SNAPSHOT_RUN not in memo
+    [result] = done["snapshots"]["results"]
+    assert result["pod"] == "" and not result["succeeded"] and "replicasPerShard is 0" in result["message"]
+    assert [(e.type, e.reason) for e in events if e.reason.startswith("Snapshot")] == [
+        ("Normal", "SnapshotRequested"),
+        ("Warning", "SnapshotFailed"),
+    ]

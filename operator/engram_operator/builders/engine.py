@@ -73,6 +73,11 @@ def build_node_config(
         valkey_socket=constants.VALKEY_SOCKET,
         metrics_port=constants.METRICS_PORT,
         log_level=cluster.engine.log_level,
+        # Shared by every pod, so a change rolls them (pod_spec_hash). spec.snapshots.request is not
+        # here: the operator carries a request out itself, without restarting anything.
+        snapshot_interval=cluster.snapshots.interval_seconds,
+        snapshot_tail_entries=cluster.snapshots.tail_entries,
+        snapshot_keep=cluster.snapshots.keep,
     )
 
 
