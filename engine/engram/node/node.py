@@ -367,12 +367,18 @@ class Node:
         """
         assert self.journal is not None
         period = self.config.lease_seconds / 2
+        was_down = False
         while True:
             await asyncio.sleep(period)
             if self.role is Role.PRIMARY:
+                was_down = False
                 continue
-            if not await self.journal.has_leader(period):
+            down = not await self.journal.has_leader(period)
+            if down or was_down:
+                # Also on its return: the incumbent gets a whole backoff to renew, however late this
+                # loop ran on a loaded machine (a probe round can take a whole period).
                 self.leader.last_renewal = time.monotonic()
+            was_down = down
 
     async def _snapshot_loop(self) -> None:
         """On the shard's snapshot taker (a replica, see snapshot_taker), take a snapshot when one is
