@@ -6,8 +6,8 @@ import asyncio
 import shutil
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ from typing import Any
 import hiredis
 
 from engram import binaries
+from engram.platforms.local import ports
 from engram.replication.streamscan import Scan
 from engram.replication.tap import Tap
 from engram.resp import encode_command
@@ -196,6 +197,12 @@ async def settle(socket: str) -> None:
             await asyncio.sleep(0)
     finally:
         probe.close()
+
+
+@contextmanager
+def free_port() -> Iterator[int]:
+    """A loopback port nothing listens on, from the local platform's own allocator."""
+    yield ports.allocate(1)[0]
 
 
 def run(scenario: Callable[[], Any], timeout: float = 30.0) -> None:

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import hiredis
@@ -19,7 +16,7 @@ from engram.cluster.push import slot_owners, topology_command
 from engram.cluster.slots import SLOTS, key_hash_slot
 from engram.cluster.topology import ClusterView, LeaderRecord, NodeRecord, SlotMap, cluster_node_id
 from engram.resp import ReplyScanner, encode_command
-from tests.module.harness import DEADLINE, Conn, attached_tap, run, settle, valkey
+from tests.module.harness import DEADLINE, Conn, attached_tap, free_port, run, settle, valkey
 
 pytestmark = pytest.mark.integration
 
@@ -108,14 +105,6 @@ class RawConn:
 
 def _arg(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
-
-
-@contextmanager
-def _free_port() -> Iterator[int]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    yield port
 
 
 # ---- slots ------------------------------------------------------------------------------------
@@ -536,7 +525,7 @@ def test_internal_is_refused_over_tcp_and_honoured_over_the_unix_socket() -> Non
     me = Me("n0", 0, "10.0.0.1:6379", 3)
 
     async def scenario() -> None:
-        with _free_port() as port:
+        with free_port() as port:
             async with valkey("--port", str(port), "--bind", "127.0.0.1") as path:
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
                 tcp = Conn(reader, writer)
@@ -565,7 +554,7 @@ def test_a_network_client_cannot_become_the_replica_link_or_repoint_valkey() -> 
     me = Me("n0", 0, "10.0.0.1:6379", 3)
 
     async def scenario() -> None:
-        with _free_port() as port:
+        with free_port() as port:
             # Module arguments follow --loadmodule's path: managed, as the engine runs it.
             async with valkey("managed", "1", "--port", str(port), "--bind", "127.0.0.1") as path:
                 node = await Conn.open(path)
@@ -599,7 +588,7 @@ def test_redis_py_cluster_client_works_against_one_module_loaded_valkey() -> Non
     from redis.cluster import RedisCluster
 
     async def scenario() -> None:
-        with _free_port() as port:
+        with free_port() as port:
             address = f"127.0.0.1:{port}"
             view = _view(1, {0: address})
             view.nodes.pop("n0b")

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import tempfile
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import hiredis
 import pytest
 
 from engram.replication.tap import TapError
-from tests.module.harness import DEADLINE, Conn, attached_tap, run, settle, valkey
+from tests.module.harness import DEADLINE, Conn, attached_tap, free_port, run, settle, valkey
 
 pytestmark = pytest.mark.integration
 
@@ -55,14 +54,6 @@ def _err(reply: Any) -> str:
 
 def _info(raw: bytes) -> dict[str, str]:
     return dict(line.split(":", 1) for line in raw.decode().split("\r\n") if ":" in line)
-
-
-@contextmanager
-def _free_port() -> Iterator[int]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    yield port
 
 
 @pytest.fixture
@@ -200,7 +191,7 @@ def test_loadrdb_drops_the_tap_and_a_new_tap_confirms_writes(files: Path) -> Non
 def test_loadrdb_is_refused_over_tcp(files: Path) -> None:
     async def scenario() -> None:
         rdb, _ = await _snapshot(files, module=False)
-        with _free_port() as port:
+        with free_port() as port:
             async with _loaded_valkey("--port", str(port), "--bind", "127.0.0.1") as (_, node):
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
                 tcp = Conn(reader, writer)
