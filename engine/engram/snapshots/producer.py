@@ -17,6 +17,7 @@ from engram.journal.entries import Entry, format_version
 from engram.replication.applier import Applier, ApplyHalted
 from engram.snapshots.record import Position, SnapshotError, SnapshotRecord
 from engram.snapshots.rehearsal import rehearse
+from engram.snapshots.restore import recovery_candidates
 from engram.snapshots.scratch import ScratchValkey
 from engram.snapshots.store import SnapshotStore
 
@@ -31,14 +32,6 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-async def usable_base(store: SnapshotStore, cluster_id: str, shard: int) -> SnapshotRecord | None:
-    """The newest verified snapshot this engine may build on."""
-    for record in await store.records(shard):
-        if not record.usable_by(cluster_id, shard):
-            return record
-    return None
 
 
 async def replay(journal: Journal, scratch: ScratchValkey, cluster_id: str, base: Position | None,
@@ -81,8 +74,10 @@ async def take_snapshot(
     """
     say = progress or (lambda _: None)
     shard = journal.shard
-    base = await usable_base(store, cluster_id, shard)
     state = await journal.state()
+    # The same choice as a recovering node's: the newest usable snapshot whose tail is still held.
+    candidates = recovery_candidates(await store.records(shard), cluster_id, shard, state.first_seq)
+    base = candidates[0] if candidates else None
     target = target_seq if target_seq is not None else state.last_seq
     if base is not None and base.seq >= target:
         say(f"shard {shard}: snapshot at entry {base.seq} already covers entry {target}")
