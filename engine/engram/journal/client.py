@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 WRONG_LAST_SEQUENCE = 10071
 STREAM_NAME_IN_USE = 10058
+DUPLICATE_IN_PROCESS = 10158
 # Stream metadata keys: who the stream belongs to, set once by provisioning.
 META_CLUSTER_ID = "engram.cluster-id"
 META_SHARD = "engram.shard"
@@ -53,6 +54,10 @@ def _refusal(code: int, err_code: int, description: str, expected: int | None) -
     if err_code == WRONG_LAST_SEQUENCE:
         match = _LAST_SEQ_IN_MESSAGE.search(description or "")
         return Fenced(expected or 0, int(match[1]) if match else None)
+    if err_code == DUPLICATE_IN_PROCESS:
+        # The first try with this message id has not been settled yet: its outcome is unknown,
+        # and a later retry with the same id gets its answer.
+        return JournalTimeout(f"journal still processing an earlier try of this append: {description}")
     if code == 503 or err_code in (10008, 10077):
         return NoQuorum(f"journal stream unavailable: {description}")
     return JournalError(f"journal refused the request: {description} (code {err_code})")
