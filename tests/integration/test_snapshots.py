@@ -243,3 +243,18 @@ def test_restore_refuses_a_file_that_is_not_an_rdb(local_cluster, short_tmp: Pat
     bogus.write_bytes(b"this is not an rdb file")
     with pytest.raises(pytest.fail.Exception, match="restore failed"):
         local_cluster(shards=1, replicas=1, restore_from=str(bogus), timeout=60)
+
+
+def test_engram_status_reports_snapshot_failures_and_a_success_clears_them(local_cluster) -> None:
+    """ENGRAM.STATUS carries snapshot_failures and snapshot_error on every node: 0 and "" while
+    no attempt failed, and again after a verified snapshot (the operator reads both)."""
+    status = local_cluster(shards=1, replicas=1, snapshot_entries=0, snapshot_interval=0)
+    nodes = cli_status(status)["nodes"]
+    replica = next(n for n in nodes if n["role"] == "replica")
+    for node in nodes:
+        fields = control_status(node)
+        assert (fields["snapshot_failures"], fields["snapshot_error"]) == ("0", ""), node["id"]
+    with control_for(replica, socket_timeout=120) as control:
+        control.execute_command("ENGRAM.SNAPSHOT")
+    fields = control_status(replica)
+    assert (fields["snapshot_failures"], fields["snapshot_error"]) == ("0", "")

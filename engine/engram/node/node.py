@@ -106,6 +106,10 @@ class Node:
         self.newest_snapshot: SnapshotRecord | None = None
         # One snapshot at a time per node, whoever asked for it.
         self._snapshot_lock = asyncio.Lock()
+        # Failed snapshot attempts in a row on this node and the last one's reason (ENGRAM.STATUS):
+        # a failure must be visible to the operator, not only in this node's log.
+        self.snapshot_failures = 0
+        self.snapshot_error = ""
         # Valkey must be rebuilt (newest snapshot, then the journal's tail) before applying.
         self._needs_recovery = True
         self.committer: Committer | None = None
@@ -191,6 +195,8 @@ class Node:
             "snapshot_seq": str(self.newest_snapshot.seq) if self.newest_snapshot else "",
             "snapshot_age": (str(max(0, int(time.time() - self.newest_snapshot.created_at)))
                              if self.newest_snapshot else ""),
+            "snapshot_failures": str(self.snapshot_failures),
+            "snapshot_error": self.snapshot_error,
         }
 
     def _slot_ranges(self) -> str:
@@ -431,11 +437,14 @@ class Node:
             raise SnapshotError(f"{cfg.node_id} is {self.role.value}: snapshots are taken by replicas, never "
                                 "by the primary; ask a replica of the shard")
         async with self._snapshot_lock:
-            code = await self._snapshot_child()
+            code, said = await self._snapshot_child()
         metrics.SNAPSHOTS.labels("ok" if code == 0 else "failed").inc()
         if code != 0:
-            raise SnapshotError(f"snapshot of shard {cfg.shard} failed (exit {code}); "
-                                f"see the log of {cfg.node_id}")
+            self.snapshot_failures += 1
+            self.snapshot_error = said or (f"snapshot of shard {cfg.shard} failed (exit {code}); "
+                                           f"see the log of {cfg.node_id}")
+            raise SnapshotError(self.snapshot_error)
+        self.snapshot_failures, self.snapshot_error = 0, ""
         try:
             self.newest_snapshot = await self.snapshots.newest_verified(cfg.shard)
         except JournalError as exc:
@@ -443,16 +452,24 @@ class Node:
         seq = self.newest_snapshot.seq if self.newest_snapshot else 0
         return f"shard {cfg.shard}: snapshot at entry {seq} verified"
 
-    async def _snapshot_child(self) -> int:
+    async def _snapshot_child(self) -> tuple[int, str]:
+        """Run one snapshot cycle in a child: its exit code, and the message of its last ERROR log line
+        (why it failed). Its log is passed on to the node's stderr, as when it inherited that."""
         cfg = self.config
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "engram.snapshots", "--journal", ",".join(cfg.journal_urls),
             "--cluster", cfg.cluster, "--cluster-id", cfg.cluster_id, "--shard", str(cfg.shard),
             "--keep", str(cfg.snapshot_keep), "--workdir", cfg.data_dir, "--log-level", cfg.log_level,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, limit=1 << 20,
         )
+        said = ""
         try:
-            return await proc.wait()
+            assert proc.stderr is not None
+            async for raw in proc.stderr:
+                sys.stderr.write(line := raw.decode(errors="replace"))
+                if " ERROR " in line:  # "<time> snapshot-s0 ERROR <logger>: <message>"
+                    said = line.split(" ERROR ", 1)[1].split(": ", 1)[-1].strip()
+            return await proc.wait(), said
         finally:
             if proc.returncode is None:  # the node is stopping: so does its snapshot
                 proc.kill()
