@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from engram.platforms.local import network
+from engram.platforms.local.testing import run_engram
 
 pytestmark = pytest.mark.integration
 
@@ -82,3 +84,31 @@ def test_a_sweep_of_two_seeds_with_faults_every_4s_passes_and_faults_never_overl
         for fault, following in itertools.pairwise(faults):
             assert fault["until"] <= following["at"], f"overlapping faults: {context}"
         assert all(f["until"] <= 20 - 8 + 1 for f in faults), context
+
+
+@pytest.mark.timeout(240)
+def test_snapshots_killed_part_way_leave_the_shard_whole_and_the_next_one_truncates(local_cluster) -> None:
+    # No schedule: every snapshot is one the fault asks for and kills, in replay, save, upload, rehearsal,
+    # pruning or truncation. Then an undisturbed snapshot must still verify and truncate.
+    status = local_cluster(shards=1, replicas=2, lease=2.0, snapshot_interval=0, snapshot_entries=0)
+    base = str(Path(status["dir"]).parent)
+    done = subprocess.run(
+        [sys.executable, "-m", "engram.chaos", "--json", "--name", status["name"], "--dir", base,
+         "--duration", "32", "--fault-interval", "3", "--faults", "kill-snapshot",
+         "--clients", "4", "--keys", "3", "--seed", "21"],
+        capture_output=True, text=True, timeout=200, check=False,
+    )
+    assert done.stdout, f"engram chaos printed no report (exit {done.returncode}):\n{done.stderr[-4000:]}"
+    report = json.loads(done.stdout)
+    context = f"exit {done.returncode}; report:\n{json.dumps(report, indent=2)[:6000]}\n{done.stderr[-3000:]}"
+    killed = [f for f in report["faults_injected"] if f["detail"].startswith("sent SIGKILL to the snapshot")]
+    assert killed, f"no snapshot was killed part-way: {context}"
+    assert report["lost_acknowledged_writes"] == 0 and report["linearizable"] is True, context
+    assert done.returncode == 0, context
+    [journal] = report["journal"]
+    assert journal["written"] > 100 and journal["samples"] >= 2, context
+
+    taken = run_engram("local", "snapshot", status["name"], "--dir", base, timeout=120)
+    assert taken.returncode == 0, f"a snapshot after the kills failed:\n{taken.stdout}\n{taken.stderr}"
+    kept_from = re.search(r"snapshot at entry (\d+).*journal kept from entry (\d+)", taken.stderr)
+    assert kept_from and int(kept_from[2]) > 1, f"the journal was not truncated: {taken.stderr}"

@@ -89,6 +89,8 @@ def handle(args: argparse.Namespace) -> int:
             shards=args.shards,
             replicas=args.replicas,
             lease=args.lease,
+            snapshot_interval=args.snapshot_interval,
+            snapshot_entries=args.snapshot_entries,
             name=args.name,
             dir=args.dir,
             endpoint=args.endpoint,
@@ -129,6 +131,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--replicas", type=int, default=2, help="per shard (default: %(default)s)")
     p.add_argument("--lease", type=float, default=2.0, metavar="SECONDS",
                    help="leader lease of the cluster started here (default: %(default)s)")
+    p.add_argument("--snapshot-interval", type=float, default=3600.0, metavar="SECONDS",
+                   help="of the cluster started here: take a snapshot of each shard this often; "
+                        "0: no schedule (default: %(default)s)")
+    p.add_argument("--snapshot-entries", type=int, default=100_000, metavar="N",
+                   help="of the cluster started here: take a snapshot once N journal entries follow the "
+                        "newest; 0: no threshold (default: %(default)s)")
     p.add_argument("--name", help="use this running `engram local` cluster (with --dir)")
     p.add_argument("--dir", help="the --dir the cluster given by --name was started with")
     p.add_argument("--endpoint", metavar="HOST:PORT", help="run the workload here; without --name no faults")

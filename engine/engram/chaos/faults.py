@@ -6,8 +6,11 @@ what was killed exactly as it would after a real crash. Blocking calls: run them
 
 from __future__ import annotations
 
+import asyncio
+import os
 import random
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -15,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from engram.cluster.topology import SlotMap
+from engram.node.peer import PeerRefused, PeerUnreachable, call
 from engram.platforms.local import cluster, network
 
 # How long to wait for a fault's victim to exist (e.g. a primary, during a failover) when the
@@ -24,6 +28,10 @@ VICTIM_TIMEOUT = 15.0
 MIN_FAULT_INTERVAL = 2.0
 # The share of the interval a pause or partition may last, so it is lifted before the next fault.
 HOLD_SHARE = 0.75
+# A snapshot asked for by KILL_SNAPSHOT must have started within this long to be killed.
+SNAPSHOT_START_TIMEOUT = 10.0
+# Until one has been seen to finish, how long a snapshot is guessed to take (the kill lands within it).
+SNAPSHOT_GUESS = 2.0
 
 
 class FaultKind(StrEnum):
@@ -32,6 +40,9 @@ class FaultKind(StrEnum):
     KILL_JOURNAL = "kill-journal"
     PAUSE_PRIMARY = "pause-primary"
     PARTITION_ZONE = "partition-zone"
+    # SIGKILL of a replica's snapshot child (docs/snapshots.md) part-way through replaying, saving,
+    # uploading, rehearsing, pruning or truncating the journal.
+    KILL_SNAPSHOT = "kill-snapshot"
 
 
 ALL_KINDS = tuple(FaultKind)
@@ -123,6 +134,8 @@ class LocalFaults:
     # Processes we stopped and zones we cut off, not yet undone: `resume_all` always undoes them.
     stopped: dict[str, str] = field(default_factory=dict)
     isolated: set[str] = field(default_factory=set)
+    # How long the last snapshot seen to finish took: kills are spread over that span.
+    snapshot_seconds: float = SNAPSHOT_GUESS
 
     def status(self) -> dict[str, Any]:
         return cluster.status(self.base, self.name)
@@ -183,7 +196,46 @@ class LocalFaults:
             now = time.monotonic_ns()
             self.isolated.add(zone)
             return Fault(kind, f"zone-{zone}", now, now, detail.split(";")[0])
+        if kind is FaultKind.KILL_SNAPSHOT:
+            return self._kill_snapshot(deadline)
         raise ValueError(f"unknown fault kind {kind!r}")
+
+    def _kill_snapshot(self, deadline: float) -> Fault:
+        """Ask a replica for a snapshot (unless one is under way) and SIGKILL its child part-way through.
+
+        Half the kills land anywhere in the snapshot, half in its last sixth, where the snapshot is
+        rehearsed, marked verified and older ones pruned, and the journal truncated."""
+        node = self._victim("replica", deadline)
+        child = snapshot_child(node["pid"])
+        if child is None:
+            host, port = node["admin"].rsplit(":", 1)
+            threading.Thread(target=_ask_for_snapshot, args=(host, int(port)), daemon=True).start()
+            wait_until = min(deadline, time.monotonic() + SNAPSHOT_START_TIMEOUT)
+            while (child := snapshot_child(node["pid"])) is None:
+                if time.monotonic() >= wait_until:
+                    raise cluster.LocalError(f"{node['id']} started no snapshot when asked")
+                time.sleep(0.02)
+        began = time.monotonic()
+        span = self.snapshot_seconds
+        low = 0.0 if self.rng.random() < 0.5 else span * 5 / 6
+        delay = self.rng.uniform(low, span)
+        delay = min(delay, max(0.0, deadline - began))
+        while time.monotonic() - began < delay:
+            if not _alive(child):
+                self.snapshot_seconds = time.monotonic() - began
+                now = time.monotonic_ns()
+                return Fault(FaultKind.KILL_SNAPSHOT, node["id"], now, now,
+                             f"missed: the snapshot finished in {self.snapshot_seconds:.2f}s, before the "
+                             f"kill at {delay:.2f}s, shard {node['shard']}", shard=node["shard"])
+            time.sleep(0.01)
+        try:
+            os.kill(child, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # finished at the last moment: the kill is still reported, the snapshot stands
+        now = time.monotonic_ns()
+        return Fault(FaultKind.KILL_SNAPSHOT, node["id"], now, now,
+                     f"sent SIGKILL to the snapshot child (pid {child}) of {node['id']} {delay:.2f}s in "
+                     f"(of ~{span:.1f}s), shard {node['shard']}", shard=node["shard"])
 
     def resume(self, fault: Fault) -> None:
         """SIGCONT a paused primary or reconnect a cut-off zone, and note when."""
@@ -212,3 +264,38 @@ class LocalFaults:
                 cluster.kill(self.base, self.name, target, signal.SIGCONT)
             except cluster.LocalError:
                 pass  # gone or restarted: nothing left stopped
+
+
+def snapshot_child(parent: int | None) -> int | None:
+    """The pid of the snapshot process (`python -m engram.snapshots`) a node runs, or None."""
+    if not parent:
+        return None
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            # The command name is in parentheses and may hold spaces; the parent's pid follows it.
+            if int(stat.rsplit(")", 1)[1].split()[1]) != parent:
+                continue
+            if b"engram.snapshots" in (entry / "cmdline").read_bytes():
+                return int(entry.name)
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _ask_for_snapshot(host: str, port: int) -> None:
+    """ENGRAM.SNAPSHOT on a node's control port; the reply (an error once killed) is not needed."""
+    try:
+        asyncio.run(call(host, port, "ENGRAM.SNAPSHOT", timeout=300.0))
+    except (PeerRefused, PeerUnreachable, OSError):
+        pass

@@ -11,6 +11,7 @@ from typing import Any
 
 from engram.chaos.faults import Fault, Skipped
 from engram.chaos.history import History, Kind, Operation, Outcome
+from engram.chaos.journal_size import ShardJournal
 from engram.chaos.linearizability import CheckResult
 from engram.chaos.loss import LossReport
 
@@ -69,6 +70,8 @@ class ChaosReport:
     client_error_samples: dict[str, list[str]] = field(default_factory=dict)
     loss: LossReport | None = None
     linearizability: CheckResult | None = None
+    # Each shard's journal over the run (empty when the run had no cluster to look at).
+    journal: list[ShardJournal] = field(default_factory=list)
     history_path: str | None = None
     evidence_dir: str | None = None
 
@@ -124,6 +127,7 @@ class ChaosReport:
                 "seconds": round(lin.elapsed, 3),
                 "explanation": "\n".join(r.explanation for r in lin.failures + lin.undecided),
             } if lin else None,
+            "journal": [j.to_json() for j in self.journal],
             "history": self.history_path,
             "evidence": self.evidence_dir,
         }
@@ -139,13 +143,19 @@ class ChaosReport:
         for f in doc["faults_injected"]:
             rec = "never" if f["recovered_after"] is None else f"{f['recovered_after']:.2f}s"
             held = f" until {f['until']:.1f}s" if f["until"] != f["at"] else ""
-            lines.append(f"  {f['at']:7.1f}s{held}  {f['kind']:<14} {f['target']:<16} recovered after {rec}")
+            # A snapshot kill says how far in it landed (or that it missed); other details are in the JSON.
+            said = f"  ({f['detail']})" if f["kind"] == "kill-snapshot" else ""
+            lines.append(f"  {f['at']:7.1f}s{held}  {f['kind']:<14} {f['target']:<16} "
+                         f"recovered after {rec}{said}")
         lines += [f"  skipped {s['kind']}: {s['reason']}" for s in doc["faults_skipped"]]
         lines.append(f"failovers seen: {len(doc['failovers'])}")
         lines += [f"  {f['at']:7.1f}s  shard {f['shard']}: {f['from']} -> {f['to']}"
                   for f in doc["failovers"]]
         lines.append(f"redirects followed: {doc['redirects_followed']}; "
                      f"client errors: {doc['client_errors']}")
+        if self.journal:
+            lines.append("journal held:")
+            lines += [f"  {j.text()}" for j in self.journal]
         if self.loss:
             lines.append(self.loss.summary())
         if self.linearizability:

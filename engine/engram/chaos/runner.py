@@ -24,6 +24,7 @@ from engram.chaos.faults import (
     schedule,
 )
 from engram.chaos.history import History
+from engram.chaos.journal_size import JournalWatch
 from engram.chaos.linearizability import check
 from engram.chaos.loss import check_loss
 from engram.chaos.report import ChaosReport, Failover, recovery_times
@@ -71,6 +72,9 @@ class ChaosConfig:
     shards: int = 1
     replicas: int = 2
     lease: float = 2.0
+    # Snapshot triggers of the cluster started here (docs/snapshots.md; 0 turns one off).
+    snapshot_interval: float = 3600.0
+    snapshot_entries: int = 100_000
     # An existing local cluster (faults are injected through the platform) ...
     name: str | None = None
     dir: str | None = None
@@ -87,6 +91,8 @@ class ChaosConfig:
             raise ValueError("duration must be positive and clients and keys at least 1")
         if self.fault_interval < MIN_FAULT_INTERVAL:
             raise ValueError(f"the fault interval must be at least {MIN_FAULT_INTERVAL:g}s")
+        if self.snapshot_interval < 0 or self.snapshot_entries < 0:
+            raise ValueError("the snapshot interval and entries must not be negative (0: off)")
         if self.seed is None:
             self.seed = random.SystemRandom().randrange(1 << 31)
 
@@ -95,8 +101,9 @@ class _Run:
     """The asynchronous part: clients, fault injection and status polling, then the checks."""
 
     def __init__(self, config: ChaosConfig, endpoint: str, faults: LocalFaults | None,
-                 skipped: list[Skipped], progress: Progress) -> None:
+                 skipped: list[Skipped], progress: Progress, journal: JournalWatch | None = None) -> None:
         self.config = config
+        self.journal = journal
         self.endpoint = endpoint
         self.faults = faults
         self.progress = progress
@@ -122,6 +129,8 @@ class _Run:
                    for i in range(self.config.clients)]
         background = [asyncio.create_task(self._inject(started, stop)),
                       asyncio.create_task(self._watch_primaries(stop))]
+        if self.journal is not None:
+            background.append(asyncio.create_task(self.journal.run(stop)))
         try:
             await self._wait(started, stop, background, history)
         finally:
@@ -129,6 +138,8 @@ class _Run:
             if self.faults is not None:
                 await asyncio.to_thread(self.faults.resume_all)
             _, late = await asyncio.wait(clients, timeout=self.config.op_timeout + 5)
+            # The journal watch takes its last sample once stopped; the others just end.
+            await asyncio.wait(background[2:], timeout=10)
             for task in [*late, *background]:
                 task.cancel()
             await asyncio.gather(*clients, *background, return_exceptions=True)
@@ -137,6 +148,7 @@ class _Run:
             started=started, duration=self.config.duration, settings=settings, history=history,
             faults=self.injected, skipped=self.skipped, failovers=self.failovers, redirects=stats.redirects,
             client_errors=dict(stats.errors), client_error_samples=stats.samples,
+            journal=list(self.journal.by_shard.values()) if self.journal else [],
         )
         self.progress(f"workload stopped after {len(history)} operations; reading every key back")
         deadline = time.monotonic() + self.config.recovery_timeout
@@ -271,7 +283,8 @@ def run(config: ChaosConfig, progress: Progress, own_dir: Path | None = None) ->
             netns = FaultKind.PARTITION_ZONE in config.faults and not partition_unavailable()
             spec = ClusterSpec(
                 name=name, shards=config.shards, replicas=config.replicas, lease_seconds=config.lease,
-                netns=netns,
+                netns=netns, snapshot_interval=config.snapshot_interval,
+                snapshot_entries=config.snapshot_entries,
             )
             progress(f"starting a local cluster in {own_base}")
             cluster.up(spec, own_base, progress=progress)
@@ -285,14 +298,17 @@ def run(config: ChaosConfig, progress: Progress, own_dir: Path | None = None) ->
 def _run_against(config: ChaosConfig, name: str | None, base: str | None, progress: Progress) -> ChaosReport:
     skipped: list[Skipped] = []
     faults: LocalFaults | None = None
+    journal: JournalWatch | None = None
     doc: dict[str, Any] | None = None
     if name is not None:
         if base is None:
             raise ChaosError("--name needs --dir (where `engram local up` put the cluster)")
         doc = cluster.status(base, name)
+        state = cluster.load_running(base, name)
         # The cluster's own lease decides how long a pause must last to outlive it.
-        config = replace(config, lease=cluster.load_running(base, name).lease_seconds)
+        config = replace(config, lease=state.lease_seconds)
         faults = LocalFaults(Path(base), name, config.lease, random.Random(config.seed))
+        journal = JournalWatch(state.journal_urls, name, state.shards)
     endpoint = config.endpoint or (doc["endpoint"] if doc else None)
     if endpoint is None:
         raise ChaosError("give --endpoint, or --name and --dir of a local cluster")
@@ -308,7 +324,7 @@ def _run_against(config: ChaosConfig, name: str | None, base: str | None, progre
     progress(f"chaos: {config.duration:g}s, {config.clients} clients on {config.keys} register keys, "
              f"seed {config.seed}, endpoint {endpoint}")
     try:
-        report = asyncio.run(_Run(config, endpoint, faults, skipped, progress).execute(settings))
+        report = asyncio.run(_Run(config, endpoint, faults, skipped, progress, journal).execute(settings))
     except ChaosError as exc:
         if exc.report is not None:
             _save_history(exc.report, config, doc)
