@@ -9,7 +9,7 @@ import pytest
 
 from engram.chaos.faults import Fault, FaultKind, LocalFaults
 from engram.chaos.history import History, Kind, Operation, Outcome
-from engram.chaos.report import recovery_times
+from engram.chaos.report import recovery_by_kind, recovery_times
 from engram.cluster.topology import TopologyError
 
 SECOND = 1_000_000_000
@@ -90,3 +90,13 @@ def test_a_status_missing_a_shards_slots_is_refused() -> None:
     faults = LocalFaults(Path("/nonexistent"), "demo", 2.0, random.Random(0))
     with pytest.raises(TopologyError, match="not assigned"):
         faults.slot_map(doc)
+
+
+def test_recovery_by_kind_gives_nearest_rank_quantiles_and_counts_faults_never_recovered() -> None:
+    def fault(kind: FaultKind, after: float | None) -> Fault:
+        return Fault(kind, "x", 0, 0, recovered_after=after)
+
+    kills = [fault(FaultKind.KILL_PRIMARY, t) for t in (1.0, 3.0, 2.0, 4.0)]
+    stats = recovery_by_kind([*kills, fault(FaultKind.KILL_JOURNAL, None)])
+    assert stats["kill-primary"] == {"faults": 4, "never": 0, "p50": 2.0, "p99": 4.0, "max": 4.0}
+    assert stats["kill-journal"] == {"faults": 1, "never": 1, "p50": None, "p99": None, "max": None}

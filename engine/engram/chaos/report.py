@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -54,6 +55,27 @@ def recovery_times(faults: list[Fault], history: History, workers: set[int | str
         fault.recovered_after = None if not waits or None in waits else max(waits)  # type: ignore[type-var]
 
 
+def _quantile(ordered: list[float], q: float) -> float:
+    """The nearest-rank quantile: with few faults the p99 is the worst one, never an interpolation."""
+    return ordered[max(0, min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1))]
+
+
+def recovery_by_kind(faults: list[Fault]) -> dict[str, dict[str, Any]]:
+    """Per fault kind: how many were injected, how many never recovered, and p50/p99/max recovery."""
+    kinds: dict[str, list[Fault]] = {}
+    for fault in faults:
+        kinds.setdefault(str(fault.kind), []).append(fault)
+    stats: dict[str, dict[str, Any]] = {}
+    for kind, hit in kinds.items():
+        times = sorted(f.recovered_after for f in hit if f.recovered_after is not None)
+        stats[kind] = {
+            "faults": len(hit), "never": len(hit) - len(times),
+            **({"p50": round(_quantile(times, 0.5), 3), "p99": round(_quantile(times, 0.99), 3),
+                "max": round(times[-1], 3)} if times else {"p50": None, "p99": None, "max": None}),
+        }
+    return stats
+
+
 @dataclass
 class ChaosReport:
     """Everything `engram chaos` prints; `ok` is what the exit code reflects."""
@@ -104,6 +126,7 @@ class ChaosReport:
                 for f in self.faults
             ],
             "fault_counts": dict(Counter(str(f.kind) for f in self.faults)),
+            "recovery_by_kind": recovery_by_kind(self.faults),
             "faults_skipped": [{"kind": str(s.kind), "reason": s.reason} for s in self.skipped],
             "failovers": [{"shard": f.shard, "at": self._at(f.at), "time": local_time(f.wall),
                            "from": f.previous, "to": f.current}
@@ -148,6 +171,13 @@ class ChaosReport:
             lines.append(f"  {f['at']:7.1f}s{held}  {f['kind']:<14} {f['target']:<16} "
                          f"recovered after {rec}{said}")
         lines += [f"  skipped {s['kind']}: {s['reason']}" for s in doc["faults_skipped"]]
+        if doc["recovery_by_kind"]:
+            lines.append("recovery (first acknowledged write on the shard after the fault), per kind:")
+            for kind, st in doc["recovery_by_kind"].items():
+                spread = ("no recovery seen" if st["p50"] is None else
+                          f"p50 {st['p50']:.2f}s  p99 {st['p99']:.2f}s  max {st['max']:.2f}s")
+                never = f", {st['never']} never recovered" if st["never"] else ""
+                lines.append(f"  {kind:<14} {st['faults']:>4} faults  {spread}{never}")
         lines.append(f"failovers seen: {len(doc['failovers'])}")
         lines += [f"  {f['at']:7.1f}s  shard {f['shard']}: {f['from']} -> {f['to']}"
                   for f in doc["failovers"]]
