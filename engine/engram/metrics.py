@@ -15,6 +15,8 @@ REPLICATION_LAG = Gauge("engram_replication_lag_entries", "Journal entries not y
 ROLE = Gauge("engram_role", "1 when this node is its shard's primary, else 0")
 EPOCH = Gauge("engram_leader_epoch", "Leadership epoch this node has seen last")
 FAILOVERS = Counter("engram_failovers_total", "Leadership changes this node took part in", ["kind"])
+STREAM_LEADER_MOVES = Counter("engram_stream_leader_moves_total",
+                              "Times this primary moved its stream's journal leader out of its own zone")
 SNAPSHOTS = Counter("engram_snapshots_total", "Snapshots this node took, by outcome", ["outcome"])
 RESTORES = Counter("engram_snapshot_restores_total", "Times this node's Valkey was loaded from a snapshot")
 HALTED = Gauge("engram_apply_halted", "1 when this replica stopped applying (see ENGRAM.STATUS)")

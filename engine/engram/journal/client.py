@@ -7,6 +7,7 @@ Everything NATS-specific stays in this module so the backend could be swapped.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -29,6 +30,8 @@ from engram.journal.errors import (
     NoQuorum,
     StreamMissing,
 )
+from engram.journal.placement import StreamPeer
+from engram.journal.servers import ZONE_TAG
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +257,32 @@ class Journal:
         except Exception:
             return False
         return info.cluster is None or bool(info.cluster.leader)
+
+    async def peers(self, timeout: float) -> list[StreamPeer]:
+        """The servers holding the shard's stream: its leader and followers, as the leader sees them."""
+        try:
+            info = await asyncio.wait_for(self._js.stream_info(self.stream), timeout)
+        except Exception as exc:
+            raise _translate(exc, None) from exc
+        cluster = info.cluster
+        if cluster is None or not cluster.leader:
+            return []
+        followers = [StreamPeer(r.name, current=bool(r.current), offline=bool(r.offline))
+                     for r in cluster.replicas or []]
+        return [StreamPeer(cluster.leader, leader=True), *followers]
+
+    async def move_leader(self, zone: str, timeout: float) -> None:
+        """Ask the stream's leader to hand over to its follower in `zone` (by the server's zone tag)."""
+        request = json.dumps({"placement": {"tags": [f"{ZONE_TAG}:{zone}"]}}).encode()
+        try:
+            reply = await self._nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{self.stream}", request,
+                                           timeout=timeout)
+        except Exception as exc:
+            raise _translate(exc, None) from exc
+        error = json.loads(reply.data).get("error")
+        if error:
+            raise _refusal(int(error.get("code", 0)), int(error.get("err_code", 0)),
+                           str(error.get("description", "")), None)
 
     def _headers(self, entry: Entry, expected_last_seq: int | None, msg_id: str) -> dict[str, str]:
         headers = entry.headers()

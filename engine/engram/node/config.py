@@ -30,6 +30,9 @@ class NodeConfig:
     # Clients use `port`, served by Valkey itself; 0 means port + 10000.
     admin_port: int = 0
     journal_replicas: int = 3
+    # Journal server name -> the zone in its server tag; lets a primary keep its stream's leader out
+    # of its own zone (journal/placement.py). Empty: leaders stay wherever JetStream elects them.
+    journal_zones: dict[str, str] = field(default_factory=dict)
     # Shards of the cluster when it was created (provisioning writes the slot map, not nodes).
     shards: int = 1
     # The zone planner's choice of primary: on a brand-new shard it campaigns first, so that

@@ -22,6 +22,7 @@ from engram.cluster.topology import ClusterView, LeaderRecord, NodeRecord
 from engram.journal.client import Journal
 from engram.journal.entries import Entry, EntryType, format_version
 from engram.journal.errors import Fenced, IdentityMismatch, JournalError
+from engram.journal.placement import leader_move
 from engram.leadership.on_stop import hand_over_on_stop
 from engram.leadership.switchover import hand_over
 from engram.leadership.view import LeaderView
@@ -68,6 +69,10 @@ async def _patiently(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
             delay = min(delay * 2, 2.0)
 
 
+# How often a primary checks where its stream's leader is, and the least time between two moves
+# (each move is a short leader hand-over in the journal: writes pause for tens of milliseconds).
+PLACEMENT_EVERY = 2.0
+PLACEMENT_SPACING = 15.0
 # How often the shard's snapshot taker asks whether a snapshot is due, and waits after a failure.
 SNAPSHOT_CHECK_INTERVAL = 2.0
 SNAPSHOT_RETRY_AFTER = 30.0
@@ -236,6 +241,7 @@ class Node:
             loop.create_task(self._heartbeat()),
             loop.create_task(self._watch_journal()),
             loop.create_task(self._snapshot_loop()),
+            loop.create_task(self._place_stream_leader()),
         ]
         self.applier = Applier(self.journal, cfg.valkey_socket, self._observe, cfg.cluster_id)
         self.leader.last_renewal = time.monotonic()
@@ -363,6 +369,30 @@ class Node:
                 except Exception as exc:  # metadata is advisory; never let it stop the node
                     log.info("node record not published: %r", exc)
             await asyncio.sleep(0.2)
+
+    async def _place_stream_leader(self) -> None:
+        """While primary, keep the shard's stream leader out of this node's zone (journal/placement.py),
+        so that losing the zone costs one election, not an engine failover and a journal one in a row."""
+        assert self.journal is not None
+        cfg = self.config
+        if not cfg.journal_zones:
+            return
+        last_move = -PLACEMENT_SPACING
+        while True:
+            await asyncio.sleep(PLACEMENT_EVERY)
+            if self.role is not Role.PRIMARY or time.monotonic() - last_move < PLACEMENT_SPACING:
+                continue
+            try:
+                peers = await self.journal.peers(PLACEMENT_EVERY)
+                zone = leader_move(cfg.shard, cfg.zone, peers, cfg.journal_zones)
+                if zone is None:
+                    continue
+                last_move = time.monotonic()
+                await self.journal.move_leader(zone, PLACEMENT_EVERY)
+                metrics.STREAM_LEADER_MOVES.inc()
+                log.info("shard %d: stream leader moved out of zone %s to zone %s", cfg.shard, cfg.zone, zone)
+            except JournalError as exc:  # placement is an optimisation: the next round tries again
+                log.info("stream leader placement skipped: %s", exc)
 
     async def _watch_journal(self) -> None:
         """Stop a replica's election clock while the journal itself is unreachable.

@@ -176,6 +176,7 @@ def node_config(state: ClusterState, node: NodeState, log_level: str = "warning"
         values["valkey_socket"] = short_socket(data_dir)
     return NodeConfig(**values)
 
+        "journal_zones": {server.name: server.zone for server in state.journal},
 
 def short_socket(data_dir: str) -> str:
     """A unix socket path for a node whose data directory is too deep to hold one (sun_path limit)."""

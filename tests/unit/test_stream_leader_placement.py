@@ -1,0 +1,38 @@
+"""Where a shard's stream leader goes: out of its primary's zone, spread over the zones left."""
+
+from __future__ import annotations
+
+from engram.journal.placement import StreamPeer, leader_move
+
+ZONES = {"j-a": "a", "j-b": "b", "j-c": "c"}
+
+
+def peers(leader: str, **followers: tuple[bool, bool]) -> list[StreamPeer]:
+    """followers: name -> (current, offline)."""
+    return [StreamPeer(leader, leader=True),
+            *(StreamPeer(name.replace("_", "-"), current=c, offline=o) for name, (c, o) in followers.items())]
+
+
+def test_a_leader_in_the_primarys_zone_moves_to_another_zone() -> None:
+    assert leader_move(0, "a", peers("j-a", j_b=(True, False), j_c=(True, False)), ZONES) == "b"
+
+
+def test_shards_spread_their_stream_leaders_over_the_zones_left() -> None:
+    group = peers("j-a", j_b=(True, False), j_c=(True, False))
+    assert {leader_move(shard, "a", group, ZONES) for shard in range(4)} == {"b", "c"}
+
+
+def test_a_leader_outside_the_primarys_zone_stays() -> None:
+    assert leader_move(0, "a", peers("j-b", j_a=(True, False), j_c=(True, False)), ZONES) is None
+
+
+def test_only_current_online_followers_qualify() -> None:
+    assert leader_move(0, "a", peers("j-a", j_b=(False, False), j_c=(True, False)), ZONES) == "c"
+    assert leader_move(0, "a", peers("j-a", j_b=(True, True), j_c=(False, False)), ZONES) is None
+
+
+def test_unknown_servers_zones_or_no_leader_leave_the_stream_alone() -> None:
+    assert leader_move(0, "a", peers("j-x", j_b=(True, False)), ZONES) is None
+    assert leader_move(0, "a", peers("j-a", j_x=(True, False)), ZONES) is None
+    assert leader_move(0, "", peers("j-a", j_b=(True, False)), ZONES) is None
+    assert leader_move(0, "a", [StreamPeer("j-b"), StreamPeer("j-c")], ZONES) is None
