@@ -8,7 +8,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from engram_operator import labels
+from engram_operator import GROUP, PLURAL, VERSION, labels
 
 
 def load_config() -> None:
@@ -50,6 +50,18 @@ async def list_jobs(namespace: str, cluster: str) -> list[dict[str, Any]]:
         client.BatchV1Api().list_namespaced_job, namespace, label_selector=selector
     )
     return [_to_dict(j) for j in result.items]
+
+
+async def get_memorycluster(namespace: str, name: str) -> dict[str, Any] | None:
+    """Another MemoryCluster of the namespace (a restore source), or None when there is none."""
+    try:
+        return await asyncio.to_thread(
+            client.CustomObjectsApi().get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name
+        )
+    except ApiException as err:
+        if err.status == 404:
+            return None
+        raise
 
 
 async def list_children(namespace: str, cluster: str) -> tuple[frozenset[tuple[str, str]], int]:

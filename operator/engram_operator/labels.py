@@ -23,6 +23,9 @@ NODE_CONFIG = f"{GROUP}/node-config"
 POD_SPEC_HASH = f"{GROUP}/pod-spec-hash"
 # The cluster id a provisioning Job wrote into the journal (engine pods carry it in their node config).
 CLUSTER_ID = f"{GROUP}/cluster-id"
+# On the provisioning Job: what it seeds the cluster from (JSON, spec.restoreFrom's source), so that
+# status.restoredFrom says what the Job that succeeded really did.
+RESTORE_FROM = f"{GROUP}/restore-from"
 # The escape hatch: "disabled" stops the operator touching this cluster (CloudNativePG does the same).
 RECONCILIATION = f"{GROUP}/reconciliation"
 

@@ -12,7 +12,7 @@ from engram.node.peer import parse_status
 from engram_operator import availability, labels
 from engram_operator.availability import NodeInfo
 
-__all__ = ["EngineStatus", "JobInfo", "NodeInfo", "Observed", "PodInfo"]
+__all__ = ["EngineStatus", "JobInfo", "NodeInfo", "Observed", "PodInfo", "SourceCluster"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,24 @@ class JobInfo:
     # Why the Job gave up (its Failed condition), or why its last attempt failed (the container's
     # termination message) while it retries.
     error: str = ""
+    # It failed in a way no retry can help (`engram provision` exit 2 or 3: bad arguments, a name
+    # held by another cluster id, a restore that failed).
+    permanent: bool = False
+    # What the Job seeds the cluster from (spec.restoreFrom's source as the Job was built; {} for none).
+    restore: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SourceCluster:
+    """The MemoryCluster a new cluster restores from (spec.restoreFrom.cluster), as last read."""
+
+    name: str
+    found: bool = False
+    deleting: bool = False
+    journal_replicas: int = 3
+    cluster_id: str = ""
+    # Its status.snapshots.allShardsSince: every shard has a verified snapshot ("" until then).
+    snapshots_since: str = ""
 
 
 @dataclass(frozen=True)
@@ -94,6 +112,8 @@ class Observed:
     # The id the journal carries (see identity.py); resolved before deciding, as it names the Job.
     cluster_id: str = ""
     provisioning: JobInfo | None = None
+    # Read only while a Job restoring from another cluster is still to be created.
+    restore_source: SourceCluster | None = None
     # Wall-clock seconds when this was observed: the clock every grace period is measured with.
     now: float = 0.0
 
@@ -210,6 +230,9 @@ def _node_config_cluster_id(annotations: Mapping[str, str]) -> str:
 
 # A termination message is up to 4 KiB of log; the condition shows its last lines.
 ERROR_CHARS = 600
+# `engram provision` exit codes after which retrying cannot help (2: bad arguments; 3: the name is
+# held by another cluster id, or the restore failed). The Job's podFailurePolicy fails at once on them.
+PERMANENT_EXIT_CODES = (2, 3)
 
 
 def job_from_api(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]] = ()) -> JobInfo:
@@ -224,6 +247,13 @@ def job_from_api(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]] = ())
     mine = [p for p in pods if meta.get("uid") in _owner_uids(p)]
     attempt = _last_attempt_error(mine)
     owners = meta.get("ownerReferences") or []
+    permanent = bool(gave_up) and (
+        gave_up.get("reason") == "PodFailurePolicy" or bool(_exit_codes(mine) & set(PERMANENT_EXIT_CODES))
+    )
+    try:
+        restore = json.loads((meta.get("annotations") or {}).get(labels.RESTORE_FROM) or "{}")
+    except ValueError:
+        restore = {}
     return JobInfo(
         name=meta.get("name", ""),
         cluster_id=(meta.get("annotations") or {}).get(labels.CLUSTER_ID, ""),
@@ -232,11 +262,42 @@ def job_from_api(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]] = ())
         failed=bool(gave_up),
         deleting=bool(meta.get("deletionTimestamp")),
         error="; ".join(e for e in (error, attempt) if e),
+        permanent=permanent,
+        restore=restore if isinstance(restore, dict) else {},
+    )
+
+
+def source_from_api(name: str, obj: Mapping[str, Any] | None) -> SourceCluster:
+    """The restore source MemoryCluster as read (None: it does not exist)."""
+    if obj is None:
+        return SourceCluster(name)
+    meta = obj.get("metadata") or {}
+    status = obj.get("status") or {}
+    journal = (obj.get("spec") or {}).get("journal") or {}
+    return SourceCluster(
+        name=name,
+        found=True,
+        deleting=bool(meta.get("deletionTimestamp")),
+        journal_replicas=int(journal.get("replicas") or 3),
+        cluster_id=str(status.get("clusterId") or ""),
+        snapshots_since=str((status.get("snapshots") or {}).get("allShardsSince") or ""),
     )
 
 
 def _owner_uids(obj: Mapping[str, Any]) -> set[str]:
     return {o.get("uid", "") for o in (obj.get("metadata") or {}).get("ownerReferences") or []}
+
+
+def _exit_codes(pods: Iterable[Mapping[str, Any]]) -> set[int]:
+    """Every non-zero exit code the pods' containers ended with."""
+    codes = set()
+    for pod in pods:
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            for state in (container.get("state") or {}, container.get("lastState") or {}):
+                code = (state.get("terminated") or {}).get("exitCode", 0)
+                if code:
+                    codes.add(int(code))
+    return codes
 
 
 def _last_attempt_error(pods: Iterable[Mapping[str, Any]]) -> str:

@@ -26,7 +26,14 @@ from engram_operator.decisions import (
     snapshot_request_event,
     snapshot_targets,
 )
-from engram_operator.observe import JobInfo, Observed, job_from_api, node_from_api, pod_from_api
+from engram_operator.observe import (
+    JobInfo,
+    Observed,
+    job_from_api,
+    node_from_api,
+    pod_from_api,
+    source_from_api,
+)
 from engram_operator.spec import ClusterSpec
 from engram_operator.status import build_status, snapshot_request_done, snapshot_request_record
 
@@ -48,6 +55,12 @@ async def observe(cluster: ClusterSpec, status: Mapping[str, Any]) -> Observed:
         provisioning_job(cluster),
     )
     pod_infos = [p for p in (pod_from_api(p) for p in pods) if p is not None]
+    source = None
+    restore = cluster.restore
+    if restore is not None and restore.cluster is not None and restore.cluster.name and job is None:
+        # Only needed to build the Job: its journal's size, and whether it has snapshots to give.
+        name = restore.cluster.name
+        source = source_from_api(name, await kube.get_memorycluster(cluster.namespace, name))
     return Observed(
         nodes=[node_from_api(n, cluster.placement.topology_key) for n in nodes],
         pods=pod_infos,
@@ -56,13 +69,14 @@ async def observe(cluster: ClusterSpec, status: Mapping[str, Any]) -> Observed:
         statuses=await probe.all_statuses(pod_infos),
         cluster_id=identity.cluster_id(status, pod_infos, cluster.uid),
         provisioning=job,
+        restore_source=source,
         # Wall clock: grace periods are measured against the API's own timestamps.
         now=time.time(),
     )
 
 
 async def provisioning_job(cluster: ClusterSpec) -> JobInfo | None:
-    """The provisioning Job; its pods are read only while it runs, for a failed attempt's error."""
+    """The provisioning Job; its pods are read unless it succeeded, for a failed attempt's error."""
     name = labels.provision_job_name(cluster.name)
     job = next(
         (j for j in await kube.list_jobs(cluster.namespace, cluster.name) if j["metadata"]["name"] == name),
@@ -71,7 +85,7 @@ async def provisioning_job(cluster: ClusterSpec) -> JobInfo | None:
     if job is None:
         return None
     info = job_from_api(job)
-    if info.succeeded or info.failed:
+    if info.succeeded:
         return info
     return job_from_api(job, await kube.list_pods(cluster.namespace, cluster.name, labels.PROVISION))
 

@@ -97,6 +97,67 @@ class SnapshotSpec:
 
 
 @dataclass(frozen=True)
+class RdbSource:
+    """RDB files in a PersistentVolumeClaim of the cluster's namespace; ``paths`` relative to its root."""
+
+    claim_name: str
+    paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ClusterSource:
+    """Another MemoryCluster of the namespace: the newest verified snapshot of each of its shards."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class RestoreSpec:
+    """What a new cluster is seeded from (spec.restoreFrom): one source, read once, by provisioning.
+
+    ``resources`` size the provisioning Job, which loads each RDB into a scratch Valkey while it
+    seeds the journal. Both sources are kept as given so that a spec naming both, or neither, can be
+    refused by name (restore_problems) rather than silently read as one of them.
+    """
+
+    rdb: RdbSource | None = None
+    cluster: ClusterSource | None = None
+    resources: Resources = field(default_factory=Resources)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RestoreSpec:
+        rdb = data.get("rdb")
+        other = data.get("cluster")
+        return cls(
+            rdb=RdbSource(
+                claim_name=str(rdb.get("claimName") or ""),
+                paths=tuple(str(p) for p in rdb.get("paths") or []),
+            )
+            if isinstance(rdb, Mapping)
+            else None,
+            cluster=ClusterSource(name=str(other.get("name") or "")) if isinstance(other, Mapping) else None,
+            resources=Resources.from_dict(data.get("resources")),
+        )
+
+    def source(self) -> dict[str, Any]:
+        """The source as spec.restoreFrom spells it (resources left out): what status.restoredFrom records."""
+        out: dict[str, Any] = {}
+        if self.rdb is not None:
+            out["rdb"] = {"claimName": self.rdb.claim_name, "paths": list(self.rdb.paths)}
+        if self.cluster is not None:
+            out["cluster"] = {"name": self.cluster.name}
+        return out
+
+    def describe(self) -> str:
+        """The source in words, for conditions and events."""
+        if self.cluster is not None:
+            return f"the snapshots of MemoryCluster {self.cluster.name}"
+        if self.rdb is not None:
+            return f"{', '.join(self.rdb.paths) or 'no file'} in PersistentVolumeClaim {self.rdb.claim_name}"
+        return "no source"
+
+
+@dataclass(frozen=True)
 class ClusterSpec:
     """One MemoryCluster: identity plus its desired state."""
 
@@ -111,6 +172,8 @@ class ClusterSpec:
     placement: PlacementSpec = field(default_factory=PlacementSpec)
     journal: JournalSpec = field(default_factory=JournalSpec)
     snapshots: SnapshotSpec = field(default_factory=SnapshotSpec)
+    # Only read when the cluster is provisioned; the CRD refuses changing it afterwards.
+    restore: RestoreSpec | None = None
 
     @property
     def nodes_per_shard(self) -> int:
@@ -127,6 +190,7 @@ class ClusterSpec:
         storage = journal.get("storage") or {}
         resources = spec.get("resources") or {}
         snapshots = spec.get("snapshots") or {}
+        restore = spec.get("restoreFrom")
         return cls(
             name=meta["name"],
             namespace=meta.get("namespace") or "default",
@@ -163,7 +227,46 @@ class ClusterSpec:
                 keep=int(snapshots.get("keep", SnapshotSpec.keep)),
                 request=str(snapshots.get("request") or ""),
             ),
+            restore=RestoreSpec.from_dict(restore) if isinstance(restore, Mapping) else None,
         )
+
+
+def restore_problems(cluster: ClusterSpec) -> list[str]:
+    """Why spec.restoreFrom cannot be carried out as written ([] when it can, or is absent).
+
+    The CRD's schema and CEL rules refuse all of these at apply time; the operator checks again so
+    that an object admitted some other way (an API server without CEL, an older CRD) is refused
+    with the same words instead of reaching `engram provision`.
+    """
+    restore = cluster.restore
+    if restore is None:
+        return []
+    if (restore.rdb is None) == (restore.cluster is None):
+        return [
+            "spec.restoreFrom needs exactly one source: rdb (RDB files in a PersistentVolumeClaim) or "
+            "cluster (another MemoryCluster's snapshots)"
+        ]
+    problems = []
+    if restore.rdb is not None:
+        if not restore.rdb.claim_name:
+            problems.append("spec.restoreFrom.rdb.claimName must name a PersistentVolumeClaim")
+        if not restore.rdb.paths:
+            problems.append("spec.restoreFrom.rdb.paths must list at least one RDB file")
+        for path in restore.rdb.paths:
+            if not path or path.startswith("/") or ".." in path.split("/"):
+                problems.append(
+                    f"spec.restoreFrom.rdb.paths: {path!r} must be a non-empty path relative to the "
+                    "volume's root, without '..'"
+                )
+    if restore.cluster is not None:
+        if not restore.cluster.name:
+            problems.append("spec.restoreFrom.cluster.name must name a MemoryCluster")
+        elif restore.cluster.name == cluster.name:
+            problems.append(
+                f"spec.restoreFrom.cluster.name: MemoryCluster {cluster.name} cannot be restored from "
+                "itself; name another MemoryCluster of the namespace"
+            )
+    return problems
 
 
 def _plain(value: Any) -> Any:

@@ -207,4 +207,8 @@ def build_status(
     if seen.cluster_id:
         # The record every later reconcile reads first: once written, the id never changes.
         status["clusterId"] = seen.cluster_id
+    # Kept once written: the Job that recorded it may be deleted later.
+    restored = plan.restored_from or (previous or {}).get("restoredFrom")
+    if restored:
+        status["restoredFrom"] = dict(restored)
     return status

@@ -443,12 +443,20 @@ def test_provision_job_runs_engram_provision_against_every_journal_server() -> N
     }
 
 
-def test_provision_job_is_bounded_and_retries_in_place() -> None:
+def test_provision_job_is_bounded_and_fails_at_once_when_retrying_cannot_help() -> None:
     job = builders.build_provision_job(SPECS["minimal"], CLUSTER_ID)
     spec_ = job["spec"]
     assert spec_["backoffLimit"] > 0 and spec_["activeDeadlineSeconds"] > 0
+    # `engram provision` exits 2 (bad arguments) or 3 (name held by another id, restore failed).
+    [fail, evicted] = spec_["podFailurePolicy"]["rules"]
+    assert fail == {
+        "action": "FailJob",
+        "onExitCodes": {"containerName": "provision", "operator": "In", "values": [2, 3]},
+    }
+    assert evicted["action"] == "Ignore"
     pod = spec_["template"]["spec"]
-    assert pod["restartPolicy"] == "OnFailure" and pod["automountServiceAccountToken"] is False
+    # A podFailurePolicy needs every attempt in a pod of its own.
+    assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
     [container] = pod["containers"]
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
     assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"

@@ -40,6 +40,9 @@ class FakeApi:
         self.jobs: list[dict[str, Any]] = []
         self.node_lists = 0
         self.children: set[tuple[str, str]] = set()
+        self.job_pods: list[dict[str, Any]] = []
+        self.memoryclusters: dict[str, dict[str, Any]] = {}
+        self.memorycluster_reads: list[str] = []
 
     async def list_nodes(self) -> list[dict[str, Any]]:
         self.node_lists += 1
@@ -49,7 +52,11 @@ class FakeApi:
         return self.engine_pods
 
     async def list_pods(self, namespace: str, cluster: str, component: str) -> list[dict[str, Any]]:
-        return []
+        return self.job_pods if component == labels.PROVISION else []
+
+    async def get_memorycluster(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.memorycluster_reads.append(name)
+        return self.memoryclusters.get(name)
 
     async def list_jobs(self, namespace: str, cluster: str) -> list[dict[str, Any]]:
         return self.jobs
@@ -76,7 +83,15 @@ class FakeApi:
 @pytest.fixture
 def api(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
     fake = FakeApi()
-    names = ("list_nodes", "list_engine_pods", "list_pods", "list_jobs", "list_children", "create")
+    names = (
+        "list_nodes",
+        "list_engine_pods",
+        "list_pods",
+        "list_jobs",
+        "list_children",
+        "create",
+        "get_memorycluster",
+    )
     for name in (*names, "delete_pod", "delete_job", "set_pod_label"):
         monkeypatch.setattr(kube, name, getattr(fake, name))
     # A cache of its own per test: the shared one would hand one test's nodes to the next.
@@ -469,3 +484,66 @@ def test_a_request_for_a_cluster_without_replicas_fails_at_once_with_the_reason(
         ("Normal", "SnapshotRequested"),
         ("Warning", "SnapshotFailed"),
     ]
+
+
+# --- spec.restoreFrom ------------------------------------------------------------------------------------
+
+
+def test_a_restore_from_another_cluster_waits_for_it_then_reads_it_only_to_build_the_job(
+    api: FakeApi,
+) -> None:
+    spec = {"restoreFrom": {"cluster": {"name": "source"}}}
+    api.journal_ready = 3
+    _, status, _ = run(body(spec))
+    assert jobs_and_pods(api) == [] and api.memorycluster_reads == ["source"]
+    assert conditions(status)["Provisioned"]["reason"] == "WaitingForRestoreSource"
+    assert "does not exist in namespace db" in conditions(status)["Provisioned"]["message"]
+    api.memoryclusters["source"] = {
+        "metadata": {"name": "source", "namespace": "db"},
+        "spec": {"journal": {"replicas": 5}},
+        "status": {"clusterId": "5" * 32, "snapshots": {"allShardsSince": "2026-01-01T00:00:00Z"}},
+    }
+    _, status, events = run(body(spec, status=status))
+    assert "seeding it from the snapshots of MemoryCluster source" in events[0].message
+    [job] = jobs_and_pods(api)
+    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[command.index("--restore-from-cluster") + 1] == "source"
+    assert len(command[command.index("--restore-journal") + 1].split(",")) == 5
+    # Once the Job exists the source is not read again (nor after it succeeded).
+    api.jobs = [succeeded(job)]
+    reads = len(api.memorycluster_reads)
+    _, status, _ = run(body(spec, status=status))
+    assert len(api.memorycluster_reads) == reads
+    assert status["restoredFrom"] == {"cluster": {"name": "source", "clusterId": "5" * 32}}
+    assert conditions(status)["Provisioned"]["reason"] == "Restored"
+
+
+def test_a_failed_restore_keeps_its_job_reads_its_pod_and_warns_once(api: FakeApi) -> None:
+    spec = {"restoreFrom": {"rdb": {"claimName": "backups", "paths": ["a.rdb"]}}}
+    job = builders.build_provision_job(ClusterSpec.from_body(body(spec)), uuid.UUID(UID).hex)
+    job["metadata"]["uid"] = "job-uid"
+    job["status"] = {
+        "failed": 1,
+        "conditions": [
+            {"type": "Failed", "status": "True", "reason": "PodFailurePolicy", "message": "exit 3"}
+        ],
+    }
+    ended = {"exitCode": 3, "finishedAt": "2026-01-01T00:00:00Z", "message": "restore failed: bad RDB"}
+    api.job_pods = [
+        {
+            "metadata": {"ownerReferences": [{"uid": "job-uid"}]},
+            "status": {"containerStatuses": [{"state": {"terminated": ended}}]},
+        }
+    ]
+    api.jobs = [job]
+    api.journal_ready = 3
+    memo: dict[str, Any] = {}
+    _, status, events = run(body(spec), memo)
+    assert api.deleted == [] and jobs_and_pods(api) == []
+    provisioned = conditions(status)["Provisioned"]
+    assert provisioned["reason"] == "RestoreFailed" and "restore failed: bad RDB" in provisioned["message"]
+    assert conditions(status)["Degraded"]["reason"] == "RestoreFailed" and status["phase"] == "Degraded"
+    assert [e.type for e in events if e.reason == "RestoreFailed"] == ["Warning"]
+    _, status, events = run(body(spec, status=status), memo)
+    assert [e for e in events if e.reason == "RestoreFailed"] == [] and api.deleted == []
+

@@ -1,4 +1,5 @@
-"""The provisioning Job: `engram provision` creates the journal streams, identity and slot map, once.
+"""The provisioning Job: `engram provision` creates the journal streams, identity and slot map, once,
+and seeds a new cluster from spec.restoreFrom.
 
 Engine nodes never create their stream or the cluster metadata (a node that cannot find them may
 be talking to a journal server that has not loaded them yet); this Job is the only creator.
@@ -6,6 +7,9 @@ be talking to a journal server that has not loaded them yet); this Job is the on
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from engram_operator import labels
@@ -23,12 +27,43 @@ ATTEMPT_TIMEOUT_SECONDS = 60
 BACKOFF_LIMIT = 4
 # Bounds the whole Job, restarts and back-off included; the operator then deletes and retries it.
 ACTIVE_DEADLINE_SECONDS = 600
+# A restore writes every key of the source into the journal: hours for a large data set, not minutes.
+RESTORE_ACTIVE_DEADLINE_SECONDS = 6 * 3600
+# `engram provision` exits 2 (bad arguments) or 3 (a name held by another cluster id, a failed
+# restore) when retrying cannot help: the Job fails at once instead of trying BACKOFF_LIMIT times.
+PERMANENT_EXIT_CODES = [2, 3]
 
 # Creating a few streams is light; the bound only keeps a misbehaving attempt off the node.
 RESOURCES = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}
+# A restore loads each RDB into a scratch Valkey in this container, so it needs about the largest
+# file's data in memory: no default limit (spec.restoreFrom.resources sets one).
+RESTORE_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}}
+# Where an rdb source's PersistentVolumeClaim is mounted, read-only.
+RESTORE_MOUNT = "/restore"
 
 
-def provision_command(cluster: ClusterSpec, cluster_id: str) -> list[str]:
+def source_journal_urls(cluster: ClusterSpec, source: str, servers: int) -> list[str]:
+    """Journal URLs of another MemoryCluster of the cluster's namespace that runs ``servers`` of them."""
+    return journal_urls(replace(cluster, name=source, journal=replace(cluster.journal, replicas=servers)))
+
+
+def restore_args(cluster: ClusterSpec, source_journal: Sequence[str] = ()) -> list[str]:
+    """`engram provision`'s restore flags for spec.restoreFrom (none without it).
+
+    ``source_journal``: the journal URLs of the source cluster (source_journal_urls), for a
+    cluster source; the operator reads that cluster's journal size before building the Job.
+    """
+    restore = cluster.restore
+    if restore is None:
+        return []
+    if restore.rdb is not None:
+        return [arg for path in restore.rdb.paths for arg in ("--restore-from", f"{RESTORE_MOUNT}/{path}")]
+    if restore.cluster is not None:
+        return ["--restore-from-cluster", restore.cluster.name, "--restore-journal", ",".join(source_journal)]
+    return []
+
+
+def provision_command(cluster: ClusterSpec, cluster_id: str, source_journal: Sequence[str] = ()) -> list[str]:
     """`engram provision` for every shard of the cluster against its journal Service."""
     return [
         "engram",
@@ -45,24 +80,49 @@ def provision_command(cluster: ClusterSpec, cluster_id: str) -> list[str]:
         ",".join(journal_urls(cluster)),
         "--timeout",
         str(ATTEMPT_TIMEOUT_SECONDS),
+        *restore_args(cluster, source_journal),
     ]
 
 
-def build_provision_job(cluster: ClusterSpec, cluster_id: str) -> dict[str, Any]:
-    """The batch/v1 Job the operator runs once the journal is ready and before any engine pod."""
+def build_provision_job(
+    cluster: ClusterSpec, cluster_id: str, source_journal: Sequence[str] = (), source_id: str = ""
+) -> dict[str, Any]:
+    """The batch/v1 Job the operator runs once the journal is ready and before any engine pod.
+
+    With spec.restoreFrom it also seeds the cluster: ``source_journal`` and ``source_id`` are the
+    source cluster's journal URLs and cluster id (for a cluster source), as the operator read them.
+    """
     job_labels = labels.cluster_labels(cluster.name, labels.PROVISION)
     job_labels[labels.VERSION] = cluster.engine.version
+    restore = cluster.restore
+    annotations = {labels.CLUSTER_ID: cluster_id}
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
+    resources: dict[str, Any] = RESOURCES
+    deadline = ACTIVE_DEADLINE_SECONDS
+    if restore is not None:
+        source = restore.source()
+        if "cluster" in source and source_id:
+            source["cluster"]["clusterId"] = source_id
+        annotations[labels.RESTORE_FROM] = json.dumps(source, sort_keys=True)
+        resources = restore.resources.to_manifest() or RESTORE_RESOURCES
+        deadline = RESTORE_ACTIVE_DEADLINE_SECONDS
+        if restore.rdb is not None:
+            # Read-only twice over: the claim as mounted, and the mount in the container.
+            claim = {"claimName": restore.rdb.claim_name, "readOnly": True}
+            volumes.append({"name": "restore", "persistentVolumeClaim": claim})
+            mounts.append({"name": "restore", "mountPath": RESTORE_MOUNT, "readOnly": True})
     container = {
         "name": "provision",
         # The engine image: provisioning writes the same formats the nodes of this version read.
         "image": cluster.engine.resolved_image,
         "imagePullPolicy": cluster.engine.image_pull_policy,
-        "command": provision_command(cluster, cluster_id),
-        "resources": RESOURCES,
+        "command": provision_command(cluster, cluster_id, source_journal),
+        "resources": resources,
         "securityContext": container_security_context(),
         # The operator shows a failed attempt's error in the Provisioned condition.
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": mounts,
     }
     return {
         "apiVersion": "batch/v1",
@@ -71,22 +131,37 @@ def build_provision_job(cluster: ClusterSpec, cluster_id: str) -> dict[str, Any]
             cluster,
             labels.provision_job_name(cluster.name),
             job_labels,
-            {labels.CLUSTER_ID: cluster_id},
+            annotations,
         ),
         "spec": {
             "backoffLimit": BACKOFF_LIMIT,
-            "activeDeadlineSeconds": ACTIVE_DEADLINE_SECONDS,
+            "activeDeadlineSeconds": deadline,
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {
+                            "containerName": "provision",
+                            "operator": "In",
+                            "values": PERMANENT_EXIT_CODES,
+                        },
+                    },
+                    # An evicted attempt (a node drain) is not the Job's fault: it does not count.
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                ]
+            },
             "template": {
                 "metadata": {"labels": job_labels, "annotations": {labels.CLUSTER_ID: cluster_id}},
                 "spec": {
-                    "restartPolicy": "OnFailure",
+                    # Never, not OnFailure: a podFailurePolicy needs each attempt in a pod of its own.
+                    "restartPolicy": "Never",
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
                     "securityContext": pod_security_context(),
                     # Not pinned to a zone: it only talks to the journal, wherever the nodes allow.
                     **scheduling(cluster, {}),
                     "containers": [container],
-                    "volumes": [{"name": "tmp", "emptyDir": {}}],
+                    "volumes": volumes,
                 },
             },
         },
