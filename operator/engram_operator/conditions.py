@@ -16,6 +16,7 @@ CONDITION_TYPES = (
     "Provisioned",
     "ZoneSpreadSatisfied",
     "NodesHealthy",
+    "SnapshotsHealthy",
 )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -716,3 +716,52 @@ def snapshot_outcome_event(request: str, results: Sequence[SnapshotResult]) -> E
         "Not retried: set spec.snapshots.request to a new value to try again",
     )
 
+
+# Scheduled snapshots that fail on a node (ENGRAM.STATUS snapshot_failures, snapshot_error): a
+# Warning event each time a node's count of failures in a row rises. Reported per attempt, like any
+# action, so a node failing every 30 s posts an event per attempt; the count says how long it lasts.
+
+
+def snapshot_failure_counts(seen: Observed, before: Mapping[str, int]) -> dict[str, int]:
+    """Each engine pod's failed snapshot attempts in a row, as far as known: its answer this
+    reconcile, else the count remembered ``before`` (a node that did not answer once is not news
+    when it answers again). Pods that are gone, and zeros, are left out."""
+    pods = {p.name for p in seen.pods}
+    counts = {pod: n for pod, n in before.items() if pod in pods and pod not in seen.statuses}
+    counts.update({pod: s.snapshot_failures for pod, s in seen.statuses.items()})
+    return {pod: n for pod, n in counts.items() if n > 0}
+
+
+def snapshot_failure_events(seen: Observed, before: Mapping[str, int]) -> list[Event]:
+    """A Warning per node with a new failed attempt since ``before``, naming shard, node and reason.
+
+    New: a count above the one remembered, or any non-zero count below it (a success reset it to 0
+    between two observations, and it has failed again since).
+    """
+    shard_of = {p.name: p.shard for p in seen.pods}
+    events = []
+    for pod, status in sorted(seen.statuses.items()):
+        if status.snapshot_failures in (0, before.get(pod, 0)) or pod not in shard_of:
+            continue
+        n = status.snapshot_failures
+        events.append(
+            Event(
+                "Warning",
+                "SnapshotFailed",
+                f"shard {shard_of[pod]}: snapshot on {pod} failed ({n} attempt{'s' if n > 1 else ''} in a "
+                f"row): {status.snapshot_error or 'no reason given'}. The node tries again; the journal "
+                "is not truncated until one succeeds",
+            )
+        )
+    return events
+
+
+def remembered_snapshot_failures(status: Mapping[str, Any] | None) -> dict[str, int]:
+    """The counts the last written status shows (status.shards[]), for the first reconcile after an
+    operator restart: a failure already announced is not announced again."""
+    out = {}
+    for shard in (status or {}).get("shards") or []:
+        pod, n = shard.get("snapshotErrorPod"), int(shard.get("snapshotFailures") or 0)
+        if pod and n:
+            out[str(pod)] = n
+    return out

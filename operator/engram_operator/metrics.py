@@ -16,6 +16,11 @@ SNAPSHOT_REQUESTS = Counter(
     ["namespace", "cluster", "outcome"],
 )
 READY_NODES = Gauge("engram_operator_ready_nodes", "Ready engine pods", ["namespace", "cluster"])
+SNAPSHOT_FAILURES = Gauge(
+    "engram_operator_snapshot_failures",
+    "Failed snapshot attempts in a row on the shard's most failing node (ENGRAM.STATUS), 0 while none",
+    ["namespace", "cluster", "shard"],
+)
 
 
 def serve_if_enabled() -> None:

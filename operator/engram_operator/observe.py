@@ -29,6 +29,9 @@ class EngineStatus:
     # its age in seconds (None while none).
     snapshot_seq: int = 0
     snapshot_age: int | None = None
+    # Snapshot attempts that failed in a row on this node (0 after a success), and the last reason.
+    snapshot_failures: int = 0
+    snapshot_error: str = ""
 
 
 @dataclass(frozen=True)
@@ -342,4 +345,6 @@ def parse_engine_status(reply: Iterable[Any]) -> EngineStatus:
         leader_id=str(fields.get("leader_id") or ""),
         snapshot_seq=num("snapshot_seq"),
         snapshot_age=optional("snapshot_age"),
+        snapshot_failures=num("snapshot_failures"),
+        snapshot_error=str(fields.get("snapshot_error") or ""),
     )

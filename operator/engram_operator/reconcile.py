@@ -22,6 +22,9 @@ from engram_operator.decisions import (
     SnapshotTarget,
     decide,
     pending_snapshot_request,
+    remembered_snapshot_failures,
+    snapshot_failure_counts,
+    snapshot_failure_events,
     snapshot_outcome_event,
     snapshot_request_event,
     snapshot_targets,
@@ -161,6 +164,8 @@ class SnapshotRun:
 # write reached the operator still shows the previous lastRequest).
 SNAPSHOT_RUN = "snapshot_run"
 SNAPSHOT_RECORDED = "snapshot_recorded"
+# Each pod's failed scheduled snapshot attempts in a row, as last seen (decisions.snapshot_failure_counts).
+SNAPSHOT_FAILURES = "snapshot_failures"
 
 
 def snapshot_requests(
@@ -245,6 +250,11 @@ async def reconcile(
     previous = body.get("status") or {}
     seen = await observe(cluster, previous)
     plan = decide(cluster, seen)
+    before = memo.get(SNAPSHOT_FAILURES)
+    if before is None:
+        before = remembered_snapshot_failures(previous)
+    plan.events += snapshot_failure_events(seen, before)
+    memo[SNAPSHOT_FAILURES] = snapshot_failure_counts(seen, before)
     failures = await execute(cluster, plan, seen, logger)
     requests = snapshot_requests(cluster, seen, previous, memo, plan)
     events, memo["posted"] = announcements(plan, failures, previous, memo.get("posted", frozenset()))
@@ -265,4 +275,8 @@ async def reconcile(
     )
     metrics.RECONCILES.labels(cluster.namespace, cluster.name, outcome).inc()
     metrics.READY_NODES.labels(cluster.namespace, cluster.name).set(int(status["readyNodes"].split("/")[0]))
+    for shard in status["shards"]:
+        metrics.SNAPSHOT_FAILURES.labels(cluster.namespace, cluster.name, str(shard["id"])).set(
+            shard["snapshotFailures"]
+        )
     return plan

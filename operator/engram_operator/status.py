@@ -45,6 +45,16 @@ def shard_status(cluster: ClusterSpec, seen: Observed) -> list[dict[str, Any]]:
         }
         if snapshot_seq and ages:
             entry["snapshotAgeSeconds"] = min(ages)
+        # Failed snapshot attempts in a row, from the node reporting the most (normally the one
+        # replica taking the shard's snapshots); 0 while none fails.
+        failing = max(
+            ((seen.statuses[p.name].snapshot_failures, p.name) for p in pods if p.name in seen.statuses),
+            default=(0, ""),
+        )
+        entry["snapshotFailures"] = failing[0]
+        if failing[0]:
+            entry["snapshotErrorPod"] = failing[1]
+            entry["snapshotError"] = seen.statuses[failing[1]].snapshot_error or "no reason given"
         out.append(entry)
     return out
 
@@ -123,6 +133,28 @@ def nodes_healthy(plan: Plan) -> Condition:
     )
 
 
+def snapshots_healthy(shards: Sequence[Mapping[str, Any]]) -> Condition:
+    """False while a node of some shard reports failed snapshot attempts in a row.
+
+    A shard whose snapshots keep failing still serves, but its journal is no longer truncated and
+    its recovery replays an ever longer tail: a human should look (the node's log has the detail).
+    """
+    failing = [s for s in shards if s.get("snapshotFailures")]
+    if not failing:
+        return Condition("SnapshotsHealthy", "True", "NoFailures", "no engine node reports a failed snapshot")
+    said = "; ".join(
+        f"shard {s['id']}: {s['snapshotFailures']} failed attempt(s) in a row on {s['snapshotErrorPod']}: "
+        f"{s['snapshotError']}"
+        for s in failing
+    )
+    return Condition(
+        "SnapshotsHealthy",
+        "False",
+        "SnapshotFailing",
+        f"{said}. Until a snapshot succeeds the journal is not truncated and recovery replays a longer tail",
+    )
+
+
 def build_status(
     cluster: ClusterSpec,
     seen: Observed,
@@ -178,6 +210,7 @@ def build_status(
             "ZoneSpreadSatisfied", "True", "DistinctZones", "each shard's nodes are in distinct zones"
         ),
         nodes_healthy(plan),
+        snapshots_healthy(shards),
     ]
     if plan.degraded:
         phase = "Degraded"

@@ -547,3 +547,42 @@ def test_a_failed_restore_keeps_its_job_reads_its_pod_and_warns_once(api: FakeAp
     _, status, events = run(body(spec, status=status), memo)
     assert [e for e in events if e.reason == "RestoreFailed"] == [] and api.deleted == []
 
+
+# --- failed scheduled snapshots --------------------------------------------------------------------------
+
+
+def test_a_failing_snapshot_posts_a_warning_per_failed_attempt_and_survives_an_operator_restart(
+    api: FakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster = ClusterSpec.from_body(body({}))
+    pod = builders.build_engine_pod(cluster, name="demo-0-1", shard=0, index=1, zone="zone-b", cluster_id="c")
+    pod["status"] = {"phase": "Running", "podIP": "10.0.0.2"}
+    api.engine_pods = [pod]
+    answers = {"failures": 1}
+
+    async def statuses(pods: list) -> dict:
+        n = answers["failures"]
+        return {"demo-0-1": EngineStatus("replica", snapshot_failures=n, snapshot_error="digest differs")}
+
+    monkeypatch.setattr(probe, "all_statuses", statuses)
+    memo: dict[str, Any] = {}
+    _, status, events = run(body({}), memo)
+    [warning] = [e for e in events if e.reason == "SnapshotFailed"]
+    assert warning.type == "Warning"
+    assert warning.message.startswith(
+        "shard 0: snapshot on demo-0-1 failed (1 attempt in a row): digest differs"
+    )
+    assert status["shards"][0]["snapshotFailures"] == 1
+    assert conditions(status)["SnapshotsHealthy"]["status"] == "False"
+    _, status, events = run(body({}, status=status), memo)
+    assert [e for e in events if e.reason == "SnapshotFailed"] == []
+    answers["failures"] = 2
+    _, status, events = run(body({}, status=status), memo)
+    assert ["2 attempts in a row" in e.message for e in events if e.reason == "SnapshotFailed"] == [True]
+    # A restarted operator (empty memo) learns the count from the status: no second announcement.
+    _, status, events = run(body({}, status=status), {})
+    assert [e for e in events if e.reason == "SnapshotFailed"] == []
+    answers["failures"] = 0
+    _, status, _ = run(body({}, status=status), memo)
+    assert conditions(status)["SnapshotsHealthy"]["status"] == "True"
+    assert status["shards"][0]["snapshotFailures"] == 0 and "snapshotError" not in status["shards"][0]

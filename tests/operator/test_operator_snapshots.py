@@ -22,6 +22,9 @@ from engram_operator.decisions import (
     SnapshotTarget,
     decide,
     pending_snapshot_request,
+    remembered_snapshot_failures,
+    snapshot_failure_counts,
+    snapshot_failure_events,
     snapshot_outcome_event,
     snapshot_replica,
     snapshot_request_event,
@@ -402,3 +405,87 @@ def test_a_finished_request_is_recorded_with_every_shards_answer() -> None:
     status = build_status(cluster, seen, decide(cluster, seen), None, 1, snapshot_requests=record)
     assert schema_errors(status_schema(), status) == []
     assert status["snapshots"]["results"] == record["results"]
+
+
+# --- failed scheduled snapshots (ENGRAM.STATUS snapshot_failures, snapshot_error) ----------------------
+
+
+def failing(seen: Any, by_pod: dict[str, tuple[int, str]]) -> Any:
+    statuses = dict(seen.statuses)
+    for name, (count, error) in by_pod.items():
+        statuses[name] = dataclasses.replace(statuses[name], snapshot_failures=count, snapshot_error=error)
+    return dataclasses.replace(seen, statuses=statuses)
+
+
+def test_engram_status_carries_failed_attempts_in_a_row_and_the_last_reason() -> None:
+    base = [b"role", b"replica"]
+    said = parse_engine_status([*base, b"snapshot_failures", b"3", b"snapshot_error", b"digest differs"])
+    assert (said.snapshot_failures, said.snapshot_error) == (3, "digest differs")
+    # A node older than these fields reports nothing failing.
+    older = parse_engine_status(base)
+    assert (older.snapshot_failures, older.snapshot_error) == (0, "")
+
+
+def test_a_shard_shows_the_failures_of_the_node_reporting_the_most_and_fits_the_crd() -> None:
+    cluster, seen = three_replicas()
+    seen = failing(seen, {"demo-0-1": (1, "first"), "demo-0-2": (4, "rehearsal digest differs")})
+    plan = decide(cluster, seen)
+    status = build_status(cluster, seen, plan, None, generation=1)
+    zero, one = status["shards"]
+    assert (zero["snapshotFailures"], zero["snapshotErrorPod"], zero["snapshotError"]) == (
+        4,
+        "demo-0-2",
+        "rehearsal digest differs",
+    )
+    assert one["snapshotFailures"] == 0 and "snapshotError" not in one and "snapshotErrorPod" not in one
+    assert schema_errors(status_schema(), status) == []
+    healthy = next(c for c in status["conditions"] if c["type"] == "SnapshotsHealthy")
+    assert (healthy["status"], healthy["reason"]) == ("False", "SnapshotFailing")
+    assert healthy["message"].startswith(
+        "shard 0: 4 failed attempt(s) in a row on demo-0-2: rehearsal digest differs."
+    )
+
+
+def test_snapshots_are_healthy_while_no_node_reports_a_failure() -> None:
+    cluster, seen = three_replicas()
+    status = build_status(cluster, seen, decide(cluster, seen), None, generation=1)
+    healthy = next(c for c in status["conditions"] if c["type"] == "SnapshotsHealthy")
+    assert (healthy["status"], healthy["reason"]) == ("True", "NoFailures")
+    assert [s["snapshotFailures"] for s in status["shards"]] == [0, 0]
+
+
+def test_a_warning_names_shard_node_and_reason_each_time_a_nodes_count_rises() -> None:
+    _, seen = three_replicas()
+    now = failing(seen, {"demo-1-1": (2, "snapshot of shard 1 failed: digest differs")})
+    [event] = snapshot_failure_events(now, {"demo-1-1": 1})
+    assert (event.type, event.reason, event.standing) == ("Warning", "SnapshotFailed", False)
+    assert event.message.startswith(
+        "shard 1: snapshot on demo-1-1 failed (2 attempts in a row): snapshot of shard 1 failed: "
+        "digest differs"
+    )
+    # Same count as before: nothing new. Lower but not 0 (a success, then a new failure): news.
+    assert snapshot_failure_events(now, {"demo-1-1": 2}) == []
+    assert len(snapshot_failure_events(failing(seen, {"demo-1-1": (1, "x")}), {"demo-1-1": 5})) == 1
+    assert len(snapshot_failure_events(failing(seen, {"demo-1-1": (1, "x")}), {})) == 1
+    assert snapshot_failure_events(seen, {"demo-1-1": 5}) == []
+
+
+def test_counts_are_remembered_across_a_node_that_did_not_answer_and_forgotten_for_gone_pods() -> None:
+    _, seen = three_replicas()
+    now = failing(seen, {"demo-0-1": (2, "x")})
+    assert snapshot_failure_counts(now, {}) == {"demo-0-1": 2}
+    silent = replace_status(now, "demo-0-1", None)
+    assert snapshot_failure_counts(silent, {"demo-0-1": 2, "demo-9-9": 7}) == {"demo-0-1": 2}
+    # Answering 0 (a success) forgets it, so the next failure is announced.
+    assert snapshot_failure_counts(seen, {"demo-0-1": 2}) == {}
+
+
+def test_an_operator_restart_remembers_the_counts_its_status_shows() -> None:
+    status = {
+        "shards": [
+            {"id": 0, "snapshotFailures": 3, "snapshotErrorPod": "demo-0-1", "snapshotError": "x"},
+            {"id": 1, "snapshotFailures": 0},
+        ]
+    }
+    assert remembered_snapshot_failures(status) == {"demo-0-1": 3}
+    assert remembered_snapshot_failures(None) == {}
