@@ -11,6 +11,7 @@ import pytest
 from cluster_state import CLUSTER_ID, journal_up, provision_job, provisioned, spec
 from k8s_offline import admit, crd_schema, memorycluster_crd, schema_errors, validate_manifest
 
+from engram.cli.main import build_parser
 from engram_operator import builders, labels
 from engram_operator.announce import announcements
 from engram_operator.builders.provision import (
@@ -417,3 +418,17 @@ def test_the_source_cluster_is_read_from_its_object() -> None:
 def test_a_job_made_before_restores_existed_reads_as_seeding_nothing() -> None:
     info = JobInfo(name="demo-provision", cluster_id=CLUSTER_ID)
     assert not info.permanent and info.restore == {}
+
+
+@pytest.mark.parametrize("restore", [RDB, FROM_CLUSTER], ids=["rdb", "cluster"])
+def test_the_jobs_command_is_one_engram_provision_accepts(restore: dict[str, Any]) -> None:
+    """The operator and the engine agree on the flags: the engine's own parser reads the Job's command."""
+    cluster = spec(restoreFrom=restore)
+    urls = source_journal_urls(cluster, "source", 3)
+    command = container(builders.build_provision_job(cluster, CLUSTER_ID, urls))["command"]
+    assert command[0] == "engram"
+    args = build_parser().parse_args(command[1:])
+    if "rdb" in restore:
+        assert args.restore_from == ["/restore/dumps/a.rdb", "/restore/b.rdb"]
+    else:
+        assert (args.restore_from_cluster, args.restore_journal) == ("source", ",".join(urls))
