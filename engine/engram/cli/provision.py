@@ -1,7 +1,10 @@
-"""`engram provision`: create a cluster's journal streams and metadata, once, at its creation.
+"""`engram provision`: create a cluster's journal streams and metadata, once, at its creation, and
+seed it from RDB files (--restore-from) or another cluster's snapshots (--restore-from-cluster).
 
-Exit codes: 0 provisioned (or already, under the same id); 1 the journal was not available in time
-(retry); 3 the name is held by another cluster id (retrying cannot help)."""
+Exit codes: 0 provisioned (or already, under the same id); 1 the journal (or the restore source's)
+was not available in time (retry); 2 invalid arguments; 3 retrying cannot help: the name is held by
+another cluster id, or the restore failed (a file that is not an RDB, a source cluster that is not
+there, has a shard without a verified snapshot, or is this cluster itself)."""
 
 from __future__ import annotations
 
@@ -17,11 +20,17 @@ def _say(message: str) -> None:
     print(f"engram provision: {message}", file=sys.stderr, flush=True)
 
 
+def _urls(text: str) -> list[str]:
+    return [u.strip() for u in text.split(",") if u.strip()]
+
+
 def handle(args: argparse.Namespace) -> int:
-    urls = [u.strip() for u in args.journal.split(",") if u.strip()]
+    urls = _urls(args.journal)
     try:
         request = ProvisionRequest(args.cluster, args.cluster_id or new_cluster_id(), args.shards,
-                                   args.journal_replicas)
+                                   args.journal_replicas, restore_from=tuple(args.restore_from),
+                                   restore_cluster=args.restore_from_cluster,
+                                   restore_journal=tuple(_urls(args.restore_journal)))
         asyncio.run(provision(urls, request, args.timeout, _say))
     except ProvisionError as exc:
         _say(f"error: {exc}")
@@ -42,6 +51,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--shards", type=int, required=True)
     p.add_argument("--journal-replicas", type=int, default=3, help="(default: %(default)s)")
     p.add_argument("--journal", required=True, metavar="URL[,URL]", help="journal server URLs (nats://...)")
+    restore = p.add_mutually_exclusive_group()
+    restore.add_argument("--restore-from", action="append", default=[], metavar="PATH",
+                         help="seed the new cluster with the keys of this RDB file; repeatable")
+    restore.add_argument("--restore-from-cluster", default="", metavar="NAME",
+                         help="seed the new cluster from the newest verified snapshot of every shard of "
+                         "cluster NAME (keys go to the shards owning their slots, any shard count)")
+    p.add_argument("--restore-journal", default="", metavar="URL[,URL]",
+                   help="the journal servers of the --restore-from-cluster cluster (default: --journal)")
     p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
                    help="how long to wait for the journal (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -60,6 +60,24 @@ class ClusterMetadata:
         return meta
 
     @classmethod
+    async def identify(cls, js: JetStreamContext, cluster: str) -> str:
+        """The id recorded under a cluster name, for a reader that knows only the name (a restore's
+        source); raises StreamMissing when no cluster of that name was provisioned."""
+        name = bucket_name(cluster)
+        try:
+            kv = await js.key_value(name)
+        except nats.js.errors.BucketNotFoundError:
+            raise StreamMissing(f"metadata bucket {name} not found: no cluster {cluster!r} was provisioned "
+                                "on this journal") from None
+        except nats.errors.Error as exc:
+            raise NoQuorum(f"cluster metadata bucket {name} unavailable: {exc!r}") from exc
+        await wait_for_stream_leader(js, f"KV_{name}", 10.0)
+        found = await cls(kv, ClusterView())._read(CLUSTER_KEY)
+        if found is None:
+            raise StreamMissing(f"cluster metadata {name} has no identity record: its provisioning failed")
+        return str(json.loads(found).get("id") or "")
+
+    @classmethod
     async def provision(
         cls, js: JetStreamContext, cluster: str, cluster_id: str, replicas: int, shards: int
     ) -> ClusterMetadata:

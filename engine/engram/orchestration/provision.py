@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -18,7 +19,8 @@ from engram.cluster.metadata import ClusterMetadata
 from engram.journal.client import Journal
 from engram.journal.errors import IdentityMismatch, JournalError
 from engram.snapshots.record import SnapshotError
-from engram.snapshots.seed import SEED_NODE, seed_from_rdb
+from engram.snapshots.seed import SEED_NODE, seed_from_rdb, seeding_state
+from engram.snapshots.source import SourceCluster
 from engram.snapshots.store import SnapshotStore
 
 log = logging.getLogger(__name__)
@@ -44,10 +46,18 @@ class ProvisionRequest:
     replicas: int = 3
     # RDB files whose keys seed the new cluster, each to the shard owning its slot (docs/snapshots.md).
     restore_from: tuple[str, ...] = ()
+    # Or another cluster whose shards' newest verified snapshots seed it, and that cluster's journal
+    # servers (empty: the new cluster's own).
+    restore_cluster: str = ""
+    restore_journal: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.cluster_id:
             raise ValueError("a cluster id is required (see new_cluster_id)")
+        if self.restore_from and self.restore_cluster:
+            raise ValueError("restore either from RDB files or from another cluster's snapshots, not both")
+        if self.restore_journal and not self.restore_cluster:
+            raise ValueError("a restore journal names where the source cluster lives: give that cluster too")
         if self.shards < 1:
             raise ValueError(f"shards must be at least 1, got {self.shards}")
         if not 1 <= self.replicas <= 5:
@@ -64,6 +74,12 @@ async def provision(
     progress: Callable[[str], None] = lambda _: None,
 ) -> None:
     """Create what the request names, or find it already there; idempotent for one cluster id."""
+    if request.restore_cluster and _same_cluster(request, urls):
+        raise ProvisionError(
+            f"cluster {request.cluster} cannot be restored from itself: name another cluster to restore "
+            "from, or that cluster's journal servers if it lives elsewhere under the same name",
+            permanent=True,
+        )
     deadline = asyncio.get_running_loop().time() + timeout
     journal = await _retry(lambda: Journal.connect(urls, request.cluster, 0, request.replicas,
                                                    name="engram-provision"), deadline)
@@ -79,23 +95,82 @@ async def provision(
             journal.jetstream, request.cluster, request.cluster_id, request.replicas
         ), deadline)
         progress(f"snapshot bucket {snapshots.bucket} ready")
-        if request.restore_from:
-            await _seed(journal, request, progress)
+        if request.restore_from or request.restore_cluster:
+            await _seed(journal, urls, request, deadline, progress)
     finally:
         await journal.close()
 
 
-async def _seed(journal: Journal, request: ProvisionRequest, progress: Callable[[str], None]) -> None:
-    """Seed the shards from the request's RDB files, once: a re-run finds them seeded already."""
+def _same_cluster(request: ProvisionRequest, urls: list[str]) -> bool:
+    """The restore's source is the cluster being created: same name on the same journal servers."""
+    source_urls = set(request.restore_journal) or set(urls)
+    return request.restore_cluster == request.cluster and source_urls == set(urls)
+
+
+async def _seed(journal: Journal, urls: list[str], request: ProvisionRequest, deadline: float,
+                progress: Callable[[str], None]) -> None:
+    """Seed the shards from RDB files or another cluster's snapshots, once: a re-run finds them
+    seeded already."""
     try:
-        second = await journal.get(2)
-        if second is not None and second.node == SEED_NODE:
+        if await _seeded_before(journal, request.shards):
             progress("restore: the journals were seeded by an earlier run")
             return
-        await seed_from_rdb(journal, request.cluster_id, request.shards, list(request.restore_from),
-                            progress=progress)
+        if request.restore_cluster:
+            await _seed_from_cluster(journal, urls, request, deadline, progress)
+        else:
+            await seed_from_rdb(journal, request.cluster_id, request.shards, list(request.restore_from),
+                                progress=progress)
     except (SnapshotError, JournalError) as exc:
         raise ProvisionError(f"restore failed: {exc}", permanent=True) from exc
+
+
+async def _seeded_before(journal: Journal, shards: int) -> bool:
+    """Whether an earlier run seeded every shard; SnapshotError when that seeding was cut short
+    (a shard without its seal, or shards seeded beside shards still new), which no re-run can finish."""
+    seeded, fresh = 0, []
+    for shard in range(shards):
+        shard_journal = journal.for_shard(shard)
+        state = await shard_journal.state()
+        if state.last_seq <= 1:
+            fresh.append(shard)
+            continue
+        last, second = await shard_journal.get(state.last_seq), await shard_journal.get(2)
+        if seeding_state(last) == "interrupted":
+            raise SnapshotError(_cut_short(shard))
+        if second is not None and second.node == SEED_NODE:
+            seeded += 1
+    if seeded and fresh:
+        raise SnapshotError(_cut_short(fresh[0]))
+    # Anything else (a journal that moved on without a seeding) is refused by seed_from_rdb.
+    return seeded == shards
+
+
+def _cut_short(shard: int) -> str:
+    return (f"an earlier restore of this cluster was cut short (shard {shard} holds part of it or none): "
+            "delete the cluster and create it again to restore")
+
+
+async def _seed_from_cluster(journal: Journal, urls: list[str], request: ProvisionRequest, deadline: float,
+                             progress: Callable[[str], None]) -> None:
+    """Fetch the newest verified snapshot of every shard of the source cluster, then seed from them.
+
+    Everything is fetched before the first seeded entry is written, so a source that does not
+    answer in time leaves the new journals untouched and provisioning can be retried."""
+    source_urls = list(request.restore_journal) or urls
+    source = await _retry(lambda: SourceCluster.open(source_urls, request.restore_cluster), deadline)
+    try:
+        if source.cluster_id == request.cluster_id:
+            raise ProvisionError(f"cluster {request.cluster} cannot be restored from itself "
+                                 f"(cluster id {source.cluster_id})", permanent=True)
+        records = await _retry(source.newest, deadline)
+        progress(f"restore: from cluster {source.name} (id {source.cluster_id}), "
+                 + ", ".join(f"shard {r.shard} at entry {r.seq}" for r in records))
+        with tempfile.TemporaryDirectory(prefix="eg-restore-") as tmp:
+            fetched = await _retry(lambda: source.fetch(records, tmp, progress), deadline)
+            await seed_from_rdb(journal, request.cluster_id, request.shards,
+                                [str(path) for _, path in fetched], progress=progress)
+    finally:
+        await source.close()
 
 
 async def _retry(attempt: Callable[[], Awaitable[T]], deadline: float) -> T:
