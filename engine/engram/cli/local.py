@@ -18,6 +18,7 @@ from engram.platforms.local.plan import ClusterSpec, PlanError
 from engram.platforms.local.ports import PortBusy
 from engram.platforms.local.probe import FailoverFailed
 from engram.platforms.local.state import default_base_dir
+from engram.snapshots.cycle import DEFAULT_KEEP
 
 _ERRORS = (cluster.LocalError, BinaryNotFound, PortBusy, PlanError, FailoverFailed, NetworkError, ValueError)
 _SIGNALS = {"KILL": signal.SIGKILL, "STOP": signal.SIGSTOP, "CONT": signal.SIGCONT, "TERM": signal.SIGTERM}
@@ -109,6 +110,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         snapshot_interval=args.snapshot_interval,
         snapshot_entries=args.snapshot_entries,
         restore_from=tuple(args.restore_from),
+        restore_cluster=args.restore_from_cluster,
         log_level=args.log_level,
         node_command=tuple(shlex.split(args.node_command or "")),
         netns=args.netns,
@@ -164,7 +166,14 @@ def cmd_failover(args: argparse.Namespace) -> int:
 
 @_guarded
 def cmd_snapshot(args: argparse.Namespace) -> int:
-    for line in cluster.snapshot(args.dir, args.name, shard=args.shard, keep=args.keep, say=_say):
+    if args.export:
+        if args.keep is not None:
+            return _fail("--keep applies to taking snapshots; --export takes none")
+        for line in cluster.export_snapshots(args.dir, args.name, args.export, shard=args.shard):
+            print(line, flush=True)
+        return 0
+    keep = DEFAULT_KEEP if args.keep is None else args.keep
+    for line in cluster.snapshot(args.dir, args.name, shard=args.shard, keep=keep, say=_say):
         _say(line)
     return 0
 
@@ -230,10 +239,16 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="take a snapshot once N journal entries follow the newest; 0: no threshold "
         "(default: %(default)s)",
     )
-    up.add_argument(
+    restore = up.add_mutually_exclusive_group()
+    restore.add_argument(
         "--restore-from", action="append", default=[], metavar="RDB",
         help="seed the new cluster with the keys of this RDB file (a snapshot or Valkey's dump.rdb); "
         "repeatable; keys go to the shards that own their slots",
+    )
+    restore.add_argument(
+        "--restore-from-cluster", default="", metavar="OTHER",
+        help="seed the new cluster from the newest verified snapshot of every shard of OTHER, a running "
+        "cluster under the same --dir; keys go to the shards that own their slots",
     )
     up.add_argument("--log-level", default="warning", help="node log level (default: %(default)s)")
     up.add_argument(
@@ -270,9 +285,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     snapshot = add("snapshot", cmd_snapshot,
                    "take, verify and store a snapshot of every shard; truncate the journal behind it")
     snapshot.add_argument("--shard", type=int, default=None, help="only this shard (default: every shard)")
-    snapshot.add_argument("--keep", type=int, default=2,
+    snapshot.add_argument("--keep", type=int, default=None,
                           help="verified snapshots kept per shard; the journal is kept from the oldest "
-                          "(default: %(default)s)")
+                          f"(default: {DEFAULT_KEEP})")
+    snapshot.add_argument("--export", metavar="DIR", default="",
+                          help="take no snapshot: write each shard's newest verified one to DIR as "
+                          "NAME-shard<N>-seq<S>.rdb (SHA-256 checked), for `up --restore-from`")
 
     failover = add("failover", cmd_failover, "planned switchover of a shard's primary")
     failover.add_argument("--shard", type=int, default=0, help="(default: %(default)s)")

@@ -30,6 +30,7 @@ from engram.platforms.local.state import (
 )
 from engram.snapshots.cycle import DEFAULT_KEEP, snapshot_shard
 from engram.snapshots.record import SnapshotError
+from engram.snapshots.source import SourceCluster
 from engram.snapshots.store import SnapshotStore
 
 Progress = Callable[[str], None]
@@ -190,7 +191,8 @@ def up(
         )
     if spec.netns and (why := network.unavailable()):
         raise LocalError(f"--netns: {why}")
-    state = plan.plan(spec, directory, nats, binaries.find("valkey-server"))
+    restore_journal = _restore_source(base, spec.restore_cluster) if spec.restore_cluster else None
+    state = plan.plan(spec, directory, nats, binaries.find("valkey-server"), restore_journal)
     # A directory kept by `down --keep-data` holds data to resume from: never delete it on failure.
     had_data = directory.exists() and any(c.name != "logs" for c in directory.iterdir())
     directory.mkdir(parents=True, exist_ok=True)
@@ -224,6 +226,18 @@ def up(
         supervisor.wait()
         _remove(state, keep_logs=True, keep_data=had_data)
         raise
+
+
+def _restore_source(base: str | Path, name: str) -> list[str]:
+    """The journal URLs of the cluster to restore from; it must be running, as its journal holds its
+    snapshots."""
+    try:
+        return load_running(base, name).journal_urls
+    except LocalError as exc:
+        raise LocalError(
+            f"--restore-from-cluster {name}: {exc}; the cluster restored from must be running under "
+            f"{base}, since its journal holds its snapshots"
+        ) from None
 
 
 def _refuse_existing(base: str | Path, name: str, path: Path) -> None:
@@ -468,6 +482,30 @@ def snapshot(base: str | Path, name: str, shard: int | None = None, keep: int = 
         return asyncio.run(run())
     except (JournalError, SnapshotError) as exc:
         raise LocalError(f"snapshot of {name} failed: {exc}") from exc
+
+
+def export_snapshots(base: str | Path, name: str, directory: str | Path,
+                     shard: int | None = None) -> list[str]:
+    """Write the newest verified snapshot of each shard (or one) into directory as RDB files,
+    SHA-256 checked; one line per file written."""
+    state = load_running(base, name)
+    if shard is not None and not 0 <= shard < state.shards:
+        raise LocalError(f"cluster {name} has no shard {shard} (shards: 0..{state.shards - 1})")
+
+    async def run() -> list[str]:
+        source = await SourceCluster.open(state.journal_urls, name)
+        try:
+            records = await source.newest(None if shard is None else [shard])
+            fetched = await source.fetch(records, Path(directory).resolve())
+        finally:
+            await source.close()
+        return [f"{path}  shard {record.shard}, entry {record.seq}, {record.keys} keys, {record.size} bytes, "
+                f"sha256 {record.sha256}" for record, path in fetched]
+
+    try:
+        return asyncio.run(run())
+    except (JournalError, SnapshotError) as exc:
+        raise LocalError(f"export of {name}'s snapshots failed: {exc}") from exc
 
 
 # ---- partitions --------------------------------------------------------------------------------

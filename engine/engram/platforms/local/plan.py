@@ -37,6 +37,8 @@ class ClusterSpec:
     snapshot_entries: int = 100_000
     # RDB files that seed the new cluster (`up --restore-from`).
     restore_from: tuple[str, ...] = ()
+    # Or a running local cluster whose newest verified snapshots seed it (`up --restore-from-cluster`).
+    restore_cluster: str = ""
     node_command: tuple[str, ...] = ()
     # Each zone in its own network namespace, so a zone can be partitioned (root only).
     netns: bool = False
@@ -54,6 +56,12 @@ class ClusterSpec:
         for path in self.restore_from:
             if not Path(path).is_file():
                 raise PlanError(f"--restore-from {path}: no such file")
+        if self.restore_from and self.restore_cluster:
+            raise PlanError("--restore-from and --restore-from-cluster exclude each other: restore from "
+                            "RDB files or from a cluster's snapshots")
+        if self.restore_cluster == self.name:
+            raise PlanError(f"--restore-from-cluster {self.name}: a new cluster cannot be restored from "
+                            "itself; name the running cluster whose snapshots to restore")
         if self.snapshot_interval < 0 or self.snapshot_entries < 0:
             raise PlanError("--snapshot-interval and --snapshot-entries must not be negative (0: off)")
 
@@ -90,8 +98,13 @@ def port_layout(spec: ClusterSpec, numbers: list[int]) -> tuple[int, list[int], 
     return numbers[0], numbers[1 : 1 + n], numbers[1 + n : journal_end], numbers[journal_end:]
 
 
-def plan(spec: ClusterSpec, directory: Path, nats_server: str, valkey_server: str) -> ClusterState:
-    """Lay the cluster out: allocate every port (raising PortBusy) and name every file."""
+def plan(spec: ClusterSpec, directory: Path, nats_server: str, valkey_server: str,
+         restore_journal: list[str] | None = None) -> ClusterState:
+    """Lay the cluster out: allocate every port (raising PortBusy) and name every file.
+
+    restore_journal: the journal URLs of spec.restore_cluster, which must be running."""
+    if spec.restore_cluster and not restore_journal:
+        raise PlanError(f"--restore-from-cluster {spec.restore_cluster}: its journal servers are not known")
     # Control ports are allocated, not derived (client port + 10000): an ephemeral client port
     # plus 10000 can pass 65535, and nothing would check that it is free.
     count = 1 + 2 * spec.node_count + 3 * len(spec.zones)
@@ -128,6 +141,8 @@ def plan(spec: ClusterSpec, directory: Path, nats_server: str, valkey_server: st
         snapshot_interval=spec.snapshot_interval,
         snapshot_entries=spec.snapshot_entries,
         restore_from=[str(Path(p).resolve()) for p in spec.restore_from],
+        restore_cluster=spec.restore_cluster,
+        restore_journal=list(restore_journal or []),
         nats_server=nats_server,
         valkey_server=valkey_server,
         nodes=nodes,
@@ -146,7 +161,8 @@ def journal_replicas(state: ClusterState) -> int:
 def provision_request(state: ClusterState) -> ProvisionRequest:
     """What provisioning creates for this cluster, once, before its first node starts."""
     return ProvisionRequest(state.name, state.cluster_id, state.shards, journal_replicas(state),
-                            restore_from=tuple(state.restore_from))
+                            restore_from=tuple(state.restore_from), restore_cluster=state.restore_cluster,
+                            restore_journal=tuple(state.restore_journal))
 
 
 def node_config(state: ClusterState, node: NodeState, log_level: str = "warning") -> NodeConfig:
@@ -160,6 +176,7 @@ def node_config(state: ClusterState, node: NodeState, log_level: str = "warning"
         "port": node.port,
         "admin_port": node.control_port,
         "journal_urls": state.journal_urls,
+        "journal_zones": {server.name: server.zone for server in state.journal},
         "data_dir": str(Path(node.config).parent),
         "host": node.host,
         "journal_replicas": journal_replicas(state),
@@ -176,7 +193,6 @@ def node_config(state: ClusterState, node: NodeState, log_level: str = "warning"
         values["valkey_socket"] = short_socket(data_dir)
     return NodeConfig(**values)
 
-        "journal_zones": {server.name: server.zone for server in state.journal},
 
 def short_socket(data_dir: str) -> str:
     """A unix socket path for a node whose data directory is too deep to hold one (sun_path limit)."""

@@ -145,6 +145,9 @@ class ClusterState:
     snapshot_interval: float = 3600.0
     snapshot_entries: int = 100_000
     restore_from: list[str] = field(default_factory=list)
+    # A local cluster whose snapshots seed this one, and its journal URLs (read when this one was planned).
+    restore_cluster: str = ""
+    restore_journal: list[str] = field(default_factory=list)
 
     @property
     def endpoint(self) -> str:
