@@ -4,6 +4,7 @@ cluster or to export as RDB files."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from engram import ENGINE_VERSION
 from engram.cluster.metadata import ClusterMetadata
 from engram.journal.client import Journal
 from engram.journal.entries import format_version, parse_version
-from engram.journal.errors import IdentityMismatch, StreamMissing
+from engram.journal.errors import IdentityMismatch, NoQuorum, StreamMissing
 from engram.snapshots.record import SnapshotCorrupt, SnapshotError, SnapshotRecord
 from engram.snapshots.store import SnapshotStore, bucket_name
 
@@ -21,6 +22,9 @@ log = logging.getLogger(__name__)
 
 # How many times a fetch follows a snapshot that retention replaced while it was being fetched.
 REPLACED_RETRIES = 3
+# The journal client keeps trying servers that do not answer: bound one attempt, so a caller's
+# retries (and their deadline) decide when a wrong or unreachable source journal is given up on.
+CONNECT_TIMEOUT = 10.0
 
 
 class SourceError(SnapshotError):
@@ -73,7 +77,12 @@ class SourceCluster:
         """Find the cluster by name on the journal at urls. SourceError when it or its snapshot bucket
         is not there; JournalError (worth a retry) when the journal does not answer."""
         where = ", ".join(urls)
-        journal = await Journal.connect(urls, cluster, 0, name=f"engram-source-{cluster}")
+        try:
+            journal = await asyncio.wait_for(
+                Journal.connect(urls, cluster, 0, name=f"engram-source-{cluster}"), CONNECT_TIMEOUT)
+        except TimeoutError:
+            raise NoQuorum(f"no journal server of cluster {cluster} answered at {where} within "
+                           f"{CONNECT_TIMEOUT:.0f}s") from None
         try:
             try:
                 cluster_id = await ClusterMetadata.identify(journal.jetstream, cluster)
