@@ -16,7 +16,6 @@ import redis
 from engram.journal.client import Journal
 from engram.platforms.local.testing import run_engram
 from engram.snapshots.record import SnapshotRecord
-from engram.snapshots.seed import SEED_NODE
 from engram.snapshots.store import SnapshotStore
 from tests.integration.workload import cli_status, client_for, primary_of
 
@@ -122,35 +121,36 @@ def test_provision_restores_from_a_cluster_on_other_journal_servers(source: Sour
     first = run_engram(*argv, timeout=120)
     assert first.returncode == 0, first.stderr
 
-    async def seeded() -> list[tuple[int, str]]:
+    async def seeded() -> list[tuple[int, int]]:
+        """Each shard's (last, first) entry: seeded, then truncated behind provisioning's first snapshot."""
         journal = await Journal.connect(_urls(target), "copy", 0)
         try:
-            found = []
-            for shard in range(2):
-                entry = await journal.for_shard(shard).get(2)
-                found.append(((await journal.for_shard(shard).state()).last_seq, entry.node if entry else ""))
-            return found
+            states = [await journal.for_shard(shard).state() for shard in range(2)]
+            return [(state.last_seq, state.first_seq) for state in states]
         finally:
             await journal.close()
 
     before = asyncio.run(seeded())
-    assert all(last > 1 and node == SEED_NODE for last, node in before), before
+    assert all(last > 1 and first > last for last, first in before), before
     again = run_engram(*argv, timeout=120)
     assert again.returncode == 0 and "seeded by an earlier run" in again.stderr, again.stderr
     assert asyncio.run(seeded()) == before
 
 
 def test_a_source_without_snapshots_or_an_unknown_one_is_refused(source: Source, restored: Status) -> None:
-    src, fresh = source["status"], restored
+    src = source["status"]
     journal = ",".join(_urls(src))
 
     def provision(cluster: str, restore: str, journal_urls: str) -> Any:
         return run_engram("provision", "--cluster", cluster, "--shards", "1", "--journal", journal,
                           "--restore-from-cluster", restore, "--restore-journal", journal_urls, timeout=120)
 
-    bare = provision("fromfresh", fresh["name"], ",".join(_urls(fresh)))
+    # A cluster provisioned but never snapshotted (a restored one is snapshotted by its provisioning).
+    made = run_engram("provision", "--cluster", "fresh", "--shards", "3", "--journal", journal, timeout=120)
+    assert made.returncode == 0, made.stderr
+    bare = provision("fromfresh", "fresh", journal)
     assert bare.returncode == 3, bare.stderr
-    hint = f"of shards 0, 1, 2: take one first with `engram local snapshot {fresh['name']}`"
+    hint = "of shards 0, 1, 2: take one first with `engram local snapshot fresh`"
     assert hint in bare.stderr, bare.stderr
     unknown = provision("fromnothing", "nosuch", journal)
     assert unknown.returncode == 3 and "no cluster nosuch on the journal" in unknown.stderr, unknown.stderr

@@ -3,7 +3,9 @@
 A benchmark, not a test: it starts a local cluster seeded with N keys (`up --restore-from`), takes a
 snapshot, appends a tail of single-write journal entries, kills a replica with SIGKILL and times
 how long it takes to apply everything again (from the kill to an applied sequence at the journal's
-last entry as it was at the kill).
+last entry as it was at the kill). With --history H the cluster's journal first receives H entries
+of one key each (the RDB restored over and over), so that recovery is measured on a cluster with a
+long history behind its snapshot.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class RecoveryReport:
     keys: int
     value_size: int
     rdb_bytes: int
+    history_entries: int
     tail_entries: int
     journal_last_seq: int
     journal_first_seq: int
@@ -48,9 +51,11 @@ class RecoveryReport:
         rows = [
             ("keys", f"{self.keys:,} of {self.value_size} bytes"),
             ("RDB size", f"{self.rdb_bytes / 1e6:.1f} MB"),
+            ("entries written since creation", f"{self.journal_last_seq:,} "
+                                               f"({self.history_entries:,} of seeded history)"),
             ("journal", f"entries {self.journal_first_seq:,}..{self.journal_last_seq:,} held "
                         f"(snapshot at {self.snapshot_seq:,}, tail of {self.tail_entries:,})"),
-            ("seed (restore into a new cluster)", f"{self.seed_seconds:.1f} s"),
+            ("seed (restore into a new cluster, first snapshot)", f"{self.seed_seconds:.1f} s"),
             ("snapshot (take, store, rehearse)", f"{self.snapshot_seconds:.1f} s"),
             ("replica recovery after kill -9", f"{self.recovery_seconds:.2f} s"),
         ]
@@ -83,13 +88,18 @@ def _control(node: dict) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in zip(raw[::2], raw[1::2], strict=True)}
 
 
-def run(keys: int, value_size: int, tail: int, workdir: str) -> RecoveryReport:
+def run(keys: int, value_size: int, tail: int, workdir: str, history: int = 0) -> RecoveryReport:
     base = Path(workdir) / "clusters"
     name = "recovery"
     _say(f"writing an RDB of {keys:,} keys")
     rdb = asyncio.run(_make_rdb(tempfile.mkdtemp(prefix="eg-rdb-", dir=workdir), keys, value_size))
-    spec = ClusterSpec(name=name, shards=1, replicas=2, restore_from=(str(rdb),), snapshot_interval=0,
-                       snapshot_entries=0)
+    # A long history: the same keys restored again and again, one journal entry per key.
+    passes = max(1, -(-history // keys)) if history else 1
+    if history:
+        _say(f"seeding a history of {passes * keys:,} entries ({passes} restores of the RDB, "
+             "a key per entry)")
+    spec = ClusterSpec(name=name, shards=1, replicas=2, restore_from=(str(rdb),) * passes,
+                       snapshot_interval=0, snapshot_entries=0, restore_entry_keys=1 if history else 0)
     started = time.monotonic()
     doc = cluster.up(spec, base, timeout=1800, progress=_say)
     try:
@@ -127,7 +137,8 @@ def run(keys: int, value_size: int, tail: int, workdir: str) -> RecoveryReport:
         recovery_seconds = time.monotonic() - killed
         state = asyncio.run(_journal_state([j["url"] for j in doc["journal"]], name))
         return RecoveryReport(
-            keys=keys, value_size=value_size, rdb_bytes=rdb.stat().st_size, tail_entries=tail,
+            keys=keys, value_size=value_size, rdb_bytes=rdb.stat().st_size,
+            history_entries=passes * keys if history else 0, tail_entries=tail,
             journal_last_seq=state.last_seq, journal_first_seq=state.first_seq,
             snapshot_seq=state.first_seq - 1, seed_seconds=seed_seconds,
             snapshot_seconds=snapshot_seconds, recovery_seconds=recovery_seconds,
@@ -138,7 +149,7 @@ def run(keys: int, value_size: int, tail: int, workdir: str) -> RecoveryReport:
 
 def handle(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="eg-recovery-", dir="/tmp") as workdir:
-        report = run(args.keys, args.value_size, args.tail, workdir)
+        report = run(args.keys, args.value_size, args.tail, workdir, args.history)
     print(json.dumps(asdict(report), indent=2) if args.json else report.table())
     return 0
 
@@ -150,6 +161,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--value-size", type=int, default=100, metavar="BYTES", help="(default: %(default)s)")
     p.add_argument("--tail", type=int, default=2_000, metavar="ENTRIES",
                    help="single-write entries appended after the snapshot (default: %(default)s)")
+    p.add_argument("--history", type=int, default=0, metavar="ENTRIES",
+                   help="journal entries (one key each) written before the first snapshot (default: none)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=handle)
     return p

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 SLOTS_KEY = "slots"
 CLUSTER_KEY = "cluster"
+# Written once a restore has seeded every shard: a re-run of provisioning must not seed again.
+RESTORED_KEY = "restored"
 
 
 def bucket_name(cluster: str) -> str:
@@ -123,6 +125,15 @@ class ClusterMetadata:
             pass
         except nats.errors.Error as exc:
             raise NoQuorum(f"cannot write {key} to the cluster metadata: {exc!r}") from exc
+
+    async def mark_restored(self, source: str) -> None:
+        """Record, once, that the cluster's journals were seeded from `source`."""
+        await self._create_once(RESTORED_KEY, json.dumps({"from": source}).encode())
+
+    async def restored(self) -> str | None:
+        """What the cluster was seeded from, once its restore completed; None otherwise."""
+        found = await self._read(RESTORED_KEY)
+        return str(json.loads(found).get("from", "")) if found else None
 
     async def load_slot_map(self) -> SlotMap:
         """The slot map provisioning wrote; raises StreamMissing while there is none."""

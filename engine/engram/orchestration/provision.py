@@ -18,6 +18,7 @@ from typing import TypeVar
 from engram.cluster.metadata import ClusterMetadata
 from engram.journal.client import Journal
 from engram.journal.errors import IdentityMismatch, JournalError
+from engram.snapshots.cycle import DEFAULT_KEEP, snapshot_shard
 from engram.snapshots.record import SnapshotError
 from engram.snapshots.seed import SEED_NODE, seed_from_rdb, seeding_state
 from engram.snapshots.source import SourceCluster
@@ -50,6 +51,13 @@ class ProvisionRequest:
     # servers (empty: the new cluster's own).
     restore_cluster: str = ""
     restore_journal: tuple[str, ...] = ()
+    # Keys per seeded journal entry (0: as many as fit); 1 builds a long journal for benchmarks.
+    restore_entry_keys: int = 0
+
+    @property
+    def source(self) -> str:
+        """What the restore seeds from, as status and the metadata record it."""
+        return f"cluster {self.restore_cluster}" if self.restore_cluster else ", ".join(self.restore_from)
 
     def __post_init__(self) -> None:
         if not self.cluster_id:
@@ -84,7 +92,7 @@ async def provision(
     journal = await _retry(lambda: Journal.connect(urls, request.cluster, 0, request.replicas,
                                                    name="engram-provision"), deadline)
     try:
-        await _retry(lambda: ClusterMetadata.provision(
+        meta = await _retry(lambda: ClusterMetadata.provision(
             journal.jetstream, request.cluster, request.cluster_id, request.replicas, request.shards
         ), deadline)
         progress(f"cluster metadata of {request.cluster} recorded (id {request.cluster_id})")
@@ -96,9 +104,29 @@ async def provision(
         ), deadline)
         progress(f"snapshot bucket {snapshots.bucket} ready")
         if request.restore_from or request.restore_cluster:
-            await _seed(journal, urls, request, deadline, progress)
+            if await _retry(meta.restored, deadline) is None:
+                await _seed(journal, urls, request, deadline, progress)
+                await _retry(lambda: meta.mark_restored(request.source), deadline)
+            else:
+                progress("restore: the journals were seeded by an earlier run")
+            await _first_snapshots(journal, snapshots, request, progress)
     finally:
         await journal.close()
+
+
+async def _first_snapshots(journal: Journal, store: SnapshotStore, request: ProvisionRequest,
+                           progress: Callable[[str], None]) -> None:
+    """Snapshot every restored shard before any node starts, so nodes load the restored data instead
+    of each replaying it entry by entry, and the seeded entries can go. Best effort: without it,
+    nodes replay the seeded journal (slower, same result)."""
+    for shard in range(request.shards):
+        try:
+            result = await snapshot_shard(journal.for_shard(shard), store, request.cluster_id,
+                                          keep=DEFAULT_KEEP, progress=progress)
+        except (SnapshotError, JournalError) as exc:
+            progress(f"restore: no first snapshot of shard {shard} ({exc}); its nodes replay the journal")
+            continue
+        progress(f"restore: shard {shard} snapshot at entry {result.record.seq}, {result.record.keys} keys")
 
 
 def _same_cluster(request: ProvisionRequest, urls: list[str]) -> bool:
@@ -119,7 +147,7 @@ async def _seed(journal: Journal, urls: list[str], request: ProvisionRequest, de
             await _seed_from_cluster(journal, urls, request, deadline, progress)
         else:
             await seed_from_rdb(journal, request.cluster_id, request.shards, list(request.restore_from),
-                                progress=progress)
+                                progress=progress, max_entry_keys=request.restore_entry_keys)
     except (SnapshotError, JournalError) as exc:
         raise ProvisionError(f"restore failed: {exc}", permanent=True) from exc
 

@@ -39,6 +39,8 @@ class ClusterSpec:
     restore_from: tuple[str, ...] = ()
     # Or a running local cluster whose newest verified snapshots seed it (`up --restore-from-cluster`).
     restore_cluster: str = ""
+    # Keys per seeded journal entry (0: as many as fit; 1 makes a long journal, for bench-recovery).
+    restore_entry_keys: int = 0
     node_command: tuple[str, ...] = ()
     # Each zone in its own network namespace, so a zone can be partitioned (root only).
     netns: bool = False
@@ -143,6 +145,7 @@ def plan(spec: ClusterSpec, directory: Path, nats_server: str, valkey_server: st
         restore_from=[str(Path(p).resolve()) for p in spec.restore_from],
         restore_cluster=spec.restore_cluster,
         restore_journal=list(restore_journal or []),
+        restore_entry_keys=spec.restore_entry_keys,
         nats_server=nats_server,
         valkey_server=valkey_server,
         nodes=nodes,
@@ -162,7 +165,8 @@ def provision_request(state: ClusterState) -> ProvisionRequest:
     """What provisioning creates for this cluster, once, before its first node starts."""
     return ProvisionRequest(state.name, state.cluster_id, state.shards, journal_replicas(state),
                             restore_from=tuple(state.restore_from), restore_cluster=state.restore_cluster,
-                            restore_journal=tuple(state.restore_journal))
+                            restore_journal=tuple(state.restore_journal),
+                            restore_entry_keys=state.restore_entry_keys)
 
 
 def node_config(state: ClusterState, node: NodeState, log_level: str = "warning") -> NodeConfig:

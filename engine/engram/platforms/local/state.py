@@ -148,6 +148,7 @@ class ClusterState:
     # A local cluster whose snapshots seed this one, and its journal URLs (read when this one was planned).
     restore_cluster: str = ""
     restore_journal: list[str] = field(default_factory=list)
+    restore_entry_keys: int = 0
 
     @property
     def endpoint(self) -> str:
