@@ -27,7 +27,7 @@ SEED_NODE = "restore"
 SCAN_COUNT = 1000
 MAX_ENTRY_BYTES = 512 * 1024
 # Seeded appends in flight per shard: a restore is bounded by the journal's throughput, not its latency.
-WINDOW = 64
+WINDOW = 256
 
 
 def restore_command(key: bytes, payload: bytes, expire_at_ms: int) -> bytes:
