@@ -28,6 +28,8 @@ SCAN_COUNT = 1000
 MAX_ENTRY_BYTES = 512 * 1024
 # Seeded appends in flight per shard: a restore is bounded by the journal's throughput, not its latency.
 WINDOW = 256
+# A long restore says how far it got this often (keys).
+PROGRESS_EVERY = 250_000
 
 
 def restore_command(key: bytes, payload: bytes, expire_at_ms: int) -> bytes:
@@ -117,8 +119,10 @@ async def _databases(conn: ValkeyConnection) -> list[int]:
     return [int(line.split(":", 1)[0][2:]) for line in text.splitlines() if line.startswith("db")]
 
 
-async def _copy_keys(conn: ValkeyConnection, slots: SlotMap, writers: list[_ShardWriter]) -> None:
+async def _copy_keys(conn: ValkeyConnection, slots: SlotMap, writers: list[_ShardWriter],
+                     say: Callable[[str], None]) -> None:
     """Every key of every database, with its value and absolute expiry, to its shard's writer."""
+    reported = sum(w.keys for w in writers) // PROGRESS_EVERY
     for db in await _databases(conn):
         await conn.execute("SELECT", db)
         cursor = b"0"
@@ -135,6 +139,10 @@ async def _copy_keys(conn: ValkeyConnection, slots: SlotMap, writers: list[_Shar
                 shard = slots.owner(key_hash_slot(key))
                 assert shard is not None, "an even slot map owns every slot"
                 await writers[shard].add(db, restore_command(key, payload, int(expire_at)))  # type: ignore[arg-type]
+            seeded = sum(w.keys for w in writers)
+            if seeded // PROGRESS_EVERY > reported:
+                reported = seeded // PROGRESS_EVERY
+                say(f"restore: {seeded:,} keys seeded so far")
             if cursor == b"0":
                 break
 
@@ -185,6 +193,6 @@ async def _seed_file(path: str, slots: SlotMap, writers: list[_ShardWriter], wor
         except Exception as exc:
             raise SnapshotError(f"{path} does not load as an RDB file: {exc}") from exc
         try:
-            await _copy_keys(scratch.conn, slots, writers)
+            await _copy_keys(scratch.conn, slots, writers, say)
         finally:
             await scratch.stop()
