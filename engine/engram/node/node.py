@@ -26,6 +26,7 @@ from engram.journal.placement import leader_move
 from engram.leadership.on_stop import hand_over_on_stop
 from engram.leadership.switchover import hand_over
 from engram.leadership.view import LeaderView
+from engram.lifetime import die_with_parent
 from engram.node.config import NodeConfig
 from engram.node.control import ControlServer
 from engram.node.datapath import DataPath
@@ -491,6 +492,8 @@ class Node:
             "--cluster", cfg.cluster, "--cluster-id", cfg.cluster_id, "--shard", str(cfg.shard),
             "--keep", str(cfg.snapshot_keep), "--workdir", cfg.data_dir, "--log-level", cfg.log_level,
             stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, limit=1 << 20,
+            # A node killed outright takes its snapshot with it, as a container takes its processes.
+            preexec_fn=die_with_parent,
         )
         said = ""
         try:

@@ -3,23 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
-import signal
 import subprocess
 from pathlib import Path
 
 from engram import binaries
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    # Linux only: the kernel kills Valkey when the node process dies, even on kill -9.
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        pass
+from engram.lifetime import die_with_parent
 
 
 class ValkeyStartError(RuntimeError):
@@ -77,7 +66,7 @@ async def start_valkey(
     proc = subprocess.Popen(
         valkey_command(socket_path, data_dir, extra, binary, port, bind, module),
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        preexec_fn=_die_with_parent,
+        preexec_fn=die_with_parent,
     )
     log.close()
     loop = asyncio.get_running_loop()

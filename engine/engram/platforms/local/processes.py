@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
@@ -11,16 +10,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM it when the parent dies, as a pod dies with its node."""
-    parent = os.getppid()
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
+from engram.lifetime import terminate_with_parent
 
 
 def spawn(
@@ -39,7 +29,7 @@ def spawn(
             stderr=subprocess.STDOUT,
             env=env,
             close_fds=True,
-            preexec_fn=_die_with_parent if tie_to_parent else None,
+            preexec_fn=terminate_with_parent if tie_to_parent else None,
             start_new_session=not tie_to_parent,
         )
 
