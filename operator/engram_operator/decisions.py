@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engram_operator import availability, builders, labels, placement
-from engram_operator.builders.journal import JournalSpreadError, plan_journal
+from engram_operator.builders.journal import JournalPlacement, JournalSpreadError, plan_journal
 from engram_operator.builders.provision import source_journal_urls
 from engram_operator.conditions import Condition
 from engram_operator.observe import JobInfo, Observed, PodInfo, SourceCluster
@@ -103,7 +103,7 @@ def decide(cluster: ClusterSpec, seen: Observed) -> Plan:
 
     _create_missing_children(cluster, seen, journal, plan)
     provisioned = _provision(cluster, seen, plan)
-    _reconcile_pods(cluster, seen, slots, plan, provisioned)
+    _reconcile_pods(cluster, seen, slots, plan, provisioned, journal_zones(cluster, journal))
     _move_primaries_off_cordoned_nodes(seen, slots, plan)
     # A replaced pod could not come back before provisioning has finished: roll only after.
     if not plan.changes and provisioned:
@@ -277,8 +277,17 @@ def _slot_pods(seen: Observed) -> dict[tuple[int, int], list[PodInfo]]:
     return by_slot
 
 
+def journal_zones(cluster: ClusterSpec, journal: list[JournalPlacement]) -> dict[str, str]:
+    """Journal server name -> its zone tag, for servers whose tag is their real zone: what a primary
+    needs to keep its stream's leader out of its own zone (docs/failover.md). Servers given made-up
+    tags (fewer zones than stream copies) are left out, so no leader is moved on their account."""
+    return {labels.journal_pod_name(cluster.name, p.server): p.tag_zone
+            for p in journal if p.zone is not None and p.tag_zone == p.zone.lower()}
+
+
 def _reconcile_pods(
-    cluster: ClusterSpec, seen: Observed, slots: placement.SlotPlan, plan: Plan, provisioned: bool
+    cluster: ClusterSpec, seen: Observed, slots: placement.SlotPlan, plan: Plan, provisioned: bool,
+    journal: Mapping[str, str],
 ) -> None:
     healthy = seen.healthy_zones()
     current = builders.pod_spec_hash(cluster)
@@ -333,6 +342,7 @@ def _reconcile_pods(
                 zone=zone,
                 cluster_id=seen.cluster_id,
                 preferred_primary=placement.planned_primary(slots, shard, index),
+                journal_zones=journal,
             )
         )
         plan.events.append(

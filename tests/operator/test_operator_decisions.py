@@ -286,3 +286,19 @@ def test_rolling_update_waits_while_a_pod_is_not_ready() -> None:
     plan = decide(spec(shards=1, replicasPerShard=1, engine={"version": "0.2.0"}), seen)
     assert not plan.changes and plan.rolling
     assert any(late.name in w for w in plan.waiting)
+
+
+def test_engine_pods_know_each_journal_servers_zone_so_a_primary_can_keep_its_stream_leader_away() -> None:
+    cluster = spec(shards=1, replicasPerShard=2)
+    configs = [json.loads(p["metadata"]["annotations"]["engram.io/node-config"])
+               for p in created_pods(decide(cluster, provisioned(cluster)))]
+    # The journal's server names are its pods' names (one single-pod StatefulSet per server).
+    expected = {f"{cluster.name}-journal-{i}-0": zone.lower() for i, zone in enumerate(sorted(ZONES))}
+    assert all(c["journal_zones"] == expected for c in configs), configs[0]["journal_zones"]
+
+
+def test_made_up_journal_tags_on_too_few_zones_are_not_given_to_nodes() -> None:
+    cluster = spec(shards=1, replicasPerShard=2, placement={"spreading": "Preferred"})
+    plan = decide(cluster, provisioned(cluster, nodes(zones=["zone-a", "zone-b"])))
+    configs = [json.loads(p["metadata"]["annotations"]["engram.io/node-config"]) for p in created_pods(plan)]
+    assert all(c["journal_zones"] == {} for c in configs)

@@ -36,3 +36,7 @@ def test_unknown_servers_zones_or_no_leader_leave_the_stream_alone() -> None:
     assert leader_move(0, "a", peers("j-a", j_x=(True, False)), ZONES) is None
     assert leader_move(0, "", peers("j-a", j_b=(True, False)), ZONES) is None
     assert leader_move(0, "a", [StreamPeer("j-b"), StreamPeer("j-c")], ZONES) is None
+
+
+def test_zone_names_from_node_labels_match_their_lower_case_tags() -> None:
+    assert leader_move(0, "A", peers("j-a", j_b=(True, False)), ZONES) == "b"

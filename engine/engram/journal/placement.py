@@ -28,12 +28,14 @@ def leader_move(shard: int, primary_zone: str, peers: list[StreamPeer],
     unknown and never chosen. Only current, online followers outside the primary's zone qualify;
     shards rotate over them so that their stream leaders spread over the zones left.
     """
+    # Zone tags are lower-case (journal/servers.py); zone names from node labels may not be.
+    home = primary_zone.lower()
     leader = next((p for p in peers if p.leader), None)
-    if leader is None or not primary_zone or zones.get(leader.name) != primary_zone:
+    if leader is None or not home or zones.get(leader.name, "").lower() != home:
         return None
     candidates = sorted({zones[p.name] for p in peers
                          if not p.leader and p.current and not p.offline
-                         and p.name in zones and zones[p.name] != primary_zone})
+                         and p.name in zones and zones[p.name].lower() != home})
     if not candidates:
         return None
     return candidates[shard % len(candidates)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import asdict
 from decimal import Decimal
 from typing import Any
@@ -48,6 +49,7 @@ def build_node_config(
     *,
     cluster_id: str,
     preferred_primary: bool = False,
+    journal_zones: Mapping[str, str] | None = None,
 ) -> NodeConfig:
     """The engine node's configuration; the pod carries it as an annotation (see build_engine_pod).
 
@@ -69,6 +71,8 @@ def build_node_config(
         host="0.0.0.0",
         announce=f"{fqdn(pod_name, headless, cluster)}:{constants.CLIENT_PORT}",
         journal_replicas=STREAM_REPLICAS,
+        # Derived from where the journal servers run, not from the spec: it never rolls a pod.
+        journal_zones=dict(journal_zones or {}),
         spawn_valkey=False,
         valkey_socket=constants.VALKEY_SOCKET,
         metrics_port=constants.METRICS_PORT,
@@ -83,7 +87,8 @@ def build_node_config(
 
 # Node config fields that say which pod this is (its name, slot, zone, whether it led a brand-new
 # shard) rather than how the cluster's nodes run: they differ from pod to pod and never roll one.
-POD_IDENTITY_FIELDS = ("node_id", "shard", "zone", "announce", "preferred_primary", "cluster_id")
+POD_IDENTITY_FIELDS = ("node_id", "shard", "zone", "announce", "preferred_primary", "cluster_id",
+                       "journal_zones")
 
 
 def shared_node_config(cluster: ClusterSpec) -> dict[str, Any]:
@@ -160,13 +165,15 @@ def build_engine_pod(
     zone: str | None,
     cluster_id: str,
     preferred_primary: bool = False,
+    journal_zones: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """One engine node. ``zone`` None means the nodes carry no topology label: the pod is not pinned.
 
     ``preferred_primary``: the zone planner chose this node as its shard's first primary.
     """
     node_config = build_node_config(
-        cluster, name, shard, zone or "", cluster_id=cluster_id, preferred_primary=preferred_primary
+        cluster, name, shard, zone or "", cluster_id=cluster_id, preferred_primary=preferred_primary,
+        journal_zones=journal_zones,
     )
     pod_labels = labels.engine_pod_labels(cluster.name, shard, index, zone or "", role="starting")
     pod_labels[labels.VERSION] = cluster.engine.version
