@@ -75,6 +75,8 @@ class JournalSpec:
     storage_class: str | None = None
     image: str = ""
     resources: Resources = field(default_factory=Resources)
+    # "always" fsyncs before every acknowledgement; a duration relaxes it (docs/durability.md).
+    sync_interval: str = "always"
 
     @property
     def resolved_image(self) -> str:
@@ -220,6 +222,7 @@ class ClusterSpec:
                 storage_class=storage.get("storageClassName"),
                 image=journal.get("image", ""),
                 resources=Resources.from_dict(journal.get("resources")),
+                sync_interval=str(journal.get("syncInterval", JournalSpec.sync_interval)),
             ),
             snapshots=SnapshotSpec(
                 interval_seconds=float(snapshots.get("intervalSeconds", SnapshotSpec.interval_seconds)),

@@ -395,6 +395,12 @@ def test_journal_servers_spread_one_per_zone_with_zone_tags() -> None:
     assert claim["storageClassName"] == "fast" and claim["resources"]["requests"]["storage"] == "20Gi"
 
 
+def test_journal_sync_interval_reaches_every_server_config() -> None:
+    cluster = spec(journal={"syncInterval": "100ms"})
+    cm = builders.build_journal_configmap(cluster, plan_journal(ZONES, 3, "Required"))
+    assert all('sync_interval: "100ms"' in conf for conf in cm["data"].values())
+
+
 def test_five_journal_servers_round_robin_over_three_zones() -> None:
     assert [p.zone for p in plan_journal(ZONES, 5, "Required")] == [*ZONES, "zone-a", "zone-b"]
 

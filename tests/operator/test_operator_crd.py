@@ -125,6 +125,7 @@ def test_node_selector_tolerations_and_affinity_are_admitted_and_reach_the_spec(
         ),
         ({"placement": {"nodeSelector": {"pool": 3}}}, "spec.placement.nodeSelector.pool", "is not of type"),
         ({"engine": {"logLevel": "loud"}}, "spec.engine.logLevel", "is not one of"),
+        ({"journal": {"syncInterval": "sometimes"}}, "spec.journal.syncInterval", "does not match"),
     ],
 )
 def test_out_of_schema_spec_is_refused_naming_the_field(spec: dict[str, Any], field: str, words: str) -> None:
@@ -158,6 +159,7 @@ def test_name_must_be_a_dns_label_starting_with_a_letter() -> None:
         ({"journal": {"storage": {"size": "20Gi"}}}, "spec.journal.storage"),
         ({"placement": {"topologyKey": "kubernetes.io/hostname"}}, "spec.placement.topologyKey"),
         ({"journal": {"image": "nats:2.15.0-alpine"}}, "spec.journal.image"),
+        ({"journal": {"syncInterval": "1s"}}, "spec.journal.syncInterval"),
     ],
 )
 def test_unsupported_changes_are_refused_on_update(change: dict[str, Any], field: str) -> None:

@@ -115,6 +115,22 @@ def test_node_configs_point_at_every_journal_server(tmp_path: Path) -> None:
     assert Path(state.journal[0].config).read_text().count("nats-route://") == 3
 
 
+def test_journal_servers_fsync_every_write_unless_told_an_interval(tmp_path: Path) -> None:
+    default = _state(tmp_path / "one")
+    plan.write_files(default)
+    assert 'sync_interval: "always"' in Path(default.journal[0].config).read_text()
+    timed = _state(tmp_path / "two", journal_sync="100ms")
+    plan.write_files(timed)
+    assert all('sync_interval: "100ms"' in Path(j.config).read_text() for j in timed.journal)
+    # The nodes learn each journal server's zone, to keep their stream's leader out of their own.
+    assert plan.node_config(timed, timed.nodes[0]).journal_zones == {j.name: j.zone for j in timed.journal}
+
+
+def test_a_journal_sync_that_is_neither_always_nor_a_duration_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(plan.PlanError, match=r"--journal-sync: .* not 'sometimes'"):
+        _state(tmp_path, journal_sync="sometimes")
+
+
 def test_a_directory_too_deep_for_a_unix_socket_gets_its_valkey_socket_elsewhere(tmp_path: Path) -> None:
     state = _state(tmp_path / ("d" * 90))
     plan.write_files(state)

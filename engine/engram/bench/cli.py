@@ -66,6 +66,7 @@ def _config(args: argparse.Namespace) -> BenchConfig:
         targets=args.targets if args.targets else (("valkey", "engram") if args.suite else TARGETS),
         shards=row["shards"],
         replicas=args.replicas,
+        journal_sync=args.journal_sync,
         generator=row["generator"],
         engram_endpoint=args.endpoint,
         seed=args.seed,
@@ -116,6 +117,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--keyspace", type=int, default=10_000, help="distinct keys (default: %(default)s)")
     p.add_argument("--shards", type=int, help="shards of every target (default: 1)")
     p.add_argument("--replicas", type=int, default=2, help="Engram replicas per shard (default: %(default)s)")
+    p.add_argument("--journal-sync", default="always", metavar="always|DURATION",
+                   help="when the Engram target's journal servers fsync (docs/durability.md; "
+                        "default: %(default)s)")
     p.add_argument("--endpoint", metavar="HOST:PORT",
                    help="measure this running Engram cluster instead of starting a local one")
     p.add_argument("--generator", choices=GENERATORS,

@@ -15,6 +15,7 @@ from engram.bench.report import BenchReport, TargetInfo
 from engram.bench.suites import GLIDE, SUITES, Case, single
 from engram.bench.targets import Endpoint, EngramTarget, Target, plain_valkey, valkey_aof
 from engram.bench.workloads import DEFAULT_WORKLOADS, WORKLOADS, LoadSpec, key
+from engram.journal.servers import sync_interval_problem
 
 Progress = Callable[[str], None]
 TARGETS = ("valkey", "valkey-aof", "engram")
@@ -33,6 +34,8 @@ class BenchConfig:
     targets: tuple[str, ...] = TARGETS
     shards: int = 1
     replicas: int = 2
+    # The Engram target's journal fsync (docs/durability.md): "always" or a duration.
+    journal_sync: str = "always"
     # auto: valkey-benchmark/redis-benchmark where it can run the workload, else the Python generator.
     generator: str = "auto"
     # An existing Engram cluster to measure instead of starting one.
@@ -45,6 +48,8 @@ class BenchConfig:
     suite: str | None = None
 
     def __post_init__(self) -> None:
+        if problem := sync_interval_problem(self.journal_sync):
+            raise ValueError(f"--journal-sync: {problem}")
         unknown = [w for w in self.workloads if w not in WORKLOADS]
         unknown += [t for t in self.targets if t not in TARGETS]
         if unknown:
@@ -73,7 +78,11 @@ def make_target(name: str, config: BenchConfig, shards: int | None = None) -> Ta
         return plain_valkey(shards)
     if name == "valkey-aof":
         return valkey_aof(shards)
-    return EngramTarget(shards=shards, replicas=config.replicas, endpoint=config.engram_endpoint)
+    target = EngramTarget(shards=shards, replicas=config.replicas, endpoint=config.engram_endpoint,
+                          journal_sync=config.journal_sync)
+    if config.journal_sync != "always":
+        target.description += f" (journal fsync every {config.journal_sync}, not before each ack)"
+    return target
 
 
 def populate(endpoint: Endpoint, spec: LoadSpec, progress: Progress, label: str) -> None:

@@ -130,6 +130,7 @@ class EngramTarget:
     replicas: int = 2
     zones: tuple[str, ...] = ("a", "b", "c")
     lease_seconds: float = 2.0
+    journal_sync: str = "always"
     endpoint: str | None = None
     name: str = "engram"
     description: str = "Engram: Valkey + every write committed to a 3-zone JetStream journal"
@@ -149,6 +150,7 @@ class EngramTarget:
             replicas=self.replicas,
             zones=self.zones,
             lease_seconds=self.lease_seconds,
+            journal_sync=self.journal_sync,
         )
         try:
             doc = cluster.up(spec, self._base, progress=lambda m: progress(f"engram: {m}"))

@@ -114,6 +114,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         node_command=tuple(shlex.split(args.node_command or "")),
         netns=args.netns,
+        journal_sync=args.journal_sync,
     )
     doc = cluster.up(spec, args.dir, timeout=args.timeout, progress=_say)
     if args.json:
@@ -222,6 +223,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     up.add_argument(
         "--lease", type=float, default=2.0, metavar="SECONDS", help="leader lease (default: %(default)s)"
+    )
+    up.add_argument(
+        "--journal-sync", default="always", metavar="always|DURATION",
+        help="when journal servers fsync: always, before a write is acknowledged, or every DURATION "
+        "(e.g. 100ms): faster, and a write is then acknowledged once a quorum of zones holds it in "
+        "memory (docs/durability.md; default: %(default)s)",
     )
     up.add_argument(
         "--timeout",

@@ -16,6 +16,17 @@ _DURATION = re.compile(r"^\d+(ns|us|ms|s|m|h)$")
 _ZONE = re.compile(r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$")
 
 
+# The journal's default: every write fsynced before it is acknowledged.
+SYNC_ALWAYS = "always"
+
+
+def sync_interval_problem(value: str) -> str:
+    """Why `value` is not a journal sync setting ("always" or a duration like "100ms"); "" if it is."""
+    if value == SYNC_ALWAYS or _DURATION.match(value):
+        return ""
+    return f"the journal sync must be 'always' or a duration like '100ms' or '1s', not {value!r}"
+
+
 def zone_tag(zone: str) -> str:
     """The server tag that places a journal server in a zone, e.g. ``az:us-east-1a``."""
     return f"{ZONE_TAG}:{zone}"
@@ -58,10 +69,8 @@ class JournalServerConfig:
                 f"zone {self.zone!r} must be lower-case letters, digits, '.', '_' or '-' "
                 "(it becomes the server tag az:<zone>)"
             )
-        if self.sync_interval != "always" and not _DURATION.match(self.sync_interval):
-            raise ValueError(
-                f"sync_interval must be 'always' or a duration like '1s', got {self.sync_interval!r}"
-            )
+        if problem := sync_interval_problem(self.sync_interval):
+            raise ValueError(problem)
         if self.max_payload <= 0:
             raise ValueError(f"max_payload must be positive, got {self.max_payload}")
 

@@ -101,6 +101,7 @@ def journal_server_configs(
             port=constants.JOURNAL_CLIENT_PORT,
             cluster_port=constants.JOURNAL_CLUSTER_PORT,
             http_port=constants.JOURNAL_MONITOR_PORT,
+            sync_interval=cluster.journal.sync_interval,
         )
         for p in placements
     ]

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from engram import binaries
-from engram.journal.servers import JournalServerConfig, render_config, route_url
+from engram.journal.servers import SYNC_ALWAYS, JournalServerConfig, render_config, route_url
 from engram.platforms.local import ports, processes
 from engram.platforms.local.ports import LOOPBACK
 from engram.platforms.local.state import JournalState
@@ -55,7 +55,7 @@ def plan_journal(
 
 
 def server_config(
-    server: JournalState, peers: Sequence[JournalState], cluster_name: str
+    server: JournalState, peers: Sequence[JournalState], cluster_name: str, sync_interval: str = SYNC_ALWAYS
 ) -> JournalServerConfig:
     """The rendered-config description of one local journal server."""
     routes = tuple(route_url(p.host, p.cluster_port) for p in peers) if len(peers) > 1 else ()
@@ -69,15 +69,18 @@ def server_config(
         port=server.port,
         cluster_port=server.cluster_port,
         http_port=server.http_port,
+        sync_interval=sync_interval,
     )
 
 
-def write_configs(servers: Sequence[JournalState], cluster_name: str) -> None:
+def write_configs(
+    servers: Sequence[JournalState], cluster_name: str, sync_interval: str = SYNC_ALWAYS
+) -> None:
     for server in servers:
         path = Path(server.config)
         path.parent.mkdir(parents=True, exist_ok=True)
         Path(server.store_dir).mkdir(parents=True, exist_ok=True)
-        path.write_text(render_config(server_config(server, servers, cluster_name)))
+        path.write_text(render_config(server_config(server, servers, cluster_name, sync_interval)))
 
 
 def server_argv(server: JournalState, nats_server: str) -> list[str]:

@@ -7,6 +7,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from engram.journal.servers import SYNC_ALWAYS, sync_interval_problem
 from engram.node.config import NodeConfig
 from engram.orchestration.provision import ProvisionRequest, new_cluster_id
 from engram.orchestration.zones import Spreading, ZonePlan, plan_zones
@@ -44,9 +45,13 @@ class ClusterSpec:
     node_command: tuple[str, ...] = ()
     # Each zone in its own network namespace, so a zone can be partitioned (root only).
     netns: bool = False
+    # When journal servers fsync: "always" (before acknowledging) or a duration (docs/durability.md).
+    journal_sync: str = SYNC_ALWAYS
 
     def __post_init__(self) -> None:
         check_name(self.name)
+        if problem := sync_interval_problem(self.journal_sync):
+            raise PlanError(f"--journal-sync: {problem}")
         if self.shards < 1:
             raise PlanError(f"--shards must be at least 1, got {self.shards}")
         if self.replicas < 0:
@@ -146,6 +151,7 @@ def plan(spec: ClusterSpec, directory: Path, nats_server: str, valkey_server: st
         restore_cluster=spec.restore_cluster,
         restore_journal=list(restore_journal or []),
         restore_entry_keys=spec.restore_entry_keys,
+        journal_sync=spec.journal_sync,
         nats_server=nats_server,
         valkey_server=valkey_server,
         nodes=nodes,
@@ -215,7 +221,7 @@ def write_files(state: ClusterState, log_level: str = "warning") -> None:
                 "use a shorter --dir"
             )
     (Path(state.dir) / "logs").mkdir(parents=True, exist_ok=True)
-    journal.write_configs(state.journal, f"{state.name}-journal")
+    journal.write_configs(state.journal, f"{state.name}-journal", state.journal_sync)
     for node, config in configs:
         Path(config.data_dir).mkdir(parents=True, exist_ok=True)
         config.dump(node.config)

@@ -149,6 +149,7 @@ class ClusterState:
     restore_cluster: str = ""
     restore_journal: list[str] = field(default_factory=list)
     restore_entry_keys: int = 0
+    journal_sync: str = "always"
 
     @property
     def endpoint(self) -> str:
