@@ -1,0 +1,91 @@
+"""Reconcile decisions as pure functions: desired spec + observed state in, a Plan of actions out.
+
+``decide`` is the whole decision; each concern it draws on has a module of its own: ``plan`` (what a
+decision holds), ``provisioning`` (children, the provisioning Job, restores), ``pods`` (engine pods),
+``switchover`` (handing leadership over, cordoned nodes), ``rolling`` (rolling updates), ``waiting``
+(what a reconcile waits for) and ``snapshots`` (on-demand requests, failed snapshots). The names
+other modules use are re-exported here, so ``from engram_operator.decisions import X`` is the way in.
+"""
+
+from __future__ import annotations
+
+from engram_operator import placement
+from engram_operator.builders.journal import JournalSpreadError, plan_journal
+from engram_operator.decisions.plan import Event, Halted, Plan, Problem, Switchover
+from engram_operator.decisions.pods import (
+    HALTED_RETRY_AFTER,
+    _reconcile_pods,
+    _recover_existing,
+    journal_zones,
+    role_label_changes,
+)
+from engram_operator.decisions.provisioning import _create_missing_children, _provision
+from engram_operator.decisions.rolling import ROLL_STUCK_GRACE, _roll_one
+from engram_operator.decisions.snapshots import (
+    SnapshotResult,
+    SnapshotTarget,
+    pending_snapshot_request,
+    remembered_snapshot_failures,
+    snapshot_failure_counts,
+    snapshot_failure_events,
+    snapshot_outcome_event,
+    snapshot_replica,
+    snapshot_request_event,
+    snapshot_targets,
+)
+from engram_operator.decisions.switchover import _move_primaries_off_cordoned_nodes
+from engram_operator.decisions.waiting import _wait_reasons
+from engram_operator.observe import Observed
+from engram_operator.spec import ClusterSpec
+
+__all__ = [
+    "HALTED_RETRY_AFTER",
+    "ROLL_STUCK_GRACE",
+    "Event",
+    "Halted",
+    "Plan",
+    "Problem",
+    "SnapshotResult",
+    "SnapshotTarget",
+    "Switchover",
+    "decide",
+    "journal_zones",
+    "pending_snapshot_request",
+    "remembered_snapshot_failures",
+    "role_label_changes",
+    "snapshot_failure_counts",
+    "snapshot_failure_events",
+    "snapshot_outcome_event",
+    "snapshot_replica",
+    "snapshot_request_event",
+    "snapshot_targets",
+]
+
+
+def decide(cluster: ClusterSpec, seen: Observed) -> Plan:
+    """The whole reconcile decision; handlers only carry it out."""
+    plan = Plan()
+    plan.role_labels = role_label_changes(seen)
+    zones = seen.known_zones()
+
+    try:
+        journal = plan_journal(zones, cluster.journal.replicas, cluster.placement.spreading)
+        slots = placement.plan_slots(zones, cluster)
+    except (JournalSpreadError, placement.SpreadError) as err:
+        # The spec cannot be met: say so, and touch nothing beyond keeping existing pods alive.
+        plan.degraded = Problem("UnsatisfiableSpread", str(err))
+        plan.events.append(Event("Warning", "UnsatisfiableSpread", str(err)))
+        _recover_existing(cluster, seen, plan, _provision(cluster, seen, plan))
+        return plan
+    if slots.note:
+        plan.spread = Problem("PreferredSpreadDegraded", slots.note)
+
+    _create_missing_children(cluster, seen, journal, plan)
+    provisioned = _provision(cluster, seen, plan)
+    _reconcile_pods(cluster, seen, slots, plan, provisioned, journal_zones(cluster, journal))
+    _move_primaries_off_cordoned_nodes(seen, slots, plan)
+    # A replaced pod could not come back before provisioning has finished: roll only after.
+    if not plan.changes and provisioned:
+        _roll_one(cluster, seen, plan)
+    _wait_reasons(cluster, seen, plan)
+    return plan

@@ -1,0 +1,69 @@
+"""What one reconcile decides to do: the Plan, and the events, problems, halted nodes and
+switchovers it carries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from engram_operator.conditions import Condition
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why the spec cannot be (fully) satisfied: a condition reason and a human message."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+    # A state that lasts (a wait, a halted node kept for now) rather than an action taken: posted
+    # when it first appears, not again on every reconcile that still sees it (announce.py).
+    standing: bool = False
+
+
+@dataclass(frozen=True)
+class Halted:
+    """An engine node that stopped applying the journal (ENGRAM.STATUS ``halted``), and why."""
+
+    pod: str
+    shard: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Switchover:
+    """Ask a shard's primary (``pod``) to hand leadership to ``target`` (an engine node id)."""
+
+    pod: str
+    target: str
+
+
+@dataclass
+class Plan:
+    """What one reconcile does. Empty lists mean nothing changes."""
+
+    create: list[dict[str, Any]] = field(default_factory=list)
+    delete_pods: list[str] = field(default_factory=list)
+    delete_jobs: list[str] = field(default_factory=list)
+    switchovers: list[Switchover] = field(default_factory=list)
+    role_labels: dict[str, str] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    waiting: list[str] = field(default_factory=list)
+    degraded: Problem | None = None
+    spread: Problem | None = None
+    rolling: bool = False
+    provisioned: Condition | None = None
+    halted: list[Halted] = field(default_factory=list)
+    # What the provisioning Job that succeeded seeded the cluster from (status.restoredFrom).
+    restored_from: dict[str, Any] | None = None
+
+    @property
+    def changes(self) -> bool:
+        """Whether anything running or existing is touched (labels excluded)."""
+        return bool(self.create or self.delete_pods or self.delete_jobs or self.switchovers)
