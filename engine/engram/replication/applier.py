@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 # Replies are switched off while a batch runs and back on after it, so each entry costs one +OK.
 _REPLY_OFF = encode([b"CLIENT", b"REPLY", b"OFF"])
 _REPLY_ON = encode([b"CLIENT", b"REPLY", b"ON"])
+# Entries a pipelined applier writes before it reads their replies.
+PIPELINE_DEPTH = 512
 
 
 class ApplyHalted(RuntimeError):
@@ -37,8 +39,14 @@ class Applier:
         valkey_socket: str,
         on_entry: Callable[[Entry], bool],
         cluster_id: str,
+        pipelined: bool = False,
     ) -> None:
         self.journal = journal
+        # Replaying for a snapshot: write entries without waiting for each one's reply while more are
+        # pending, and check the replies in bulk. A live replica waits for each (its applied_seq is
+        # what it campaigns on).
+        self.pipelined = pipelined
+        self._unread: list[int] = []
         self.cluster_id = cluster_id
         self.valkey_socket = valkey_socket
         self._on_entry = on_entry
@@ -140,8 +148,11 @@ class Applier:
                         f"checksum mismatch at entry {entry.seq}: journal says {entry.checksum}, "
                         f"applied data gives {self.checksum}"
                     )
+                if not self.pipelined or entry.pending == 0 or len(self._unread) >= PIPELINE_DEPTH:
+                    await self._confirm()
                 self.applied_seq = entry.seq
                 if not self._on_entry(entry):
+                    await self._confirm()
                     return
         finally:
             self._conn.close()
@@ -189,9 +200,17 @@ class Applier:
         payload = b"".join((*self._partial, entry.payload)) if self._partial else entry.payload
         self._partial = []
         conn.write(b"".join((_REPLY_OFF, encode([b"SELECT", str(entry.db).encode()]), payload, _REPLY_ON)))
-        reply = await conn.read_reply()
-        if reply != b"OK":
-            self._halt(f"valkey did not confirm entry {entry.seq}: {reply!r}")
+        self._unread.append(entry.seq)
+
+    async def _confirm(self) -> None:
+        """Read the reply of every entry written and not yet confirmed; any but OK halts."""
+        conn = self._conn
+        assert conn is not None
+        unread, self._unread = self._unread, []
+        for seq in unread:
+            reply = await conn.read_reply()
+            if reply != b"OK":
+                self._halt(f"valkey did not confirm entry {seq}: {reply!r}")
 
     def _halt(self, reason: str) -> None:
         self.halted = reason

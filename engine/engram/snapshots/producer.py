@@ -38,7 +38,8 @@ async def replay(journal: Journal, scratch: ScratchValkey, cluster_id: str, base
                  target: int, timeout: float) -> Position:
     """Apply the journal after base (or from its genesis) into scratch, up to target or just past it
     where a batch ends; the running checksum is checked on the way as on every replica."""
-    applier = Applier(journal, scratch.socket, lambda entry: not _reached(applier, entry, target), cluster_id)
+    applier = Applier(journal, scratch.socket, lambda entry: not _reached(applier, entry, target), cluster_id,
+                      pipelined=True)
     if base is not None:
         applier.restore(base)
     try:
