@@ -101,7 +101,8 @@ def run(keys: int, value_size: int, tail: int, workdir: str, history: int = 0) -
     spec = ClusterSpec(name=name, shards=1, replicas=2, restore_from=(str(rdb),) * passes,
                        snapshot_interval=0, snapshot_entries=0, restore_entry_keys=1 if history else 0)
     started = time.monotonic()
-    doc = cluster.up(spec, base, timeout=1800, progress=_say)
+    # Seeding runs at about 8,000 entries a second here and the first snapshot replays them all.
+    doc = cluster.up(spec, base, timeout=1800 + passes * keys / 2_000, progress=_say)
     try:
         primary = next(n for n in doc["nodes"] if n["role"] == "primary")
         replica = next(n for n in doc["nodes"] if n["role"] == "replica")
