@@ -180,7 +180,7 @@ def snapshot_requests(
     A snapshot takes minutes, so the reconcile never waits for one: a new request starts a task
     that asks one replica per shard at once (probe.take_snapshots, each call bounded by
     probe.SNAPSHOT_TIMEOUT), and a later reconcile (the 5 s timer) records its results once it
-    has finished. The decisions (whether a request is pending, which replica) are in decisions.py.
+    has finished. The decisions (whether a request is pending, which replica) are in decisions/snapshots.py.
     After an operator restart a request still in progress is asked again (the node queues it).
     """
     record = snapshot_request_record(previous)
