@@ -64,6 +64,8 @@ class Fault:
     shard: int | None = None
     # Seconds from `started` until every shard it hit acknowledged a write invoked after it (None: never).
     recovered_after: float | None = None
+    # The same, for the impatient probe writer alone (workload.run_probe).
+    probe_recovered_after: float | None = None
 
 
 @dataclass(frozen=True)

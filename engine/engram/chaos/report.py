@@ -36,7 +36,7 @@ def local_time(wall: float) -> str:
 
 
 def recovery_times(faults: list[Fault], history: History, workers: set[int | str],
-                   shard_of: Callable[[str], int] | None = None) -> None:
+                   shard_of: Callable[[str], int] | None = None, into: str = "recovered_after") -> None:
     """Fill each fault's recovered_after: when every shard it hit acknowledged a write invoked after it.
 
     Per shard, because the other shards of a cluster keep acknowledging writes through a fault in one.
@@ -52,7 +52,7 @@ def recovery_times(faults: list[Fault], history: History, workers: set[int | str
         for shard in hit:
             first = next((op for op in by_shard.get(shard, ()) if op.invoke >= fault.started), None)
             waits.append(None if first is None else (first.complete - fault.started) / 1e9)
-        fault.recovered_after = None if not waits or None in waits else max(waits)  # type: ignore[type-var]
+        setattr(fault, into, None if not waits or None in waits else max(waits))  # type: ignore[type-var]
 
 
 def _quantile(ordered: list[float], q: float) -> float:
@@ -60,14 +60,14 @@ def _quantile(ordered: list[float], q: float) -> float:
     return ordered[max(0, min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1))]
 
 
-def recovery_by_kind(faults: list[Fault]) -> dict[str, dict[str, Any]]:
+def recovery_by_kind(faults: list[Fault], field: str = "recovered_after") -> dict[str, dict[str, Any]]:
     """Per fault kind: how many were injected, how many never recovered, and p50/p99/max recovery."""
     kinds: dict[str, list[Fault]] = {}
     for fault in faults:
         kinds.setdefault(str(fault.kind), []).append(fault)
     stats: dict[str, dict[str, Any]] = {}
     for kind, hit in kinds.items():
-        times = sorted(f.recovered_after for f in hit if f.recovered_after is not None)
+        times = sorted(t for f in hit if (t := getattr(f, field)) is not None)
         stats[kind] = {
             "faults": len(hit), "never": len(hit) - len(times),
             **({"p50": round(_quantile(times, 0.5), 3), "p99": round(_quantile(times, 0.99), 3),
@@ -122,11 +122,14 @@ class ChaosReport:
                 {"kind": str(f.kind), "target": f.target,
                  "at": self._at(f.started), "until": self._at(f.ended), "shard": f.shard,
                  "recovered_after": None if f.recovered_after is None else round(f.recovered_after, 3),
+                 "probe_recovered_after": (None if f.probe_recovered_after is None
+                                           else round(f.probe_recovered_after, 3)),
                  "time": local_time(f.wall), "detail": f.detail}
                 for f in self.faults
             ],
             "fault_counts": dict(Counter(str(f.kind) for f in self.faults)),
             "recovery_by_kind": recovery_by_kind(self.faults),
+            "probe_recovery_by_kind": recovery_by_kind(self.faults, "probe_recovered_after"),
             "faults_skipped": [{"kind": str(s.kind), "reason": s.reason} for s in self.skipped],
             "failovers": [{"shard": f.shard, "at": self._at(f.at), "time": local_time(f.wall),
                            "from": f.previous, "to": f.current}
@@ -171,9 +174,13 @@ class ChaosReport:
             lines.append(f"  {f['at']:7.1f}s{held}  {f['kind']:<14} {f['target']:<16} "
                          f"recovered after {rec}{said}")
         lines += [f"  skipped {s['kind']}: {s['reason']}" for s in doc["faults_skipped"]]
-        if doc["recovery_by_kind"]:
-            lines.append("recovery (first acknowledged write on the shard after the fault), per kind:")
-            for kind, st in doc["recovery_by_kind"].items():
+        for key, what in (("recovery_by_kind", "any client"),
+                          ("probe_recovery_by_kind", "the probe writer, 0.5 s timeout")):
+            if not doc[key]:
+                continue
+            lines.append(f"recovery (first acknowledged write on the shard after the fault; {what}), "
+                         "per kind:")
+            for kind, st in doc[key].items():
                 spread = ("no recovery seen" if st["p50"] is None else
                           f"p50 {st['p50']:.2f}s  p99 {st['p99']:.2f}s  max {st['max']:.2f}s")
                 never = f", {st['never']} never recovered" if st["never"] else ""

@@ -29,12 +29,14 @@ from engram.chaos.linearizability import check
 from engram.chaos.loss import check_loss
 from engram.chaos.report import ChaosReport, Failover, recovery_times
 from engram.chaos.workload import (
+    PROBE,
     ClientStats,
     FinalReadFailed,
     WorkloadSpec,
     loss_operations,
     read_final,
     run_client,
+    run_probe,
 )
 from engram.cluster.slots import key_hash_slot
 from engram.platforms.local import cluster
@@ -127,6 +129,7 @@ class _Run:
         started = time.monotonic_ns()
         clients = [asyncio.create_task(run_client(i, self.spec, self.endpoint, history, stop, stats))
                    for i in range(self.config.clients)]
+        clients.append(asyncio.create_task(run_probe(self.spec, self.endpoint, history, stop)))
         background = [asyncio.create_task(self._inject(started, stop)),
                       asyncio.create_task(self._watch_primaries(stop))]
         if self.journal is not None:
@@ -157,7 +160,9 @@ class _Run:
         except FinalReadFailed as exc:
             # A cluster that never recovered is the run to investigate: keep what led up to it.
             raise ChaosError(str(exc), report) from exc
-        recovery_times(self.injected, history, set(range(self.config.clients)), await self._shard_of())
+        shard_of = await self._shard_of()
+        recovery_times(self.injected, history, {*range(self.config.clients), PROBE}, shard_of)
+        recovery_times(self.injected, history, {PROBE}, shard_of, into="probe_recovered_after")
         loss_final = {k: v for k, v in final.items() if not self.spec.is_register(k)}
         report.loss = check_loss(loss_operations(history, self.spec), loss_final)
         self.progress(f"{report.loss.acknowledged} acknowledged unique writes and appends, "

@@ -7,6 +7,7 @@ the linearizability checker; write-once keys and list appends feed the acknowled
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections import Counter
@@ -42,7 +43,7 @@ class WorkloadSpec:
     def register(self, k: int) -> str:
         return f"{self.prefix}:r:{k}"
 
-    def unique(self, client: int, n: int) -> str:
+    def unique(self, client: int | str, n: int) -> str:
         return f"{self.prefix}:u:{client}:{n}"
 
     def append_key(self, j: int) -> str:
@@ -76,6 +77,31 @@ class ClientStats:
 
 def _text(value: Any) -> Any:
     return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+# The impatient writer: its process name in the history, how often it writes and how long it waits.
+PROBE = "probe"
+PROBE_EVERY = 0.1
+PROBE_TIMEOUT = 0.5
+
+
+async def run_probe(spec: WorkloadSpec, endpoint: str, history: History, stop: asyncio.Event) -> None:
+    """A unique key every PROBE_EVERY with a PROBE_TIMEOUT timeout: its first write acknowledged after a
+    fault shows when the shard served again, not when the other clients' longer timeouts ran out.
+    Its writes are checked for loss like any other."""
+    client = RoutedClient(endpoint, timeout=PROBE_TIMEOUT, connect_timeout=PROBE_TIMEOUT)
+    n = 0
+    try:
+        while not stop.is_set():
+            n += 1
+            key = spec.unique(PROBE, n)
+            pending = history.invoke(PROBE, key, Kind.WRITE, str(n))
+            answer = await client.call(key.encode(), b"SET", key.encode(), str(n).encode())
+            history.complete(pending, answer.outcome)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), PROBE_EVERY)
+    finally:
+        client.close()
 
 
 async def run_client(
