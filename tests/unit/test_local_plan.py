@@ -110,7 +110,8 @@ def test_node_configs_point_at_every_journal_server(tmp_path: Path) -> None:
     assert config.zone == "b"
     assert config.port == state.nodes[1].port
     assert config.lease_seconds == 1.5
-    assert config.journal_urls == state.journal_urls
+    # Every journal server, the node's own zone's first (zone b: the second server).
+    assert config.journal_urls == [state.journal_urls[1], state.journal_urls[0], state.journal_urls[2]]
     assert config.journal_replicas == 3
     assert Path(state.journal[0].config).read_text().count("nats-route://") == 3
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from engram.journal.placement import StreamPeer, leader_move
+from engram.journal.servers import journal_urls_for
 
 ZONES = {"j-a": "a", "j-b": "b", "j-c": "c"}
 
@@ -40,3 +41,10 @@ def test_unknown_servers_zones_or_no_leader_leave_the_stream_alone() -> None:
 
 def test_zone_names_from_node_labels_match_their_lower_case_tags() -> None:
     assert leader_move(0, "A", peers("j-a", j_b=(True, False)), ZONES) == "b"
+
+
+def test_a_nodes_journal_urls_put_its_own_zones_servers_first_and_keep_the_rest_in_order() -> None:
+    servers = [("nats://a1", "a"), ("nats://b1", "B"), ("nats://c1", "c"), ("nats://b2", "b"),
+               ("nats://x", "")]
+    assert journal_urls_for("b", servers) == ["nats://b1", "nats://b2", "nats://a1", "nats://c1", "nats://x"]
+    assert journal_urls_for("z", servers) == [url for url, _ in servers]

@@ -170,8 +170,12 @@ class Journal:
                 max_reconnect_attempts=-1,
                 allow_reconnect=True,
                 error_cb=_quiet,
-                ping_interval=2,
-                max_outstanding_pings=3,
+                # A server cut off with its zone answers nothing, not even an error: notice within
+                # about 2 s and move on to the next server, in the order given (the caller's own
+                # zone first, see journal_urls_for), not a random one.
+                ping_interval=1,
+                max_outstanding_pings=2,
+                dont_randomize=True,
             )
         except Exception as exc:
             raise NoQuorum(f"cannot reach any journal server at {', '.join(urls)}: {exc}") from exc

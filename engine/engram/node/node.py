@@ -19,9 +19,9 @@ from engram.cluster.metadata import ClusterMetadata
 from engram.cluster.protocol import Me
 from engram.cluster.push import topology_command
 from engram.cluster.topology import ClusterView, LeaderRecord, NodeRecord
-from engram.journal.client import Journal
+from engram.journal.client import Appended, Journal
 from engram.journal.entries import Entry, EntryType, format_version
-from engram.journal.errors import Fenced, IdentityMismatch, JournalError
+from engram.journal.errors import Fenced, IdentityMismatch, JournalError, JournalTimeout, NoQuorum
 from engram.journal.placement import leader_move
 from engram.leadership.on_stop import hand_over_on_stop
 from engram.leadership.switchover import hand_over
@@ -72,7 +72,10 @@ async def _patiently(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
 
 # How often a primary checks where its stream's leader is, and the least time between two moves
 # (each move is a short leader hand-over in the journal: writes pause for tens of milliseconds).
-PLACEMENT_EVERY = 2.0
+# A campaign whose append went unanswered asks again, with the same id, for this many leases.
+CAMPAIGN_RETRY_LEASES = 3
+CAMPAIGN_RETRY_PAUSE = 0.1
+PLACEMENT_EVERY = 1.0
 PLACEMENT_SPACING = 5.0
 # How often the shard's snapshot taker asks whether a snapshot is due, and waits after a failure.
 SNAPSHOT_CHECK_INTERVAL = 2.0
@@ -636,6 +639,22 @@ class Node:
                     f"{self.leader.epoch} this node has applied from the journal")
         return ""
 
+    async def _campaign_append(self, entry: Entry, expected: int, msg_id: str) -> Appended:
+        """The campaign's conditional append. An unknown outcome (no answer, the journal electing)
+        is retried with the same id: a campaign that landed is then recognised as won (the retry is
+        fenced by its own entry, see Journal.append), instead of leaving the shard to a leader that
+        believes it lost, for another backoff (seen in chaos seed 77)."""
+        lease = self.config.lease_seconds
+        deadline = time.monotonic() + CAMPAIGN_RETRY_LEASES * lease
+        while True:
+            try:
+                return await self.journal.append(entry, expected, msg_id, timeout=lease / 2)
+            except (JournalTimeout, NoQuorum) as exc:
+                if time.monotonic() + CAMPAIGN_RETRY_PAUSE >= deadline:
+                    raise
+                log.info("campaign append of epoch %d unanswered (%s); asking again", entry.epoch, exc)
+                await asyncio.sleep(CAMPAIGN_RETRY_PAUSE)
+
     async def _campaign(self) -> None:
         assert self.journal is not None and self.applier is not None
         refusal = self._campaign_refusal()
@@ -653,7 +672,7 @@ class Node:
         try:
             # Never reused: a campaign must not recognise an old entry of its own as this one.
             msg_id = f"{self.config.node_id}.{secrets.token_hex(6)}.campaign.{epoch}"
-            landed = await self.journal.append(entry, applied, msg_id)
+            landed = await self._campaign_append(entry, applied, msg_id)
             seq = landed.seq
         except JournalError as exc:
             log.info("campaign for epoch %d lost: %s", epoch, exc)

@@ -16,6 +16,7 @@ from typing import Any
 
 from kubernetes.utils import parse_quantity
 
+from engram.journal.servers import journal_urls_for
 from engram.node.config import NodeConfig
 from engram.valkey.process import valkey_flags
 from engram_operator import constants, labels
@@ -41,6 +42,15 @@ VALKEY_BIND = "0.0.0.0"
 MAXMEMORY_FRACTION = Decimal("0.75")
 
 
+def _own_zone_first(cluster: ClusterSpec, zone: str, journal_zones: Mapping[str, str]) -> list[str]:
+    """The journal URLs with the servers of the node's zone first (journal_urls_for); servers whose
+    zone is not known keep their order after those."""
+    urls = journal_urls(cluster)
+    names = [labels.journal_pod_name(cluster.name, i) for i in range(len(urls))]
+    zones = [journal_zones.get(name, "") for name in names]
+    return journal_urls_for(zone, list(zip(urls, zones, strict=True)))
+
+
 def build_node_config(
     cluster: ClusterSpec,
     pod_name: str,
@@ -63,7 +73,7 @@ def build_node_config(
         zone=zone,
         port=constants.CLIENT_PORT,
         admin_port=constants.ADMIN_PORT,
-        journal_urls=journal_urls(cluster),
+        journal_urls=_own_zone_first(cluster, zone, journal_zones or {}),
         data_dir=constants.DATA_DIR,
         cluster_id=cluster_id,
         shards=cluster.shards,

@@ -7,7 +7,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from engram.journal.servers import SYNC_ALWAYS, sync_interval_problem
+from engram.journal.servers import SYNC_ALWAYS, journal_urls_for, sync_interval_problem
 from engram.node.config import NodeConfig
 from engram.orchestration.provision import ProvisionRequest, new_cluster_id
 from engram.orchestration.zones import Spreading, ZonePlan, plan_zones
@@ -185,7 +185,7 @@ def node_config(state: ClusterState, node: NodeState, log_level: str = "warning"
         "zone": node.zone,
         "port": node.port,
         "admin_port": node.control_port,
-        "journal_urls": state.journal_urls,
+        "journal_urls": journal_urls_for(node.zone, [(j.url, j.zone) for j in state.journal]),
         "journal_zones": {server.name: server.zone for server in state.journal},
         "data_dir": str(Path(node.config).parent),
         "host": node.host,
