@@ -70,11 +70,11 @@ async def _patiently(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
             delay = min(delay * 2, 2.0)
 
 
-# How often a primary checks where its stream's leader is, and the least time between two moves
-# (each move is a short leader hand-over in the journal: writes pause for tens of milliseconds).
 # A campaign whose append went unanswered asks again, with the same id, for this many leases.
 CAMPAIGN_RETRY_LEASES = 3
 CAMPAIGN_RETRY_PAUSE = 0.1
+# How often a primary checks where its stream's leader is, and the least time between two moves
+# (each move is a short leader hand-over in the journal: writes pause for tens of milliseconds).
 PLACEMENT_EVERY = 1.0
 PLACEMENT_SPACING = 5.0
 # How often the shard's snapshot taker asks whether a snapshot is due, and waits after a failure.
