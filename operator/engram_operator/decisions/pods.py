@@ -35,6 +35,22 @@ def _slot_pods(seen: Observed) -> dict[tuple[int, int], list[PodInfo]]:
     return by_slot
 
 
+def _create_pod(
+    cluster: ClusterSpec, seen: Observed, plan: Plan, taken: set[str], shard: int, index: int,
+    zone: str | None, preferred_primary: bool, journal: Mapping[str, str] | None = None,
+) -> str:
+    """Plan a new engine pod for (shard, index) under a name no pod holds yet; returns the name."""
+    name = labels.engine_pod_name(cluster.name, shard, index, taken)
+    taken.add(name)
+    plan.create.append(
+        builders.build_engine_pod(
+            cluster, name=name, shard=shard, index=index, zone=zone, cluster_id=seen.cluster_id,
+            preferred_primary=preferred_primary, journal_zones=journal,
+        )
+    )
+    return name
+
+
 def journal_zones(cluster: ClusterSpec, journal: list[JournalPlacement]) -> dict[str, str]:
     """Journal server name -> its zone tag, for servers whose tag is their real zone: what a primary
     needs to keep its stream's leader out of its own zone (docs/failover.md). Servers given made-up
@@ -89,20 +105,8 @@ def _reconcile_pods(
                     plan.events.append(Event("Warning", "ZoneLost", str(err)))
                     continue
             actual.append((shard, index, zone))
-        name = labels.engine_pod_name(cluster.name, shard, index, taken)
-        taken.add(name)
-        plan.create.append(
-            builders.build_engine_pod(
-                cluster,
-                name=name,
-                shard=shard,
-                index=index,
-                zone=zone,
-                cluster_id=seen.cluster_id,
-                preferred_primary=placement.planned_primary(slots, shard, index),
-                journal_zones=journal,
-            )
-        )
+        name = _create_pod(cluster, seen, plan, taken, shard, index, zone,
+                           placement.planned_primary(slots, shard, index), journal)
         plan.events.append(
             Event("Normal", "CreatingPod", f"creating {name} (shard {shard}) in zone {zone or '-'}")
         )
@@ -209,17 +213,5 @@ def _recover_existing(cluster: ClusterSpec, seen: Observed, plan: Plan, provisio
         zone = pods[0].zone or None
         if zone is not None and zone not in healthy:
             continue
-        name = labels.engine_pod_name(cluster.name, shard, index, taken)
-        taken.add(name)
         # No zone plan to consult here; the planner always names node 0 as a shard's first primary.
-        plan.create.append(
-            builders.build_engine_pod(
-                cluster,
-                name=name,
-                shard=shard,
-                index=index,
-                zone=zone,
-                cluster_id=seen.cluster_id,
-                preferred_primary=index == 0,
-            )
-        )
+        _create_pod(cluster, seen, plan, taken, shard, index, zone, index == 0)
