@@ -7,15 +7,8 @@ import signal
 import subprocess
 import sys
 
+from engram.platforms.local.processes import pid_alive
 from engram.platforms.local.testing import wait_for
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_a_child_dies_when_its_parent_is_killed() -> None:
@@ -31,10 +24,10 @@ def test_a_child_dies_when_its_parent_is_killed() -> None:
     assert parent.stdout is not None
     child = int(parent.stdout.readline())
     try:
-        assert _alive(child)
+        assert pid_alive(child)
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait()
-        wait_for(lambda: not _alive(child), 10, "the child to die with its parent")
+        wait_for(lambda: not pid_alive(child), 10, "the child to die with its parent")
     finally:
-        if _alive(child):
+        if pid_alive(child):
             os.kill(child, signal.SIGKILL)

@@ -19,7 +19,7 @@ from typing import Any
 
 from engram.cluster.topology import SlotMap
 from engram.node.peer import PeerRefused, PeerUnreachable, call
-from engram.platforms.local import cluster, network
+from engram.platforms.local import cluster, network, processes
 
 # How long to wait for a fault's victim to exist (e.g. a primary, during a failover) when the
 # schedule sets no deadline.
@@ -223,7 +223,7 @@ class LocalFaults:
         delay = self.rng.uniform(low, span)
         delay = min(delay, max(0.0, deadline - began))
         while time.monotonic() - began < delay:
-            if not _alive(child):
+            if not processes.pid_alive(child):
                 self.snapshot_seconds = time.monotonic() - began
                 now = time.monotonic_ns()
                 return Fault(FaultKind.KILL_SNAPSHOT, node["id"], now, now,
@@ -280,19 +280,11 @@ def snapshot_child(parent: int | None) -> int | None:
             # The command name is in parentheses and may hold spaces; the parent's pid follows it.
             if int(stat.rsplit(")", 1)[1].split()[1]) != parent:
                 continue
-            if b"engram.snapshots" in (entry / "cmdline").read_bytes():
+            if any("engram.snapshots" in arg for arg in processes.cmdline(int(entry.name))):
                 return int(entry.name)
         except (OSError, ValueError, IndexError):
             continue
     return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 def _ask_for_snapshot(host: str, port: int) -> None:
