@@ -265,6 +265,10 @@ def test_killed_journal_server_is_restarted_and_writes_keep_committing(local_clu
     servers = _state(doc).journal
     asyncio.run(local_journal.wait_ready(servers, timeout=30))
     assert _read(doc, "during") == b"outage"
+    # A restarted server keeps its share of the cores, like the first start.
+    pid = status(doc["name"], _base(doc))["journal"][0]["pid"]
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    assert f"GOMAXPROCS={local_journal.go_threads(len(servers))}".encode() in environ
 
 
 def test_stopped_node_shows_as_down_and_is_not_restarted(local_cluster: Any) -> None:

@@ -395,6 +395,14 @@ def test_journal_servers_spread_one_per_zone_with_zone_tags() -> None:
     assert claim["storageClassName"] == "fast" and claim["resources"]["requests"]["storage"] == "20Gi"
 
 
+def test_journal_servers_size_their_go_threads_to_the_pod_cpu_limit() -> None:
+    cluster = SPECS["three-zones"]
+    sts = builders.build_journal_statefulset(cluster, plan_journal(ZONES, 3, "Required")[0])
+    (nats,) = sts["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["valueFrom"]["resourceFieldRef"] for e in nats["env"]}
+    assert env["GOMAXPROCS"] == {"containerName": "nats", "resource": "limits.cpu", "divisor": "1"}
+
+
 def test_journal_sync_interval_reaches_every_server_config() -> None:
     cluster = spec(journal={"syncInterval": "100ms"})
     cm = builders.build_journal_configmap(cluster, plan_journal(ZONES, 3, "Required"))

@@ -11,7 +11,7 @@ import pytest
 from engram.cli.main import build_parser
 from engram.node.config import NodeConfig
 from engram.node.peer import parse_status
-from engram.platforms.local import plan, ports
+from engram.platforms.local import journal, plan, ports
 from engram.platforms.local.state import ClusterState, check_name
 
 
@@ -100,6 +100,14 @@ def test_journal_has_one_server_per_zone_and_at_most_three_replicas(tmp_path: Pa
     assert [j.zone for j in state.journal] == ["x", "y"]
     assert [j.target for j in state.journal] == ["journal-x", "journal-y"]
     assert plan.ClusterSpec(name="d", zones=("a", "b", "c", "d")).journal_replicas == 3
+
+
+def test_local_journal_servers_share_the_cores_and_get_at_least_one() -> None:
+    assert journal.go_threads(3, cores=2) == 1
+    assert journal.go_threads(3, cores=8) == 2
+    assert journal.go_threads(3, cores=12) == 4
+    assert journal.go_threads(5, cores=1) == 1
+    assert journal.server_env(3)["GOMAXPROCS"] == str(journal.go_threads(3))
 
 
 def test_node_configs_point_at_every_journal_server(tmp_path: Path) -> None:

@@ -148,6 +148,18 @@ def build_journal_statefulset(cluster: ClusterSpec, placement: JournalPlacement)
                 "image": cluster.journal.resolved_image,
                 "imagePullPolicy": "IfNotPresent",
                 "args": ["--config", f"/etc/nats/{CONFIG_FILE}"],
+                # Go sizes its thread pool to the node's cores, not the pod's limit; idle threads
+                # then spin on cores the pod may not use and the server is throttled.
+                "env": [
+                    {
+                        "name": "GOMAXPROCS",
+                        "valueFrom": {
+                            "resourceFieldRef": {
+                                "containerName": "nats", "resource": "limits.cpu", "divisor": "1"
+                            }
+                        },
+                    }
+                ],
                 "ports": [
                     {"name": "client", "containerPort": constants.JOURNAL_CLIENT_PORT},
                     {"name": "cluster", "containerPort": constants.JOURNAL_CLUSTER_PORT},

@@ -55,13 +55,14 @@ class Child:
     key: str
     argv: list[str]
     record: NodeState | JournalState
+    env: dict[str, str] | None = None
     proc: subprocess.Popen | None = None
     started_at: float = 0.0
     crashes: int = 0
     restart_at: float | None = None
 
     def start(self) -> None:
-        self.proc = processes.spawn(self.argv, self.record.log)
+        self.proc = processes.spawn(self.argv, self.record.log, self.env)
         self.started_at = time.monotonic()
         self.restart_at = None
         self.record.pid = self.proc.pid
@@ -119,7 +120,7 @@ class Supervisor:
         s = self.state
         for server in s.journal:
             argv = [*s.launcher(server.zone), *journal.server_argv(server, s.nats_server)]
-            child = Child(server.target, argv, server)
+            child = Child(server.target, argv, server, journal.server_env(len(s.journal)))
             child.start()
             self.journal.append(child)
         self.save()
