@@ -89,6 +89,11 @@ void eg_acl_command_seen(const char *name, size_t len) {
         recheck_default = 1;
 }
 
+/* Users were changed by the module itself (users.c): read the default user again. */
+void eg_users_changed(void) {
+    default_open_cached = -1;
+}
+
 int eg_auth_known(EgClient *cl) {
     if (cl->authed || default_open()) return 1;
     VkString *name = Vk_GetClientUserNameById(eg_ctx, cl->id);

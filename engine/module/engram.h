@@ -244,6 +244,7 @@ struct EgClient {
     size_t queued;         /* entries in the queue */
     size_t queued_bytes;   /* estimate of their memory, for the caps */
     long long target;      /* replication offset that must be committed to release the queue */
+    long long users_target; /* user change the cluster's metadata must hold to release it */
     int unassigned;        /* the queue holds effects whose offset is known only before sleep */
     int touched;           /* on the list visited before sleep */
     int dead;              /* disconnected; freed once no ticket refers to it */
@@ -288,13 +289,14 @@ enum {
     EG_CMD_NO_MULTI = 1 << 5, /* refused inside MULTI */
     EG_CMD_CONTAINER = 1 << 6,
     EG_CMD_KEYSPACE_READ = 1 << 7, /* reads the whole keyspace, no key of its own (DBSIZE, SCAN) */
+    EG_CMD_USERS = 1 << 8,         /* ACL SETUSER/DELUSER: a change of the cluster's users */
 };
 
 /* The wrappers the filter rewrites commands into. Each has two forms: the common one is flagged
  * no-auth, which exempts it from Valkey's ACL command check (the real command's rights are
  * checked inside it); the ".auth" twin is checked like any command, and is used for a
  * connection that may not have authenticated (acl.c). */
-enum { EG_W_WRITE, EG_W_READ, EG_W_NATIVE, EG_W_SELECT, EG_W_TX, EG_W_REFUSE, EG_W_CLUSTER, EG_W_COUNT };
+enum { EG_W_WRITE, EG_W_READ, EG_W_NATIVE, EG_W_SELECT, EG_W_TX, EG_W_REFUSE, EG_W_CLUSTER, EG_W_USERS, EG_W_COUNT };
 extern VkString *eg_wrappers[2][EG_W_COUNT];
 
 /* module.c */
@@ -345,6 +347,7 @@ int eg_is_replica_link(unsigned long long id);
 int eg_block_for_promise(VkCtx *ctx, EgClient *cl, VkCallReply *promise);
 typedef struct EgStats {
     long long clients, blocked, queued_bytes, blocks, early_blocks, emitted, timeouts, failed;
+    long long users_pending, users_done;
 } EgStats;
 void eg_replies_stats(EgStats *stats);
 int eg_reply_clients(VkCtx *ctx);
@@ -429,5 +432,16 @@ void eg_on_ack(long long offset);
 long long eg_current_offset(VkCtx *ctx);
 int eg_unassigned_pending(void);
 void eg_mark_unassigned(void);
+
+/* users.c */
+extern long long eg_users_done; /* user changes up to this one are in the cluster's metadata */
+void eg_users_init(void);
+int eg_cmd_users(VkCtx *ctx, VkString **argv, int argc);
+int eg_cmd_users_pending(VkCtx *ctx, VkString **argv, int argc);
+int eg_cmd_users_done(VkCtx *ctx, VkString **argv, int argc);
+int eg_cmd_users_apply(VkCtx *ctx, VkString **argv, int argc);
+const char *eg_users_refusal(EgClient *cl);
+void eg_users_stats(EgStats *stats);
+void eg_users_changed(void);
 
 #endif

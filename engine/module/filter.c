@@ -79,6 +79,19 @@ static int refused_client_setting(VkFilterCtx *f, int argc) {
     return eg_is_refused_client_setting(argv, argc);
 }
 
+/* CONFIG SET requirepass changes the default user on this node alone: users change cluster-wide,
+ * through ACL SETUSER (users.c). */
+static const char *sets_requirepass(VkFilterCtx *f, size_t len, const char *name, int argc) {
+    if (len != 6 || strncasecmp(name, "config", 6) != 0 || argc < 4 ||
+        strcasecmp(Vk_StringPtrLen(Vk_CommandFilterArgGet(f, 1), NULL), "set") != 0)
+        return NULL;
+    for (int i = 2; i < argc; i += 2)
+        if (!strcasecmp(Vk_StringPtrLen(Vk_CommandFilterArgGet(f, i), NULL), "requirepass"))
+            return "ERR engram: CONFIG SET requirepass would change the default user on this node alone; "
+                   "use ACL SETUSER default >password, which every node keeps";
+    return NULL;
+}
+
 static int on_unix_socket(unsigned long long id) {
     VkClientInfo ci;
     memset(&ci, 0, sizeof ci);
@@ -136,6 +149,17 @@ void eg_filter(VkFilterCtx *f) {
     }
 
     int cls = eg_command_class(name, len, argc > 1 ? Vk_CommandFilterArgGet(f, 1) : NULL);
+    if (eg_managed && !eg_valkey_replica) {
+        const char *refusal = (cls & EG_CMD_USERS) ? eg_users_refusal(cl) : sets_requirepass(f, len, name, argc);
+        if (refusal) {
+            eg_refuse(f, cl, refusal);
+            return;
+        }
+        if (cls & EG_CMD_USERS) {
+            wrap(f, cl, EG_W_USERS);
+            return;
+        }
+    }
     if (eg_cluster_filter(f, cl, name, len, argc, cls)) return;
     int pending = cl->head != NULL;
     /* Replies silenced by a CLIENT REPLY the module applied: commands run where it can drop them.

@@ -117,6 +117,8 @@ static void load_command_table(VkCtx *ctx) {
     static const char *tx[] = {"multi", "exec", "discard", "watch", "unwatch", NULL};
     for (int i = 0; tx[i]; i++) add_class(tx[i], strlen(tx[i]), EG_CMD_TX);
     add_class("select", 6, EG_CMD_SELECT);
+    add_class("acl|setuser", 11, EG_CMD_USERS);
+    add_class("acl|deluser", 11, EG_CMD_USERS);
 }
 
 int eg_command_class(const char *name, size_t len, VkString *sub) {
@@ -334,14 +336,16 @@ static int cmd_info(VkCtx *ctx, VkString **argv, int argc) {
     if (argc != 1) return Vk_WrongArity(ctx);
     EgStats st;
     eg_replies_stats(&st);
+    eg_users_stats(&st);
     char buf[1536];
     int n = snprintf(buf, sizeof buf,
                      "active:%d\r\ncommitted_offset:%lld\r\ndirty_keys:%lld\r\ntracked_clients:%lld\r\n"
                      "blocked_clients:%lld\r\nqueued_reply_bytes:%lld\r\ncommit_timeout_ms:%lld\r\n"
                      "blocks:%lld\r\nearly_blocks:%lld\r\nreplies_released:%lld\r\ncommit_timeouts:%lld\r\n"
-                     "replies_failed:%lld\r\n",
+                     "replies_failed:%lld\r\nuser_changes_pending:%lld\r\nuser_changes_done:%lld\r\n",
                      eg_active, eg_committed, eg_dirty_count(), st.clients, st.blocked, st.queued_bytes,
-                     eg_commit_timeout_ms, st.blocks, st.early_blocks, st.emitted, st.timeouts, st.failed);
+                     eg_commit_timeout_ms, st.blocks, st.early_blocks, st.emitted, st.timeouts, st.failed,
+                     st.users_pending, st.users_done);
     if (n > 0 && (size_t)n < sizeof buf) n += eg_control_info(buf + n, sizeof buf - (size_t)n);
     if (n < 0 || (size_t)n >= sizeof buf) n = (int)strlen(buf);
     return Vk_ReplyWithStringBuffer(ctx, buf, (size_t)n);
@@ -502,6 +506,9 @@ int ValkeyModule_OnLoad(VkCtx *ctx, VkString **argv, int argc) {
         {"engram.committimeout", cmd_committimeout, "admin fast"},
         {"engram.info", cmd_info, "readonly fast"},
         {"engram.clients", cmd_clients, "readonly"},
+        {"engram.users.pending", eg_cmd_users_pending, "admin fast deny-script"},
+        {"engram.users.done", eg_cmd_users_done, "admin fast deny-script"},
+        {"engram.users.apply", eg_cmd_users_apply, "admin deny-script"},
     };
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (Vk_CreateCommand(ctx, commands[i].name, commands[i].fn, commands[i].flags, 0, 0, 0) != VK_OK)
@@ -525,6 +532,7 @@ int ValkeyModule_OnLoad(VkCtx *ctx, VkString **argv, int argc) {
         [EG_W_TX] = {"engram.tx", eg_cmd_tx, "may-replicate fast"},
         [EG_W_REFUSE] = {"engram.refuse", eg_cmd_refuse, "readonly fast"},
         [EG_W_CLUSTER] = {"engram.cluster", eg_cmd_cluster, "readonly fast"},
+        [EG_W_USERS] = {"engram.users", eg_cmd_users, "fast"},
     };
     for (int i = 0; i < EG_W_COUNT; i++) {
         char name[64], flags[64];
@@ -541,6 +549,7 @@ int ValkeyModule_OnLoad(VkCtx *ctx, VkString **argv, int argc) {
     eg_ctx = Vk_GetDetachedThreadSafeContext(ctx);
 
     load_command_table(ctx);
+    eg_users_init();
     eg_dirty_init();
     eg_crc16_init();
     eg_active = !(Vk_GetContextFlags(ctx) & VK_CTX_FLAGS_REPLICA);

@@ -109,6 +109,7 @@ static void free_queue(EgClient *cl) {
     total_queued_bytes -= (long long)cl->queued_bytes;
     cl->queued_bytes = 0;
     cl->target = 0;
+    cl->users_target = 0;
     cl->unassigned = 0;
     cl->fail_at = 0;
     Vk_Free(cl->fail);
@@ -193,7 +194,7 @@ void eg_need_target(EgClient *cl, long long target) {
 static int ready(EgClient *cl) {
     if (cl->promise) return 0;
     if (cl->fail) return 1;
-    return !cl->unassigned && cl->target <= eg_committed;
+    return !cl->unassigned && cl->target <= eg_committed && cl->users_target <= eg_users_done;
 }
 
 static void emit(VkCtx *ctx, EgClient *cl) {
