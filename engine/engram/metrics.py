@@ -17,6 +17,8 @@ EPOCH = Gauge("engram_leader_epoch", "Leadership epoch this node has seen last")
 FAILOVERS = Counter("engram_failovers_total", "Leadership changes this node took part in", ["kind"])
 STREAM_LEADER_MOVES = Counter("engram_stream_leader_moves_total",
                               "Times this primary moved its stream's journal leader out of its own zone")
+USER_CHANGES = Counter("engram_user_changes_total",
+                       "ACL user changes this node stored in the cluster's metadata")
 SNAPSHOTS = Counter("engram_snapshots_total", "Snapshots this node took, by outcome", ["outcome"])
 RESTORES = Counter("engram_snapshot_restores_total", "Times this node's Valkey was loaded from a snapshot")
 HALTED = Gauge("engram_apply_halted", "1 when this replica stopped applying (see ENGRAM.STATUS)")

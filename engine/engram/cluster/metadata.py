@@ -18,6 +18,7 @@ from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
 from engram.cluster.topology import ClusterView, LeaderRecord, NodeRecord, SlotMap, TopologyError
+from engram.cluster.users import USER_PREFIX, dump_rules, load_rules, user_key, user_name
 from engram.journal.client import wait_for_stream_leader
 from engram.journal.errors import IdentityMismatch, JournalError, NoQuorum, StreamMissing
 
@@ -183,13 +184,29 @@ class ClusterMetadata:
             try:
                 watcher = await self._kv.watchall()
                 async for entry in watcher:
-                    if entry is not None:
+                    if entry is None:
+                        self.view.users.loaded = True  # every stored value has been delivered
+                    elif entry.key.startswith(USER_PREFIX):
+                        self._apply_user(entry)  # not topology: CLUSTER replies stay as they are
+                    else:
                         self._apply(entry)
                         self.view.changes += 1
                     self.changed.set()
             except (TimeoutError, nats.errors.Error, JournalError) as exc:
                 log.warning("metadata watch interrupted (%s); resuming", exc)
                 await asyncio.sleep(0.5)
+
+    def _apply_user(self, entry: KeyValue.Entry) -> None:
+        try:
+            rules = None if entry.operation in ("DEL", "PURGE") else load_rules(entry.value)
+            self.view.users.offer(user_name(entry.key), entry.revision or 0, rules)
+        except (ValueError, TypeError) as exc:
+            log.error("ignoring malformed user record %s: %s", entry.key, exc)
+
+    async def store_user(self, name: str, rules: str | None) -> None:
+        """Store a user's rules (None: deleted) and show them in the view at once."""
+        revision = await self._kv.put(user_key(name), dump_rules(rules))
+        self.view.users.offer(name, revision, rules)
 
     def _apply(self, entry: KeyValue.Entry) -> None:
         key, value = entry.key, entry.value

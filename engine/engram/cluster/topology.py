@@ -9,6 +9,7 @@ from array import array
 from dataclasses import asdict, dataclass, field
 
 from engram.cluster.slots import SLOTS
+from engram.cluster.users import Users
 
 # A node that has not refreshed its record for this long is left out of CLUSTER replies.
 NODE_STALE_SECONDS = 30.0
@@ -141,6 +142,7 @@ class ClusterView:
     nodes: dict[str, NodeRecord] = field(default_factory=dict)
     # Bumped on every change, so whoever renders the view knows when to render it again.
     changes: int = 0
+    users: Users = field(default_factory=Users)
 
     def owner(self, slot: int) -> int | None:
         return self.slots.owner(slot) if self.slots is not None else None

@@ -30,6 +30,7 @@ from engram.lifetime import die_with_parent
 from engram.node.config import NodeConfig
 from engram.node.control import ControlServer
 from engram.node.datapath import DataPath
+from engram.node.users import UserSync
 from engram.replication.applier import Applier, ApplyHalted, JournalGap
 from engram.replication.committer import Committer
 from engram.replication.tap import Tap
@@ -246,6 +247,7 @@ class Node:
             loop.create_task(self._watch_journal()),
             loop.create_task(self._snapshot_loop()),
             loop.create_task(self._place_stream_leader()),
+            loop.create_task(UserSync(self.datapath, self.meta).run()),
         ]
         self.applier = Applier(self.journal, cfg.valkey_socket, self._observe, cfg.cluster_id)
         self.leader.last_renewal = time.monotonic()
