@@ -440,6 +440,7 @@ int eg_cmd_users(VkCtx *ctx, VkString **argv, int argc);
 int eg_cmd_users_pending(VkCtx *ctx, VkString **argv, int argc);
 int eg_cmd_users_done(VkCtx *ctx, VkString **argv, int argc);
 int eg_cmd_users_apply(VkCtx *ctx, VkString **argv, int argc);
+int eg_cmd_users_declare(VkCtx *ctx, VkString **argv, int argc);
 const char *eg_users_refusal(EgClient *cl);
 void eg_users_stats(EgStats *stats);
 void eg_users_changed(void);

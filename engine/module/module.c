@@ -509,6 +509,7 @@ int ValkeyModule_OnLoad(VkCtx *ctx, VkString **argv, int argc) {
         {"engram.users.pending", eg_cmd_users_pending, "admin fast deny-script"},
         {"engram.users.done", eg_cmd_users_done, "admin fast deny-script"},
         {"engram.users.apply", eg_cmd_users_apply, "admin deny-script"},
+        {"engram.users.declare", eg_cmd_users_declare, "admin fast deny-script"},
     };
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (Vk_CreateCommand(ctx, commands[i].name, commands[i].fn, commands[i].flags, 0, 0, 0) != VK_OK)

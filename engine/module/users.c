@@ -25,6 +25,17 @@ static long long users_seq;
 long long eg_users_done;
 /* The default user's rules as Valkey started: what it returns to when the metadata has none. */
 static char *baseline_default;
+/* Users declared by the cluster's configuration (ENGRAM.USERS.DECLARE): not changed by clients. */
+static VkDict *declared;
+
+/* Per user, the rules last applied and Valkey's description right after: declared rules are
+ * written by hand (">password", any order) and never equal the description, yet need no
+ * change while neither side moved. */
+typedef struct {
+    char *given;
+    char *described;
+} EgApplied;
+static VkDict *applied;
 
 static char *copy_rules(VkString *name) {
     VkUser *user = Vk_GetModuleUserFromUserName(name);
@@ -56,6 +67,14 @@ static void record(VkString *name) {
     c->rules = copy_rules(name);
 }
 
+static int is_declared(VkString *name) {
+    size_t len;
+    const char *s = Vk_StringPtrLen(name, &len);
+    int missing = 1;
+    if (declared) Vk_DictGetC(declared, (void *)s, len, &missing);
+    return !missing;
+}
+
 static int pending(const char *name, size_t len) {
     for (size_t i = 0; i < n_changes; i++)
         if (strlen(changes[i].name) == len && !memcmp(changes[i].name, name, len)) return 1;
@@ -67,13 +86,23 @@ static int pending(const char *name, size_t len) {
 int eg_cmd_users(VkCtx *ctx, VkString **argv, int argc) {
     if (argc < 4) return Vk_WrongArity(ctx);
     EgClient *cl = eg_client(Vk_GetClientId(ctx), 1);
+    int setuser = !strcasecmp(Vk_StringPtrLen(argv[2], NULL), "setuser");
+    for (int i = 3; i < (setuser ? 4 : argc); i++) {
+        if (!is_declared(argv[i])) continue;
+        char buf[200];
+        size_t len;
+        const char *name = Vk_StringPtrLen(argv[i], &len);
+        snprintf(buf, sizeof buf, "ERR engram: user '%.*s' is declared in the cluster's configuration; change it there",
+                 (int)(len < 64 ? len : 64), name);
+        eg_queue(cl, EG_ERROR, NULL, buf);
+        return eg_finish(ctx, cl);
+    }
     VkCallReply *r = Vk_Call(ctx, "ACL", "0ECv", argv + 2, (size_t)(argc - 2));
     if (!r) {
         eg_queue(cl, EG_ERROR, NULL, "ERR engram: the command could not be run");
         return eg_finish(ctx, cl);
     }
     if (Vk_CallReplyType(r) != VK_REPLY_ERROR) {
-        int setuser = !strcasecmp(Vk_StringPtrLen(argv[2], NULL), "setuser");
         for (int i = 3; i < (setuser ? 4 : argc); i++) record(argv[i]);
         cl->users_target = users_seq;
         eg_users_changed();
@@ -166,6 +195,32 @@ static int desired_index(VkString **argv, int argc, const char *name, size_t len
     return -1;
 }
 
+static void forget_applied(const char *name, size_t len) {
+    EgApplied *a = NULL;
+    if (!applied || Vk_DictDelC(applied, (void *)name, len, &a) != VK_OK || !a) return;
+    Vk_Free(a->given);
+    Vk_Free(a->described);
+    Vk_Free(a);
+}
+
+static int unchanged(const char *name, size_t len, const char *current, const char *rules) {
+    if (!strcmp(current, rules)) return 1;
+    EgApplied *a = applied ? Vk_DictGetC(applied, (void *)name, len, NULL) : NULL;
+    return a && !strcmp(a->given, rules) && !strcmp(a->described, current);
+}
+
+static void remember_applied(VkString *name, const char *rules) {
+    size_t len;
+    const char *s = Vk_StringPtrLen(name, &len);
+    forget_applied(s, len);
+    if (!applied) applied = Vk_CreateDict(NULL);
+    EgApplied *a = Vk_Calloc(1, sizeof(*a));
+    a->given = eg_strdup(rules);
+    a->described = copy_rules(name);
+    if (!a->described) a->described = eg_strdup("");
+    Vk_DictSetC(applied, (void *)s, len, a);
+}
+
 /* Make one user's rules these (NULL: delete it); 1 if it changed. A failure is kept in err. */
 static int converge(VkCtx *ctx, const char *name, size_t len, const char *rules, char *err, size_t cap) {
     VkString *vname = Vk_CreateString(ctx, name, len);
@@ -174,7 +229,8 @@ static int converge(VkCtx *ctx, const char *name, size_t len, const char *rules,
     VkCallReply *r = NULL;
     if (!rules) {
         if (current) r = Vk_Call(ctx, "ACL", "Ecs", "DELUSER", vname);
-    } else if (!current || strcmp(current, rules) != 0) {
+        forget_applied(name, len);
+    } else if (!current || !unchanged(name, len, current, rules)) {
         r = set_rules(ctx, Vk_StringPtrLen(vname, NULL), rules);
     }
     if (r) {
@@ -187,12 +243,36 @@ static int converge(VkCtx *ctx, const char *name, size_t len, const char *rules,
             }
         } else {
             changed = 1;
+            if (rules) remember_applied(vname, rules);
         }
         Vk_FreeCallReply(r);
     }
     Vk_Free(current);
     Vk_FreeString(ctx, vname);
     return changed;
+}
+
+/* ENGRAM.USERS.DECLARE [name ...]: the users the cluster's configuration declares (replacing the
+ * last set); clients may not change them. */
+int eg_cmd_users_declare(VkCtx *ctx, VkString **argv, int argc) {
+    if (internal_only(ctx, "ENGRAM.USERS.DECLARE")) return VK_OK;
+    if (!declared) declared = Vk_CreateDict(NULL);
+    while (Vk_DictSize(declared)) {
+        VkDictIter *it = Vk_DictIteratorStartC(declared, "^", NULL, 0);
+        size_t len;
+        char *key = Vk_DictNextC(it, &len, NULL);
+        char *copy = Vk_Alloc(len ? len : 1);
+        memcpy(copy, key, len);
+        Vk_DictIteratorStop(it);
+        Vk_DictDelC(declared, copy, len, NULL);
+        Vk_Free(copy);
+    }
+    for (int i = 1; i < argc; i++) {
+        size_t len;
+        const char *name = Vk_StringPtrLen(argv[i], &len);
+        Vk_DictReplaceC(declared, (void *)name, len, NULL);
+    }
+    return Vk_ReplyWithLongLong(ctx, (long long)Vk_DictSize(declared));
 }
 
 /* ENGRAM.USERS.APPLY [name rules ...]: the cluster's users, all of them; this Valkey's users are

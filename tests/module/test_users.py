@@ -180,3 +180,31 @@ def test_only_the_node_over_the_unix_socket_may_read_confirm_or_apply_users() ->
             assert "sequence from ENGRAM.USERS.PENDING" in _err(await node.call("ENGRAM.USERS.DONE", 5))
 
     run(scenario)
+
+
+def test_declared_users_are_refused_to_clients_and_applied_once_from_hand_written_rules() -> None:
+    async def scenario() -> None:
+        async with _primary() as (node, client, path):
+            assert await node.call("ENGRAM.USERS.DECLARE", "ops", "default") == 2
+            refusals = {("ACL", "SETUSER", "ops", "off"): "ops", ("ACL", "DELUSER", "x", "ops"): "ops",
+                        ("ACL", "SETUSER", "default", ">pw"): "default"}
+            for change, user in refusals.items():
+                declared = f"ERR engram: user '{user}' is declared in the cluster's configuration"
+                assert _err(await client.call(*change)) == f"{declared}; change it there"
+            assert await node.call("ENGRAM.USERS.PENDING") == []
+            # Rules as a person writes them (a clear password, any order) apply once, then hold.
+            written = "on >ops-pw ~* &* +@all"
+            assert await node.call("ENGRAM.USERS.APPLY", "ops", written) == 1
+            assert await node.call("ENGRAM.USERS.APPLY", "ops", written) == 0
+            assert await (await Conn.open(path)).call("AUTH", "ops", "ops-pw") == b"OK"
+            # Someone changing the user behind the node's back is undone on the next apply.
+            await node.call("ACL", "SETUSER", "ops", "off")
+            assert await node.call("ENGRAM.USERS.APPLY", "ops", written) == 1
+            # A new declared set replaces the old one: ops may be changed by clients again.
+            assert await node.call("ENGRAM.USERS.DECLARE") == 0
+            client.send(("ACL", "SETUSER", "ops", "off"))
+            [[seq, name, _]] = await node.call("ENGRAM.USERS.PENDING")
+            assert name == b"ops" and await node.call("ENGRAM.USERS.DONE", seq) == b"OK"
+            assert await client.read(1) == [b"OK"]
+
+    run(scenario)
