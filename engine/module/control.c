@@ -124,6 +124,21 @@ int eg_cmd_internal(VkCtx *ctx, VkString **argv, int argc) {
     EgClient *cl = eg_client(Vk_GetClientId(ctx), 1);
     if (cl->head) /* its reply would overtake the queued ones */
         return Vk_ReplyWithError(ctx, "ERR engram: ENGRAM.INTERNAL must come before any reply that waits");
+    /* The node's connections must work whatever the cluster's users say (the default user off, or
+     * with a password): they run as the module's own user, which ACL LIST does not show and no
+     * client can change. Only the unix socket, in the node's private directory, gets here. */
+    static VkUser *node_user;
+    if (!eg_managed) { /* no node: users are this server's own, and the connection keeps its user */
+        cl->internal = 1;
+        return Vk_ReplyWithSimpleString(ctx, "OK");
+    }
+    if (!node_user) {
+        node_user = Vk_CreateModuleUser("engram-node");
+        const char *rules[] = {"on", "nopass", "allkeys", "allchannels", "allcommands", NULL};
+        for (int i = 0; node_user && rules[i]; i++) Vk_SetModuleUserACL(node_user, rules[i]);
+    }
+    if (!node_user || Vk_AuthenticateClientWithUser(ctx, node_user, NULL, NULL, NULL) != VK_OK)
+        return Vk_ReplyWithError(ctx, "ERR engram: the node's connection could not be authenticated");
     cl->internal = 1;
     return Vk_ReplyWithSimpleString(ctx, "OK");
 }

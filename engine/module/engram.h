@@ -85,6 +85,7 @@ typedef int (*VkSetNumericFunc)(const char *name, long long val, void *privdata,
 typedef int (*VkApplyFunc)(VkCtx *ctx, void *privdata, VkString **err);
 typedef int (*VkGetBoolFunc)(const char *name, void *privdata);
 typedef int (*VkSetBoolFunc)(const char *name, int val, void *privdata, VkString **err);
+typedef void (*VkUserChangedFunc)(uint64_t client_id, void *privdata);
 typedef void (*VkScanFunc)(VkCtx *ctx, VkString *keyname, VkKey *key, void *privdata);
 
 /* X(return type, name, parameters): every API function Engram calls. */
@@ -137,6 +138,10 @@ typedef void (*VkScanFunc)(VkCtx *ctx, VkString *keyname, VkKey *key, void *priv
     X(VkUser *, GetModuleUserFromUserName, (VkString * name))                                      \
     X(VkString *, GetModuleUserACLString, (VkUser * user))                                         \
     X(int, FreeModuleUser, (VkUser * user))                                                        \
+    X(VkUser *, CreateModuleUser, (const char *name))                                              \
+    X(int, SetModuleUserACL, (VkUser * user, const char *acl))                                     \
+    X(int, AuthenticateClientWithUser,                                                             \
+      (VkCtx * ctx, VkUser * user, VkUserChangedFunc callback, void *privdata, uint64_t *client_id)) \
     X(int, ACLCheckCommandPermissions, (VkUser * user, VkString **argv, int argc))                 \
     X(VkBlockedClient *, BlockClient,                                                              \
       (VkCtx * ctx, VkCmdFunc reply, VkCmdFunc timeout, VkFreePrivFunc free_priv, long long ms))   \

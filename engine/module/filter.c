@@ -79,9 +79,14 @@ static int refused_client_setting(VkFilterCtx *f, int argc) {
     return eg_is_refused_client_setting(argv, argc);
 }
 
-/* CONFIG SET requirepass changes the default user on this node alone: users change cluster-wide,
- * through ACL SETUSER (users.c). */
-static const char *sets_requirepass(VkFilterCtx *f, size_t len, const char *name, int argc) {
+/* Commands that would change users on this node alone, where users change cluster-wide (users.c):
+ * CONFIG SET requirepass (the default user), and ACL LOAD (every user, from a local file; it also
+ * drops every connection of a user the file lacks, the node's own among them). */
+static const char *local_users_change(VkFilterCtx *f, size_t len, const char *name, int argc) {
+    if (len == 3 && !strncasecmp(name, "acl", 3) && argc >= 2 &&
+        !strcasecmp(Vk_StringPtrLen(Vk_CommandFilterArgGet(f, 1), NULL), "load"))
+        return "ERR engram: users are cluster state: declare them in the cluster's users file or change "
+               "them with ACL SETUSER and ACL DELUSER, which every node keeps";
     if (len != 6 || strncasecmp(name, "config", 6) != 0 || argc < 4 ||
         strcasecmp(Vk_StringPtrLen(Vk_CommandFilterArgGet(f, 1), NULL), "set") != 0)
         return NULL;
@@ -150,7 +155,7 @@ void eg_filter(VkFilterCtx *f) {
 
     int cls = eg_command_class(name, len, argc > 1 ? Vk_CommandFilterArgGet(f, 1) : NULL);
     if (eg_managed && !eg_valkey_replica) {
-        const char *refusal = (cls & EG_CMD_USERS) ? eg_users_refusal(cl) : sets_requirepass(f, len, name, argc);
+        const char *refusal = (cls & EG_CMD_USERS) ? eg_users_refusal(cl) : local_users_change(f, len, name, argc);
         if (refusal) {
             eg_refuse(f, cl, refusal);
             return;

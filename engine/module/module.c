@@ -498,7 +498,7 @@ int ValkeyModule_OnLoad(VkCtx *ctx, VkString **argv, int argc) {
         const char *flags;
     } commands[] = {
         {"engram.stepdown", cmd_stepdown, "admin fast"},
-        {"engram.internal", eg_cmd_internal, "admin fast deny-script"},
+        {"engram.internal", eg_cmd_internal, "admin fast deny-script no-auth"},
         {"engram.role", eg_cmd_role, "admin fast deny-script"},
         {"engram.lease", eg_cmd_lease, "admin fast deny-script"},
         {"engram.topology", eg_cmd_topology, "admin deny-script"},

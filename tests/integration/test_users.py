@@ -42,7 +42,8 @@ def _primary(doc: dict[str, Any], shard: int) -> dict[str, Any]:
 
 def _can_auth(node: dict[str, Any], user: str, password: str) -> bool:
     try:
-        return bool(_conn(node).execute_command("AUTH", user, password))
+        # Credentials at connect: redis-py's first commands would fail if the default user is off.
+        return bool(_conn(node, username=user, password=password).execute_command("AUTH", user, password))
     except redis.AuthenticationError:
         return False
 
@@ -109,3 +110,22 @@ def _needs_password(node: dict[str, Any]) -> bool:
     except redis.AuthenticationError:
         return True
     return False
+
+
+def test_users_declared_in_a_file_reach_every_node_refuse_clients_and_follow_the_file(
+    local_cluster: Any, tmp_path: Path
+) -> None:
+    users = tmp_path / "users.acl"
+    users.write_text("# declared\nuser ops on >ops-pw ~* &* +@all\n")
+    doc = local_cluster(shards=1, replicas=1, users=str(users))
+    _everywhere(doc, "ops", "ops-pw", present=True)
+    primary = _primary(doc, 0)
+    with pytest.raises(redis.ResponseError, match="user 'ops' is declared in the cluster's configuration"):
+        _conn(primary).execute_command("ACL", "SETUSER", "ops", "off")
+    # Edited in place: a new password, and the default user turned off.
+    users.write_text("user ops on >new-pw ~* &* +@all\nuser default off\n")
+    _everywhere(doc, "ops", "new-pw", present=True)
+    for node in _nodes(doc):
+        wait_for(lambda node=node: _needs_password(node), 20, f"the default user to be off on {node['id']}")
+    ops = _conn(_primary(doc, 0), username="ops", password="new-pw")
+    assert ops.set("k", "v") is True and ops.get("k") == b"v"

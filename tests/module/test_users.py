@@ -208,3 +208,22 @@ def test_declared_users_are_refused_to_clients_and_applied_once_from_hand_writte
             assert await client.read(1) == [b"OK"]
 
     run(scenario)
+
+
+def test_the_nodes_connections_work_whatever_the_users_and_acl_load_is_refused() -> None:
+    async def scenario() -> None:
+        async with _primary() as (node, client, path):
+            assert await node.call("ENGRAM.USERS.APPLY", "default", "off") == 1
+            assert _err(await (await Conn.open(path)).call("PING")).startswith("NOAUTH")
+            # A new node connection passes, as the module's own user, which ACL LIST does not show.
+            internal = await Conn.open(path)
+            assert await internal.call("ENGRAM.INTERNAL") == b"OK"
+            assert b"user=engram-node" in await internal.call("CLIENT", "INFO")
+            assert await internal.call("SET", "k", "v") == b"OK"
+            assert not any(b"engram-node" in line for line in await internal.call("ACL", "LIST"))
+            # ACL LOAD would replace users on this node alone (and drop the node's connections).
+            assert await node.call("ENGRAM.USERS.APPLY") == 1  # the default user back
+            assert "users are cluster state" in _err(await client.call("ACL", "LOAD"))
+            assert await internal.call("PING") == b"PONG"
+
+    run(scenario)

@@ -190,3 +190,16 @@ def test_cli_parses_the_documented_local_commands() -> None:
     failover = parser.parse_args(["local", "failover", "demo", "--shard", "1", "--to", "demo-s1-n2"])
     assert (failover.shard, failover.to) == (1, "demo-s1-n2")
     assert parser.parse_args(["node", "--config", "/x.json"]).config == "/x.json"
+
+
+def test_a_users_file_is_checked_when_the_cluster_is_planned(tmp_path: Path) -> None:
+    good = tmp_path / "users.acl"
+    good.write_text("user ops on >pw ~* +@all\n")
+    state = _state(tmp_path, users_file=str(good))
+    assert all(plan.node_config(state, n).users_file == str(good.resolve()) for n in state.nodes)
+    bad = tmp_path / "bad.acl"
+    bad.write_text("ops on\n")
+    with pytest.raises(plan.PlanError, match=r"bad.acl line 1: expected 'user NAME RULES...'"):
+        plan.ClusterSpec(name="demo", users_file=str(bad))
+    with pytest.raises(plan.PlanError, match=r"--users .*missing.acl: cannot be read"):
+        plan.ClusterSpec(name="demo", users_file=str(tmp_path / "missing.acl"))

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from engram.cluster.users import Users, dump_rules, load_rules, user_key, user_name
+from engram.cluster.users import (
+    Users,
+    UsersFileError,
+    dump_rules,
+    load_rules,
+    parse_users,
+    user_key,
+    user_name,
+)
 
 NATS_KEY_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_=./")
 
@@ -41,3 +49,21 @@ def test_apply_lists_existing_users_by_name_and_leaves_deleted_ones_out() -> Non
     users.offer("app", 2, "on +get")
     users.offer("gone", 3, None)
     assert users.apply_args() == ["app", "on +get", "zed", "on +@all"]
+
+
+def test_a_users_file_is_valkeys_acl_format_and_bad_lines_are_named() -> None:
+    text = "# operators\nuser ops on >pw ~* &* +@all\n\nuser default off\nuser reader on nopass %R~* +@read\n"
+    assert parse_users(text, "users.acl") == {
+        "ops": "on >pw ~* &* +@all", "default": "off", "reader": "on nopass %R~* +@read",
+    }
+    with pytest.raises(UsersFileError, match=r"users.acl line 2: expected 'user NAME RULES...'"):
+        parse_users("user ops on\nops off\n", "users.acl")
+    with pytest.raises(UsersFileError, match=r"users.acl line 3: user 'ops' is declared twice"):
+        parse_users("user ops on\n\nuser ops off\n", "users.acl")
+
+
+def test_declared_users_win_over_what_clients_stored() -> None:
+    users = Users()
+    users.offer("ops", 1, "off")
+    users.offer("app", 2, "on +get")
+    assert users.apply_args({"ops": "on >pw +@all"}) == ["app", "on +get", "ops", "on >pw +@all"]

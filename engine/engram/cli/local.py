@@ -115,6 +115,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         node_command=tuple(shlex.split(args.node_command or "")),
         netns=args.netns,
         journal_sync=args.journal_sync,
+        users_file=args.users or "",
     )
     doc = cluster.up(spec, args.dir, timeout=args.timeout, progress=_say)
     if args.json:
@@ -229,6 +230,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="when journal servers fsync: always, before a write is acknowledged, or every DURATION "
         "(e.g. 100ms): faster, and a write is then acknowledged once a quorum of zones holds it in "
         "memory (docs/durability.md; default: %(default)s)",
+    )
+    up.add_argument(
+        "--users", metavar="FILE",
+        help="users declared in Valkey's ACL file format (`user NAME RULES...` a line); every node "
+        "applies them and reads the file again when it changes; clients cannot change them "
+        "(docs/security.md)",
     )
     up.add_argument(
         "--timeout",

@@ -58,11 +58,34 @@ class Users:
         self.version += 1
         return True
 
-    def apply_args(self) -> list[str]:
-        """ENGRAM.USERS.APPLY's arguments: name and rules of every user that exists."""
+    def apply_args(self, declared: dict[str, str] | None = None) -> list[str]:
+        """ENGRAM.USERS.APPLY's arguments: name and rules of every user that exists; a declared
+        user's rules win over whatever clients stored for it."""
+        users = {name: rules for name, (_, rules) in self.records.items() if rules is not None}
+        users.update(declared or {})
         args: list[str] = []
-        for name in sorted(self.records):
-            rules = self.records[name][1]
-            if rules is not None:
-                args += [name, rules]
+        for name in sorted(users):
+            args += [name, users[name]]
         return args
+
+
+class UsersFileError(ValueError):
+    """A users file that cannot be read as Valkey's ACL file format."""
+
+
+def parse_users(text: str, source: str) -> dict[str, str]:
+    """Users declared in Valkey's ACL file format: `user NAME RULES...` a line; blank lines and
+    lines starting with # are skipped. Rules are checked by Valkey when they are applied."""
+    users: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        words = line.split()
+        if words[0] != "user" or len(words) < 2:
+            raise UsersFileError(f"{source} line {number}: expected 'user NAME RULES...', got {line[:60]!r}")
+        name = words[1]
+        if name in users:
+            raise UsersFileError(f"{source} line {number}: user {name!r} is declared twice")
+        users[name] = " ".join(words[2:])
+    return users

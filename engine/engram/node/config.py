@@ -58,6 +58,8 @@ class NodeConfig:
     snapshot_interval: float = 3600.0
     snapshot_tail_entries: int = 100_000
     snapshot_keep: int = 2
+    # Users declared in Valkey's ACL file format (docs/security.md); re-read when it changes.
+    users_file: str = ""
 
     def __post_init__(self) -> None:
         if not self.announce:

@@ -247,7 +247,7 @@ class Node:
             loop.create_task(self._watch_journal()),
             loop.create_task(self._snapshot_loop()),
             loop.create_task(self._place_stream_leader()),
-            loop.create_task(UserSync(self.datapath, self.meta).run()),
+            loop.create_task(UserSync(self.datapath, self.meta, cfg.users_file).run()),
         ]
         self.applier = Applier(self.journal, cfg.valkey_socket, self._observe, cfg.cluster_id)
         self.leader.last_renewal = time.monotonic()

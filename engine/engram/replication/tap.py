@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 
 from engram.replication.streamscan import Scan, StreamError, StreamScanner
-from engram.valkey.connection import ValkeyConnection, encode
+from engram.valkey.connection import ValkeyConnection, encode, is_unknown_command
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,11 @@ class Tap:
                 if data.strip():  # Valkey sends bare newlines as keep-alives while it prepares
                     return data.rstrip(b"\r\n")
 
+        # The node's identity first: the cluster's users may have turned the default user off.
+        writer.write(encode([b"ENGRAM.INTERNAL"]))
+        reply = await line()
+        if reply.startswith(b"-") and not is_unknown_command(reply[1:].decode()):
+            raise TapError(f"valkey refused ENGRAM.INTERNAL: {reply[1:].decode()}")
         for command in (
             [b"PING"],
             [b"REPLCONF", b"listening-port", b"0"],
@@ -86,6 +91,7 @@ class Tap:
         primary's first writes waited for the next periodic ack."""
         admin = await ValkeyConnection.open(self.socket_path)
         try:
+            await admin.identify_as_node()
             deadline = asyncio.get_running_loop().time() + timeout
             while True:
                 info = await admin.execute("INFO", "replication")

@@ -7,6 +7,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from engram.cluster.users import UsersFileError, parse_users
 from engram.journal.servers import SYNC_ALWAYS, journal_urls_for, sync_interval_problem
 from engram.node.config import NodeConfig
 from engram.orchestration.provision import ProvisionRequest, new_cluster_id
@@ -47,9 +48,18 @@ class ClusterSpec:
     netns: bool = False
     # When journal servers fsync: "always" (before acknowledging) or a duration (docs/durability.md).
     journal_sync: str = SYNC_ALWAYS
+    # Users declared in Valkey's ACL file format; nodes read the file again when it changes.
+    users_file: str = ""
 
     def __post_init__(self) -> None:
         check_name(self.name)
+        if self.users_file:
+            try:
+                parse_users(Path(self.users_file).read_text(encoding="utf-8"), f"--users {self.users_file}")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise PlanError(f"--users {self.users_file}: cannot be read: {exc}") from exc
+            except UsersFileError as exc:
+                raise PlanError(str(exc)) from exc
         if problem := sync_interval_problem(self.journal_sync):
             raise PlanError(f"--journal-sync: {problem}")
         if self.shards < 1:
@@ -152,6 +162,7 @@ def plan(spec: ClusterSpec, directory: Path, nats_server: str, valkey_server: st
         restore_journal=list(restore_journal or []),
         restore_entry_keys=spec.restore_entry_keys,
         journal_sync=spec.journal_sync,
+        users_file=str(Path(spec.users_file).resolve()) if spec.users_file else "",
         nats_server=nats_server,
         valkey_server=valkey_server,
         nodes=nodes,
@@ -195,6 +206,7 @@ def node_config(state: ClusterState, node: NodeState, log_level: str = "warning"
         "snapshot_tail_entries": state.snapshot_entries,
         "valkey_server": state.valkey_server,
         "log_level": log_level,
+        "users_file": state.users_file,
     }
     values["shards"] = state.shards
     values["preferred_primary"] = node.preferred_primary

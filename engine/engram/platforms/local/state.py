@@ -150,6 +150,7 @@ class ClusterState:
     restore_journal: list[str] = field(default_factory=list)
     restore_entry_keys: int = 0
     journal_sync: str = "always"
+    users_file: str = ""
 
     @property
     def endpoint(self) -> str:
