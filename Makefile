@@ -18,7 +18,7 @@ module:
 	$(MAKE) -C engine/module
 
 up: install
-	$(BIN)/engram local up demo --shards 1 --replicas 2
+	$(BIN)/engram local up demo --shards 1 --replicas 2 --exist-ok
 
 down: install
 	$(BIN)/engram local down demo

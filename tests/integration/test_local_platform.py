@@ -350,6 +350,11 @@ def test_up_refuses_a_name_that_is_already_running(local_cluster: Any) -> None:
     assert result.returncode == 1
     assert "already exists and is running" in result.stderr
     assert f"engram local down {doc['name']}" in result.stderr
+    # `make up` a second time: where the running cluster serves, and success.
+    again = run_engram("local", "up", doc["name"], "--dir", _base(doc), "--exist-ok", "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["endpoint"] == doc["endpoint"]
+    assert f"already running; its endpoint is {doc['endpoint']}" in again.stderr
     assert status(doc["name"], _base(doc))["nodes"][0]["pid"] == doc["nodes"][0]["pid"]  # left untouched
 
 

@@ -45,6 +45,17 @@ def test_every_process_gets_its_own_port(tmp_path: Path) -> None:
     assert all(0 < p < 65536 for p in used)
 
 
+def test_without_a_base_port_the_endpoint_takes_6379_when_it_is_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ports, "is_free", lambda port, host=ports.LOOPBACK: True)
+    state = _state(tmp_path)
+    assert state.endpoint_port == ports.DEFAULT_ENDPOINT_PORT == 6379
+    assert ports.DEFAULT_ENDPOINT_PORT not in [n.port for n in state.nodes]
+    monkeypatch.setattr(ports, "is_free", lambda port, host=ports.LOOPBACK: port != 6379)
+    assert _state(tmp_path).endpoint_port != 6379
+
+
 def test_base_port_lays_ports_out_contiguously_as_documented(tmp_path: Path) -> None:
     base = ports.allocate(1)[0]
     if base + 16 > 65535 or not all(ports.is_free(p) for p in range(base, base + 16)):

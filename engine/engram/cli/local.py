@@ -117,7 +117,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         journal_sync=args.journal_sync,
         users_file=args.users or "",
     )
-    doc = cluster.up(spec, args.dir, timeout=args.timeout, progress=_say)
+    try:
+        doc = cluster.up(spec, args.dir, timeout=args.timeout, progress=_say)
+    except cluster.AlreadyExists:
+        if not args.exist_ok:
+            raise
+        doc = cluster.status(args.dir, args.name)
+        _say(f"cluster {args.name} is already running; its endpoint is {doc['endpoint']}")
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
@@ -220,7 +226,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         default=None,
         metavar="BASE",
         help="endpoint port; node client ports, journal ports and node control ports follow it "
-        "(docs/local-platform.md; default: free ports)",
+        "(docs/local-platform.md; default: the endpoint on 6379 when it is free, every other port a "
+        "free one)",
     )
     up.add_argument(
         "--lease", type=float, default=2.0, metavar="SECONDS", help="leader lease (default: %(default)s)"
@@ -230,6 +237,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="when journal servers fsync: always, before a write is acknowledged, or every DURATION "
         "(e.g. 100ms): faster, and a write is then acknowledged once a quorum of zones holds it in "
         "memory (docs/durability.md; default: %(default)s)",
+    )
+    up.add_argument(
+        "--exist-ok", action="store_true",
+        help="when a cluster of this name is already running, show where it serves and succeed",
     )
     up.add_argument(
         "--users", metavar="FILE",

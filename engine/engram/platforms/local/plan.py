@@ -125,7 +125,12 @@ def plan(spec: ClusterSpec, directory: Path, nats_server: str, valkey_server: st
     # Control ports are allocated, not derived (client port + 10000): an ephemeral client port
     # plus 10000 can pass 65535, and nothing would check that it is free.
     count = 1 + 2 * spec.node_count + 3 * len(spec.zones)
-    endpoint, node_ports, rest, admin_ports = port_layout(spec, ports.allocate(count, spec.base_port))
+    numbers = ports.allocate(count, spec.base_port)
+    if spec.base_port is None and ports.DEFAULT_ENDPOINT_PORT not in numbers and ports.is_free(
+        ports.DEFAULT_ENDPOINT_PORT
+    ):
+        numbers[0] = ports.DEFAULT_ENDPOINT_PORT
+    endpoint, node_ports, rest, admin_ports = port_layout(spec, numbers)
     net = network.plan_network(str(directory), spec.zones) if spec.netns else None
     hosts = {link.zone: link.address for link in net.links} if net else {}
     nodes = []

@@ -33,6 +33,10 @@ def is_free(port: int, host: str = LOOPBACK) -> bool:
     return True
 
 
+# Where Valkey and Redis clients look first: the endpoint takes it when nothing else holds it.
+DEFAULT_ENDPOINT_PORT = 6379
+
+
 def allocate(count: int, base: int | None = None, host: str = LOOPBACK) -> list[int]:
     """Return count ports: base, base+1, ... (each checked free) or, without base, free ephemeral ports."""
     if count <= 0:
