@@ -56,6 +56,9 @@ def test_faults_under_load_lose_no_acknowledged_write_and_history_is_linearizabl
     assert report["failed_but_present"] == 0 and not report["unexpected_values"], context
     assert report["duplicated_appends"] == 0, context
     assert report["linearizable"] is True, context
+    # Users made through the primaries during the faults: every acknowledged one is on every node.
+    users = report["users"]
+    assert users["acknowledged"] >= 5 and users["nodes_checked"] == 3 and users["missing"] == {}, context
     assert done.returncode == 0, context
 
 

@@ -15,6 +15,7 @@ from engram.chaos.history import History, Kind, Operation, Outcome
 from engram.chaos.journal_size import ShardJournal
 from engram.chaos.linearizability import CheckResult
 from engram.chaos.loss import LossReport
+from engram.chaos.users import UserCheck
 
 _SHOWN = 20
 
@@ -96,10 +97,13 @@ class ChaosReport:
     journal: list[ShardJournal] = field(default_factory=list)
     history_path: str | None = None
     evidence_dir: str | None = None
+    # Acknowledged ACL SETUSERs missing from some node at the end (None: not checked).
+    users: UserCheck | None = None
 
     @property
     def ok(self) -> bool:
-        return bool(self.loss and self.loss.ok and self.linearizability and self.linearizability.linearizable)
+        return bool(self.loss and self.loss.ok and self.linearizability and self.linearizability.linearizable
+                    and (self.users is None or self.users.ok))
 
     def _at(self, ns: int) -> float:
         return round((ns - self.started) / 1e9, 3)
@@ -145,6 +149,7 @@ class ChaosReport:
             "duplicated_appends": len(loss.duplicated) if loss else None,
             "unknown_writes": {"landed": len(loss.unknown_landed), "missing": len(loss.unknown_missing)}
             if loss else None,
+            "users": self.users.to_json() if self.users else None,
             "linearizable": bool(lin and lin.linearizable),
             "linearizability": {
                 "verdict": str(lin.verdict),
@@ -195,6 +200,8 @@ class ChaosReport:
             lines += [f"  {j.text()}" for j in self.journal]
         if self.loss:
             lines.append(self.loss.summary())
+        if self.users:
+            lines.append(self.users.summary())
         if self.linearizability:
             lines.append(self.linearizability.summary())
         if self.history_path:

@@ -28,6 +28,7 @@ from engram.chaos.journal_size import JournalWatch
 from engram.chaos.linearizability import check
 from engram.chaos.loss import check_loss
 from engram.chaos.report import ChaosReport, Failover, recovery_times
+from engram.chaos.users import UserLog, check_users, run_users
 from engram.chaos.workload import (
     PROBE,
     ClientStats,
@@ -130,6 +131,10 @@ class _Run:
         clients = [asyncio.create_task(run_client(i, self.spec, self.endpoint, history, stop, stats))
                    for i in range(self.config.clients)]
         clients.append(asyncio.create_task(run_probe(self.spec, self.endpoint, history, stop)))
+        users = UserLog()
+        clients.append(asyncio.create_task(
+            run_users(self.spec.prefix, self.endpoint, history, stop, users, self.config.op_timeout)
+        ))
         background = [asyncio.create_task(self._inject(started, stop)),
                       asyncio.create_task(self._watch_primaries(stop))]
         if self.journal is not None:
@@ -167,12 +172,22 @@ class _Run:
         report.loss = check_loss(loss_operations(history, self.spec), loss_final)
         self.progress(f"{report.loss.acknowledged} acknowledged unique writes and appends, "
                       f"{len(report.loss.lost)} lost; checking linearizability")
+        report.users = await check_users(users, await self._node_addresses(), deadline)
+        self.progress(f"{report.users.acknowledged} acknowledged users, missing on "
+                      f"{len(report.users.missing)} of {report.users.nodes} nodes")
         registers = history.select(lambda op: self.spec.is_register(op.key))
         report.linearizability = await asyncio.to_thread(
             check, registers, time_limit=self.config.check_time_limit
         )
         self.progress(report.linearizability.summary().splitlines()[0])
         return report
+
+    async def _node_addresses(self) -> list[str]:
+        """Every node's client address; the endpoint alone where there is no cluster to ask."""
+        if self.faults is None:
+            return [self.endpoint]
+        doc = await asyncio.to_thread(self.faults.status)
+        return [n["address"] for n in doc["nodes"]]
 
     async def _shard_of(self) -> Callable[[str], int] | None:
         """Key to shard, from the cluster's slot map; None where there is no cluster to ask."""
