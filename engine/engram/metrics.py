@@ -22,6 +22,22 @@ USER_CHANGES = Counter("engram_user_changes_total",
 SNAPSHOTS = Counter("engram_snapshots_total", "Snapshots this node took, by outcome", ["outcome"])
 RESTORES = Counter("engram_snapshot_restores_total", "Times this node's Valkey was loaded from a snapshot")
 HALTED = Gauge("engram_apply_halted", "1 when this replica stopped applying (see ENGRAM.STATUS)")
+SNAPSHOT_AGE = Gauge("engram_snapshot_age_seconds",
+                     "Seconds since the shard's newest verified snapshot was taken; NaN while it has none")
+SNAPSHOT_INTERVAL = Gauge("engram_snapshot_interval_seconds",
+                          "Seconds between this node's scheduled snapshots of its shard; 0: no schedule")
+JOURNAL_ENTRIES = Gauge("engram_journal_entries", "Entries the shard's journal stream holds")
+JOURNAL_BYTES = Gauge("engram_journal_bytes",
+                      "Bytes the shard's journal stream holds, per copy (the journal keeps three)")
+JOURNAL_REACHABLE = Gauge("engram_journal_reachable",
+                          "1 while the shard's journal stream answers this node and has a leader (a quorum)")
+
+# Every label value exported from the start at 0: increase() and rate() take a series' first sample
+# as its baseline, so a series that first appears already at 1 would hide that first failover.
+for _kind in ("election", "switchover"):
+    FAILOVERS.labels(_kind)
+for _outcome in ("ok", "failed"):
+    SNAPSHOTS.labels(_outcome)
 
 
 def serve(port: int | None, host: str = "0.0.0.0") -> None:

@@ -121,6 +121,8 @@ class StreamState:
     last_seq: int
     messages: int
     bytes: int
+    # A member of a leaderless stream may still answer with what it holds: readable, not writable.
+    has_leader: bool = True
 
 
 class Journal:
@@ -253,7 +255,8 @@ class Journal:
         except Exception as exc:
             raise _translate(exc, None) from exc
         s = info.state
-        return StreamState(s.first_seq, s.last_seq, s.messages, s.bytes)
+        leader = info.cluster is None or bool(info.cluster.leader)
+        return StreamState(s.first_seq, s.last_seq, s.messages, s.bytes, leader)
 
     async def last_seq(self) -> int:
         return (await self.state()).last_seq

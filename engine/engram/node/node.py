@@ -30,6 +30,7 @@ from engram.lifetime import die_with_parent
 from engram.node.config import NodeConfig
 from engram.node.control import ControlServer
 from engram.node.datapath import DataPath
+from engram.node.gauges import track_snapshots, watch_journal
 from engram.node.users import UserSync
 from engram.replication.applier import Applier, ApplyHalted, JournalGap
 from engram.replication.committer import Committer
@@ -240,8 +241,10 @@ class Node:
         self.journal = await self._connect_journal()
         self.meta = await self._open_metadata()
         self.snapshots = await self._open_snapshots()
+        track_snapshots(lambda: self.newest_snapshot, cfg.snapshot_policy)
         loop = asyncio.get_running_loop()
         self._background = [
+            loop.create_task(watch_journal(self.journal)),
             loop.create_task(self.meta.watch()),
             loop.create_task(self._heartbeat()),
             loop.create_task(self._watch_journal()),
