@@ -2,7 +2,8 @@
 
 No cluster runs here, so tests admit objects the way the API server would: defaults from the
 CRD schema, then the openAPIV3Schema (unknown fields refused, as `kubectl --validate=strict`
-does), then every x-kubernetes-validations rule, evaluated with cel-python.
+does) and the uniqueness of list-type map keys, then every x-kubernetes-validations rule,
+evaluated with cel-python.
 """
 
 from __future__ import annotations
@@ -80,6 +81,27 @@ def schema_errors(schema: dict[str, Any], obj: dict[str, Any]) -> list[str]:
     for err in sorted(validator.iter_errors(obj), key=lambda e: list(e.absolute_path)):
         path = ".".join(str(p) for p in err.absolute_path) or "<root>"
         errors.append(f"{path}: {err.message}")
+    return errors
+
+
+def list_map_errors(schema: dict[str, Any], obj: Any, path: str = "") -> list[str]:
+    """Items of an x-kubernetes-list-type: map list sharing their keys, refused as the API server
+    does ("Duplicate value"); jsonschema knows nothing of list types."""
+    errors: list[str] = []
+    if isinstance(obj, dict):
+        for key, sub in (schema.get("properties") or {}).items():
+            if key in obj:
+                errors += list_map_errors(sub, obj[key], f"{path}.{key}" if path else key)
+    elif isinstance(obj, list) and "items" in schema:
+        keys = schema.get("x-kubernetes-list-map-keys") or []
+        seen: set[str] = set()
+        for i, item in enumerate(obj):
+            if schema.get("x-kubernetes-list-type") == "map" and isinstance(item, dict):
+                value = json.dumps({k: item.get(k) for k in keys}, sort_keys=True)
+                if value in seen:
+                    errors.append(f"{path}[{i}]: Duplicate value: {value}")
+                seen.add(value)
+            errors += list_map_errors(schema["items"], item, f"{path}[{i}]")
     return errors
 
 
@@ -163,7 +185,7 @@ def admit(obj: dict[str, Any], old: dict[str, Any] | None = None) -> tuple[dict[
     """What the API server would store (defaults applied) and the errors that would refuse it."""
     schema = crd_schema(memorycluster_crd())
     stored = apply_defaults(schema, obj)
-    errors = schema_errors(schema, stored)
+    errors = schema_errors(schema, stored) + list_map_errors(schema, stored)
     if not errors:
         previous = apply_defaults(schema, old) if old is not None else _MISSING
         errors = cel_errors(schema, stored, previous)
