@@ -17,6 +17,7 @@ CONDITION_TYPES = (
     "ZoneSpreadSatisfied",
     "NodesHealthy",
     "SnapshotsHealthy",
+    "UsersReady",
 )
 
 

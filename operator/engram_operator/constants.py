@@ -32,6 +32,11 @@ VALKEY_SOCKET = f"{RUN_DIR}/valkey.sock"
 NODE_CONFIG_DIR = "/etc/engram"
 NODE_CONFIG_FILE = "node.json"
 DATA_DIR = "/var/lib/engram"
+# The users file (spec.users, rendered into the NAME-users Secret), mounted whole, not by subPath:
+# the kubelet updates a Secret volume in place only then, and the node re-reads the file when it
+# changes. Apart from NODE_CONFIG_DIR, whose read-only volume could not hold the mount point.
+USERS_DIR = "/etc/engram-users"
+USERS_FILE = "users.acl"
 JOURNAL_STORE_DIR = "/data/jetstream"
 
 # The Engram Valkey module, built into the engine image at MODULE_PATH (engine/Dockerfile). The

@@ -64,6 +64,25 @@ async def get_memorycluster(namespace: str, name: str) -> dict[str, Any] | None:
         raise
 
 
+async def get_secret(namespace: str, name: str) -> dict[str, Any] | None:
+    """A Secret of the namespace (a password spec.users names, or the users file), or None."""
+    try:
+        result = await asyncio.to_thread(client.CoreV1Api().read_namespaced_secret, name, namespace)
+    except ApiException as err:
+        if err.status == 404:
+            return None
+        raise
+    return _to_dict(result)
+
+
+async def replace_secret(obj: dict[str, Any]) -> None:
+    """Overwrite a Secret the operator owns (the users file) with a new rendering."""
+    meta = obj["metadata"]
+    await asyncio.to_thread(
+        client.CoreV1Api().replace_namespaced_secret, meta["name"], meta["namespace"], obj
+    )
+
+
 async def list_children(namespace: str, cluster: str) -> tuple[frozenset[tuple[str, str]], int]:
     """Names of the cluster's Services, ConfigMaps, StatefulSets and PDBs, and ready journal servers."""
     core, apps, policy = client.CoreV1Api(), client.AppsV1Api(), client.PolicyV1Api()
@@ -86,6 +105,7 @@ _CREATE = {
     "Pod": lambda ns, body: client.CoreV1Api().create_namespaced_pod(ns, body),
     "Service": lambda ns, body: client.CoreV1Api().create_namespaced_service(ns, body),
     "ConfigMap": lambda ns, body: client.CoreV1Api().create_namespaced_config_map(ns, body),
+    "Secret": lambda ns, body: client.CoreV1Api().create_namespaced_secret(ns, body),
     "StatefulSet": lambda ns, body: client.AppsV1Api().create_namespaced_stateful_set(ns, body),
     "PodDisruptionBudget": lambda ns, body: client.PolicyV1Api().create_namespaced_pod_disruption_budget(
         ns, body

@@ -32,6 +32,7 @@ RECONCILIATION = f"{GROUP}/reconciliation"
 ENGINE = "engine"
 JOURNAL = "journal"
 PROVISION = "provision"
+USERS = "users"
 MANAGER = "engram-operator"
 
 
@@ -87,6 +88,11 @@ def journal_pod_name(cluster: str, server: int) -> str:
 
 def journal_configmap_name(cluster: str) -> str:
     return f"{cluster}-journal"
+
+
+def users_secret_name(cluster: str) -> str:
+    """The Secret holding the users file the operator renders from spec.users."""
+    return f"{cluster}-users"
 
 
 def provision_job_name(cluster: str) -> str:

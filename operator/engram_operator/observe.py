@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from engram.node.peer import parse_status
 from engram_operator import availability, labels
 from engram_operator.availability import NodeInfo
 
-__all__ = ["EngineStatus", "JobInfo", "NodeInfo", "Observed", "PodInfo", "SourceCluster"]
+__all__ = ["EngineStatus", "JobInfo", "NodeInfo", "Observed", "PodInfo", "SecretData", "SourceCluster"]
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,20 @@ class SourceCluster:
 
 
 @dataclass(frozen=True)
+class SecretData:
+    """A Secret of the cluster's namespace as read: its values, or why it could not be read."""
+
+    name: str
+    found: bool = False
+    # Decoded values by key; passwords among them, so never shown in a repr (logs, test output).
+    data: Mapping[str, bytes] = field(default_factory=dict, repr=False)
+    # The uid of its controlling owner ("" for none).
+    owner_uid: str = ""
+    # An API error other than "not found" (the operator may not read it, say).
+    error: str = ""
+
+
+@dataclass(frozen=True)
 class Observed:
     """Everything one reconcile decides from."""
 
@@ -117,6 +132,10 @@ class Observed:
     provisioning: JobInfo | None = None
     # Read only while a Job restoring from another cluster is still to be created.
     restore_source: SourceCluster | None = None
+    # The NAME-users Secret holding the users file (None: there is none), and the Secrets that
+    # spec.users' passwordSecrets name, by name (one missing here was not found).
+    users_secret: SecretData | None = None
+    password_secrets: Mapping[str, SecretData] = field(default_factory=dict)
     # Wall-clock seconds when this was observed: the clock every grace period is measured with.
     now: float = 0.0
 
@@ -284,6 +303,26 @@ def source_from_api(name: str, obj: Mapping[str, Any] | None) -> SourceCluster:
         journal_replicas=int(journal.get("replicas") or 3),
         cluster_id=str(status.get("clusterId") or ""),
         snapshots_since=str((status.get("snapshots") or {}).get("allShardsSince") or ""),
+    )
+
+
+def secret_from_api(name: str, obj: Mapping[str, Any] | None) -> SecretData:
+    """A Secret as read (None: it does not exist); values decoded from the API's base64."""
+    if obj is None:
+        return SecretData(name)
+    meta = obj.get("metadata") or {}
+    data = {}
+    for key, value in (obj.get("data") or {}).items():
+        try:
+            data[str(key)] = base64.b64decode(value or "", validate=True)
+        except (ValueError, TypeError):
+            continue  # the API server only stores valid base64: nothing to read here
+    owners = meta.get("ownerReferences") or []
+    return SecretData(
+        name=name,
+        found=True,
+        data=data,
+        owner_uid=next((o.get("uid", "") for o in owners if o.get("controller")), ""),
     )
 
 

@@ -32,9 +32,11 @@ from engram_operator.decisions import (
 from engram_operator.observe import (
     JobInfo,
     Observed,
+    SecretData,
     job_from_api,
     node_from_api,
     pod_from_api,
+    secret_from_api,
     source_from_api,
 )
 from engram_operator.spec import ClusterSpec
@@ -51,11 +53,12 @@ log = logging.getLogger(__name__)
 
 async def observe(cluster: ClusterSpec, status: Mapping[str, Any]) -> Observed:
     """Everything decide needs; ``status`` is the last written status (it records the cluster id)."""
-    nodes, pods, (children, journal_ready), job = await asyncio.gather(
+    nodes, pods, (children, journal_ready), job, (users_secret, password_secrets) = await asyncio.gather(
         NODES.get(),
         kube.list_engine_pods(cluster.namespace, cluster.name),
         kube.list_children(cluster.namespace, cluster.name),
         provisioning_job(cluster),
+        users_secrets(cluster),
     )
     pod_infos = [p for p in (pod_from_api(p) for p in pods) if p is not None]
     source = None
@@ -73,9 +76,33 @@ async def observe(cluster: ClusterSpec, status: Mapping[str, Any]) -> Observed:
         cluster_id=identity.cluster_id(status, pod_infos, cluster.uid),
         provisioning=job,
         restore_source=source,
+        users_secret=users_secret,
+        password_secrets=password_secrets,
         # Wall clock: grace periods are measured against the API's own timestamps.
         now=time.time(),
     )
+
+
+async def users_secrets(cluster: ClusterSpec) -> tuple[SecretData | None, dict[str, SecretData]]:
+    """The users Secret (None: there is none) and every Secret spec.users takes a password from.
+
+    Read on every reconcile, the timer's included: a password changed in its Secret reaches the
+    users file within one resync, without a spec change and without watching every Secret of the
+    namespace. A password Secret that cannot be read is reported, not raised: the others still count.
+    """
+    names = sorted({u.password_secret.name for u in cluster.users if u.password_secret} - {""})
+
+    async def password_secret(name: str) -> SecretData:
+        try:
+            return secret_from_api(name, await kube.get_secret(cluster.namespace, name))
+        except ApiException as err:
+            return SecretData(name, error=_api_error(err))
+
+    own_name = labels.users_secret_name(cluster.name)
+    own, *read = await asyncio.gather(
+        kube.get_secret(cluster.namespace, own_name), *(password_secret(n) for n in names)
+    )
+    return (secret_from_api(own_name, own) if own is not None else None), {s.name: s for s in read}
 
 
 async def provisioning_job(cluster: ClusterSpec) -> JobInfo | None:
@@ -107,6 +134,17 @@ async def execute(cluster: ClusterSpec, plan: Plan, seen: Observed, logger: logg
         log.warning("%s/%s: %s", cluster.namespace, cluster.name, message)
         failures.append(Problem(reason, message))
 
+    if plan.users_secret is not None:
+        # Before any pod: new pods mount it. Replaced whole, so that it never mixes two renderings.
+        name = plan.users_secret["metadata"]["name"]
+        try:
+            if seen.users_secret is None:
+                await kube.create(plan.users_secret)
+            else:
+                await kube.replace_secret(plan.users_secret)
+            logger.info("wrote the users file into Secret %s", name)
+        except ApiException as err:
+            failed("UsersWriteFailed", f"writing Secret {name} failed: {_api_error(err)}")
     # Services, config and the journal before pods, so a new pod's DNS and journal already exist
     # (pods also wait for the provisioning Job, which decide plans in an earlier reconcile).
     for obj in sorted(plan.create, key=lambda o: o["kind"] == "Pod"):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from engram_operator import constants
+from engram_operator import constants, labels
 
 Spreading = Literal["Required", "Preferred"]
 
@@ -160,6 +161,38 @@ class RestoreSpec:
 
 
 @dataclass(frozen=True)
+class SecretKeyRef:
+    """One key of a Secret in the cluster's namespace."""
+
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class UserSpec:
+    """A declared user (spec.users): Valkey ACL rules, and where its password is kept.
+
+    ``rules`` never carry a password (users_problems): the operator hashes the one in
+    ``password_secret`` into the users file every node reads (builders/users.py).
+    """
+
+    name: str
+    rules: str = ""
+    password_secret: SecretKeyRef | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> UserSpec:
+        secret = data.get("passwordSecret")
+        return cls(
+            name=str(data.get("name") or ""),
+            rules=str(data.get("rules") or ""),
+            password_secret=SecretKeyRef(str(secret.get("name") or ""), str(secret.get("key") or ""))
+            if isinstance(secret, Mapping)
+            else None,
+        )
+
+
+@dataclass(frozen=True)
 class ClusterSpec:
     """One MemoryCluster: identity plus its desired state."""
 
@@ -176,6 +209,8 @@ class ClusterSpec:
     snapshots: SnapshotSpec = field(default_factory=SnapshotSpec)
     # Only read when the cluster is provisioned; the CRD refuses changing it afterwards.
     restore: RestoreSpec | None = None
+    # Declared users, in the order given; the users file lists them sorted by name.
+    users: tuple[UserSpec, ...] = ()
 
     @property
     def nodes_per_shard(self) -> int:
@@ -231,6 +266,7 @@ class ClusterSpec:
                 request=str(snapshots.get("request") or ""),
             ),
             restore=RestoreSpec.from_dict(restore) if isinstance(restore, Mapping) else None,
+            users=tuple(UserSpec.from_dict(u) for u in spec.get("users") or [] if isinstance(u, Mapping)),
         )
 
 
@@ -268,6 +304,55 @@ def restore_problems(cluster: ClusterSpec) -> list[str]:
             problems.append(
                 f"spec.restoreFrom.cluster.name: MemoryCluster {cluster.name} cannot be restored from "
                 "itself; name another MemoryCluster of the namespace"
+            )
+    return problems
+
+
+# Rule words that set or remove a password (Valkey's >pw, <pw, #hash, !hash): passwords come from
+# Secrets only, so that they never sit in clear in the MemoryCluster.
+_PASSWORD_RULE = re.compile(r"(^|\s)[<>#!]")
+# Rule words that would drop the password from the user's Secret (the file gives it before the rules).
+_DROPS_PASSWORD = re.compile(r"(?i)(^|\s)(nopass|resetpass|reset)(\s|$)")
+
+
+def users_problems(cluster: ClusterSpec) -> list[str]:
+    """Why spec.users cannot be rendered into the users file as written ([] when it can).
+
+    The CRD's schema and CEL rules refuse all of these at apply time; the operator checks again,
+    with the same words, so that an object admitted without them never reaches the nodes.
+    """
+    problems: list[str] = []
+    seen: set[str] = set()
+    for index, user in enumerate(cluster.users):
+        where = f"spec.users[{user.name or index}]"
+        if not user.name or re.search(r"\s", user.name):
+            problems.append(f"{where}.name must be a non-empty user name without spaces")
+        elif user.name in seen:
+            problems.append(f"spec.users: user {user.name} is listed twice; a user is declared once")
+        seen.add(user.name)
+        if "\n" in user.rules or "\r" in user.rules:
+            problems.append(f"{where}.rules must be one line")
+        if _PASSWORD_RULE.search(user.rules):
+            problems.append(
+                f"{where}.rules must not carry passwords (rules starting with '>', '<', '#' or '!'): "
+                "a user's password comes from its passwordSecret"
+            )
+        secret = user.password_secret
+        if secret is None:
+            continue
+        if not secret.name or not secret.key:
+            problems.append(
+                f"{where}.passwordSecret needs the name of a Secret and the key holding the password"
+            )
+        elif secret.name == labels.users_secret_name(cluster.name):
+            problems.append(
+                f"{where}.passwordSecret.name cannot be {secret.name}: the operator writes the users "
+                "file into that Secret"
+            )
+        if _DROPS_PASSWORD.search(user.rules):
+            problems.append(
+                f"{where}.rules must not say nopass, resetpass or reset when passwordSecret is set: they "
+                "would drop the password the Secret gives"
             )
     return problems
 

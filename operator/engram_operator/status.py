@@ -211,6 +211,8 @@ def build_status(
         ),
         nodes_healthy(plan),
         snapshots_healthy(shards),
+        # decide always sets it, as it does Provisioned.
+        *([plan.users] if plan.users else []),
     ]
     if plan.degraded:
         phase = "Degraded"

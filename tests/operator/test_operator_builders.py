@@ -45,6 +45,10 @@ SPECS = {
         },
         snapshots={"intervalSeconds": 0, "tailEntries": 0, "keep": 1, "request": "2025-06-01T12:00:00Z"},
     ),
+    # Declared users whose passwords need no Secret (a cache open to one user, the default user off).
+    "users": spec(
+        users=[{"name": "default", "rules": "off"}, {"name": "cache", "rules": "on nopass ~cache:* +@all"}],
+    ),
     # Nodes set aside for databases: a label to select, a taint to tolerate, rules of the user's own.
     "dedicated-nodes": spec(
         shards=2,
@@ -79,16 +83,18 @@ SPECS = {
 
 
 def all_manifests(name: str) -> list[dict[str, Any]]:
-    """Everything the operator creates for a new cluster, stage by stage: children, Job, pods."""
+    """Everything the operator creates for a new cluster, stage by stage: children, the users
+    file's Secret, Job, pods."""
     cluster = SPECS[name]
     stages = (just_applied(cluster), journal_up(cluster), provisioned(cluster))
-    return [obj for seen in stages for obj in decide(cluster, seen).create]
+    plans = [decide(cluster, seen) for seen in stages]
+    return [obj for plan in plans for obj in (*plan.create, *filter(None, [plan.users_secret]))]
 
 
 @pytest.mark.parametrize("name", SPECS)
 def test_a_new_cluster_creates_every_kind_of_child(name: str) -> None:
     kinds = {o["kind"] for o in all_manifests(name)}
-    assert kinds == {"Service", "ConfigMap", "StatefulSet", "PodDisruptionBudget", "Job", "Pod"}
+    assert kinds == {"Service", "ConfigMap", "StatefulSet", "PodDisruptionBudget", "Secret", "Job", "Pod"}
 
 
 @pytest.mark.parametrize("name", SPECS)

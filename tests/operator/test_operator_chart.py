@@ -82,8 +82,11 @@ def test_rbac_is_least_privilege() -> None:
     # OwnerReferencesPermissionEnforcement admission plugin (on in OpenShift and many hardened
     # clusters) creating them needs update on the owner's finalizers, or every create is refused.
     assert verbs[("engram.io", "memoryclusters/finalizers")] == {"update"}
+    # Passwords of spec.users are read by name (get), never listed or watched; the users file is
+    # written (create, update) into the cluster's own Secret.
+    assert verbs[("", "secrets")] == {"get", "create", "update"}
     assert not any("*" in rule["verbs"] or "*" in rule["resources"] for rule in rules)
-    assert not any(r in ("secrets", "customresourcedefinitions", "namespaces") for _, r in verbs)
+    assert not any(r in ("customresourcedefinitions", "namespaces") for _, r in verbs)
 
 
 def test_one_namespace_mode_grants_only_nodes_cluster_wide() -> None:
@@ -94,6 +97,8 @@ def test_one_namespace_mode_grants_only_nodes_cluster_wide() -> None:
     assert role["metadata"]["namespace"] == "databases"
     assert any("jobs" in rule["resources"] and "batch" in rule["apiGroups"] for rule in role["rules"])
     assert any("memoryclusters/finalizers" in rule["resources"] for rule in role["rules"])
+    # Secrets only in the watched namespace: the passwords of its clusters, and their users files.
+    assert any("secrets" in rule["resources"] for rule in role["rules"])
 
 
 def test_operator_pod_is_restricted_and_standalone_without_peering() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import logging
 import uuid
@@ -11,6 +13,7 @@ from typing import Any
 import kopf
 import pytest
 from cluster_state import ZONES
+from kubernetes.client.exceptions import ApiException
 
 from engram.node.peer import PeerRefused, PeerUnreachable
 from engram_operator import GROUP, PLURAL, VERSION, builders, kube, labels, node_cache, probe, reconcile
@@ -43,6 +46,11 @@ class FakeApi:
         self.job_pods: list[dict[str, Any]] = []
         self.memoryclusters: dict[str, dict[str, Any]] = {}
         self.memorycluster_reads: list[str] = []
+        # Secrets by name, as the API returns them (data base64); replaced ones are also listed.
+        self.secrets: dict[str, dict[str, Any]] = {}
+        self.replaced: list[dict[str, Any]] = []
+        # Secrets the operator's role may not read.
+        self.forbidden: set[str] = set()
 
     async def list_nodes(self) -> list[dict[str, Any]]:
         self.node_lists += 1
@@ -64,9 +72,20 @@ class FakeApi:
     async def list_children(self, namespace: str, cluster: str) -> tuple[frozenset, int]:
         return frozenset(self.children), self.journal_ready
 
+    async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        if name in self.forbidden:
+            raise ApiException(status=403, reason="Forbidden")
+        return self.secrets.get(name)
+
+    async def replace_secret(self, obj: dict[str, Any]) -> None:
+        self.replaced.append(obj)
+        self.secrets[obj["metadata"]["name"]] = obj
+
     async def create(self, obj: dict[str, Any]) -> bool:
         self.created.append(obj)
-        if obj["kind"] not in ("Pod", "Job"):
+        if obj["kind"] == "Secret":
+            self.secrets[obj["metadata"]["name"]] = obj
+        elif obj["kind"] not in ("Pod", "Job"):
             self.children.add((obj["kind"], obj["metadata"]["name"]))
         return True
 
@@ -91,6 +110,8 @@ def api(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
         "list_children",
         "create",
         "get_memorycluster",
+        "get_secret",
+        "replace_secret",
     )
     for name in (*names, "delete_pod", "delete_job", "set_pod_label"):
         monkeypatch.setattr(kube, name, getattr(fake, name))
@@ -212,7 +233,9 @@ def test_failed_provisioning_job_is_deleted_for_a_retry(api: FakeApi) -> None:
 def test_unsatisfiable_spec_is_announced_once(api: FakeApi) -> None:
     spec = {"shards": 1, "replicasPerShard": 3, "placement": {"spreading": "Required"}}
     _, status, events = run(body(spec))
-    assert [e.reason for e in events] == ["UnsatisfiableSpread"] and api.created == []
+    # Nothing is built but the users file, which touches no pod and keeps passwords current.
+    assert [e.reason for e in events] == ["UnsatisfiableSpread"]
+    assert [o["kind"] for o in api.created] == ["Secret"]
     again = body(spec)
     again["status"] = status
     _, _, events = run(again)
@@ -586,3 +609,72 @@ def test_a_failing_snapshot_posts_a_warning_per_failed_attempt_and_survives_an_o
     _, status, _ = run(body({}, status=status), memo)
     assert conditions(status)["SnapshotsHealthy"]["status"] == "True"
     assert status["shards"][0]["snapshotFailures"] == 0 and "snapshotError" not in status["shards"][0]
+
+
+# --- spec.users: passwords read from their Secrets on every reconcile --------------------------------------
+
+APP_USER = {"name": "app", "rules": "~* +@all", "passwordSecret": {"name": "app-pw", "key": "password"}}
+
+
+def password_secret(value: bytes) -> dict[str, Any]:
+    """The Secret app-pw as the API returns it."""
+    return {"metadata": {"name": "app-pw"}, "data": {"password": base64.b64encode(value).decode()}}
+
+
+def users_file(api: FakeApi) -> str:
+    return base64.b64decode(api.secrets["demo-users"]["data"]["users.acl"]).decode()
+
+
+def test_a_password_changed_in_its_secret_reaches_the_users_file_at_the_next_reconcile(api: FakeApi) -> None:
+    """The timer's reconcile reads the Secret again: no spec change is needed."""
+    spec = {"users": [APP_USER]}
+    api.secrets["app-pw"] = password_secret(b"first")
+    _, status, _ = run(body(spec))
+    [written] = [o for o in api.created if o["kind"] == "Secret"]
+    assert written["metadata"]["name"] == "demo-users"
+    assert f"user app on #{hashlib.sha256(b'first').hexdigest()} ~* +@all" in users_file(api)
+    assert "first" not in users_file(api)
+    assert conditions(status)["UsersReady"]["status"] == "True"
+
+    api.secrets["app-pw"] = password_secret(b"second")
+    _, status, events = run(body(spec, status=status))
+    [replaced] = api.replaced
+    assert replaced["metadata"]["name"] == "demo-users"
+    assert hashlib.sha256(b"second").hexdigest() in users_file(api)
+    assert [e.reason for e in events if e.reason == "UsersUpdated"] == ["UsersUpdated"]
+
+    # Nothing changed since: the Secret is not written again.
+    run(body(spec, status=status))
+    assert len(api.replaced) == 1
+
+
+def test_a_deleted_password_secret_keeps_the_users_file_and_is_warned_about_once(api: FakeApi) -> None:
+    spec = {"users": [APP_USER]}
+    api.secrets["app-pw"] = password_secret(b"first")
+    memo: dict[str, Any] = {}
+    _, status, _ = run(body(spec), memo)
+    before = users_file(api)
+
+    del api.secrets["app-pw"]
+    _, status, events = run(body(spec, status=status), memo)
+    assert api.replaced == [] and users_file(api) == before
+    ready = conditions(status)["UsersReady"]
+    assert (ready["status"], ready["reason"]) == ("False", "PasswordSecretMissing")
+    assert "Secret app-pw not found in namespace db" in ready["message"]
+    assert [e.type for e in events if e.reason == "PasswordSecretMissing"] == ["Warning"]
+    _, status, events = run(body(spec, status=status), memo)
+    assert [e for e in events if e.reason == "PasswordSecretMissing"] == []
+
+    # Back again: the same password renders the same file, which is not written again.
+    api.secrets["app-pw"] = password_secret(b"first")
+    _, status, _ = run(body(spec, status=status), memo)
+    assert conditions(status)["UsersReady"]["status"] == "True" and api.replaced == []
+
+
+def test_a_password_secret_the_operator_may_not_read_is_reported_not_raised(api: FakeApi) -> None:
+    api.forbidden.add("app-pw")
+    _, status, _ = run(body({"users": [APP_USER]}))
+    ready = conditions(status)["UsersReady"]
+    assert ready["status"] == "False" and "Secret app-pw cannot be read (403 Forbidden)" in ready["message"]
+    # A new cluster: no users file was ever written, so none is written now.
+    assert "demo-users" not in api.secrets

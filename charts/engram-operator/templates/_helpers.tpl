@@ -66,6 +66,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, create]
+{{- /* Secrets: get reads the passwords spec.users names (by name, on every reconcile: no list or
+     watch, so the operator never holds every Secret of a namespace); create and update write the
+     users file into each cluster's NAME-users Secret. */}}
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, create, update]
 {{- /* The provisioning Job; a failed one is deleted so that a new one retries. */}}
 - apiGroups: [batch]
   resources: [jobs]

@@ -92,6 +92,9 @@ def build_node_config(
         snapshot_interval=cluster.snapshots.interval_seconds,
         snapshot_tail_entries=cluster.snapshots.tail_entries,
         snapshot_keep=cluster.snapshots.keep,
+        # A fixed path: the users themselves are in the mounted Secret, which the kubelet refreshes
+        # in place and the node re-reads, so a new user or password never rolls a pod.
+        users_file=f"{constants.USERS_DIR}/{constants.USERS_FILE}",
     )
 
 
@@ -281,6 +284,7 @@ def _engine_pod_spec(cluster: ClusterSpec, name: str, shard: int, zone: str | No
         "volumeMounts": [
             run_mount,
             {"name": "config", "mountPath": constants.NODE_CONFIG_DIR, "readOnly": True},
+            {"name": "users", "mountPath": constants.USERS_DIR, "readOnly": True},
             {"name": "data", "mountPath": constants.DATA_DIR},
             {"name": "tmp", "mountPath": "/tmp"},
         ],
@@ -337,6 +341,12 @@ def _engine_pod_spec(cluster: ClusterSpec, name: str, shard: int, zone: str | No
                         }
                     ]
                 },
+            },
+            # The users file, readable by the node's group (fsGroup) only. Not optional: a node
+            # started without it would restore the default user's open access.
+            {
+                "name": "users",
+                "secret": {"secretName": labels.users_secret_name(cluster.name), "defaultMode": 0o440},
             },
         ],
     }

@@ -3,7 +3,8 @@
 ``decide`` is the whole decision; each concern it draws on has a module of its own: ``plan`` (what a
 decision holds), ``provisioning`` (children, the provisioning Job, restores), ``pods`` (engine pods),
 ``switchover`` (handing leadership over, cordoned nodes), ``rolling`` (rolling updates), ``waiting``
-(what a reconcile waits for) and ``snapshots`` (on-demand requests, failed snapshots). The names
+(what a reconcile waits for), ``snapshots`` (on-demand requests, failed snapshots) and ``users``
+(the users file rendered from spec.users). The names
 other modules use are re-exported here, so ``from engram_operator.decisions import X`` is the way in.
 """
 
@@ -34,6 +35,7 @@ from engram_operator.decisions.snapshots import (
     snapshot_targets,
 )
 from engram_operator.decisions.switchover import _move_primaries_off_cordoned_nodes
+from engram_operator.decisions.users import plan_users
 from engram_operator.decisions.waiting import _wait_reasons
 from engram_operator.observe import Observed
 from engram_operator.spec import ClusterSpec
@@ -75,17 +77,22 @@ def decide(cluster: ClusterSpec, seen: Observed) -> Plan:
         # The spec cannot be met: say so, and touch nothing beyond keeping existing pods alive.
         plan.degraded = Problem("UnsatisfiableSpread", str(err))
         plan.events.append(Event("Warning", "UnsatisfiableSpread", str(err)))
-        _recover_existing(cluster, seen, plan, _provision(cluster, seen, plan))
+        provisioned = _provision(cluster, seen, plan)
+        users_file = plan_users(cluster, seen, plan)
+        _recover_existing(cluster, seen, plan, provisioned and users_file)
         return plan
     if slots.note:
         plan.spread = Problem("PreferredSpreadDegraded", slots.note)
 
     _create_missing_children(cluster, seen, journal, plan)
     provisioned = _provision(cluster, seen, plan)
-    _reconcile_pods(cluster, seen, slots, plan, provisioned, journal_zones(cluster, journal))
+    users_file = plan_users(cluster, seen, plan)
+    # New engine pods need the journal provisioned and their users file (they mount it).
+    startable = provisioned and users_file
+    _reconcile_pods(cluster, seen, slots, plan, startable, journal_zones(cluster, journal))
     _move_primaries_off_cordoned_nodes(seen, slots, plan)
-    # A replaced pod could not come back before provisioning has finished: roll only after.
-    if not plan.changes and provisioned:
+    # A replaced pod could not come back before then: roll only after.
+    if not plan.changes and startable:
         _roll_one(cluster, seen, plan)
     _wait_reasons(cluster, seen, plan)
     return plan

@@ -62,6 +62,11 @@ class Plan:
     halted: list[Halted] = field(default_factory=list)
     # What the provisioning Job that succeeded seeded the cluster from (status.restoredFrom).
     restored_from: dict[str, Any] | None = None
+    # The NAME-users Secret to write (create or replace) when the users file changes, and the
+    # UsersReady condition (decisions/users.py). Not a change in the sense of ``changes``: it
+    # touches no pod, and the kubelet carries it to the nodes.
+    users_secret: dict[str, Any] | None = None
+    users: Condition | None = None
 
     @property
     def changes(self) -> bool:
