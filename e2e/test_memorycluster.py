@@ -178,7 +178,9 @@ def test_bad_spec_is_refused_by_the_api_server_naming_the_field(kube: Kubectl) -
 def test_deleting_the_memorycluster_cleans_up_everything(kube: Kubectl) -> None:
     kube.run("delete", "memorycluster", NAME, "--wait=true", timeout=300)
     selector = f"engram.io/cluster={NAME}"
-    for kind in ("pods", "jobs", "statefulsets", "services", "configmaps", "poddisruptionbudgets", "pvc"):
+    for kind in (
+        "pods", "jobs", "statefulsets", "services", "configmaps", "secrets", "poddisruptionbudgets", "pvc"
+    ):
         eventually_equal(
             kube,
             f"{kind} of the cluster gone",
