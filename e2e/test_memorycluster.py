@@ -6,8 +6,12 @@ The tests run in file order and share one cluster (creating it is the expensive 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 from k8s_api import Kubectl, eventually, eventually_equal, is_ready
 
@@ -107,6 +111,36 @@ def test_cluster_client_writes_and_reads_through_the_configuration_endpoint(
     assert acked.count("\n") > 10
     result = kube.exec(client_pod, "python", "/tmp/verify.py", endpoint(kube), stdin=acked)
     assert result.startswith("checked") and " lost 0" in result, result
+
+
+def _kubectl_engram(kube: Kubectl, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """The plugin as a user runs it: kubectl finds kubectl-engram on PATH (the venv's bin)."""
+    env = {**os.environ, "PATH": f"{Path(sys.prefix) / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.run(["kubectl", "engram", *args, NAME, "-n", kube.namespace], env=env,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def test_kubectl_engram_shows_the_cluster_switches_over_and_snapshots(kube: Kubectl) -> None:
+    shown = _kubectl_engram(kube, "status", "--json")
+    assert shown.returncode == 0, shown.stderr
+    doc = json.loads(shown.stdout)
+    assert len(doc["nodes"]) == SHARDS * (REPLICAS + 1) and len(doc["journal"]) == 3
+    primaries = {n["shard"]: n["id"] for n in doc["nodes"] if n["role"] == "primary"}
+    assert [s["primary"] for s in doc["shard_status"]] == [primaries[s] for s in range(SHARDS)]
+    target = next(n["id"] for n in doc["nodes"] if n["shard"] == 1 and n["role"] == "replica")
+    switched = _kubectl_engram(kube, "switchover", "--to", target)
+    assert switched.returncode == 0, switched.stderr
+    def primary_of_shard_1() -> str:
+        return kube.get("memorycluster", NAME)["status"]["shards"][1]["primary"]
+
+    eventually_equal(kube, f"{target} primary of shard 1", primary_of_shard_1, target, timeout=60)
+    refused = _kubectl_engram(kube, "switchover", "--to", "nosuch")
+    assert refused.returncode == 1 and "nosuch is not a node" in refused.stderr
+    snapped = _kubectl_engram(kube, "snapshot", "--wait", "--timeout", "600", timeout=660)
+    assert snapped.returncode == 0, snapped.stderr
+    assert snapped.stderr.count(": ok") == SHARDS, snapped.stderr
+    events = _kubectl_engram(kube, "events")
+    assert events.returncode == 0 and "MemoryCluster/" + NAME in events.stdout, events.stderr
 
 
 def test_deleting_a_primary_loses_no_acknowledged_write_and_the_pod_comes_back(

@@ -9,9 +9,9 @@ import shlex
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any
 
 from engram.binaries import BinaryNotFound
+from engram.cli.status_table import print_status
 from engram.platforms.local import cluster
 from engram.platforms.local.network import NetworkError
 from engram.platforms.local.plan import ClusterSpec, PlanError
@@ -55,49 +55,6 @@ def _zones(text: str) -> tuple[str, ...]:
     return zones
 
 
-def _table(rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-
-
-def _dash(value: Any) -> str:
-    return "-" if value is None or value == "" else str(value)
-
-
-def _print_status(doc: dict[str, Any]) -> None:
-    print(f"cluster {doc['name']}  endpoint {doc['endpoint']}  ({doc['dir']})\n")
-    nodes = [("NODE", "SHARD", "SLOTS", "ZONE", "ROLE", "ADDRESS", "CONTROL", "PID", "APPLIED", "SNAPSHOT",
-              "RESTARTS")]
-    for n in doc["nodes"]:
-        role = n["role"] + (f" (halted: {n['halted']})" if n.get("halted") else "")
-        pid, applied, restarts = _dash(n["pid"]), _dash(n["applied_seq"]), str(n["restarts"])
-        slots = _dash(n.get("slots"))
-        control = _dash(n.get("admin"))
-        seq, age = n.get("snapshot_seq"), n.get("snapshot_age")
-        snapshot = f"{seq} ({age}s ago)" if seq is not None and age is not None else "-"
-        nodes.append(
-            (n["id"], str(n["shard"]), slots, n["zone"], role, n["address"], control, pid, applied, snapshot,
-             restarts)
-        )
-    _table(nodes)
-    print()
-    journal = [("JOURNAL", "ZONE", "URL", "PID", "RESTARTS")]
-    journal += [
-        (j["target"], j["zone"], j["url"], _dash(j["pid"]), str(j["restarts"])) for j in doc["journal"]
-    ]
-    _table(journal)
-    if doc.get("network"):
-        net = doc["network"]
-        print(f"\nzone networks on bridge {net['bridge']} ({net['gateway']})")
-        rows = [("ZONE", "NAMESPACE", "ADDRESS", "LINK")]
-        rows += [
-            (zone, z["namespace"], z["address"], "cut off" if z["isolated"] else "up")
-            for zone, z in net["zones"].items()
-        ]
-        _table(rows)
-
-
 @_guarded
 def cmd_up(args: argparse.Namespace) -> int:
     spec = ClusterSpec(
@@ -127,7 +84,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
-        _print_status(doc)
+        print_status(doc)
     return 0
 
 
@@ -137,7 +94,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
-        _print_status(doc)
+        print_status(doc)
     return 0
 
 

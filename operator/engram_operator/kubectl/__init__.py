@@ -1,0 +1,1 @@
+"""`kubectl engram`: a MemoryCluster's status, switchover, snapshots and events from a terminal."""
