@@ -14,6 +14,13 @@ DEFAULT_ENGINE_REPOSITORY = os.environ.get("ENGRAM_ENGINE_REPOSITORY", "ghcr.io/
 DEFAULT_VALKEY_IMAGE = os.environ.get("ENGRAM_VALKEY_IMAGE", "valkey/valkey:9.0.0-trixie")
 DEFAULT_NATS_IMAGE = os.environ.get("ENGRAM_NATS_IMAGE", "nats:2.14.0-alpine")
 CLUSTER_DOMAIN = os.environ.get("ENGRAM_CLUSTER_DOMAIN", "cluster.local")
+# Where the operator's own pods run and a label selector that picks them (k=v,k=v): the
+# NetworkPolicies admit them to every node's control port (builders/network.py). The chart sets
+# both from the release; these defaults fit an install of the chart named engram-operator.
+OPERATOR_NAMESPACE = os.environ.get("ENGRAM_OPERATOR_NAMESPACE") or "engram-system"
+OPERATOR_POD_SELECTOR = (
+    os.environ.get("ENGRAM_OPERATOR_POD_SELECTOR") or "app.kubernetes.io/name=engram-operator"
+)
 
 CLIENT_PORT = 6379
 # The node's control port: ENGRAM.STATUS and ENGRAM.FAILOVER, for the operator, the readiness probe

@@ -101,6 +101,31 @@ async def list_children(namespace: str, cluster: str) -> tuple[frozenset[tuple[s
     return frozenset(names), journal_ready
 
 
+async def list_network_policies(namespace: str, cluster: str) -> list[dict[str, Any]]:
+    """The NetworkPolicies the operator made for the cluster (its labels; a user's are not listed)."""
+    sel = f"{labels.CLUSTER}={cluster},{labels.MANAGED_BY}={labels.MANAGER}"
+    result = await asyncio.to_thread(
+        client.NetworkingV1Api().list_namespaced_network_policy, namespace, label_selector=sel
+    )
+    return [_to_dict(p) for p in result.items]
+
+
+async def replace_network_policy(obj: dict[str, Any]) -> None:
+    """Rewrite a NetworkPolicy the operator owns with a new spec (spec.network changed)."""
+    meta = obj["metadata"]
+    await asyncio.to_thread(
+        client.NetworkingV1Api().replace_namespaced_network_policy, meta["name"], meta["namespace"], obj
+    )
+
+
+async def delete_network_policy(namespace: str, name: str) -> None:
+    try:
+        await asyncio.to_thread(client.NetworkingV1Api().delete_namespaced_network_policy, name, namespace)
+    except ApiException as err:
+        if err.status != 404:
+            raise
+
+
 _CREATE = {
     "Pod": lambda ns, body: client.CoreV1Api().create_namespaced_pod(ns, body),
     "Service": lambda ns, body: client.CoreV1Api().create_namespaced_service(ns, body),
@@ -111,6 +136,7 @@ _CREATE = {
         ns, body
     ),
     "Job": lambda ns, body: client.BatchV1Api().create_namespaced_job(ns, body),
+    "NetworkPolicy": lambda ns, body: client.NetworkingV1Api().create_namespaced_network_policy(ns, body),
 }
 
 

@@ -21,6 +21,9 @@ JOURNAL_SERVER = f"{GROUP}/journal-server"
 # Annotations.
 NODE_CONFIG = f"{GROUP}/node-config"
 POD_SPEC_HASH = f"{GROUP}/pod-spec-hash"
+# On a child the operator rewrites when its spec changes (a NetworkPolicy): the hash of the spec
+# the operator built, compared instead of the stored spec, which the API server has defaulted.
+SPEC_HASH = f"{GROUP}/spec-hash"
 # The cluster id a provisioning Job wrote into the journal (engine pods carry it in their node config).
 CLUSTER_ID = f"{GROUP}/cluster-id"
 # On the provisioning Job: what it seeds the cluster from (JSON, spec.restoreFrom's source), so that

@@ -136,6 +136,11 @@ class Observed:
     # spec.users' passwordSecrets name, by name (one missing here was not found).
     users_secret: SecretData | None = None
     password_secrets: Mapping[str, SecretData] = field(default_factory=dict)
+    # The NetworkPolicies the operator made for the cluster: name -> the spec hash they carry
+    # (labels.SPEC_HASH). None when they could not be listed (``network_error`` says why): then
+    # nothing is decided about them.
+    network_policies: Mapping[str, str] | None = field(default_factory=dict)
+    network_error: str = ""
     # Wall-clock seconds when this was observed: the clock every grace period is measured with.
     now: float = 0.0
 
@@ -304,6 +309,15 @@ def source_from_api(name: str, obj: Mapping[str, Any] | None) -> SourceCluster:
         cluster_id=str(status.get("clusterId") or ""),
         snapshots_since=str((status.get("snapshots") or {}).get("allShardsSince") or ""),
     )
+
+
+def policy_hashes(policies: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """Each NetworkPolicy's name and the spec hash the operator wrote on it ("" for none)."""
+    out = {}
+    for policy in policies:
+        meta = policy.get("metadata") or {}
+        out[str(meta.get("name", ""))] = str((meta.get("annotations") or {}).get(labels.SPEC_HASH) or "")
+    return out
 
 
 def secret_from_api(name: str, obj: Mapping[str, Any] | None) -> SecretData:

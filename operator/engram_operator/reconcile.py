@@ -36,6 +36,7 @@ from engram_operator.observe import (
     job_from_api,
     node_from_api,
     pod_from_api,
+    policy_hashes,
     secret_from_api,
     source_from_api,
 )
@@ -53,12 +54,20 @@ log = logging.getLogger(__name__)
 
 async def observe(cluster: ClusterSpec, status: Mapping[str, Any]) -> Observed:
     """Everything decide needs; ``status`` is the last written status (it records the cluster id)."""
-    nodes, pods, (children, journal_ready), job, (users_secret, password_secrets) = await asyncio.gather(
+    (
+        nodes,
+        pods,
+        (children, journal_ready),
+        job,
+        (users_secret, password_secrets),
+        (policies, network_error),
+    ) = await asyncio.gather(
         NODES.get(),
         kube.list_engine_pods(cluster.namespace, cluster.name),
         kube.list_children(cluster.namespace, cluster.name),
         provisioning_job(cluster),
         users_secrets(cluster),
+        network_policies(cluster),
     )
     pod_infos = [p for p in (pod_from_api(p) for p in pods) if p is not None]
     source = None
@@ -78,6 +87,8 @@ async def observe(cluster: ClusterSpec, status: Mapping[str, Any]) -> Observed:
         restore_source=source,
         users_secret=users_secret,
         password_secrets=password_secrets,
+        network_policies=policies,
+        network_error=network_error,
         # Wall clock: grace periods are measured against the API's own timestamps.
         now=time.time(),
     )
@@ -103,6 +114,18 @@ async def users_secrets(cluster: ClusterSpec) -> tuple[SecretData | None, dict[s
         kube.get_secret(cluster.namespace, own_name), *(password_secret(n) for n in names)
     )
     return (secret_from_api(own_name, own) if own is not None else None), {s.name: s for s in read}
+
+
+async def network_policies(cluster: ClusterSpec) -> tuple[dict[str, str] | None, str]:
+    """The operator's NetworkPolicies of the cluster (name -> spec hash), or None and why not.
+
+    A refusal (a chart's role without networkpolicies) is reported, not raised: the rest of the
+    cluster is still reconciled.
+    """
+    try:
+        return policy_hashes(await kube.list_network_policies(cluster.namespace, cluster.name)), ""
+    except ApiException as err:
+        return None, _api_error(err)
 
 
 async def provisioning_job(cluster: ClusterSpec) -> JobInfo | None:
@@ -145,7 +168,23 @@ async def execute(cluster: ClusterSpec, plan: Plan, seen: Observed, logger: logg
             logger.info("wrote the users file into Secret %s", name)
         except ApiException as err:
             failed("UsersWriteFailed", f"writing Secret {name} failed: {_api_error(err)}")
-    # Services, config and the journal before pods, so a new pod's DNS and journal already exist
+    if seen.network_error:
+        failed("NetworkPolicyReadFailed", f"listing NetworkPolicies failed: {seen.network_error}")
+    for policy in plan.update_policies:
+        name = policy["metadata"]["name"]
+        try:
+            await kube.replace_network_policy(policy)
+            logger.info("updated NetworkPolicy %s", name)
+        except ApiException as err:
+            failed("UpdateFailed", f"updating NetworkPolicy {name} failed: {_api_error(err)}")
+    for name in plan.delete_policies:
+        try:
+            await kube.delete_network_policy(cluster.namespace, name)
+            logger.info("deleted NetworkPolicy %s", name)
+        except ApiException as err:
+            failed("DeleteFailed", f"deleting NetworkPolicy {name} failed: {_api_error(err)}")
+    # Services, config, policies and the journal before pods, so a new pod's DNS and journal already
+    # exist and no pod runs before its NetworkPolicy
     # (pods also wait for the provisioning Job, which decide plans in an earlier reconcile).
     for obj in sorted(plan.create, key=lambda o: o["kind"] == "Pod"):
         kind, name = obj["kind"], obj["metadata"]["name"]

@@ -193,6 +193,32 @@ class UserSpec:
 
 
 @dataclass(frozen=True)
+class NetworkSpec:
+    """Which pods may reach the cluster's pods (spec.network; builders/network.py makes the policies).
+
+    ``clients`` and ``metrics`` are NetworkPolicy peers as given (podSelector, namespaceSelector,
+    ipBlock); None leaves that port open to every source, which an empty list would also mean in a
+    NetworkPolicy, so the CRD refuses empty lists rather than let one read as "nobody".
+    """
+
+    policies: bool = True
+    clients: tuple[dict[str, Any], ...] | None = None
+    metrics: tuple[dict[str, Any], ...] | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> NetworkSpec:
+        def peers(key: str) -> tuple[dict[str, Any], ...] | None:
+            value = data.get(key)
+            return tuple(_plain(p) for p in value if isinstance(p, Mapping)) if value else None
+
+        return cls(
+            policies=bool(data.get("policies", cls.policies)),
+            clients=peers("clients"),
+            metrics=peers("metrics"),
+        )
+
+
+@dataclass(frozen=True)
 class ClusterSpec:
     """One MemoryCluster: identity plus its desired state."""
 
@@ -211,6 +237,7 @@ class ClusterSpec:
     restore: RestoreSpec | None = None
     # Declared users, in the order given; the users file lists them sorted by name.
     users: tuple[UserSpec, ...] = ()
+    network: NetworkSpec = field(default_factory=NetworkSpec)
 
     @property
     def nodes_per_shard(self) -> int:
@@ -267,6 +294,7 @@ class ClusterSpec:
             ),
             restore=RestoreSpec.from_dict(restore) if isinstance(restore, Mapping) else None,
             users=tuple(UserSpec.from_dict(u) for u in spec.get("users") or [] if isinstance(u, Mapping)),
+            network=NetworkSpec.from_dict(spec.get("network") or {}),
         )
 
 

@@ -51,10 +51,22 @@ def nodes(
 
 
 def children_of(plan: decisions.Plan) -> frozenset[tuple[str, str]]:
-    """What a plan creates besides pods and the Job (which the observed state carries on its own)."""
+    """What a plan creates besides pods, the Job and NetworkPolicies (which the observed state
+    carries on their own)."""
     return frozenset(
-        (o["kind"], o["metadata"]["name"]) for o in plan.create if o["kind"] not in ("Pod", "Job")
+        (o["kind"], o["metadata"]["name"])
+        for o in plan.create
+        if o["kind"] not in ("Pod", "Job", "NetworkPolicy")
     )
+
+
+def policies_of(plan: decisions.Plan) -> dict[str, str]:
+    """The NetworkPolicies a plan creates, as observed once they exist: name -> spec hash."""
+    return {
+        o["metadata"]["name"]: o["metadata"]["annotations"][labels.SPEC_HASH]
+        for o in plan.create
+        if o["kind"] == "NetworkPolicy"
+    }
 
 
 def pods_from(plan: decisions.Plan, cluster: ClusterSpec, ready: bool = True) -> list[PodInfo]:
@@ -112,10 +124,12 @@ def just_applied(cluster: ClusterSpec, node_infos: list[NodeInfo] | None = None)
 def journal_up(cluster: ClusterSpec, node_infos: list[NodeInfo] | None = None) -> Observed:
     """The children of the first reconcile exist and every journal server is ready; no Job yet."""
     seen = just_applied(cluster, node_infos)
+    first = decisions.decide(cluster, seen)
     return Observed(
         nodes=seen.nodes,
         pods=[],
-        children=children_of(decisions.decide(cluster, seen)),
+        children=children_of(first),
+        network_policies=policies_of(first),
         journal_ready=cluster.journal.replicas,
         cluster_id=CLUSTER_ID,
         now=NOW,
@@ -129,6 +143,7 @@ def provisioned(cluster: ClusterSpec, node_infos: list[NodeInfo] | None = None) 
         nodes=seen.nodes,
         pods=[],
         children=seen.children,
+        network_policies=seen.network_policies,
         journal_ready=seen.journal_ready,
         cluster_id=CLUSTER_ID,
         provisioning=provision_job(cluster, succeeded=True),
@@ -144,6 +159,7 @@ def running(cluster: ClusterSpec, zones: list[str] = ZONES) -> Observed:
         nodes=seen.nodes,
         pods=pods,
         children=seen.children,
+        network_policies=seen.network_policies,
         journal_ready=seen.journal_ready,
         statuses=statuses(pods),
         cluster_id=CLUSTER_ID,

@@ -146,9 +146,10 @@ def _core_definitions() -> dict[str, Any]:
     return json.loads((root / "_definitions.json").read_text())["$defs"]
 
 
-def core_structural_schema(name: str) -> dict[str, Any]:
-    """A core/v1 type's schema as a CRD embeds it: references inlined, nullable types made plain,
-    descriptions left out (the CRD's fields say what they are for; `kubectl explain` shows both)."""
+def core_structural_schema(name: str, api: str = "core.v1") -> dict[str, Any]:
+    """A built-in type's schema (core/v1 unless ``api`` says e.g. "networking.v1") as a CRD embeds
+    it: references inlined, nullable types made plain, descriptions left out (the CRD's fields say
+    what they are for; `kubectl explain` shows both)."""
 
     def structural(node: dict[str, Any]) -> dict[str, Any]:
         if "$ref" in node:
@@ -173,7 +174,7 @@ def core_structural_schema(name: str) -> dict[str, Any]:
                 out[key] = node[key]
         return out
 
-    return structural(_core_definitions()[f"io.k8s.api.core.v1.{name}"])
+    return structural(_core_definitions()[f"io.k8s.api.{api}.{name}"])
 
 
 @cache

@@ -94,7 +94,9 @@ def all_manifests(name: str) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("name", SPECS)
 def test_a_new_cluster_creates_every_kind_of_child(name: str) -> None:
     kinds = {o["kind"] for o in all_manifests(name)}
-    assert kinds == {"Service", "ConfigMap", "StatefulSet", "PodDisruptionBudget", "Secret", "Job", "Pod"}
+    assert kinds == {
+        "Service", "ConfigMap", "StatefulSet", "PodDisruptionBudget", "NetworkPolicy", "Secret", "Job", "Pod"
+    }
 
 
 @pytest.mark.parametrize("name", SPECS)

@@ -85,6 +85,9 @@ def test_rbac_is_least_privilege() -> None:
     # Passwords of spec.users are read by name (get), never listed or watched; the users file is
     # written (create, update) into the cluster's own Secret.
     assert verbs[("", "secrets")] == {"get", "create", "update"}
+    # NetworkPolicies are listed to compare, rewritten when spec.network changes and deleted when it
+    # turns them off; never watched or read one by one.
+    assert verbs[("networking.k8s.io", "networkpolicies")] == {"list", "create", "update", "delete"}
     assert not any("*" in rule["verbs"] or "*" in rule["resources"] for rule in rules)
     assert not any(r in ("customresourcedefinitions", "namespaces") for _, r in verbs)
 
@@ -121,3 +124,16 @@ def test_digest_pins_the_operator_image() -> None:
     [deploy] = [d for d in docs if d["kind"] == "Deployment"]
     image = deploy["spec"]["template"]["spec"]["containers"][0]["image"]
     assert image == "registry.example/engram-operator@sha256:" + "a" * 64
+
+
+def test_the_operator_tells_memoryclusters_policies_how_to_select_its_own_pods() -> None:
+    """The selector the operator writes into every NetworkPolicy matches its pods, in its namespace."""
+    from engram_operator.builders.network import parse_selector
+
+    [deploy] = [d for d in render({}) if d["kind"] == "Deployment"]
+    pod = deploy["spec"]["template"]
+    env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+    assert env["ENGRAM_OPERATOR_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    selector = parse_selector(env["ENGRAM_OPERATOR_POD_SELECTOR"]["value"])
+    assert selector == deploy["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= pod["metadata"]["labels"].items()

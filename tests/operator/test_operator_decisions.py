@@ -38,7 +38,9 @@ def test_new_cluster_gets_journal_services_and_pdbs_but_no_job_or_pod_before_the
     cluster = spec(shards=2, replicasPerShard=2, placement={"spreading": "Required"})
     plan = decide(cluster, just_applied(cluster))
     kinds = Counter(o["kind"] for o in plan.create)
-    assert kinds == {"Service": 3, "StatefulSet": 3, "ConfigMap": 1, "PodDisruptionBudget": 3}
+    assert kinds == {
+        "Service": 3, "StatefulSet": 3, "ConfigMap": 1, "PodDisruptionBudget": 3, "NetworkPolicy": 2
+    }
     assert plan.degraded is None and plan.delete_pods == []
     assert "journal servers ready: 0/3" in plan.waiting
     assert plan.provisioned is not None

@@ -51,6 +51,9 @@ class FakeApi:
         self.replaced: list[dict[str, Any]] = []
         # Secrets the operator's role may not read.
         self.forbidden: set[str] = set()
+        # NetworkPolicies by name, as the API returns them; None: listing them is forbidden.
+        self.policies: dict[str, dict[str, Any]] | None = {}
+        self.policy_changes: list[tuple[str, str]] = []
 
     async def list_nodes(self) -> list[dict[str, Any]]:
         self.node_lists += 1
@@ -81,9 +84,28 @@ class FakeApi:
         self.replaced.append(obj)
         self.secrets[obj["metadata"]["name"]] = obj
 
+    async def list_network_policies(self, namespace: str, cluster: str) -> list[dict[str, Any]]:
+        if self.policies is None:
+            raise ApiException(status=403, reason="Forbidden")
+        return list(self.policies.values())
+
+    async def replace_network_policy(self, obj: dict[str, Any]) -> None:
+        assert self.policies is not None
+        self.policy_changes.append(("update", obj["metadata"]["name"]))
+        self.policies[obj["metadata"]["name"]] = obj
+
+    async def delete_network_policy(self, namespace: str, name: str) -> None:
+        assert self.policies is not None
+        self.policy_changes.append(("delete", name))
+        self.policies.pop(name, None)
+
     async def create(self, obj: dict[str, Any]) -> bool:
         self.created.append(obj)
-        if obj["kind"] == "Secret":
+        if obj["kind"] == "NetworkPolicy":
+            assert self.policies is not None
+            self.policy_changes.append(("create", obj["metadata"]["name"]))
+            self.policies[obj["metadata"]["name"]] = obj
+        elif obj["kind"] == "Secret":
             self.secrets[obj["metadata"]["name"]] = obj
         elif obj["kind"] not in ("Pod", "Job"):
             self.children.add((obj["kind"], obj["metadata"]["name"]))
@@ -112,6 +134,9 @@ def api(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
         "get_memorycluster",
         "get_secret",
         "replace_secret",
+        "list_network_policies",
+        "replace_network_policy",
+        "delete_network_policy",
     )
     for name in (*names, "delete_pod", "delete_job", "set_pod_label"):
         monkeypatch.setattr(kube, name, getattr(fake, name))

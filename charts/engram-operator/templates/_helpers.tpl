@@ -25,6 +25,15 @@ app.kubernetes.io/name: {{ include "engram-operator.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/* The selector labels as k=v,k=v: what the operator puts in MemoryClusters' NetworkPolicies. */}}
+{{- define "engram-operator.selectorString" -}}
+{{- $pairs := list -}}
+{{- range $key, $value := include "engram-operator.selectorLabels" . | fromYaml -}}
+{{- $pairs = append $pairs (printf "%s=%s" $key $value) -}}
+{{- end -}}
+{{- join "," $pairs -}}
+{{- end -}}
+
 {{- define "engram-operator.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "engram-operator.fullname" .) .Values.serviceAccount.name -}}
@@ -72,6 +81,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get, create, update]
+{{- /* Each cluster's NetworkPolicies: listed to compare, rewritten when spec.network changes, deleted
+     when spec.network.policies is turned off; never watched. */}}
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [list, create, update, delete]
 {{- /* The provisioning Job; a failed one is deleted so that a new one retries. */}}
 - apiGroups: [batch]
   resources: [jobs]

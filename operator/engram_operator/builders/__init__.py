@@ -8,6 +8,7 @@ from engram_operator.builders.journal import (
     journal_server_configs,
     journal_urls,
 )
+from engram_operator.builders.network import OperatorPeer, build_network_policies
 from engram_operator.builders.provision import build_provision_job
 from engram_operator.builders.services import (
     build_endpoint_service,
@@ -16,6 +17,7 @@ from engram_operator.builders.services import (
 )
 
 __all__ = [
+    "OperatorPeer",
     "build_endpoint_service",
     "build_engine_pod",
     "build_headless_service",
@@ -23,6 +25,7 @@ __all__ = [
     "build_journal_pdb",
     "build_journal_service",
     "build_journal_statefulset",
+    "build_network_policies",
     "build_node_config",
     "build_provision_job",
     "build_shard_pdb",

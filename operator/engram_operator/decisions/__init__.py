@@ -3,8 +3,8 @@
 ``decide`` is the whole decision; each concern it draws on has a module of its own: ``plan`` (what a
 decision holds), ``provisioning`` (children, the provisioning Job, restores), ``pods`` (engine pods),
 ``switchover`` (handing leadership over, cordoned nodes), ``rolling`` (rolling updates), ``waiting``
-(what a reconcile waits for), ``snapshots`` (on-demand requests, failed snapshots) and ``users``
-(the users file rendered from spec.users). The names
+(what a reconcile waits for), ``snapshots`` (on-demand requests, failed snapshots), ``users``
+(the users file rendered from spec.users) and ``network`` (the NetworkPolicies). The names
 other modules use are re-exported here, so ``from engram_operator.decisions import X`` is the way in.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from engram_operator import placement
 from engram_operator.builders.journal import JournalSpreadError, plan_journal
+from engram_operator.decisions.network import plan_network_policies
 from engram_operator.decisions.plan import Event, Halted, Plan, Problem, Switchover
 from engram_operator.decisions.pods import (
     HALTED_RETRY_AFTER,
@@ -53,6 +54,7 @@ __all__ = [
     "decide",
     "journal_zones",
     "pending_snapshot_request",
+    "plan_network_policies",
     "remembered_snapshot_failures",
     "role_label_changes",
     "snapshot_failure_counts",
@@ -85,6 +87,7 @@ def decide(cluster: ClusterSpec, seen: Observed) -> Plan:
         plan.spread = Problem("PreferredSpreadDegraded", slots.note)
 
     _create_missing_children(cluster, seen, journal, plan)
+    plan_network_policies(cluster, seen, plan)
     provisioned = _provision(cluster, seen, plan)
     users_file = plan_users(cluster, seen, plan)
     # New engine pods need the journal provisioned and their users file (they mount it).

@@ -67,6 +67,10 @@ class Plan:
     # touches no pod, and the kubelet carries it to the nodes.
     users_secret: dict[str, Any] | None = None
     users: Condition | None = None
+    # NetworkPolicies to rewrite (their spec changed) and to delete (spec.network.policies turned
+    # off), by name; new ones go to ``create`` with the other children. Neither touches a pod.
+    update_policies: list[dict[str, Any]] = field(default_factory=list)
+    delete_policies: list[str] = field(default_factory=list)
 
     @property
     def changes(self) -> bool:
