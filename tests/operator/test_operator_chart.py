@@ -137,3 +137,39 @@ def test_the_operator_tells_memoryclusters_policies_how_to_select_its_own_pods()
     selector = parse_selector(env["ENGRAM_OPERATOR_POD_SELECTOR"]["value"])
     assert selector == deploy["spec"]["selector"]["matchLabels"]
     assert selector.items() <= pod["metadata"]["labels"].items()
+
+
+def _operator_policy(values: dict[str, Any]) -> dict[str, Any] | None:
+    found = [d for d in render(values) if d["kind"] == "NetworkPolicy"]
+    return found[0] if found else None
+
+
+def test_the_operators_own_pods_admit_nothing_but_their_metrics_port() -> None:
+    """The health port is probed by the kubelet from the pod's node, which policies always admit."""
+    policy = _operator_policy({})
+    assert policy is not None
+    [deploy] = [d for d in render({}) if d["kind"] == "Deployment"]
+    assert policy["spec"]["podSelector"]["matchLabels"] == deploy["spec"]["selector"]["matchLabels"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"] and policy["spec"]["ingress"] == []
+    scraped = _operator_policy({"monitoring": {"podMonitor": {"enabled": True}}})
+    assert scraped is not None
+    assert scraped["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": 9100}]}]
+    narrowed = _operator_policy(
+        {
+            "metrics": {"enabled": True},
+            "networkPolicy": {"metricsFrom": [{"namespaceSelector": {"matchLabels": {"a": "b"}}}]},
+        }
+    )
+    assert narrowed is not None
+    assert narrowed["spec"]["ingress"][0]["from"] == [{"namespaceSelector": {"matchLabels": {"a": "b"}}}]
+    assert _operator_policy({"networkPolicy": {"enabled": False}}) is None
+
+
+def test_every_policy_scan_skip_gives_a_reason() -> None:
+    """checkov findings the chart does not fix are skipped on the object, each with why (README)."""
+    [deploy] = [d for d in render({}) if d["kind"] == "Deployment"]
+    skips = {k: v for k, v in deploy["metadata"]["annotations"].items() if k.startswith("checkov.io/skip")}
+    assert {v.split("=", 1)[0] for v in skips.values()} == {"CKV_K8S_38", "CKV_K8S_43", "CKV_K8S_15"}
+    assert all(len(v.split("=", 1)[1]) > 20 for v in skips.values())
+    [container] = deploy["spec"]["template"]["spec"]["containers"]
+    assert {"cpu", "memory"} <= set(container["resources"]["limits"])
