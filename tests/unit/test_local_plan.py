@@ -214,3 +214,10 @@ def test_a_users_file_is_checked_when_the_cluster_is_planned(tmp_path: Path) -> 
         plan.ClusterSpec(name="demo", users_file=str(bad))
     with pytest.raises(plan.PlanError, match=r"--users .*missing.acl: cannot be read"):
         plan.ClusterSpec(name="demo", users_file=str(tmp_path / "missing.acl"))
+
+
+def test_rebalancing_is_on_unless_up_is_told_no(tmp_path: Path) -> None:
+    assert _state(tmp_path).rebalance is True
+    assert _state(tmp_path, rebalance=False).rebalance is False
+    args = build_parser().parse_args(["local", "up", "demo", "--no-rebalance"])
+    assert args.no_rebalance is True

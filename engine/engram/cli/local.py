@@ -73,6 +73,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         netns=args.netns,
         journal_sync=args.journal_sync,
         users_file=args.users or "",
+        rebalance=not args.no_rebalance,
     )
     try:
         doc = cluster.up(spec, args.dir, timeout=args.timeout, progress=_say)
@@ -194,6 +195,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="when journal servers fsync: always, before a write is acknowledged, or every DURATION "
         "(e.g. 100ms): faster, and a write is then acknowledged once a quorum of zones holds it in "
         "memory (docs/durability.md; default: %(default)s)",
+    )
+    up.add_argument(
+        "--no-rebalance", action="store_true",
+        help="leave primaries where failovers put them; by default the supervisor moves them back to an "
+        "even spread over zones with planned switchovers once the cluster has settled",
     )
     up.add_argument(
         "--exist-ok", action="store_true",

@@ -50,6 +50,8 @@ class ClusterSpec:
     journal_sync: str = SYNC_ALWAYS
     # Users declared in Valkey's ACL file format; nodes read the file again when it changes.
     users_file: str = ""
+    # The supervisor moves primaries back to an even spread over zones after failovers.
+    rebalance: bool = True
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -168,6 +170,7 @@ def plan(spec: ClusterSpec, directory: Path, nats_server: str, valkey_server: st
         restore_entry_keys=spec.restore_entry_keys,
         journal_sync=spec.journal_sync,
         users_file=str(Path(spec.users_file).resolve()) if spec.users_file else "",
+        rebalance=spec.rebalance,
         nats_server=nats_server,
         valkey_server=valkey_server,
         nodes=nodes,

@@ -151,6 +151,8 @@ class ClusterState:
     restore_entry_keys: int = 0
     journal_sync: str = "always"
     users_file: str = ""
+    # Move primaries back to an even spread over zones (orchestration/rebalance.py).
+    rebalance: bool = True
 
     @property
     def endpoint(self) -> str:

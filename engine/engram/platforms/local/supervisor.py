@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engram.orchestration.provision import ProvisionError, provision
+from engram.orchestration.rebalance import NodeView, rebalance
 from engram.platforms.local import journal, probe, processes
 from engram.platforms.local.plan import provision_request
 from engram.platforms.local.relay import EndpointRelay
@@ -46,6 +47,10 @@ BACKOFF_MAX = 10.0
 STABLE_AFTER = 30.0
 JOURNAL_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
+# Primary rebalancing (orchestration/rebalance.py): looked at this often, and only once no node's
+# role has changed for REBALANCE_SETTLE (a failover still settling is not an imbalance to undo).
+REBALANCE_EVERY = 5.0
+REBALANCE_SETTLE = 30.0
 
 
 @dataclass
@@ -169,6 +174,7 @@ class Supervisor:
 
     async def _serve(self) -> None:
         poller = asyncio.ensure_future(self._poll_status())
+        balancer = asyncio.ensure_future(self._rebalance()) if self.state.rebalance else None
         try:
             while not self.stop.is_set():
                 if not self.state_path.exists():
@@ -179,9 +185,12 @@ class Supervisor:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stop.wait(), POLL_CHILDREN)
         finally:
-            poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await poller
+            for task in (poller, balancer):
+                if task is None:
+                    continue
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     def _tend(self) -> None:
         """Notice crashed children and restart them once their backoff has passed."""
@@ -226,6 +235,28 @@ class Supervisor:
                 self.status = {n.id: r for n, r in zip(nodes, replies, strict=True)}
                 self._note_endpoint_node()
             await asyncio.sleep(POLL_STATUS)
+
+    async def _rebalance(self) -> None:
+        """Move primaries back to an even spread over zones, one planned switchover at a time."""
+        roles: dict[str, str] = {}
+        changed_at = time.monotonic()
+        while True:
+            await asyncio.sleep(REBALANCE_EVERY)
+            views = node_views(self.state.nodes, self.status)
+            now = time.monotonic()
+            if (current := {v.id: v.role for v in views}) != roles:
+                roles, changed_at = current, now
+                continue
+            if now - changed_at < REBALANCE_SETTLE or (move := rebalance(views)) is None:
+                continue
+            primary = next(n for n in self.state.nodes if n.id == move.primary)
+            log.info("rebalancing primaries: shard %d from %s (zone %s) to %s (zone %s)",
+                     move.shard, move.primary, move.from_zone, move.target, move.to_zone)
+            try:
+                await probe.request_failover((primary.host, primary.control_port), move.target)
+            except probe.FailoverFailed as exc:
+                log.warning("rebalancing switchover of shard %d not done: %s", move.shard, exc)
+            changed_at = time.monotonic()
 
     def _note_endpoint_node(self) -> None:
         """Record which node the endpoint routes to, so `up` can wait for it and status can show it."""
@@ -278,6 +309,18 @@ class StartFailed(RuntimeError):
     """The cluster could not be started; the message says why."""
 
 
+def node_views(nodes: list[NodeState], status: dict[str, dict[str, str] | None]) -> list[NodeView]:
+    """What the rebalancer needs of each node, from the last status poll (None: did not answer)."""
+    views = []
+    for node in nodes:
+        answer = status.get(node.id)
+        role = answer.get("role", "") if answer else "unknown"
+        healthy = answer is not None and not answer.get("halted") and role in ("primary", "replica")
+        applied = int(answer.get("applied_seq") or 0) if answer else 0
+        views.append(NodeView(node.id, node.shard, node.zone, role, healthy, applied))
+    return views
+
+
 def node_argv(state: ClusterState, node: NodeState) -> list[str]:
     """The node's command line: `python -m engram.node`, unless `up --node-command` or
     ENGRAM_NODE_COMMAND replaced it (profilers, test doubles)."""
@@ -301,3 +344,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
