@@ -13,6 +13,7 @@ import asyncio
 import json
 import sys
 
+from engram.journal.security import add_journal_security_args, journal_security_from_args
 from engram.orchestration.provision import ProvisionError, ProvisionRequest, new_cluster_id, provision
 
 
@@ -31,7 +32,8 @@ def handle(args: argparse.Namespace) -> int:
                                    args.journal_replicas, restore_from=tuple(args.restore_from),
                                    restore_cluster=args.restore_from_cluster,
                                    restore_journal=tuple(_urls(args.restore_journal)))
-        asyncio.run(provision(urls, request, args.timeout, _say))
+        security = journal_security_from_args(args)
+        asyncio.run(provision(urls, request, args.timeout, _say, security))
     except ProvisionError as exc:
         _say(f"error: {exc}")
         return 3 if exc.permanent else 1
@@ -51,6 +53,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--shards", type=int, required=True)
     p.add_argument("--journal-replicas", type=int, default=3, help="(default: %(default)s)")
     p.add_argument("--journal", required=True, metavar="URL[,URL]", help="journal server URLs (nats://...)")
+    add_journal_security_args(p)
     restore = p.add_mutually_exclusive_group()
     restore.add_argument("--restore-from", action="append", default=[], metavar="PATH",
                          help="seed the new cluster with the keys of this RDB file; repeatable")

@@ -31,6 +31,7 @@ from engram.journal.errors import (
     StreamMissing,
 )
 from engram.journal.placement import StreamPeer
+from engram.journal.security import PLAIN, JournalSecurity
 from engram.journal.servers import ZONE_TAG
 
 log = logging.getLogger(__name__)
@@ -159,6 +160,7 @@ class Journal:
         replicas: int = 3,
         timeout: float = 5.0,
         name: str = "engram",
+        security: JournalSecurity = PLAIN,
     ) -> Journal:
         async def _quiet(exc: Exception) -> None:
             log.debug("journal connection: %s", exc)
@@ -178,6 +180,7 @@ class Journal:
                 ping_interval=1,
                 max_outstanding_pings=2,
                 dont_randomize=True,
+                **security.connect_options(),  # type: ignore[arg-type]
             )
         except Exception as exc:
             raise NoQuorum(f"cannot reach any journal server at {', '.join(urls)}: {exc}") from exc

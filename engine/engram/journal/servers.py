@@ -45,6 +45,36 @@ def route_url(host: str, port: int) -> str:
 
 
 @dataclass(frozen=True)
+class ServerTLS:
+    """A journal server's certificate and the CA its clients and peers verify it with (PEM files)."""
+
+    cert_file: str
+    key_file: str
+    ca_file: str
+
+
+@dataclass(frozen=True)
+class JournalAuth:
+    """Who may use the journal: the cluster's processes as ``user``, and the servers' routes to each
+    other as ``route_user``. Anyone else is refused, so only the cluster itself can append."""
+
+    user: str
+    password: str
+    route_user: str
+    route_password: str
+
+    def __post_init__(self) -> None:
+        for what, value in (("user", self.user), ("password", self.password),
+                            ("route user", self.route_user), ("route password", self.route_password)):
+            # Route credentials travel inside route URLs: keep them to URL-safe characters.
+            if not value or not _CREDENTIAL.match(value):
+                raise ValueError(f"the journal {what} must be letters, digits, '-' or '_', not {value!r}")
+
+
+_CREDENTIAL = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+@dataclass(frozen=True)
 class JournalServerConfig:
     """One journal server: its identity, ports, zone and peers."""
 
@@ -69,6 +99,10 @@ class JournalServerConfig:
     max_memory_store: int | None = None
     # Extra server tags beyond the zone tag (e.g. "engram:journal").
     extra_tags: tuple[str, ...] = field(default_factory=tuple)
+    # TLS on the client port and between servers; plain text when None.
+    tls: ServerTLS | None = None
+    # Users and passwords; anyone may connect when None.
+    auth: JournalAuth | None = None
 
     def __post_init__(self) -> None:
         if not _ZONE.match(self.zone):
@@ -107,6 +141,15 @@ def render_config(server: JournalServerConfig) -> str:
     ]
     if server.http_port is not None:
         lines.append(f"http: {_q(f'{server.host}:{server.http_port}')}")
+    if server.tls is not None:
+        lines += ["", *_tls_block(server.tls, "")]
+    if server.auth is not None:
+        lines += [
+            "",
+            "authorization {",
+            f"  users: [{{user: {_q(server.auth.user)}, password: {_q(server.auth.password)}}}]",
+            "}",
+        ]
     lines += [
         "",
         "jetstream {",
@@ -121,15 +164,47 @@ def render_config(server: JournalServerConfig) -> str:
     lines.append("}")
     if server.routes:
         cluster_host = server.cluster_host or server.host
-        routes = ",\n".join(f"    {_q(r)}" for r in server.routes)
+        auth = server.auth
+        routes = ",\n".join(
+            f"    {_q(_with_credentials(r, auth.route_user, auth.route_password) if auth else r)}"
+            for r in server.routes
+        )
         lines += [
             "",
             "cluster {",
             f"  name: {_q(server.cluster_name)}",
             f"  listen: {_q(f'{cluster_host}:{server.cluster_port}')}",
+        ]
+        if server.tls is not None:
+            lines += _tls_block(server.tls, "  ")
+        if auth is not None:
+            lines += [
+                "  authorization {",
+                f"    user: {_q(auth.route_user)}",
+                f"    password: {_q(auth.route_password)}",
+                "  }",
+            ]
+        lines += [
             "  routes: [",
             routes,
             "  ]",
             "}",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _tls_block(tls: ServerTLS, indent: str) -> list[str]:
+    return [
+        f"{indent}tls {{",
+        f"{indent}  cert_file: {_q(tls.cert_file)}",
+        f"{indent}  key_file: {_q(tls.key_file)}",
+        f"{indent}  ca_file: {_q(tls.ca_file)}",
+        f"{indent}  timeout: 2",
+        f"{indent}}}",
+    ]
+
+
+def _with_credentials(url: str, user: str, password: str) -> str:
+    """nats-route://host:port with the route user's credentials in it."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{user}:{password}@{rest}"

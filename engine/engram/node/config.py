@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from engram.journal.security import JournalSecurity
 from engram.snapshots.schedule import SnapshotPolicy
 
 
@@ -60,6 +61,15 @@ class NodeConfig:
     snapshot_keep: int = 2
     # Users declared in Valkey's ACL file format (docs/security.md); re-read when it changes.
     users_file: str = ""
+    # A locked journal (docs/security.md): its user, a file holding the password, and the CA its
+    # servers' certificates are verified with (TLS when set). Empty: plain, open journal.
+    journal_user: str = ""
+    journal_password_file: str = ""
+    journal_ca_file: str = ""
+
+    @property
+    def journal_security(self) -> JournalSecurity:
+        return JournalSecurity.from_files(self.journal_user, self.journal_password_file, self.journal_ca_file)
 
     def __post_init__(self) -> None:
         if not self.announce:

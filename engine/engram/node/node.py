@@ -23,6 +23,7 @@ from engram.journal.client import Appended, Journal
 from engram.journal.entries import Entry, EntryType, format_version
 from engram.journal.errors import Fenced, IdentityMismatch, JournalError, JournalTimeout, NoQuorum
 from engram.journal.placement import leader_move
+from engram.journal.security import journal_security_args
 from engram.leadership.on_stop import hand_over_on_stop
 from engram.leadership.switchover import hand_over
 from engram.leadership.view import LeaderView
@@ -289,7 +290,8 @@ class Node:
             nonlocal journal
             if journal is None:
                 journal = await Journal.connect(
-                    cfg.journal_urls, cfg.cluster, cfg.shard, cfg.journal_replicas, name=cfg.node_id
+                    cfg.journal_urls, cfg.cluster, cfg.shard, cfg.journal_replicas, name=cfg.node_id,
+                    security=cfg.journal_security,
                 )
             try:
                 await journal.open_stream(cfg.cluster_id)
@@ -502,6 +504,7 @@ class Node:
             sys.executable, "-m", "engram.snapshots", "--journal", ",".join(cfg.journal_urls),
             "--cluster", cfg.cluster, "--cluster-id", cfg.cluster_id, "--shard", str(cfg.shard),
             "--keep", str(cfg.snapshot_keep), "--workdir", cfg.data_dir, "--log-level", cfg.log_level,
+            *journal_security_args(cfg.journal_user, cfg.journal_password_file, cfg.journal_ca_file),
             stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, limit=1 << 20,
             # A node killed outright takes its snapshot with it, as a container takes its processes.
             preexec_fn=die_with_parent,

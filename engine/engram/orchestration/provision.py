@@ -18,6 +18,7 @@ from typing import TypeVar
 from engram.cluster.metadata import ClusterMetadata
 from engram.journal.client import Journal
 from engram.journal.errors import IdentityMismatch, JournalError
+from engram.journal.security import PLAIN, JournalSecurity
 from engram.snapshots.cycle import DEFAULT_KEEP, snapshot_shard
 from engram.snapshots.record import SnapshotError
 from engram.snapshots.seed import SEED_NODE, seed_from_rdb, seeding_state
@@ -80,6 +81,7 @@ def new_cluster_id() -> str:
 async def provision(
     urls: list[str], request: ProvisionRequest, timeout: float = 60.0,
     progress: Callable[[str], None] = lambda _: None,
+    security: JournalSecurity = PLAIN, restore_security: JournalSecurity | None = None,
 ) -> None:
     """Create what the request names, or find it already there; idempotent for one cluster id."""
     if request.restore_cluster and _same_cluster(request, urls):
@@ -90,7 +92,7 @@ async def provision(
         )
     deadline = asyncio.get_running_loop().time() + timeout
     journal = await _retry(lambda: Journal.connect(urls, request.cluster, 0, request.replicas,
-                                                   name="engram-provision"), deadline)
+                                                   name="engram-provision", security=security), deadline)
     try:
         meta = await _retry(lambda: ClusterMetadata.provision(
             journal.jetstream, request.cluster, request.cluster_id, request.replicas, request.shards
@@ -105,7 +107,8 @@ async def provision(
         progress(f"snapshot bucket {snapshots.bucket} ready")
         if request.restore_from or request.restore_cluster:
             if await _retry(meta.restored, deadline) is None:
-                await _seed(journal, urls, request, deadline, progress)
+                source_security = restore_security if restore_security is not None else security
+                await _seed(journal, urls, request, deadline, progress, source_security)
                 await _retry(lambda: meta.mark_restored(request.source), deadline)
             else:
                 progress("restore: the journals were seeded by an earlier run")
@@ -136,7 +139,7 @@ def _same_cluster(request: ProvisionRequest, urls: list[str]) -> bool:
 
 
 async def _seed(journal: Journal, urls: list[str], request: ProvisionRequest, deadline: float,
-                progress: Callable[[str], None]) -> None:
+                progress: Callable[[str], None], source_security: JournalSecurity = PLAIN) -> None:
     """Seed the shards from RDB files or another cluster's snapshots, once: a re-run finds them
     seeded already."""
     try:
@@ -144,7 +147,7 @@ async def _seed(journal: Journal, urls: list[str], request: ProvisionRequest, de
             progress("restore: the journals were seeded by an earlier run")
             return
         if request.restore_cluster:
-            await _seed_from_cluster(journal, urls, request, deadline, progress)
+            await _seed_from_cluster(journal, urls, request, deadline, progress, source_security)
         else:
             await seed_from_rdb(journal, request.cluster_id, request.shards, list(request.restore_from),
                                 progress=progress, max_entry_keys=request.restore_entry_keys)
@@ -179,13 +182,15 @@ def _cut_short(shard: int) -> str:
 
 
 async def _seed_from_cluster(journal: Journal, urls: list[str], request: ProvisionRequest, deadline: float,
-                             progress: Callable[[str], None]) -> None:
+                             progress: Callable[[str], None], security: JournalSecurity = PLAIN) -> None:
     """Fetch the newest verified snapshot of every shard of the source cluster, then seed from them.
 
     Everything is fetched before the first seeded entry is written, so a source that does not
     answer in time leaves the new journals untouched and provisioning can be retried."""
     source_urls = list(request.restore_journal) or urls
-    source = await _retry(lambda: SourceCluster.open(source_urls, request.restore_cluster), deadline)
+    source = await _retry(
+        lambda: SourceCluster.open(source_urls, request.restore_cluster, security), deadline
+    )
     try:
         if source.cluster_id == request.cluster_id:
             raise ProvisionError(f"cluster {request.cluster} cannot be restored from itself "

@@ -13,6 +13,7 @@ import sys
 
 from engram.journal.client import Journal
 from engram.journal.errors import JournalError
+from engram.journal.security import add_journal_security_args, journal_security_from_args
 from engram.snapshots.cycle import snapshot_shard
 from engram.snapshots.record import SnapshotError
 from engram.snapshots.store import SnapshotStore
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=int, default=2)
     parser.add_argument("--workdir", default=None, help="where scratch Valkeys keep their files")
     parser.add_argument("--log-level", default="warning")
+    add_journal_security_args(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format=f"%(asctime)s snapshot-s{args.shard} %(levelname)s %(name)s: %(message)s")
@@ -42,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
 
 async def _run(args: argparse.Namespace) -> None:
     journal = await Journal.connect(args.journal.split(","), args.cluster, args.shard,
-                                    name=f"{args.cluster}-snapshot-{args.shard}")
+                                    name=f"{args.cluster}-snapshot-{args.shard}",
+                                    security=journal_security_from_args(args))
     try:
         store = await SnapshotStore.open(journal.jetstream, args.cluster, args.cluster_id)
         result = await snapshot_shard(journal, store, args.cluster_id, keep=args.keep, workdir=args.workdir,

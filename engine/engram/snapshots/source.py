@@ -15,6 +15,7 @@ from engram.cluster.metadata import ClusterMetadata
 from engram.journal.client import Journal
 from engram.journal.entries import format_version, parse_version
 from engram.journal.errors import IdentityMismatch, NoQuorum, StreamMissing
+from engram.journal.security import PLAIN, JournalSecurity
 from engram.snapshots.record import SnapshotCorrupt, SnapshotError, SnapshotRecord
 from engram.snapshots.store import SnapshotStore, bucket_name
 
@@ -73,13 +74,14 @@ class SourceCluster:
     store: SnapshotStore
 
     @classmethod
-    async def open(cls, urls: list[str], cluster: str) -> SourceCluster:
+    async def open(cls, urls: list[str], cluster: str, security: JournalSecurity = PLAIN) -> SourceCluster:
         """Find the cluster by name on the journal at urls. SourceError when it or its snapshot bucket
         is not there; JournalError (worth a retry) when the journal does not answer."""
         where = ", ".join(urls)
         try:
             journal = await asyncio.wait_for(
-                Journal.connect(urls, cluster, 0, name=f"engram-source-{cluster}"), CONNECT_TIMEOUT)
+                Journal.connect(urls, cluster, 0, name=f"engram-source-{cluster}", security=security),
+                CONNECT_TIMEOUT)
         except TimeoutError:
             raise NoQuorum(f"no journal server of cluster {cluster} answered at {where} within "
                            f"{CONNECT_TIMEOUT:.0f}s") from None
