@@ -25,7 +25,8 @@ def local_cluster_module() -> Iterator[Callable[..., dict[str, Any]]]:
         argv = ["local", "up", name, "--dir", str(base), "--json", "--shards", str(shards),
                 "--replicas", str(replicas), "--lease", str(lease)]
         for option, value in options.items():
-            argv += [f"--{option.replace('_', '-')}", str(value)]
+            flag = f"--{option.replace('_', '-')}"
+            argv += [flag] if value is True else [flag, str(value)]
         started.append(name)
         result = run_engram(*argv, timeout=240)
         if result.returncode != 0:

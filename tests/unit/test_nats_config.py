@@ -7,9 +7,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from engram import binaries
-from engram.journal.servers import JournalServerConfig, render_config, route_url, zone_tag
+from engram.journal.security import JournalSecurity, JournalSecurityError
+from engram.journal.servers import JournalAuth, JournalServerConfig, render_config, route_url, zone_tag
+from engram.platforms.local.tls import LocalTLS
 
 ROUTES = tuple(route_url(f"journal-{i}.journal", 6222) for i in range(3))
 
@@ -100,3 +103,45 @@ def test_nats_server_accepts_the_rendered_config(tmp_path: Path) -> None:
     command = [binaries.find("nats-server"), "--config", str(path), "-t"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr + result.stdout
+
+
+def test_a_locked_journal_has_tls_on_both_ports_and_separate_client_and_route_users(tmp_path: Path) -> None:
+    tls = LocalTLS(tmp_path / "tls")
+    tls.ensure(["127.0.0.1", "10.9.0.2"])
+    auth = JournalAuth("engram", "s3cret", "engram-route", "r0ute")
+    text = render_config(_config(store_dir=str(tmp_path), tls=tls.server_tls(), auth=auth))
+    assert text.count(f'cert_file: "{tls.cert_file}"') == 2  # client port and routes
+    assert 'users: [{user: "engram", password: "s3cret"}]' in text
+    assert 'user: "engram-route"' in text and "nats-route://engram-route:r0ute@journal-0.journal:6222" in text
+    path = tmp_path / "a.conf"
+    path.write_text(text)
+    result = subprocess.run([binaries.find("nats-server"), "--config", str(path), "-t"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr + result.stdout
+    # The certificate names every address a journal server listens on.
+    cert = x509.load_pem_x509_certificate(Path(tls.cert_file).read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {str(ip) for ip in names.get_values_for_type(x509.IPAddress)} == {"127.0.0.1", "10.9.0.2"}
+    # Made once: a second ensure keeps the files a running journal uses.
+    before = Path(tls.cert_file).read_bytes(), Path(tls.password_file).read_text()
+    tls.ensure(["127.0.0.1"])
+    assert (Path(tls.cert_file).read_bytes(), Path(tls.password_file).read_text()) == before
+
+
+def test_credentials_that_would_break_a_route_url_are_refused() -> None:
+    with pytest.raises(ValueError, match="route password must be letters, digits"):
+        JournalAuth("engram", "ok", "route", "p@ss:word")
+
+
+def test_journal_security_reads_its_password_file_and_names_what_is_wrong(tmp_path: Path) -> None:
+    password = tmp_path / "password"
+    password.write_text("hunter2\n")
+    security = JournalSecurity.from_files("engram", str(password))
+    assert security.connect_options() == {"user": "engram", "password": "hunter2"}
+    assert not JournalSecurity().enabled and security.enabled
+    with pytest.raises(JournalSecurityError, match=r"journal password file .*missing: No such file"):
+        JournalSecurity.from_files("engram", str(tmp_path / "missing"))
+    with pytest.raises(JournalSecurityError, match="needs a journal user"):
+        JournalSecurity.from_files("", str(password))
+    with pytest.raises(JournalSecurityError, match=r"journal CA file .*nope\.pem: no such file"):
+        JournalSecurity.from_files("engram", str(password), str(tmp_path / "nope.pem"))

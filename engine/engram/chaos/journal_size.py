@@ -9,6 +9,7 @@ import logging
 from dataclasses import dataclass, field
 
 from engram.journal.client import Journal, StreamState
+from engram.journal.security import PLAIN, JournalSecurity
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class JournalWatch:
     shards: int
     every: float = SAMPLE_EVERY
     by_shard: dict[int, ShardJournal] = field(default_factory=dict)
+    security: JournalSecurity = PLAIN
 
     async def run(self, stop: asyncio.Event) -> None:
         self.by_shard = {s: ShardJournal(s) for s in range(self.shards)}
@@ -90,7 +92,8 @@ class JournalWatch:
 
     async def _connect(self) -> Journal | None:
         try:
-            return await Journal.connect(self.urls, self.cluster, 0, name="engram-chaos-journal-watch")
+            return await Journal.connect(self.urls, self.cluster, 0, name="engram-chaos-journal-watch",
+                                         security=self.security)
         except Exception as exc:  # the journal may be the fault being injected
             log.info("journal size not sampled: %r", exc)
             return None

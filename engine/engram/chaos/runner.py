@@ -328,7 +328,7 @@ def _run_against(config: ChaosConfig, name: str | None, base: str | None, progre
         # The cluster's own lease decides how long a pause must last to outlive it.
         config = replace(config, lease=state.lease_seconds)
         faults = LocalFaults(Path(base), name, config.lease, random.Random(config.seed))
-        journal = JournalWatch(state.journal_urls, name, state.shards)
+        journal = JournalWatch(state.journal_urls, name, state.shards, security=state.journal_security)
     endpoint = config.endpoint or (doc["endpoint"] if doc else None)
     if endpoint is None:
         raise ChaosError("give --endpoint, or --name and --dir of a local cluster")

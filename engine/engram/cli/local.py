@@ -74,6 +74,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         journal_sync=args.journal_sync,
         users_file=args.users or "",
         rebalance=not args.no_rebalance,
+        tls=args.tls,
     )
     try:
         doc = cluster.up(spec, args.dir, timeout=args.timeout, progress=_say)
@@ -195,6 +196,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="when journal servers fsync: always, before a write is acknowledged, or every DURATION "
         "(e.g. 100ms): faster, and a write is then acknowledged once a quorum of zones holds it in "
         "memory (docs/durability.md; default: %(default)s)",
+    )
+    up.add_argument(
+        "--tls", action="store_true",
+        help="lock the journal: TLS to and between journal servers, with the cluster's own CA, and a "
+        "password only the cluster's processes know (docs/security.md)",
     )
     up.add_argument(
         "--no-rebalance", action="store_true",

@@ -36,6 +36,17 @@ from engram.journal.servers import ZONE_TAG
 
 log = logging.getLogger(__name__)
 
+
+class _TLSCloseNoise(logging.Filter):
+    """nats-py's protocol returns True from eof_received, which asyncio warns about once per TLS
+    connection closed by the server (a journal server restarting): not a problem worth a line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "eof_received()" not in record.getMessage()
+
+
+logging.getLogger("asyncio").addFilter(_TLSCloseNoise())
+
 WRONG_LAST_SEQUENCE = 10071
 STREAM_NAME_IN_USE = 10058
 DUPLICATE_IN_PROCESS = 10158

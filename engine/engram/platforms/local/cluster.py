@@ -463,7 +463,8 @@ def snapshot(base: str | Path, name: str, shard: int | None = None, keep: int = 
         raise LocalError(f"cluster {name} has no shard {shard} (shards: 0..{state.shards - 1})")
 
     async def run() -> list[str]:
-        journal = await Journal.connect(state.journal_urls, name, 0, name=f"{name}-snapshot")
+        journal = await Journal.connect(state.journal_urls, name, 0, name=f"{name}-snapshot",
+                                        security=state.journal_security)
         try:
             store = await SnapshotStore.open(journal.jetstream, name, state.cluster_id)
             lines = []
@@ -493,7 +494,7 @@ def export_snapshots(base: str | Path, name: str, directory: str | Path,
         raise LocalError(f"cluster {name} has no shard {shard} (shards: 0..{state.shards - 1})")
 
     async def run() -> list[str]:
-        source = await SourceCluster.open(state.journal_urls, name)
+        source = await SourceCluster.open(state.journal_urls, name, state.journal_security)
         try:
             records = await source.newest(None if shard is None else [shard])
             fetched = await source.fetch(records, Path(directory).resolve())

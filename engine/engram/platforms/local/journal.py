@@ -12,7 +12,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from engram import binaries
-from engram.journal.servers import SYNC_ALWAYS, JournalServerConfig, render_config, route_url
+from engram.journal.servers import (
+    SYNC_ALWAYS,
+    JournalAuth,
+    JournalServerConfig,
+    ServerTLS,
+    render_config,
+    route_url,
+)
 from engram.platforms.local import ports, processes
 from engram.platforms.local.ports import LOOPBACK
 from engram.platforms.local.state import JournalState
@@ -56,7 +63,8 @@ def plan_journal(
 
 
 def server_config(
-    server: JournalState, peers: Sequence[JournalState], cluster_name: str, sync_interval: str = SYNC_ALWAYS
+    server: JournalState, peers: Sequence[JournalState], cluster_name: str, sync_interval: str = SYNC_ALWAYS,
+    tls: ServerTLS | None = None, auth: JournalAuth | None = None,
 ) -> JournalServerConfig:
     """The rendered-config description of one local journal server."""
     routes = tuple(route_url(p.host, p.cluster_port) for p in peers) if len(peers) > 1 else ()
@@ -71,17 +79,24 @@ def server_config(
         cluster_port=server.cluster_port,
         http_port=server.http_port,
         sync_interval=sync_interval,
+        tls=tls,
+        auth=auth,
     )
 
 
 def write_configs(
-    servers: Sequence[JournalState], cluster_name: str, sync_interval: str = SYNC_ALWAYS
+    servers: Sequence[JournalState], cluster_name: str, sync_interval: str = SYNC_ALWAYS,
+    tls: ServerTLS | None = None, auth: JournalAuth | None = None,
 ) -> None:
     for server in servers:
         path = Path(server.config)
         path.parent.mkdir(parents=True, exist_ok=True)
         Path(server.store_dir).mkdir(parents=True, exist_ok=True)
-        path.write_text(render_config(server_config(server, servers, cluster_name, sync_interval)))
+        text = render_config(server_config(server, servers, cluster_name, sync_interval, tls, auth))
+        # Passwords are in it when the journal is locked: the owner's eyes only.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
 
 
 def server_argv(server: JournalState, nats_server: str) -> list[str]:

@@ -14,6 +14,7 @@ from engram.orchestration.provision import ProvisionRequest, new_cluster_id
 from engram.orchestration.zones import Spreading, ZonePlan, plan_zones
 from engram.platforms.local import journal, network, ports
 from engram.platforms.local.state import ClusterState, NodeState, check_name
+from engram.platforms.local.tls import JOURNAL_USER
 
 # Linux refuses unix socket paths longer than this (sun_path is 108 bytes with its NUL).
 MAX_UNIX_SOCKET = 107
@@ -52,6 +53,8 @@ class ClusterSpec:
     users_file: str = ""
     # The supervisor moves primaries back to an even spread over zones after failovers.
     rebalance: bool = True
+    # Lock the journal: TLS between every process and journal server, and passwords (docs/security.md).
+    tls: bool = False
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -171,6 +174,7 @@ def plan(spec: ClusterSpec, directory: Path, nats_server: str, valkey_server: st
         journal_sync=spec.journal_sync,
         users_file=str(Path(spec.users_file).resolve()) if spec.users_file else "",
         rebalance=spec.rebalance,
+        tls=spec.tls,
         nats_server=nats_server,
         valkey_server=valkey_server,
         nodes=nodes,
@@ -216,6 +220,9 @@ def node_config(state: ClusterState, node: NodeState, log_level: str = "warning"
         "log_level": log_level,
         "users_file": state.users_file,
     }
+    if (tls := state.local_tls) is not None:
+        values.update(journal_user=JOURNAL_USER, journal_password_file=tls.password_file,
+                      journal_ca_file=tls.ca_file)
     values["shards"] = state.shards
     values["preferred_primary"] = node.preferred_primary
     data_dir = str(values["data_dir"])
@@ -241,7 +248,11 @@ def write_files(state: ClusterState, log_level: str = "warning") -> None:
                 "use a shorter --dir"
             )
     (Path(state.dir) / "logs").mkdir(parents=True, exist_ok=True)
-    journal.write_configs(state.journal, f"{state.name}-journal", state.journal_sync)
+    tls = state.local_tls
+    if tls is not None:
+        tls.ensure([j.host for j in state.journal])
+    journal.write_configs(state.journal, f"{state.name}-journal", state.journal_sync,
+                          tls.server_tls() if tls else None, tls.auth() if tls else None)
     for node, config in configs:
         Path(config.data_dir).mkdir(parents=True, exist_ok=True)
         config.dump(node.config)

@@ -9,8 +9,10 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from engram.journal.security import PLAIN, JournalSecurity
 from engram.platforms.local.network import ZoneNetwork
 from engram.platforms.local.ports import LOOPBACK
+from engram.platforms.local.tls import LocalTLS
 
 STATE_FILE = "state.json"
 # Survives `down --keep-data`: the provisioned cluster's id, so `up` resumes the same cluster.
@@ -153,6 +155,8 @@ class ClusterState:
     users_file: str = ""
     # Move primaries back to an even spread over zones (orchestration/rebalance.py).
     rebalance: bool = True
+    # The journal is locked: TLS and passwords, its files in DIR/NAME/tls (platforms/local/tls.py).
+    tls: bool = False
 
     @property
     def endpoint(self) -> str:
@@ -169,6 +173,21 @@ class ClusterState:
     @property
     def journal_urls(self) -> list[str]:
         return [j.url for j in self.journal]
+
+    @property
+    def local_tls(self) -> LocalTLS | None:
+        return LocalTLS(Path(self.dir) / "tls") if self.tls else None
+
+    @property
+    def journal_security(self) -> JournalSecurity:
+        """How this cluster's own processes reach its journal."""
+        return self.local_tls.security() if self.local_tls else PLAIN
+
+    @property
+    def restore_security(self) -> JournalSecurity:
+        """How to reach the journal of the cluster this one is restored from (a sibling directory)."""
+        source = LocalTLS(Path(self.dir).parent / self.restore_cluster / "tls")
+        return source.security() if self.restore_cluster and Path(source.ca_file).exists() else PLAIN
 
     def launcher(self, zone: str) -> list[str]:
         """The argv prefix that starts a process in the zone's network (nothing without zone networks)."""

@@ -153,7 +153,8 @@ class Supervisor:
         log.info("journal ready: %s", ", ".join(s.journal_urls))
         if not s.provisioned:
             try:
-                await provision(s.journal_urls, provision_request(s), JOURNAL_TIMEOUT, log.info)
+                await provision(s.journal_urls, provision_request(s), JOURNAL_TIMEOUT, log.info,
+                                s.journal_security, s.restore_security)
             except ProvisionError as exc:
                 raise StartFailed(f"provisioning failed: {exc}") from exc
             s.provisioned = True
