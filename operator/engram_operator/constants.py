@@ -46,6 +46,17 @@ USERS_DIR = "/etc/engram-users"
 USERS_FILE = "users.acl"
 JOURNAL_STORE_DIR = "/data/jetstream"
 
+# spec.tls: Secrets mounted whole (not by subPath), so that the kubelet refreshes a renewed
+# certificate in place. The valkey container's certificate and key; the journal's CA in the node
+# container and the provisioning Job; the journal server's own certificate in its pod.
+TLS_DIR = "/etc/engram-tls"
+JOURNAL_TLS_DIR = "/etc/engram-journal-tls"
+JOURNAL_AUTH_DIR = "/etc/engram-journal-auth"
+# The keys cert-manager writes into a kubernetes.io/tls Secret.
+TLS_CERT = "tls.crt"
+TLS_KEY = "tls.key"
+TLS_CA = "ca.crt"
+
 # The Engram Valkey module, built into the engine image at MODULE_PATH (engine/Dockerfile). The
 # valkey container runs another image, so an init container of the engine image copies the file
 # into an emptyDir mounted in the valkey container at the same directory: one path everywhere, and

@@ -101,6 +101,16 @@ async def list_children(namespace: str, cluster: str) -> tuple[frozenset[tuple[s
     return frozenset(names), journal_ready
 
 
+async def list_certificates(namespace: str, cluster: str) -> list[str]:
+    """Names of the cert-manager Certificates the operator made for the cluster (spec.tls.issuerRef)."""
+    sel = f"{labels.CLUSTER}={cluster},{labels.MANAGED_BY}={labels.MANAGER}"
+    result = await asyncio.to_thread(
+        client.CustomObjectsApi().list_namespaced_custom_object,
+        "cert-manager.io", "v1", namespace, "certificates", label_selector=sel,
+    )
+    return [item["metadata"]["name"] for item in result.get("items", [])]
+
+
 async def list_network_policies(namespace: str, cluster: str) -> list[dict[str, Any]]:
     """The NetworkPolicies the operator made for the cluster (its labels; a user's are not listed)."""
     sel = f"{labels.CLUSTER}={cluster},{labels.MANAGED_BY}={labels.MANAGER}"
@@ -137,6 +147,9 @@ _CREATE = {
     ),
     "Job": lambda ns, body: client.BatchV1Api().create_namespaced_job(ns, body),
     "NetworkPolicy": lambda ns, body: client.NetworkingV1Api().create_namespaced_network_policy(ns, body),
+    "Certificate": lambda ns, body: client.CustomObjectsApi().create_namespaced_custom_object(
+        "cert-manager.io", "v1", ns, "certificates", body
+    ),
 }
 
 

@@ -36,6 +36,7 @@ ENGINE = "engine"
 JOURNAL = "journal"
 PROVISION = "provision"
 USERS = "users"
+TLS = "tls"
 MANAGER = "engram-operator"
 
 
@@ -93,9 +94,29 @@ def journal_configmap_name(cluster: str) -> str:
     return f"{cluster}-journal"
 
 
+def journal_config_secret_name(cluster: str) -> str:
+    """The journal servers' config under spec.tls, where it holds passwords (a ConfigMap otherwise)."""
+    return f"{cluster}-journal-config"
+
+
 def users_secret_name(cluster: str) -> str:
     """The Secret holding the users file the operator renders from spec.users."""
     return f"{cluster}-users"
+
+
+def tls_secret_name(cluster: str) -> str:
+    """The clients' certificate Secret, and the cert-manager Certificate that writes it (issuerRef)."""
+    return f"{cluster}-tls"
+
+
+def journal_tls_secret_name(cluster: str) -> str:
+    """The journal servers' certificate Secret, and its Certificate (issuerRef)."""
+    return f"{cluster}-journal-tls"
+
+
+def journal_auth_secret_name(cluster: str) -> str:
+    """The journal's generated passwords (nodes' user, routes), made once by the operator."""
+    return f"{cluster}-journal-auth"
 
 
 def provision_job_name(cluster: str) -> str:

@@ -141,6 +141,14 @@ class Observed:
     # nothing is decided about them.
     network_policies: Mapping[str, str] | None = field(default_factory=dict)
     network_error: str = ""
+    # spec.tls: the Secrets its pods mount, by name, as read (their keys only: the operator keeps no
+    # private key in memory), and why the Certificates could not be listed ("" when they were, or
+    # the cluster has none); the Certificates that exist are in ``children``.
+    tls_secrets: Mapping[str, SecretData] = field(default_factory=dict)
+    # The journal's generated credentials (NAME-journal-auth; None: there is none). Its passwords
+    # are read because the operator renders them into the journal servers' config.
+    journal_auth: SecretData | None = None
+    certificate_error: str = ""
     # Wall-clock seconds when this was observed: the clock every grace period is measured with.
     now: float = 0.0
 
@@ -338,6 +346,13 @@ def secret_from_api(name: str, obj: Mapping[str, Any] | None) -> SecretData:
         data=data,
         owner_uid=next((o.get("uid", "") for o in owners if o.get("controller")), ""),
     )
+
+
+def secret_keys_from_api(name: str, obj: Mapping[str, Any] | None) -> SecretData:
+    """A Secret's presence and keys, its values left out (a TLS Secret holds a private key)."""
+    if obj is None:
+        return SecretData(name)
+    return SecretData(name, found=True, data={str(k): b"" for k in obj.get("data") or {}})
 
 
 def _owner_uids(obj: Mapping[str, Any]) -> set[str]:

@@ -14,6 +14,8 @@ from kubernetes.client.exceptions import ApiException
 from engram.node.peer import PeerRefused, PeerUnreachable
 from engram_operator import identity, kube, labels, metrics, node_cache, probe
 from engram_operator.announce import announcements
+from engram_operator.builders.journal_auth import build_journal_auth_secret, generate_password
+from engram_operator.builders.tls import tls_secret_names
 from engram_operator.decisions import (
     Event,
     Plan,
@@ -38,6 +40,7 @@ from engram_operator.observe import (
     pod_from_api,
     policy_hashes,
     secret_from_api,
+    secret_keys_from_api,
     source_from_api,
 )
 from engram_operator.spec import ClusterSpec
@@ -61,6 +64,7 @@ async def observe(cluster: ClusterSpec, status: Mapping[str, Any]) -> Observed:
         job,
         (users_secret, password_secrets),
         (policies, network_error),
+        (tls_children, tls_secrets, journal_auth, certificate_error),
     ) = await asyncio.gather(
         NODES.get(),
         kube.list_engine_pods(cluster.namespace, cluster.name),
@@ -68,6 +72,7 @@ async def observe(cluster: ClusterSpec, status: Mapping[str, Any]) -> Observed:
         provisioning_job(cluster),
         users_secrets(cluster),
         network_policies(cluster),
+        tls_objects(cluster),
     )
     pod_infos = [p for p in (pod_from_api(p) for p in pods) if p is not None]
     source = None
@@ -79,7 +84,7 @@ async def observe(cluster: ClusterSpec, status: Mapping[str, Any]) -> Observed:
     return Observed(
         nodes=[node_from_api(n, cluster.placement.topology_key) for n in nodes],
         pods=pod_infos,
-        children=children,
+        children=children | tls_children,
         journal_ready=journal_ready,
         statuses=await probe.all_statuses(pod_infos),
         cluster_id=identity.cluster_id(status, pod_infos, cluster.uid),
@@ -89,6 +94,9 @@ async def observe(cluster: ClusterSpec, status: Mapping[str, Any]) -> Observed:
         password_secrets=password_secrets,
         network_policies=policies,
         network_error=network_error,
+        tls_secrets=tls_secrets,
+        journal_auth=journal_auth,
+        certificate_error=certificate_error,
         # Wall clock: grace periods are measured against the API's own timestamps.
         now=time.time(),
     )
@@ -126,6 +134,37 @@ async def network_policies(cluster: ClusterSpec) -> tuple[dict[str, str] | None,
         return policy_hashes(await kube.list_network_policies(cluster.namespace, cluster.name)), ""
     except ApiException as err:
         return None, _api_error(err)
+
+
+async def tls_objects(
+    cluster: ClusterSpec,
+) -> tuple[frozenset[tuple[str, str]], dict[str, SecretData], SecretData | None, str]:
+    """spec.tls: the children it adds that exist (the Certificates the operator made, the journal
+    config Secret), the TLS Secrets (keys only), the journal's credentials, and why the Certificates
+    could not be listed (cert-manager not installed, no RBAC). Nothing is read without spec.tls.
+
+    The Certificates are listed only with an issuerRef, so a cluster given a secretName works where
+    cert-manager is not installed.
+    """
+    if cluster.tls is None:
+        return frozenset(), {}, None, ""
+    names = tls_secret_names(cluster)
+    auth_name = labels.journal_auth_secret_name(cluster.name)
+    config_name = labels.journal_config_secret_name(cluster.name)
+    auth, config, *tls = await asyncio.gather(
+        *(kube.get_secret(cluster.namespace, n) for n in (auth_name, config_name, *names))
+    )
+    found = {n: secret_keys_from_api(n, s) for n, s in zip(names, tls, strict=True)}
+    children = {("Secret", config_name)} if config is not None else set()
+    journal_auth = secret_from_api(auth_name, auth) if auth is not None else None
+    error = ""
+    if cluster.tls.issuer is not None:
+        try:
+            certificates = await kube.list_certificates(cluster.namespace, cluster.name)
+            children |= {("Certificate", n) for n in certificates}
+        except ApiException as err:
+            error = _api_error(err)
+    return frozenset(children), found, journal_auth, error
 
 
 async def provisioning_job(cluster: ClusterSpec) -> JobInfo | None:
@@ -168,6 +207,20 @@ async def execute(cluster: ClusterSpec, plan: Plan, seen: Observed, logger: logg
             logger.info("wrote the users file into Secret %s", name)
         except ApiException as err:
             failed("UsersWriteFailed", f"writing Secret {name} failed: {_api_error(err)}")
+    if plan.create_journal_auth:
+        # Generated here, not in decide, which stays pure; created once, never replaced.
+        secret = build_journal_auth_secret(cluster, generate_password(), generate_password())
+        try:
+            if await kube.create(secret):
+                logger.info("created the journal's credentials in Secret %s", secret["metadata"]["name"])
+        except ApiException as err:
+            failed("CreateFailed", f"creating Secret {secret['metadata']['name']} failed: {_api_error(err)}")
+    if seen.certificate_error:
+        failed(
+            "CertificateReadFailed",
+            f"listing cert-manager Certificates failed: {seen.certificate_error} (is cert-manager "
+            "installed, and the chart's certManager.enabled true?)",
+        )
     if seen.network_error:
         failed("NetworkPolicyReadFailed", f"listing NetworkPolicies failed: {seen.network_error}")
     for policy in plan.update_policies:

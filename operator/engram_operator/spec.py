@@ -219,6 +219,53 @@ class NetworkSpec:
 
 
 @dataclass(frozen=True)
+class IssuerRef:
+    """A cert-manager Issuer or ClusterIssuer that signs the cluster's certificates."""
+
+    name: str
+    kind: str = "Issuer"
+    group: str = "cert-manager.io"
+
+
+@dataclass(frozen=True)
+class TlsSpec:
+    """spec.tls: TLS for clients (Valkey's own) and for the journal, which then also demands a user
+    and password (builders/tls.py). Certificates come from one Secret (``secret_name``) or from a
+    cert-manager issuer (``issuer``), for which the operator makes Certificates. Fixed at creation.
+    """
+
+    secret_name: str = ""
+    issuer: IssuerRef | None = None
+    # The journal servers' certificate; default: the issuer's second Certificate, or secret_name.
+    journal_secret_name: str = ""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TlsSpec:
+        issuer = data.get("issuerRef")
+        return cls(
+            secret_name=str(data.get("secretName") or ""),
+            issuer=IssuerRef(
+                name=str(issuer.get("name") or ""),
+                kind=str(issuer.get("kind") or IssuerRef.kind),
+                group=str(issuer.get("group") or IssuerRef.group),
+            )
+            if isinstance(issuer, Mapping)
+            else None,
+            journal_secret_name=str(data.get("journalSecretName") or ""),
+        )
+
+    def client_secret(self, cluster: str) -> str:
+        """The kubernetes.io/tls Secret Valkey serves clients with."""
+        return self.secret_name or labels.tls_secret_name(cluster)
+
+    def journal_secret(self, cluster: str) -> str:
+        """The kubernetes.io/tls Secret the journal servers serve with (its ca.crt: what nodes trust)."""
+        if self.journal_secret_name:
+            return self.journal_secret_name
+        return labels.journal_tls_secret_name(cluster) if self.issuer is not None else self.secret_name
+
+
+@dataclass(frozen=True)
 class ClusterSpec:
     """One MemoryCluster: identity plus its desired state."""
 
@@ -238,6 +285,8 @@ class ClusterSpec:
     # Declared users, in the order given; the users file lists them sorted by name.
     users: tuple[UserSpec, ...] = ()
     network: NetworkSpec = field(default_factory=NetworkSpec)
+    # None: plain text for clients and the journal, and a journal without authentication.
+    tls: TlsSpec | None = None
 
     @property
     def nodes_per_shard(self) -> int:
@@ -295,6 +344,7 @@ class ClusterSpec:
             restore=RestoreSpec.from_dict(restore) if isinstance(restore, Mapping) else None,
             users=tuple(UserSpec.from_dict(u) for u in spec.get("users") or [] if isinstance(u, Mapping)),
             network=NetworkSpec.from_dict(spec.get("network") or {}),
+            tls=TlsSpec.from_dict(spec["tls"]) if isinstance(spec.get("tls"), Mapping) else None,
         )
 
 
@@ -383,6 +433,24 @@ def users_problems(cluster: ClusterSpec) -> list[str]:
                 "would drop the password the Secret gives"
             )
     return problems
+
+
+def tls_problems(cluster: ClusterSpec) -> list[str]:
+    """Why spec.tls cannot be carried out as written ([] when it can, or is absent).
+
+    The CRD refuses these at apply time; checked again for objects admitted without its CEL rules.
+    """
+    tls = cluster.tls
+    if tls is None:
+        return []
+    if bool(tls.secret_name) == (tls.issuer is not None):
+        return [
+            "spec.tls needs exactly one source of certificates: secretName (a kubernetes.io/tls Secret) "
+            "or issuerRef (a cert-manager Issuer or ClusterIssuer)"
+        ]
+    if tls.issuer is not None and (not tls.issuer.name or tls.issuer.kind not in ("Issuer", "ClusterIssuer")):
+        return ["spec.tls.issuerRef needs a name and kind Issuer or ClusterIssuer"]
+    return []
 
 
 def _plain(value: Any) -> Any:

@@ -389,7 +389,7 @@ def test_journal_servers_spread_one_per_zone_with_zone_tags() -> None:
     cluster = SPECS["three-zones"]
     placements = plan_journal(ZONES, 3, "Required")
     assert [p.zone for p in placements] == ZONES
-    cm = builders.build_journal_configmap(cluster, placements)
+    cm = builders.build_journal_config(cluster, placements)
     conf = cm["data"]["server-1.conf"]
     assert 'server_tags: ["az:zone-b"]' in conf
     assert 'unique_tag: "az"' in conf and 'sync_interval: "always"' in conf
@@ -413,7 +413,7 @@ def test_journal_servers_size_their_go_threads_to_the_pod_cpu_limit() -> None:
 
 def test_journal_sync_interval_reaches_every_server_config() -> None:
     cluster = spec(journal={"syncInterval": "100ms"})
-    cm = builders.build_journal_configmap(cluster, plan_journal(ZONES, 3, "Required"))
+    cm = builders.build_journal_config(cluster, plan_journal(ZONES, 3, "Required"))
     assert all('sync_interval: "100ms"' in conf for conf in cm["data"].values())
 
 

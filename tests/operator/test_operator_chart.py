@@ -13,6 +13,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "defaults": {},
     "metrics-peering": {"metrics": {"enabled": True}, "peering": {"enabled": True}, "replicaCount": 2},
     "one-namespace": {"watchNamespace": "databases", "peering": {"enabled": True}},
+    "no-cert-manager": {"certManager": {"enabled": False}},
     "pinned-digest": {
         "image": {"repository": "registry.example/engram-operator", "digest": "sha256:" + "a" * 64}
     },
@@ -88,8 +89,19 @@ def test_rbac_is_least_privilege() -> None:
     # NetworkPolicies are listed to compare, rewritten when spec.network changes and deleted when it
     # turns them off; never watched or read one by one.
     assert verbs[("networking.k8s.io", "networkpolicies")] == {"list", "create", "update", "delete"}
+    # spec.tls.issuerRef: the clusters' Certificates are listed by label and created, never changed.
+    assert verbs[("cert-manager.io", "certificates")] == {"list", "create"}
     assert not any("*" in rule["verbs"] or "*" in rule["resources"] for rule in rules)
     assert not any(r in ("customresourcedefinitions", "namespaces") for _, r in verbs)
+
+
+def test_cert_manager_access_can_be_turned_off() -> None:
+    docs = render({"certManager": {"enabled": False}})
+    groups = {g for rule in _rules(docs, "ClusterRole") for g in rule["apiGroups"]}
+    assert "cert-manager.io" not in groups
+    one = render({"watchNamespace": "databases"})
+    [role] = [d for d in one if d["kind"] == "Role"]
+    assert {"list", "create"} == next(set(r["verbs"]) for r in role["rules"] if "cert-manager.io" in r["apiGroups"])
 
 
 def test_one_namespace_mode_grants_only_nodes_cluster_wide() -> None:

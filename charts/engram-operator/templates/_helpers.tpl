@@ -86,6 +86,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
   verbs: [list, create, update, delete]
+{{- if .Values.certManager.enabled }}
+{{- /* spec.tls.issuerRef: each cluster's Certificates, listed by label to compare and created once;
+     the garbage collector deletes them with the cluster, and cert-manager renews them. */}}
+- apiGroups: [cert-manager.io]
+  resources: [certificates]
+  verbs: [list, create]
+{{- end }}
 {{- /* The provisioning Job; a failed one is deleted so that a new one retries. */}}
 - apiGroups: [batch]
   resources: [jobs]

@@ -3,7 +3,7 @@
 from engram_operator.builders.disruption import build_journal_pdb, build_shard_pdb
 from engram_operator.builders.engine import build_engine_pod, build_node_config, pod_spec_hash
 from engram_operator.builders.journal import (
-    build_journal_configmap,
+    build_journal_config,
     build_journal_statefulset,
     journal_server_configs,
     journal_urls,
@@ -21,7 +21,7 @@ __all__ = [
     "build_endpoint_service",
     "build_engine_pod",
     "build_headless_service",
-    "build_journal_configmap",
+    "build_journal_config",
     "build_journal_pdb",
     "build_journal_service",
     "build_journal_statefulset",

@@ -29,6 +29,8 @@ from engram_operator.builders.common import (
     zone_affinity,
 )
 from engram_operator.builders.journal import STREAM_REPLICAS, journal_urls
+from engram_operator.builders.journal_auth import JOURNAL_CA_FILE, JOURNAL_USER, PASSWORD_FILE, PASSWORD_KEY
+from engram_operator.builders.tls import secret_volume, valkey_tls_flags
 from engram_operator.spec import ClusterSpec
 
 # Ready = a primary, or a replica applying the journal (not halted) and nearly caught up; the node
@@ -95,7 +97,20 @@ def build_node_config(
         # A fixed path: the users themselves are in the mounted Secret, which the kubelet refreshes
         # in place and the node re-reads, so a new user or password never rolls a pod.
         users_file=f"{constants.USERS_DIR}/{constants.USERS_FILE}",
+        # spec.tls locks the journal: fixed paths to the mounted password and CA (fixed at creation).
+        **journal_security_fields(cluster),
     )
+
+
+def journal_security_fields(cluster: ClusterSpec) -> dict[str, str]:
+    """NodeConfig's journal_user, journal_password_file and journal_ca_file ({} for an open journal)."""
+    if cluster.tls is None:
+        return {}
+    return {
+        "journal_user": JOURNAL_USER,
+        "journal_password_file": PASSWORD_FILE,
+        "journal_ca_file": JOURNAL_CA_FILE,
+    }
 
 
 # Node config fields that say which pod this is (its name, slot, zone, whether it led a brand-new
@@ -134,15 +149,21 @@ def pod_spec_hash(cluster: ClusterSpec) -> str:
 
 def valkey_args(cluster: ClusterSpec) -> list[str]:
     """Standalone Valkey with the Engram module, serving clients on CLIENT_PORT and the node on the
-    shared socket; no persistence (the journal is the durability)."""
+    shared socket; no persistence (the journal is the durability).
+
+    With spec.tls the client port speaks TLS only (the plain port is 0: off). The node's socket and
+    the cluster protocol's replies are unchanged: they announce the same port, so cluster clients
+    follow MOVED and CLUSTER SLOTS with TLS too.
+    """
+    tls = cluster.tls is not None
     flags = valkey_flags(
         constants.VALKEY_SOCKET,
         constants.RUN_DIR,
-        port=constants.CLIENT_PORT,
+        port=0 if tls else constants.CLIENT_PORT,
         bind=VALKEY_BIND,
         module=constants.MODULE_PATH,
     )
-    args = ["valkey-server", *flags]
+    args = ["valkey-server", *flags, *(valkey_tls_flags() if tls else [])]
     limit = cluster.valkey_resources.limits.get("memory")
     if limit:
         args += ["--maxmemory", str(int(parse_quantity(limit) * MAXMEMORY_FRACTION))]
@@ -243,6 +264,8 @@ def _engine_pod_spec(cluster: ClusterSpec, name: str, shard: int, zone: str | No
         "image": cluster.engine.resolved_valkey_image,
         "imagePullPolicy": cluster.engine.image_pull_policy,
         # Bypass the image's entrypoint: it would chown and switch users, which restricted pods forbid.
+        # Probes use the unix socket and the node's control port, never the client port: TLS on it
+        # changes none of them.
         "command": valkey_args(cluster),
         # Valkey serves the clients: the Services' "valkey" target port is here.
         "ports": [{"name": "valkey", "containerPort": constants.CLIENT_PORT}],
@@ -251,6 +274,7 @@ def _engine_pod_spec(cluster: ClusterSpec, name: str, shard: int, zone: str | No
         "volumeMounts": [
             run_mount,
             {"name": "module", "mountPath": constants.MODULE_DIR, "readOnly": True},
+            *([{"name": "tls", "mountPath": constants.TLS_DIR, "readOnly": True}] if cluster.tls else []),
         ],
         "livenessProbe": {
             "exec": {"command": ["valkey-cli", "-s", constants.VALKEY_SOCKET, "ping"]},
@@ -287,6 +311,7 @@ def _engine_pod_spec(cluster: ClusterSpec, name: str, shard: int, zone: str | No
             {"name": "users", "mountPath": constants.USERS_DIR, "readOnly": True},
             {"name": "data", "mountPath": constants.DATA_DIR},
             {"name": "tmp", "mountPath": "/tmp"},
+            *journal_security_mounts(cluster),
         ],
         # The node's own port, which it opens before anything that can wait (Valkey, a journal
         # that is away, replaying the journal): a node that waits answers "starting" and passes,
@@ -348,5 +373,33 @@ def _engine_pod_spec(cluster: ClusterSpec, name: str, shard: int, zone: str | No
                 "name": "users",
                 "secret": {"secretName": labels.users_secret_name(cluster.name), "defaultMode": 0o440},
             },
+            *_tls_volumes(cluster),
         ],
     }
+
+
+def _tls_volumes(cluster: ClusterSpec) -> list[dict[str, Any]]:
+    """spec.tls: Valkey's certificate, key and CA (the valkey container only), and the journal's."""
+    if cluster.tls is None:
+        return []
+    return [secret_volume("tls", cluster.tls.client_secret(cluster.name)), *journal_security_volumes(cluster)]
+
+
+def journal_security_volumes(cluster: ClusterSpec) -> list[dict[str, Any]]:
+    """What a client of a locked journal mounts: the journal's CA (not its servers' private key) and
+    the cluster user's password (not the routes'). Shared by engine pods and the provisioning Job."""
+    if cluster.tls is None:
+        return []
+    return [
+        secret_volume("journal-ca", cluster.tls.journal_secret(cluster.name), [constants.TLS_CA]),
+        secret_volume("journal-auth", labels.journal_auth_secret_name(cluster.name), [PASSWORD_KEY]),
+    ]
+
+
+def journal_security_mounts(cluster: ClusterSpec) -> list[dict[str, Any]]:
+    if cluster.tls is None:
+        return []
+    return [
+        {"name": "journal-ca", "mountPath": constants.JOURNAL_TLS_DIR, "readOnly": True},
+        {"name": "journal-auth", "mountPath": constants.JOURNAL_AUTH_DIR, "readOnly": True},
+    ]

@@ -10,10 +10,11 @@ volume is zonal anyway, so a server could never move zones without losing its da
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from typing import Any
 
-from engram.journal.servers import JournalServerConfig, render_config, route_url
+from engram.journal.servers import JournalAuth, JournalServerConfig, ServerTLS, render_config, route_url
 from engram_operator import constants, labels
 from engram_operator.builders.common import (
     container_security_context,
@@ -23,6 +24,7 @@ from engram_operator.builders.common import (
     scheduling,
     zone_affinity,
 )
+from engram_operator.builders.tls import SECRET_MODE, secret_volume
 from engram_operator.spec import ClusterSpec
 
 # Every shard's stream keeps this many copies, each in a distinct zone (JetStream unique_tag).
@@ -79,9 +81,23 @@ def journal_urls(cluster: ClusterSpec) -> list[str]:
     ]
 
 
+# Where a journal server's own certificate is mounted (spec.tls): it serves clients and routes with it
+# and verifies its peers' routes against the CA beside it.
+SERVER_TLS = ServerTLS(
+    cert_file=f"{constants.JOURNAL_TLS_DIR}/{constants.TLS_CERT}",
+    key_file=f"{constants.JOURNAL_TLS_DIR}/{constants.TLS_KEY}",
+    ca_file=f"{constants.JOURNAL_TLS_DIR}/{constants.TLS_CA}",
+)
+
+
 def journal_server_configs(
-    cluster: ClusterSpec, placements: list[JournalPlacement]
+    cluster: ClusterSpec, placements: list[JournalPlacement], auth: JournalAuth | None = None
 ) -> list[JournalServerConfig]:
+    """Each server's config. With spec.tls: TLS on the client and route ports, and ``auth`` (the
+    operator's generated credentials, which spec.tls requires) on both."""
+    if cluster.tls is not None and auth is None:
+        raise ValueError("a journal with spec.tls needs its credentials (NAME-journal-auth)")
+    locked = cluster.tls is not None
     svc = labels.journal_service_name(cluster.name)
     routes = tuple(
         route_url(
@@ -102,17 +118,37 @@ def journal_server_configs(
             cluster_port=constants.JOURNAL_CLUSTER_PORT,
             http_port=constants.JOURNAL_MONITOR_PORT,
             sync_interval=cluster.journal.sync_interval,
+            tls=SERVER_TLS if locked else None,
+            auth=auth if locked else None,
         )
         for p in placements
     ]
 
 
-def build_journal_configmap(cluster: ClusterSpec, placements: list[JournalPlacement]) -> dict[str, Any]:
-    """One key per server: server-<i>.conf, rendered by the engine's own journal config renderer."""
+def build_journal_config(
+    cluster: ClusterSpec, placements: list[JournalPlacement], auth: JournalAuth | None = None
+) -> dict[str, Any]:
+    """One key per server: server-<i>.conf, rendered by the engine's own journal config renderer.
+
+    A ConfigMap; a Secret with spec.tls, because the config then holds the passwords in clear (the
+    authorization block, and route URLs, which NATS offers no other way to give credentials to).
+    """
     data = {
         f"server-{p.server}.conf": render_config(cfg)
-        for p, cfg in zip(placements, journal_server_configs(cluster, placements), strict=True)
+        for p, cfg in zip(placements, journal_server_configs(cluster, placements, auth), strict=True)
     }
+    if cluster.tls is not None:
+        return {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": metadata(
+                cluster,
+                labels.journal_config_secret_name(cluster.name),
+                labels.cluster_labels(cluster.name, labels.JOURNAL),
+            ),
+            "type": "Opaque",
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+        }
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -173,18 +209,12 @@ def build_journal_statefulset(cluster: ClusterSpec, placement: JournalPlacement)
                 "volumeMounts": [
                     {"name": "config", "mountPath": "/etc/nats", "readOnly": True},
                     {"name": "data", "mountPath": "/data"},
+                    *([{"name": "tls", "mountPath": constants.JOURNAL_TLS_DIR, "readOnly": True}]
+                      if cluster.tls is not None else []),
                 ],
             }
         ],
-        "volumes": [
-            {
-                "name": "config",
-                "configMap": {
-                    "name": labels.journal_configmap_name(cluster.name),
-                    "items": [{"key": f"server-{server}.conf", "path": CONFIG_FILE}],
-                },
-            }
-        ],
+        "volumes": [_config_volume(cluster, server), *_tls_volumes(cluster)],
     }
     own = zone_affinity(cluster.placement.topology_key, placement.zone) if placement.zone is not None else {}
     pod_spec.update(scheduling(cluster, own))
@@ -212,6 +242,23 @@ def build_journal_statefulset(cluster: ClusterSpec, placement: JournalPlacement)
             "volumeClaimTemplates": [claim],
         },
     }
+
+
+def _config_volume(cluster: ClusterSpec, server: int) -> dict[str, Any]:
+    """This server's key of the journal config (build_journal_config), as /etc/nats/server.conf."""
+    items = [{"key": f"server-{server}.conf", "path": CONFIG_FILE}]
+    if cluster.tls is not None:
+        name = labels.journal_config_secret_name(cluster.name)
+        return {"name": "config", "secret": {"secretName": name, "items": items, "defaultMode": SECRET_MODE}}
+    name = labels.journal_configmap_name(cluster.name)
+    return {"name": "config", "configMap": {"name": name, "items": items}}
+
+
+def _tls_volumes(cluster: ClusterSpec) -> list[dict[str, Any]]:
+    """spec.tls: the server's certificate, key and CA."""
+    if cluster.tls is None:
+        return []
+    return [secret_volume("tls", cluster.tls.journal_secret(cluster.name))]
 
 
 def _healthz(port: int, query: str, *, period: int, failures: int) -> dict[str, Any]:

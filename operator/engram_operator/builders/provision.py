@@ -19,6 +19,11 @@ from engram_operator.builders.common import (
     pod_security_context,
     scheduling,
 )
+from engram_operator.builders.engine import (
+    journal_security_fields,
+    journal_security_mounts,
+    journal_security_volumes,
+)
 from engram_operator.builders.journal import STREAM_REPLICAS, journal_urls
 from engram_operator.spec import ClusterSpec
 
@@ -80,7 +85,21 @@ def provision_command(cluster: ClusterSpec, cluster_id: str, source_journal: Seq
         ",".join(journal_urls(cluster)),
         "--timeout",
         str(ATTEMPT_TIMEOUT_SECONDS),
+        *journal_security_args(cluster),
         *restore_args(cluster, source_journal),
+    ]
+
+
+def journal_security_args(cluster: ClusterSpec) -> list[str]:
+    """`engram provision`'s credentials for a locked journal (spec.tls): the password stays in its
+    mounted file, never on the command line."""
+    fields = journal_security_fields(cluster)
+    if not fields:
+        return []
+    return [
+        "--journal-user", fields["journal_user"],
+        "--journal-password-file", fields["journal_password_file"],
+        "--journal-ca", fields["journal_ca_file"],
     ]
 
 
@@ -96,8 +115,8 @@ def build_provision_job(
     job_labels[labels.VERSION] = cluster.engine.version
     restore = cluster.restore
     annotations = {labels.CLUSTER_ID: cluster_id}
-    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
-    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}, *journal_security_volumes(cluster)]
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}, *journal_security_mounts(cluster)]
     resources: dict[str, Any] = RESOURCES
     deadline = ACTIVE_DEADLINE_SECONDS
     if restore is not None:

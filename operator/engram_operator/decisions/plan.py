@@ -71,6 +71,9 @@ class Plan:
     # off), by name; new ones go to ``create`` with the other children. Neither touches a pod.
     update_policies: list[dict[str, Any]] = field(default_factory=list)
     delete_policies: list[str] = field(default_factory=list)
+    # spec.tls: make the NAME-journal-auth Secret with new random passwords (execute generates them,
+    # so that this stays a pure decision); the journal is configured from it on a later reconcile.
+    create_journal_auth: bool = False
 
     @property
     def changes(self) -> bool:

@@ -7,21 +7,30 @@ from typing import Any
 
 from engram_operator import builders, labels
 from engram_operator.builders.provision import source_journal_urls
+from engram_operator.builders.tls import build_certificates
 from engram_operator.conditions import Condition
 from engram_operator.decisions.plan import Event, Plan, Problem
+from engram_operator.decisions.tls import apply_tls
 from engram_operator.observe import JobInfo, Observed, SourceCluster
 from engram_operator.spec import ClusterSpec, restore_problems
 
 
 def _create_missing_children(cluster: ClusterSpec, seen: Observed, journal: list, plan: Plan) -> None:
+    # spec.tls: the journal servers start locked or not at all, so they wait for their credentials.
+    ready, auth = apply_tls(cluster, seen, plan)
+    servers = [
+        builders.build_journal_config(cluster, journal, auth),
+        *(builders.build_journal_statefulset(cluster, p) for p in journal),
+    ]
     wanted = [
         builders.build_headless_service(cluster),
         builders.build_endpoint_service(cluster),
         builders.build_journal_service(cluster),
-        builders.build_journal_configmap(cluster, journal),
-        *(builders.build_journal_statefulset(cluster, p) for p in journal),
+        *(servers if ready else []),
         builders.build_journal_pdb(cluster),
         *(builders.build_shard_pdb(cluster, s) for s in range(cluster.shards)),
+        # cert-manager issues while the rest starts; pods mounting its Secret wait for it (waiting.py).
+        *(build_certificates(cluster) if not seen.certificate_error else []),
     ]
     for obj in wanted:
         if (obj["kind"], obj["metadata"]["name"]) not in seen.children:

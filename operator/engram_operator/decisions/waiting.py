@@ -3,15 +3,24 @@ and nodes that blink."""
 
 from __future__ import annotations
 
-from engram_operator import availability
+from engram_operator import availability, constants
 from engram_operator.decisions.plan import Plan
 from engram_operator.observe import Observed
 from engram_operator.spec import ClusterSpec
+
+TLS_KEYS = (constants.TLS_CERT, constants.TLS_KEY, constants.TLS_CA)
 
 
 def _wait_reasons(cluster: ClusterSpec, seen: Observed, plan: Plan) -> None:
     if seen.journal_ready < cluster.journal.replicas:
         plan.waiting.append(f"journal servers ready: {seen.journal_ready}/{cluster.journal.replicas}")
+    issued = cluster.tls is not None and cluster.tls.issuer is not None
+    for name, secret in sorted(seen.tls_secrets.items()):
+        if not secret.found:
+            source = "its cert-manager Certificate is not issued yet" if issued else "spec.tls names it"
+            plan.waiting.append(f"tls: Secret {name} does not exist ({source}); pods mounting it wait")
+        elif missing := [k for k in TLS_KEYS if k not in secret.data]:
+            plan.waiting.append(f"tls: Secret {name} lacks {', '.join(missing)}; TLS needs all three")
     want = cluster.shards * cluster.nodes_per_shard
     ready = sum(1 for p in seen.pods if p.ready and not p.deleting)
     if ready < want:
