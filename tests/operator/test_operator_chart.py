@@ -101,7 +101,8 @@ def test_cert_manager_access_can_be_turned_off() -> None:
     assert "cert-manager.io" not in groups
     one = render({"watchNamespace": "databases"})
     [role] = [d for d in one if d["kind"] == "Role"]
-    assert {"list", "create"} == next(set(r["verbs"]) for r in role["rules"] if "cert-manager.io" in r["apiGroups"])
+    [rule] = [r for r in role["rules"] if "cert-manager.io" in r["apiGroups"]]
+    assert set(rule["verbs"]) == {"list", "create"}
 
 
 def test_one_namespace_mode_grants_only_nodes_cluster_wide() -> None:

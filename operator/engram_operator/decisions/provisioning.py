@@ -18,15 +18,19 @@ from engram_operator.spec import ClusterSpec, restore_problems
 def _create_missing_children(cluster: ClusterSpec, seen: Observed, journal: list, plan: Plan) -> None:
     # spec.tls: the journal servers start locked or not at all, so they wait for their credentials.
     ready, auth = apply_tls(cluster, seen, plan)
-    servers = [
-        builders.build_journal_config(cluster, journal, auth),
-        *(builders.build_journal_statefulset(cluster, p) for p in journal),
-    ]
+    servers = (
+        [
+            builders.build_journal_config(cluster, journal, auth),
+            *(builders.build_journal_statefulset(cluster, p) for p in journal),
+        ]
+        if ready
+        else []
+    )
     wanted = [
         builders.build_headless_service(cluster),
         builders.build_endpoint_service(cluster),
         builders.build_journal_service(cluster),
-        *(servers if ready else []),
+        *servers,
         builders.build_journal_pdb(cluster),
         *(builders.build_shard_pdb(cluster, s) for s in range(cluster.shards)),
         # cert-manager issues while the rest starts; pods mounting its Secret wait for it (waiting.py).
