@@ -24,7 +24,7 @@ def _primary_zones(doc: dict[str, Any]) -> Counter[str]:
 
 
 def test_primaries_bunched_in_one_zone_are_spread_again(local_cluster: Any) -> None:
-    doc = local_cluster(shards=3, replicas=2)
+    doc = local_cluster(shards=3, replicas=2, rebalance_settle=10)
     wait_for(lambda: _primary_zones(doc) == {"a": 1, "b": 1, "c": 1}, 60, "one primary per zone at start")
     endpoint = redis.RedisCluster(host="127.0.0.1", port=int(doc["endpoint"].rsplit(":", 1)[1]),
                                   socket_timeout=5)
@@ -37,12 +37,12 @@ def test_primaries_bunched_in_one_zone_are_spread_again(local_cluster: Any) -> N
             moved = run_engram("local", "failover", doc["name"], "--dir", _base(doc), "--shard",
                                str(node["shard"]), "--to", node["id"])
             assert moved.returncode == 0, moved.stderr
-    assert _primary_zones(doc) == {"a": 3}
-    # The supervisor waits for roles to settle, then moves two shards back, one at a time.
-    wait_for(lambda: _primary_zones(doc) == {"a": 1, "b": 1, "c": 1}, 150,
+    # (The supervisor may already be moving one back: it acts once roles held for 10 s.)
+    # It waits for roles to settle, then moves shards back, one at a time.
+    wait_for(lambda: _primary_zones(doc) == {"a": 1, "b": 1, "c": 1}, 90,
              "the supervisor to spread primaries over zones again", interval=1.0)
     log = (Path(doc["dir"]) / "logs" / "supervisor.log").read_text()
-    assert log.count("rebalancing primaries:") >= 2, log[-2000:]
+    assert log.count("rebalancing primaries:") >= 1, log[-2000:]
     endpoint = redis.RedisCluster(host="127.0.0.1", port=int(doc["endpoint"].rsplit(":", 1)[1]),
                                   socket_timeout=5)
     assert {key: endpoint.get(key) for key in keys} == {k: v.encode() for k, v in keys.items()}

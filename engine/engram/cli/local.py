@@ -74,6 +74,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         journal_sync=args.journal_sync,
         users_file=args.users or "",
         rebalance=not args.no_rebalance,
+        rebalance_settle=args.rebalance_settle,
         tls=args.tls,
     )
     try:
@@ -206,6 +207,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--no-rebalance", action="store_true",
         help="leave primaries where failovers put them; by default the supervisor moves them back to an "
         "even spread over zones with planned switchovers once the cluster has settled",
+    )
+    up.add_argument(
+        "--rebalance-settle", type=float, default=30.0, metavar="SECONDS",
+        help="rebalance only once no node's role has changed for this long (default: %(default)s)",
     )
     up.add_argument(
         "--exist-ok", action="store_true",

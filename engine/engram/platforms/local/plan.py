@@ -51,8 +51,10 @@ class ClusterSpec:
     journal_sync: str = SYNC_ALWAYS
     # Users declared in Valkey's ACL file format; nodes read the file again when it changes.
     users_file: str = ""
-    # The supervisor moves primaries back to an even spread over zones after failovers.
+    # The supervisor moves primaries back to an even spread over zones after failovers, once no
+    # role has changed for rebalance_settle seconds.
     rebalance: bool = True
+    rebalance_settle: float = 30.0
     # Lock the journal: TLS between every process and journal server, and passwords (docs/security.md).
     tls: bool = False
 
@@ -84,6 +86,8 @@ class ClusterSpec:
         if self.restore_cluster == self.name:
             raise PlanError(f"--restore-from-cluster {self.name}: a new cluster cannot be restored from "
                             "itself; name the running cluster whose snapshots to restore")
+        if self.rebalance_settle < 0:
+            raise PlanError(f"--rebalance-settle must not be negative, got {self.rebalance_settle:g}")
         if self.snapshot_interval < 0 or self.snapshot_entries < 0:
             raise PlanError("--snapshot-interval and --snapshot-entries must not be negative (0: off)")
 
@@ -174,6 +178,7 @@ def plan(spec: ClusterSpec, directory: Path, nats_server: str, valkey_server: st
         journal_sync=spec.journal_sync,
         users_file=str(Path(spec.users_file).resolve()) if spec.users_file else "",
         rebalance=spec.rebalance,
+        rebalance_settle=spec.rebalance_settle,
         tls=spec.tls,
         nats_server=nats_server,
         valkey_server=valkey_server,

@@ -153,8 +153,10 @@ class ClusterState:
     restore_entry_keys: int = 0
     journal_sync: str = "always"
     users_file: str = ""
-    # Move primaries back to an even spread over zones (orchestration/rebalance.py).
+    # Move primaries back to an even spread over zones (orchestration/rebalance.py), once no role
+    # has changed for rebalance_settle seconds.
     rebalance: bool = True
+    rebalance_settle: float = 30.0
     # The journal is locked: TLS and passwords, its files in DIR/NAME/tls (platforms/local/tls.py).
     tls: bool = False
 

@@ -48,9 +48,9 @@ STABLE_AFTER = 30.0
 JOURNAL_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 # Primary rebalancing (orchestration/rebalance.py): looked at this often, and only once no node's
-# role has changed for REBALANCE_SETTLE (a failover still settling is not an imbalance to undo).
+# role has changed for the cluster's rebalance_settle (a failover still settling is not an
+# imbalance to undo).
 REBALANCE_EVERY = 5.0
-REBALANCE_SETTLE = 30.0
 
 
 @dataclass
@@ -248,7 +248,7 @@ class Supervisor:
             if (current := {v.id: v.role for v in views}) != roles:
                 roles, changed_at = current, now
                 continue
-            if now - changed_at < REBALANCE_SETTLE or (move := rebalance(views)) is None:
+            if now - changed_at < self.state.rebalance_settle or (move := rebalance(views)) is None:
                 continue
             primary = next(n for n in self.state.nodes if n.id == move.primary)
             log.info("rebalancing primaries: shard %d from %s (zone %s) to %s (zone %s)",
