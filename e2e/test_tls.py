@@ -1,0 +1,110 @@
+"""spec.tls on kind: clients reach Valkey over TLS only, and the journal refuses who lacks its password.
+
+cert-manager is not part of the e2e setup, so the test makes its own CA and one certificate with
+openssl and gives it as spec.tls.secretName (it covers the journal's names too, so it serves both).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from k8s_api import Kubectl, eventually_equal
+
+NAME = "tls"
+SECRET = "tls-certs"
+ENGINE = f"engram.io/cluster={NAME},app.kubernetes.io/component=engine"
+
+
+def make_certificates(directory: Path, namespace: str) -> dict[str, str]:
+    """A CA and a certificate for the cluster's client and journal names: tls.crt, tls.key, ca.crt."""
+    domain = f"{namespace}.svc.cluster.local"
+    names = [NAME, f"{NAME}.{namespace}", f"{NAME}.{namespace}.svc", f"{NAME}.{domain}",
+             f"*.{NAME}-nodes.{domain}", f"*.{NAME}-journal.{domain}", f"{NAME}-journal.{domain}"]
+    (directory / "ext.cnf").write_text(
+        "subjectAltName=" + ",".join(f"DNS:{n}" for n in names) + "\n"
+        "extendedKeyUsage=serverAuth,clientAuth\nkeyUsage=digitalSignature,keyEncipherment\n"
+    )
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    curve = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    openssl("req", "-x509", *curve, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+            "-subj", "/CN=e2e-ca")
+    openssl("req", *curve, "-keyout", "tls.key", "-out", "tls.csr", "-subj", f"/CN={NAME}")
+    openssl("x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "tls.crt", "-days", "2", "-extfile", "ext.cnf")
+    return {k: (directory / k).read_text() for k in ("tls.crt", "tls.key", "ca.crt")}
+
+
+def memorycluster() -> dict[str, Any]:
+    return {
+        "apiVersion": "engram.io/v1alpha1",
+        "kind": "MemoryCluster",
+        "metadata": {"name": NAME},
+        "spec": {
+            "shards": 2,
+            "replicasPerShard": 1,
+            "journal": {"replicas": 3, "storage": {"size": "1Gi"}},
+            "tls": {"secretName": SECRET},
+        },
+    }
+
+
+def condition(kube: Kubectl, ctype: str) -> dict[str, Any]:
+    conditions = (kube.get("memorycluster", NAME).get("status") or {}).get("conditions") or []
+    return next((c for c in conditions if c["type"] == ctype), {})
+
+
+@pytest.fixture(scope="module")
+def certificates(kube: Kubectl, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: it makes the test's certificates")
+    files = make_certificates(tmp_path_factory.mktemp("tls"), kube.namespace)
+    kube.apply({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": {"name": SECRET},
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in files.items()},
+    })
+    yield files
+    kube.run("delete", "memorycluster", NAME, "--ignore-not-found", "--wait=false", check=False)
+    kube.run("delete", "secret", SECRET, "--ignore-not-found", check=False)
+
+
+def test_clients_reach_the_cluster_over_tls_and_not_in_plain_text(
+    kube: Kubectl, client_pod: str, certificates: dict[str, str]
+) -> None:
+    kube.apply(memorycluster())
+    eventually_equal(kube, "Ready", lambda: condition(kube, "Ready").get("status"), "True", timeout=900)
+    kube.exec(client_pod, "sh", "-c", "cat > /tmp/ca.crt", stdin=certificates["ca.crt"])
+    host = f"{NAME}.{kube.namespace}.svc.cluster.local"
+    answer = json.loads(kube.exec(client_pod, "python", "/tmp/tls.py", host, "/tmp/ca.crt"))
+    assert answer["tls"] == {"ok": True}, answer
+    assert answer["plain"]["ok"] is False, answer
+
+
+def test_the_journal_refuses_clients_without_the_clusters_password(kube: Kubectl, client_pod: str) -> None:
+    pod = kube.pods(ENGINE)[0]["metadata"]["name"]
+    script = (Path(__file__).parent / "clients" / "journal_open.py").read_text()
+    kube.run("exec", "-i", pod, "-c", "node", "--", "sh", "-c", "cat > /tmp/journal_open.py", stdin=script)
+    url = f"nats://{NAME}-journal-0-0.{NAME}-journal.{kube.namespace}.svc.cluster.local:4222"
+    out = kube.run("exec", pod, "-c", "node", "--", "python", "/tmp/journal_open.py", url,
+                   "/etc/engram-journal-tls/ca.crt")
+    answer = json.loads(out)
+    # Over TLS with the right CA but no password: NATS refuses ("Authorization Violation").
+    anonymous = answer["anonymous"]
+    assert anonymous["ok"] is False and "authorization" in anonymous["error"].lower(), answer
+    # Without TLS: refused before any credential is looked at.
+    assert answer["plain"]["ok"] is False, answer
+    # The credentials the operator generated stay where it put them, and the nodes use them.
+    assert kube.exists("secret", f"{NAME}-journal-auth")
+    assert condition(kube, "Ready").get("status") == "True"
