@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from engram.bench.runner import GENERATORS, TARGETS, Bench, BenchConfig
+from engram.bench.runner import ALL_TARGETS, GENERATORS, TARGETS, Bench, BenchConfig
 from engram.bench.suites import SUITE_SECONDS, SUITES
 from engram.bench.workloads import DEFAULT_WORKLOADS, WORKLOADS, LoadSpec
 from engram.binaries import BinaryNotFound
@@ -102,8 +102,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         f"rows run {SUITE_SECONDS:g}s each unless --seconds/--requests")
     p.add_argument("--workloads", type=_names(tuple(WORKLOADS)), metavar="W,W",
                    help=f"among {', '.join(WORKLOADS)} (default: {','.join(DEFAULT_WORKLOADS)})")
-    p.add_argument("--targets", type=_names(TARGETS), metavar="T,T",
-                   help=f"among {', '.join(TARGETS)} (default: all; ratios need valkey)")
+    p.add_argument("--targets", type=_names(ALL_TARGETS), metavar="T,T",
+                   help=f"among {', '.join(ALL_TARGETS)} (default: {','.join(TARGETS)}; ratios need valkey)")
     p.add_argument("--value-size", type=int, default=100, metavar="BYTES", help="(default: %(default)s)")
     p.add_argument("--clients", type=int, help="concurrent connections, or GLIDE clients (default: 50)")
     bound = p.add_mutually_exclusive_group()

@@ -19,6 +19,8 @@ from engram.journal.servers import sync_interval_problem
 
 Progress = Callable[[str], None]
 TARGETS = ("valkey", "valkey-aof", "engram")
+# engram-tls: an Engram cluster with a locked journal (TLS and passwords), asked for by name.
+ALL_TARGETS = (*TARGETS, "engram-tls")
 # auto: valkey-benchmark/redis-benchmark where it can run the row, else the Python generators
 # (loadgen, or muxgen for requests in flight); python: never the tool; glide: the valkey-glide client.
 GENERATORS = ("auto", "tool", "python", GLIDE)
@@ -51,10 +53,10 @@ class BenchConfig:
         if problem := sync_interval_problem(self.journal_sync):
             raise ValueError(f"--journal-sync: {problem}")
         unknown = [w for w in self.workloads if w not in WORKLOADS]
-        unknown += [t for t in self.targets if t not in TARGETS]
+        unknown += [t for t in self.targets if t not in ALL_TARGETS]
         if unknown:
             raise ValueError(f"unknown workload or target {unknown[0]!r}; workloads: {', '.join(WORKLOADS)}, "
-                             f"targets: {', '.join(TARGETS)}")
+                             f"targets: {', '.join(ALL_TARGETS)}")
         if self.generator not in GENERATORS:
             raise ValueError(f"generator must be one of {', '.join(GENERATORS)}, got {self.generator!r}")
         if self.shards < 1:
@@ -78,8 +80,11 @@ def make_target(name: str, config: BenchConfig, shards: int | None = None) -> Ta
         return plain_valkey(shards)
     if name == "valkey-aof":
         return valkey_aof(shards)
+    tls = name == "engram-tls"
     target = EngramTarget(shards=shards, replicas=config.replicas, endpoint=config.engram_endpoint,
-                          journal_sync=config.journal_sync)
+                          journal_sync=config.journal_sync, tls=tls, name=name)
+    if tls:
+        target.description += ", locked (TLS and passwords on every journal link)"
     if config.journal_sync != "always":
         target.description += f" (journal fsync every {config.journal_sync}, not before each ack)"
     return target

@@ -133,6 +133,7 @@ class EngramTarget:
     journal_sync: str = "always"
     endpoint: str | None = None
     name: str = "engram"
+    tls: bool = False
     description: str = "Engram: Valkey + every write committed to a 3-zone JetStream journal"
     _base: Path | None = field(default=None, init=False)
     _cluster_name: str = field(default="bench", init=False)
@@ -151,6 +152,7 @@ class EngramTarget:
             zones=self.zones,
             lease_seconds=self.lease_seconds,
             journal_sync=self.journal_sync,
+            tls=self.tls,
         )
         try:
             doc = cluster.up(spec, self._base, progress=lambda m: progress(f"engram: {m}"))
