@@ -22,6 +22,7 @@ from engram_operator.decisions.pods import (
     role_label_changes,
 )
 from engram_operator.decisions.provisioning import _create_missing_children, _provision
+from engram_operator.decisions.rebalance import rebalance_primaries
 from engram_operator.decisions.rolling import ROLL_STUCK_GRACE, _roll_one
 from engram_operator.decisions.snapshots import (
     SnapshotResult,
@@ -97,5 +98,7 @@ def decide(cluster: ClusterSpec, seen: Observed) -> Plan:
     # A replaced pod could not come back before then: roll only after.
     if not plan.changes and startable:
         _roll_one(cluster, seen, plan)
+    if startable:
+        rebalance_primaries(seen, plan)
     _wait_reasons(cluster, seen, plan)
     return plan
