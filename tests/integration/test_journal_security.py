@@ -71,3 +71,9 @@ def test_only_the_clusters_own_processes_reach_a_locked_journal(local_cluster: A
     # Without the cluster's CA the server is not trusted, so the password is never sent.
     assert "CERTIFICATE_VERIFY_FAILED" in seen["the system's CAs"], context
     assert seen["the cluster's own"].startswith(f"stream {stream}: "), context
+
+    # Another cluster restored from this one reads its snapshots with this cluster's credentials.
+    copy = local_cluster(replicas=0, tls=True, restore_from_cluster=doc["name"])
+    host, port = copy["endpoint"].rsplit(":", 1)
+    assert wait_for(lambda: redis.Redis(host=host, port=int(port), socket_timeout=5).get("k"), 30,
+                    "the restored key") == b"v"

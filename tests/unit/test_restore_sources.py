@@ -11,6 +11,7 @@ import pytest
 from engram.cli.main import build_parser
 from engram.journal.client import StreamState
 from engram.journal.entries import Entry, EntryType
+from engram.journal.security import journal_security_from_args
 from engram.orchestration.provision import (
     ProvisionError,
     ProvisionRequest,
@@ -139,3 +140,16 @@ def test_a_rerun_seeds_new_journals_skips_sealed_ones_and_refuses_a_seeding_cut_
         _seeded([GENESIS, SEEDED, SEAL], [GENESIS])
     # A journal that moved on without a seeding is not "seeded": seeding refuses it with its reason.
     assert not _seeded([GENESIS, LEASE])
+
+
+def test_provision_takes_a_locked_restore_sources_own_credentials(tmp_path: Path) -> None:
+    password = tmp_path / "source.password"
+    password.write_text("s3cret\n")
+    args = build_parser().parse_args([
+        "provision", "--cluster", "new", "--shards", "1", "--journal", "nats://j:1",
+        "--restore-from-cluster", "old", "--restore-journal", "nats://old:1",
+        "--restore-journal-user", "engram", "--restore-journal-password-file", str(password),
+    ])
+    source = journal_security_from_args(args, "restore-journal")
+    assert source.connect_options() == {"user": "engram", "password": "s3cret"}
+    assert not journal_security_from_args(args).enabled  # the new cluster's own journal is open

@@ -33,7 +33,10 @@ def handle(args: argparse.Namespace) -> int:
                                    restore_cluster=args.restore_from_cluster,
                                    restore_journal=tuple(_urls(args.restore_journal)))
         security = journal_security_from_args(args)
-        asyncio.run(provision(urls, request, args.timeout, _say, security))
+        # A restore source on another journal has its own credentials; on the same one, ours.
+        source = journal_security_from_args(args, "restore-journal")
+        restore_security = source if source.enabled else None
+        asyncio.run(provision(urls, request, args.timeout, _say, security, restore_security))
     except ProvisionError as exc:
         _say(f"error: {exc}")
         return 3 if exc.permanent else 1
@@ -62,6 +65,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                          "cluster NAME (keys go to the shards owning their slots, any shard count)")
     p.add_argument("--restore-journal", default="", metavar="URL[,URL]",
                    help="the journal servers of the --restore-from-cluster cluster (default: --journal)")
+    add_journal_security_args(p, "restore-journal", "the restore source's journal")
     p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
                    help="how long to wait for the journal (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

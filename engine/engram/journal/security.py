@@ -63,17 +63,21 @@ class JournalSecurity:
 PLAIN = JournalSecurity()
 
 
-def add_journal_security_args(parser: argparse.ArgumentParser) -> None:
+def add_journal_security_args(parser: argparse.ArgumentParser, prefix: str = "journal",
+                              whose: str = "the journal") -> None:
     """--journal-user, --journal-password-file, --journal-ca: a locked journal's credentials."""
-    parser.add_argument("--journal-user", default="", help="the journal user, when it is locked")
-    parser.add_argument("--journal-password-file", default="", metavar="FILE",
-                        help="a file holding the journal user's password")
-    parser.add_argument("--journal-ca", default="", metavar="FILE",
-                        help="the CA the journal servers' certificates are verified with (TLS)")
+    parser.add_argument(f"--{prefix}-user", default="", metavar="USER",
+                        help=f"the user of {whose}, when it is locked")
+    parser.add_argument(f"--{prefix}-password-file", default="", metavar="FILE",
+                        help="a file holding that user's password")
+    parser.add_argument(f"--{prefix}-ca", default="", metavar="FILE",
+                        help=f"the CA that signed the certificates of {whose} (TLS)")
 
 
-def journal_security_from_args(args: argparse.Namespace) -> JournalSecurity:
-    return JournalSecurity.from_files(args.journal_user, args.journal_password_file, args.journal_ca)
+def journal_security_from_args(args: argparse.Namespace, prefix: str = "journal") -> JournalSecurity:
+    key = prefix.replace("-", "_")
+    return JournalSecurity.from_files(getattr(args, f"{key}_user"), getattr(args, f"{key}_password_file"),
+                                      getattr(args, f"{key}_ca"))
 
 
 def journal_security_args(user: str, password_file: str, ca_file: str) -> list[str]:
