@@ -91,11 +91,13 @@ class UserSync:
         now = time.monotonic()
         if not users.loaded or (users.version == self._applied and now - self._applied_at < REAPPLY_EVERY):
             return
-        self._applied, self._applied_at = users.version, now
+        version = users.version
         try:
             changed = await self.datapath.execute("ENGRAM.USERS.APPLY", *users.apply_args(self.declared))
         except ValkeyError as exc:  # rules this Valkey refuses (another version?): the rest converged
             log.error("users applied in part: %s", exc)
-            return
+            changed = 0
+        # Only once Valkey answered: a connection lost on the way is tried again on the next round.
+        self._applied, self._applied_at = version, now
         if changed:
             log.info("%s users changed to match the cluster's", changed)
