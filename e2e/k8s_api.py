@@ -98,3 +98,18 @@ def eventually_equal(
     kube: Kubectl, what: str, probe: Callable[[], T], expected: T, timeout: float = 300, interval: float = 3
 ) -> T:
     return eventually(kube, f"{what} == {expected!r}", probe, lambda v: v == expected, timeout, interval)
+
+
+def memorycluster(name: str, shards: int, replicas: int, **spec: Any) -> dict[str, Any]:
+    """A MemoryCluster manifest with a small 3-server journal; ``spec`` adds the fields under test."""
+    return {
+        "apiVersion": "engram.io/v1alpha1",
+        "kind": "MemoryCluster",
+        "metadata": {"name": name},
+        "spec": {
+            "shards": shards,
+            "replicasPerShard": replicas,
+            "journal": {"replicas": 3, "storage": {"size": "1Gi"}},
+            **spec,
+        },
+    }

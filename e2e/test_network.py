@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+import k8s_api
 import pytest
 from k8s_api import Kubectl, eventually, eventually_equal
 
@@ -25,17 +26,7 @@ JOURNAL_CLIENT_PORT = 4222
 
 
 def memorycluster(policies: bool = True) -> dict[str, Any]:
-    return {
-        "apiVersion": "engram.io/v1alpha1",
-        "kind": "MemoryCluster",
-        "metadata": {"name": NAME},
-        "spec": {
-            "shards": 1,
-            "replicasPerShard": 1,
-            "journal": {"replicas": 3, "storage": {"size": "1Gi"}},
-            "network": {"policies": policies},
-        },
-    }
+    return k8s_api.memorycluster(NAME, 1, 1, network={"policies": policies})
 
 
 def server_minor(kube: Kubectl) -> int:

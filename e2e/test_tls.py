@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import k8s_api
 import pytest
 from k8s_api import Kubectl, eventually_equal
 
@@ -45,17 +46,7 @@ def make_certificates(directory: Path, namespace: str) -> dict[str, str]:
 
 
 def memorycluster() -> dict[str, Any]:
-    return {
-        "apiVersion": "engram.io/v1alpha1",
-        "kind": "MemoryCluster",
-        "metadata": {"name": NAME},
-        "spec": {
-            "shards": 2,
-            "replicasPerShard": 1,
-            "journal": {"replicas": 3, "storage": {"size": "1Gi"}},
-            "tls": {"secretName": SECRET},
-        },
-    }
+    return k8s_api.memorycluster(NAME, 2, 1, tls={"secretName": SECRET})
 
 
 def condition(kube: Kubectl, ctype: str) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import k8s_api
 import pytest
 from k8s_api import Kubectl, eventually, eventually_equal
 
@@ -23,20 +24,10 @@ PROPAGATION_TIMEOUT = 240
 
 
 def memorycluster() -> dict[str, Any]:
-    return {
-        "apiVersion": "engram.io/v1alpha1",
-        "kind": "MemoryCluster",
-        "metadata": {"name": NAME},
-        "spec": {
-            "shards": 1,
-            "replicasPerShard": 0,
-            "journal": {"replicas": 3, "storage": {"size": "1Gi"}},
-            "users": [
-                {"name": "default", "rules": "off"},
-                {"name": "app", "rules": "~* +@all", "passwordSecret": {"name": SECRET, "key": "app"}},
-            ],
-        },
-    }
+    return k8s_api.memorycluster(NAME, 1, 0, users=[
+        {"name": "default", "rules": "off"},
+        {"name": "app", "rules": "~* +@all", "passwordSecret": {"name": SECRET, "key": "app"}},
+    ])
 
 
 def password_secret(password: str) -> dict[str, Any]:
