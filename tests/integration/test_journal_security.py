@@ -38,13 +38,14 @@ def test_only_the_clusters_own_processes_reach_a_locked_journal(local_cluster: A
     doc = local_cluster(replicas=1, tls=True)
     tls = Path(doc["dir"]) / "tls"
     host, port = doc["endpoint"].rsplit(":", 1)
-    client = redis.Redis(host=host, port=int(port), socket_timeout=5)
+    client = redis.Redis(host=host, port=int(port), socket_timeout=5, ssl=True,
+                         ssl_ca_certs=str(tls / "ca.pem"))
     assert wait_for(lambda: client.set("k", "v"), 30, "a write through the endpoint")
     # The snapshot child and the CLI reach the journal with the cluster's credentials too.
     snapshot = run_engram("local", "snapshot", doc["name"], "--dir", str(Path(doc["dir"]).parent))
     assert snapshot.returncode == 0 and "verified" in snapshot.stdout + snapshot.stderr, snapshot.stderr
     # Secrets are the owner's only.
-    for secret in ("journal.password", "route.password", "journal.key"):
+    for secret in ("journal.password", "route.password", "server.key"):
         assert stat.S_IMODE((tls / secret).stat().st_mode) == 0o600, secret
     assert stat.S_IMODE((Path(doc["dir"]) / "journal" / "a.conf").stat().st_mode) == 0o600
 
@@ -75,5 +76,28 @@ def test_only_the_clusters_own_processes_reach_a_locked_journal(local_cluster: A
     # Another cluster restored from this one reads its snapshots with this cluster's credentials.
     copy = local_cluster(replicas=0, tls=True, restore_from_cluster=doc["name"])
     host, port = copy["endpoint"].rsplit(":", 1)
-    assert wait_for(lambda: redis.Redis(host=host, port=int(port), socket_timeout=5).get("k"), 30,
-                    "the restored key") == b"v"
+    ca = str(Path(copy["dir"]) / "tls" / "ca.pem")
+    restored = redis.Redis(host=host, port=int(port), socket_timeout=5, ssl=True, ssl_ca_certs=ca)
+    assert wait_for(lambda: restored.get("k"), 30, "the restored key") == b"v"
+
+
+def test_clients_of_a_tls_cluster_speak_tls_to_every_node_and_plain_is_refused(local_cluster: Any) -> None:
+    doc = local_cluster(shards=2, replicas=0, tls=True)
+    ca = str(Path(doc["dir"]) / "tls" / "ca.pem")
+    host, port = doc["endpoint"].rsplit(":", 1)
+    # A stock cluster client with ssl=True: CLUSTER SLOTS names the nodes' TLS ports.
+    cluster = redis.RedisCluster(host=host, port=int(port), ssl=True, ssl_ca_certs=ca, socket_timeout=5)
+    keys = {f"k{i}": str(i) for i in range(40)}
+    for key, value in keys.items():
+        assert wait_for(lambda key=key, value=value: cluster.set(key, value), 30, f"SET {key}")
+    assert {k: cluster.get(k) for k in keys} == {k: v.encode() for k, v in keys.items()}
+    addresses = {f"{n.host}:{n.port}" for n in cluster.get_nodes()}
+    assert addresses == {n["address"] for n in doc["nodes"]}
+    for node in doc["nodes"]:
+        node_host, node_port = node["address"].rsplit(":", 1)
+        # Plain text to a TLS port is not RESP to anyone: the connection fails.
+        with pytest.raises(redis.ConnectionError):
+            redis.Redis(host=node_host, port=int(node_port), socket_timeout=3).ping()
+        # And a client that does not trust the cluster's CA does not talk to it.
+        with pytest.raises(redis.ConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
+            redis.Redis(host=node_host, port=int(node_port), socket_timeout=3, ssl=True).ping()

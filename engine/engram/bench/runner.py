@@ -84,7 +84,7 @@ def make_target(name: str, config: BenchConfig, shards: int | None = None) -> Ta
     target = EngramTarget(shards=shards, replicas=config.replicas, endpoint=config.engram_endpoint,
                           journal_sync=config.journal_sync, tls=tls, name=name)
     if tls:
-        target.description += ", locked (TLS and passwords on every journal link)"
+        target.description += ", journal locked (TLS and passwords on every journal link; clients plain)"
     if config.journal_sync != "always":
         target.description += f" (journal fsync every {config.journal_sync}, not before each ack)"
     return target

@@ -153,6 +153,8 @@ class EngramTarget:
             lease_seconds=self.lease_seconds,
             journal_sync=self.journal_sync,
             tls=self.tls,
+            # The journal locked; the load generators speak plain text to the nodes.
+            client_tls=False if self.tls else None,
         )
         try:
             doc = cluster.up(spec, self._base, progress=lambda m: progress(f"engram: {m}"))

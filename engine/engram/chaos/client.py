@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,16 @@ def _encode(args: tuple[bytes, ...]) -> bytes:
     for arg in args:
         out.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
     return b"".join(out)
+
+
+# The cluster's clients speak TLS (engram local up --tls): the runner sets it for its run.
+CLIENT_TLS: ssl.SSLContext | None = None
+
+
+def use_client_tls(ca_file: str | None) -> None:
+    """Clients of this run trust the cluster's CA over TLS, or speak plain text (None)."""
+    global CLIENT_TLS
+    CLIENT_TLS = ssl.create_default_context(cafile=ca_file) if ca_file else None
 
 
 class _Connection:
@@ -160,7 +171,7 @@ class RoutedClient:
         if conn is None:
             host, port = address.rsplit(":", 1)
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, int(port)), self.connect_timeout
+                asyncio.open_connection(host, int(port), ssl=CLIENT_TLS), self.connect_timeout
             )
             conn = self.conns[address] = _Connection(reader, writer)
         return conn

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from engram.chaos.client import use_client_tls
 from engram.chaos.faults import (
     ALL_KINDS,
     MIN_FAULT_INTERVAL,
@@ -329,6 +330,10 @@ def _run_against(config: ChaosConfig, name: str | None, base: str | None, progre
         config = replace(config, lease=state.lease_seconds)
         faults = LocalFaults(Path(base), name, config.lease, random.Random(config.seed))
         journal = JournalWatch(state.journal_urls, name, state.shards, security=state.journal_security)
+        served_tls = state.local_tls is not None and any(n.tls_port for n in state.nodes)
+        use_client_tls(state.local_tls.ca_file if state.local_tls and served_tls else None)
+    else:
+        use_client_tls(None)
     endpoint = config.endpoint or (doc["endpoint"] if doc else None)
     if endpoint is None:
         raise ChaosError("give --endpoint, or --name and --dir of a local cluster")

@@ -15,6 +15,7 @@ from typing import Any
 
 import hiredis
 
+from engram.chaos import client as chaos_client
 from engram.chaos.client import RoutedClient
 from engram.chaos.history import History, Kind, Outcome
 
@@ -83,7 +84,9 @@ async def run_users(prefix: str, endpoint: str, history: History, stop: asyncio.
 
 async def _users_on(address: str) -> set[str]:
     host, port = address.rsplit(":", 1)
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 5)
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(host, int(port), ssl=chaos_client.CLIENT_TLS), 5
+    )
     try:
         writer.write(b"*2\r\n$3\r\nACL\r\n$5\r\nUSERS\r\n")
         parser = hiredis.Reader()

@@ -66,6 +66,11 @@ class NodeConfig:
     journal_user: str = ""
     journal_password_file: str = ""
     journal_ca_file: str = ""
+    # Client TLS terminated by the node (node/tls_front.py) where Valkey has none: served on
+    # tls_port and announced there; 0 leaves clients on Valkey's own port.
+    tls_port: int = 0
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
 
     @property
     def journal_security(self) -> JournalSecurity:
@@ -73,7 +78,9 @@ class NodeConfig:
 
     def __post_init__(self) -> None:
         if not self.announce:
-            self.announce = f"{self.host}:{self.port}"
+            self.announce = f"{self.host}:{self.tls_port or self.port}"
+        if self.tls_port and not (self.tls_cert_file and self.tls_key_file):
+            raise ValueError("tls_port needs tls_cert_file and tls_key_file in the node config")
         if not self.admin_port:
             self.admin_port = self.port + 10000
         if not 0 < self.admin_port < 65536 or self.admin_port == self.port:

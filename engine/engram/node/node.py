@@ -32,6 +32,7 @@ from engram.node.config import NodeConfig
 from engram.node.control import ControlServer
 from engram.node.datapath import DataPath
 from engram.node.gauges import track_snapshots, watch_journal
+from engram.node.tls_front import start_tls_front
 from engram.node.users import UserSync
 from engram.replication.applier import Applier, ApplyHalted, JournalGap
 from engram.replication.committer import Committer
@@ -111,6 +112,7 @@ class Node:
         self.datapath = DataPath(config.valkey_socket)
         self.journal: Journal | None = None
         self.meta: ClusterMetadata | None = None
+        self._tls_front: asyncio.Server | None = None
         self._background: list[asyncio.Task[None]] = []
         self.control: ControlServer | None = None
         self.applier: Applier | None = None
@@ -236,6 +238,10 @@ class Node:
                 port=cfg.port, bind=cfg.host, module=binaries.valkey_module(),
             )
         await self._open_datapath()
+        if cfg.tls_port:
+            self._tls_front = await start_tls_front(
+                cfg.host, cfg.tls_port, cfg.tls_cert_file, cfg.tls_key_file, cfg.host, cfg.port
+            )
         # A node always starts empty and rebuilds from the journal: whatever Valkey held was
         # possibly never committed.
         await self.datapath.execute("FLUSHALL", "SYNC")
@@ -548,6 +554,8 @@ class Node:
             self._replica_task.cancel()
         if self.control:
             await self.control.stop()
+        if self._tls_front is not None:
+            self._tls_front.close()
         if self.tap:
             self.tap.close()
         if self.journal:

@@ -57,6 +57,12 @@ class ClusterSpec:
     rebalance_settle: float = 30.0
     # Lock the journal: TLS between every process and journal server, and passwords (docs/security.md).
     tls: bool = False
+    # Clients over TLS too, terminated by each node (node/tls_front.py); with tls unless told not.
+    client_tls: bool | None = None
+
+    @property
+    def serves_tls(self) -> bool:
+        return self.tls if self.client_tls is None else self.client_tls
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -86,6 +92,8 @@ class ClusterSpec:
         if self.restore_cluster == self.name:
             raise PlanError(f"--restore-from-cluster {self.name}: a new cluster cannot be restored from "
                             "itself; name the running cluster whose snapshots to restore")
+        if self.client_tls and not self.tls:
+            raise PlanError("clients over TLS come with --tls, which makes the cluster's certificates")
         if self.rebalance_settle < 0:
             raise PlanError(f"--rebalance-settle must not be negative, got {self.rebalance_settle:g}")
         if self.snapshot_interval < 0 or self.snapshot_entries < 0:
@@ -124,6 +132,11 @@ def port_layout(spec: ClusterSpec, numbers: list[int]) -> tuple[int, list[int], 
     return numbers[0], numbers[1 : 1 + n], numbers[1 + n : journal_end], numbers[journal_end:]
 
 
+def port_count(spec: ClusterSpec) -> int:
+    """Ports a cluster needs: the layout above, then each node's TLS port when it serves TLS."""
+    return 1 + 2 * spec.node_count + 3 * len(spec.zones) + (spec.node_count if spec.serves_tls else 0)
+
+
 def plan(spec: ClusterSpec, directory: Path, nats_server: str, valkey_server: str,
          restore_journal: list[str] | None = None) -> ClusterState:
     """Lay the cluster out: allocate every port (raising PortBusy) and name every file.
@@ -133,8 +146,9 @@ def plan(spec: ClusterSpec, directory: Path, nats_server: str, valkey_server: st
         raise PlanError(f"--restore-from-cluster {spec.restore_cluster}: its journal servers are not known")
     # Control ports are allocated, not derived (client port + 10000): an ephemeral client port
     # plus 10000 can pass 65535, and nothing would check that it is free.
-    count = 1 + 2 * spec.node_count + 3 * len(spec.zones)
-    numbers = ports.allocate(count, spec.base_port)
+    numbers = ports.allocate(port_count(spec), spec.base_port)
+    laid_out = 1 + 2 * spec.node_count + 3 * len(spec.zones)
+    numbers, tls_ports = numbers[:laid_out], numbers[laid_out:]
     if spec.base_port is None and ports.DEFAULT_ENDPOINT_PORT not in numbers and ports.is_free(
         ports.DEFAULT_ENDPOINT_PORT
     ):
@@ -156,6 +170,7 @@ def plan(spec: ClusterSpec, directory: Path, nats_server: str, valkey_server: st
                     preferred_primary=placement.primary,
                     port=node_ports[len(nodes)],
                     admin_port=admin_ports[len(nodes)],
+                    tls_port=tls_ports[len(nodes)] if tls_ports else 0,
                     config=str(directory / "nodes" / nid / "node.json"),
                     log=str(directory / "logs" / f"{nid}.log"),
                     host=hosts.get(placement.zone, ports.LOOPBACK),
@@ -228,6 +243,8 @@ def node_config(state: ClusterState, node: NodeState, log_level: str = "warning"
     if (tls := state.local_tls) is not None:
         values.update(journal_user=JOURNAL_USER, journal_password_file=tls.password_file,
                       journal_ca_file=tls.ca_file)
+        if node.tls_port:
+            values.update(tls_port=node.tls_port, tls_cert_file=tls.cert_file, tls_key_file=tls.key_file)
     values["shards"] = state.shards
     values["preferred_primary"] = node.preferred_primary
     data_dir = str(values["data_dir"])
@@ -255,7 +272,8 @@ def write_files(state: ClusterState, log_level: str = "warning") -> None:
     (Path(state.dir) / "logs").mkdir(parents=True, exist_ok=True)
     tls = state.local_tls
     if tls is not None:
-        tls.ensure([j.host for j in state.journal])
+        # One certificate for the cluster's servers: journal servers and nodes share their addresses.
+        tls.ensure([j.host for j in state.journal] + [n.host for n in state.nodes])
     journal.write_configs(state.journal, f"{state.name}-journal", state.journal_sync,
                           tls.server_tls() if tls else None, tls.auth() if tls else None)
     for node, config in configs:

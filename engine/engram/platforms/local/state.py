@@ -73,11 +73,18 @@ class NodeState:
     # The node's control port (ENGRAM.STATUS, ENGRAM.FAILOVER), allocated by the plan like `port`.
     # 0 only in state files written before control ports existed: their nodes took port + 10000.
     admin_port: int = 0
+    # Where the node serves clients over TLS (--tls; node/tls_front.py); 0: Valkey's port serves them.
+    tls_port: int = 0
+
+    @property
+    def client_port(self) -> int:
+        """The port clients use: the TLS one when the cluster has it."""
+        return self.tls_port or self.port
 
     @property
     def address(self) -> str:
         """Where clients connect: the node's data path."""
-        return f"{self.host}:{self.port}"
+        return f"{self.host}:{self.client_port}"
 
     @property
     def control_port(self) -> int:

@@ -262,7 +262,7 @@ class Supervisor:
     def _note_endpoint_node(self) -> None:
         """Record which node the endpoint routes to, so `up` can wait for it and status can show it."""
         targets = self._relay_targets()
-        first = next((n for n in self.state.nodes if targets and (n.host, n.port) == targets[0]), None)
+        first = next((n for n in self.state.nodes if targets and (n.host, n.client_port) == targets[0]), None)
         chosen = first.id if first is not None and self._is_shard0_primary(first) else ""
         if chosen != self.state.endpoint_node:
             self.state.endpoint_node = chosen
@@ -283,7 +283,7 @@ class Supervisor:
                 return (3, node.shard)
             return (1 if node.shard == 0 else 2, node.shard)
 
-        return [(n.host, n.port) for n in sorted(self.state.nodes, key=rank)]
+        return [(n.host, n.client_port) for n in sorted(self.state.nodes, key=rank)]
 
     async def _shutdown(self, remove_state: bool) -> None:
         """Stop the relay, then the nodes, then the journal; forget the cluster if asked."""

@@ -1,5 +1,6 @@
-"""A local cluster's locked journal (`engram local up --tls`): its own CA, one certificate for its
-journal servers, and the passwords of the cluster's processes and of the servers' routes.
+"""A local cluster's TLS (`engram local up --tls`): its own CA, one certificate for its servers
+(journal servers, and nodes serving clients), and the passwords of the cluster's processes and of
+the journal servers' routes.
 
 Everything lives in DIR/NAME/tls, readable by the owner only, and is made once: `down --keep-data`
 then `up` finds it again. docs/security.md says what it protects.
@@ -39,11 +40,11 @@ class LocalTLS:
 
     @property
     def cert_file(self) -> str:
-        return str(self.directory / "journal.pem")
+        return str(self.directory / "server.pem")
 
     @property
     def key_file(self) -> str:
-        return str(self.directory / "journal.key")
+        return str(self.directory / "server.key")
 
     @property
     def password_file(self) -> str:
@@ -65,13 +66,14 @@ class LocalTLS:
         return JournalSecurity.from_files(JOURNAL_USER, self.password_file, self.ca_file)
 
     def ensure(self, hosts: list[str]) -> None:
-        """Make the CA, the servers' certificate (valid for hosts) and the passwords, unless made."""
+        """Make the CA, the servers' certificate (valid for hosts) and the passwords, unless made;
+        the certificate is made again, with a new CA, when it does not cover every host."""
         self.directory.mkdir(parents=True, exist_ok=True)
         os.chmod(self.directory, 0o700)
         for path in (self.password_file, self.route_password_file):
             if not Path(path).exists():
                 _write_private(Path(path), secrets.token_hex(24).encode())
-        if not Path(self.ca_file).exists() or not Path(self.cert_file).exists():
+        if not Path(self.ca_file).exists() or not _covers(Path(self.cert_file), hosts):
             ca_key = ec.generate_private_key(ec.SECP256R1())
             ca = _ca_certificate(ca_key)
             key = ec.generate_private_key(ec.SECP256R1())
@@ -81,6 +83,16 @@ class LocalTLS:
             Path(self.cert_file).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
             Path(self.ca_file).write_bytes(ca.public_bytes(serialization.Encoding.PEM))
             # The CA's key is not kept: nothing else is ever signed with it.
+
+
+def _covers(cert_file: Path, hosts: list[str]) -> bool:
+    if not cert_file.exists():
+        return False
+    names = x509.load_pem_x509_certificate(cert_file.read_bytes()).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName).value
+    covered = {str(ip) for ip in names.get_values_for_type(x509.IPAddress)}
+    covered |= set(names.get_values_for_type(x509.DNSName))
+    return set(hosts) <= covered
 
 
 def _read(path: str) -> str:
