@@ -7,6 +7,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from engram.cli.main import build_parser
 from engram.node.config import NodeConfig
@@ -221,3 +222,20 @@ def test_rebalancing_is_on_unless_up_is_told_no(tmp_path: Path) -> None:
     assert _state(tmp_path, rebalance=False).rebalance is False
     args = build_parser().parse_args(["local", "up", "demo", "--no-rebalance"])
     assert args.no_rebalance is True
+
+
+def test_a_tls_cluster_in_zone_networks_has_one_certificate_for_every_address_and_the_endpoint(
+    tmp_path: Path,
+) -> None:
+    state = _state(tmp_path, tls=True, netns=True)
+    plan.write_files(state)
+    assert state.local_tls is not None
+    cert = x509.load_pem_x509_certificate(Path(state.local_tls.cert_file).read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    covered = {str(ip) for ip in names.get_values_for_type(x509.IPAddress)}
+    # The endpoint relays TLS from loopback to a node: the node must answer for 127.0.0.1 too.
+    assert covered == {ports.LOOPBACK, *(n.host for n in state.nodes)}
+    # Every node serves clients on a TLS port of its own, announced as its address.
+    configs = [plan.node_config(state, n) for n in state.nodes]
+    assert all(c.tls_port and c.announce == f"{c.host}:{c.tls_port}" for c in configs)
+    assert len({n.tls_port for n in state.nodes}) == len(state.nodes)

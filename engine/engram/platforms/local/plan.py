@@ -272,8 +272,9 @@ def write_files(state: ClusterState, log_level: str = "warning") -> None:
     (Path(state.dir) / "logs").mkdir(parents=True, exist_ok=True)
     tls = state.local_tls
     if tls is not None:
-        # One certificate for the cluster's servers: journal servers and nodes share their addresses.
-        tls.ensure([j.host for j in state.journal] + [n.host for n in state.nodes])
+        # One certificate for the cluster's servers: journal servers and nodes share their addresses,
+        # and the endpoint on loopback relays TLS to a node, which must answer for that name too.
+        tls.ensure([ports.LOOPBACK] + [j.host for j in state.journal] + [n.host for n in state.nodes])
     journal.write_configs(state.journal, f"{state.name}-journal", state.journal_sync,
                           tls.server_tls() if tls else None, tls.auth() if tls else None)
     for node, config in configs:
