@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from k8s_api import Kubectl, eventually, eventually_equal
+from k8s_api import Kubectl, eventually, eventually_equal, memorycluster
 
 from conftest import ENGINE_IMAGE
 
@@ -22,18 +22,6 @@ BAD = "rbad"
 ACKED: dict[str, str] = {}
 
 
-def memorycluster(name: str, shards: int, replicas: int, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "engram.io/v1alpha1",
-        "kind": "MemoryCluster",
-        "metadata": {"name": name},
-        "spec": {
-            "shards": shards,
-            "replicasPerShard": replicas,
-            "journal": {"replicas": 3, "storage": {"size": "1Gi"}},
-            **spec,
-        },
-    }
 
 
 def status(kube: Kubectl, name: str) -> dict[str, Any]:

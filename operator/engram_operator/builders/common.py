@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 from typing import Any
 
@@ -36,6 +37,19 @@ def metadata(
     if annotations:
         meta["annotations"] = dict(annotations)
     return meta
+
+
+def opaque_secret(
+    cluster: ClusterSpec, name: str, labels: dict[str, str], data: dict[str, str]
+) -> dict[str, Any]:
+    """An Opaque Secret the MemoryCluster owns, from text values (base64-encoded here)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata(cluster, name, labels),
+        "type": "Opaque",
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+    }
 
 
 def pod_security_context() -> dict[str, Any]:

@@ -10,7 +10,6 @@ volume is zonal anyway, so a server could never move zones without losing its da
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +19,7 @@ from engram_operator.builders.common import (
     container_security_context,
     fqdn,
     metadata,
+    opaque_secret,
     pod_security_context,
     scheduling,
     zone_affinity,
@@ -138,17 +138,8 @@ def build_journal_config(
         for p, cfg in zip(placements, journal_server_configs(cluster, placements, auth), strict=True)
     }
     if cluster.tls is not None:
-        return {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": metadata(
-                cluster,
-                labels.journal_config_secret_name(cluster.name),
-                labels.cluster_labels(cluster.name, labels.JOURNAL),
-            ),
-            "type": "Opaque",
-            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
-        }
+        return opaque_secret(cluster, labels.journal_config_secret_name(cluster.name),
+                             labels.cluster_labels(cluster.name, labels.JOURNAL), data)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",

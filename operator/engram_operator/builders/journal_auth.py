@@ -5,14 +5,13 @@ once into the Secret NAME-journal-auth. Anyone else is refused by the journal se
 
 from __future__ import annotations
 
-import base64
 import secrets
 from collections.abc import Mapping
 from typing import Any
 
 from engram.journal.servers import JournalAuth
 from engram_operator import constants, labels
-from engram_operator.builders.common import metadata
+from engram_operator.builders.common import opaque_secret
 from engram_operator.spec import ClusterSpec
 
 JOURNAL_USER = "engram"
@@ -31,18 +30,9 @@ def generate_password() -> str:
 
 def build_journal_auth_secret(cluster: ClusterSpec, password: str, route_password: str) -> dict[str, Any]:
     """NAME-journal-auth, owned by the MemoryCluster; created once and never rewritten."""
-    data = {PASSWORD_KEY: password, ROUTE_PASSWORD_KEY: route_password}
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": metadata(
-            cluster,
-            labels.journal_auth_secret_name(cluster.name),
-            labels.cluster_labels(cluster.name, labels.TLS),
-        ),
-        "type": "Opaque",
-        "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
-    }
+    return opaque_secret(cluster, labels.journal_auth_secret_name(cluster.name),
+                         labels.cluster_labels(cluster.name, labels.TLS),
+                         {PASSWORD_KEY: password, ROUTE_PASSWORD_KEY: route_password})
 
 
 def journal_auth_of(secret_data: Mapping[str, bytes]) -> JournalAuth | None:

@@ -6,13 +6,12 @@ deterministic, so that an unchanged spec and unchanged passwords never rewrite t
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from engram_operator import constants, labels
-from engram_operator.builders.common import metadata
+from engram_operator.builders.common import opaque_secret
 from engram_operator.spec import ClusterSpec, UserSpec
 
 HEADER = (
@@ -45,15 +44,8 @@ def render_users_file(cluster_name: str, users: Iterable[UserSpec], passwords: M
 
 def build_users_secret(cluster: ClusterSpec, text: str) -> dict[str, Any]:
     """The NAME-users Secret every engine pod mounts at constants.USERS_DIR."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": metadata(
-            cluster, labels.users_secret_name(cluster.name), labels.cluster_labels(cluster.name, labels.USERS)
-        ),
-        "type": "Opaque",
-        "data": {constants.USERS_FILE: base64.b64encode(text.encode()).decode()},
-    }
+    return opaque_secret(cluster, labels.users_secret_name(cluster.name),
+                         labels.cluster_labels(cluster.name, labels.USERS), {constants.USERS_FILE: text})
 
 
 def users_file_of(secret_data: Mapping[str, bytes]) -> str | None:
