@@ -118,23 +118,27 @@ def node_id(name: str, shard: int, index: int) -> str:
     return f"{name}-s{shard}-n{index}"
 
 
-def port_layout(spec: ClusterSpec, numbers: list[int]) -> tuple[int, list[int], list[int], list[int]]:
-    """Split the allocated ports: (endpoint, node client ports, journal ports, node control ports).
+def port_count(spec: ClusterSpec) -> int:
+    """Ports a cluster needs (see port_layout)."""
+    return 1 + 2 * spec.node_count + 3 * len(spec.zones) + (spec.node_count if spec.serves_tls else 0)
+
+
+def port_layout(
+    spec: ClusterSpec, numbers: list[int]
+) -> tuple[int, list[int], list[int], list[int], list[int]]:
+    """Split the allocated ports: (endpoint, node client ports, journal ports, node control ports,
+    node TLS ports).
 
     With --port BASE the order is predictable (docs/local-platform.md): the endpoint, every node's
-    client port, three per journal server, then every node's control port. The control ports come
-    last so that the ports of clusters planned before nodes had one keep their numbers.
+    client port, three per journal server, every node's control port, then every node's TLS port
+    when the cluster serves TLS. Later additions come last so that earlier ports keep their numbers.
     """
-    n, journal_ports = spec.node_count, 3 * len(spec.zones)
-    if len(numbers) != 1 + 2 * n + journal_ports:
-        raise ValueError(f"the cluster needs {1 + 2 * n + journal_ports} ports, got {len(numbers)}")
-    journal_end = 1 + n + journal_ports
-    return numbers[0], numbers[1 : 1 + n], numbers[1 + n : journal_end], numbers[journal_end:]
-
-
-def port_count(spec: ClusterSpec) -> int:
-    """Ports a cluster needs: the layout above, then each node's TLS port when it serves TLS."""
-    return 1 + 2 * spec.node_count + 3 * len(spec.zones) + (spec.node_count if spec.serves_tls else 0)
+    if len(numbers) != port_count(spec):
+        raise ValueError(f"the cluster needs {port_count(spec)} ports, got {len(numbers)}")
+    n = spec.node_count
+    journal_end = 1 + n + 3 * len(spec.zones)
+    return (numbers[0], numbers[1 : 1 + n], numbers[1 + n : journal_end],
+            numbers[journal_end : journal_end + n], numbers[journal_end + n :])
 
 
 def plan(spec: ClusterSpec, directory: Path, nats_server: str, valkey_server: str,
@@ -147,13 +151,11 @@ def plan(spec: ClusterSpec, directory: Path, nats_server: str, valkey_server: st
     # Control ports are allocated, not derived (client port + 10000): an ephemeral client port
     # plus 10000 can pass 65535, and nothing would check that it is free.
     numbers = ports.allocate(port_count(spec), spec.base_port)
-    laid_out = 1 + 2 * spec.node_count + 3 * len(spec.zones)
-    numbers, tls_ports = numbers[:laid_out], numbers[laid_out:]
     if spec.base_port is None and ports.DEFAULT_ENDPOINT_PORT not in numbers and ports.is_free(
         ports.DEFAULT_ENDPOINT_PORT
     ):
         numbers[0] = ports.DEFAULT_ENDPOINT_PORT
-    endpoint, node_ports, rest, admin_ports = port_layout(spec, numbers)
+    endpoint, node_ports, rest, admin_ports, tls_ports = port_layout(spec, numbers)
     net = network.plan_network(str(directory), spec.zones) if spec.netns else None
     hosts = {link.zone: link.address for link in net.links} if net else {}
     nodes = []
