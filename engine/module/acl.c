@@ -29,7 +29,7 @@
 
 #include "engram.h"
 
-extern VkCtx *eg_ctx; /* module.c: a context for calls made outside any command */
+
 
 /* ---- Authentication ------------------------------------------------------------------------ */
 

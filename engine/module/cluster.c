@@ -2,6 +2,7 @@
  * slot and role checks in the command filter, and READONLY, READWRITE, ASKING and CLUSTER answered
  * by the module, from the state the node pushed (control.c).
  *
+ * Slots moving between shards (MIGRATING, IMPORTING, ASK, TRYAGAIN) are migration.c's.
  * The checks mirror the node's front door (engram.frontdoor.server.FrontDoor.admission) and its
  * error texts. The filter cannot reply: a refused command is rewritten into ENGRAM.REFUSE, which
  * replies at once or, behind replies that wait for a commit, takes its place in the queue. */
@@ -54,15 +55,27 @@ static const char *refusal(VkFilterCtx *f, EgClient *cl, const char *name, size_
                            char *buf, size_t cap) {
     /* EXEC runs what was queued: it is checked on the transaction's slot and writes. */
     int exec = cl->in_tx && cl->tx_n > 0 && is(name, len, "exec");
-    int slot = exec ? cl->tx_slot - 1 : command_slot(f, argc);
+    /* ASKING lasts one command, or a whole transaction (MULTI keeps it, EXEC ends it), as in
+     * Valkey. MIGRATE sends RESTORE without it (the source runs standalone): RESTORE counts. */
+    int asking = cl->asking || is(name, len, "restore") || is(name, len, "restore-asking");
+    if ((!cl->in_tx || exec) && !is(name, len, "multi")) cl->asking = 0;
+    int migrate = is(name, len, "migrate");
+    int slot = exec ? cl->tx_slot - 1 : migrate ? -1 : command_slot(f, argc);
     int write = exec ? cl->tx_writes : (cls & EG_CMD_WRITE) != 0;
     if (slot == -2) return CROSSSLOT;
     EgTopology *t = eg_topology;
+    int moving_out = 0;
+    if (migrate && eg_active) {
+        const char *why = eg_migrate_refusal(f, argc, buf, cap);
+        if (why) return why;
+    }
     if (slot >= 0) {
         if (!t || !t->slots_known) return SLOT_MAP_UNKNOWN;
         int owner = t->owner[slot];
         if (owner == EG_NO_SHARD) return "CLUSTERDOWN Hash slot not served";
-        if (owner != t->shard) {
+        int importing = eg_active && asking && t->moving[slot] == t->shard && owner != t->shard;
+        moving_out = owner == t->shard && t->moving[slot] != EG_NO_SHARD;
+        if (owner != t->shard && !importing) {
             const char *address = eg_leader_of(owner);
             if (address)
                 snprintf(buf, cap, "MOVED %d %s", slot, address);
@@ -71,17 +84,33 @@ static const char *refusal(VkFilterCtx *f, EgClient *cl, const char *name, size_
             return buf;
         }
         if (cl->in_tx && !exec) { /* a transaction runs on one slot, as in Valkey cluster */
-            if (!cl->tx_slot)
+            if (!cl->tx_slot) {
                 cl->tx_slot = slot + 1;
-            else if (cl->tx_slot != slot + 1)
+                cl->tx_moves = eg_mig_moves;
+            } else if (cl->tx_slot != slot + 1) {
                 return CROSSSLOT;
+            }
+        }
+        if (importing && !exec && eg_serving()) {
+            const char *why = eg_importing_refusal(f, cl, slot, argc, buf, cap);
+            if (why) return why;
         }
     }
     if (eg_active) {
-        if (eg_serving()) return NULL;
+        if (eg_serving()) {
+            if (!moving_out) return NULL;
+            /* Keys may have moved since the transaction's commands were checked. */
+            if (exec) {
+                if (!eg_mig_frozen && cl->tx_moves == eg_mig_moves) return NULL;
+                snprintf(buf, cap, "TRYAGAIN engram: slot %d is moving to shard %d; run the transaction again",
+                         slot, t->moving[slot]);
+                return buf;
+            }
+            return eg_migrating_refusal(f, cl, slot, argc, buf, cap);
+        }
         /* Past the lease: nothing that reads or writes data. Connection commands still work, and
          * so does an EXEC with nothing to run (its commands were refused while queued). */
-        if (!write && slot < 0 && !(cls & EG_CMD_KEYSPACE_READ) && !exec) return NULL;
+        if (!write && slot < 0 && !(cls & EG_CMD_KEYSPACE_READ) && !exec && !migrate) return NULL;
         snprintf(buf, cap, "TRYAGAIN %s", eg_lease_reason());
         return buf;
     }
@@ -169,8 +198,19 @@ int eg_cmd_refuse(VkCtx *ctx, VkString **argv, int argc) {
         else
             cl->tx_abort = 1;
     }
-    if (!cl->head) return eg_silenced(cl) ? VK_OK : Vk_ReplyWithError(ctx, text);
+    /* An ASK for keys whose deletion (a MIGRATE's) is not committed waits for it: until then
+     * a failover could bring the keys back here, and the target must not have been used. */
+    int wait_ask = !strncmp(text, "ASK ", 4) && eg_active && eg_dirty_any() && argc > 2;
+    if (!cl->head && !wait_ask) return eg_silenced(cl) ? VK_OK : Vk_ReplyWithError(ctx, text);
     eg_queue(cl, EG_ERROR, NULL, text);
+    if (wait_ask) {
+        int unassigned = 0;
+        long long target = eg_dirty_target(argv + 2, argc - 2, &unassigned);
+        if (unassigned)
+            eg_need_offset(cl);
+        else if (target > eg_committed)
+            eg_need_target(cl, target);
+    }
     return eg_finish(ctx, cl);
 }
 
@@ -313,5 +353,6 @@ int eg_cmd_cluster(VkCtx *ctx, VkString **argv, int argc) {
     }
     if (!strcmp(name, "readonly")) cl->readonly = 1;
     if (!strcmp(name, "readwrite")) cl->readonly = 0;
+    if (!strcmp(name, "asking")) cl->asking = 1;
     return answer(ctx, cl, eg_resp_status("OK"), 0);
 }

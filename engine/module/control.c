@@ -148,6 +148,7 @@ int eg_cmd_role(VkCtx *ctx, VkString **argv, int argc) {
     if (!eg_from_unix_socket(ctx)) return refuse_remote(ctx, "ENGRAM.ROLE");
     const char *role = Vk_StringPtrLen(argv[1], NULL);
     if (!strcasecmp(role, "primary")) {
+        if (!pushed_primary) eg_migration_promoted();
         eg_active = 1;
     } else if (!strcasecmp(role, "replica")) {
         eg_active = 0;
@@ -277,12 +278,13 @@ int eg_cmd_loadrdb(VkCtx *ctx, VkString **argv, int argc) {
 
 /* ---- ENGRAM.TOPOLOGY ----------------------------------------------------------------------
  *
- *   ENGRAM.TOPOLOGY SHARD <n> SLOTS <map|UNKNOWN> [REASON <text>]
+ *   ENGRAM.TOPOLOGY SHARD <n> SLOTS <map|UNKNOWN> [MOVING <map>] [EPOCH <n>] [REASON <text>]
  *                   [LEADER <shard> <host:port>]... [REPLY <subcommand> <resp>]...
  *                   [REPLICAS <node-id> <resp>]...
  *
  * SHARD: this node's shard. SLOTS: 32768 bytes, the owning shard of each of the 16384 slots as
- * a big-endian uint16 (0xFFFF unassigned), or UNKNOWN. REASON: why a shard has no primary (the
+ * a big-endian uint16 (0xFFFF unassigned), or UNKNOWN. MOVING: the same for the shard each slot
+ * is migrating to (0xFFFF: not moving; migration.c). EPOCH: the slot map's config epoch. REASON: why a shard has no primary (the
  * CLUSTERDOWN text on a replica). LEADER: a shard's primary (none when absent or empty); for
  * this node's own shard, the leader its replicas redirect to. REPLY: the reply to CLUSTER
  * <subcommand> (MYID, MYSHARDID, INFO, SLOTS, SHARDS, NODES) and REPLICAS: to CLUSTER REPLICAS
@@ -375,16 +377,26 @@ static const char *set_slots(EgTopology *t, VkString *map) {
     return NULL;
 }
 
+static const char *set_moving(EgTopology *t, VkString *map) {
+    size_t len;
+    const unsigned char *p = (const unsigned char *)Vk_StringPtrLen(map, &len);
+    if (len != 2 * EG_SLOTS) return "MOVING takes 32768 bytes (a big-endian uint16 per slot)";
+    for (int i = 0; i < EG_SLOTS; i++) t->moving[i] = (uint16_t)(p[2 * i] << 8 | p[2 * i + 1]);
+    return NULL;
+}
+
 static const char *parse_topology(EgTopology *t, VkString **argv, int argc) {
     int have_shard = 0, have_slots = 0;
+    for (int i = 0; i < EG_SLOTS; i++) t->moving[i] = EG_NO_SHARD;
     for (int i = 1; i < argc;) {
         char kw[16];
         size_t len;
         const char *s = Vk_StringPtrLen(argv[i], &len);
         eg_lower(kw, sizeof kw, s, len);
         int two = !strcmp(kw, "leader") || !strcmp(kw, "reply") || !strcmp(kw, "replicas");
-        int one = !strcmp(kw, "shard") || !strcmp(kw, "slots") || !strcmp(kw, "reason");
-        if (!one && !two) return "unknown keyword (SHARD, SLOTS, REASON, LEADER, REPLY, REPLICAS)";
+        int one = !strcmp(kw, "shard") || !strcmp(kw, "slots") || !strcmp(kw, "reason") ||
+                  !strcmp(kw, "moving") || !strcmp(kw, "epoch");
+        if (!one && !two) return "unknown keyword (SHARD, SLOTS, MOVING, EPOCH, REASON, LEADER, REPLY, REPLICAS)";
         if (i + (two ? 2 : 1) >= argc) return "a keyword lacks its value";
         const char *err = NULL;
         if (!strcmp(kw, "shard")) {
@@ -393,6 +405,11 @@ static const char *parse_topology(EgTopology *t, VkString **argv, int argc) {
         } else if (!strcmp(kw, "slots")) {
             err = set_slots(t, argv[i + 1]);
             have_slots = 1;
+        } else if (!strcmp(kw, "moving")) {
+            err = set_moving(t, argv[i + 1]);
+        } else if (!strcmp(kw, "epoch")) {
+            if (Vk_StringToLongLong(argv[i + 1], &t->epoch) != VK_OK || t->epoch < 0)
+                return "EPOCH takes a non-negative number";
         } else if (!strcmp(kw, "reason")) {
             char reason[256];
             eg_join_args(argv, i + 1, i + 2, reason, sizeof reason);
@@ -424,6 +441,7 @@ int eg_cmd_topology(VkCtx *ctx, VkString **argv, int argc) {
         return Vk_ReplyWithError(ctx, buf);
     }
     /* Queued CLUSTER replies hold their own references to the old replies. */
+    eg_migration_topology(t);
     free_topology(eg_topology);
     eg_topology = t;
     eg_cluster_on = 1;

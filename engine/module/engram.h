@@ -158,6 +158,7 @@ typedef void (*VkScanFunc)(VkCtx *ctx, VkString *keyname, VkKey *key, void *priv
     X(int, GetContextFlags, (VkCtx * ctx))                                                         \
     X(int, SelectDb, (VkCtx * ctx, int db))                                                        \
     X(int, GetSelectedDb, (VkCtx * ctx))                                                           \
+    X(int, KeyExists, (VkCtx * ctx, VkString * keyname))                                           \
     X(int, SubscribeToKeyspaceEvents, (VkCtx * ctx, int types, VkNotifyFunc cb))                   \
     X(int, SubscribeToServerEvent, (VkCtx * ctx, VkEvent event, VkEventCallback cb))               \
     X(int *, GetCommandKeysWithFlags,                                                              \
@@ -274,6 +275,8 @@ struct EgClient {
     int readonly;   /* READONLY: keyed reads are served on a replica */
     int tx_slot;    /* slot + 1 of the keyed commands queued in MULTI; 0 none yet */
     int tx_writes;  /* a write was queued in MULTI */
+    int asking;     /* ASKING: the next command (or the transaction) may use a slot being imported */
+    long long tx_moves; /* MIGRATE calls run when the transaction's slot was first checked */
     /* ACL (acl.c): the connection is known to be authenticated (its user is not "default"). */
     int authed;
     /* CLIENT REPLY, as Valkey applies it (acl.c): replies off until ON; the next command's
@@ -310,6 +313,7 @@ extern long long eg_max_queued_bytes; /* per client */
 extern long long eg_iter;             /* event-loop iteration, for per-iteration caches */
 extern int eg_active;                 /* primary role: the module holds replies */
 extern int eg_managed;                /* managed 1: fail closed until the node pushes its state */
+extern VkCtx *eg_ctx;                 /* a context for calls made outside any command */
 int eg_command_class(const char *name, size_t len, VkString *sub);
 char *eg_strdup(const char *s);
 size_t eg_lower(char *out, size_t cap, const char *s, size_t len);
@@ -399,6 +403,9 @@ typedef struct EgTopology {
     int shard;         /* this node's shard */
     int slots_known;
     uint16_t owner[EG_SLOTS]; /* shard per slot, EG_NO_SHARD unassigned */
+    uint16_t moving[EG_SLOTS]; /* shard a slot is migrating to, EG_NO_SHARD when it is not */
+    long long epoch;           /* the slot map's config epoch */
+    int moving_out, moving_in; /* slots this shard is migrating away and importing */
     char **leader;     /* per shard id below n_leader: its primary's host:port, or NULL */
     int n_leader;
     char *reason;      /* why the shard has no primary: the CLUSTERDOWN text on a replica */
@@ -430,6 +437,20 @@ int eg_cluster_filter(VkFilterCtx *f, EgClient *cl, const char *name, size_t len
 int eg_cmd_refuse(VkCtx *ctx, VkString **argv, int argc);
 int eg_cmd_cluster(VkCtx *ctx, VkString **argv, int argc);
 void eg_refuse(VkFilterCtx *f, EgClient *cl, const char *text);
+
+/* migration.c */
+enum { EG_KEYS_NONE = 0, EG_KEYS_SOME = 1, EG_KEYS_ALL = 2 };
+extern int eg_mig_frozen;
+extern long long eg_mig_moves;
+int eg_keys_present(VkFilterCtx *f, int argc, unsigned long long client_id);
+const char *eg_migrating_refusal(VkFilterCtx *f, EgClient *cl, int slot, int argc, char *buf, size_t cap);
+const char *eg_importing_refusal(VkFilterCtx *f, EgClient *cl, int slot, int argc, char *buf, size_t cap);
+const char *eg_migrate_refusal(VkFilterCtx *f, int argc, char *buf, size_t cap);
+void eg_migration_called(const char *cmd, size_t len, VkCallReply *reply);
+void eg_migration_promoted(void);
+void eg_migration_topology(EgTopology *t);
+int eg_migration_info(char *buf, size_t cap);
+int eg_cmd_migration(VkCtx *ctx, VkString **argv, int argc);
 
 /* commit.c */
 extern long long eg_committed; /* highest offset the replica link acknowledged */

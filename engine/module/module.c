@@ -170,6 +170,7 @@ static int cmd_call(VkCtx *ctx, VkString **argv, int argc, int is_write) {
         return eg_finish(ctx, cl);
     }
     if (Vk_CallReplyType(r) == VK_REPLY_PROMISE) return eg_block_for_promise(ctx, cl, r);
+    if (is_write) eg_migration_called(cmd, len, r);
     eg_queue(cl, EG_CALL, r, NULL);
     if (is_write || ((cls & EG_CMD_KEYSPACE_READ) && eg_dirty_any())) {
         eg_need_offset(cl); /* waits for everything run so far */
@@ -347,6 +348,7 @@ static int cmd_info(VkCtx *ctx, VkString **argv, int argc) {
                      eg_commit_timeout_ms, st.blocks, st.early_blocks, st.emitted, st.timeouts, st.failed,
                      st.users_pending, st.users_done);
     if (n > 0 && (size_t)n < sizeof buf) n += eg_control_info(buf + n, sizeof buf - (size_t)n);
+    if (n > 0 && (size_t)n < sizeof buf) n += eg_migration_info(buf + n, sizeof buf - (size_t)n);
     if (n < 0 || (size_t)n >= sizeof buf) n = (int)strlen(buf);
     return Vk_ReplyWithStringBuffer(ctx, buf, (size_t)n);
 }
@@ -505,6 +507,7 @@ int ValkeyModule_OnLoad(VkCtx *ctx, VkString **argv, int argc) {
         {"engram.loadrdb", eg_cmd_loadrdb, "admin deny-script"},
         {"engram.committimeout", cmd_committimeout, "admin fast"},
         {"engram.info", cmd_info, "readonly fast"},
+        {"engram.migration", eg_cmd_migration, "admin fast deny-script"},
         {"engram.clients", cmd_clients, "readonly"},
         {"engram.users.pending", eg_cmd_users_pending, "admin fast deny-script"},
         {"engram.users.done", eg_cmd_users_done, "admin fast deny-script"},

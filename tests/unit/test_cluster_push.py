@@ -12,7 +12,8 @@ from engram.cluster.topology import ClusterView, LeaderRecord, NodeRecord, SlotM
 
 def _fields(args: list[bytes]) -> list[tuple[bytes, ...]]:
     """The argv after the command name, as (keyword, value...) groups."""
-    arity = {b"SHARD": 1, b"SLOTS": 1, b"REASON": 1, b"LEADER": 2, b"REPLY": 2, b"REPLICAS": 2}
+    arity = {b"SHARD": 1, b"SLOTS": 1, b"EPOCH": 1, b"MOVING": 1, b"REASON": 1,
+             b"LEADER": 2, b"REPLY": 2, b"REPLICAS": 2}
     out, i = [], 1
     while i < len(args):
         n = arity[args[i]]
@@ -37,7 +38,10 @@ def test_the_slot_map_is_each_slots_shard_as_big_endian_uint16() -> None:
 def test_the_push_carries_shard_map_leaders_reason_and_the_rendered_replies() -> None:
     view, me = _view(), Me("c", 0, "10.0.0.3:6379", 2)
     fields = _fields(topology_command(view, me, "10.0.0.9:6379", "no primary"))
-    assert fields[:3] == [(b"SHARD", b"0"), (b"SLOTS", slot_owners(view)), (b"REASON", b"no primary")]
+    assert fields[:4] == [
+        (b"SHARD", b"0"), (b"SLOTS", slot_owners(view)), (b"EPOCH", b"1"), (b"REASON", b"no primary")
+    ]
+    assert not [f for f in fields if f[0] == b"MOVING"]  # nothing moves
     # This shard's leader is the one the node knows, not the view's record.
     assert [f for f in fields if f[0] == b"LEADER"] == [
         (b"LEADER", b"1", b"10.0.0.2:6379"), (b"LEADER", b"0", b"10.0.0.9:6379")
@@ -49,6 +53,18 @@ def test_the_push_carries_shard_map_leaders_reason_and_the_rendered_replies() ->
     primary = cluster_node_id("a").encode()
     assert set(replicas) == {primary, cluster_node_id("b").encode()}
     assert replicas[primary] == cluster_command(view, me, [b"CLUSTER", b"REPLICAS", primary], resp3=True)
+
+
+def test_slots_in_motion_are_pushed_with_their_target_shard() -> None:
+    view = _view()
+    assert view.slots is not None
+    view.slots = SlotMap(view.slots.ranges, 7, 3, [(5, 9, 2), (200, 200, 1)])
+    fields = dict((f[0], f[1]) for f in _fields(topology_command(view, Me("c", 0, "x:1", 2), "", "r"))
+                  if len(f) == 2)
+    assert fields[b"EPOCH"] == b"7"
+    targets = struct.unpack(f">{SLOTS}H", fields[b"MOVING"])
+    assert targets[5:10] == (2,) * 5 and targets[200] == 1
+    assert targets.count(UNASSIGNED) == SLOTS - 6
 
 
 def test_without_a_slot_map_only_the_node_ids_are_pushed() -> None:

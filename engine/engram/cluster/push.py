@@ -13,7 +13,7 @@ from engram.cluster.protocol import Me, cluster_command
 from engram.cluster.slots import SLOTS
 from engram.cluster.topology import ClusterView, cluster_node_id
 
-__all__ = ["UNASSIGNED", "slot_owners", "topology_command"]
+__all__ = ["UNASSIGNED", "slot_owners", "slot_targets", "topology_command"]
 
 UNASSIGNED = 0xFFFF
 # Replies pushed ready-made; REPLICAS is pushed per primary, KEYSLOT and the slot scans are the module's.
@@ -21,21 +21,34 @@ _ALWAYS = (b"MYID", b"MYSHARDID")
 _WITH_SLOTS = (b"INFO", b"SLOTS", b"SHARDS", b"NODES")
 
 
-def slot_owners(view: ClusterView) -> bytes:
-    """The owning shard of each slot as big-endian uint16 (0xFFFF unassigned), 32768 bytes."""
+def _slot_array(ranges: list[tuple[int, int, int]]) -> bytes:
+    """A shard per slot as big-endian uint16 (0xFFFF none), 32768 bytes."""
     owners = array("H", [UNASSIGNED]) * SLOTS
-    if view.slots is not None:
-        for first, last, shard in view.slots.ranges:
-            owners[first : last + 1] = array("H", [shard]) * (last - first + 1)
+    for first, last, shard in ranges:
+        owners[first : last + 1] = array("H", [shard]) * (last - first + 1)
     if sys.byteorder == "little":
         owners.byteswap()
     return owners.tobytes()
+
+
+def slot_owners(view: ClusterView) -> bytes:
+    """The owning shard of each slot as big-endian uint16 (0xFFFF unassigned), 32768 bytes."""
+    return _slot_array(view.slots.ranges if view.slots is not None else [])
+
+
+def slot_targets(view: ClusterView) -> bytes:
+    """The shard each slot is migrating to, in slot_owners' encoding (0xFFFF: not moving)."""
+    return _slot_array(view.slots.moving if view.slots is not None else [])
 
 
 def topology_command(view: ClusterView, me: Me, leader: str, reason: str) -> list[bytes]:
     """ENGRAM.TOPOLOGY's argv for this view; leader: this shard's primary as the node knows it ("" none)."""
     args = [b"ENGRAM.TOPOLOGY", b"SHARD", b"%d" % me.shard]
     args += [b"SLOTS", slot_owners(view) if view.slots is not None else b"UNKNOWN"]
+    if view.slots is not None:
+        args += [b"EPOCH", b"%d" % view.slots.epoch]
+        if view.slots.moving:
+            args += [b"MOVING", slot_targets(view)]
     args += [b"REASON", reason.encode()]
     for shard, record in sorted(view.leaders.items()):
         if shard != me.shard and record.address:
