@@ -154,7 +154,6 @@ def test_name_must_be_a_dns_label_starting_with_a_letter() -> None:
 @pytest.mark.parametrize(
     ("change", "field"),
     [
-        ({"shards": 2}, "spec.shards"),
         ({"journal": {"replicas": 5}}, "spec.journal.replicas"),
         ({"journal": {"storage": {"size": "20Gi"}}}, "spec.journal.storage"),
         ({"placement": {"topologyKey": "kubernetes.io/hostname"}}, "spec.placement.topologyKey"),
@@ -182,3 +181,16 @@ def test_supported_changes_pass_on_update() -> None:
     new["spec"]["engine"]["logLevel"] = "debug"
     _, errors = admit(new, old=old)
     assert errors == []
+
+
+@pytest.mark.parametrize("shards", [1, 2, 5, 500])
+def test_shards_can_grow_and_shrink_on_a_running_cluster(shards: int) -> None:
+    """Online resharding: the operator runs a reshard Job; only the bounds are checked."""
+    old, _ = admit(cluster(shards=3))
+    new = copy.deepcopy(old)
+    new["spec"]["shards"] = shards
+    _, errors = admit(new, old=old)
+    assert errors == []
+    new["spec"]["shards"] = 501
+    _, errors = admit(new, old=old)
+    assert errors and "spec.shards" in errors[0]
