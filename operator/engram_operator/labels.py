@@ -29,12 +29,17 @@ CLUSTER_ID = f"{GROUP}/cluster-id"
 # On the provisioning Job: what it seeds the cluster from (JSON, spec.restoreFrom's source), so that
 # status.restoredFrom says what the Job that succeeded really did.
 RESTORE_FROM = f"{GROUP}/restore-from"
+# On the provisioning and reshard Jobs: the shard count the Job leaves the slot map with, and (reshard
+# Jobs) the one it started from. How the operator knows the slot map's count (decisions/resharding.py).
+SHARDS = f"{GROUP}/shards"
+FROM_SHARDS = f"{GROUP}/from-shards"
 # The escape hatch: "disabled" stops the operator touching this cluster (CloudNativePG does the same).
 RECONCILIATION = f"{GROUP}/reconciliation"
 
 ENGINE = "engine"
 JOURNAL = "journal"
 PROVISION = "provision"
+RESHARD = "reshard"
 USERS = "users"
 TLS = "tls"
 MANAGER = "engram-operator"
@@ -121,6 +126,11 @@ def journal_auth_secret_name(cluster: str) -> str:
 
 def provision_job_name(cluster: str) -> str:
     return f"{cluster}-provision"
+
+
+def reshard_job_name(cluster: str, shards: int) -> str:
+    """The Job that reshards the cluster to ``shards`` shards (one target, one name)."""
+    return f"{cluster}-reshard-{shards}"
 
 
 def engine_pod_base_name(cluster: str, shard: int, index: int) -> str:

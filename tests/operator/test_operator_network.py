@@ -96,6 +96,10 @@ def provision_pod(cluster: str) -> Pod:
     return Pod("db", labels.cluster_labels(cluster, labels.PROVISION))
 
 
+def reshard_pod(cluster: str = "demo", namespace: str = "db") -> Pod:
+    return Pod(namespace, labels.cluster_labels(cluster, labels.RESHARD))
+
+
 OPERATOR_POD = Pod("engram-system", {**OPERATOR.pod_labels, "pod-template-hash": "abc"})
 APP = Pod("db", {"app": "shop"})
 ELSEWHERE = Pod("web", {"app": "shop"})
@@ -177,6 +181,25 @@ def test_spec_network_clients_narrows_valkeys_port_and_keeps_the_operators_acces
     assert not admits(engine, ELSEWHERE, constants.CLIENT_PORT)  # podSelector alone: own namespace
     assert admits(engine, OPERATOR_POD, constants.ADMIN_PORT)
     assert admits(engine, engine_pod(), constants.ADMIN_PORT)
+
+
+def test_narrowed_clients_still_let_the_clusters_nodes_and_reshard_job_reach_valkey() -> None:
+    """Resharding: the source primary's Valkey MIGRATEs keys to the target primary's client port,
+    directed by the reshard Job over that port; neither is in an application's clients list."""
+    clients = [{"podSelector": {"matchLabels": {"app": "shop"}}}]
+    engine = policies(spec(network={"clients": clients}))["engine"]
+    assert admits(engine, engine_pod(), constants.CLIENT_PORT)
+    assert admits(engine, reshard_pod(), constants.CLIENT_PORT)
+    for source in (engine_pod("other"), reshard_pod("other"), reshard_pod(namespace="web"), journal_pod()):
+        assert not admits(engine, source, constants.CLIENT_PORT), source
+    # Nothing more than Valkey's port: the control port stays the nodes' and the operator's.
+    assert not admits(engine, reshard_pod(), constants.ADMIN_PORT)
+
+
+def test_the_clusters_reshard_job_reaches_its_journal_and_no_other() -> None:
+    assert admits(policies(spec())["journal"], reshard_pod(), constants.JOURNAL_CLIENT_PORT)
+    assert not admits(policies(spec())["journal"], reshard_pod("other"), constants.JOURNAL_CLIENT_PORT)
+    assert not admits(policies(spec())["journal"], reshard_pod(), constants.JOURNAL_CLUSTER_PORT)
 
 
 def test_every_port_the_pods_serve_is_in_their_policy() -> None:

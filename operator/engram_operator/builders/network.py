@@ -1,7 +1,8 @@
 """NetworkPolicies: who may reach the engine pods' and the journal servers' ports (ingress only).
 
-Egress is left open: nodes reach the journal and object storage, the provisioning Job may read
-another cluster's journal, and everything needs DNS, whose address differs between clusters.
+Egress is left open: nodes reach the journal and object storage (and, resharding, each other's
+Valkey), the provisioning Job may read another cluster's journal, and everything needs DNS, whose
+address differs between clusters.
 """
 
 from __future__ import annotations
@@ -96,15 +97,30 @@ def _policy(cluster: ClusterSpec, name: str, component: str, ingress: list[dict[
     }
 
 
+def _client_peers(cluster: ClusterSpec) -> list[dict[str, Any]] | None:
+    """Who reaches Valkey's client port: spec.network.clients (None: everyone), and always the
+    cluster's own engine pods and reshard Jobs. An online reshard moves keys with Valkey's MIGRATE,
+    which the source primary's Valkey sends to the target primary's client port, directed by the
+    reshard Job over the same port; a spec that lists only the application must not stop that."""
+    if cluster.network.clients is None:
+        return None
+    return [
+        *cluster.network.clients,
+        _pods(labels.selector(cluster.name, labels.ENGINE)),
+        _pods(labels.selector(cluster.name, labels.RESHARD)),
+    ]
+
+
 def build_engine_policy(cluster: ClusterSpec, operator: OperatorPeer) -> dict[str, Any]:
-    """Engine pods: Valkey's port for clients, the control port for peers and the operator, metrics."""
+    """Engine pods: Valkey's port for clients and for peers and the reshard Job moving slots, the
+    control port for peers and the operator, metrics."""
     engine = _pods(labels.selector(cluster.name, labels.ENGINE))
     return _policy(
         cluster,
         engine_policy_name(cluster.name),
         labels.ENGINE,
         [
-            _rule(constants.CLIENT_PORT, cluster.network.clients),
+            _rule(constants.CLIENT_PORT, _client_peers(cluster)),
             # ENGRAM.STATUS/FAILOVER/SNAPSHOT: a node hands its shard to a peer on SIGTERM
             # (engram.leadership.on_stop, switchover), and the operator probes and commands every
             # node (probe.py). Nothing else needs it: the readiness probe and Valkey's preStop hook
@@ -116,8 +132,8 @@ def build_engine_policy(cluster: ClusterSpec, operator: OperatorPeer) -> dict[st
 
 
 def build_journal_policy(cluster: ClusterSpec) -> dict[str, Any]:
-    """Journal servers: clients only from the cluster's engine pods and provisioning Jobs; routes
-    only between the cluster's own servers; the monitoring port for scraping."""
+    """Journal servers: clients only from the cluster's engine pods, its reshard Jobs and provisioning
+    Jobs; routes only between the cluster's own servers; the monitoring port for scraping."""
     provisioning = _pods(
         {labels.NAME: "engram", labels.COMPONENT: labels.PROVISION, labels.MANAGED_BY: labels.MANAGER}
     )
@@ -131,7 +147,12 @@ def build_journal_policy(cluster: ClusterSpec) -> dict[str, Any]:
             # cluster cannot know the names of clusters that will restore from it.
             _rule(
                 constants.JOURNAL_CLIENT_PORT,
-                [_pods(labels.selector(cluster.name, labels.ENGINE)), provisioning],
+                [
+                    _pods(labels.selector(cluster.name, labels.ENGINE)),
+                    # The reshard plan and its progress live in the cluster's metadata bucket.
+                    _pods(labels.selector(cluster.name, labels.RESHARD)),
+                    provisioning,
+                ],
             ),
             _rule(constants.JOURNAL_CLUSTER_PORT, [_pods(labels.selector(cluster.name, labels.JOURNAL))]),
             # Read by the kubelet's probes (not subject to policies in common plugins) and by
