@@ -1,8 +1,10 @@
 """Cluster metadata in a JetStream key-value bucket, watched by every node.
 
 Keys: `cluster` (the cluster's unique id), `slots` (the slot map), `leader.<shard>` (its primary),
-`node.<id>` (a node's record). The bucket, `cluster` and the first `slots` are written once, by
-provisioning; nodes only read them, and wait while they cannot be found.
+`node.<id>` (a node's record), `reshard` (a change of the shard count and its progress). The bucket,
+`cluster` and the first `slots` are written by provisioning; afterwards only a reshard changes
+`slots`, each time with a higher epoch and a compare-and-set. Nodes only read them, and wait while
+they cannot be found.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 
 import nats.errors
 import nats.js.errors
@@ -26,6 +29,7 @@ log = logging.getLogger(__name__)
 
 SLOTS_KEY = "slots"
 CLUSTER_KEY = "cluster"
+RESHARD_KEY = "reshard"
 # Written once a restore has seeded every shard: a re-run of provisioning must not seed again.
 RESTORED_KEY = "restored"
 
@@ -146,6 +150,54 @@ class ClusterMetadata:
         self.view.changes += 1
         return slots
 
+    async def update_slot_map(self, change: Callable[[SlotMap], SlotMap | None]) -> SlotMap:
+        """Replace the slot map by change(current) with a compare-and-set, retried on contention;
+        change returns None when nothing is to be written. The new map's epoch is raised by one."""
+        for _ in range(20):
+            try:
+                entry = await self._kv.get(SLOTS_KEY)
+            except nats.js.errors.KeyNotFoundError:
+                raise StreamMissing("the cluster metadata has no slot map: provisioning writes it") from None
+            except nats.errors.Error as exc:
+                raise NoQuorum(f"cannot read the slot map: {exc!r}") from exc
+            current = SlotMap.loads(entry.value or b"")
+            wanted = change(current)
+            if wanted is None:
+                return current
+            wanted.epoch = current.epoch + 1
+            try:
+                await self._kv.update(SLOTS_KEY, wanted.dumps(), last=entry.revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue
+            except nats.errors.Error as exc:
+                raise NoQuorum(f"cannot write the slot map: {exc!r}") from exc
+            self.view.slots = wanted
+            self.view.changes += 1
+            return wanted
+        raise JournalError("could not update the slot map: too much contention")
+
+    async def load_reshard(self) -> bytes | None:
+        """The reshard record's text, None when no reshard was ever recorded."""
+        return await self._read(RESHARD_KEY)
+
+    async def store_reshard(self, record: bytes) -> None:
+        try:
+            await self._kv.put(RESHARD_KEY, record)
+        except nats.errors.Error as exc:
+            raise NoQuorum(f"cannot record the reshard's progress: {exc!r}") from exc
+
+    async def forget_shard(self, shard: int) -> None:
+        """Drop a removed shard's leader record and the records of its nodes."""
+        nodes = [n.node for n in list(self.view.nodes.values()) if n.shard == shard]
+        keys = [f"leader.{shard}"] + [f"node.{name}" for name in nodes]
+        for key in keys:
+            try:
+                await self._kv.delete(key)
+            except nats.js.errors.KeyNotFoundError:
+                pass
+            except nats.errors.Error as exc:
+                raise NoQuorum(f"cannot delete {key} from the cluster metadata: {exc!r}") from exc
+
     def recorded_epoch(self, shard: int) -> int:
         """The highest leadership epoch of the shard recorded in the metadata (0 if none)."""
         record = self.view.leaders.get(shard)
@@ -214,6 +266,8 @@ class ClusterMetadata:
         try:
             if key == SLOTS_KEY and not deleted:
                 self.view.slots = SlotMap.loads(value)
+            elif key == RESHARD_KEY:
+                self.view.reshard = "" if deleted else value.decode()
             elif key.startswith("leader."):
                 shard = int(key.split(".", 1)[1])
                 if deleted:

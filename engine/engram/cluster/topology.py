@@ -209,6 +209,8 @@ class ClusterView:
     # Bumped on every change, so whoever renders the view knows when to render it again.
     changes: int = 0
     users: Users = field(default_factory=Users)
+    # The reshard record's JSON text (resharding/record.py), "" when none was recorded.
+    reshard: str = ""
 
     def owner(self, slot: int) -> int | None:
         return self.slots.owner(slot) if self.slots is not None else None

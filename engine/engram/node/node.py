@@ -211,6 +211,8 @@ class Node:
                              if self.newest_snapshot else ""),
             "snapshot_failures": str(self.snapshot_failures),
             "snapshot_error": self.snapshot_error,
+            # The cluster's reshard and its progress (resharding/record.py), "" when none ran.
+            "reshard": self.meta.view.reshard if self.meta else "",
         }
 
     def _slot_ranges(self) -> str:

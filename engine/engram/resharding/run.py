@@ -1,0 +1,334 @@
+"""Change a running cluster's shard count: add shards, move slots in bounded chunks, drain and
+remove shards. Resumable: the plan in motion and the progress live in the cluster metadata, so a
+rerun after any crash continues where the last one stopped (docs/scaling.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import redis.exceptions
+
+from engram.cluster.metadata import ClusterMetadata
+from engram.cluster.topology import SlotMap
+from engram.journal.client import Journal
+from engram.journal.errors import JournalError
+from engram.journal.security import PLAIN, JournalSecurity
+from engram.resharding import record as phases
+from engram.resharding.mover import (
+    Moved,
+    MoveFailed,
+    MoveOptions,
+    NotReady,
+    SourceMover,
+    connect,
+    wait_for_epoch,
+)
+from engram.resharding.plan import Move, apply_moves, chunks, moves_in_motion, plan_moves, start_moves
+from engram.resharding.record import ReshardRecord
+
+log = logging.getLogger(__name__)
+
+MAX_SHARDS = 500
+
+
+class ReshardError(RuntimeError):
+    """The reshard cannot go on; the message says why and what to do."""
+
+
+@dataclass
+class ReshardOptions:
+    """Bounds of one reshard run."""
+
+    move: MoveOptions = field(default_factory=MoveOptions)
+    # Slots moved per chunk: each chunk costs one full pass over its source's keys, and is the
+    # unit of progress, of resumption and of the TRYAGAIN window after a failure.
+    chunk_slots: int = 1024
+    # How long to wait for new shards to elect primaries, and for removed shards' nodes to go.
+    wait_primaries: float = 600.0
+    wait_removed: float = 600.0
+    # A failed chunk is retried this often (primaries failing over, journal elections) before
+    # the run gives up; a rerun resumes it.
+    attempts: int = 60
+
+
+def _replicas(urls: list[str]) -> int:
+    return min(3, len(urls))
+
+
+@dataclass
+class _Cluster:
+    journal: Journal
+    meta: ClusterMetadata
+    cluster_id: str
+
+
+async def _open(urls: list[str], cluster: str, security: JournalSecurity) -> _Cluster:
+    journal = await Journal.connect(urls, cluster, 0, _replicas(urls), name="engram-reshard",
+                                    security=security)
+    try:
+        cluster_id = await ClusterMetadata.identify(journal.jetstream, cluster)
+        meta = await ClusterMetadata.open(journal.jetstream, cluster, cluster_id)
+    except BaseException:
+        await journal.close()
+        raise
+    return _Cluster(journal, meta, cluster_id)
+
+
+async def _prepare(c: _Cluster, shards: int) -> SlotMap:
+    for shard in range(shards):
+        await c.journal.for_shard(shard).create_stream(c.cluster_id)
+
+    def grow(current: SlotMap) -> SlotMap | None:
+        if current.count >= shards:
+            return None
+        return SlotMap(current.ranges, current.epoch, shards, current.moving)
+
+    return await c.meta.update_slot_map(grow)
+
+
+async def prepare_shards(urls: list[str], cluster: str, shards: int,
+                         security: JournalSecurity = PLAIN) -> None:
+    """Create the streams of shards 0..shards-1 that are missing and raise the slot map's shard
+    count to `shards` (new shards own nothing yet); idempotent. Start new shards' nodes after it."""
+    _check_count(shards)
+    c = await _open(urls, cluster, security)
+    try:
+        await _prepare(c, shards)
+    finally:
+        await c.journal.close()
+
+
+def _check_count(shards: int) -> None:
+    if not 1 <= shards <= MAX_SHARDS:
+        raise ReshardError(f"the shard count must be between 1 and {MAX_SHARDS}, not {shards}")
+
+
+async def reshard(
+    urls: list[str], cluster: str, shards: int, *, security: JournalSecurity = PLAIN,
+    progress: Callable[[ReshardRecord], None] = lambda _: None,
+    on_drained: Callable[[list[int]], Awaitable[None]] | None = None,
+    options: ReshardOptions | None = None,
+) -> ReshardRecord:
+    """Move slots until shards 0..shards-1 hold them evenly, then remove the shards above."""
+    _check_count(shards)
+    c = await _open(urls, cluster, security)
+    watch = asyncio.ensure_future(c.meta.watch())
+    run = _Run(c, shards, progress, on_drained, options or ReshardOptions())
+    try:
+        return await run.run()
+    except Exception as exc:
+        await run.fail(str(exc))
+        raise
+    finally:
+        watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch
+        await c.journal.close()
+
+
+class _Run:
+    def __init__(self, c: _Cluster, shards: int,
+                 progress: Callable[[ReshardRecord], None],
+                 on_drained: Callable[[list[int]], Awaitable[None]] | None, options: ReshardOptions) -> None:
+        self.cluster, self.journal, self.meta, self.shards = c, c.journal, c.meta, shards
+        self.progress, self.on_drained, self.options = progress, on_drained, options
+        self.record: ReshardRecord | None = None
+        self._stored = 0.0
+
+    async def run(self) -> ReshardRecord:
+        slots = await self.meta.load_slot_map()
+        self.record = await self._resume_or_start(slots)
+        if self.shards > slots.count:
+            await self._phase(phases.ADDING)
+            slots = await _prepare(self.cluster, self.shards)
+        await self._phase(phases.WAITING)
+        await self._wait_primaries(range(max(self.shards, slots.count)))
+        await self._phase(phases.MOVING)
+        await self._move_all()
+        slots = await self.meta.load_slot_map()
+        # Every step below is idempotent: a rerun after a crash in any of them finishes the rest.
+        removed = list(range(self.shards, max(slots.count, self.record.from_shards)))
+        if removed:
+            await self._shrink()
+            await self._phase(phases.DRAINED)
+            if self.on_drained is not None:
+                await self.on_drained(removed)  # the platform stopped them: their records are stale
+            else:
+                await self._wait_gone(removed)
+            await self._phase(phases.REMOVING)
+            for shard in removed:
+                await self.journal.for_shard(shard).delete_stream()
+                await self.meta.forget_shard(shard)
+        await self._phase(phases.DONE)
+        return self.record
+
+    async def _resume_or_start(self, slots: SlotMap) -> ReshardRecord:
+        raw = await self.meta.load_reshard()
+        if raw:
+            try:
+                found = ReshardRecord.loads(raw)
+            except (ValueError, TypeError) as exc:
+                log.warning("ignoring an unreadable reshard record: %s", exc)
+            else:
+                if not found.finished and found.to_shards != self.shards:
+                    raise ReshardError(
+                        f"a reshard to {found.to_shards} shards is in progress ({found.phase}); finish it "
+                        f"first (engram reshard --shards {found.to_shards}), then change the count again")
+                if not found.finished or (found.phase == phases.FAILED and found.to_shards == self.shards):
+                    found.error = ""
+                    return found
+        record = ReshardRecord(from_shards=slots.count, to_shards=self.shards)
+        record.slots_total = sum(m.slots for m in moves_in_motion(slots)) + sum(
+            m.slots for m in plan_moves(_grown(slots, self.shards), self.shards))
+        return record
+
+    async def fail(self, error: str) -> None:
+        if self.record is None:
+            return
+        self.record.phase, self.record.error = phases.FAILED, error
+        with contextlib.suppress(JournalError):
+            await self._store(force=True)
+
+    async def _phase(self, phase: str) -> None:
+        assert self.record is not None
+        if self.record.phase != phase:
+            self.record.phase = phase
+            log.info("reshard %s: %s", self.record.id, self.record.summary())
+        await self._store(force=True)
+
+    async def _store(self, force: bool = False) -> None:
+        assert self.record is not None
+        now = time.monotonic()
+        if not force and now - self._stored < 1.0:
+            self.progress(self.record)
+            return
+        self._stored = now
+        self.record.updated = time.time()
+        await self.meta.store_reshard(self.record.dumps())
+        self.progress(self.record)
+
+    async def _wait_primaries(self, shards: range) -> None:
+        deadline = time.monotonic() + self.options.wait_primaries
+        while True:
+            missing = [s for s in shards if not self._primary(s)]
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                raise ReshardError(
+                    f"shard(s) {', '.join(map(str, missing))} have no primary after "
+                    f"{self.options.wait_primaries:.0f}s: are their nodes running?")
+            await asyncio.sleep(0.2)
+
+    def _primary(self, shard: int) -> str:
+        """The shard's primary's address, if its node is alive and says it is primary."""
+        view = self.meta.view
+        leader = view.leaders.get(shard)
+        if leader is None:
+            return ""
+        live = {n.node: n for n in view.live_nodes(shard)}
+        node = live.get(leader.node)
+        return leader.address if node is not None and node.role == "primary" else ""
+
+    async def _move_all(self) -> None:
+        storer = asyncio.ensure_future(self._store_while_moving())
+        try:
+            await self._move_chunks()
+        finally:
+            storer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await storer
+
+    async def _move_chunks(self) -> None:
+        assert self.record is not None
+        while True:
+            slots = await self.meta.load_slot_map()
+            in_motion = moves_in_motion(slots)
+            if not in_motion:
+                planned = plan_moves(slots, self.shards)
+                if not planned:
+                    return
+                in_motion = chunks(planned, self.options.chunk_slots)[0]
+                slots = await self.meta.update_slot_map(
+                    lambda current, m=in_motion: None if current.moving else start_moves(current, m))
+                in_motion = moves_in_motion(slots)
+            await self._move_chunk(slots, in_motion)
+            done = sum(m.slots for m in in_motion)
+            await self.meta.update_slot_map(
+                lambda current, m=in_motion: apply_moves(current, m) if current.moving else None)
+            self.record.slots_moved += done
+            self.record.slots_total = max(self.record.slots_total, self.record.slots_moved)
+            await self._store(force=True)
+
+    async def _move_chunk(self, slots: SlotMap, moves: list[Move]) -> None:
+        """Drain each source of the chunk, retrying through failovers and elections."""
+        for source in sorted({m.source for m in moves}):
+            for attempt in range(1, self.options.attempts + 1):
+                try:
+                    await self._drain(slots, source, sorted({m.target for m in moves if m.source == source}))
+                    break
+                except (MoveFailed, NotReady, redis.exceptions.RedisError, OSError) as exc:
+                    if attempt == self.options.attempts:
+                        raise ReshardError(f"moving slots off shard {source} failed {attempt} times; last: "
+                                           f"{exc}. Run the same command again to resume.") from exc
+                    log.warning("moving slots off shard %d: %s; retrying (%d)", source, exc, attempt)
+                    await asyncio.sleep(min(5.0, 0.25 * attempt))
+
+    async def _drain(self, slots: SlotMap, source: int, targets: list[int]) -> None:
+        addresses = {t: self._primary(t) for t in targets}
+        source_address = self._primary(source)
+        if not source_address or not all(addresses.values()):
+            raise NotReady(f"waiting for the primaries of shards {[source, *targets]}")
+        conns = {t: connect(a, self.options.move) for t, a in addresses.items()}
+        source_conn = connect(source_address, self.options.move)
+        try:
+            for target, conn in conns.items():
+                await wait_for_epoch(conn, slots.epoch, f"shard {target}'s primary")
+            mover = SourceMover(source_conn, slots, source, addresses, self.options.move, self._moved)
+            await mover.drain()
+        finally:
+            for conn in (source_conn, *conns.values()):
+                await conn.aclose()
+
+    def _moved(self, moved: Moved) -> None:
+        assert self.record is not None
+        self.record.keys_moved += moved.keys
+        self.record.bytes_moved += moved.bytes
+        self.progress(self.record)
+
+    async def _store_while_moving(self) -> None:
+        """Keep the recorded progress (what ENGRAM.STATUS shows) at most a second old."""
+        while True:
+            await asyncio.sleep(1.0)
+            with contextlib.suppress(JournalError):
+                await self._store(force=True)
+
+    async def _shrink(self) -> None:
+        def lower(current: SlotMap) -> SlotMap | None:
+            if current.count <= self.shards:
+                return None
+            if current.moving or any(shard >= self.shards for _, _, shard in current.ranges):
+                raise ReshardError("shards to remove still own slots; run the same command again")
+            return SlotMap(current.ranges, current.epoch, self.shards)
+
+        await self.meta.update_slot_map(lower)
+
+    async def _wait_gone(self, removed: list[int]) -> None:
+        deadline = time.monotonic() + self.options.wait_removed
+        while True:
+            alive = [s for s in removed if self.meta.view.live_nodes(s)]
+            if not alive:
+                return
+            if time.monotonic() > deadline:
+                raise ReshardError(f"the nodes of removed shard(s) {alive} still run; stop them, then run "
+                                   "the same command again")
+            await asyncio.sleep(0.5)
+
+
+def _grown(slots: SlotMap, shards: int) -> SlotMap:
+    return slots if slots.count >= shards else SlotMap(slots.ranges, slots.epoch, shards, slots.moving)
