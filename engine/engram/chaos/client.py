@@ -74,9 +74,15 @@ class _Connection:
         self.writer = writer
         self.parser = hiredis.Reader()
 
-    async def request(self, args: tuple[bytes, ...]) -> Any:
-        self.writer.write(_encode(args))
+    async def request(self, args: tuple[bytes, ...], asking: bool = False) -> Any:
+        """One command's reply; asking: preceded by ASKING, whose +OK is read and dropped."""
+        self.writer.write((_encode((b"ASKING",)) if asking else b"") + _encode(args))
         await self.writer.drain()
+        if asking:
+            await self._reply()
+        return await self._reply()
+
+    async def _reply(self) -> Any:
         while (reply := self.parser.gets()) is False:
             data = await self.reader.read(65536)
             if not data:
@@ -107,7 +113,14 @@ class RoutedClient:
         if self._refresh_from:
             await self._refresh_slots()
         slot = key_hash_slot(key)
-        address = self.routes.get(slot, self.endpoint)
+        answer = await self._send(slot, self.routes.get(slot, self.endpoint), args, asking=False)
+        if answer.category == "ASK" and answer.moved_to:
+            # The slot is moving and the key is (or is to be) on the target: this one command goes
+            # there, after ASKING, and the slot's route stays where it was (as cluster clients do).
+            answer = await self._send(slot, answer.moved_to, args, asking=True)
+        return answer
+
+    async def _send(self, slot: int, address: str, args: tuple[bytes, ...], asking: bool) -> Answer:
         try:
             conn = await self._connection(address)
         except (OSError, TimeoutError) as exc:
@@ -116,7 +129,7 @@ class RoutedClient:
             error = f"connect {address}: {exc.__class__.__name__}"
             return Answer(Outcome.FAIL, error=error, category="connect")
         try:
-            reply = await asyncio.wait_for(conn.request(args), self.timeout)
+            reply = await asyncio.wait_for(conn.request(args, asking), self.timeout)
         except TimeoutError:
             self._forget(address)
             error = f"{address}: no answer in {self.timeout:g}s"
@@ -126,12 +139,16 @@ class RoutedClient:
             error = f"{address}: {exc.__class__.__name__} {exc}".strip()
             return Answer(Outcome.UNKNOWN, error=error, category="disconnected")
         if isinstance(reply, hiredis.ReplyError):
-            return self._refused(slot, address, str(reply))
+            return self._refused(slot, address, str(reply), asking)
         return Answer(Outcome.OK, reply)
 
-    def _refused(self, slot: int, address: str, message: str) -> Answer:
+    def _refused(self, slot: int, address: str, message: str, asking: bool = False) -> Answer:
         outcome = classify_error(message)
         word = message.split(" ", 1)[0].upper()
+        if word == "ASK" and not asking:
+            parts = message.split()
+            self.redirects += 1
+            return Answer(outcome, error=message, category=word, moved_to=parts[2] if len(parts) >= 3 else "")
         if word == "MOVED":
             parts = message.split()
             if len(parts) >= 3:
