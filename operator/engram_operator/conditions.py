@@ -18,6 +18,7 @@ CONDITION_TYPES = (
     "NodesHealthy",
     "SnapshotsHealthy",
     "UsersReady",
+    "Resharding",
 )
 
 

@@ -44,8 +44,8 @@ async def list_engine_pods(namespace: str, cluster: str) -> list[dict[str, Any]]
 
 
 async def list_jobs(namespace: str, cluster: str) -> list[dict[str, Any]]:
-    """The cluster's provisioning Job (a list: it may be absent, or an earlier one still deleting)."""
-    selector = _selector(cluster, labels.PROVISION)
+    """The cluster's Jobs: provisioning and reshard Jobs (app.kubernetes.io/component tells which)."""
+    selector = f"{labels.CLUSTER}={cluster},{labels.MANAGED_BY}={labels.MANAGER}"
     result = await asyncio.to_thread(
         client.BatchV1Api().list_namespaced_job, namespace, label_selector=selector
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -12,9 +13,18 @@ from typing import Any
 from engram.node.peer import parse_status
 from engram_operator import availability, labels
 from engram_operator.availability import NodeInfo
+from engram_operator.reshard_progress import ReshardProgress, parse_reshard
 
-__all__ = ["EngineStatus", "JobInfo", "NodeInfo", "Observed", "PodInfo", "SecretData", "SourceCluster"]
-
+__all__ = [
+    "EngineStatus",
+    "JobInfo",
+    "NodeInfo",
+    "Observed",
+    "PodInfo",
+    "ReshardProgress",
+    "SecretData",
+    "SourceCluster",
+]
 
 @dataclass(frozen=True)
 class EngineStatus:
@@ -33,6 +43,10 @@ class EngineStatus:
     # Snapshot attempts that failed in a row on this node (0 after a success), and the last reason.
     snapshot_failures: int = 0
     snapshot_error: str = ""
+    # The shard's slot ranges as the node sees the slot map ("" when none, or not known yet).
+    slots: str = ""
+    # The cluster's latest online reshard (None: never resharded, an older node, or unreadable).
+    reshard: ReshardProgress | None = None
 
 
 @dataclass(frozen=True)
@@ -72,7 +86,7 @@ class PodInfo:
 
 @dataclass(frozen=True)
 class JobInfo:
-    """The provisioning Job: the cluster id it provisions, and how far it got."""
+    """The provisioning Job or a reshard Job: the cluster id it works on, and how far it got."""
 
     name: str
     cluster_id: str
@@ -88,6 +102,17 @@ class JobInfo:
     permanent: bool = False
     # What the Job seeds the cluster from (spec.restoreFrom's source as the Job was built; {} for none).
     restore: dict[str, Any] = field(default_factory=dict)
+    # The shard count the Job leaves the slot map with, and (a reshard Job) the one it started from;
+    # 0 when not known.
+    shards: int = 0
+    from_shards: int = 0
+    # Wall-clock seconds when the Job was created (0: not known).
+    created: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        """Running or about to: neither finished nor being deleted."""
+        return not (self.succeeded or self.failed or self.deleting)
 
 
 @dataclass(frozen=True)
@@ -149,6 +174,9 @@ class Observed:
     # are read because the operator renders them into the journal servers' config.
     journal_auth: SecretData | None = None
     certificate_error: str = ""
+    # The cluster's reshard Jobs (any target), and status.resharding as last written ({}: none).
+    reshard_jobs: list[JobInfo] = field(default_factory=list)
+    resharding_record: Mapping[str, Any] = field(default_factory=dict)
     # Wall-clock seconds when this was observed: the clock every grace period is measured with.
     now: float = 0.0
 
@@ -270,8 +298,15 @@ ERROR_CHARS = 600
 PERMANENT_EXIT_CODES = (2, 3)
 
 
-def job_from_api(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]] = ()) -> JobInfo:
-    """The provisioning Job, with the last failed attempt's error read from its pods."""
+def job_from_api(
+    job: Mapping[str, Any],
+    pods: Iterable[Mapping[str, Any]] = (),
+    permanent_codes: Iterable[int] = PERMANENT_EXIT_CODES,
+) -> JobInfo:
+    """A Job the operator runs, with the last failed attempt's error read from its pods.
+
+    ``permanent_codes``: the command's exit codes after which retrying cannot help.
+    """
     meta = job.get("metadata") or {}
     status = job.get("status") or {}
     conditions = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
@@ -283,8 +318,9 @@ def job_from_api(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]] = ())
     attempt = _last_attempt_error(mine)
     owners = meta.get("ownerReferences") or []
     permanent = bool(gave_up) and (
-        gave_up.get("reason") == "PodFailurePolicy" or bool(_exit_codes(mine) & set(PERMANENT_EXIT_CODES))
+        gave_up.get("reason") == "PodFailurePolicy" or bool(_exit_codes(mine) & set(permanent_codes))
     )
+    annotations = meta.get("annotations") or {}
     try:
         restore = json.loads((meta.get("annotations") or {}).get(labels.RESTORE_FROM) or "{}")
     except ValueError:
@@ -299,7 +335,28 @@ def job_from_api(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]] = ())
         error="; ".join(e for e in (error, attempt) if e),
         permanent=permanent,
         restore=restore if isinstance(restore, dict) else {},
+        shards=_count(annotations.get(labels.SHARDS)) or _shards_flag(job),
+        from_shards=_count(annotations.get(labels.FROM_SHARDS)),
+        created=_timestamp(meta.get("creationTimestamp")) or 0.0,
     )
+
+
+def _count(value: Any) -> int:
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _shards_flag(job: Mapping[str, Any]) -> int:
+    """``--shards N`` of the Job's command: provisioning Jobs made before they carried labels.SHARDS."""
+    containers = (((job.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or []
+    for container in containers:
+        command = list(container.get("command") or [])
+        for flag, value in itertools.pairwise(command):
+            if flag == "--shards":
+                return _count(value)
+    return 0
 
 
 def source_from_api(name: str, obj: Mapping[str, Any] | None) -> SourceCluster:
@@ -415,4 +472,6 @@ def parse_engine_status(reply: Iterable[Any]) -> EngineStatus:
         snapshot_age=optional("snapshot_age"),
         snapshot_failures=num("snapshot_failures"),
         snapshot_error=str(fields.get("snapshot_error") or ""),
+        slots=str(fields.get("slots") or ""),
+        reshard=parse_reshard(str(fields.get("reshard") or "")),
     )

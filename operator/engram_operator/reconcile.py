@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +15,7 @@ from engram.node.peer import PeerRefused, PeerUnreachable
 from engram_operator import identity, kube, labels, metrics, node_cache, probe
 from engram_operator.announce import announcements
 from engram_operator.builders.journal_auth import build_journal_auth_secret, generate_password
+from engram_operator.builders.reshard import PERMANENT_EXIT_CODES as RESHARD_PERMANENT_EXIT_CODES
 from engram_operator.builders.tls import tls_secret_names
 from engram_operator.decisions import (
     Event,
@@ -32,6 +33,7 @@ from engram_operator.decisions import (
     snapshot_targets,
 )
 from engram_operator.observe import (
+    PERMANENT_EXIT_CODES,
     JobInfo,
     Observed,
     SecretData,
@@ -61,7 +63,7 @@ async def observe(cluster: ClusterSpec, status: Mapping[str, Any]) -> Observed:
         nodes,
         pods,
         (children, journal_ready),
-        job,
+        (job, reshard),
         (users_secret, password_secrets),
         (policies, network_error),
         (tls_children, tls_secrets, journal_auth, certificate_error),
@@ -69,7 +71,7 @@ async def observe(cluster: ClusterSpec, status: Mapping[str, Any]) -> Observed:
         NODES.get(),
         kube.list_engine_pods(cluster.namespace, cluster.name),
         kube.list_children(cluster.namespace, cluster.name),
-        provisioning_job(cluster),
+        cluster_jobs(cluster),
         users_secrets(cluster),
         network_policies(cluster),
         tls_objects(cluster),
@@ -97,6 +99,8 @@ async def observe(cluster: ClusterSpec, status: Mapping[str, Any]) -> Observed:
         tls_secrets=tls_secrets,
         journal_auth=journal_auth,
         certificate_error=certificate_error,
+        reshard_jobs=reshard,
+        resharding_record=dict(status.get("resharding") or {}),
         # Wall clock: grace periods are measured against the API's own timestamps.
         now=time.time(),
     )
@@ -167,19 +171,28 @@ async def tls_objects(
     return frozenset(children), found, journal_auth, error
 
 
-async def provisioning_job(cluster: ClusterSpec) -> JobInfo | None:
-    """The provisioning Job; its pods are read unless it succeeded, for a failed attempt's error."""
+async def cluster_jobs(cluster: ClusterSpec) -> tuple[JobInfo | None, list[JobInfo]]:
+    """The provisioning Job and the reshard Jobs, from one list; a Job's pods are read only while it
+    has not succeeded, for a failed attempt's error."""
+    jobs = await kube.list_jobs(cluster.namespace, cluster.name)
     name = labels.provision_job_name(cluster.name)
-    job = next(
-        (j for j in await kube.list_jobs(cluster.namespace, cluster.name) if j["metadata"]["name"] == name),
-        None,
+    provision = [j for j in jobs if j["metadata"]["name"] == name][:1]
+    reshard = [j for j in jobs if (j["metadata"].get("labels") or {}).get(labels.COMPONENT) == labels.RESHARD]
+    infos = await asyncio.gather(
+        *(_job_info(cluster, j, labels.PROVISION, PERMANENT_EXIT_CODES) for j in provision),
+        *(_job_info(cluster, j, labels.RESHARD, RESHARD_PERMANENT_EXIT_CODES) for j in reshard),
     )
-    if job is None:
-        return None
-    info = job_from_api(job)
+    return (infos[0] if provision else None), list(infos[len(provision) :])
+
+
+async def _job_info(
+    cluster: ClusterSpec, job: dict[str, Any], component: str, permanent: Sequence[int]
+) -> JobInfo:
+    info = job_from_api(job, permanent_codes=permanent)
     if info.succeeded:
         return info
-    return job_from_api(job, await kube.list_pods(cluster.namespace, cluster.name, labels.PROVISION))
+    pods = await kube.list_pods(cluster.namespace, cluster.name, component)
+    return job_from_api(job, pods, permanent_codes=permanent)
 
 
 async def execute(cluster: ClusterSpec, plan: Plan, seen: Observed, logger: logging.Logger) -> list[Problem]:

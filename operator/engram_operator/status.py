@@ -17,7 +17,9 @@ from engram_operator.spec import ClusterSpec
 def shard_status(cluster: ClusterSpec, seen: Observed) -> list[dict[str, Any]]:
     """One entry per shard: its primary pod and zone, node count, and how far replicas trail."""
     out = []
-    for shard in range(cluster.shards):
+    # Shards being drained by a reshard are still listed until their pods are gone.
+    highest = max((p.shard + 1 for p in seen.pods if not p.deleting), default=0)
+    for shard in range(max(cluster.shards, highest)):
         pods = sorted((p for p in seen.pods if p.shard == shard and not p.deleting), key=lambda p: p.index)
         primary = next((p for p in pods if seen.role(p) == "primary"), None)
         statuses = [seen.statuses[p.name] for p in pods if p.name in seen.statuses]
@@ -190,6 +192,13 @@ def build_status(
         if failures
         else Condition("Progressing", "True", "RollingUpdate", "replacing pods with the new spec")
         if plan.rolling
+        else Condition(
+            "Progressing",
+            "True",
+            "Resharding",
+            plan.resharding_condition.message if plan.resharding_condition else "a reshard job runs",
+        )
+        if plan.resharding_active
         else Condition("Progressing", "True", "Reconciling", "; ".join(plan.waiting))
         if plan.changes or plan.waiting
         else Condition("Progressing", "False", "Settled", "nothing to do"),
@@ -213,6 +222,7 @@ def build_status(
         snapshots_healthy(shards),
         # decide always sets it, as it does Provisioned.
         *([plan.users] if plan.users else []),
+        *([plan.resharding_condition] if plan.resharding_condition else []),
     ]
     if plan.degraded:
         phase = "Degraded"
@@ -242,6 +252,10 @@ def build_status(
     if seen.cluster_id:
         # The record every later reconcile reads first: once written, the id never changes.
         status["clusterId"] = seen.cluster_id
+    # The last reshard, kept once written: its Job is deleted when the next one starts.
+    resharding = plan.resharding or (previous or {}).get("resharding")
+    if resharding:
+        status["resharding"] = dict(resharding)
     # Kept once written: the Job that recorded it may be deleted later.
     restored = plan.restored_from or (previous or {}).get("restoredFrom")
     if restored:

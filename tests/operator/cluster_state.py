@@ -110,7 +110,7 @@ def provision_job(cluster: ClusterSpec, **state: Any) -> JobInfo:
         name=labels.provision_job_name(cluster.name),
         cluster_id=CLUSTER_ID,
         owner_uid=cluster.uid,
-        **state,
+        **{"shards": cluster.shards, **state},
     )
 
 

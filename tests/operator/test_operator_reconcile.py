@@ -18,7 +18,7 @@ from kubernetes.client.exceptions import ApiException
 from engram.node.peer import PeerRefused, PeerUnreachable
 from engram_operator import GROUP, PLURAL, VERSION, builders, kube, labels, node_cache, probe, reconcile
 from engram_operator.decisions import Event
-from engram_operator.observe import EngineStatus
+from engram_operator.observe import EngineStatus, parse_engine_status
 from engram_operator.spec import ClusterSpec
 
 UID = "0b6a3f9e-1d2c-4e5f-8a7b-9c0d1e2f3a4b"
@@ -703,3 +703,43 @@ def test_a_password_secret_the_operator_may_not_read_is_reported_not_raised(api:
     assert ready["status"] == "False" and "Secret app-pw cannot be read (403 Forbidden)" in ready["message"]
     # A new cluster: no users file was ever written, so none is written now.
     assert "demo-users" not in api.secrets
+
+
+def test_growing_spec_shards_runs_the_reshard_job_then_the_new_shards_pods_and_reports_progress(
+    api: FakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    status = running_cluster(api, {"shards": 1, "replicasPerShard": 0})
+    grown = {"shards": 2, "replicasPerShard": 0}
+    _, status, events = run(body(grown, status=status))
+    [job] = jobs_and_pods(api)
+    assert (job["kind"], job["metadata"]["name"]) == ("Job", "demo-reshard-2")
+    assert [e.type for e in events if e.reason == "Resharding"] == ["Normal"]
+    assert (conditions(status)["Resharding"]["status"], conditions(status)["Resharding"]["reason"]) == (
+        "True",
+        "Pending",
+    )
+    assert status["resharding"]["phase"] == "pending" and status["resharding"]["toShards"] == 2
+
+    api.created.clear()
+    started = json.loads(json.dumps(job))
+    started["metadata"]["uid"] = "reshard-uid"
+    started["status"] = {"active": 1}
+    api.jobs.append(started)
+    moving = {"id": "p1", "from_shards": 1, "to_shards": 2, "phase": "moving", "slots_total": 8192,
+              "slots_moved": 4096, "started": 1.0, "updated": 101.0}
+
+    async def reporting(pods: list) -> dict:
+        return {p.name: parse_engine_status(["role", "primary", "reshard", json.dumps(moving)]) for p in pods}
+
+    monkeypatch.setattr(probe, "all_statuses", reporting)
+    _, status, events = run(body(grown, status=status))
+    assert [o["metadata"]["name"] for o in jobs_and_pods(api)] == ["demo-1-0"]
+    assert conditions(status)["Resharding"]["reason"] == "Moving"
+    assert status["resharding"]["slotsMoved"] == 4096 and status["resharding"]["eta"] == 100
+
+    api.created.clear()
+    api.jobs[-1] = succeeded(job)
+    moving["phase"] = "done"
+    _, status, events = run(body(grown, status=status))
+    assert [o for o in api.created if o["kind"] == "Job"] == [] and status["resharding"]["phase"] == "done"
+    assert [e.reason for e in events if e.reason.startswith("Reshard")] == ["Resharded"]

@@ -10,6 +10,7 @@ from engram_operator.builders.journal import (
 )
 from engram_operator.builders.network import OperatorPeer, build_network_policies
 from engram_operator.builders.provision import build_provision_job
+from engram_operator.builders.reshard import build_reshard_job
 from engram_operator.builders.services import (
     build_endpoint_service,
     build_headless_service,
@@ -28,6 +29,7 @@ __all__ = [
     "build_network_policies",
     "build_node_config",
     "build_provision_job",
+    "build_reshard_job",
     "build_shard_pdb",
     "journal_server_configs",
     "journal_urls",

@@ -119,10 +119,16 @@ POD_IDENTITY_FIELDS = ("node_id", "shard", "zone", "announce", "preferred_primar
                        "journal_zones")
 
 
+# Node config fields that change without rolling a pod: nodes serve the slot map in the journal, not
+# ``shards`` (the count when the pod was made), and an online reshard must not restart every node.
+UNROLLED_FIELDS = ("shards",)
+
+
 def shared_node_config(cluster: ClusterSpec) -> dict[str, Any]:
-    """The part of the node config every pod of the cluster shares (the cluster id is fixed for life)."""
+    """The part of the node config every pod of the cluster shares and a change of rolls (the cluster
+    id is fixed for life)."""
     config = asdict(build_node_config(cluster, "", 0, "", cluster_id=""))
-    for key in POD_IDENTITY_FIELDS:
+    for key in (*POD_IDENTITY_FIELDS, *UNROLLED_FIELDS):
         config.pop(key)
     return config
 

@@ -114,7 +114,8 @@ def build_provision_job(
     job_labels = labels.cluster_labels(cluster.name, labels.PROVISION)
     job_labels[labels.VERSION] = cluster.engine.version
     restore = cluster.restore
-    annotations = {labels.CLUSTER_ID: cluster_id}
+    # The shard count it provisions: the slot map's until a reshard Job changes it (decisions/resharding.py).
+    annotations = {labels.CLUSTER_ID: cluster_id, labels.SHARDS: str(cluster.shards)}
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}, *journal_security_volumes(cluster)]
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}, *journal_security_mounts(cluster)]
     resources: dict[str, Any] = RESOURCES

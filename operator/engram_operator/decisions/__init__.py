@@ -4,11 +4,14 @@
 decision holds), ``provisioning`` (children, the provisioning Job, restores), ``pods`` (engine pods),
 ``switchover`` (handing leadership over, cordoned nodes), ``rolling`` (rolling updates), ``waiting``
 (what a reconcile waits for), ``snapshots`` (on-demand requests, failed snapshots), ``users``
-(the users file rendered from spec.users) and ``network`` (the NetworkPolicies). The names
+(the users file rendered from spec.users), ``network`` (the NetworkPolicies) and ``resharding``
+(a changed spec.shards: the reshard Job, and the pods of added and drained shards). The names
 other modules use are re-exported here, so ``from engram_operator.decisions import X`` is the way in.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from engram_operator import placement
 from engram_operator.builders.journal import JournalSpreadError, plan_journal
@@ -23,6 +26,7 @@ from engram_operator.decisions.pods import (
 )
 from engram_operator.decisions.provisioning import _create_missing_children, _provision
 from engram_operator.decisions.rebalance import rebalance_primaries
+from engram_operator.decisions.resharding import Resharding, plan_resharding
 from engram_operator.decisions.rolling import ROLL_STUCK_GRACE, _roll_one
 from engram_operator.decisions.snapshots import (
     SnapshotResult,
@@ -49,6 +53,7 @@ __all__ = [
     "Halted",
     "Plan",
     "Problem",
+    "Resharding",
     "SnapshotResult",
     "SnapshotTarget",
     "Switchover",
@@ -56,6 +61,7 @@ __all__ = [
     "journal_zones",
     "pending_snapshot_request",
     "plan_network_policies",
+    "plan_resharding",
     "remembered_snapshot_failures",
     "role_label_changes",
     "snapshot_failure_counts",
@@ -82,6 +88,7 @@ def decide(cluster: ClusterSpec, seen: Observed) -> Plan:
         plan.events.append(Event("Warning", "UnsatisfiableSpread", str(err)))
         provisioned = _provision(cluster, seen, plan)
         users_file = plan_users(cluster, seen, plan)
+        plan.resharding_active = plan_resharding(cluster, seen, plan, act=False).active
         _recover_existing(cluster, seen, plan, provisioned and users_file)
         return plan
     if slots.note:
@@ -91,6 +98,12 @@ def decide(cluster: ClusterSpec, seen: Observed) -> Plan:
     plan_network_policies(cluster, seen, plan)
     provisioned = _provision(cluster, seen, plan)
     users_file = plan_users(cluster, seen, plan)
+    resharding = plan_resharding(cluster, seen, plan, act=provisioned)
+    plan.resharding_active = resharding.active
+    if resharding.kept != cluster.shards:
+        # Shards being drained keep their pods; new shards get theirs once the reshard Job exists.
+        # A shard's zones depend only on its number, so the other shards' plan is the same.
+        slots = placement.plan_slots(zones, replace(cluster, shards=resharding.kept))
     # New engine pods need the journal provisioned and their users file (they mount it).
     startable = provisioned and users_file
     _reconcile_pods(cluster, seen, slots, plan, startable, journal_zones(cluster, journal))

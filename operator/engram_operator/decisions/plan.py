@@ -74,6 +74,12 @@ class Plan:
     # spec.tls: make the NAME-journal-auth Secret with new random passwords (execute generates them,
     # so that this stays a pure decision); the journal is configured from it on a later reconcile.
     create_journal_auth: bool = False
+    # Online resharding (decisions/resharding.py): status.resharding to write (None: keep the last
+    # one), the Resharding condition, and whether a reshard Job runs, which holds back rolling
+    # updates, rebalancing and switchovers.
+    resharding: dict[str, Any] | None = None
+    resharding_condition: Condition | None = None
+    resharding_active: bool = False
 
     @property
     def changes(self) -> bool:

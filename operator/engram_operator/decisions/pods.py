@@ -112,13 +112,19 @@ def _reconcile_pods(
         )
 
     # Nodes beyond the spec (replicas scaled down): replicas go at once, a primary hands over first.
+    planned_shards = {shard for shard, _ in slots.zones}
     for (shard, index), pods in sorted(by_slot.items()):
         if (shard, index) in slots.zones:
+            continue
+        if shard not in planned_shards:
+            # A whole shard beyond spec.shards: decisions/resharding.py deletes it once drained.
             continue
         for pod in pods:
             if pod.deleting:
                 continue
-            if seen.role(pod) == "primary":
+            if seen.role(pod) == "primary" and plan.resharding_active:
+                plan.waiting.append(f"{pod.name} is primary; removing it waits until resharding finishes")
+            elif seen.role(pod) == "primary":
                 target = _switchover_target(seen, shard, exclude=pod.name, keep=slots.zones)
                 if target:
                     plan.switchovers.append(Switchover(pod.name, target))
@@ -150,7 +156,13 @@ def _lost_pod_stays(seen: Observed, pod: PodInfo, slots: placement.SlotPlan, pla
         plan.events.append(Event("Warning", reason, f"{where}; replacing {pod.name}"))
         return False
     target = _switchover_target(seen, pod.shard, pod.name, slots.zones, allow_cordoned=True)
-    if target and pod.shard not in _shards_switching(seen, plan):
+    if plan.resharding_active:
+        # A hand-over would move the primary under the reshard's MIGRATE; the pod still serves.
+        plan.waiting.append(
+            f"{pod.name} leads shard {pod.shard} from a lost zone or node; it is replaced once resharding "
+            "finishes"
+        )
+    elif target and pod.shard not in _shards_switching(seen, plan):
         plan.switchovers.append(Switchover(pod.name, target))
         plan.events.append(
             Event(

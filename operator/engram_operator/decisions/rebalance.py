@@ -24,9 +24,12 @@ def node_views(seen: Observed) -> list[NodeView]:
 
 
 def rebalance_primaries(seen: Observed, plan: Plan) -> None:
-    """One planned switchover per reconcile, only in a calm cluster: nothing else changing, and every
-    role label already matching what its node says (roles held for a reconcile since the last move)."""
+    """One planned switchover per reconcile, only in a calm cluster: nothing else changing, no reshard
+    running, and every role label already matching what its node says (roles held for a reconcile
+    since the last move)."""
     if plan.changes or plan.rolling or plan.role_labels or plan.degraded is not None:
+        return
+    if plan.resharding_active:
         return
     views = node_views(seen)
     move = rebalance(views)

@@ -22,6 +22,10 @@ def _roll_one(cluster: ClusterSpec, seen: Observed, plan: Plan) -> None:
     outdated = [p for p in live if p.spec_hash != current]
     if not outdated:
         return
+    if plan.resharding_active:
+        # Replacing a pod or moving a primary under a running reshard would fail its MIGRATEs.
+        plan.waiting.append("rolling update: waits until resharding finishes")
+        return
     plan.rolling = True
     stuck = [
         p

@@ -48,8 +48,11 @@ def _move_primaries_off_cordoned_nodes(seen: Observed, slots: placement.SlotPlan
     """A cordon comes before a drain: hand a primary's shard over while it is still calm.
 
     Nothing is deleted; the drain then evicts a replica (through the PodDisruptionBudget), not the
-    shard's leader. Only primaries that answer as such, one switchover per shard per reconcile.
+    shard's leader. Only primaries that answer as such, one switchover per shard per reconcile, and
+    none while a reshard runs (an eviction still hands over, as the node does on SIGTERM).
     """
+    if plan.resharding_active:
+        return
     busy = _shards_switching(seen, plan)
     for pod in sorted(seen.pods, key=lambda p: (p.shard, p.index)):
         status = seen.statuses.get(pod.name)
