@@ -9,7 +9,7 @@ from engram import __version__
 from engram.bench import cli as bench_cli
 from engram.bench import recovery as recovery_bench
 from engram.chaos import cli as chaos_cli
-from engram.cli import local, provision
+from engram.cli import local, provision, reshard
 
 
 def _run_node(args: argparse.Namespace) -> int:
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     recovery_bench.add_parser(commands)
     chaos_cli.add_parser(commands)
     provision.add_parser(commands)
+    reshard.add_parser(commands)
     node = commands.add_parser("node", help="run one engine node (platforms start this)")
     node.add_argument("--config", required=True, metavar="PATH", help="the node's NodeConfig JSON file")
     node.set_defaults(func=_run_node)
