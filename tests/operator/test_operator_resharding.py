@@ -525,3 +525,27 @@ def test_the_slot_maps_count_comes_from_the_engine_then_jobs_then_status_then_pr
         slot_map_shards(ONE, reporting(seen, report("done", 5, 6)), [reshard_job(5, 4, succeeded=True)]) == 6
     )
     assert slot_map_shards(ONE, reporting(seen, report("moving", 5, 6)), []) is None
+
+
+def test_an_unfinished_plan_whose_job_was_deleted_is_finished_before_a_new_count() -> None:
+    """`engram reshard` refuses another count while a plan is unfinished: the operator resumes it."""
+    seen = reporting(running(THREE), report("moving", 3, 2))
+    plan = decide(THREE, seen)
+    [job] = created_jobs(plan)
+    assert job["metadata"]["name"] == "demo-reshard-2"
+    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[command.index("--shards") + 1] == "2"
+    assert plan.delete_pods == [] and plan.resharding_active
+    assert any("spec.shards 3 follows" in w for w in plan.waiting)
+    # A finished Job of that name is deleted first, so that the new one can take the name.
+    stale = dataclasses.replace(reshard_job(2, 3, failed=True), created=NOW - 9000)
+    plan = decide(THREE, with_jobs(seen, stale))
+    assert plan.delete_jobs == ["demo-reshard-2"] and created_jobs(plan) == []
+
+
+def test_a_running_job_for_another_count_still_gets_its_drained_shards_removed() -> None:
+    """It waits for their nodes to be gone; the new count's own Job comes after it."""
+    seen = reporting(with_jobs(running(THREE), reshard_job(2, 3)), report("drained", 3, 2))
+    plan = decide(spec(shards=4, replicasPerShard=1), seen)
+    assert sorted(plan.delete_pods) == ["demo-2-0", "demo-2-1"]
+    assert created_jobs(plan) == [] and created_pods(plan) == []

@@ -16,7 +16,7 @@ reports a slot.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -143,10 +143,10 @@ def _moved(record: dict[str, Any]) -> str:
     return text + (f"; about {record['eta']}s left" if "eta" in record else "")
 
 
-def _drained_pods(cluster: ClusterSpec, seen: Observed, plan: Plan) -> list[str]:
-    """Pods of shards beyond spec.shards to delete now; a node still reporting slots keeps its
+def _drained_pods(seen: Observed, plan: Plan, shards: int) -> list[str]:
+    """Pods of shards ``shards`` and above to delete now; a node still reporting slots keeps its
     shard's pods (the slot map it sees has not moved on yet) and is waited for."""
-    beyond = [p for p in seen.pods if p.shard >= cluster.shards and not p.deleting]
+    beyond = [p for p in seen.pods if p.shard >= shards and not p.deleting]
     holding = sorted({p.shard for p in beyond if (s := seen.statuses.get(p.name)) is not None and s.slots})
     if holding:
         plan.waiting.append(
@@ -156,8 +156,10 @@ def _drained_pods(cluster: ClusterSpec, seen: Observed, plan: Plan) -> list[str]
     return sorted(p.name for p in beyond if p.shard not in holding)
 
 
-def _remove_drained(cluster: ClusterSpec, seen: Observed, plan: Plan, act: bool) -> None:
-    names = _drained_pods(cluster, seen, plan)
+def _remove_drained(seen: Observed, plan: Plan, act: bool, shards: int) -> None:
+    """Delete the pods of shards ``shards`` and above: the reshard to ``shards`` drained them, and
+    `engram reshard` waits for their nodes to be gone before it removes their streams."""
+    names = _drained_pods(seen, plan, shards)
     if not names or not act:
         return
     plan.delete_pods += names
@@ -165,10 +167,20 @@ def _remove_drained(cluster: ClusterSpec, seen: Observed, plan: Plan, act: bool)
         Event(
             "Normal",
             "RemovingDrainedShards",
-            f"shards {cluster.shards}..{live_shards(seen) - 1} hold no slot any more: deleting "
-            f"{', '.join(names)}",
+            f"shards {shards}..{live_shards(seen) - 1} hold no slot any more: deleting {', '.join(names)}",
         )
     )
+
+
+def _running(seen: Observed, plan: Plan, act: bool, shards: int, progress: ReshardProgress | None) -> int:
+    """A reshard Job to ``shards`` runs (``progress``: the engine's report of its plan): the shards
+    whose pods are kept. Growing, the new shards' pods start now that the Job exists; shrinking,
+    every pod stays until the engine reports the shards above ``shards`` drained."""
+    keep_all = max(shards, live_shards(seen))
+    if progress is not None and progress.drained and shards < keep_all:
+        _remove_drained(seen, plan, act, shards)
+        return shards
+    return keep_all
 
 
 def _announce_end(seen: Observed, record: dict[str, Any], plan: Plan, message: str) -> None:
@@ -242,12 +254,17 @@ def plan_resharding(cluster: ClusterSpec, seen: Observed, plan: Plan, act: bool)
         ours = progress if progress is not None and progress.to_shards == busy.shards else None
         record = _record(seen, ours.phase if ours else PENDING, busy.from_shards, busy.shards, ours)
         plan.resharding = record
-        plan.resharding_condition = _running_condition(record, ours)
-        return Resharding(kept=max(keep_all, busy.shards), active=True)
+        plan.resharding_condition = _running_condition(record, ours, busy.error)
+        return Resharding(kept=_running(seen, plan, act, busy.shards, ours), active=True)
+
+    if progress is not None and not progress.finished and progress.to_shards != target:
+        # `engram reshard` refuses another count while a plan is unfinished (its Job was deleted
+        # part-way): finish that plan first, then spec.shards follows.
+        return _resume_interrupted(cluster, seen, plan, act, jobs, progress)
 
     in_service = slot_map_shards(cluster, seen, jobs)
     if in_service == target:
-        _remove_drained(cluster, seen, plan, act)
+        _remove_drained(seen, plan, act, target)
         _settle_record(seen, plan, target, progress)
         plan.resharding_condition = _settled_condition(seen, target)
         return Resharding(kept=target, active=False)
@@ -306,7 +323,7 @@ def _follow(
         plan.resharding_condition = _running_condition(record, ours)
         return Resharding(kept=keep_all, active=True)
     if job.succeeded:
-        _remove_drained(cluster, seen, plan, act)
+        _remove_drained(seen, plan, act, target)
         record = _record(seen, "done", from_shards, target, ours)
         plan.resharding = record
         message = (
@@ -331,11 +348,44 @@ def _follow(
     record = _record(seen, ours.phase if ours else PENDING, from_shards, target, ours)
     plan.resharding = record
     plan.resharding_condition = _running_condition(record, ours, job.error)
-    if ours is not None and ours.drained and target < keep_all:
-        _remove_drained(cluster, seen, plan, act)
-        return Resharding(kept=target, active=True)
-    # Growing, the new shards' pods are created now that the Job exists; shrinking, every pod stays.
-    return Resharding(kept=keep_all, active=True)
+    return Resharding(kept=_running(seen, plan, act, target, ours), active=True)
+
+
+def _resume_interrupted(
+    cluster: ClusterSpec,
+    seen: Observed,
+    plan: Plan,
+    act: bool,
+    jobs: list[JobInfo],
+    progress: ReshardProgress,
+) -> Resharding:
+    """A Job for the unfinished plan's own count, which resumes it."""
+    shards = progress.to_shards
+    name = labels.reshard_job_name(cluster.name, shards)
+    plan.waiting.append(
+        f"resharding: the reshard to {shards} shards stopped unfinished ({progress.phase}); it is finished "
+        f"first, then spec.shards {cluster.shards} follows"
+    )
+    finished = [j.name for j in jobs if j.name == name and not j.deleting]
+    if act and finished:
+        # A finished Job of that name would hold the name: the new one comes next reconcile.
+        plan.delete_jobs += finished
+    elif act and not any(j.name == name for j in jobs):
+        plan.create.append(
+            builders.build_reshard_job(replace(cluster, shards=shards), seen.cluster_id, progress.from_shards)
+        )
+        plan.events.append(
+            Event(
+                "Normal",
+                "Resharding",
+                f"resuming the unfinished reshard from {progress.from_shards} to {shards} shards: creating "
+                f"job {name}; spec.shards {cluster.shards} follows once it finishes",
+            )
+        )
+    record = _record(seen, progress.phase, progress.from_shards, shards, progress)
+    plan.resharding = record
+    plan.resharding_condition = _running_condition(record, progress)
+    return Resharding(kept=max(shards, live_shards(seen)), active=True)
 
 
 def _running_condition(
