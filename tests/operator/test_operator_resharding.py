@@ -549,3 +549,42 @@ def test_a_running_job_for_another_count_still_gets_its_drained_shards_removed()
     plan = decide(spec(shards=4, replicasPerShard=1), seen)
     assert sorted(plan.delete_pods) == ["demo-2-0", "demo-2-1"]
     assert created_jobs(plan) == [] and created_pods(plan) == []
+
+
+def test_a_job_being_deleted_keeps_every_pod_and_holds_everything_else_back() -> None:
+    seen = shrinking(report("drained", 3, 2), deleting=True)
+    plan = decide(TWO, seen)
+    assert plan.delete_pods == [] and created_jobs(plan) == [] and plan.resharding_active
+    assert any("demo-reshard-2 is being deleted" in w for w in plan.waiting)
+
+
+def test_a_finished_plan_whose_job_is_gone_is_recorded_done_once() -> None:
+    record = {"phase": "moving", "fromShards": 1, "toShards": 3, "slotsTotal": 9, "slotsMoved": 3}
+    seen = reporting(
+        with_jobs(running(THREE), record=record), report("done", 1, 3, slots_total=9, slots_moved=9)
+    )
+    plan = decide(THREE, seen)
+    assert created_jobs(plan) == [] and condition(plan) == ("False", "Done")
+    assert plan.resharding is not None and (plan.resharding["phase"], plan.resharding["slotsMoved"]) == (
+        "done",
+        9,
+    )
+    assert [e.reason for e in plan.events if e.reason == "Resharded"] == ["Resharded"]
+
+
+def test_a_plan_that_failed_part_way_is_settled_by_a_job_for_spec_shards() -> None:
+    """1 -> 3 failed after the new shards' pods started; spec.shards back to 1: a Job settles it, and
+    the extra pods stay until it has."""
+    seen = reporting(running(THREE), report("failed", 1, 3, error="no primary"))
+    plan = decide(ONE, seen)
+    [job] = created_jobs(plan)
+    assert job["metadata"]["name"] == "demo-reshard-1" and plan.delete_pods == []
+    [event] = [e for e in plan.events if e.reason == "Resharding"]
+    assert "from 3 to 1 shards" in event.message
+
+
+def test_waiting_for_provisioning_is_said_once_a_cluster_has_resharded() -> None:
+    seen = dataclasses.replace(
+        running(THREE), provisioning=None, resharding_record={"phase": "done", "toShards": 3}
+    )
+    assert condition(decide(THREE, seen)) == ("Unknown", "WaitingForProvisioning")
