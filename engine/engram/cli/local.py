@@ -8,16 +8,20 @@ import json
 import shlex
 import signal
 import sys
+import time
 from collections.abc import Callable
+from typing import TextIO
 
 from engram.binaries import BinaryNotFound
 from engram.cli.status_table import print_status
-from engram.platforms.local import cluster
+from engram.platforms.local import cluster, scale
 from engram.platforms.local.network import NetworkError
 from engram.platforms.local.plan import ClusterSpec, PlanError
 from engram.platforms.local.ports import PortBusy
 from engram.platforms.local.probe import FailoverFailed
 from engram.platforms.local.state import default_base_dir
+from engram.resharding.mover import MoveOptions
+from engram.resharding.record import ReshardRecord
 from engram.snapshots.cycle import DEFAULT_KEEP
 
 _ERRORS = (cluster.LocalError, BinaryNotFound, PortBusy, PlanError, FailoverFailed, NetworkError, ValueError)
@@ -98,6 +102,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(doc, indent=2))
     else:
         print_status(doc)
+        record = ReshardRecord(**doc["resharding"]) if doc.get("resharding") else None
+        if record is not None and record.phase != "done":
+            print(f"\nresharding {record.id}: {scale.progress_line(record)}"
+                  + (f"\n  error: {record.error}" if record.error else ""))
     return 0
 
 
@@ -144,6 +152,95 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     for line in cluster.snapshot(args.dir, args.name, shard=args.shard, keep=keep, say=_say):
         _say(line)
     return 0
+
+
+class _ProgressLine:
+    """Reshard progress on stderr: one line redrawn in place on a terminal, else a line per phase and
+    at most one every LOG_EVERY seconds (logs and CI output stay short)."""
+
+    LOG_EVERY = 5.0
+    REDRAW_EVERY = 0.2
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.phase = ""
+        self.shown_at = 0.0
+        self.width = 0
+
+    def __call__(self, record: ReshardRecord) -> None:
+        now = time.monotonic()
+        changed = record.phase != self.phase
+        if not changed and now - self.shown_at < (self.REDRAW_EVERY if self.tty else self.LOG_EVERY):
+            return
+        self.phase, self.shown_at = record.phase, now
+        text = f"engram: {scale.progress_line(record)}"
+        if self.tty:
+            self.stream.write("\r" + text.ljust(self.width))
+            self.width = len(text)
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def end(self) -> None:
+        """Leave the redrawn line in place, so later messages start on a line of their own."""
+        if self.tty and self.width:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.width = 0
+
+    def say(self, message: str) -> None:
+        self.end()
+        _say(message)
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    """Like _guarded, and a usage error (the shard count the cluster already has) exits 2."""
+    line = _ProgressLine()
+    try:
+        doc = scale.scale(args.dir, args.name, args.shards, max_keys_per_second=args.max_keys_per_second,
+                          progress=line, say=line.say)
+    except scale.ScaleRefused as exc:
+        line.end()
+        _say(f"error: {exc}")
+        return 2
+    except _ERRORS as exc:
+        line.end()
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        line.end()
+        return _fail("interrupted; run the same command again to resume")
+    line.end()
+    record = doc.get("resharding") or {}
+    if record:
+        took = scale.duration(record["updated"] - record["started"])
+        count = f"{doc['shards']} shard" + ("s" if doc["shards"] > 1 else "")
+        _say(f"cluster {args.name} has {count}: {record['slots_moved']} slots and "
+             f"{record['keys_moved']} keys moved in {took}")
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print_status(doc)
+    return 0
+
+
+def _shard_count(text: str) -> int:
+    try:
+        return scale.check_shards(int(text))
+    except ValueError as exc:  # ScaleRefused is a LocalError, not a ValueError: only int() lands here
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from exc
+    except scale.ScaleRefused as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--shards ")) from exc
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -290,6 +387,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     snapshot.add_argument("--export", metavar="DIR", default="",
                           help="take no snapshot: write each shard's newest verified one to DIR as "
                           "NAME-shard<N>-seq<S>.rdb (SHA-256 checked), for `up --restore-from`")
+
+    scaling = add("scale", cmd_scale, "add or remove shards online: moves slots while the cluster "
+                  "serves; run it again to resume one that was interrupted")
+    scaling.add_argument("--shards", type=_shard_count, required=True, metavar="N",
+                         help="the new number of shards; removing shards removes the highest-numbered")
+    scaling.add_argument("--max-keys-per-second", type=_positive, default=None, metavar="K",
+                         help="bound the keys moved per second "
+                         f"(default: {MoveOptions().max_keys_per_second})")
+    scaling.add_argument("--json", action="store_true", help="print the status JSON on stdout")
 
     failover = add("failover", cmd_failover, "planned switchover of a shard's primary")
     failover.add_argument("--shard", type=int, default=0, help="(default: %(default)s)")

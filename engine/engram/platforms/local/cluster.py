@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from engram.platforms.local.state import (
     cluster_dir,
     default_base_dir,
 )
+from engram.resharding.record import ReshardRecord
 from engram.snapshots.cycle import DEFAULT_KEEP, snapshot_shard
 from engram.snapshots.record import SnapshotError
 from engram.snapshots.source import SourceCluster
@@ -157,7 +159,19 @@ def describe(state: ClusterState, live: list[dict[str, str] | None]) -> dict[str
         "endpoint_node": state.endpoint_node or None,
         "phase": state.phase,
         "network": _network_entry(state),
+        # The cluster's newest reshard (`engram local scale`) as its nodes report it, or None.
+        "resharding": _resharding(live),
     }
+
+
+def _resharding(live: list[dict[str, str] | None]) -> dict[str, Any] | None:
+    """The newest reshard record any node reports (a node behind on the metadata tells an older one)."""
+    records = []
+    for st in live:
+        with contextlib.suppress(ValueError, TypeError):
+            if st and st.get("reshard"):
+                records.append(ReshardRecord.loads(st["reshard"]))
+    return asdict(max(records, key=lambda r: r.updated)) if records else None
 
 
 def _probe(state: ClusterState) -> list[dict[str, str] | None]:

@@ -11,7 +11,7 @@ from engram.cluster.users import UsersFileError, parse_users
 from engram.journal.servers import SYNC_ALWAYS, journal_urls_for, sync_interval_problem
 from engram.node.config import NodeConfig
 from engram.orchestration.provision import ProvisionRequest, new_cluster_id
-from engram.orchestration.zones import Spreading, ZonePlan, plan_zones
+from engram.orchestration.zones import NodePlacement, Spreading, ZonePlan, plan_zones
 from engram.platforms.local import journal, network, ports
 from engram.platforms.local.state import ClusterState, NodeState, check_name
 from engram.platforms.local.tls import JOURNAL_USER
@@ -118,6 +118,24 @@ def node_id(name: str, shard: int, index: int) -> str:
     return f"{name}-s{shard}-n{index}"
 
 
+def node_state(name: str, directory: Path, placement: NodePlacement, port: int, admin_port: int,
+               tls_port: int, host: str) -> NodeState:
+    """One planned node: its id, zone, ports and files (for `up` and for shards added later)."""
+    nid = node_id(name, placement.shard, placement.index)
+    return NodeState(
+        id=nid,
+        shard=placement.shard,
+        zone=placement.zone,
+        preferred_primary=placement.primary,
+        port=port,
+        admin_port=admin_port,
+        tls_port=tls_port,
+        config=str(directory / "nodes" / nid / "node.json"),
+        log=str(directory / "logs" / f"{nid}.log"),
+        host=host,
+    )
+
+
 def port_count(spec: ClusterSpec) -> int:
     """Ports a cluster needs (see port_layout)."""
     return 1 + 2 * spec.node_count + 3 * len(spec.zones) + (spec.node_count if spec.serves_tls else 0)
@@ -160,24 +178,10 @@ def plan(spec: ClusterSpec, directory: Path, nats_server: str, valkey_server: st
     hosts = {link.zone: link.address for link in net.links} if net else {}
     nodes = []
     zones = zone_plan(spec)
-    for shard in range(spec.shards):
-        for index in range(spec.replicas + 1):
-            nid = node_id(spec.name, shard, index)
-            placement = zones.node(shard, index)
-            nodes.append(
-                NodeState(
-                    id=nid,
-                    shard=shard,
-                    zone=placement.zone,
-                    preferred_primary=placement.primary,
-                    port=node_ports[len(nodes)],
-                    admin_port=admin_ports[len(nodes)],
-                    tls_port=tls_ports[len(nodes)] if tls_ports else 0,
-                    config=str(directory / "nodes" / nid / "node.json"),
-                    log=str(directory / "logs" / f"{nid}.log"),
-                    host=hosts.get(placement.zone, ports.LOOPBACK),
-                )
-            )
+    for placement in zones.nodes:
+        i = len(nodes)
+        nodes.append(node_state(spec.name, directory, placement, node_ports[i], admin_ports[i],
+                                tls_ports[i] if tls_ports else 0, hosts.get(placement.zone, ports.LOOPBACK)))
     return ClusterState(
         name=spec.name,
         dir=str(directory),
@@ -197,6 +201,7 @@ def plan(spec: ClusterSpec, directory: Path, nats_server: str, valkey_server: st
         rebalance=spec.rebalance,
         rebalance_settle=spec.rebalance_settle,
         tls=spec.tls,
+        base_port=spec.base_port,
         nats_server=nats_server,
         valkey_server=valkey_server,
         nodes=nodes,
@@ -261,16 +266,29 @@ def short_socket(data_dir: str) -> str:
     return str(Path(tempfile.gettempdir()) / f"engram-{digest}.sock")
 
 
-def write_files(state: ClusterState, log_level: str = "warning") -> None:
-    """Create the cluster's directories and write every journal and node config."""
-    configs = [(node, node_config(state, node, log_level)) for node in state.nodes]
-    for _, config in configs:
+def node_configs(state: ClusterState, nodes: list[NodeState], log_level: str) -> list[NodeConfig]:
+    """The nodes' configs, or PlanError when the directory is too deep for a Valkey socket."""
+    configs = [node_config(state, node, log_level) for node in nodes]
+    for config in configs:
         if len(config.valkey_socket) > MAX_UNIX_SOCKET:
             raise PlanError(
                 f"the directory {state.dir} is too deep: a node's Valkey socket path would be "
                 f"{len(config.valkey_socket)} bytes, over the {MAX_UNIX_SOCKET} Linux allows; "
                 "use a shorter --dir"
             )
+    return configs
+
+
+def write_node_configs(nodes: list[NodeState], configs: list[NodeConfig]) -> None:
+    """Create each node's data directory and write its config there."""
+    for node, config in zip(nodes, configs, strict=True):
+        Path(config.data_dir).mkdir(parents=True, exist_ok=True)
+        config.dump(node.config)
+
+
+def write_files(state: ClusterState, log_level: str = "warning") -> None:
+    """Create the cluster's directories and write every journal and node config."""
+    configs = node_configs(state, state.nodes, log_level)
     (Path(state.dir) / "logs").mkdir(parents=True, exist_ok=True)
     tls = state.local_tls
     if tls is not None:
@@ -279,6 +297,4 @@ def write_files(state: ClusterState, log_level: str = "warning") -> None:
         tls.ensure([ports.LOOPBACK] + [j.host for j in state.journal] + [n.host for n in state.nodes])
     journal.write_configs(state.journal, f"{state.name}-journal", state.journal_sync,
                           tls.server_tls() if tls else None, tls.auth() if tls else None)
-    for node, config in configs:
-        Path(config.data_dir).mkdir(parents=True, exist_ok=True)
-        config.dump(node.config)
+    write_node_configs(state.nodes, configs)

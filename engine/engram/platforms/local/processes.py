@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -49,6 +50,23 @@ def stop_all(procs: Sequence[subprocess.Popen], timeout: float = 10.0) -> None:
             with contextlib.suppress(ProcessLookupError):
                 p.kill()
             p.wait()
+
+
+async def stop_all_async(procs: Sequence[subprocess.Popen], timeout: float = 10.0) -> None:
+    """stop_all for a process that must keep serving meanwhile: it waits without blocking the loop."""
+    live = [p for p in procs if p.poll() is None]
+    for p in live:
+        with contextlib.suppress(ProcessLookupError):
+            p.send_signal(signal.SIGCONT)
+            p.terminate()
+    deadline = time.monotonic() + timeout
+    while any(p.poll() is None for p in live) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    for p in live:
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                p.kill()
+            p.wait()  # brief: SIGKILL cannot be caught
 
 
 def pid_alive(pid: int | None) -> bool:

@@ -166,6 +166,12 @@ class ClusterState:
     rebalance_settle: float = 30.0
     # The journal is locked: TLS and passwords, its files in DIR/NAME/tls (platforms/local/tls.py).
     tls: bool = False
+    # `up --port BASE`: nodes of shards added later take the ports after the cluster's highest.
+    base_port: int | None = None
+    # The last shard request (platforms/local/shard_nodes.py) the supervisor carried out, and why it
+    # failed ("" when it did not).
+    shard_request: str = ""
+    shard_request_error: str = ""
 
     @property
     def endpoint(self) -> str:
@@ -256,6 +262,11 @@ class ClusterState:
         finally:
             os.unlink(tmp)
         return True
+
+
+def replace_file(path: Path, text: str) -> None:
+    """Write path atomically (a temporary file renamed over it): a reader sees all of it or none."""
+    os.replace(_write_temp(path, text), path)
 
 
 def _write_temp(path: Path, text: str) -> str:

@@ -2,6 +2,22 @@
 crashes (as the kubelet restarts a pod), keeps state.json current and serves the endpoint.
 
 Run as ``python -m engram.platforms.local.supervisor STATE_FILE``; SIGTERM stops the cluster.
+
+Only the supervisor writes state.json, so `engram local scale` asks it for the nodes of added or
+removed shards with a shard request (shard_nodes.py):
+
+1. the command writes DIR/NAME/shard-request.json, ``{"id": ..., "shards": N}``, atomically, and
+   sends SIGUSR1, which wakes the supervisor (it also looks for the file every POLL_CHILDREN, so
+   a lost signal only delays it);
+2. the supervisor removes the file, starts nodes for every shard below N that has none (replica
+   count, zones by the zone planner, fresh ports, configs as `up` writes them), stops the nodes of
+   shards N and above (SIGTERM, then SIGKILL after STOP_TIMEOUT) and forgets them, sets
+   state.shards to N and saves state.json with ``shard_request`` = the id (and
+   ``shard_request_error`` when it could not);
+3. the command waits, with a deadline, until state.json names its id.
+
+The status poll, the endpoint relay and the rebalancer read state.nodes, so they follow at once.
+Requests are idempotent: asking again for N shards changes nothing.
 """
 
 from __future__ import annotations
@@ -15,13 +31,16 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from engram.node.config import NodeConfig
 from engram.orchestration.provision import ProvisionError, provision
 from engram.orchestration.rebalance import NodeView, rebalance
-from engram.platforms.local import journal, probe, processes
-from engram.platforms.local.plan import provision_request
+from engram.orchestration.zones import ZonePlanError
+from engram.platforms.local import journal, plan, probe, processes, shard_nodes
+from engram.platforms.local.plan import PlanError, provision_request
+from engram.platforms.local.ports import PortBusy
 from engram.platforms.local.relay import EndpointRelay
 from engram.platforms.local.state import (
     FAILED,
@@ -89,6 +108,8 @@ class Supervisor:
         self.nodes: list[Child] = []
         self.status: dict[str, dict[str, str] | None] = {}
         self.stop = asyncio.Event()
+        # Set by SIGUSR1 (a shard request is waiting) and by stopping: the serve loop wakes at once.
+        self.wake = asyncio.Event()
         self.relay: EndpointRelay | None = None
 
     def save(self) -> None:
@@ -100,7 +121,8 @@ class Supervisor:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.add_signal_handler(sig, self.stop.set)
+            loop.add_signal_handler(sig, self._request_stop)
+        loop.add_signal_handler(signal.SIGUSR1, self.wake.set)
         self.state.supervisor_pid = os.getpid()
         self.state.phase = JOURNAL_STARTING
         self.save()
@@ -120,6 +142,10 @@ class Supervisor:
             raise
         await self._shutdown(remove_state=True)
         return 0
+
+    def _request_stop(self) -> None:
+        self.stop.set()
+        self.wake.set()
 
     async def _start(self) -> None:
         s = self.state
@@ -183,8 +209,12 @@ class Supervisor:
                     log.warning("state file %s was removed; stopping the cluster", self.state_path)
                     break
                 self._tend()
+                self.wake.clear()
+                # Stopping removed nodes waits here, up to STOP_TIMEOUT a group, and delays restarts
+                # by as much: it happens once per scale-in, and nodes stop in well under a second.
+                await self._carry_out_shard_request()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stop.wait(), POLL_CHILDREN)
+                    await asyncio.wait_for(self.wake.wait(), POLL_CHILDREN)
         finally:
             for task in (poller, balancer):
                 if task is None:
@@ -223,6 +253,69 @@ class Supervisor:
                 log.info("restarted %s as pid %d", child.key, child.record.pid)
         if changed:
             self.save()
+
+    async def _carry_out_shard_request(self) -> None:
+        """Run nodes for exactly the shards a waiting shard request names (see the module docstring)."""
+        s = self.state
+        try:
+            request = shard_nodes.take_request(s)
+        except ValueError as exc:
+            log.error("%s; ignored", exc)
+            return
+        if request is None:
+            return
+        log.info("shard request %s: nodes for %d shards (now %d)", request.id, request.shards, s.shards)
+        error = ""
+        try:
+            if request.shards < 1:
+                raise PlanError(f"a cluster keeps at least one shard, not {request.shards}")
+            self._start_added_shards(request.shards)
+            await self._stop_removed_shards(request.shards)
+            s.shards = request.shards
+            s.record_identity()  # `up` after `down --keep-data` must be given the new shard count
+        except (PlanError, PortBusy, ZonePlanError, OSError) as exc:
+            error = f"the nodes of {request.shards} shards could not be laid out: {exc}"
+            log.error("shard request %s failed: %s", request.id, error)
+        s.shard_request, s.shard_request_error = request.id, error
+        self.save()
+
+    def _start_added_shards(self, shards: int) -> None:
+        """Plan, configure and start the nodes of every shard below `shards` that has none."""
+        s = self.state
+        added = shard_nodes.plan_added_nodes(s, shards, shard_nodes.allocate_ports(
+            s, shard_nodes.ports_needed(s, shards)))
+        if not added:
+            return
+        configs = plan.node_configs(replace(s, shards=shards), added, node_log_level(s))
+        shard_nodes.clear_data(added)
+        plan.write_node_configs(added, configs)
+        s.nodes.extend(added)
+        for node in added:
+            child = Child(node.id, [*s.launcher(node.zone), *node_argv(s, node)], node)
+            child.start()
+            self.nodes.append(child)
+        self.save()
+        log.info("started %s", ", ".join(f"{n.id} (zone {n.zone}, pid {n.pid})" for n in added))
+
+    async def _stop_removed_shards(self, shards: int) -> None:
+        """Forget the nodes of shards `shards` and above, then stop them (the relay stops routing to
+        them first); their data and logs stay until `down`."""
+        s = self.state
+        gone = {n.id for n in shard_nodes.removed_nodes(s, shards)}
+        if not gone:
+            return
+        victims = [c for c in self.nodes if c.key in gone]
+        self.nodes = [c for c in self.nodes if c.key not in gone]
+        s.nodes = [n for n in s.nodes if n.id not in gone]
+        # Replicas first: a primary told to stop hands its shard to a live replica, which would only
+        # spend time on a shard that holds no slot any more.
+        first = [c for c in victims if (self.status.get(c.key) or {}).get("role") != "primary"]
+        last = [c for c in victims if c not in first]
+        for group in (first, last):
+            await processes.stop_all_async([c.proc for c in group if c.proc is not None], STOP_TIMEOUT)
+        for key in gone:
+            self.status.pop(key, None)
+        log.info("stopped %s", ", ".join(sorted(gone)))
 
     async def _poll_status(self) -> None:
         """Learn every node's role every POLL_STATUS seconds, for the endpoint relay."""
@@ -320,6 +413,14 @@ def node_views(nodes: list[NodeState], status: dict[str, dict[str, str] | None])
         applied = int(answer.get("applied_seq") or 0) if answer else 0
         views.append(NodeView(node.id, node.shard, node.zone, role, healthy, applied))
     return views
+
+
+def node_log_level(state: ClusterState) -> str:
+    """The log level `up` gave the nodes (it is in their configs only), for nodes started later."""
+    for node in state.nodes:
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            return NodeConfig.load(node.config).log_level
+    return "warning"
 
 
 def node_argv(state: ClusterState, node: NodeState) -> list[str]:
