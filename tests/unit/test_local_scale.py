@@ -258,3 +258,25 @@ def test_in_a_log_progress_is_a_line_per_phase() -> None:
         line(ReshardRecord(from_shards=3, to_shards=2, phase="moving", slots_total=100, slots_moved=moved))
     line(ReshardRecord(from_shards=3, to_shards=2, phase="done", slots_total=100, slots_moved=100))
     assert [row.split()[5] for row in log.getvalue().splitlines()] == ["moving", "done"]
+
+
+def test_scale_passes_the_moving_users_credentials_and_key_rate_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: dict[str, Any] = {}
+
+    def fake(base: str, name: str, shards: int, **kwargs: Any) -> dict:
+        seen.update(kwargs, shards=shards)
+        raise scale.LocalError("stop here")
+
+    monkeypatch.setattr(scale, "scale", fake)
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    args = build_parser().parse_args(["local", "scale", "demo", "--shards", "3", "--user", "mover",
+                                      "--password-file", str(secret), "--max-keys-per-second", "0"])
+    assert args.func(args) == 1
+    assert (seen["shards"], seen["user"], seen["password"]) == (3, "mover", "s3cret")
+    assert seen["max_keys_per_second"] == 0
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["local", "scale", "demo", "--shards", "3", "--max-keys-per-second", "-1"])
+    assert exit_.value.code == 2

@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TextIO
 
 from engram.binaries import BinaryNotFound
@@ -198,13 +199,14 @@ def cmd_scale(args: argparse.Namespace) -> int:
     """Like _guarded, and a usage error (the shard count the cluster already has) exits 2."""
     line = _ProgressLine()
     try:
+        password = Path(args.password_file).read_text().strip() if args.password_file else ""
         doc = scale.scale(args.dir, args.name, args.shards, max_keys_per_second=args.max_keys_per_second,
-                          progress=line, say=line.say)
+                          user=args.user, password=password, progress=line, say=line.say)
     except scale.ScaleRefused as exc:
         line.end()
         _say(f"error: {exc}")
         return 2
-    except _ERRORS as exc:
+    except (*_ERRORS, OSError) as exc:  # OSError: the password file
         line.end()
         return _fail(str(exc))
     except KeyboardInterrupt:
@@ -233,13 +235,13 @@ def _shard_count(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("--shards ")) from exc
 
 
-def _positive(text: str) -> int:
+def _not_negative(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number, 0 or more, got {text!r}")
     return value
 
 
@@ -392,9 +394,12 @@ def register(commands: argparse._SubParsersAction) -> None:
                   "serves; run it again to resume one that was interrupted")
     scaling.add_argument("--shards", type=_shard_count, required=True, metavar="N",
                          help="the new number of shards; removing shards removes the highest-numbered")
-    scaling.add_argument("--max-keys-per-second", type=_positive, default=None, metavar="K",
-                         help="bound the keys moved per second "
+    scaling.add_argument("--max-keys-per-second", type=_not_negative, default=None, metavar="K",
+                         help="bound the keys moved per second, 0 for no bound "
                          f"(default: {MoveOptions().max_keys_per_second})")
+    scaling.add_argument("--user", default="", help="the Valkey user that moves keys (MIGRATE), when the "
+                         "cluster's --users file turns the default user off")
+    scaling.add_argument("--password-file", default="", metavar="PATH", help="that user's password")
     scaling.add_argument("--json", action="store_true", help="print the status JSON on stdout")
 
     failover = add("failover", cmd_failover, "planned switchover of a shard's primary")

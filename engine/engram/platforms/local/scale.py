@@ -44,9 +44,12 @@ def check_shards(shards: int) -> int:
 
 
 def scale(base: str | Path, name: str, shards: int, *, max_keys_per_second: int | None = None,
+          user: str = "", password: str = "",
           progress: Callable[[ReshardRecord], None] = lambda _r: None,
           say: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
-    """Reshard the running cluster to `shards` shards; its status afterwards ("resharding" says how)."""
+    """Reshard the running cluster to `shards` shards; its status afterwards ("resharding" says how).
+
+    user and password: the Valkey user that moves keys, for clusters whose users file locks out default."""
     check_shards(shards)
     state = load_running(base, name)
     if state.phase != NODES_STARTED:
@@ -64,9 +67,10 @@ def scale(base: str | Path, name: str, shards: int, *, max_keys_per_second: int 
         resumable = last is not None and last["phase"] != "done" and last["to_shards"] == shards
         if shards == state.shards and not resumable:
             raise ScaleRefused(f"cluster {name} already has {shards} shards")
-        options = ReshardOptions()
+        move = MoveOptions(username=user, password=password)
         if max_keys_per_second is not None:
-            options = ReshardOptions(move=MoveOptions(max_keys_per_second=max_keys_per_second))
+            move.max_keys_per_second = max_keys_per_second
+        options = ReshardOptions(move=move)
         return asyncio.run(_scale(state, shards, options, progress, say))
 
 
