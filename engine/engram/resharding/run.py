@@ -183,7 +183,9 @@ class _Run:
                 if not found.finished or (found.phase == phases.FAILED and found.to_shards == self.shards):
                     found.error = ""
                     return found
-        record = ReshardRecord(from_shards=slots.count, to_shards=self.shards)
+        # Shards that own slots: a scale-out's new shards may already exist, empty (prepare_shards).
+        owning = len({shard for _, _, shard in slots.ranges})
+        record = ReshardRecord(from_shards=owning, to_shards=self.shards)
         record.slots_total = sum(m.slots for m in moves_in_motion(slots)) + sum(
             m.slots for m in plan_moves(_grown(slots, self.shards), self.shards))
         return record
