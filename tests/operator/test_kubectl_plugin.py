@@ -3,17 +3,20 @@ MemoryCluster's status as the operator builds it); kubectl itself runs only in e
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
 import pytest
-from cluster_state import running, spec
+from cluster_state import CLUSTER_ID, NOW, running, spec
 
 from engram.cli.status_table import print_status
 from engram_operator import constants, labels
 from engram_operator.decisions import decide
 from engram_operator.kubectl import cli, runner, view
 from engram_operator.kubectl.view import PluginError
+from engram_operator.observe import JobInfo, Observed
+from engram_operator.reshard_progress import ReshardProgress
 from engram_operator.status import build_status
 
 NAMESPACE = "db"
@@ -30,9 +33,24 @@ def _pod(info: Any, role: str) -> dict[str, Any]:
     }
 
 
-def _objects(shards: int = 2) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+def _resharding(seen: Observed, phase: str, **fields: Any) -> Observed:
+    """The reshard Job from 1 to 3 shards (succeeded once its plan is done); every node reports the plan
+    in ``phase``."""
+    job = JobInfo(name=labels.reshard_job_name("demo", 3), cluster_id=CLUSTER_ID, owner_uid="uid-1", shards=3,
+                  from_shards=1, created=NOW - 600, succeeded=phase == "done")
+    progress = ReshardProgress(from_shards=1, to_shards=3, phase=phase, id="plan-1", started=NOW - 200,
+                               updated=NOW - 5, **fields)
+    answers = {name: dataclasses.replace(s, reshard=progress) for name, s in seen.statuses.items()}
+    return dataclasses.replace(seen, reshard_jobs=[job], statuses=answers)
+
+
+def _objects(shards: int = 2, reshard: str = "", **progress: Any
+             ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The MemoryCluster, engine pods, journal pods; ``reshard``: a reshard 1 -> 3 in this phase."""
     cluster = spec(shards=shards, replicasPerShard=2)
     seen = running(cluster)
+    if reshard:
+        seen = _resharding(seen, reshard, **progress)
     status = build_status(cluster, seen, decide(cluster, seen), None, generation=1, now="2026-12-03T00:00Z")
     body = {"metadata": {"name": "demo", "namespace": NAMESPACE},
             "spec": {"shards": shards, "replicasPerShard": 2}, "status": status}
@@ -64,6 +82,60 @@ def test_status_has_the_shape_of_local_status_with_each_shards_primary_and_lag(
     print_status(doc)
     out = capsys.readouterr().out
     assert f"(namespace {NAMESPACE})" in out and "MAX LAG" in out and primaries[0] in out
+
+
+def test_status_shows_a_running_reshards_progress_eta_and_condition(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    body, pods, journal = _objects(3, "moving", slots_total=10923, slots_moved=3641, keys_moved=500)
+    doc = view.status_doc(body, pods, journal)
+    assert doc["resharding"] == body["status"]["resharding"]
+    assert (doc["resharding"]["phase"], doc["resharding"]["eta"]) == ("moving", 390)
+    progress, condition = view.resharding_lines(doc)
+    assert progress == ("resharding: 1 -> 3 shards  moving   [#######.............] 3641/10923 slots  "
+                        "500 keys  ETA 6m30s")
+    assert condition.startswith("condition Resharding: True (Moving): resharding from 1 to 3 shards (moving)")
+
+    def get_json(*args: str, namespace: str | None = None) -> Any:
+        return body if args[0] == cli.RESOURCE else {"items": journal if "journal" in args[-1] else pods}
+
+    monkeypatch.setattr(runner, "get_json", get_json)
+    assert cli.main(["status", "demo", "-n", NAMESPACE]) == 0
+    assert f"\n\n{progress}\n{condition}\n" in capsys.readouterr().out
+    assert cli.main(["status", "demo", "-n", NAMESPACE, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["resharding"]["slotsMoved"] == 3641
+
+
+def test_a_pending_reshard_shows_no_eta_and_a_finished_one_says_done() -> None:
+    body, pods, journal = _objects(3)
+    body["status"]["resharding"] = {"phase": "pending", "fromShards": 1, "toShards": 3, "slotsTotal": 0,
+                                    "slotsMoved": 0, "keysMoved": 0, "bytesMoved": 0}
+    line = view.reshard_progress_line(body["status"]["resharding"])
+    assert line == "1 -> 3 shards  pending  [....................] 0/0 slots  0 keys"
+    done, _, _ = _objects(3, "done", slots_total=10923, slots_moved=10923, keys_moved=77)
+    progress, condition = view.resharding_lines(view.status_doc(done, pods, journal))
+    assert "done     [####################] 10923/10923 slots  77 keys" in progress and "ETA" not in progress
+    assert condition.startswith("condition Resharding: False (Done): the cluster has 3 shards: resharding")
+
+
+def test_a_cluster_never_resharded_shows_nothing_about_resharding_unless_its_condition_has_news() -> None:
+    body, pods, journal = _objects()
+    doc = view.status_doc(body, pods, journal)
+    assert doc["resharding"] is None
+    assert [c["reason"] for c in doc["conditions"] if c["type"] == "Resharding"] == ["NotResharded"]
+    assert view.resharding_lines(doc) == []
+    doc["conditions"] = [{"type": "Resharding", "status": "False", "reason": "Blocked",
+                          "message": "spec.shards is 3 but\nthe slot map has 2"}]
+    assert view.resharding_lines(doc) == ["condition Resharding: False (Blocked): spec.shards is 3 but the "
+                                          "slot map has 2"]
+
+
+def test_an_eta_reads_in_seconds_minutes_or_hours() -> None:
+    record = {"phase": "moving", "fromShards": 3, "toShards": 2, "slotsTotal": 5461, "slotsMoved": 5461}
+    full = view.reshard_progress_line({**record, "eta": 0})
+    assert full.endswith("[####################] 5461/5461 slots  0 keys  ETA 0s")
+    assert view.reshard_progress_line({**record, "eta": 185}).endswith("ETA 3m05s")
+    assert view.reshard_progress_line({**record, "eta": 3720}).endswith("ETA 1h02m")
 
 
 def test_switchover_goes_from_the_shards_primary_to_a_ready_replica_or_says_why_not() -> None:

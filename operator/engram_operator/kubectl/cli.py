@@ -45,6 +45,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(doc, indent=2))
     else:
         print_status(doc)
+        if lines := view.resharding_lines(doc):
+            print("\n" + "\n".join(lines))
     return 0
 
 
@@ -109,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=handler)
         return p
 
-    status = command("status", cmd_status, "nodes, shards, zones and roles; each shard's lag and snapshot")
+    status = command("status", cmd_status,
+                     "nodes, shards, zones and roles; each shard's lag and snapshot; resharding progress")
     status.add_argument("--json", action="store_true", help="the shape of `engram local status --json`")
     switch = command("switchover", cmd_switchover, "planned hand-over of a shard to a named replica")
     switch.add_argument("--to", required=True, metavar="POD", help="the ready replica that takes over")

@@ -75,7 +75,44 @@ def status_doc(cluster: Mapping[str, Any], pods: Sequence[Mapping[str, Any]],
         "journal": journal,
         "shard_status": shard_status,
         "conditions": list(status.get("conditions") or []),
+        # status.resharding as the operator writes it (camelCase, eta in seconds), or None.
+        "resharding": dict(status["resharding"]) if status.get("resharding") else None,
     }
+
+
+def _duration(seconds: float) -> str:
+    """12s, 3m05s, 1h02m, as `engram local scale` shows an ETA."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def reshard_progress_line(record: Mapping[str, Any], width: int = 20) -> str:
+    """status.resharding on one line, as `engram local scale` draws it: shard counts, phase, a bar of
+    slots moved, keys moved, the ETA when the operator knows one."""
+    total, moved = int(record.get("slotsTotal") or 0), int(record.get("slotsMoved") or 0)
+    filled = min(width, round(moved / total * width)) if total else 0
+    line = (f"{record.get('fromShards', '?')} -> {record.get('toShards', '?')} shards  "
+            f"{record.get('phase', ''):<8} [{'#' * filled}{'.' * (width - filled)}] {moved}/{total} slots  "
+            f"{int(record.get('keysMoved') or 0)} keys")
+    eta = record.get("eta")
+    return line + (f"  ETA {_duration(float(eta))}" if eta is not None else "")
+
+
+def resharding_lines(doc: Mapping[str, Any]) -> list[str]:
+    """What `status` prints below the tables: the last reshard's progress and the Resharding condition;
+    nothing for a cluster whose shard count never changed."""
+    record = doc.get("resharding") or {}
+    condition = next((c for c in doc.get("conditions") or [] if c.get("type") == "Resharding"), {})
+    lines = [f"resharding: {reshard_progress_line(record)}"] if record else []
+    status, reason = condition.get("status", "Unknown"), condition.get("reason", "")
+    if condition and (record or (status, reason) != ("False", "NotResharded")):
+        message = " ".join(str(condition.get("message") or "").split())
+        lines.append(f"condition Resharding: {status} ({reason})" + (f": {message}" if message else ""))
+    return lines
 
 
 def switchover_pair(doc: Mapping[str, Any], target: str) -> tuple[str, str]:
