@@ -46,9 +46,10 @@ class ReshardOptions:
     """Bounds of one reshard run."""
 
     move: MoveOptions = field(default_factory=MoveOptions)
-    # Slots moved per chunk: each chunk costs one full pass over its source's keys, and is the
-    # unit of progress, of resumption and of the TRYAGAIN window after a failure.
-    chunk_slots: int = 1024
+    # Slots moved per chunk: each chunk costs two full passes over its source's keys (moving,
+    # then checking none is left), and is the unit of progress, of resumption and of the
+    # TRYAGAIN window after a failure.
+    chunk_slots: int = 4096
     # How long to wait for new shards to elect primaries, and for removed shards' nodes to go.
     wait_primaries: float = 600.0
     wait_removed: float = 600.0
@@ -256,6 +257,12 @@ class _Run:
                 if not planned:
                     return
                 in_motion = chunks(planned, self.options.chunk_slots)[0]
+                # A shard that owns no slot is missing from CLUSTER SLOTS, and some clients (redis-py)
+                # cannot follow an ASK to a node they have not seen: give it one slot first, so it
+                # is listed before the large chunks come.
+                unseen = next((m for m in planned if slots.slot_count(m.target) == 0), None)
+                if unseen is not None:
+                    in_motion = [Move(unseen.first, unseen.first, unseen.source, unseen.target)]
                 slots = await self.meta.update_slot_map(
                     lambda current, m=in_motion: None if current.moving else start_moves(current, m))
                 in_motion = moves_in_motion(slots)
