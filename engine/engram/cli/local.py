@@ -23,6 +23,7 @@ from engram.platforms.local.probe import FailoverFailed
 from engram.platforms.local.state import default_base_dir
 from engram.resharding.mover import MoveOptions
 from engram.resharding.record import ReshardRecord
+from engram.resharding.run import ReshardOptions
 from engram.snapshots.cycle import DEFAULT_KEEP
 
 _ERRORS = (cluster.LocalError, BinaryNotFound, PortBusy, PlanError, FailoverFailed, NetworkError, ValueError)
@@ -201,6 +202,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
     try:
         password = Path(args.password_file).read_text().strip() if args.password_file else ""
         doc = scale.scale(args.dir, args.name, args.shards, max_keys_per_second=args.max_keys_per_second,
+                          chunk_slots=args.chunk_slots,
                           user=args.user, password=password, progress=line, say=line.say)
     except scale.ScaleRefused as exc:
         line.end()
@@ -233,6 +235,13 @@ def _shard_count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from exc
     except scale.ScaleRefused as exc:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("--shards ")) from exc
+
+
+def _positive(text: str) -> int:
+    value = _not_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("expected a whole number, 1 or more, got 0")
+    return value
 
 
 def _not_negative(text: str) -> int:
@@ -397,6 +406,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     scaling.add_argument("--max-keys-per-second", type=_not_negative, default=None, metavar="K",
                          help="bound the keys moved per second, 0 for no bound "
                          f"(default: {MoveOptions().max_keys_per_second})")
+    scaling.add_argument("--chunk-slots", type=_positive, default=None, metavar="SLOTS",
+                         help="slots moved per step, each step a pass over the source's keys "
+                         f"(default: {ReshardOptions().chunk_slots})")
     scaling.add_argument("--user", default="", help="the Valkey user that moves keys (MIGRATE), when the "
                          "cluster's --users file turns the default user off")
     scaling.add_argument("--password-file", default="", metavar="PATH", help="that user's password")

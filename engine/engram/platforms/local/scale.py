@@ -44,7 +44,7 @@ def check_shards(shards: int) -> int:
 
 
 def scale(base: str | Path, name: str, shards: int, *, max_keys_per_second: int | None = None,
-          user: str = "", password: str = "",
+          chunk_slots: int | None = None, user: str = "", password: str = "",
           progress: Callable[[ReshardRecord], None] = lambda _r: None,
           say: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
     """Reshard the running cluster to `shards` shards; its status afterwards ("resharding" says how).
@@ -71,6 +71,8 @@ def scale(base: str | Path, name: str, shards: int, *, max_keys_per_second: int 
         if max_keys_per_second is not None:
             move.max_keys_per_second = max_keys_per_second
         options = ReshardOptions(move=move)
+        if chunk_slots is not None:
+            options.chunk_slots = chunk_slots
         return asyncio.run(_scale(state, shards, options, progress, say))
 
 
