@@ -95,6 +95,7 @@ def handle(args: argparse.Namespace) -> int:
             dir=args.dir,
             endpoint=args.endpoint,
             history_path=args.history,
+            reshard_every=args.reshard_every,
         )
         if args.seeds is not None:
             return _sweep(args, config)
@@ -128,6 +129,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
                    help="an operation unanswered this long has an unknown outcome (default: %(default)s)")
     p.add_argument("--shards", type=int, default=1, help="of the cluster started here (default: %(default)s)")
+    p.add_argument("--reshard-every", type=float, default=0.0, metavar="SECONDS",
+                   help="change the shard count online to --shards + 1 and back, every SECONDS, while "
+                   "faults go on (default: never)")
     p.add_argument("--replicas", type=int, default=2, help="per shard (default: %(default)s)")
     p.add_argument("--lease", type=float, default=2.0, metavar="SECONDS",
                    help="leader lease of the cluster started here (default: %(default)s)")

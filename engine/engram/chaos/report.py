@@ -99,6 +99,8 @@ class ChaosReport:
     evidence_dir: str | None = None
     # Acknowledged ACL SETUSERs missing from some node at the end (None: not checked).
     users: UserCheck | None = None
+    # Online shard count changes made during the run (--reshard-every), as they ended.
+    reshards: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -139,6 +141,7 @@ class ChaosReport:
                            "from": f.previous, "to": f.current}
                           for f in self.failovers],
             "redirects_followed": self.redirects,
+            "reshards": self.reshards,
             "client_errors": self.client_errors,
             "client_error_samples": self.client_error_samples,
             "acknowledged_writes": loss.acknowledged if loss else None,
@@ -191,6 +194,8 @@ class ChaosReport:
                 never = f", {st['never']} never recovered" if st["never"] else ""
                 lines.append(f"  {kind:<14} {st['faults']:>4} faults  {spread}{never}")
         lines.append(f"failovers seen: {len(doc['failovers'])}")
+        if self.reshards:
+            lines.append("reshards: " + "; ".join(self.reshards))
         lines += [f"  {f['at']:7.1f}s  shard {f['shard']}: {f['from']} -> {f['to']}"
                   for f in doc["failovers"]]
         lines.append(f"redirects followed: {doc['redirects_followed']}; "

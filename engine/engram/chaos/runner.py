@@ -44,6 +44,7 @@ from engram.cluster.slots import key_hash_slot
 from engram.platforms.local import cluster
 from engram.platforms.local.network import NetworkError
 from engram.platforms.local.plan import ClusterSpec
+from engram.platforms.local.scale import scale, unfinished
 
 Progress = Callable[[str], None]
 STATUS_EVERY = 1.0
@@ -89,12 +90,18 @@ class ChaosConfig:
     check_time_limit: float = 300.0
     # Keep the cluster's directory and save the history even when the run passes (`--seeds` decides later).
     keep_evidence: bool = False
+    # Every this many seconds (0: never) the shard count goes to shards + 1 and back, online,
+    # while faults go on (docs/scaling.md); bounded, so each move is long enough to be hit.
+    reshard_every: float = 0.0
+    reshard_keys_per_second: int = 500
 
     def __post_init__(self) -> None:
         if self.duration <= 0 or self.clients < 1 or self.keys < 1:
             raise ValueError("duration must be positive and clients and keys at least 1")
         if self.fault_interval < MIN_FAULT_INTERVAL:
             raise ValueError(f"the fault interval must be at least {MIN_FAULT_INTERVAL:g}s")
+        if self.reshard_every < 0:
+            raise ValueError("the reshard interval must not be negative (0: off)")
         if self.snapshot_interval < 0 or self.snapshot_entries < 0:
             raise ValueError("the snapshot interval and entries must not be negative (0: off)")
         if self.seed is None:
@@ -114,6 +121,7 @@ class _Run:
         self.skipped = skipped
         self.injected: list[Fault] = []
         self.failovers: list[Failover] = []
+        self.reshards: list[str] = []
         assert config.seed is not None
         self.spec = WorkloadSpec(
             prefix=f"chaos-{config.seed}-{int(time.time())}",
@@ -140,10 +148,14 @@ class _Run:
                       asyncio.create_task(self._watch_primaries(stop))]
         if self.journal is not None:
             background.append(asyncio.create_task(self.journal.run(stop)))
+        resharding = asyncio.create_task(self._reshard(started))
         try:
             await self._wait(started, stop, background, history)
         finally:
             stop.set()
+            # A reshard in flight ends (its thread cannot be cancelled), and one left unfinished
+            # is finished: its moving slots would refuse the final read-back.
+            await self._finish_reshards(resharding)
             if self.faults is not None:
                 await asyncio.to_thread(self.faults.resume_all)
             _, late = await asyncio.wait(clients, timeout=self.config.op_timeout + 5)
@@ -156,6 +168,7 @@ class _Run:
         report = ChaosReport(
             started=started, duration=self.config.duration, settings=settings, history=history,
             faults=self.injected, skipped=self.skipped, failovers=self.failovers, redirects=stats.redirects,
+            reshards=self.reshards,
             client_errors=dict(stats.errors), client_error_samples=stats.samples,
             journal=list(self.journal.by_shard.values()) if self.journal else [],
         )
@@ -217,6 +230,44 @@ class _Run:
                     raise ChaosError(f"fault injection failed: {task.exception()!r}") from task.exception()
             self.progress(f"{time.monotonic() - started / 1e9:5.1f}s: {len(history)} operations, "
                           f"{len(self.injected)} faults, {len(self.failovers)} failovers")
+
+    async def _reshard(self, started: int) -> None:
+        """Alternate the shard count between shards + 1 and shards until the cooldown."""
+        faults, config = self.faults, self.config
+        if faults is None or not config.reshard_every:
+            return
+        end = started / 1e9 + config.duration - config.cooldown
+        target = config.shards + 1
+        while time.monotonic() + config.reshard_every < end:
+            await asyncio.sleep(config.reshard_every)
+            if await self._scale_to(target):
+                target = config.shards if target > config.shards else config.shards + 1
+
+    async def _scale_to(self, shards: int) -> bool:
+        faults = self.faults
+        assert faults is not None
+        self.progress(f"reshard: to {shards} shards")
+        began = time.monotonic()
+        try:
+            await asyncio.to_thread(scale, faults.base, faults.name, shards,
+                                    max_keys_per_second=self.config.reshard_keys_per_second, chunk_slots=1024)
+        except cluster.LocalError as exc:
+            self.reshards.append(f"to {shards} shards: failed after {time.monotonic() - began:.1f}s: {exc}")
+            self.progress(f"reshard: to {shards} shards failed: {exc}")
+            return False
+        self.reshards.append(f"to {shards} shards in {time.monotonic() - began:.1f}s")
+        self.progress(f"reshard: {shards} shards, after {time.monotonic() - began:.1f}s")
+        return True
+
+    async def _finish_reshards(self, task: asyncio.Task[None]) -> None:
+        if self.faults is None or not self.config.reshard_every:
+            await task
+            return
+        with contextlib.suppress(Exception):
+            await task
+        last = await asyncio.to_thread(unfinished, self.faults.base, self.faults.name)
+        if last is not None:
+            await self._scale_to(last)
 
     async def _inject(self, started: int, stop: asyncio.Event) -> None:
         faults = self.faults

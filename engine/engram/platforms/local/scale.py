@@ -76,6 +76,12 @@ def scale(base: str | Path, name: str, shards: int, *, max_keys_per_second: int 
         return asyncio.run(_scale(state, shards, options, progress, say))
 
 
+def unfinished(base: str | Path, name: str) -> int | None:
+    """The shard count an unfinished (or failed) reshard of the cluster goes to; None when none is."""
+    last = _last_reshard(load_running(base, name))
+    return int(last["to_shards"]) if last is not None and last["phase"] != "done" else None
+
+
 def _last_reshard(state: ClusterState) -> dict[str, Any] | None:
     """The newest reshard the nodes report (it may be unfinished: rerunning its count resumes it)."""
     return describe(state, asyncio.run(probe.fetch_all(probe.control_addresses(state.nodes))))["resharding"]
