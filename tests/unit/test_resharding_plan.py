@@ -92,3 +92,19 @@ def test_a_reshard_record_round_trips_and_estimates_what_is_left() -> None:
 def test_the_cli_refuses_a_shard_count_out_of_range(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["reshard", "--cluster", "x", "--shards", "0", "--journal", "nats://127.0.0.1:1"]) == 2
     assert "--shards must be between 1 and 500" in capsys.readouterr().err
+
+
+def test_cluster_nodes_marks_slots_in_motion_on_the_answering_primarys_own_line() -> None:
+    from engram.cluster.protocol import Me, cluster_command
+    from engram.cluster.topology import ClusterView, LeaderRecord, NodeRecord, cluster_node_id
+
+    view = ClusterView(SlotMap([(0, SLOTS - 1, 0)], 3, 2, [(10, 11, 1)]))
+    view.leaders = {0: LeaderRecord(0, "a", "10.0.0.1:6379", 2), 1: LeaderRecord(1, "b", "10.0.0.2:6379", 2)}
+    view.nodes = {"a": NodeRecord("a", 0, "z", "10.0.0.1:6379", "primary"),
+                  "b": NodeRecord("b", 1, "z", "10.0.0.2:6379", "primary")}
+    source = cluster_command(view, Me("a", 0, "10.0.0.1:6379", 2), [b"CLUSTER", b"NODES"], resp3=False)
+    mine = next(line for line in source.decode().splitlines() if "myself" in line)
+    assert mine.endswith(f"0-16383 [10->-{cluster_node_id('b')}] [11->-{cluster_node_id('b')}]")
+    target = cluster_command(view, Me("b", 1, "10.0.0.2:6379", 2), [b"CLUSTER", b"NODES"], resp3=False)
+    mine = next(line for line in target.decode().splitlines() if "myself" in line)
+    assert mine.endswith(f"connected [10-<-{cluster_node_id('a')}] [11-<-{cluster_node_id('a')}]")

@@ -110,11 +110,27 @@ def _nodes(view: ClusterView, me: Me) -> str:
             flags = ("myself," if node.node == me.name else "") + ("master" if is_primary else "slave")
             master = "-" if is_primary or primary is None else cluster_node_id(primary.node)
             tail = f" {ranges}" if is_primary and ranges else ""
+            if is_primary and node.node == me.name:
+                tail += _moving_marks(view, shard)
             lines.append(
                 f"{cluster_node_id(node.node)} {host}:{port}@0,{node.node} {flags} {master} 0 0 "
                 f"{view.slots.epoch} connected{tail}"
             )
     return "\n".join(lines) + "\n"
+
+
+def _moving_marks(view: ClusterView, shard: int) -> str:
+    """Valkey's marks on its own line for slots in motion: [slot->-target] and [slot-<-source]."""
+    assert view.slots is not None
+    marks = []
+    for first, last, target in view.slots.moving:
+        for slot in range(first, last + 1):
+            owner = view.slots.owner(slot)
+            if owner == shard and (peer := view.leaders.get(target)):
+                marks.append(f"[{slot}->-{cluster_node_id(peer.node)}]")
+            elif target == shard and (peer := view.leaders.get(owner)):
+                marks.append(f"[{slot}-<-{cluster_node_id(peer.node)}]")
+    return "".join(f" {m}" for m in marks)
 
 
 def _shard(view: ClusterView, shard: int, me: Me, resp3: bool) -> bytes:
