@@ -588,3 +588,11 @@ def test_waiting_for_provisioning_is_said_once_a_cluster_has_resharded() -> None
         running(THREE), provisioning=None, resharding_record={"phase": "done", "toShards": 3}
     )
     assert condition(decide(THREE, seen)) == ("Unknown", "WaitingForProvisioning")
+
+
+def test_a_tls_cluster_is_not_resharded_and_says_why() -> None:
+    one, three = spec(shards=1, tls=SECRET_TLS), spec(shards=3, tls=SECRET_TLS)
+    plan = decide(three, running(one))
+    assert created_jobs(plan) == [] and created_pods(plan) == [] and plan.delete_pods == []
+    assert not plan.resharding_active and condition(plan) == ("False", "Unsupported")
+    assert "does not support spec.tls" in plan.resharding_condition.message

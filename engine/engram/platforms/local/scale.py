@@ -57,6 +57,10 @@ def scale(base: str | Path, name: str, shards: int, *, max_keys_per_second: int 
     if "shard_request" not in json.loads(state.path.read_text()):
         raise LocalError(f"cluster {name}'s supervisor predates `engram local scale`: restart the cluster "
                          "(`engram local down --keep-data`, then `up`) to scale it")
+    if any(n.tls_port for n in state.nodes):
+        # The mover and Valkey's MIGRATE speak plain TCP to the announced client ports.
+        raise LocalError(f"cluster {name} serves its clients over TLS, and online resharding does not "
+                         "support TLS clients yet (docs/scaling.md, Limits); nothing was changed")
     with _exclusive(state):
         last = _last_reshard(state)
         if last is not None and last["phase"] not in ("done", "failed") and last["to_shards"] != shards:
