@@ -17,7 +17,7 @@ import redis.exceptions
 from engram.cluster.metadata import ClusterMetadata
 from engram.cluster.topology import SlotMap
 from engram.journal.client import Journal
-from engram.journal.errors import JournalError
+from engram.journal.errors import JournalError, StreamMissing
 from engram.journal.security import PLAIN, JournalSecurity
 from engram.resharding import record as phases
 from engram.resharding.mover import (
@@ -31,6 +31,7 @@ from engram.resharding.mover import (
 )
 from engram.resharding.plan import Move, apply_moves, chunks, moves_in_motion, plan_moves, start_moves
 from engram.resharding.record import ReshardRecord
+from engram.snapshots.restore import open_store
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class _Cluster:
     journal: Journal
     meta: ClusterMetadata
     cluster_id: str
+    name: str
 
 
 async def _open(urls: list[str], cluster: str, security: JournalSecurity) -> _Cluster:
@@ -78,12 +80,21 @@ async def _open(urls: list[str], cluster: str, security: JournalSecurity) -> _Cl
     except BaseException:
         await journal.close()
         raise
-    return _Cluster(journal, meta, cluster_id)
+    return _Cluster(journal, meta, cluster_id, cluster)
 
 
 async def _prepare(c: _Cluster, shards: int) -> SlotMap:
+    count = (await c.meta.load_slot_map()).count
     for shard in range(shards):
-        await c.journal.for_shard(shard).create_stream(c.cluster_id)
+        stream = c.journal.for_shard(shard)
+        if shard >= count:
+            try:
+                await stream.open_stream(c.cluster_id)
+            except StreamMissing:
+                # A shard number the cluster had before and removed: its old snapshots must not
+                # seed the new shard's nodes (they would load keys long moved away).
+                await _forget_snapshots(c, shard)
+        await stream.create_stream(c.cluster_id)
 
     def grow(current: SlotMap) -> SlotMap | None:
         if current.count >= shards:
@@ -103,6 +114,15 @@ async def prepare_shards(urls: list[str], cluster: str, shards: int,
         await _prepare(c, shards)
     finally:
         await c.journal.close()
+
+
+async def _forget_snapshots(c: _Cluster, shard: int) -> None:
+    """Delete every snapshot of a shard that is being removed (or was, and comes back)."""
+    store = await open_store(c.journal, c.name, c.cluster_id)
+    if store is None:
+        return
+    for record in await store.records(shard):
+        await store.delete(record)
 
 
 def _check_count(shards: int) -> None:
@@ -164,6 +184,7 @@ class _Run:
                 await self._wait_gone(removed)
             await self._phase(phases.REMOVING)
             for shard in removed:
+                await _forget_snapshots(self.cluster, shard)
                 await self.journal.for_shard(shard).delete_stream()
                 await self.meta.forget_shard(shard)
         await self._phase(phases.DONE)
