@@ -17,7 +17,7 @@ import redis.exceptions
 from engram.cluster.metadata import ClusterMetadata
 from engram.cluster.topology import SlotMap
 from engram.journal.client import Journal
-from engram.journal.errors import JournalError, StreamMissing
+from engram.journal.errors import JournalError, JournalTimeout, NoQuorum, StreamMissing
 from engram.journal.security import PLAIN, JournalSecurity
 from engram.resharding import record as phases
 from engram.resharding.mover import (
@@ -36,6 +36,8 @@ from engram.snapshots.restore import open_store
 log = logging.getLogger(__name__)
 
 MAX_SHARDS = 500
+# A journal server killed or cut off at the start of a run costs a Raft election, not the run.
+JOURNAL_PATIENCE = 60.0
 
 
 class ReshardError(RuntimeError):
@@ -71,7 +73,21 @@ class _Cluster:
     name: str
 
 
-async def _open(urls: list[str], cluster: str, security: JournalSecurity) -> _Cluster:
+async def _open(urls: list[str], cluster: str, security: JournalSecurity,
+                timeout: float = JOURNAL_PATIENCE) -> _Cluster:
+    """The cluster's journal and metadata, waiting out a journal that is briefly unavailable."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await _open_once(urls, cluster, security)
+        except (NoQuorum, JournalTimeout, OSError, TimeoutError) as exc:
+            if time.monotonic() > deadline:
+                raise ReshardError(f"the journal did not answer for {timeout:.0f}s: {exc}") from exc
+            log.warning("journal unavailable (%s); retrying", exc)
+            await asyncio.sleep(1.0)
+
+
+async def _open_once(urls: list[str], cluster: str, security: JournalSecurity) -> _Cluster:
     journal = await Journal.connect(urls, cluster, 0, _replicas(urls), name="engram-reshard",
                                     security=security)
     try:
@@ -269,31 +285,50 @@ class _Run:
                 await storer
 
     async def _move_chunks(self) -> None:
-        assert self.record is not None
+        """Chunk after chunk until nothing is planned; a journal election only delays a step (each
+        step reads the slot map again, and its compare-and-set is a no-op if it landed before)."""
+        failures = 0
         while True:
-            slots = await self.meta.load_slot_map()
-            in_motion = moves_in_motion(slots)
-            if not in_motion:
-                planned = plan_moves(slots, self.shards)
-                if not planned:
+            try:
+                if not await self._next_chunk():
                     return
-                in_motion = chunks(planned, self.options.chunk_slots)[0]
-                # A shard that owns no slot is missing from CLUSTER SLOTS, and some clients (redis-py)
-                # cannot follow an ASK to a node they have not seen: give it one slot first, so it
-                # is listed before the large chunks come.
-                unseen = next((m for m in planned if slots.slot_count(m.target) == 0), None)
-                if unseen is not None:
-                    in_motion = [Move(unseen.first, unseen.first, unseen.source, unseen.target)]
-                slots = await self.meta.update_slot_map(
-                    lambda current, m=in_motion: None if current.moving else start_moves(current, m))
-                in_motion = moves_in_motion(slots)
-            await self._move_chunk(slots, in_motion)
-            done = sum(m.slots for m in in_motion)
-            await self.meta.update_slot_map(
-                lambda current, m=in_motion: apply_moves(current, m) if current.moving else None)
-            self.record.slots_moved += done
-            self.record.slots_total = max(self.record.slots_total, self.record.slots_moved)
-            await self._store(force=True)
+                failures = 0
+            except (NoQuorum, JournalTimeout) as exc:
+                failures += 1
+                if failures > self.options.attempts:
+                    raise ReshardError(f"the cluster metadata kept failing: {exc}. Run the same command "
+                                       "again to resume.") from exc
+                log.warning("cluster metadata unavailable (%s); retrying", exc)
+                await asyncio.sleep(min(5.0, 0.25 * failures))
+
+    async def _next_chunk(self) -> bool:
+        """Move one chunk (the one in motion, or the next planned); False when none is left."""
+        assert self.record is not None
+        slots = await self.meta.load_slot_map()
+        in_motion = moves_in_motion(slots)
+        if not in_motion:
+            planned = plan_moves(slots, self.shards)
+            if not planned:
+                return False
+            in_motion = chunks(planned, self.options.chunk_slots)[0]
+            # A shard that owns no slot is missing from CLUSTER SLOTS, and some clients (redis-py)
+            # cannot follow an ASK to a node they have not seen: give it one slot first, so it
+            # is listed before the large chunks come.
+            unseen = next((m for m in planned if slots.slot_count(m.target) == 0), None)
+            if unseen is not None:
+                in_motion = [Move(unseen.first, unseen.first, unseen.source, unseen.target)]
+            slots = await self.meta.update_slot_map(
+                lambda current, m=in_motion: None if current.moving else start_moves(current, m))
+            in_motion = moves_in_motion(slots)
+        await self._move_chunk(slots, in_motion)
+        after = await self.meta.update_slot_map(
+            lambda current, m=in_motion: apply_moves(current, m) if current.moving else None)
+        # Counted from the map, so a step retried after its hand-over landed is not counted twice.
+        left = sum(m.slots for m in plan_moves(after, self.shards))
+        self.record.slots_total = max(self.record.slots_total, self.record.slots_moved + left)
+        self.record.slots_moved = self.record.slots_total - left
+        await self._store(force=True)
+        return True
 
     async def _move_chunk(self, slots: SlotMap, moves: list[Move]) -> None:
         """Drain each source of the chunk, retrying through failovers and elections."""
