@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import redis.exceptions
 
@@ -34,6 +35,7 @@ from engram.resharding.record import ReshardRecord
 from engram.snapshots.restore import open_store
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_SHARDS = 500
 # A journal server killed or cut off at the start of a run costs a Raft election, not the run.
@@ -87,6 +89,19 @@ async def _open(urls: list[str], cluster: str, security: JournalSecurity,
             await asyncio.sleep(1.0)
 
 
+async def _patiently(step: Callable[[], Awaitable[T]], what: str, timeout: float = JOURNAL_PATIENCE) -> T:
+    """Run an idempotent step, retrying while the journal is in an election or unreachable."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await step()
+        except (NoQuorum, JournalTimeout) as exc:
+            if time.monotonic() > deadline:
+                raise ReshardError(f"{what}: the journal did not answer for {timeout:.0f}s: {exc}") from exc
+            log.warning("%s: journal unavailable (%s); retrying", what, exc)
+            await asyncio.sleep(1.0)
+
+
 async def _open_once(urls: list[str], cluster: str, security: JournalSecurity) -> _Cluster:
     journal = await Journal.connect(urls, cluster, 0, _replicas(urls), name="engram-reshard",
                                     security=security)
@@ -127,7 +142,7 @@ async def prepare_shards(urls: list[str], cluster: str, shards: int,
     _check_count(shards)
     c = await _open(urls, cluster, security)
     try:
-        await _prepare(c, shards)
+        await _patiently(lambda: _prepare(c, shards), "adding shards")
     finally:
         await c.journal.close()
 
@@ -179,20 +194,20 @@ class _Run:
         self._stored = 0.0
 
     async def run(self) -> ReshardRecord:
-        slots = await self.meta.load_slot_map()
-        self.record = await self._resume_or_start(slots)
+        slots = await _patiently(self.meta.load_slot_map, "reading the slot map")
+        self.record = await _patiently(lambda: self._resume_or_start(slots), "reading the reshard record")
         if self.shards > slots.count:
             await self._phase(phases.ADDING)
-            slots = await _prepare(self.cluster, self.shards)
+            slots = await _patiently(lambda: _prepare(self.cluster, self.shards), "adding shards")
         await self._phase(phases.WAITING)
         await self._wait_primaries(range(max(self.shards, slots.count)))
         await self._phase(phases.MOVING)
         await self._move_all()
-        slots = await self.meta.load_slot_map()
+        slots = await _patiently(self.meta.load_slot_map, "reading the slot map")
         # Every step below is idempotent: a rerun after a crash in any of them finishes the rest.
         removed = list(range(self.shards, max(slots.count, self.record.from_shards)))
         if removed:
-            await self._shrink()
+            await _patiently(self._shrink, "lowering the shard count")
             await self._phase(phases.DRAINED)
             if self.on_drained is not None:
                 await self.on_drained(removed)  # the platform stopped them: their records are stale
@@ -200,9 +215,7 @@ class _Run:
                 await self._wait_gone(removed)
             await self._phase(phases.REMOVING)
             for shard in removed:
-                await _forget_snapshots(self.cluster, shard)
-                await self.journal.for_shard(shard).delete_stream()
-                await self.meta.forget_shard(shard)
+                await _patiently(lambda s=shard: self._remove(s), f"removing shard {shard}")
         await self._phase(phases.DONE)
         return self.record
 
@@ -240,7 +253,7 @@ class _Run:
         if self.record.phase != phase:
             self.record.phase = phase
             log.info("reshard %s: %s", self.record.id, self.record.summary())
-        await self._store(force=True)
+        await _patiently(lambda: self._store(force=True), "recording the reshard's progress")
 
     async def _store(self, force: bool = False) -> None:
         assert self.record is not None
@@ -372,6 +385,11 @@ class _Run:
             await asyncio.sleep(1.0)
             with contextlib.suppress(JournalError):
                 await self._store(force=True)
+
+    async def _remove(self, shard: int) -> None:
+        await _forget_snapshots(self.cluster, shard)
+        await self.journal.for_shard(shard).delete_stream()
+        await self.meta.forget_shard(shard)
 
     async def _shrink(self) -> None:
         def lower(current: SlotMap) -> SlotMap | None:
