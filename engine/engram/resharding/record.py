@@ -67,3 +67,13 @@ class ReshardRecord:
         if record.phase not in PHASES:
             raise ValueError(f"unknown reshard phase {record.phase!r}")
         return record
+
+
+def format_duration(seconds: float) -> str:
+    """12s, 3m05s, 1h02m: how progress displays show an ETA."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"

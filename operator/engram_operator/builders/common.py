@@ -6,7 +6,7 @@ import base64
 import copy
 from typing import Any
 
-from engram_operator import API_VERSION, KIND, constants
+from engram_operator import API_VERSION, KIND, constants, labels
 from engram_operator.spec import ClusterSpec
 
 
@@ -144,3 +144,49 @@ def _add_preferred(into: dict[str, Any], extra: dict[str, Any]) -> None:
 def fqdn(pod: str, service: str, cluster: ClusterSpec) -> str:
     """A pod's DNS name through its headless Service (needs hostname + subdomain on the pod)."""
     return f"{pod}.{service}.{cluster.namespace}.svc.{constants.CLUSTER_DOMAIN}"
+
+
+def one_shot_job(
+    cluster: ClusterSpec, name: str, job_labels: dict[str, str], annotations: dict[str, str],
+    cluster_id: str, container: dict[str, Any], volumes: list[dict[str, Any]], *,
+    backoff_limit: int, deadline_seconds: int, permanent_exit_codes: list[int],
+) -> dict[str, Any]:
+    """A batch/v1 Job of one engine container (provisioning, resharding): retried attempts, some
+    exit codes final at once, evictions not counted, scheduled wherever the nodes allow."""
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": metadata(cluster, name, job_labels, annotations),
+        "spec": {
+            "backoffLimit": backoff_limit,
+            "activeDeadlineSeconds": deadline_seconds,
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {
+                            "containerName": container["name"],
+                            "operator": "In",
+                            "values": permanent_exit_codes,
+                        },
+                    },
+                    # An evicted attempt (a node drain) is not the Job's fault: it does not count.
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                ]
+            },
+            "template": {
+                "metadata": {"labels": job_labels, "annotations": {labels.CLUSTER_ID: cluster_id}},
+                "spec": {
+                    # Never, not OnFailure: a podFailurePolicy needs each attempt in a pod of its own.
+                    "restartPolicy": "Never",
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": pod_security_context(),
+                    # Not pinned to a zone: it talks to the journal (and a reshard to every primary).
+                    **scheduling(cluster, {}),
+                    "containers": [container],
+                    "volumes": volumes,
+                },
+            },
+        },
+    }

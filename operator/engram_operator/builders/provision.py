@@ -13,12 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from engram_operator import labels
-from engram_operator.builders.common import (
-    container_security_context,
-    metadata,
-    pod_security_context,
-    scheduling,
-)
+from engram_operator.builders.common import container_security_context, one_shot_job
 from engram_operator.builders.engine import (
     journal_security_fields,
     journal_security_mounts,
@@ -144,45 +139,8 @@ def build_provision_job(
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": mounts,
     }
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": metadata(
-            cluster,
-            labels.provision_job_name(cluster.name),
-            job_labels,
-            annotations,
-        ),
-        "spec": {
-            "backoffLimit": BACKOFF_LIMIT,
-            "activeDeadlineSeconds": deadline,
-            "podFailurePolicy": {
-                "rules": [
-                    {
-                        "action": "FailJob",
-                        "onExitCodes": {
-                            "containerName": "provision",
-                            "operator": "In",
-                            "values": PERMANENT_EXIT_CODES,
-                        },
-                    },
-                    # An evicted attempt (a node drain) is not the Job's fault: it does not count.
-                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-                ]
-            },
-            "template": {
-                "metadata": {"labels": job_labels, "annotations": {labels.CLUSTER_ID: cluster_id}},
-                "spec": {
-                    # Never, not OnFailure: a podFailurePolicy needs each attempt in a pod of its own.
-                    "restartPolicy": "Never",
-                    "automountServiceAccountToken": False,
-                    "enableServiceLinks": False,
-                    "securityContext": pod_security_context(),
-                    # Not pinned to a zone: it only talks to the journal, wherever the nodes allow.
-                    **scheduling(cluster, {}),
-                    "containers": [container],
-                    "volumes": volumes,
-                },
-            },
-        },
-    }
+    return one_shot_job(
+        cluster, labels.provision_job_name(cluster.name), job_labels, annotations, cluster_id, container,
+        volumes, backoff_limit=BACKOFF_LIMIT, deadline_seconds=deadline,
+        permanent_exit_codes=PERMANENT_EXIT_CODES,
+    )

@@ -10,12 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from engram_operator import labels
-from engram_operator.builders.common import (
-    container_security_context,
-    metadata,
-    pod_security_context,
-    scheduling,
-)
+from engram_operator.builders.common import container_security_context, one_shot_job
 from engram_operator.builders.engine import journal_security_mounts, journal_security_volumes
 from engram_operator.builders.journal import journal_urls
 from engram_operator.builders.provision import journal_security_args
@@ -69,42 +64,9 @@ def build_reshard_job(cluster: ClusterSpec, cluster_id: str, from_shards: int) -
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *journal_security_mounts(cluster)],
     }
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": metadata(
-            cluster, labels.reshard_job_name(cluster.name, cluster.shards), job_labels, annotations
-        ),
-        "spec": {
-            "backoffLimit": BACKOFF_LIMIT,
-            "activeDeadlineSeconds": ACTIVE_DEADLINE_SECONDS,
-            "podFailurePolicy": {
-                "rules": [
-                    {
-                        "action": "FailJob",
-                        "onExitCodes": {
-                            "containerName": CONTAINER,
-                            "operator": "In",
-                            "values": PERMANENT_EXIT_CODES,
-                        },
-                    },
-                    # An evicted attempt (a node drain) is not the Job's fault: it does not count.
-                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-                ]
-            },
-            "template": {
-                "metadata": {"labels": job_labels, "annotations": {labels.CLUSTER_ID: cluster_id}},
-                "spec": {
-                    # Never, not OnFailure: a podFailurePolicy needs each attempt in a pod of its own.
-                    "restartPolicy": "Never",
-                    "automountServiceAccountToken": False,
-                    "enableServiceLinks": False,
-                    "securityContext": pod_security_context(),
-                    # Not pinned to a zone: it talks to the journal and to every shard's primary.
-                    **scheduling(cluster, {}),
-                    "containers": [container],
-                    "volumes": [{"name": "tmp", "emptyDir": {}}, *journal_security_volumes(cluster)],
-                },
-            },
-        },
-    }
+    return one_shot_job(
+        cluster, labels.reshard_job_name(cluster.name, cluster.shards), job_labels, annotations, cluster_id,
+        container, [{"name": "tmp", "emptyDir": {}}, *journal_security_volumes(cluster)],
+        backoff_limit=BACKOFF_LIMIT, deadline_seconds=ACTIVE_DEADLINE_SECONDS,
+        permanent_exit_codes=PERMANENT_EXIT_CODES,
+    )

@@ -6,6 +6,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from engram.resharding.record import format_duration
 from engram_operator import constants, labels
 
 
@@ -80,15 +81,6 @@ def status_doc(cluster: Mapping[str, Any], pods: Sequence[Mapping[str, Any]],
     }
 
 
-def _duration(seconds: float) -> str:
-    """12s, 3m05s, 1h02m, as `engram local scale` shows an ETA."""
-    s = max(0, round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
-
 
 def reshard_progress_line(record: Mapping[str, Any], width: int = 20) -> str:
     """status.resharding on one line, as `engram local scale` draws it: shard counts, phase, a bar of
@@ -99,7 +91,7 @@ def reshard_progress_line(record: Mapping[str, Any], width: int = 20) -> str:
             f"{record.get('phase', ''):<8} [{'#' * filled}{'.' * (width - filled)}] {moved}/{total} slots  "
             f"{int(record.get('keysMoved') or 0)} keys")
     eta = record.get("eta")
-    return line + (f"  ETA {_duration(float(eta))}" if eta is not None else "")
+    return line + (f"  ETA {format_duration(float(eta))}" if eta is not None else "")
 
 
 def resharding_lines(doc: Mapping[str, Any]) -> list[str]:

@@ -23,7 +23,7 @@ from engram.platforms.local.cluster import LocalError, SupervisorGone, describe,
 from engram.platforms.local.shard_nodes import ShardRequest, send_request
 from engram.platforms.local.state import NODES_STARTED, ClusterState
 from engram.resharding.mover import MoveOptions
-from engram.resharding.record import ReshardRecord
+from engram.resharding.record import ReshardRecord, format_duration
 from engram.resharding.run import MAX_SHARDS, ReshardError, ReshardOptions, prepare_shards, reshard
 
 LOCK_FILE = "scale.lock"
@@ -178,9 +178,4 @@ def progress_line(record: ReshardRecord, width: int = 20) -> str:
 
 def duration(seconds: float) -> str:
     """12s, 3m05s, 1h02m."""
-    s = max(0, round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return format_duration(seconds)
