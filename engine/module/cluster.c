@@ -92,7 +92,7 @@ static const char *refusal(VkFilterCtx *f, EgClient *cl, const char *name, size_
             }
         }
         if (importing && !exec && eg_serving()) {
-            const char *why = eg_importing_refusal(f, cl, slot, argc, buf, cap);
+            const char *why = eg_importing_refusal(f, cl, argc);
             if (why) return why;
         }
     }

@@ -26,8 +26,9 @@ static int is(const char *name, size_t len, const char *want) {
     return len == strlen(want) && !strncasecmp(name, want, len);
 }
 
-/* How many of the command's keys exist in the client's database (EG_KEYS_*); all when keyless. */
-int eg_keys_present(VkFilterCtx *f, int argc, unsigned long long client_id) {
+/* How many of the command's keys exist in the client's database (EG_KEYS_*); all when keyless.
+ * nkeys, when given, receives how many keys the command names. */
+int eg_keys_present(VkFilterCtx *f, int argc, unsigned long long client_id, int *nkeys_out) {
     VkString *stack[64], **argv = argc <= 64 ? stack : Vk_Alloc(sizeof(*argv) * (size_t)argc);
     for (int i = 0; i < argc; i++) argv[i] = Vk_CommandFilterArgGet(f, i);
     int nkeys = 0, found = 0;
@@ -41,6 +42,7 @@ int eg_keys_present(VkFilterCtx *f, int argc, unsigned long long client_id) {
     for (int i = 0; pos && i < nkeys; i++) found += Vk_KeyExists(eg_ctx, argv[pos[i]]) ? 1 : 0;
     if (pos) Vk_Free(pos);
     if (argv != stack) Vk_Free(argv);
+    if (nkeys_out) *nkeys_out = nkeys;
     if (found == nkeys) return EG_KEYS_ALL;
     return found ? EG_KEYS_SOME : EG_KEYS_NONE;
 }
@@ -55,7 +57,7 @@ const char *eg_migrating_refusal(VkFilterCtx *f, EgClient *cl, int slot, int arg
                  target);
         return buf;
     }
-    int present = eg_keys_present(f, argc, cl->id);
+    int present = eg_keys_present(f, argc, cl->id, NULL);
     if (present == EG_KEYS_ALL) return NULL;
     if (present == EG_KEYS_SOME) return "TRYAGAIN Multiple keys request during rehashing of slot";
     const char *address = eg_leader_of(target);
@@ -70,19 +72,11 @@ const char *eg_migrating_refusal(VkFilterCtx *f, EgClient *cl, int slot, int arg
 }
 
 /* The target primary: a command on a slot it imports, sent after ASKING. NULL: it runs here. */
-const char *eg_importing_refusal(VkFilterCtx *f, EgClient *cl, int slot, int argc, char *buf, size_t cap) {
-    (void)slot;
-    (void)buf;
-    (void)cap;
+const char *eg_importing_refusal(VkFilterCtx *f, EgClient *cl, int argc) {
     int nkeys = 0;
-    VkString *stack[64], **argv = argc <= 64 ? stack : Vk_Alloc(sizeof(*argv) * (size_t)argc);
-    for (int i = 0; i < argc; i++) argv[i] = Vk_CommandFilterArgGet(f, i);
-    int *pos = Vk_GetCommandKeysWithFlags(NULL, argv, argc, &nkeys, NULL);
-    if (pos) Vk_Free(pos);
-    if (argv != stack) Vk_Free(argv);
+    int present = eg_keys_present(f, argc, cl->id, &nkeys);
     /* As Valkey: one key may be created here; several must all have arrived already. */
-    if (nkeys > 1 && eg_keys_present(f, argc, cl->id) != EG_KEYS_ALL)
-        return "TRYAGAIN Multiple keys request during rehashing of slot";
+    if (nkeys > 1 && present != EG_KEYS_ALL) return "TRYAGAIN Multiple keys request during rehashing of slot";
     return NULL;
 }
 

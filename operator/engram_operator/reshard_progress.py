@@ -7,10 +7,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-log = logging.getLogger(__name__)
+from engram.resharding.record import PHASES as RESHARD_PHASES
 
-# What `engram reshard` reports, in order; "failed" may follow any of them.
-RESHARD_PHASES = ("adding", "waiting", "moving", "drained", "removing", "done", "failed")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from engram.node.config import NodeConfig
 from engram.platforms.local import plan, ports, processes, scale, shard_nodes
 from engram.platforms.local.state import ClusterState
 from engram.platforms.local.supervisor import Supervisor
-from engram.resharding.record import ReshardRecord
+from engram.resharding.record import ReshardRecord, format_duration
 
 
 def _state(tmp_path: Path, **spec: Any) -> ClusterState:
@@ -216,7 +216,7 @@ def test_progress_line_shows_phase_slots_keys_and_eta() -> None:
     assert line.startswith("1 -> 3 shards  moving   [##########..........] 5461/10922 slots  1200 keys")
     assert "ETA " in line
     assert "ETA" not in scale.progress_line(ReshardRecord(from_shards=3, to_shards=2, phase="waiting"))
-    assert [scale.duration(s) for s in (4.4, 65, 3720)] == ["4s", "1m05s", "1h02m"]
+    assert [format_duration(s) for s in (4.4, 65, 3720)] == ["4s", "1m05s", "1h02m"]
 
 
 @pytest.mark.parametrize("shards", ["0", "501", "two"])

@@ -22,7 +22,7 @@ from engram.platforms.local.ports import PortBusy
 from engram.platforms.local.probe import FailoverFailed
 from engram.platforms.local.state import default_base_dir
 from engram.resharding.mover import MoveOptions
-from engram.resharding.record import ReshardRecord
+from engram.resharding.record import ReshardRecord, format_duration
 from engram.resharding.run import ReshardOptions
 from engram.snapshots.cycle import DEFAULT_KEEP
 
@@ -217,7 +217,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
     line.end()
     record = doc.get("resharding") or {}
     if record:
-        took = scale.duration(record["updated"] - record["started"])
+        took = format_duration(record["updated"] - record["started"])
         count = f"{doc['shards']} shard" + ("s" if doc["shards"] > 1 else "")
         _say(f"cluster {args.name} has {count}: {record['slots_moved']} slots and "
              f"{record['keys_moved']} keys moved in {took}")

@@ -191,7 +191,6 @@ class _Run:
         self.cluster, self.journal, self.meta, self.shards = c, c.journal, c.meta, shards
         self.progress, self.on_drained, self.options = progress, on_drained, options
         self.record: ReshardRecord | None = None
-        self._stored = 0.0
 
     async def run(self) -> ReshardRecord:
         slots = await _patiently(self.meta.load_slot_map, "reading the slot map")
@@ -237,8 +236,7 @@ class _Run:
         # Shards that own slots: a scale-out's new shards may already exist, empty (prepare_shards).
         owning = len({shard for _, _, shard in slots.ranges})
         record = ReshardRecord(from_shards=owning, to_shards=self.shards)
-        record.slots_total = sum(m.slots for m in moves_in_motion(slots)) + sum(
-            m.slots for m in plan_moves(_grown(slots, self.shards), self.shards))
+        record.slots_total = sum(m.slots for m in plan_moves(slots, self.shards))
         return record
 
     async def fail(self, error: str) -> None:
@@ -246,22 +244,17 @@ class _Run:
             return
         self.record.phase, self.record.error = phases.FAILED, error
         with contextlib.suppress(JournalError):
-            await self._store(force=True)
+            await self._store()
 
     async def _phase(self, phase: str) -> None:
         assert self.record is not None
         if self.record.phase != phase:
             self.record.phase = phase
             log.info("reshard %s: %s", self.record.id, self.record.summary())
-        await _patiently(lambda: self._store(force=True), "recording the reshard's progress")
+        await _patiently(lambda: self._store(), "recording the reshard's progress")
 
-    async def _store(self, force: bool = False) -> None:
+    async def _store(self) -> None:
         assert self.record is not None
-        now = time.monotonic()
-        if not force and now - self._stored < 1.0:
-            self.progress(self.record)
-            return
-        self._stored = now
         self.record.updated = time.time()
         await self.meta.store_reshard(self.record.dumps())
         self.progress(self.record)
@@ -340,7 +333,7 @@ class _Run:
         left = sum(m.slots for m in plan_moves(after, self.shards))
         self.record.slots_total = max(self.record.slots_total, self.record.slots_moved + left)
         self.record.slots_moved = self.record.slots_total - left
-        await self._store(force=True)
+        await self._store()
         return True
 
     async def _move_chunk(self, slots: SlotMap, moves: list[Move]) -> None:
@@ -384,7 +377,7 @@ class _Run:
         while True:
             await asyncio.sleep(1.0)
             with contextlib.suppress(JournalError):
-                await self._store(force=True)
+                await self._store()
 
     async def _remove(self, shard: int) -> None:
         await _forget_snapshots(self.cluster, shard)
@@ -412,6 +405,3 @@ class _Run:
                                    "the same command again")
             await asyncio.sleep(0.5)
 
-
-def _grown(slots: SlotMap, shards: int) -> SlotMap:
-    return slots if slots.count >= shards else SlotMap(slots.ranges, slots.epoch, shards, slots.moving)

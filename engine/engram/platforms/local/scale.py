@@ -20,7 +20,7 @@ from typing import Any
 from engram.journal.errors import JournalError
 from engram.platforms.local import probe, processes
 from engram.platforms.local.cluster import LocalError, SupervisorGone, describe, load_running
-from engram.platforms.local.shard_nodes import ShardRequest, send_request
+from engram.platforms.local.shard_nodes import ShardRequest, send_request, serves_tls
 from engram.platforms.local.state import NODES_STARTED, ClusterState
 from engram.resharding.mover import MoveOptions
 from engram.resharding.record import ReshardRecord, format_duration
@@ -57,7 +57,7 @@ def scale(base: str | Path, name: str, shards: int, *, max_keys_per_second: int 
     if "shard_request" not in json.loads(state.path.read_text()):
         raise LocalError(f"cluster {name}'s supervisor predates `engram local scale`: restart the cluster "
                          "(`engram local down --keep-data`, then `up`) to scale it")
-    if any(n.tls_port for n in state.nodes):
+    if serves_tls(state):
         # The mover and Valkey's MIGRATE speak plain TCP to the announced client ports.
         raise LocalError(f"cluster {name} serves its clients over TLS, and online resharding does not "
                          "support TLS clients yet (docs/scaling.md, Limits); nothing was changed")
@@ -173,9 +173,5 @@ def progress_line(record: ReshardRecord, width: int = 20) -> str:
             f"[{'#' * filled}{'.' * (width - filled)}] {record.slots_moved}/{record.slots_total} slots  "
             f"{record.keys_moved} keys")
     eta = record.eta() if record.phase == "moving" else None
-    return line + (f"  ETA {duration(eta)}" if eta is not None else "")
+    return line + (f"  ETA {format_duration(eta)}" if eta is not None else "")
 
-
-def duration(seconds: float) -> str:
-    """12s, 3m05s, 1h02m."""
-    return format_duration(seconds)
