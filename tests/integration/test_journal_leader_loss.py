@@ -47,3 +47,23 @@ def test_killing_the_stream_leader_keeps_the_primary_and_loses_nothing(local_clu
               f"{recovery:.2f}s later (JetStream's election); primary {before['id']} -> {after['id']}")
     assert (after["id"], after["epoch"]) == (before["id"], before["epoch"]), "Engram failed over as well"
     assert writers.missing(client_for(after)) == []
+
+
+def test_a_journal_client_hears_its_stream_elect_a_new_leader(local_cluster) -> None:
+    # The committer and a campaign resend an unanswered append as soon as this is heard.
+    status = local_cluster(shards=1, replicas=1, lease=2.0)
+    leader = _stream_leader(status)
+    zone = next(s["zone"] for s in status["journal"] if s["name"] != leader)
+
+    async def move_and_listen() -> None:
+        journal = await Journal.connect([s["url"] for s in status["journal"]], status["name"], 0)
+        try:
+            await journal.watch_elections()
+            assert not journal.elected.is_set()
+            await journal.move_leader(zone, 10.0)
+            await asyncio.wait_for(journal.elected.wait(), 30.0)
+        finally:
+            await journal.close()
+
+    asyncio.run(move_and_listen())
+    assert _stream_leader(status) != leader

@@ -92,6 +92,10 @@ class FakeJournal:
         task = await self.append_pipelined(entry, expected, msg_id, timeout)
         return await task
 
+    async def append_until_elected(self, entry: Entry, expected: int, msg_id: str,
+                                   timeout: float | None = None) -> Appended:
+        return await self.append(entry, expected, msg_id, timeout)
+
     def committed_commands(self) -> list[list[bytes]]:
         """The commands of every fully committed batch (a batch's last piece has more=False)."""
         data = [e for e in self.entries if e.type is EntryType.DATA]

@@ -7,6 +7,7 @@ Everything NATS-specific stays in this module so the backend could be swapped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -17,6 +18,7 @@ import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
+from nats.aio.subscription import Subscription
 from nats.js import api
 from nats.js.client import JetStreamContext
 
@@ -150,6 +152,9 @@ class Journal:
         self.subject = f"engram.{cluster}.{shard}"
         self.replicas = replicas
         self.timeout = timeout
+        # Set on each of JetStream's leader-elected advisories for this stream (watch_elections).
+        self.elected = asyncio.Event()
+        self._elections: Subscription | None = None
 
     def for_shard(self, shard: int) -> Journal:
         """The journal of another shard of the same cluster, sharing this connection."""
@@ -308,6 +313,40 @@ class Journal:
         if error:
             raise _refusal(int(error.get("code", 0)), int(error.get("err_code", 0)),
                            str(error.get("description", "")), None)
+
+    async def watch_elections(self) -> None:
+        """Follow JetStream's leader-elected advisories for the shard's stream (sets `elected`)."""
+        if self._elections is not None:
+            return
+
+        async def _elected(_msg: nats.aio.msg.Msg) -> None:
+            self.elected.set()
+
+        self._elections = await self._nc.subscribe(
+            f"$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.{self.stream}", cb=_elected
+        )
+
+    async def append_until_elected(
+        self, entry: Entry, expected_last_seq: int | None, msg_id: str, timeout: float
+    ) -> Appended:
+        """`append`, given up as soon as the stream elects a leader (see watch_elections).
+
+        A request the old leader never answered is never answered by the new one either: sending it
+        again at once, with the same id, beats sitting out the rest of its timeout.
+        """
+        self.elected.clear()
+        append = asyncio.ensure_future(self.append(entry, expected_last_seq, msg_id, timeout))
+        elected = asyncio.ensure_future(self.elected.wait())
+        try:
+            await asyncio.wait({append, elected}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            elected.cancel()
+        if append.done():
+            return append.result()
+        append.cancel()
+        with contextlib.suppress(asyncio.CancelledError, JournalError):
+            await append
+        raise JournalTimeout("the stream elected a new leader before answering; sending again")
 
     def _headers(self, entry: Entry, expected_last_seq: int | None, msg_id: str) -> dict[str, str]:
         headers = entry.headers()

@@ -291,7 +291,7 @@ class Committer:
             try:
                 # A short timeout: when the journal elects a new stream leader, the incumbent
                 # must re-send at once rather than sit out a long request timeout.
-                return await self.journal.append(
+                return await self.journal.append_until_elected(
                     flight.entry, flight.expected, flight.msg_id, timeout=self.lease_seconds / 2
                 )
             except Fenced as exc:
