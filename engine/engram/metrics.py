@@ -15,6 +15,11 @@ REPLICATION_LAG = Gauge("engram_replication_lag_entries", "Journal entries not y
 ROLE = Gauge("engram_role", "1 when this node is its shard's primary, else 0")
 EPOCH = Gauge("engram_leader_epoch", "Leadership epoch this node has seen last")
 FAILOVERS = Counter("engram_failovers_total", "Leadership changes this node took part in", ["kind"])
+LEADERS_FOUND_GONE = Counter(
+    "engram_leaders_found_gone_total",
+    "Times this replica found its primary's process gone (its port refused) and campaigned without "
+    "waiting out the lease",
+)
 STREAM_LEADER_MOVES = Counter("engram_stream_leader_moves_total",
                               "Times this primary moved its stream's journal leader out of its own zone")
 USER_CHANGES = Counter("engram_user_changes_total",

@@ -20,6 +20,7 @@ from tests.integration.workload import (
     cli_status,
     client_for,
     control_for,
+    control_status,
     primary_of,
     read_all,
     wait_for_new_primary,
@@ -56,6 +57,35 @@ def test_kill_9_of_primary_under_load_loses_no_acknowledged_write(local_cluster,
     assert len(writers.acked) > 1000
     assert recovery < 5.0
     assert writers.missing(client_for(new_primary)) == []
+
+
+def test_a_killed_primary_is_replaced_without_waiting_out_its_lease(local_cluster) -> None:
+    # A 20 s lease: waiting it out takes at least the 25 s backoff. Probing the dead primary's port
+    # once its renewals are late (7 s) lets a replica take over well before that.
+    status = local_cluster(shards=1, replicas=2, lease=20.0)
+    old = primary_of(cli_status(status))
+    others = [n for n in status["nodes"] if n["id"] != old["id"]]
+    client_for(old, socket_timeout=10).set("before", "1")
+    supervisor = status["supervisor_pid"]
+    os.kill(supervisor, signal.SIGSTOP)  # so the killed node is not restarted on the same port
+    try:
+        killed = time.monotonic()
+        os.kill(old["pid"], signal.SIGKILL)
+        new = None
+        while new is None:
+            assert time.monotonic() - killed < 20.0, "no replica took over before the lease's backoff"
+            for node in others:
+                try:
+                    if control_status(node, socket_timeout=2).get("role") == "primary":
+                        new = node
+                except redis.RedisError:
+                    pass
+            time.sleep(0.1)
+        fresh = client_for(new, socket_timeout=10)
+        assert fresh.get("before") == b"1"
+        assert fresh.set("after", "1")
+    finally:
+        os.kill(supervisor, signal.SIGCONT)
 
 
 def test_sigstop_of_primary_beyond_its_lease_hands_over_and_old_primary_acknowledges_nothing(

@@ -24,6 +24,7 @@ from engram.journal.entries import Entry, EntryType, format_version
 from engram.journal.errors import Fenced, IdentityMismatch, JournalError, JournalTimeout, NoQuorum
 from engram.journal.placement import leader_move
 from engram.journal.security import journal_security_args
+from engram.leadership.liveness import process_gone
 from engram.leadership.on_stop import hand_over_on_stop
 from engram.leadership.switchover import hand_over
 from engram.leadership.view import LeaderView
@@ -85,6 +86,10 @@ PLACEMENT_SPACING = 5.0
 SNAPSHOT_CHECK_INTERVAL = 2.0
 SNAPSHOT_RETRY_AFTER = 30.0
 SNAPSHOT_STATUS_INTERVAL = 15.0
+# How often a replica whose primary's renewals are late asks whether its process is still there
+# (leadership/liveness.py), and how long one probe may take.
+LIVENESS_EVERY = 0.1
+LIVENESS_TIMEOUT = 0.5
 # How often a node refreshes its record in the cluster metadata (and on every role change).
 HEARTBEAT_INTERVAL = 10.0
 TAIL_WARN_EVERY = 10.0
@@ -248,6 +253,7 @@ class Node:
         # possibly never committed.
         await self.datapath.execute("FLUSHALL", "SYNC")
         self.journal = await self._connect_journal()
+        await self.journal.watch_elections()
         self.meta = await self._open_metadata()
         self.snapshots = await self._open_snapshots()
         track_snapshots(lambda: self.newest_snapshot, cfg.snapshot_policy)
@@ -257,6 +263,7 @@ class Node:
             loop.create_task(self.meta.watch()),
             loop.create_task(self._heartbeat()),
             loop.create_task(self._watch_journal()),
+            loop.create_task(self._watch_leader_process()),
             loop.create_task(self._snapshot_loop()),
             loop.create_task(self._place_stream_leader()),
             loop.create_task(UserSync(self.datapath, self.meta, cfg.users_file).run()),
@@ -432,11 +439,32 @@ class Node:
                 was_down = False
                 continue
             down = not await self.journal.has_leader(period)
+            if down != was_down:
+                log.info("shard %d's stream %s: election clock %s", self.config.shard,
+                         "has no leader or did not answer" if down else "answers again",
+                         "held" if down else "restarted")
             if down or was_down:
                 # Also on its return: the incumbent gets a whole backoff to renew, however late this
                 # loop ran on a loaded machine (a probe round can take a whole period).
-                self.leader.last_renewal = time.monotonic()
+                self.leader.restart_clock(time.monotonic())
             was_down = down
+
+    async def _watch_leader_process(self) -> None:
+        """Find a killed primary without waiting out its lease: once its renewals are late, probe its
+        client port; a refused connection lets this replica campaign at once (leadership/liveness.py)."""
+        view = self.leader
+        while True:
+            await asyncio.sleep(LIVENESS_EVERY)
+            if (self.role is not Role.REPLICA or not view.leader_address
+                    or view.leader_id == self.config.node_id or view.gone_epoch == view.epoch
+                    or not view.renewal_late(time.monotonic())):
+                continue
+            epoch, leader, address = view.epoch, view.leader_id, view.leader_address
+            if await process_gone(address, LIVENESS_TIMEOUT) and view.epoch == epoch:
+                view.leader_gone(epoch)
+                metrics.LEADERS_FOUND_GONE.inc()
+                log.warning("primary %s of epoch %d is gone (%s refused a connection): campaigning "
+                            "without waiting out its lease", leader, epoch, address)
 
     async def _snapshot_loop(self) -> None:
         """On the shard's snapshot taker (a replica, see snapshot_taker), take a snapshot when one is
@@ -666,7 +694,7 @@ class Node:
         deadline = time.monotonic() + CAMPAIGN_RETRY_LEASES * lease
         while True:
             try:
-                return await self.journal.append(entry, expected, msg_id, timeout=lease / 2)
+                return await self.journal.append_until_elected(entry, expected, msg_id, timeout=lease / 2)
             except (JournalTimeout, NoQuorum) as exc:
                 if time.monotonic() + CAMPAIGN_RETRY_PAUSE >= deadline:
                     raise
@@ -678,11 +706,13 @@ class Node:
         refusal = self._campaign_refusal()
         if refusal:
             log.info("not campaigning for shard %d: %s", self.config.shard, refusal)
-            self.leader.last_renewal = time.monotonic()
-            self.leader.new_backoff()
+            self.leader.restart_clock(time.monotonic())
             return
         applied = self.applier.applied_seq
         epoch = self.leader.epoch + 1
+        silent = time.monotonic() - self.leader.last_renewal
+        log.info("campaigning for epoch %d of shard %d: no renewal from %s for %.1fs", epoch,
+                 self.config.shard, self.leader.leader_id or "any leader", silent)
         entry = Entry(EntryType.LEADER, epoch, self.config.node_id, address=self.config.announce)
         sent = time.monotonic()
         # From here the applier must not act on leadership entries: it may see ours before we do.
@@ -695,8 +725,7 @@ class Node:
         except JournalError as exc:
             log.info("campaign for epoch %d lost: %s", epoch, exc)
             self.role = Role.REPLICA
-            self.leader.last_renewal = time.monotonic()
-            self.leader.new_backoff()
+            self.leader.restart_clock(time.monotonic())
             return
         if self._replica_task:
             self._replica_task.cancel()
@@ -782,8 +811,7 @@ class Node:
         await self.datapath.execute_now("SCRIPT", "FLUSH", "SYNC")
         self.applier.reset()
         self._needs_recovery = True
-        self.leader.last_renewal = time.monotonic()
-        self.leader.new_backoff()
+        self.leader.restart_clock(time.monotonic())
         self._become_replica()
 
     async def switchover(self, target: str, timeout: float = 10.0) -> None:
