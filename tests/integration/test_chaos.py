@@ -115,3 +115,33 @@ def test_snapshots_killed_part_way_leave_the_shard_whole_and_the_next_one_trunca
     assert taken.returncode == 0, f"a snapshot after the kills failed:\n{taken.stdout}\n{taken.stderr}"
     kept_from = re.search(r"snapshot at entry (\d+).*journal kept from entry (\d+)", taken.stderr)
     assert kept_from and int(kept_from[2]) > 1, f"the journal was not truncated: {taken.stderr}"
+
+
+def _elections(status: dict) -> int:
+    """Leaderships won by campaigning, over every node's log (a planned hand-over is not one)."""
+    return sum(Path(n["log"]).read_text(errors="replace").count(" won leadership of shard ")
+               for n in status["nodes"])
+
+
+@pytest.mark.timeout(200)
+def test_planned_restarts_and_switchovers_hand_over_without_an_election(local_cluster) -> None:
+    # SIGTERM of the primary, of the journal server leading the stream, and a switchover, 6 s apart:
+    # each hands leadership over, so no replica ever has to campaign.
+    status = local_cluster(shards=1, replicas=2, lease=2.0)
+    before = _elections(status)
+    done = subprocess.run(
+        [sys.executable, "-m", "engram.chaos", "--json",
+         "--name", status["name"], "--dir", str(Path(status["dir"]).parent),
+         "--duration", "32", "--fault-interval", "6", "--faults", "term-primary,term-journal,switchover",
+         "--clients", "4", "--keys", "3", "--seed", "31"],
+        capture_output=True, text=True, timeout=180, check=False,
+    )
+    assert done.stdout, f"engram chaos printed no report (exit {done.returncode}):\n{done.stderr[-4000:]}"
+    report = json.loads(done.stdout)
+    context = f"exit {done.returncode}; report:\n{json.dumps(report, indent=2)[:6000]}\n{done.stderr[-3000:]}"
+    assert report["fault_counts"] == {"term-primary": 2, "term-journal": 1, "switchover": 1}, context
+    assert all(f["recovered_after"] is not None for f in report["faults_injected"]), context
+    assert len(report["failovers"]) >= 3, f"the primary never changed hands: {context}"
+    assert report["lost_acknowledged_writes"] == 0 and report["linearizable"] is True, context
+    assert done.returncode == 0, context
+    assert _elections(status) == before, f"a planned change ended in an election: {context}"

@@ -18,8 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from engram.cluster.topology import SlotMap
+from engram.journal.client import Journal
+from engram.journal.errors import JournalError
 from engram.node.peer import PeerRefused, PeerUnreachable, call
 from engram.platforms.local import cluster, network, processes
+from engram.platforms.local.probe import FailoverFailed
 
 # How long to wait for a fault's victim to exist (e.g. a primary, during a failover) when the
 # schedule sets no deadline.
@@ -30,6 +33,8 @@ MIN_FAULT_INTERVAL = 2.0
 HOLD_SHARE = 0.75
 # A snapshot asked for by KILL_SNAPSHOT must have started within this long to be killed.
 SNAPSHOT_START_TIMEOUT = 10.0
+# How long a SWITCHOVER may take before the chaos run counts it as failed.
+SWITCHOVER_TIMEOUT = 30.0
 # Until one has been seen to finish, how long a snapshot is guessed to take (the kill lands within it).
 SNAPSHOT_GUESS = 2.0
 
@@ -43,6 +48,13 @@ class FaultKind(StrEnum):
     # SIGKILL of a replica's snapshot child (docs/snapshots.md) part-way through replaying, saving,
     # uploading, rehearsing, pruning or truncating the journal.
     KILL_SNAPSHOT = "kill-snapshot"
+    # Planned work, as upgrades and evictions do it: these must cost well under a second.
+    # SIGTERM of a primary (it hands leadership over before exiting; the supervisor restarts it).
+    TERM_PRIMARY = "term-primary"
+    # SIGTERM of the journal server leading a shard's stream (nats-server steps down first).
+    TERM_JOURNAL = "term-journal"
+    # `engram local failover`: a switchover to the shard's most caught-up replica.
+    SWITCHOVER = "switchover"
 
 
 ALL_KINDS = tuple(FaultKind)
@@ -200,6 +212,27 @@ class LocalFaults:
             return Fault(kind, f"zone-{zone}", now, now, detail.split(";")[0])
         if kind is FaultKind.KILL_SNAPSHOT:
             return self._kill_snapshot(deadline)
+        if kind is FaultKind.TERM_PRIMARY:
+            node = self._victim("primary", deadline)
+            detail = cluster.kill(self.base, self.name, node["id"], signal.SIGTERM)
+            now = time.monotonic_ns()
+            return Fault(kind, node["id"], now, now, f"{detail}, shard {node['shard']}, zone {node['zone']}",
+                         shard=node["shard"])
+        if kind is FaultKind.TERM_JOURNAL:
+            shard = self.rng.randrange(cluster.load_running(self.base, self.name).shards)
+            server = self._stream_leader(shard)
+            detail = cluster.kill(self.base, self.name, server["target"], signal.SIGTERM)
+            now = time.monotonic_ns()
+            return Fault(kind, server["target"], now, now, f"{detail}, leading shard {shard}'s stream")
+        if kind is FaultKind.SWITCHOVER:
+            node = self._victim("primary", deadline)
+            now = time.monotonic_ns()
+            # Recovery counts from the request: the hand-over itself is what planned work costs.
+            try:
+                detail = cluster.failover(self.base, self.name, node["shard"], timeout=SWITCHOVER_TIMEOUT)
+            except FailoverFailed as exc:  # refused (no caught-up replica, say): nothing was changed
+                raise cluster.LocalError(str(exc)) from exc
+            return Fault(kind, node["id"], now, now, detail, shard=node["shard"])
         raise ValueError(f"unknown fault kind {kind!r}")
 
     def _kill_snapshot(self, deadline: float) -> Fault:
@@ -238,6 +271,26 @@ class LocalFaults:
         return Fault(FaultKind.KILL_SNAPSHOT, node["id"], now, now,
                      f"sent SIGKILL to the snapshot child (pid {child}) of {node['id']} {delay:.2f}s in "
                      f"(of ~{span:.1f}s), shard {node['shard']}", shard=node["shard"])
+
+    def _stream_leader(self, shard: int) -> dict[str, Any]:
+        """The journal server (its status entry) leading the shard's stream; any server if none leads."""
+        state = cluster.load_running(self.base, self.name)
+        servers = sorted(self.status()["journal"], key=lambda j: j["zone"])
+
+        async def ask() -> str:
+            journal = await Journal.connect(state.journal_urls, self.name, shard,
+                                            security=state.journal_security)
+            try:
+                peers = await journal.peers(5.0)
+            finally:
+                await journal.close()
+            return next((p.name for p in peers if p.leader), "")
+
+        try:
+            leader = asyncio.run(ask())
+        except JournalError:
+            leader = ""
+        return next((j for j in servers if j["name"] == leader), self.rng.choice(servers))
 
     def resume(self, fault: Fault) -> None:
         """SIGCONT a paused primary or reconnect a cut-off zone, and note when."""
