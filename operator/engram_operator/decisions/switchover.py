@@ -3,40 +3,52 @@ cordoned node is drained."""
 
 from __future__ import annotations
 
+from collections.abc import Container
+
+from engram.orchestration.upgrade import UpgradeNode, switchover_target
 from engram_operator import placement
 from engram_operator.decisions.plan import Event, Plan, Switchover
 from engram_operator.observe import Observed
+
+
+def node_views(seen: Observed, current_hash: str = "", keep: Container[tuple[int, int]] | None = None,
+               stuck_after: float | None = None) -> list[UpgradeNode]:
+    """Each live engine pod as the shared upgrade plan sees it (engram.orchestration.upgrade).
+
+    Up to date: on current_hash (every pod when none is given). Staying: in keep (every pod when
+    none is given). Stuck: not Ready for stuck_after seconds or more."""
+    views = []
+    for pod in seen.pods:
+        if pod.deleting:
+            continue
+        status = seen.statuses.get(pod.name)
+        views.append(UpgradeNode(
+            id=pod.name, shard=pod.shard, index=pod.index, zone=pod.zone or "",
+            role=seen.role(pod), ready=pod.ready,
+            up_to_date=not current_hash or pod.spec_hash == current_hash,
+            answering=status is not None,
+            halted=bool(status is not None and status.halted),
+            applied_seq=status.applied_seq if status is not None else 0,
+            stuck=stuck_after is not None and pod.not_ready_for(seen.now) >= stuck_after,
+            staying=keep is None or (pod.shard, pod.index) in keep,
+            lost=seen.pod_lost(pod), cordoned=seen.pod_cordoned(pod),
+        ))
+    return views
 
 
 def _switchover_target(
     seen: Observed,
     shard: int,
     exclude: str,
-    keep: dict[tuple[int, int], str | None],
+    keep: Container[tuple[int, int]],
     current_hash: str = "",
     allow_cordoned: bool = True,
 ) -> str | None:
     """The most caught-up ready replica of the shard that stays (and runs the current spec, when
-    given). Never one on a lost node; one on a cordoned node only as a last resort, when allowed."""
-    best: tuple[bool, int, str] | None = None
-    for pod in seen.pods:
-        if pod.shard != shard or pod.name == exclude or pod.deleting or not pod.ready:
-            continue
-        if (pod.shard, pod.index) not in keep or seen.role(pod) != "replica":
-            continue
-        if current_hash and pod.spec_hash != current_hash:
-            continue
-        cordoned = seen.pod_cordoned(pod)
-        if seen.pod_lost(pod) or (cordoned and not allow_cordoned):
-            continue
-        status = seen.statuses.get(pod.name)
-        if status is not None and status.halted:
-            continue
-        applied = status.applied_seq if status else 0
-        rank = (not cordoned, applied, pod.name)
-        if best is None or rank[:2] > best[:2]:
-            best = rank
-    return best[2] if best else None
+    given), as the shared plan picks it: never on a lost node, on a cordoned one only as a last resort."""
+    views = node_views(seen, current_hash, keep)
+    return switchover_target(views, shard, exclude, up_to_date_only=bool(current_hash),
+                             allow_cordoned=allow_cordoned)
 
 
 def _shards_switching(seen: Observed, plan: Plan) -> set[int]:
