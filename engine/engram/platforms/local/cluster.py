@@ -115,6 +115,9 @@ def _node_entry(node: NodeState, live: dict[str, str] | None) -> dict[str, Any]:
         "snapshot_seq": _int(live.get("snapshot_seq")),
         "snapshot_age": _int(live.get("snapshot_age")),
         "engine_version": live.get("engine_version") or None,
+        # What the supervisor runs the node with (`engram local upgrade` changes them node by node).
+        "command": node.command or None,
+        "valkey_server": node.valkey_server or None,
         "restarts": node.restarts,
         "log": node.log,
     }

@@ -75,6 +75,11 @@ class NodeState:
     admin_port: int = 0
     # Where the node serves clients over TLS (--tls; node/tls_front.py); 0: Valkey's port serves them.
     tls_port: int = 0
+    # What the node runs, recorded by the supervisor when it starts it: the node command (argv before
+    # `--config PATH`) and the valkey-server it names in its config. `engram local upgrade` changes
+    # them one node at a time, so a half-done upgrade shows here. Empty: not started yet.
+    command: list[str] = field(default_factory=list)
+    valkey_server: str = ""
 
     @property
     def client_port(self) -> int:
@@ -172,6 +177,9 @@ class ClusterState:
     # failed ("" when it did not).
     shard_request: str = ""
     shard_request_error: str = ""
+    # The same for the last node request (platforms/local/node_requests.py: `engram local upgrade`).
+    node_request: str = ""
+    node_request_error: str = ""
 
     @property
     def endpoint(self) -> str:

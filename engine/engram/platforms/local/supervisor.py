@@ -18,6 +18,9 @@ removed shards with a shard request (shard_nodes.py):
 
 The status poll, the endpoint relay and the rebalancer read state.nodes, so they follow at once.
 Requests are idempotent: asking again for N shards changes nothing.
+
+`engram local upgrade` asks, the same way, for one node at a time to be replaced with another
+command or valkey-server (a node request, node_requests.py).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from engram.node.config import NodeConfig
 from engram.orchestration.provision import ProvisionError, provision
 from engram.orchestration.rebalance import NodeView, rebalance
 from engram.orchestration.zones import ZonePlanError
-from engram.platforms.local import journal, plan, probe, processes, shard_nodes
+from engram.platforms.local import journal, node_requests, plan, probe, processes, shard_nodes
 from engram.platforms.local.plan import PlanError, provision_request
 from engram.platforms.local.ports import PortBusy
 from engram.platforms.local.relay import EndpointRelay
@@ -84,6 +87,9 @@ class Child:
     started_at: float = 0.0
     crashes: int = 0
     restart_at: float | None = None
+    # Set while a node request replaces this node: SIGTERM was sent, SIGKILL follows at this time, and
+    # the exit is no crash (the new process starts at once, without backoff).
+    replacing_until: float | None = None
 
     def start(self) -> None:
         self.proc = processes.spawn(self.argv, self.record.log, self.env)
@@ -192,7 +198,7 @@ class Supervisor:
         except OSError as exc:
             raise StartFailed(f"cannot listen on the endpoint {s.endpoint}: {exc.strerror or exc}") from exc
         for node in s.nodes:
-            child = Child(node.id, [*s.launcher(node.zone), *node_argv(s, node)], node)
+            child = self._node_child(node)
             child.start()
             self.nodes.append(child)
         s.phase = NODES_STARTED
@@ -213,6 +219,7 @@ class Supervisor:
                 # Stopping removed nodes waits here, up to STOP_TIMEOUT a group, and delays restarts
                 # by as much: it happens once per scale-in, and nodes stop in well under a second.
                 await self._carry_out_shard_request()
+                self._carry_out_node_request()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), POLL_CHILDREN)
         finally:
@@ -229,6 +236,19 @@ class Supervisor:
         changed = False
         for child in self.journal + self.nodes:
             code = child.exited()
+            if code is not None and child.replacing_until is not None:
+                child.replacing_until = None
+                child.record.last_exit = code
+                child.start()
+                changed = True
+                log.info("replaced %s: pid %d runs %s", child.key, child.record.pid, shlex.join(child.argv))
+                continue
+            if child.replacing_until is not None and now >= child.replacing_until and child.proc is not None:
+                log.warning("%s (pid %d) did not stop within %gs of SIGTERM; killing it",
+                            child.key, child.proc.pid, STOP_TIMEOUT)
+                with contextlib.suppress(ProcessLookupError):
+                    child.proc.kill()
+                child.replacing_until = now + STOP_TIMEOUT
             if code is not None:
                 ran = now - child.started_at
                 child.crashes = 1 if ran >= STABLE_AFTER else child.crashes + 1
@@ -279,6 +299,63 @@ class Supervisor:
         s.shard_request, s.shard_request_error = request.id, error
         self.save()
 
+    def _node_child(self, node: NodeState) -> Child:
+        """The supervised process of a node, with what it runs recorded on its state."""
+        s = self.state
+        node.command = node_command(s, node)
+        node.valkey_server = node.valkey_server or s.valkey_server
+        return Child(node.id, [*s.launcher(node.zone), *node.command, "--config", node.config], node)
+
+    def _carry_out_node_request(self) -> None:
+        """Replace the node a waiting node request names with its command and binary (node_requests.py)."""
+        s = self.state
+        try:
+            request = node_requests.take_request(s)
+        except ValueError as exc:
+            log.error("%s; ignored", exc)
+            return
+        if request is None:
+            return
+        error = ""
+        try:
+            if not request.node:
+                s.node_command = request.command or s.node_command
+                s.valkey_server = request.valkey_server or s.valkey_server
+                log.info("node request %s: nodes started from now on run %s with %s", request.id,
+                         shlex.join(s.node_command) or "the default command", s.valkey_server)
+            else:
+                self._replace_node(request)
+        except (LookupError, OSError, ValueError, TypeError) as exc:
+            error = f"node {request.node} could not be replaced: {exc}"
+            log.error("node request %s failed: %s", request.id, error)
+        s.node_request, s.node_request_error = request.id, error
+        self.save()
+
+    def _replace_node(self, request: node_requests.NodeRequest) -> None:
+        """Record the node's new command and binary, and stop it: _tend starts it again with them."""
+        child = next((c for c in self.nodes if c.key == request.node), None)
+        if child is None or not isinstance(child.record, NodeState):
+            raise LookupError(f"cluster {self.state.name} has no node {request.node}")
+        node = child.record
+        if request.valkey_server:
+            config = NodeConfig.load(node.config)
+            replace(config, valkey_server=request.valkey_server).dump(node.config)
+            node.valkey_server = request.valkey_server
+        if request.command:
+            node.command = list(request.command)
+        child.argv = [*self.state.launcher(node.zone), *node.command, "--config", node.config]
+        log.info("node request %s: replacing %s to run %s with %s", request.id, node.id,
+                 shlex.join(node.command), node.valkey_server)
+        running = child.proc is not None and child.restart_at is None and child.proc.poll() is None
+        if not running:
+            # Exited and waiting out its backoff (or reaped just now): start it at once, as replaced.
+            child.start()
+            return
+        assert child.proc is not None
+        child.replacing_until = time.monotonic() + STOP_TIMEOUT
+        with contextlib.suppress(ProcessLookupError):
+            child.proc.terminate()
+
     def _start_added_shards(self, shards: int) -> None:
         """Plan, configure and start the nodes of every shard below `shards` that has none."""
         s = self.state
@@ -291,7 +368,7 @@ class Supervisor:
         plan.write_node_configs(added, configs)
         s.nodes.extend(added)
         for node in added:
-            child = Child(node.id, [*s.launcher(node.zone), *node_argv(s, node)], node)
+            child = self._node_child(node)
             child.start()
             self.nodes.append(child)
         self.save()
@@ -423,11 +500,11 @@ def node_log_level(state: ClusterState) -> str:
     return "warning"
 
 
-def node_argv(state: ClusterState, node: NodeState) -> list[str]:
-    """The node's command line: `python -m engram.node`, unless `up --node-command` or
-    ENGRAM_NODE_COMMAND replaced it (profilers, test doubles)."""
-    command = state.node_command or shlex.split(os.environ.get("ENGRAM_NODE_COMMAND", ""))
-    return [*(command or [sys.executable, "-m", "engram.node"]), "--config", node.config]
+def node_command(state: ClusterState, node: NodeState) -> list[str]:
+    """What the node runs before `--config PATH`: its recorded command (an upgrade changes it), else
+    `up --node-command` or ENGRAM_NODE_COMMAND (profilers, test doubles), else `python -m engram.node`."""
+    command = node.command or state.node_command or shlex.split(os.environ.get("ENGRAM_NODE_COMMAND", ""))
+    return list(command or [sys.executable, "-m", "engram.node"])
 
 
 def main(argv: list[str] | None = None) -> int:

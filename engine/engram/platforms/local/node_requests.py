@@ -1,0 +1,72 @@
+"""The node request by which `engram local upgrade` has the supervisor replace one node with another
+command or valkey-server (only the supervisor writes state.json and starts nodes; see supervisor.py).
+
+1. the command writes DIR/NAME/node-request.json atomically and sends SIGUSR1 (the supervisor also
+   looks for the file every POLL_CHILDREN, so a lost signal only delays it);
+2. the supervisor removes the file, records the node's new command and binary (rewriting its config
+   for a binary), stops the node with SIGTERM (SIGKILL after STOP_TIMEOUT) and starts it again at
+   once with them, then saves state.json with ``node_request`` = the id (``node_request_error``
+   when it could not); a request naming no node sets what nodes started later run;
+3. the command waits, with a deadline, until state.json names its id, then for the node to return.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from engram.platforms.local.state import ClusterState, replace_file
+
+REQUEST_FILE = "node-request.json"
+
+
+@dataclass(frozen=True)
+class NodeRequest:
+    """Run ``node`` with ``command`` and/or ``valkey_server`` (empty: keep what it has).
+
+    With ``node`` empty: the cluster's defaults, for nodes of shards added later."""
+
+    id: str
+    node: str
+    command: list[str] = field(default_factory=list)
+    valkey_server: str = ""
+
+    @classmethod
+    def new(cls, node: str, command: list[str], valkey_server: str) -> NodeRequest:
+        return cls(uuid.uuid4().hex, node, list(command), valkey_server)
+
+
+def request_path(state: ClusterState) -> Path:
+    return Path(state.dir) / REQUEST_FILE
+
+
+def send_request(state: ClusterState, request: NodeRequest) -> None:
+    """Leave the request where the supervisor looks and wake it (SIGUSR1); ProcessLookupError when
+    the supervisor is gone."""
+    replace_file(request_path(state), json.dumps(asdict(request)))
+    if state.supervisor_pid:
+        os.kill(state.supervisor_pid, signal.SIGUSR1)
+
+
+def take_request(state: ClusterState) -> NodeRequest | None:
+    """The waiting request, removed so it is carried out once; None when there is none.
+
+    ValueError when the file is not a request (it is removed all the same)."""
+    path = request_path(state)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    path.unlink(missing_ok=True)
+    try:
+        data = json.loads(text)
+        command = data.get("command") or []
+        if not isinstance(command, list) or not all(isinstance(word, str) for word in command):
+            raise TypeError("command must be a list of strings")
+        return NodeRequest(str(data["id"]), str(data["node"]), command, str(data.get("valkey_server") or ""))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{path} is not a node request ({exc}): {text[:200]!r}") from None
