@@ -15,7 +15,7 @@ from typing import TextIO
 
 from engram.binaries import BinaryNotFound
 from engram.cli.status_table import print_status
-from engram.platforms.local import cluster, scale
+from engram.platforms.local import cluster, scale, upgrade
 from engram.platforms.local.network import NetworkError
 from engram.platforms.local.plan import ClusterSpec, PlanError
 from engram.platforms.local.ports import PortBusy
@@ -108,6 +108,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         if record is not None and record.phase != "done":
             print(f"\nresharding {record.id}: {scale.progress_line(record)}"
                   + (f"\n  error: {record.error}" if record.error else ""))
+        if mixed := upgrade.mixed_versions(doc):
+            print(f"\n{mixed}")
     return 0
 
 
@@ -221,6 +223,22 @@ def cmd_scale(args: argparse.Namespace) -> int:
         count = f"{doc['shards']} shard" + ("s" if doc["shards"] > 1 else "")
         _say(f"cluster {args.name} has {count}: {record['slots_moved']} slots and "
              f"{record['keys_moved']} keys moved in {took}")
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print_status(doc)
+    return 0
+
+
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    """Like _guarded, and an interruption says how to resume."""
+    try:
+        target = upgrade.check_target(args.node_command, args.valkey_server)
+        doc = upgrade.upgrade(args.dir, args.name, target, timeout=args.timeout, say=_say)
+    except _ERRORS as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return _fail("interrupted; run the same command again to resume")
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
@@ -413,6 +431,20 @@ def register(commands: argparse._SubParsersAction) -> None:
                          "cluster's --users file turns the default user off")
     scaling.add_argument("--password-file", default="", metavar="PATH", help="that user's password")
     scaling.add_argument("--json", action="store_true", help="print the status JSON on stdout")
+
+    upgrading = add("upgrade", cmd_upgrade, "rolling upgrade: replace every node with another node command "
+                    "or valkey-server, replicas first, then each shard's primary after a switchover; run it "
+                    "again to resume one that was interrupted")
+    to = upgrading.add_mutually_exclusive_group(required=True)
+    to.add_argument("--node-command", metavar="CMD",
+                    help="run each node as `CMD --config PATH` (a newer engine's `python -m engram.node`)")
+    to.add_argument("--valkey-server", metavar="PATH", help="the valkey-server executable every node runs")
+    upgrading.add_argument(
+        "--timeout", type=float, default=upgrade.STEP_TIMEOUT, metavar="SECONDS",
+        help="give up when one step (a node back and caught up, a switchover) takes longer "
+        "(default: %(default)s)",
+    )
+    upgrading.add_argument("--json", action="store_true", help="print the status JSON on stdout")
 
     failover = add("failover", cmd_failover, "planned switchover of a shard's primary")
     failover.add_argument("--shard", type=int, default=0, help="(default: %(default)s)")
