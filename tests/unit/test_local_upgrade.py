@@ -13,6 +13,7 @@ import pytest
 from engram import binaries
 from engram.node.config import NodeConfig
 from engram.platforms.local import node_requests, plan, processes, upgrade
+from engram.platforms.local import supervisor as supervisor_module
 from engram.platforms.local.cluster import LocalError
 from engram.platforms.local.state import ClusterState
 from engram.platforms.local.supervisor import Supervisor, node_command
@@ -147,6 +148,13 @@ class FakeProcess:
         self.signals.append(signal.SIGKILL)
 
 
+def _run_nodes(supervisor: Supervisor) -> None:
+    for node in supervisor.state.nodes:
+        child = supervisor._node_child(node)
+        child.start()
+        supervisor.nodes.append(child)
+
+
 def test_the_supervisor_replaces_a_node_with_its_new_command_and_binary_without_counting_a_crash(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -161,10 +169,7 @@ def test_the_supervisor_replaces_a_node_with_its_new_command_and_binary_without_
     plan.write_files(state)
     state.save()
     supervisor = Supervisor(state.path)
-    for node in supervisor.state.nodes:
-        child = supervisor._node_child(node)
-        child.start()
-        supervisor.nodes.append(child)
+    _run_nodes(supervisor)
     old = spawned[1]
     assert supervisor.state.nodes[1].command == [sys.executable, "-m", "engram.node"]
 
@@ -172,20 +177,54 @@ def test_the_supervisor_replaces_a_node_with_its_new_command_and_binary_without_
     node_requests.send_request(supervisor.state, request)
     supervisor._carry_out_node_request()
     saved = ClusterState.load(state.path)
-    assert (saved.node_request, saved.node_request_error) == (request.id, "")
     assert saved.nodes[1].command == ["/opt/new-node"]
     assert saved.nodes[1].valkey_server == "/opt/valkey-9/valkey-server"
     assert NodeConfig.load(saved.nodes[1].config).valkey_server == "/opt/valkey-9/valkey-server"
     assert old.signals == [signal.SIGTERM] and len(spawned) == 2
+    # Answered only once the new process runs: until then the old one may still answer on its ports.
+    assert saved.node_request == ""
+    supervisor._tend()
+    assert ClusterState.load(state.path).node_request == "" and len(spawned) == 2
 
-    old.returncode = 0  # it handed over and stopped
+    old.returncode = 0  # it stopped
     supervisor._tend()
     assert len(spawned) == 3 and spawned[2].argv == ["/opt/new-node", "--config", saved.nodes[1].config]
-    node = ClusterState.load(state.path).nodes[1]
-    assert node.pid == spawned[2].pid and node.restarts == 0
+    saved = ClusterState.load(state.path)
+    assert (saved.node_request, saved.node_request_error) == (request.id, "")
+    assert saved.nodes[1].pid == spawned[2].pid and saved.nodes[1].restarts == 0
     assert spawned[0].signals == []
 
     unknown = node_requests.NodeRequest.new("demo-s9-n9", ["/opt/new-node"], "")
     node_requests.send_request(supervisor.state, unknown)
     supervisor._carry_out_node_request()
     assert "no node demo-s9-n9" in ClusterState.load(state.path).node_request_error
+
+
+def test_a_node_that_will_not_stop_is_killed_and_one_already_down_starts_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spawned: list[FakeProcess] = []
+
+    def spawn(argv: list[str], log: str, env: dict[str, str] | None = None) -> FakeProcess:
+        spawned.append(proc := FakeProcess(argv))
+        return proc
+
+    monkeypatch.setattr(processes, "spawn", spawn)
+    state = _state(tmp_path, replicas=1)
+    plan.write_files(state)
+    state.save()
+    supervisor = Supervisor(state.path)
+    _run_nodes(supervisor)
+    monkeypatch.setattr(supervisor_module.time, "monotonic", lambda: 1000.0)
+    node_requests.send_request(supervisor.state, node_requests.NodeRequest.new("demo-s0-n0", ["/opt/n"], ""))
+    supervisor._carry_out_node_request()
+    monkeypatch.setattr(supervisor_module.time, "monotonic", lambda: 1000.0 + supervisor_module.STOP_TIMEOUT)
+    supervisor._tend()
+    assert spawned[0].signals == [signal.SIGTERM, signal.SIGKILL]
+
+    spawned[1].returncode = 1  # crashed: waiting out its backoff when the request comes
+    supervisor._tend()
+    request = node_requests.NodeRequest.new("demo-s0-n1", ["/opt/n"], "")
+    node_requests.send_request(supervisor.state, request)
+    supervisor._carry_out_node_request()
+    assert spawned[-1].argv[0] == "/opt/n" and ClusterState.load(state.path).node_request == request.id

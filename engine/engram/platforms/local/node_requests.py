@@ -4,10 +4,11 @@ command or valkey-server (only the supervisor writes state.json and starts nodes
 1. the command writes DIR/NAME/node-request.json atomically and sends SIGUSR1 (the supervisor also
    looks for the file every POLL_CHILDREN, so a lost signal only delays it);
 2. the supervisor removes the file, records the node's new command and binary (rewriting its config
-   for a binary), stops the node with SIGTERM (SIGKILL after STOP_TIMEOUT) and starts it again at
-   once with them, then saves state.json with ``node_request`` = the id (``node_request_error``
-   when it could not); a request naming no node sets what nodes started later run;
-3. the command waits, with a deadline, until state.json names its id, then for the node to return.
+   for a binary), stops the node with SIGTERM (SIGKILL after STOP_TIMEOUT) and, once it has exited,
+   starts it again at once with them and saves state.json with ``node_request`` = the id (at once,
+   with ``node_request_error``, when it cannot): from then on only the new process can answer on
+   the node's ports. A request naming no node sets what nodes started later run;
+3. the command waits, with a deadline, until state.json names its id, then for the node to serve.
 """
 
 from __future__ import annotations

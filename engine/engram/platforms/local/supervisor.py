@@ -87,9 +87,10 @@ class Child:
     started_at: float = 0.0
     crashes: int = 0
     restart_at: float | None = None
-    # Set while a node request replaces this node: SIGTERM was sent, SIGKILL follows at this time, and
-    # the exit is no crash (the new process starts at once, without backoff).
-    replacing_until: float | None = None
+    # Set while a node request replaces this node: SIGTERM was sent, SIGKILL follows at kill_at, and
+    # the exit is no crash: the new process starts at once, and then the request is answered.
+    replacing: str | None = None
+    kill_at: float = 0.0
 
     def start(self) -> None:
         self.proc = processes.spawn(self.argv, self.record.log, self.env)
@@ -236,19 +237,17 @@ class Supervisor:
         changed = False
         for child in self.journal + self.nodes:
             code = child.exited()
-            if code is not None and child.replacing_until is not None:
-                child.replacing_until = None
+            if code is not None and child.replacing is not None:
                 child.record.last_exit = code
-                child.start()
+                self._start_replaced(child)
                 changed = True
-                log.info("replaced %s: pid %d runs %s", child.key, child.record.pid, shlex.join(child.argv))
                 continue
-            if child.replacing_until is not None and now >= child.replacing_until and child.proc is not None:
+            if child.replacing is not None and now >= child.kill_at and child.proc is not None:
                 log.warning("%s (pid %d) did not stop within %gs of SIGTERM; killing it",
                             child.key, child.proc.pid, STOP_TIMEOUT)
                 with contextlib.suppress(ProcessLookupError):
                     child.proc.kill()
-                child.replacing_until = now + STOP_TIMEOUT
+                child.kill_at = now + STOP_TIMEOUT
             if code is not None:
                 ran = now - child.started_at
                 child.crashes = 1 if ran >= STABLE_AFTER else child.crashes + 1
@@ -325,10 +324,20 @@ class Supervisor:
                          shlex.join(s.node_command) or "the default command", s.valkey_server)
             else:
                 self._replace_node(request)
+                return  # answered once the new process runs
         except (LookupError, OSError, ValueError, TypeError) as exc:
             error = f"node {request.node} could not be replaced: {exc}"
             log.error("node request %s failed: %s", request.id, error)
         s.node_request, s.node_request_error = request.id, error
+        self.save()
+
+    def _start_replaced(self, child: Child) -> None:
+        """Start a replaced node's new process and answer its request: whatever answers on the node's
+        ports from now on is the new process."""
+        child.start()
+        log.info("replaced %s: pid %d runs %s", child.key, child.record.pid, shlex.join(child.argv))
+        self.state.node_request, self.state.node_request_error = child.replacing or "", ""
+        child.replacing = None
         self.save()
 
     def _replace_node(self, request: node_requests.NodeRequest) -> None:
@@ -346,13 +355,15 @@ class Supervisor:
         child.argv = [*self.state.launcher(node.zone), *node.command, "--config", node.config]
         log.info("node request %s: replacing %s to run %s with %s", request.id, node.id,
                  shlex.join(node.command), node.valkey_server)
+        child.replacing = request.id
         running = child.proc is not None and child.restart_at is None and child.proc.poll() is None
         if not running:
             # Exited and waiting out its backoff (or reaped just now): start it at once, as replaced.
-            child.start()
+            self._start_replaced(child)
             return
         assert child.proc is not None
-        child.replacing_until = time.monotonic() + STOP_TIMEOUT
+        child.kill_at = time.monotonic() + STOP_TIMEOUT
+        self.save()
         with contextlib.suppress(ProcessLookupError):
             child.proc.terminate()
 

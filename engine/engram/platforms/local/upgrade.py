@@ -43,7 +43,8 @@ Live = list[dict[str, str] | None]
 
 # For one step (a node back as a caught-up replica, a switchover, a wait) before giving up.
 STEP_TIMEOUT = 120.0
-# For the supervisor to take a node request: it only records it and sends SIGTERM.
+# For the supervisor to carry out a node request: the node's stop (a replica's takes a moment; SIGKILL
+# follows after the supervisor's STOP_TIMEOUT) and the new process's start.
 REQUEST_TIMEOUT = 30.0
 # A node on the old version that has not answered for this long is replaced instead of awaited, as
 # the operator does (ROLL_STUCK_GRACE): it serves nothing and may never recover.
@@ -316,8 +317,8 @@ class _Upgrade:
                 raise LocalError(f"{current.node_request_error} (log: {log})")
             return True
 
-        self._until(taken, f"the supervisor to take the request to replace {request.node or 'nothing'} "
-                    f"(log: {log})", REQUEST_TIMEOUT)
+        what = f"restart {request.node} on {self.target}" if request.node else "record the target"
+        self._until(taken, f"the supervisor to {what} (log: {log})", REQUEST_TIMEOUT)
 
     def _until(self, done: Callable[[], Any], what: str, timeout: float | None = None) -> Any:
         """Poll done() until it returns something truthy; LocalError naming what after the timeout."""
