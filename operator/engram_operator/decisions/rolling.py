@@ -7,7 +7,7 @@ from __future__ import annotations
 from engram.orchestration import upgrade
 from engram_operator import builders
 from engram_operator.decisions.plan import Event, Plan, Switchover
-from engram_operator.decisions.switchover import node_views
+from engram_operator.decisions.switchover import upgrade_views
 from engram_operator.observe import Observed
 from engram_operator.spec import ClusterSpec
 
@@ -19,7 +19,7 @@ ROLL_STUCK_GRACE = 30.0
 
 def _roll_one(cluster: ClusterSpec, seen: Observed, plan: Plan) -> None:
     """Rolling update, one pod per reconcile: replicas first, then a switchover, then the old primary."""
-    views = node_views(seen, builders.pod_spec_hash(cluster), stuck_after=ROLL_STUCK_GRACE)
+    views = upgrade_views(seen, builders.pod_spec_hash(cluster), stuck_after=ROLL_STUCK_GRACE)
     step = upgrade.next_step(views, cluster.replicas_per_shard, resharding=plan.resharding_active)
     if isinstance(step, upgrade.Done):
         return

@@ -11,7 +11,7 @@ from engram_operator.decisions.plan import Event, Plan, Switchover
 from engram_operator.observe import Observed
 
 
-def node_views(seen: Observed, current_hash: str = "", keep: Container[tuple[int, int]] | None = None,
+def upgrade_views(seen: Observed, current_hash: str = "", keep: Container[tuple[int, int]] | None = None,
                stuck_after: float | None = None) -> list[UpgradeNode]:
     """Each live engine pod as the shared upgrade plan sees it (engram.orchestration.upgrade).
 
@@ -46,7 +46,7 @@ def _switchover_target(
 ) -> str | None:
     """The most caught-up ready replica of the shard that stays (and runs the current spec, when
     given), as the shared plan picks it: never on a lost node, on a cordoned one only as a last resort."""
-    views = node_views(seen, current_hash, keep)
+    views = upgrade_views(seen, current_hash, keep)
     return switchover_target(views, shard, exclude, up_to_date_only=bool(current_hash),
                              allow_cordoned=allow_cordoned)
 
