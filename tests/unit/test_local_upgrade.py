@@ -76,18 +76,18 @@ def test_an_outdated_halted_or_long_silent_node_is_stuck_for_the_plan(tmp_path: 
     target = upgrade.Target(command=["new"])
     live = [{"role": "primary", "applied_seq": "9"}, {"role": "replica", "halted": "entry 7 is newer"}, None]
     silent: dict[str, float] = {}
-    views = upgrade.node_views(state, live, target, silent, now=100.0)
+    views = upgrade.upgrade_views(state, live, target, silent, now=100.0)
     assert [(v.id, v.index, v.role, v.ready, v.stuck) for v in views] == [
         ("demo-s0-n0", 0, "primary", True, False),
         ("demo-s0-n1", 1, "replica", False, True),
         ("demo-s0-n2", 2, "", False, False),
     ]
     assert views[0].applied_seq == 9 and not views[2].answering
-    later = upgrade.node_views(state, live, target, silent, now=100.0 + upgrade.STUCK_AFTER)
+    later = upgrade.upgrade_views(state, live, target, silent, now=100.0 + upgrade.STUCK_AFTER)
     assert later[2].stuck
     # Answering again starts the count afresh.
-    upgrade.node_views(state, [*live[:2], {"role": "starting"}], target, silent, now=200.0)
-    assert not upgrade.node_views(state, live, target, silent, now=201.0)[2].stuck
+    upgrade.upgrade_views(state, [*live[:2], {"role": "starting"}], target, silent, now=200.0)
+    assert not upgrade.upgrade_views(state, live, target, silent, now=201.0)[2].stuck
 
 
 def test_a_half_done_upgrade_shows_which_nodes_run_what() -> None:

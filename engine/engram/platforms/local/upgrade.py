@@ -147,7 +147,7 @@ def _exclusive(state: ClusterState) -> Iterator[None]:
         yield
 
 
-def node_views(state: ClusterState, live: Live, target: Target,
+def upgrade_views(state: ClusterState, live: Live, target: Target,
                silent_since: dict[str, float], now: float) -> list[plan.UpgradeNode]:
     """Each node as the shared plan sees it. Stuck: on the old version and halted (as an old primary
     is once a newer one leads), or silent for STUCK_AFTER; silent_since is kept across calls."""
@@ -200,7 +200,7 @@ class _Upgrade:
             state = self.state()
             live = _probe(state)
             resharding = _resharding(describe(state, live)["resharding"])
-            views = node_views(state, live, self.target, self.silent_since, time.monotonic())
+            views = upgrade_views(state, live, self.target, self.silent_since, time.monotonic())
             step = plan.next_step(views, state.replicas, resharding)
             if isinstance(step, plan.Done):
                 break
