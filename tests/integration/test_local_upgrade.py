@@ -27,8 +27,10 @@ NEWER_NODE = [sys.executable, str(Path(__file__).with_name("newer_node.py"))]
 
 
 def _upgrade(doc: dict[str, Any], *options: str) -> subprocess.CompletedProcess:
-    return run_engram("local", "upgrade", doc["name"], "--dir", str(Path(doc["dir"]).parent), *options,
-                      timeout=300)
+    result = run_engram("local", "upgrade", doc["name"], "--dir", str(Path(doc["dir"]).parent), *options,
+                        timeout=300)
+    print(result.stderr)  # the progress lines, shown when a test fails
+    return result
 
 
 def _said(stderr: str, text: str) -> int:
@@ -85,8 +87,8 @@ def test_a_rolling_upgrade_to_a_newer_engine_loses_no_acknowledged_write(
     assert again.returncode == 0 and "already runs" in again.stderr, again.stderr
 
 
-def test_two_shards_get_a_new_valkey_server_replicas_first(local_cluster: ClusterFactory,
-                                                           short_tmp: Path) -> None:
+def test_two_shards_get_a_new_valkey_server_replicas_first_and_a_cut_short_upgrade_resumes(
+        local_cluster: ClusterFactory, short_tmp: Path) -> None:
     # No rebalancing: it could hand a shard back to its replaced old primary once that is up to date.
     doc = local_cluster(shards=2, replicas=1, no_rebalance=True)
     # The same binary under another path: a different valkey-server as far as the upgrade can tell.
@@ -94,16 +96,26 @@ def test_two_shards_get_a_new_valkey_server_replicas_first(local_cluster: Cluste
     other.symlink_to(binaries.find("valkey-server"))
     primaries = {s: primary_of(doc, s)["id"] for s in (0, 1)}
 
+    # A first run gives up on its first node (no node restarts in 0.2 s): a half-done upgrade, which
+    # status shows and the same command resumes.
+    cut_short = _upgrade(doc, "--valkey-server", str(other), "--timeout", "0.2")
+    assert cut_short.returncode == 1 and "run the same command again to resume" in cut_short.stderr
+    half = run_engram("local", "status", doc["name"], "--dir", str(Path(doc["dir"]).parent))
+    assert "nodes run different versions" in half.stdout, half.stdout
+    assert "c0-s0-n1 run" in half.stdout.split("nodes run different versions")[1]
+
     result = _upgrade(doc, "--valkey-server", str(other), "--json")
     assert result.returncode == 0, result.stderr
+    assert "replacing c0-s0-n1" not in result.stderr
     after = json.loads(result.stdout)
     assert {n["valkey_server"] for n in after["nodes"]} == {str(other)}
     assert all(any(str(other) in c for c in _children(n["pid"])) for n in after["nodes"]), after["nodes"]
-    first_handover = _said(result.stderr, "handing over")
+    both = cut_short.stderr + result.stderr
+    first_handover = _said(both, "handing over")
     for shard, old in primaries.items():
         assert primary_of(after, shard)["id"] != old
         replica = next(n["id"] for n in doc["nodes"] if n["shard"] == shard and n["id"] != old)
-        assert _said(result.stderr, f"replacing {replica}") < first_handover, result.stderr
+        assert _said(both, f"replacing {replica}") < first_handover, both
 
 
 def test_upgrade_refuses_what_is_not_a_valkey_server_and_a_cluster_that_is_not_running(

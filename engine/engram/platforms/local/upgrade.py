@@ -229,7 +229,7 @@ class _Upgrade:
             waiting = (step, now)
         elif now - waiting[1] >= self.timeout:
             why = _WAITING[step.why].format(nodes=", ".join(step.nodes), shard=step.shard)
-            raise LocalError(f"the upgrade of {self.name} made no progress for {self.timeout:.0f}s ({why}); "
+            raise LocalError(f"the upgrade of {self.name} made no progress for {self.timeout:g}s ({why}); "
                              "run the same command again to resume")
         time.sleep(POLL)
         return waiting
@@ -329,7 +329,7 @@ class _Upgrade:
                 if value := done():
                     return value
             if time.monotonic() >= deadline:
-                raise LocalError(f"timed out after {limit:.0f}s waiting for {what}; run the same command "
+                raise LocalError(f"timed out after {limit:g}s waiting for {what}; run the same command "
                                  "again to resume")
             time.sleep(POLL)
 
