@@ -15,8 +15,9 @@ from engram.node.config import NodeConfig
 from engram.platforms.local import node_requests, plan, processes, upgrade
 from engram.platforms.local import supervisor as supervisor_module
 from engram.platforms.local.cluster import LocalError
-from engram.platforms.local.state import ClusterState
+from engram.platforms.local.state import NODES_STARTED, ClusterState
 from engram.platforms.local.supervisor import Supervisor, node_command
+from engram.resharding.record import ReshardRecord
 
 
 def _state(tmp_path: Path, **spec: Any) -> ClusterState:
@@ -228,3 +229,19 @@ def test_a_node_that_will_not_stop_is_killed_and_one_already_down_starts_at_once
     node_requests.send_request(supervisor.state, request)
     supervisor._carry_out_node_request()
     assert spawned[-1].argv[0] == "/opt/n" and ClusterState.load(state.path).node_request == request.id
+
+
+def test_a_cluster_mid_reshard_is_refused_before_anything_changes(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    state = _state(tmp_path, replicas=1)
+    state.phase = NODES_STARTED
+    state.save()
+    monkeypatch.setattr(upgrade, "load_running", lambda base, name: state)
+    record = ReshardRecord(from_shards=1, to_shards=2, phase="moving").dumps().decode()
+    monkeypatch.setattr(upgrade, "_probe", lambda s: [{"role": "primary", "reshard": record}, None])
+    sent: list[node_requests.NodeRequest] = []
+    monkeypatch.setattr(upgrade, "send_request", lambda s, request: sent.append(request))
+    refused = r"resharding to 2 shards \(moving\).*`engram local scale demo --shards 2`"
+    with pytest.raises(LocalError, match=refused):
+        upgrade.upgrade(tmp_path, "demo", upgrade.Target(command=["/opt/new-node"]))
+    assert sent == []
