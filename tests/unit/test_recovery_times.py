@@ -9,7 +9,7 @@ import pytest
 
 from engram.chaos.faults import Fault, FaultKind, LocalFaults
 from engram.chaos.history import History, Kind, Operation, Outcome
-from engram.chaos.report import recovery_by_kind, recovery_times
+from engram.chaos.report import recovery_by_kind, recovery_times, write_pauses
 from engram.cluster.topology import TopologyError
 
 SECOND = 1_000_000_000
@@ -100,3 +100,22 @@ def test_recovery_by_kind_gives_nearest_rank_quantiles_and_counts_faults_never_r
     stats = recovery_by_kind([*kills, fault(FaultKind.KILL_JOURNAL, None)])
     assert stats["kill-primary"] == {"faults": 4, "never": 0, "p50": 2.0, "p99": 4.0, "max": 4.0}
     assert stats["kill-journal"] == {"faults": 1, "never": 1, "p50": None, "p99": None, "max": None}
+
+
+def test_a_pause_that_starts_after_the_fault_is_measured_to_the_next_fault() -> None:
+    # A planned hand-over: shard 1 keeps acknowledging for 0.5 s after SIGTERM, then pauses 0.8 s.
+    history = _history(("1:a", 10.1, "ok"), ("1:b", 10.5, "ok"), ("1:c", 11.3, "ok"), ("1:d", 11.5, "ok"),
+                       ("0:a", 10.9, "ok"), ("1:e", 30.0, "ok"))
+    term = _fault(FaultKind.TERM_PRIMARY, 10.0, shard=1)
+    later = _fault(FaultKind.KILL_REPLICA, 12.0, shard=1)
+    write_pauses([later, term], history, {0}, _shard_of)
+    assert term.paused_for is not None and abs(term.paused_for - 0.8) < 1e-6
+    # From the second fault nothing was acknowledged on shard 1 until 30 s: the run's last answer.
+    assert later.paused_for is not None and abs(later.paused_for - 18.01) < 1e-6
+
+
+def test_a_cluster_wide_fault_pauses_as_long_as_its_worst_shard() -> None:
+    history = _history(("0:a", 5.2, "ok"), ("0:b", 5.4, "ok"), ("1:a", 7.0, "ok"), ("1:b", 7.1, "ok"))
+    fault = _fault(FaultKind.TERM_JOURNAL, 5.0, shard=None)
+    write_pauses([fault], history, {0}, _shard_of)
+    assert fault.paused_for is not None and abs(fault.paused_for - 2.01) < 1e-6

@@ -78,6 +78,8 @@ class Fault:
     recovered_after: float | None = None
     # The same, for the impatient probe writer alone (workload.run_probe).
     probe_recovered_after: float | None = None
+    # The longest stretch from the fault to the next in which a shard it hit acknowledged no write.
+    paused_for: float | None = None
 
 
 @dataclass(frozen=True)

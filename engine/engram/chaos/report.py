@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections import Counter
@@ -54,6 +55,34 @@ def recovery_times(faults: list[Fault], history: History, workers: set[int | str
             first = next((op for op in by_shard.get(shard, ()) if op.invoke >= fault.started), None)
             waits.append(None if first is None else (first.complete - fault.started) / 1e9)
         setattr(fault, into, None if not waits or None in waits else max(waits))  # type: ignore[type-var]
+
+
+def write_pauses(faults: list[Fault], history: History, workers: set[int | str],
+                 shard_of: Callable[[str], int] | None = None) -> None:
+    """Fill each fault's paused_for: the longest stretch, from the fault until the next one starts (or
+    the last answer), in which a shard it hit acknowledged no write.
+
+    Unlike recovered_after, this also sees a pause that begins after the fault: a planned hand-over
+    keeps serving for a moment after SIGTERM or a switchover request, then pauses writes.
+    """
+    acks: dict[int, list[int]] = {}
+    end = 0
+    for op in history.operations:
+        if op.complete != math.inf:
+            end = max(end, int(op.complete))
+        if op.process in workers and op.kind in (Kind.WRITE, Kind.APPEND) and op.outcome is Outcome.OK:
+            acks.setdefault(0 if shard_of is None else shard_of(op.key), []).append(int(op.complete))
+    for times in acks.values():
+        times.sort()
+    ordered = sorted(faults, key=lambda f: f.started)
+    for i, fault in enumerate(ordered):
+        until = ordered[i + 1].started if i + 1 < len(ordered) else end
+        hit = list(acks) if fault.shard is None or shard_of is None else [fault.shard]
+        longest = 0
+        for shard in hit:
+            points = [fault.started, *(t for t in acks.get(shard, ()) if fault.started < t < until), until]
+            longest = max(longest, *(b - a for a, b in itertools.pairwise(points)))
+        fault.paused_for = longest / 1e9 if hit else None
 
 
 def _quantile(ordered: list[float], q: float) -> float:
@@ -130,12 +159,14 @@ class ChaosReport:
                  "recovered_after": None if f.recovered_after is None else round(f.recovered_after, 3),
                  "probe_recovered_after": (None if f.probe_recovered_after is None
                                            else round(f.probe_recovered_after, 3)),
+                 "paused_for": None if f.paused_for is None else round(f.paused_for, 3),
                  "time": local_time(f.wall), "detail": f.detail}
                 for f in self.faults
             ],
             "fault_counts": dict(Counter(str(f.kind) for f in self.faults)),
             "recovery_by_kind": recovery_by_kind(self.faults),
             "probe_recovery_by_kind": recovery_by_kind(self.faults, "probe_recovered_after"),
+            "pause_by_kind": recovery_by_kind(self.faults, "paused_for"),
             "faults_skipped": [{"kind": str(s.kind), "reason": s.reason} for s in self.skipped],
             "failovers": [{"shard": f.shard, "at": self._at(f.at), "time": local_time(f.wall),
                            "from": f.previous, "to": f.current}
@@ -193,6 +224,13 @@ class ChaosReport:
                           f"p50 {st['p50']:.2f}s  p99 {st['p99']:.2f}s  max {st['max']:.2f}s")
                 never = f", {st['never']} never recovered" if st["never"] else ""
                 lines.append(f"  {kind:<14} {st['faults']:>4} faults  {spread}{never}")
+        if doc["pause_by_kind"]:
+            lines.append("longest pause in acknowledged writes on the shard, from the fault to the next "
+                         "(a planned hand-over pauses after it starts), per kind:")
+            for kind, st in doc["pause_by_kind"].items():
+                if st["p50"] is not None:
+                    lines.append(f"  {kind:<14} {st['faults']:>4} faults  p50 {st['p50']:.2f}s  "
+                                 f"p99 {st['p99']:.2f}s  max {st['max']:.2f}s")
         lines.append(f"failovers seen: {len(doc['failovers'])}")
         if self.reshards:
             lines.append("reshards: " + "; ".join(self.reshards))

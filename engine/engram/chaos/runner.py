@@ -28,7 +28,7 @@ from engram.chaos.history import History
 from engram.chaos.journal_size import JournalWatch
 from engram.chaos.linearizability import check
 from engram.chaos.loss import check_loss
-from engram.chaos.report import ChaosReport, Failover, recovery_times
+from engram.chaos.report import ChaosReport, Failover, recovery_times, write_pauses
 from engram.chaos.users import UserLog, check_users, run_users
 from engram.chaos.workload import (
     PROBE,
@@ -182,6 +182,7 @@ class _Run:
         shard_of = await self._shard_of()
         recovery_times(self.injected, history, {*range(self.config.clients), PROBE}, shard_of)
         recovery_times(self.injected, history, {PROBE}, shard_of, into="probe_recovered_after")
+        write_pauses(self.injected, history, {*range(self.config.clients), PROBE}, shard_of)
         loss_final = {k: v for k, v in final.items() if not self.spec.is_register(k)}
         report.loss = check_loss(loss_operations(history, self.spec), loss_final)
         self.progress(f"{report.loss.acknowledged} acknowledged unique writes and appends, "
