@@ -92,6 +92,11 @@ class FakeJournal:
         task = await self.append_pipelined(entry, expected, msg_id, timeout)
         return await task
 
+    elections = 0
+
+    def election_after(self, seen: int) -> asyncio.Future[None]:
+        return asyncio.get_running_loop().create_future()  # this journal never elects
+
     async def append_until_elected(self, entry: Entry, expected: int, msg_id: str,
                                    timeout: float | None = None) -> Appended:
         return await self.append(entry, expected, msg_id, timeout)

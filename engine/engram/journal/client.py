@@ -152,8 +152,9 @@ class Journal:
         self.subject = f"engram.{cluster}.{shard}"
         self.replicas = replicas
         self.timeout = timeout
-        # Set on each of JetStream's leader-elected advisories for this stream (watch_elections).
-        self.elected = asyncio.Event()
+        # JetStream's leader-elected advisories for this stream seen so far (watch_elections).
+        self.elections = 0
+        self._election_waiters: set[asyncio.Future[None]] = set()
         self._elections: Subscription | None = None
 
     def for_shard(self, shard: int) -> Journal:
@@ -315,16 +316,30 @@ class Journal:
                            str(error.get("description", "")), None)
 
     async def watch_elections(self) -> None:
-        """Follow JetStream's leader-elected advisories for the shard's stream (sets `elected`)."""
+        """Follow JetStream's leader-elected advisories for the shard's stream (see election_after)."""
         if self._elections is not None:
             return
 
         async def _elected(_msg: nats.aio.msg.Msg) -> None:
-            self.elected.set()
+            self.elections += 1
+            for waiter in list(self._election_waiters):
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._election_waiters.clear()
 
         self._elections = await self._nc.subscribe(
             f"$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.{self.stream}", cb=_elected
         )
+
+    def election_after(self, seen: int) -> asyncio.Future[None]:
+        """Resolves once the stream has elected a leader more than `seen` times (see `elections`)."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.elections > seen:
+            waiter.set_result(None)
+        else:
+            self._election_waiters.add(waiter)
+            waiter.add_done_callback(self._election_waiters.discard)
+        return waiter
 
     async def append_until_elected(
         self, entry: Entry, expected_last_seq: int | None, msg_id: str, timeout: float
@@ -334,9 +349,8 @@ class Journal:
         A request the old leader never answered is never answered by the new one either: sending it
         again at once, with the same id, beats sitting out the rest of its timeout.
         """
-        self.elected.clear()
+        elected = self.election_after(self.elections)
         append = asyncio.ensure_future(self.append(entry, expected_last_seq, msg_id, timeout))
-        elected = asyncio.ensure_future(self.elected.wait())
         try:
             await asyncio.wait({append, elected}, return_when=asyncio.FIRST_COMPLETED)
         finally:

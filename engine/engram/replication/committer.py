@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from engram.journal.client import Appended, Journal
 from engram.journal.entries import Entry, EntryType
-from engram.journal.errors import Fenced, JournalError
+from engram.journal.errors import Fenced, JournalError, JournalTimeout
 from engram.replication.streamscan import Scan
 from engram.replication.tap import Tap
 
@@ -45,6 +45,8 @@ class _InFlight:
     first_sent_at: float
     sent_at: float
     result: asyncio.Task[Appended] | None
+    # The stream's elections seen when it was sent: a later one means no answer will ever come.
+    elections: int = 0
 
 
 class Committer:
@@ -252,7 +254,9 @@ class Committer:
         except JournalError as exc:
             log.debug("append send failed: %s", exc)
             result = None  # the completer retries it in order
-        self._inflight.append(_InFlight(entry, expected, msg_id, end_offset, now, now, result))
+        self._inflight.append(
+            _InFlight(entry, expected, msg_id, end_offset, now, now, result, self.journal.elections)
+        )
         self._completed.set()
 
     async def _complete(self) -> None:
@@ -267,7 +271,7 @@ class Committer:
                 seq = await self._retry(flight)
             else:
                 try:
-                    seq = await flight.result
+                    seq = await self._answer(flight, flight.result)
                 except Fenced as exc:
                     if exc.actual is not None and exc.actual > flight.expected:
                         self._fence(exc)
@@ -281,6 +285,19 @@ class Committer:
             self._inflight.popleft()
             self._settle(flight, seq)
             self._wake.set()
+
+    async def _answer(self, flight: _InFlight, result: asyncio.Task[Appended]) -> Appended:
+        """The pipelined append's answer; JournalTimeout at once if the stream elects a leader first,
+        since a request the old leader never answered is not answered by the new one."""
+        elected = self.journal.election_after(flight.elections)
+        try:
+            await asyncio.wait({result, elected}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            elected.cancel()
+        if result.done():
+            return result.result()
+        result.cancel()
+        raise JournalTimeout("the stream elected a new leader before answering")
 
     async def _retry(self, flight: _InFlight) -> Appended | None:
         delay = 0.05
