@@ -58,7 +58,10 @@ async def hand_over(node: Node, target: str, timeout: float) -> None:
     await node.demote(f"handed leadership to {target}")
     metrics.FAILOVERS.labels("switchover").inc()
     deadline = time.monotonic() + timeout
-    while not (node.leader.epoch == epoch + 1 and node.leader.leader_address):
+    # The successor's renewal seen in the journal, or its record in the metadata (a node that is
+    # rebuilding, or stopping, does not read the journal's tail).
+    while not ((node.leader.epoch == epoch + 1 and node.leader.leader_address)
+               or (node.meta is not None and node.meta.recorded_epoch(node.config.shard) >= epoch + 1)):
         if time.monotonic() > deadline:
             raise SwitchoverError(f"{target} was handed leadership but has not renewed its lease")
         await asyncio.sleep(0.01)

@@ -140,6 +140,8 @@ class Node:
         self._stopped = asyncio.Event()
         self._last_reack = 0.0
         self._lease_lost_at: float | None = None
+        # When this node last became primary, until it first serves (logged once, for failover timing).
+        self._promoted_at: float | None = None
 
     # -- what the node knows ------------------------------------------------------------
 
@@ -169,6 +171,11 @@ class Node:
 
     @property
     def leader_address(self) -> str:
+        """Where clients of this shard are sent. The metadata's record wins when it names a later epoch
+        than the journal has shown this node: a node rebuilding from a snapshot replays old leaders."""
+        record = self.view.leaders.get(self.config.shard) if self.meta is not None else None
+        if record is not None and record.epoch > self.leader.epoch and record.node != self.config.node_id:
+            return record.address
         if self.leader.leader_id == self.config.node_id and self.role is not Role.PRIMARY:
             return ""  # a stale view naming ourselves would send clients in a loop
         return self.leader.leader_address
@@ -654,6 +661,7 @@ class Node:
             entry.type is EntryType.LEADER
             and entry.node == self.config.node_id
             and entry.source != self.config.node_id  # our own campaign, seen again, is no hand-off
+            and entry.pending == 0  # entries after it: an old hand-off, replayed while rebuilding
             and self.role is Role.REPLICA
         ):
             self.role = Role.PROMOTING
@@ -663,6 +671,8 @@ class Node:
 
     async def _take_handoff(self, entry: Entry) -> None:
         assert self.journal is not None
+        log.info("shard %d: handed leadership at epoch %d (entry %d) by %s", self.config.shard, entry.epoch,
+                 entry.seq, entry.source)
         try:
             last = await self.journal.last_seq()
         except JournalError:
@@ -711,8 +721,8 @@ class Node:
         applied = self.applier.applied_seq
         epoch = self.leader.epoch + 1
         silent = time.monotonic() - self.leader.last_renewal
-        log.info("campaigning for epoch %d of shard %d: no renewal from %s for %.1fs", epoch,
-                 self.config.shard, self.leader.leader_id or "any leader", silent)
+        log.info("campaigning for epoch %d of shard %d: no renewal from %s for %.1fs (%d entries behind)",
+                 epoch, self.config.shard, self.leader.leader_id or "any leader", silent, self.lag)
         entry = Entry(EntryType.LEADER, epoch, self.config.node_id, address=self.config.announce)
         sent = time.monotonic()
         # From here the applier must not act on leadership entries: it may see ours before we do.
@@ -748,6 +758,7 @@ class Node:
         self.leader.epoch = epoch
         self.leader.leader_id = cfg.node_id
         self.leader.leader_address = cfg.announce
+        began = time.monotonic()
         tap = Tap(cfg.valkey_socket)
         try:
             await tap.attach()
@@ -775,6 +786,9 @@ class Node:
         self.role = Role.PRIMARY
         metrics.ROLE.set(1)
         self._background.append(loop.create_task(self._publish_leadership(epoch)))
+        self._promoted_at = began
+        log.info("shard %d: primary at epoch %d; replication tap attached in %.3fs",
+                 cfg.shard, epoch, time.monotonic() - began)
 
     def _committed(self, seq: int, latency: float) -> None:
         metrics.COMMIT_LATENCY.observe(latency)
@@ -812,6 +826,11 @@ class Node:
         self.applier.reset()
         self._needs_recovery = True
         self.leader.restart_clock(time.monotonic())
+        if self._stopped.is_set():
+            # Stopping (a hand-over on SIGTERM): rebuilding would only replay the journal while
+            # its Valkey, still answering, sent clients to the old leaders it replays.
+            self.role = Role.REPLICA
+            return
         self._become_replica()
 
     async def switchover(self, target: str, timeout: float = 10.0) -> None:
@@ -823,6 +842,10 @@ class Node:
         committer = self.committer
         if self.role is Role.PRIMARY and committer is not None and self.serving:
             await self.datapath.set_lease(committer.lease_until, "")
+            if self._promoted_at is not None:
+                log.info("shard %d: serving clients %.3fs after promotion", self.config.shard,
+                         time.monotonic() - self._promoted_at)
+                self._promoted_at = None
         else:
             await self.datapath.set_lease(0.0, self.unavailable_reason())
         view = self.view
