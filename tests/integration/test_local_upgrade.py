@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -16,7 +17,8 @@ import pytest
 
 from engram import binaries
 from engram.journal.entries import format_version
-from engram.platforms.local.testing import run_engram, wait_for
+from engram.platforms.local.state import STATE_FILE, ClusterState
+from engram.platforms.local.testing import ENGRAM, run_engram, wait_for
 from tests.integration.newer_node import NEWER
 from tests.integration.workload import Writers, client_for, primary_of
 
@@ -96,11 +98,20 @@ def test_two_shards_get_a_new_valkey_server_replicas_first_and_a_cut_short_upgra
     other.symlink_to(binaries.find("valkey-server"))
     primaries = {s: primary_of(doc, s)["id"] for s in (0, 1)}
 
-    # A first run gives up on its first node (no node restarts in 0.2 s): a half-done upgrade, which
+    # A first run is interrupted once it has asked for its first node: a half-done upgrade, which
     # status shows and the same command resumes.
-    cut_short = _upgrade(doc, "--valkey-server", str(other), "--timeout", "0.2")
-    assert cut_short.returncode == 1 and "run the same command again to resume" in cut_short.stderr
-    half = run_engram("local", "status", doc["name"], "--dir", str(Path(doc["dir"]).parent))
+    base = str(Path(doc["dir"]).parent)
+    first = subprocess.Popen([*ENGRAM, "local", "upgrade", doc["name"], "--dir", base, "--valkey-server",
+                              str(other)], stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: ClusterState.load(Path(doc["dir"]) / STATE_FILE).node("c0-s0-n1").valkey_server
+                 == str(other), 60, "the first node to be replaced")
+    finally:
+        first.send_signal(signal.SIGINT)
+        _, cut_short = first.communicate(timeout=30)
+    print(cut_short)
+    assert first.returncode == 1 and "run the same command again to resume" in cut_short, cut_short
+    half = run_engram("local", "status", doc["name"], "--dir", base)
     assert "nodes run different versions" in half.stdout, half.stdout
     assert "c0-s0-n1 run" in half.stdout.split("nodes run different versions")[1]
 
@@ -110,7 +121,7 @@ def test_two_shards_get_a_new_valkey_server_replicas_first_and_a_cut_short_upgra
     after = json.loads(result.stdout)
     assert {n["valkey_server"] for n in after["nodes"]} == {str(other)}
     assert all(any(str(other) in c for c in _children(n["pid"])) for n in after["nodes"]), after["nodes"]
-    both = cut_short.stderr + result.stderr
+    both = cut_short + result.stderr
     first_handover = _said(both, "handing over")
     for shard, old in primaries.items():
         assert primary_of(after, shard)["id"] != old
