@@ -5,22 +5,24 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+from collections.abc import Callable
 
 _PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent(sig: signal.Signals = signal.SIGKILL) -> None:
-    """Run in the child before exec (preexec_fn): the kernel sends `sig` when the parent dies, even
-    on kill -9, so nothing a crashed process started outlives it."""
-    parent = os.getppid()
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
-    except OSError:
-        return
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
+def dies_with_this_process(sig: signal.Signals = signal.SIGKILL) -> Callable[[], None]:
+    """A preexec_fn: the kernel sends the child `sig` when this process dies, even on kill -9, so
+    nothing a crashed process started outlives it. Call it in the parent, when starting the child."""
+    # Taken here, before the fork: read in the child, a parent killed in between would be mistaken
+    # for init, and the child would be left running (seen: an orphaned rehearsal Valkey).
+    parent = os.getpid()
 
+    def tie() -> None:
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
+        except OSError:
+            return
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
 
-def terminate_with_parent() -> None:
-    """die_with_parent with SIGTERM: the child may stop gently."""
-    die_with_parent(signal.SIGTERM)
+    return tie

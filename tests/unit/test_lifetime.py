@@ -1,4 +1,4 @@
-"""A child started with die_with_parent does not outlive its parent, even one killed with SIGKILL."""
+"""A child started with dies_with_this_process does not outlive its parent, even one killed with SIGKILL."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ def test_a_child_dies_when_its_parent_is_killed() -> None:
     parent = subprocess.Popen(
         [sys.executable, "-c",
          "import subprocess, sys, time\n"
-         "from engram.lifetime import die_with_parent\n"
-         "child = subprocess.Popen(['sleep', '60'], preexec_fn=die_with_parent)\n"
+         "from engram.lifetime import dies_with_this_process\n"
+         "child = subprocess.Popen(['sleep', '60'], preexec_fn=dies_with_this_process())\n"
          "print(child.pid, flush=True)\n"
          "time.sleep(60)\n"],
         stdout=subprocess.PIPE, text=True,

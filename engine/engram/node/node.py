@@ -28,7 +28,7 @@ from engram.leadership.liveness import process_gone
 from engram.leadership.on_stop import hand_over_on_stop
 from engram.leadership.switchover import hand_over
 from engram.leadership.view import LeaderView
-from engram.lifetime import die_with_parent
+from engram.lifetime import dies_with_this_process
 from engram.node.config import NodeConfig
 from engram.node.control import ControlServer
 from engram.node.datapath import DataPath
@@ -550,7 +550,7 @@ class Node:
             *journal_security_args(cfg.journal_user, cfg.journal_password_file, cfg.journal_ca_file),
             stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, limit=1 << 20,
             # A node killed outright takes its snapshot with it, as a container takes its processes.
-            preexec_fn=die_with_parent,
+            preexec_fn=dies_with_this_process(),
         )
         said = ""
         try:

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 from engram import binaries
-from engram.lifetime import die_with_parent
+from engram.lifetime import dies_with_this_process
 
 
 class ValkeyStartError(RuntimeError):
@@ -66,7 +66,7 @@ async def start_valkey(
     proc = subprocess.Popen(
         valkey_command(socket_path, data_dir, extra, binary, port, bind, module),
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        preexec_fn=die_with_parent,
+        preexec_fn=dies_with_this_process(),
     )
     log.close()
     loop = asyncio.get_running_loop()

@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from engram.lifetime import terminate_with_parent
+from engram.lifetime import dies_with_this_process
 
 
 def spawn(
@@ -30,7 +30,7 @@ def spawn(
             stderr=subprocess.STDOUT,
             env=env,
             close_fds=True,
-            preexec_fn=terminate_with_parent if tie_to_parent else None,
+            preexec_fn=dies_with_this_process(signal.SIGTERM) if tie_to_parent else None,
             start_new_session=not tie_to_parent,
         )
 
