@@ -13,14 +13,13 @@ command or valkey-server (only the supervisor writes state.json and starts nodes
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-from engram.platforms.local.state import ClusterState, replace_file
+from engram.platforms.local import requests
+from engram.platforms.local.state import ClusterState
 
 REQUEST_FILE = "node-request.json"
 
@@ -46,28 +45,17 @@ def request_path(state: ClusterState) -> Path:
 
 
 def send_request(state: ClusterState, request: NodeRequest) -> None:
-    """Leave the request where the supervisor looks and wake it (SIGUSR1); ProcessLookupError when
-    the supervisor is gone."""
-    replace_file(request_path(state), json.dumps(asdict(request)))
-    if state.supervisor_pid:
-        os.kill(state.supervisor_pid, signal.SIGUSR1)
+    """Ask the supervisor for the request (requests.py); ProcessLookupError when it is gone."""
+    requests.send(state, REQUEST_FILE, asdict(request))
+
+
+def _parse(data: dict[str, Any]) -> NodeRequest:
+    command = data.get("command") or []
+    if not isinstance(command, list) or not all(isinstance(word, str) for word in command):
+        raise TypeError("command must be a list of strings")
+    return NodeRequest(str(data["id"]), str(data["node"]), command, str(data.get("valkey_server") or ""))
 
 
 def take_request(state: ClusterState) -> NodeRequest | None:
-    """The waiting request, removed so it is carried out once; None when there is none.
-
-    ValueError when the file is not a request (it is removed all the same)."""
-    path = request_path(state)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return None
-    path.unlink(missing_ok=True)
-    try:
-        data = json.loads(text)
-        command = data.get("command") or []
-        if not isinstance(command, list) or not all(isinstance(word, str) for word in command):
-            raise TypeError("command must be a list of strings")
-        return NodeRequest(str(data["id"]), str(data["node"]), command, str(data.get("valkey_server") or ""))
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ValueError(f"{path} is not a node request ({exc}): {text[:200]!r}") from None
+    """The waiting node request, taken once; ValueError when the file holds something else."""
+    return requests.take(state, REQUEST_FILE, "node request", _parse)

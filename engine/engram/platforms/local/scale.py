@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from engram.journal.errors import JournalError
-from engram.platforms.local import probe, processes
+from engram.platforms.local import probe, processes, requests
 from engram.platforms.local.cluster import LocalError, SupervisorGone, describe, load_running
 from engram.platforms.local.shard_nodes import ShardRequest, send_request, serves_tls
 from engram.platforms.local.state import NODES_STARTED, ClusterState
@@ -26,7 +25,6 @@ from engram.resharding.mover import MoveOptions
 from engram.resharding.record import ReshardRecord, format_duration
 from engram.resharding.run import MAX_SHARDS, ReshardError, ReshardOptions, prepare_shards, reshard
 
-LOCK_FILE = "scale.lock"
 # For the supervisor to carry out a shard request: starting is quick; stopping gives each of two
 # groups (replicas, then primaries) the supervisor's STOP_TIMEOUT.
 REQUEST_TIMEOUT = 60.0
@@ -61,7 +59,7 @@ def scale(base: str | Path, name: str, shards: int, *, max_keys_per_second: int 
         # The mover and Valkey's MIGRATE speak plain TCP to the announced client ports.
         raise LocalError(f"cluster {name} serves its clients over TLS, and online resharding does not "
                          "support TLS clients yet (docs/scaling.md, Limits); nothing was changed")
-    with _exclusive(state):
+    with requests.exclusive(state):
         last = _last_reshard(state)
         if last is not None and last["phase"] not in ("done", "failed") and last["to_shards"] != shards:
             # Checked here, not only by reshard(): by then new shards' nodes would have been started.
@@ -89,18 +87,6 @@ def unfinished(base: str | Path, name: str) -> int | None:
 def _last_reshard(state: ClusterState) -> dict[str, Any] | None:
     """The newest reshard the nodes report (it may be unfinished: rerunning its count resumes it)."""
     return describe(state, asyncio.run(probe.fetch_all(probe.control_addresses(state.nodes))))["resharding"]
-
-
-@contextlib.contextmanager
-def _exclusive(state: ClusterState) -> Iterator[None]:
-    """One scale of a cluster at a time: two would ask for different layouts at once."""
-    with open(Path(state.dir) / LOCK_FILE, "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LocalError(f"another `engram local scale {state.name}` is running; wait for it "
-                             "(`engram local status` shows its progress)") from None
-        yield
 
 
 async def _scale(state: ClusterState, shards: int, options: ReshardOptions,

@@ -3,18 +3,15 @@ which `engram local scale` asks the supervisor to start or stop them (see superv
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import shutil
-import signal
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from engram.orchestration.zones import Spreading, plan_zones
-from engram.platforms.local import plan, ports
-from engram.platforms.local.state import ClusterState, NodeState, replace_file
+from engram.platforms.local import plan, ports, requests
+from engram.platforms.local.state import ClusterState, NodeState
 
 log = logging.getLogger(__name__)
 
@@ -38,29 +35,14 @@ def request_path(state: ClusterState) -> Path:
 
 
 def send_request(state: ClusterState, request: ShardRequest) -> None:
-    """Leave the request where the supervisor looks and wake it (SIGUSR1); ProcessLookupError when
-    the supervisor is gone."""
-    path = request_path(state)
-    replace_file(path, json.dumps({"id": request.id, "shards": request.shards}))
-    if state.supervisor_pid:
-        os.kill(state.supervisor_pid, signal.SIGUSR1)
+    """Ask the supervisor for the request (requests.py); ProcessLookupError when it is gone."""
+    requests.send(state, REQUEST_FILE, {"id": request.id, "shards": request.shards})
 
 
 def take_request(state: ClusterState) -> ShardRequest | None:
-    """The waiting request, removed so it is carried out once; None when there is none.
-
-    ValueError when the file is not a request (it is removed all the same)."""
-    path = request_path(state)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return None
-    path.unlink(missing_ok=True)
-    try:
-        data = json.loads(text)
-        return ShardRequest(str(data["id"]), int(data["shards"]))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path} is not a shard request ({exc}): {text[:200]!r}") from None
+    """The waiting shard request, taken once; ValueError when the file holds something else."""
+    return requests.take(state, REQUEST_FILE, "shard request",
+                         lambda data: ShardRequest(str(data["id"]), int(data["shards"])))
 
 
 def added_shards(state: ClusterState, shards: int) -> list[int]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -19,13 +18,13 @@ import shlex
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engram.orchestration import upgrade as plan
-from engram.platforms.local import probe, processes
+from engram.platforms.local import probe, processes, requests
 from engram.platforms.local.cluster import (
     CRASH_LOOP_RESTARTS,
     LocalError,
@@ -35,7 +34,6 @@ from engram.platforms.local.cluster import (
     load_running,
 )
 from engram.platforms.local.node_requests import NodeRequest, send_request
-from engram.platforms.local.scale import LOCK_FILE
 from engram.platforms.local.state import NODES_STARTED, ClusterState, NodeState
 
 Say = Callable[[str], None]
@@ -117,7 +115,7 @@ def upgrade(base: str | Path, name: str, target: Target, *, timeout: float = STE
     if "node_request" not in json.loads(state.path.read_text()):
         raise LocalError(f"cluster {name}'s supervisor predates `engram local upgrade`: restart the cluster "
                          "(`engram local down --keep-data`, then `up`) to upgrade it")
-    with _exclusive(state):
+    with requests.exclusive(state):
         record = describe(state, _probe(state))["resharding"]
         if _resharding(record):
             shards = record["to_shards"]
@@ -133,18 +131,6 @@ def _resharding(record: dict[str, Any] | None) -> bool:
 
 def _probe(state: ClusterState) -> Live:
     return asyncio.run(probe.fetch_all(probe.control_addresses(state.nodes)))
-
-
-@contextlib.contextmanager
-def _exclusive(state: ClusterState) -> Iterator[None]:
-    """One change of a cluster's nodes at a time: an upgrade, or a scale (the same lock file)."""
-    with open(Path(state.dir) / LOCK_FILE, "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LocalError(f"another `engram local upgrade` or `scale` of {state.name} is running; wait "
-                             "for it (`engram local status` shows its progress)") from None
-        yield
 
 
 def upgrade_views(state: ClusterState, live: Live, target: Target,
