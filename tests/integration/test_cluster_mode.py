@@ -189,13 +189,19 @@ def test_killing_one_shards_primary_loses_nothing_and_clients_follow(local_clust
     victim = _primaries(status)[1]
     killed_at = time.monotonic()
     os.kill(victim["pid"], signal.SIGKILL)
-    time.sleep(6.0)
+
+    def shards_writing_after_kill() -> set[int]:
+        recent = [k for k, (_, at) in list(acked.items()) if at > killed_at + 0.1]
+        return {owners[key_hash_slot(k.encode())] for k in recent}
+
+    deadline = time.monotonic() + 30
+    while (after := shards_writing_after_kill()) != {0, 1, 2} and time.monotonic() < deadline:
+        time.sleep(0.1)
     stop.set()
     for thread in threads:
         thread.join(timeout=30)
 
     assert _primaries(status)[1]["id"] != victim["id"]
-    after = {owners[key_hash_slot(k.encode())] for k, (_, at) in acked.items() if at > killed_at + 0.1}
     assert after == {0, 1, 2}, f"shards that took writes after the kill: {after}"
     client = _cluster_client(status)
     lost = [k for k, (v, _) in acked.items() if client.get(k) != str(v).encode()]

@@ -36,7 +36,12 @@ def test_killing_the_stream_leader_keeps_the_primary_and_loses_nothing(local_clu
     time.sleep(2.0)
     writers.mark("kill")
     os.kill(victim["pid"], signal.SIGKILL)
-    time.sleep(14.0)
+    writers.wait_for_ack_after("kill", 30.0)
+    # Then longer than a replica's backoff (1.5 leases): a campaign once the stream is back would
+    # turn the journal's election into an Engram failover as well.
+    writers.mark("settled")
+    writers.wait_for_ack_after("settled", 10.0)
+    time.sleep(3.5)
     writers.stop()
 
     after = primary_of(cli_status(status))

@@ -121,6 +121,14 @@ class Writers:
                         self.first_ack_after[name] = now - at
             n += 1
 
+    def wait_for_ack_after(self, name: str, timeout: float) -> float:
+        """Seconds from the mark `name` to its first acknowledged write, waiting up to `timeout`."""
+        deadline = time.monotonic() + timeout
+        while name not in self.first_ack_after:
+            assert time.monotonic() < deadline, f"no write was acknowledged within {timeout:g}s of {name!r}"
+            time.sleep(0.05)
+        return self.first_ack_after[name]
+
     def stop(self) -> None:
         self._stop.set()
         for thread in self._threads:
