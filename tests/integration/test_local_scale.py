@@ -45,6 +45,12 @@ class AskFollowingCluster(RedisCluster):
             node = self.strangers[node_name]
         return node
 
+    def _record_error_metric(self, error: Exception, connection: Any, *args: Any, **kwargs: Any) -> None:
+        # redis-py 8.1 reads connection.host here even when the error came before any connection was
+        # made (a node refusing while it starts), so an error it would retry becomes AttributeError.
+        if connection is not None:
+            super()._record_error_metric(error, connection, *args, **kwargs)
+
     def close(self) -> None:
         for node in self.strangers.values():
             if node.redis_connection is not None:
