@@ -31,6 +31,11 @@ class AskFollowingCluster(RedisCluster):
     it owns a slot, and its ASK handling then dereferences None (redis-py#4015); the proposed fix
     (redis-py#4214) connects to the redirect target, as this does."""
 
+    # A shard answers TRYAGAIN while it re-checks keys after a failed MIGRATE; redis-py's default
+    # 16 tries last about 0.4 s, which a loaded two-core machine can outlast. An application would
+    # retry too, so this client waits longer rather than reporting the moment as an error.
+    RedisClusterRequestTTL = 48
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.strangers: dict[str, ClusterNode] = {}
@@ -38,6 +43,8 @@ class AskFollowingCluster(RedisCluster):
     def get_node(self, host: str | None = None, port: int | None = None,
                  node_name: str | None = None) -> ClusterNode | None:
         node = super().get_node(host, port, node_name)
+        if node is None and not node_name and host and port:
+            node_name = f"{host}:{port}"  # redis-py 8.2 asks by host and port, earlier by name
         if node is None and node_name:
             if node_name not in self.strangers:
                 address, number = node_name.rsplit(":", 1)
