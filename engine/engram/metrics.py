@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import ssl
+from typing import TYPE_CHECKING
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+if TYPE_CHECKING:
+    from engram.node.certificate import ServerCertificate
 
 COMMIT_LATENCY = Histogram(
     "engram_commit_latency_seconds",
@@ -36,6 +42,12 @@ JOURNAL_BYTES = Gauge("engram_journal_bytes",
                       "Bytes the shard's journal stream holds, per copy (the journal keeps three)")
 JOURNAL_REACHABLE = Gauge("engram_journal_reachable",
                           "1 while the shard's journal stream answers this node and has a leader (a quorum)")
+TLS_RELOADS = Counter(
+    "engram_tls_reloads_total",
+    "Times this node loaded a changed certificate and key, by result (failed: the previous certificate "
+    "is still served)",
+    ["result"],
+)
 
 # Every label value exported from the start at 0: increase() and rate() take a series' first sample
 # as its baseline, so a series that first appears already at 1 would hide that first failover.
@@ -43,8 +55,21 @@ for _kind in ("election", "switchover"):
     FAILOVERS.labels(_kind)
 for _outcome in ("ok", "failed"):
     SNAPSHOTS.labels(_outcome)
+    TLS_RELOADS.labels(_outcome)
 
 
-def serve(port: int | None, host: str = "0.0.0.0") -> None:
-    if port:
+def serve(port: int | None, host: str = "0.0.0.0", certificate: ServerCertificate | None = None) -> None:
+    """Serve the metrics on port (none when 0 or None); over TLS with the certificate when given."""
+    if not port:
+        return
+    if certificate is None:
         start_http_server(port, addr=host)
+        return
+    server, _ = start_http_server(port, addr=host, certfile=certificate.files.cert_file,
+                                  keyfile=certificate.files.key_file, tls_min_version=ssl.TLSVersion.TLSv1_2)
+    # prometheus-client builds its own context: make it present the certificate as it is renewed.
+    certificate.follow(server.socket.context)
+    # Its listening socket would shake hands inside accept(), on the one thread that accepts: a
+    # client that connects and says nothing would stall every scrape. Lazily, the handshake runs on
+    # the first read, in the request's own thread.
+    server.socket.do_handshake_on_connect = False

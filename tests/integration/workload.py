@@ -40,7 +40,9 @@ def control_for(node: dict, **kwargs: object) -> redis.Redis:
     RESP2: the control port speaks no HELLO, which redis-py sends first for RESP3 (its default).
     """
     host, port = node["admin"].rsplit(":", 1)
-    return redis.Redis(host=host, port=int(port), **{"protocol": 2, **kwargs})
+    # A TLS cluster's control port speaks TLS only, with the cluster's CA (status "admin_ca").
+    tls = {"ssl": True, "ssl_ca_certs": node["admin_ca"]} if node.get("admin_ca") else {}
+    return redis.Redis(host=host, port=int(port), **{"protocol": 2, **tls, **kwargs})
 
 
 def control_status(node: dict, **kwargs: object) -> dict[str, str]:

@@ -239,3 +239,21 @@ def test_a_tls_cluster_in_zone_networks_has_one_certificate_for_every_address_an
     configs = [plan.node_config(state, n) for n in state.nodes]
     assert all(c.tls_port and c.announce == f"{c.host}:{c.tls_port}" for c in configs)
     assert len({n.tls_port for n in state.nodes}) == len(state.nodes)
+
+
+def test_a_tls_clusters_nodes_serve_their_control_ports_with_its_certificate_even_with_plain_clients(
+    tmp_path: Path,
+) -> None:
+    for client_tls in (None, False):
+        state = _state(tmp_path, tls=True, client_tls=client_tls)
+        tls = state.local_tls
+        assert tls is not None
+        for node in state.nodes:
+            config = plan.node_config(state, node)
+            assert (config.tls_cert_file, config.tls_key_file, config.tls_ca_file) == (
+                tls.cert_file, tls.key_file, tls.ca_file)
+            assert not config.valkey_tls
+            # The platform's probes and CLI verify every control port with the cluster's CA.
+            assert node.control_ca == tls.ca_file
+    plain = _state(tmp_path)
+    assert all(plan.node_config(plain, n).tls_files is None and not n.control_ca for n in plain.nodes)

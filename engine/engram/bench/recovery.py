@@ -83,7 +83,8 @@ async def _journal_state(urls: list[str], name: str) -> StreamState:
 
 def _control(node: dict) -> dict[str, str]:
     host, port = node["admin"].rsplit(":", 1)
-    with redis.Redis(host=host, port=int(port), protocol=2, socket_timeout=5) as conn:
+    tls = {"ssl": True, "ssl_ca_certs": node["admin_ca"]} if node.get("admin_ca") else {}
+    with redis.Redis(host=host, port=int(port), protocol=2, socket_timeout=5, **tls) as conn:
         raw = conn.execute_command("ENGRAM.STATUS")
     return {k.decode(): v.decode() for k, v in zip(raw[::2], raw[1::2], strict=True)}
 

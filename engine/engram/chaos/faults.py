@@ -20,7 +20,7 @@ from typing import Any
 from engram.cluster.topology import SlotMap
 from engram.journal.client import Journal
 from engram.journal.errors import JournalError
-from engram.node.peer import PeerRefused, PeerUnreachable, call
+from engram.node.peer import PeerRefused, PeerUnreachable, call, control_tls
 from engram.platforms.local import cluster, network, processes
 from engram.platforms.local.probe import FailoverFailed
 
@@ -246,7 +246,8 @@ class LocalFaults:
         child = snapshot_child(node["pid"])
         if child is None:
             host, port = node["admin"].rsplit(":", 1)
-            threading.Thread(target=_ask_for_snapshot, args=(host, int(port)), daemon=True).start()
+            threading.Thread(target=_ask_for_snapshot, args=(host, int(port), node.get("admin_ca", "")),
+                             daemon=True).start()
             wait_until = min(deadline, time.monotonic() + SNAPSHOT_START_TIMEOUT)
             while (child := snapshot_child(node["pid"])) is None:
                 if time.monotonic() >= wait_until:
@@ -342,9 +343,11 @@ def snapshot_child(parent: int | None) -> int | None:
     return None
 
 
-def _ask_for_snapshot(host: str, port: int) -> None:
-    """ENGRAM.SNAPSHOT on a node's control port; the reply (an error once killed) is not needed."""
+def _ask_for_snapshot(host: str, port: int, ca_file: str) -> None:
+    """ENGRAM.SNAPSHOT on a node's control port (TLS with the CA, when given); the reply (an error
+    once killed) is not needed."""
     try:
-        asyncio.run(call(host, port, "ENGRAM.SNAPSHOT", timeout=300.0))
+        asyncio.run(call(host, port, "ENGRAM.SNAPSHOT", timeout=300.0,
+                         tls=control_tls(ca_file) if ca_file else None))
     except (PeerRefused, PeerUnreachable, OSError):
         pass

@@ -188,6 +188,9 @@ class NodeRecord:
     updated: float = field(default_factory=time.time)
     # The node's control port (ENGRAM.STATUS, ENGRAM.FAILOVER); empty in records of older nodes.
     admin: str = ""
+    # The control port speaks TLS (a TLS cluster's node); False in records of older nodes, which
+    # served it in plain text, so peers still reach them while a cluster is rolled.
+    admin_tls: bool = False
 
     def dumps(self) -> bytes:
         return json.dumps(asdict(self)).encode()

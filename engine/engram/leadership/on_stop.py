@@ -47,9 +47,9 @@ def successors(node_id: str, shard: int, statuses: Mapping[str, Mapping[str, str
     return [other for _, other in sorted(ranked)]
 
 
-async def _status(record: NodeRecord) -> dict[str, str] | None:
+async def _status(node: Node, record: NodeRecord) -> dict[str, str] | None:
     try:
-        return await peer_status(record.admin or record.address, STATUS_TIMEOUT)
+        return await peer_status(record.admin or record.address, STATUS_TIMEOUT, node.control_tls(record))
     except (PeerUnreachable, ValueError):
         return None  # gone, or stopping too: not a successor
 
@@ -66,7 +66,7 @@ async def hand_over_on_stop(node: Node, timeout: float = STOP_HANDOVER_TIMEOUT) 
     me, shard = node.config.node_id, node.config.shard
     try:
         records = [r for r in node.view.nodes.values() if r.shard == shard and r.node != me]
-        replies = await asyncio.gather(*(_status(r) for r in records))
+        replies = await asyncio.gather(*(_status(node, r) for r in records))
         statuses = {r.node: fields for r, fields in zip(records, replies, strict=True) if fields}
         for target in successors(me, shard, statuses):
             remaining = deadline - loop.time()

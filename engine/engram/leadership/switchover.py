@@ -73,7 +73,7 @@ async def _check_target(node: Node, target: str) -> None:
     if record is None or record.shard != node.config.shard:
         raise SwitchoverError(f"{target} is not a known node of shard {node.config.shard}")
     try:
-        fields = await peer_status(record.admin or record.address)
+        fields = await peer_status(record.admin or record.address, tls=node.control_tls(record))
     except PeerUnreachable as exc:
         raise SwitchoverError(str(exc)) from exc
     if fields.get("role") != "replica" or fields.get("halted"):

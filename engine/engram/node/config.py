@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from engram.journal.security import JournalSecurity
+from engram.node.certificate import TlsFiles
 from engram.snapshots.schedule import SnapshotPolicy
 
 
@@ -66,11 +67,18 @@ class NodeConfig:
     journal_user: str = ""
     journal_password_file: str = ""
     journal_ca_file: str = ""
+    # The cluster's certificate (a TLS cluster: `engram local up --tls`, spec.tls). With it the
+    # control and metrics ports speak TLS only, and the node reloads it when the files change.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    # The CA of the cluster's certificates: the node verifies its peers' control ports with it.
+    tls_ca_file: str = ""
     # Client TLS terminated by the node (node/tls_front.py) where Valkey has none: served on
     # tls_port and announced there; 0 leaves clients on Valkey's own port.
     tls_port: int = 0
-    tls_cert_file: str = ""
-    tls_key_file: str = ""
+    # Valkey serves clients TLS itself with tls_cert_file and tls_key_file (Kubernetes): the node
+    # has it read them again when they change (CONFIG SET tls-cert-file).
+    valkey_tls: bool = False
 
     @property
     def journal_security(self) -> JournalSecurity:
@@ -79,8 +87,14 @@ class NodeConfig:
     def __post_init__(self) -> None:
         if not self.announce:
             self.announce = f"{self.host}:{self.tls_port or self.port}"
-        if self.tls_port and not (self.tls_cert_file and self.tls_key_file):
-            raise ValueError("tls_port needs tls_cert_file and tls_key_file in the node config")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file go together in the node config")
+        if (self.tls_port or self.valkey_tls) and not self.tls_cert_file:
+            raise ValueError("tls_port and valkey_tls need tls_cert_file and tls_key_file in the node config")
+        if self.tls_port and self.valkey_tls:
+            raise ValueError("either the node terminates client TLS (tls_port) or Valkey does (valkey_tls)")
+        if self.tls_cert_file and not self.tls_ca_file:
+            raise ValueError("a TLS node config needs tls_ca_file: peers' control ports are verified with it")
         if not self.admin_port:
             self.admin_port = self.port + 10000
         if not 0 < self.admin_port < 65536 or self.admin_port == self.port:
@@ -95,6 +109,13 @@ class NodeConfig:
     @property
     def snapshot_policy(self) -> SnapshotPolicy:
         return SnapshotPolicy(self.snapshot_interval, self.snapshot_tail_entries, self.snapshot_keep)
+
+    @property
+    def tls_files(self) -> TlsFiles | None:
+        """The cluster's certificate, key and CA; None on a plain-text cluster."""
+        if not self.tls_cert_file:
+            return None
+        return TlsFiles(self.tls_cert_file, self.tls_key_file, self.tls_ca_file)
 
     @property
     def admin_announce(self) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -55,8 +56,9 @@ class ControlServer:
         self._snapshot = snapshot
         self._server: asyncio.base_events.Server | None = None
 
-    async def start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(self._serve, host, port, reuse_address=True)
+    async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
+        """Listen on host:port; with ``tls`` (a TLS cluster) TLS only, plain text is not answered."""
+        self._server = await asyncio.start_server(self._serve, host, port, ssl=tls, reuse_address=True)
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -73,7 +75,7 @@ class ControlServer:
                 await writer.drain()
         except resp.ProtocolError as exc:
             writer.write(resp.error(f"ERR {exc}"))
-        except (ConnectionError, OSError):
+        except (ConnectionError, OSError, ssl.SSLError):
             pass
         finally:
             # A connection still open when the node's loop ends is closed with the loop gone.

@@ -8,6 +8,7 @@ import enum
 import logging
 import os
 import secrets
+import ssl
 import subprocess
 import sys
 import time
@@ -29,10 +30,12 @@ from engram.leadership.on_stop import hand_over_on_stop
 from engram.leadership.switchover import hand_over
 from engram.leadership.view import LeaderView
 from engram.lifetime import dies_with_this_process
+from engram.node.certificate import CertificateWatch, ServerCertificate
 from engram.node.config import NodeConfig
 from engram.node.control import ControlServer
 from engram.node.datapath import DataPath
 from engram.node.gauges import track_snapshots, watch_journal
+from engram.node.peer import control_tls
 from engram.node.tls_front import start_tls_front
 from engram.node.users import UserSync
 from engram.replication.applier import Applier, ApplyHalted, JournalGap
@@ -118,6 +121,8 @@ class Node:
         self.journal: Journal | None = None
         self.meta: ClusterMetadata | None = None
         self._tls_front: asyncio.Server | None = None
+        # The cluster's certificate on this node's own TLS ports; None on a plain-text cluster.
+        self.certificate: ServerCertificate | None = None
         self._background: list[asyncio.Task[None]] = []
         self.control: ControlServer | None = None
         self.applier: Applier | None = None
@@ -239,23 +244,30 @@ class Node:
         cfg = self.config
         if not cfg.cluster_id:
             raise NodeHalted("the node config has no cluster_id: provisioning assigns one per cluster")
-        metrics.serve(cfg.metrics_port, cfg.host)
+        tls = cfg.tls_files
+        self.certificate = ServerCertificate(tls) if tls else None
+        metrics.serve(cfg.metrics_port, cfg.host, self.certificate)
         os.makedirs(cfg.data_dir, exist_ok=True)
         # The control port before anything that can wait (Valkey starting, a journal that is away
         # for long): probes and the operator then see a node "starting", not a silent port that a
         # startup probe would restart over and over.
         self.control = ControlServer(self.status, lambda target: self.switchover(target), self.take_snapshot)
-        await self.control.start(cfg.host, cfg.admin_port)
+        await self.control.start(cfg.host, cfg.admin_port,
+                                 self.certificate.serving_context() if self.certificate else None)
         if cfg.spawn_valkey:
             self.valkey = await start_valkey(
                 cfg.valkey_socket, cfg.data_dir, cfg.valkey_args, cfg.valkey_server,
                 port=cfg.port, bind=cfg.host, module=binaries.valkey_module(),
             )
         await self._open_datapath()
-        if cfg.tls_port:
+        if self.certificate is not None and cfg.tls_port:
             self._tls_front = await start_tls_front(
-                cfg.host, cfg.tls_port, cfg.tls_cert_file, cfg.tls_key_file, cfg.host, cfg.port
+                cfg.host, cfg.tls_port, self.certificate, cfg.host, cfg.port
             )
+        if tls is not None:
+            # A renewed certificate is served without a restart, by this node's ports and Valkey's.
+            watch = CertificateWatch(tls, self.certificate, self.datapath.execute if cfg.valkey_tls else None)
+            self._background.append(asyncio.get_running_loop().create_task(watch.run()))
         # A node always starts empty and rebuilds from the journal: whatever Valkey held was
         # possibly never committed.
         await self.datapath.execute("FLUSHALL", "SYNC")
@@ -265,7 +277,7 @@ class Node:
         self.snapshots = await self._open_snapshots()
         track_snapshots(lambda: self.newest_snapshot, cfg.snapshot_policy)
         loop = asyncio.get_running_loop()
-        self._background = [
+        self._background += [
             loop.create_task(watch_journal(self.journal)),
             loop.create_task(self.meta.watch()),
             loop.create_task(self._heartbeat()),
@@ -386,7 +398,12 @@ class Node:
         cfg = self.config
         role = "primary" if self.role is Role.PRIMARY else "replica"
         return NodeRecord(cfg.node_id, cfg.shard, cfg.zone, cfg.announce, role, self.applied_seq,
-                          admin=cfg.admin_announce)
+                          admin=cfg.admin_announce, admin_tls=self.certificate is not None)
+
+    def control_tls(self, peer: NodeRecord) -> ssl.SSLContext | None:
+        """How to reach a peer's control port: TLS with the cluster's CA where the peer serves it."""
+        # Read each time (peers are asked rarely): a renewed CA file is used at once.
+        return control_tls(self.config.tls_ca_file) if peer.admin_tls else None
 
     async def _heartbeat(self) -> None:
         """Keep this node's record fresh so CLUSTER replies list it; sooner after a role change."""

@@ -1,12 +1,14 @@
-"""Talking to a node's client port as its peers and tools do: ENGRAM.STATUS, ENGRAM.FAILOVER.
+"""Talking to a node's control port as its peers and tools do: ENGRAM.STATUS, ENGRAM.FAILOVER.
 
 Raw RESP2 over hiredis rather than a full client: a probe must send exactly one command (no HELLO,
-no CLIENT SETINFO, no retries) and report a silent node quickly.
+no CLIENT SETINFO, no retries) and report a silent node quickly. On a TLS cluster the control port
+speaks TLS only, verified with the cluster's CA (control_tls).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Any
 
 import hiredis
@@ -32,11 +34,31 @@ def parse_status(reply: object) -> dict[str, str]:
     return dict(zip(text[::2], text[1::2], strict=True))
 
 
-async def call(host: str, port: int, *args: str, timeout: float) -> Any:
-    """Send one command on a fresh connection and return its reply (PeerUnreachable, PeerRefused)."""
+def control_tls(ca_file: str = "", *, ca_data: str = "", check_hostname: bool = True) -> ssl.SSLContext:
+    """A client context for TLS control ports: the cluster's CA (a file, or PEM text), TLS 1.2+.
+
+    ``check_hostname=False`` only where the address cannot be the certificate's name and nothing
+    else can answer there: a pod's own loopback.
+    """
+    context = ssl.create_default_context(cafile=ca_file or None, cadata=ca_data or None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = check_hostname
+    return context
+
+
+async def call(host: str, port: int, *args: str, timeout: float, tls: ssl.SSLContext | None = None,
+               server_hostname: str | None = None) -> Any:
+    """Send one command on a fresh connection and return its reply (PeerUnreachable, PeerRefused).
+
+    ``tls``: the control port speaks TLS; its certificate must name ``server_hostname`` (default host).
+    """
 
     async def exchange() -> Any:
-        reader, writer = await asyncio.open_connection(host, port)
+        if tls is None:
+            reader, writer = await asyncio.open_connection(host, port)
+        else:
+            reader, writer = await asyncio.open_connection(host, port, ssl=tls,
+                                                           server_hostname=server_hostname or host)
         try:
             writer.write(encode(list(args)))
             await writer.drain()
@@ -52,17 +74,18 @@ async def call(host: str, port: int, *args: str, timeout: float) -> Any:
 
     try:
         reply = await asyncio.wait_for(exchange(), timeout)
-    except (OSError, TimeoutError, hiredis.ProtocolError) as exc:
+    except (OSError, TimeoutError, hiredis.ProtocolError) as exc:  # ssl.SSLError is an OSError
         raise PeerUnreachable(f"{host}:{port} does not answer: {exc or exc.__class__.__name__}") from exc
     if isinstance(reply, PeerRefused):
         raise reply
     return reply
 
 
-async def peer_status(address: str, timeout: float = 3.0) -> dict[str, str]:
-    """ENGRAM.STATUS of the node at host:port."""
+async def peer_status(address: str, timeout: float = 3.0,
+                      tls: ssl.SSLContext | None = None) -> dict[str, str]:
+    """ENGRAM.STATUS of the node at host:port (over TLS with ``tls``)."""
     host, _, port = address.rpartition(":")
     try:
-        return parse_status(await call(host, int(port), "ENGRAM.STATUS", timeout=timeout))
+        return parse_status(await call(host, int(port), "ENGRAM.STATUS", timeout=timeout, tls=tls))
     except PeerRefused as exc:
         raise PeerUnreachable(f"{address} refused ENGRAM.STATUS: {exc}") from exc

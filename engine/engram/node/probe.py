@@ -4,7 +4,7 @@ Ready = the shard's primary, or a replica that applies the journal (not halted b
 protection or a checksum mismatch) and is no more than --max-lag entries behind.
 
 It asks ENGRAM.STATUS on the node's control port (NodeConfig.admin_port): the client port is
-Valkey's own, where no such command exists.
+Valkey's own, where no such command exists. On a TLS cluster, --tls-ca: the control port speaks TLS.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import argparse
 import asyncio
 import sys
 
-from engram.node.peer import PeerUnreachable, peer_status
+from engram.node.peer import PeerUnreachable, control_tls, peer_status
 
 # The control port of a node on the default client port 6379 whose admin_port is left at 0.
 DEFAULT_CONTROL_PORT = 6379 + 10000
@@ -42,9 +42,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--max-lag", type=int, default=1000, help="journal entries a ready replica may trail")
     parser.add_argument("--timeout", type=float, default=2.0)
+    parser.add_argument(
+        "--tls-ca", default="", metavar="FILE",
+        help="the control port speaks TLS (a TLS cluster): trust this CA. The name in the certificate "
+             "is not checked: the probe asks its own pod's loopback, where no other server can listen",
+    )
     args = parser.parse_args(argv)
+    tls = control_tls(args.tls_ca, check_hostname=False) if args.tls_ca else None
     try:
-        fields = asyncio.run(peer_status(f"{args.host}:{args.port}", args.timeout))
+        fields = asyncio.run(peer_status(f"{args.host}:{args.port}", args.timeout, tls))
     except (PeerUnreachable, ValueError) as exc:
         print(f"not ready: {exc}", file=sys.stderr)
         return 1

@@ -11,16 +11,11 @@ import contextlib
 import logging
 import ssl
 
+from engram.node.certificate import ServerCertificate
+
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 16
-
-
-def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(cert_file, key_file)
-    return context
 
 
 async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -35,10 +30,11 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             writer.close()
 
 
-async def start_tls_front(host: str, port: int, cert_file: str, key_file: str,
+async def start_tls_front(host: str, port: int, certificate: ServerCertificate,
                           valkey_host: str, valkey_port: int) -> asyncio.Server:
-    """Serve TLS on host:port, each connection piped to Valkey at valkey_host:valkey_port."""
-    context = server_context(cert_file, key_file)
+    """Serve TLS on host:port with the node's current certificate, each connection piped to Valkey
+    at valkey_host:valkey_port."""
+    context = certificate.serving_context()
 
     async def accept(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         try:

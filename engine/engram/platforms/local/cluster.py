@@ -104,6 +104,8 @@ def _node_entry(node: NodeState, live: dict[str, str] | None) -> dict[str, Any]:
         "address": node.address,
         # The control port: ENGRAM.STATUS and ENGRAM.FAILOVER (clients use "address").
         "admin": node.admin,
+        # The cluster's CA when the control port speaks TLS (--tls); "" for plain text.
+        "admin_ca": node.control_ca,
         "pid": node.pid,
         "applied_seq": _int(live.get("applied_seq")),
         "committed_seq": _int(live.get("committed_seq")),
@@ -467,7 +469,7 @@ def failover(
         raise LocalError(f"{to} is not a node of shard {shard}; its nodes are: {', '.join(by_id)}")
     elif to == primary.id:
         raise LocalError(f"{to} is already the primary of shard {shard}")
-    asyncio.run(probe.request_failover((primary.host, primary.control_port), to, timeout))
+    asyncio.run(probe.request_failover(probe.control_address(primary), to, timeout))
     return f"shard {shard}: {to} is now primary (was {primary.id})"
 
 

@@ -14,7 +14,7 @@ from engram.orchestration.provision import ProvisionRequest, new_cluster_id
 from engram.orchestration.zones import NodePlacement, Spreading, ZonePlan, plan_zones
 from engram.platforms.local import journal, network, ports
 from engram.platforms.local.state import ClusterState, NodeState, check_name
-from engram.platforms.local.tls import JOURNAL_USER
+from engram.platforms.local.tls import JOURNAL_USER, LocalTLS
 
 # Linux refuses unix socket paths longer than this (sun_path is 108 bytes with its NUL).
 MAX_UNIX_SOCKET = 107
@@ -119,8 +119,10 @@ def node_id(name: str, shard: int, index: int) -> str:
 
 
 def node_state(name: str, directory: Path, placement: NodePlacement, port: int, admin_port: int,
-               tls_port: int, host: str) -> NodeState:
-    """One planned node: its id, zone, ports and files (for `up` and for shards added later)."""
+               tls_port: int, host: str, control_ca: str = "") -> NodeState:
+    """One planned node: its id, zone, ports and files (for `up` and for shards added later).
+
+    ``control_ca``: the cluster's CA file on a TLS cluster, whose control ports speak TLS."""
     nid = node_id(name, placement.shard, placement.index)
     return NodeState(
         id=nid,
@@ -130,6 +132,7 @@ def node_state(name: str, directory: Path, placement: NodePlacement, port: int, 
         port=port,
         admin_port=admin_port,
         tls_port=tls_port,
+        control_ca=control_ca,
         config=str(directory / "nodes" / nid / "node.json"),
         log=str(directory / "logs" / f"{nid}.log"),
         host=host,
@@ -181,7 +184,8 @@ def plan(spec: ClusterSpec, directory: Path, nats_server: str, valkey_server: st
     for placement in zones.nodes:
         i = len(nodes)
         nodes.append(node_state(spec.name, directory, placement, node_ports[i], admin_ports[i],
-                                tls_ports[i] if tls_ports else 0, hosts.get(placement.zone, ports.LOOPBACK)))
+                                tls_ports[i] if tls_ports else 0, hosts.get(placement.zone, ports.LOOPBACK),
+                                LocalTLS(directory / "tls").ca_file if spec.tls else ""))
     return ClusterState(
         name=spec.name,
         dir=str(directory),
@@ -250,8 +254,10 @@ def node_config(state: ClusterState, node: NodeState, log_level: str = "warning"
     if (tls := state.local_tls) is not None:
         values.update(journal_user=JOURNAL_USER, journal_password_file=tls.password_file,
                       journal_ca_file=tls.ca_file)
+        # A TLS cluster's control and metrics ports speak TLS, whether or not its clients do.
+        values.update(tls_cert_file=tls.cert_file, tls_key_file=tls.key_file, tls_ca_file=tls.ca_file)
         if node.tls_port:
-            values.update(tls_port=node.tls_port, tls_cert_file=tls.cert_file, tls_key_file=tls.key_file)
+            values.update(tls_port=node.tls_port)
     values["shards"] = state.shards
     values["preferred_primary"] = node.preferred_primary
     data_dir = str(values["data_dir"])

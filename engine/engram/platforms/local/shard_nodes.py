@@ -114,7 +114,8 @@ def plan_added_nodes(state: ClusterState, shards: int, numbers: list[int]) -> li
         for placement in zones.shards[shard]:
             i = len(nodes)
             nodes.append(plan.node_state(state.name, Path(state.dir), placement, clients[i], controls[i],
-                                         tls[i] if tls else 0, hosts.get(placement.zone, ports.LOOPBACK)))
+                                         tls[i] if tls else 0, hosts.get(placement.zone, ports.LOOPBACK),
+                                         state.local_tls.ca_file if state.local_tls else ""))
     return nodes
 
 

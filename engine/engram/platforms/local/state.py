@@ -75,6 +75,8 @@ class NodeState:
     admin_port: int = 0
     # Where the node serves clients over TLS (--tls; node/tls_front.py); 0: Valkey's port serves them.
     tls_port: int = 0
+    # The cluster's CA when the node's control port speaks TLS (--tls); "": plain text.
+    control_ca: str = ""
     # What the node runs, recorded by the supervisor when it starts it: the node command (argv before
     # `--config PATH`) and the valkey-server it names in its config. `engram local upgrade` changes
     # them one node at a time, so a half-done upgrade shows here. Empty: not started yet.

@@ -435,7 +435,7 @@ class Supervisor:
             log.info("rebalancing primaries: shard %d from %s (zone %s) to %s (zone %s)",
                      move.shard, move.primary, move.from_zone, move.target, move.to_zone)
             try:
-                await probe.request_failover((primary.host, primary.control_port), move.target)
+                await probe.request_failover(probe.control_address(primary), move.target)
             except probe.FailoverFailed as exc:
                 log.warning("rebalancing switchover of shard %d not done: %s", move.shard, exc)
             changed_at = time.monotonic()
