@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from engram.cli import provision as provision_cli
 from engram.cli.main import build_parser
 from engram.journal.client import StreamState
 from engram.journal.entries import Entry, EntryType
-from engram.journal.security import journal_security_from_args
+from engram.journal.security import PLAIN, JournalSecurity, journal_security_from_args
 from engram.orchestration.provision import (
     ProvisionError,
     ProvisionRequest,
@@ -153,3 +155,35 @@ def test_provision_takes_a_locked_restore_sources_own_credentials(tmp_path: Path
     source = journal_security_from_args(args, "restore-journal")
     assert source.connect_options() == {"user": "engram", "password": "s3cret"}
     assert not journal_security_from_args(args).enabled  # the new cluster's own journal is open
+
+
+def _restore_security_given(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> JournalSecurity | None:
+    """What `engram provision` reads the restore source with (None: the new cluster's own)."""
+    seen: list[JournalSecurity | None] = []
+
+    async def fake_provision(urls: list[str], request: ProvisionRequest, timeout: float, say: Any,
+                             security: JournalSecurity, restore_security: JournalSecurity | None) -> None:
+        seen.append(restore_security)
+
+    monkeypatch.setattr(provision_cli, "provision", fake_provision)
+    args = build_parser().parse_args(["provision", "--cluster", "new", "--shards", "1", *argv])
+    assert args.func(args) == 0
+    return seen[0]
+
+
+def test_a_locked_cluster_reads_an_open_source_on_other_servers_without_its_own_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    password, ca = tmp_path / "journal.password", tmp_path / "ca.pem"
+    password.write_text("ours\n")
+    ca.write_text("not read here\n")
+    locked = ["--journal", "nats://j:1", "--journal-user", "engram", "--journal-password-file", str(password),
+              "--journal-ca", str(ca), "--restore-from-cluster", "old"]
+    # The source's servers are another cluster's: open unless its own credentials are given.
+    assert _restore_security_given(monkeypatch, [*locked, "--restore-journal", "nats://old:1"]) == PLAIN
+    # On the new cluster's own servers the source shares the journal, and its credentials.
+    assert _restore_security_given(monkeypatch, [*locked, "--restore-journal", "nats://j:1"]) is None
+    assert _restore_security_given(monkeypatch, locked) is None
+    given = _restore_security_given(monkeypatch, [*locked, "--restore-journal", "nats://old:1",
+                                                  "--restore-journal-ca", str(ca)])
+    assert given == JournalSecurity(ca_file=str(ca))

@@ -13,7 +13,7 @@ import asyncio
 import json
 import sys
 
-from engram.journal.security import add_journal_security_args, journal_security_from_args
+from engram.journal.security import JournalSecurity, add_journal_security_args, journal_security_from_args
 from engram.orchestration.provision import ProvisionError, ProvisionRequest, new_cluster_id, provision
 
 
@@ -25,6 +25,15 @@ def _urls(text: str) -> list[str]:
     return [u.strip() for u in text.split(",") if u.strip()]
 
 
+def _restore_security(args: argparse.Namespace, urls: list[str]) -> JournalSecurity | None:
+    """The restore source's credentials; None: the new cluster's own (the source is on its journal)."""
+    source = journal_security_from_args(args, "restore-journal")
+    other_servers = set(_urls(args.restore_journal)) - set(urls)
+    # Other journal servers are another cluster's: locked with its own credentials, or open (no flags),
+    # never with ours (a locked new cluster restored from an open one would dial it with TLS).
+    return source if source.enabled or other_servers else None
+
+
 def handle(args: argparse.Namespace) -> int:
     urls = _urls(args.journal)
     try:
@@ -33,9 +42,7 @@ def handle(args: argparse.Namespace) -> int:
                                    restore_cluster=args.restore_from_cluster,
                                    restore_journal=tuple(_urls(args.restore_journal)))
         security = journal_security_from_args(args)
-        # A restore source on another journal has its own credentials; on the same one, ours.
-        source = journal_security_from_args(args, "restore-journal")
-        restore_security = source if source.enabled else None
+        restore_security = _restore_security(args, urls)
         asyncio.run(provision(urls, request, args.timeout, _say, security, restore_security))
     except ProvisionError as exc:
         _say(f"error: {exc}")
@@ -64,7 +71,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                          help="seed the new cluster from the newest verified snapshot of every shard of "
                          "cluster NAME (keys go to the shards owning their slots, any shard count)")
     p.add_argument("--restore-journal", default="", metavar="URL[,URL]",
-                   help="the journal servers of the --restore-from-cluster cluster (default: --journal)")
+                   help="the journal servers of the --restore-from-cluster cluster (default: --journal); "
+                   "other servers than --journal are read with the --restore-journal-* credentials, or "
+                   "as an open journal without them")
     add_journal_security_args(p, "restore-journal", "the restore source's journal")
     p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
                    help="how long to wait for the journal (default: %(default)s)")
