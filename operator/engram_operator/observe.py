@@ -14,6 +14,7 @@ from engram.node.peer import parse_status
 from engram_operator import availability, labels
 from engram_operator.availability import NodeInfo
 from engram_operator.reshard_progress import ReshardProgress, parse_reshard
+from engram_operator.spec import TlsSpec
 
 __all__ = [
     "EngineStatus",
@@ -126,6 +127,10 @@ class SourceCluster:
     cluster_id: str = ""
     # Its status.snapshots.allShardsSince: every shard has a verified snapshot ("" until then).
     snapshots_since: str = ""
+    # Its spec.tls (None: an open journal). A locked journal is read with the source's own password
+    # and CA, from the Secrets below (keys only: the operator never holds the password).
+    tls: TlsSpec | None = None
+    secrets: Mapping[str, SecretData] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -365,7 +370,9 @@ def source_from_api(name: str, obj: Mapping[str, Any] | None) -> SourceCluster:
         return SourceCluster(name)
     meta = obj.get("metadata") or {}
     status = obj.get("status") or {}
-    journal = (obj.get("spec") or {}).get("journal") or {}
+    spec = obj.get("spec") or {}
+    journal = spec.get("journal") or {}
+    tls = spec.get("tls")
     return SourceCluster(
         name=name,
         found=True,
@@ -373,6 +380,7 @@ def source_from_api(name: str, obj: Mapping[str, Any] | None) -> SourceCluster:
         journal_replicas=int(journal.get("replicas") or 3),
         cluster_id=str(status.get("clusterId") or ""),
         snapshots_since=str((status.get("snapshots") or {}).get("allShardsSince") or ""),
+        tls=TlsSpec.from_dict(tls) if isinstance(tls, Mapping) else None,
     )
 
 

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -15,6 +15,7 @@ from engram.node.peer import PeerRefused, PeerUnreachable
 from engram_operator import identity, kube, labels, metrics, node_cache, probe
 from engram_operator.announce import announcements
 from engram_operator.builders.journal_auth import build_journal_auth_secret, generate_password
+from engram_operator.builders.provision import source_journal_secrets
 from engram_operator.builders.reshard import PERMANENT_EXIT_CODES as RESHARD_PERMANENT_EXIT_CODES
 from engram_operator.builders.tls import tls_secret_names
 from engram_operator.decisions import (
@@ -37,6 +38,7 @@ from engram_operator.observe import (
     JobInfo,
     Observed,
     SecretData,
+    SourceCluster,
     job_from_api,
     node_from_api,
     pod_from_api,
@@ -81,8 +83,7 @@ async def observe(cluster: ClusterSpec, status: Mapping[str, Any]) -> Observed:
     restore = cluster.restore
     if restore is not None and restore.cluster is not None and restore.cluster.name and job is None:
         # Only needed to build the Job: its journal's size, and whether it has snapshots to give.
-        name = restore.cluster.name
-        source = source_from_api(name, await kube.get_memorycluster(cluster.namespace, name))
+        source = await restore_source(cluster, restore.cluster.name)
     return Observed(
         nodes=[node_from_api(n, cluster.placement.topology_key) for n in nodes],
         pods=pod_infos,
@@ -104,6 +105,24 @@ async def observe(cluster: ClusterSpec, status: Mapping[str, Any]) -> Observed:
         # Wall clock: grace periods are measured against the API's own timestamps.
         now=time.time(),
     )
+
+
+async def restore_source(cluster: ClusterSpec, name: str) -> SourceCluster:
+    """The MemoryCluster spec.restoreFrom.cluster names and, when its journal is locked, the Secrets
+    the Job would mount from it: their keys only, the password stays where it is."""
+    source = source_from_api(name, await kube.get_memorycluster(cluster.namespace, name))
+    if not source.found or source.tls is None:
+        return source
+
+    async def keys(secret: str) -> SecretData:
+        try:
+            return secret_keys_from_api(secret, await kube.get_secret(cluster.namespace, secret))
+        except ApiException as err:
+            return SecretData(secret, error=_api_error(err))
+
+    names = [secret for secret, _ in source_journal_secrets(name, source.tls) if secret]
+    read = await asyncio.gather(*(keys(n) for n in names))
+    return replace(source, secrets={s.name: s for s in read})
 
 
 async def users_secrets(cluster: ClusterSpec) -> tuple[SecretData | None, dict[str, SecretData]]:

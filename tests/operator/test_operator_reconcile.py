@@ -566,6 +566,39 @@ def test_a_restore_from_another_cluster_waits_for_it_then_reads_it_only_to_build
     assert conditions(status)["Provisioned"]["reason"] == "Restored"
 
 
+def test_a_locked_source_lends_the_job_its_secrets_by_reference_once_they_exist(api: FakeApi) -> None:
+    """The operator reads only which keys the source's Secrets hold; the password reaches no object."""
+    spec = {"restoreFrom": {"cluster": {"name": "source"}}}
+    password = "source-password-never-copied"
+    api.journal_ready = 3
+    api.memoryclusters["source"] = {
+        "metadata": {"name": "source", "namespace": "db"},
+        "spec": {"tls": {"secretName": "source-certs"}},
+        "status": {"clusterId": "5" * 32, "snapshots": {"allShardsSince": "2026-01-01T00:00:00Z"}},
+    }
+    _, status, events = run(body(spec))
+    assert jobs_and_pods(api) == []
+    provisioned = conditions(status)["Provisioned"]
+    assert provisioned["reason"] == "RestoreSourceSecretMissing"
+    missing = "Secret source-certs does not exist; Secret source-journal-auth does not exist"
+    assert missing in provisioned["message"]
+    assert [e.reason for e in events if e.type == "Warning"] == ["RestoreSourceSecretMissing"]
+
+    def secret(name: str, data: dict[str, str]) -> dict[str, Any]:
+        encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+        return {"metadata": {"name": name, "namespace": "db"}, "data": encoded}
+
+    api.secrets["source-certs"] = secret("source-certs", {"tls.crt": "c", "tls.key": "k", "ca.crt": "ca"})
+    api.secrets["source-journal-auth"] = secret("source-journal-auth", {"password": password})
+    _, status, _ = run(body(spec, status=status))
+    [job] = jobs_and_pods(api)
+    pod = job["spec"]["template"]["spec"]
+    volumes = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    assert volumes == {"source-journal-ca": "source-certs", "source-journal-auth": "source-journal-auth"}
+    written = json.dumps([api.created, status])
+    assert password not in written and base64.b64encode(password.encode()).decode() not in written
+
+
 def test_a_failed_restore_keeps_its_job_reads_its_pod_and_warns_once(api: FakeApi) -> None:
     spec = {"restoreFrom": {"rdb": {"claimName": "backups", "paths": ["a.rdb"]}}}
     job = builders.build_provision_job(ClusterSpec.from_body(body(spec)), uuid.UUID(UID).hex)

@@ -17,11 +17,28 @@ from engram_operator.announce import announcements
 from engram_operator.builders.provision import (
     RESTORE_ACTIVE_DEADLINE_SECONDS,
     RESTORE_MOUNT,
+    SOURCE_JOURNAL_AUTH_DIR,
+    SOURCE_JOURNAL_TLS_DIR,
     source_journal_urls,
 )
 from engram_operator.decisions import Plan, decide
-from engram_operator.observe import JobInfo, Observed, SourceCluster, job_from_api, source_from_api
-from engram_operator.spec import ClusterSource, ClusterSpec, RdbSource, RestoreSpec, restore_problems
+from engram_operator.observe import (
+    JobInfo,
+    Observed,
+    SecretData,
+    SourceCluster,
+    job_from_api,
+    source_from_api,
+)
+from engram_operator.spec import (
+    ClusterSource,
+    ClusterSpec,
+    IssuerRef,
+    RdbSource,
+    RestoreSpec,
+    TlsSpec,
+    restore_problems,
+)
 from engram_operator.status import build_status
 
 RDB = {"rdb": {"claimName": "backups", "paths": ["dumps/a.rdb", "b.rdb"]}}
@@ -432,3 +449,131 @@ def test_the_jobs_command_is_one_engram_provision_accepts(restore: dict[str, Any
         assert args.restore_from == ["/restore/dumps/a.rdb", "/restore/b.rdb"]
     else:
         assert (args.restore_from_cluster, args.restore_journal) == ("source", ",".join(urls))
+
+
+# --- a locked source (its spec.tls): read with its own CA and password --------------------------------------
+
+SOURCE_CERTS = "source-certs"
+# The source's Secrets as the operator reads them: keys only, no values.
+LOCKED_SECRETS = {
+    SOURCE_CERTS: SecretData(
+        SOURCE_CERTS, found=True, data=dict.fromkeys(["tls.crt", "tls.key", "ca.crt"], b"")
+    ),
+    "source-journal-auth": SecretData(
+        "source-journal-auth", found=True, data=dict.fromkeys(["password", "route-password"], b"")
+    ),
+}
+LOCKED_SOURCE = dataclasses.replace(SOURCE, tls=TlsSpec(secret_name=SOURCE_CERTS), secrets=LOCKED_SECRETS)
+SOURCE_FLAGS = [
+    "--restore-journal-user",
+    "engram",
+    "--restore-journal-password-file",
+    f"{SOURCE_JOURNAL_AUTH_DIR}/password",
+    "--restore-journal-ca",
+    f"{SOURCE_JOURNAL_TLS_DIR}/ca.crt",
+]
+
+
+def pod_volumes(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+
+
+def mounts(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {m["name"]: m for m in container(job)["volumeMounts"]}
+
+
+@pytest.mark.parametrize("own_tls", [None, {"secretName": "demo-certs"}], ids=["open-copy", "locked-copy"])
+def test_a_locked_source_is_read_with_its_own_ca_and_password_mounted_read_only(
+    own_tls: dict[str, Any] | None,
+) -> None:
+    extra = {"tls": own_tls} if own_tls else {}
+    cluster = spec(restoreFrom=FROM_CLUSTER, **extra)
+    [job] = created_jobs(decide(cluster, ready_to_provision(cluster, LOCKED_SOURCE)))
+    validate_manifest(job)
+    volumes = pod_volumes(job)
+    # By reference to the source's own Secrets, one key each: not its servers' key, not the routes' password.
+    assert volumes["source-journal-ca"]["secret"] == {
+        "secretName": SOURCE_CERTS,
+        "defaultMode": 0o440,
+        "items": [{"key": "ca.crt", "path": "ca.crt"}],
+    }
+    assert volumes["source-journal-auth"]["secret"]["secretName"] == "source-journal-auth"
+    assert volumes["source-journal-auth"]["secret"]["items"] == [{"key": "password", "path": "password"}]
+    assert mounts(job)["source-journal-ca"] == {
+        "name": "source-journal-ca",
+        "mountPath": SOURCE_JOURNAL_TLS_DIR,
+        "readOnly": True,
+    }
+    assert mounts(job)["source-journal-auth"]["readOnly"] is True
+    command = container(job)["command"]
+    assert command[-len(SOURCE_FLAGS) :] == SOURCE_FLAGS
+    args = build_parser().parse_args(command[1:])
+    # The new cluster's own journal keeps its own credentials (a locked copy) or none (an open one).
+    if own_tls:
+        assert (args.journal_user, args.journal_ca) == ("engram", "/etc/engram-journal-tls/ca.crt")
+        assert {"journal-ca", "journal-auth"} <= set(volumes)
+        assert volumes["journal-auth"]["secret"]["secretName"] == "demo-journal-auth"
+    else:
+        assert (args.journal_user, args.journal_ca) == ("", "")
+        assert "journal-auth" not in volumes
+    assert "env" not in container(job)  # nothing of the source's travels as a value
+
+
+def test_a_source_issued_by_cert_manager_lends_the_ca_of_its_journal_certificate() -> None:
+    issued = TlsSpec(issuer=IssuerRef("ca"))
+    secrets = {
+        "source-journal-tls": SecretData("source-journal-tls", found=True, data={"ca.crt": b""}),
+        "source-journal-auth": LOCKED_SECRETS["source-journal-auth"],
+    }
+    cluster = spec(restoreFrom=FROM_CLUSTER)
+    source = dataclasses.replace(SOURCE, tls=issued, secrets=secrets)
+    [job] = created_jobs(decide(cluster, ready_to_provision(cluster, source)))
+    assert pod_volumes(job)["source-journal-ca"]["secret"]["secretName"] == "source-journal-tls"
+
+
+def test_an_open_source_is_read_without_credentials_even_by_a_locked_copy() -> None:
+    cluster = spec(restoreFrom=FROM_CLUSTER, tls={"secretName": "demo-certs"})
+    [job] = created_jobs(decide(cluster, ready_to_provision(cluster, SOURCE)))
+    validate_manifest(job)
+    assert not any(name.startswith("source-") for name in pod_volumes(job))
+    assert not any(a.startswith("--restore-journal-") for a in container(job)["command"])
+
+
+@pytest.mark.parametrize(
+    ("secrets", "words"),
+    [
+        ({SOURCE_CERTS: LOCKED_SECRETS[SOURCE_CERTS]}, "Secret source-journal-auth does not exist"),
+        (
+            {**LOCKED_SECRETS, "source-journal-auth": SecretData("source-journal-auth", found=True)},
+            "Secret source-journal-auth lacks key password",
+        ),
+        (
+            {**LOCKED_SECRETS, SOURCE_CERTS: SecretData(SOURCE_CERTS, found=True, data={"tls.crt": b""})},
+            "Secret source-certs lacks key ca.crt",
+        ),
+        (
+            {**LOCKED_SECRETS, SOURCE_CERTS: SecretData(SOURCE_CERTS, error="403 Forbidden")},
+            "Secret source-certs cannot be read (403 Forbidden)",
+        ),
+    ],
+    ids=["auth-missing", "no-password-key", "no-ca-key", "forbidden"],
+)
+def test_a_locked_source_without_its_secrets_starts_nothing_and_says_which(
+    secrets: dict[str, SecretData], words: str
+) -> None:
+    cluster = spec(restoreFrom=FROM_CLUSTER)
+    source = dataclasses.replace(LOCKED_SOURCE, secrets=secrets)
+    plan = decide(cluster, ready_to_provision(cluster, source))
+    assert created_jobs(plan) == [] and plan.degraded is None
+    assert plan.provisioned is not None
+    assert (plan.provisioned.status, plan.provisioned.reason) == ("False", "RestoreSourceSecretMissing")
+    assert words in plan.provisioned.message
+    assert "MemoryCluster source (spec.restoreFrom.cluster) has a locked journal" in plan.provisioned.message
+    [event] = [e for e in plan.events if e.reason == "RestoreSourceSecretMissing"]
+    assert event.type == "Warning" and event.standing and words in event.message
+
+
+def test_the_source_clusters_tls_is_read_from_its_object() -> None:
+    obj = {"metadata": {"name": "source"}, "spec": {"tls": {"secretName": SOURCE_CERTS}}}
+    assert source_from_api("source", obj).tls == TlsSpec(secret_name=SOURCE_CERTS)
+    assert source_from_api("source", {"metadata": {"name": "source"}, "spec": {}}).tls is None

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from engram_operator import labels
+from engram_operator import constants, labels
 from engram_operator.builders.common import container_security_context, one_shot_job
 from engram_operator.builders.engine import (
     journal_security_fields,
@@ -20,7 +20,9 @@ from engram_operator.builders.engine import (
     journal_security_volumes,
 )
 from engram_operator.builders.journal import STREAM_REPLICAS, journal_urls
-from engram_operator.spec import ClusterSpec
+from engram_operator.builders.journal_auth import JOURNAL_USER, PASSWORD_KEY
+from engram_operator.builders.tls import secret_volume
+from engram_operator.spec import ClusterSpec, TlsSpec
 
 # One attempt waits this long for a journal quorum; the Job retries it BACKOFF_LIMIT times.
 ATTEMPT_TIMEOUT_SECONDS = 60
@@ -40,6 +42,10 @@ RESOURCES = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": 
 RESTORE_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}}
 # Where an rdb source's PersistentVolumeClaim is mounted, read-only.
 RESTORE_MOUNT = "/restore"
+# Where a locked source cluster's journal CA and password are mounted, read-only, apart from the
+# new cluster's own (spec.tls): the two journals have different CAs and passwords.
+SOURCE_JOURNAL_TLS_DIR = "/etc/engram-source-journal-tls"
+SOURCE_JOURNAL_AUTH_DIR = "/etc/engram-source-journal-auth"
 
 
 def source_journal_urls(cluster: ClusterSpec, source: str, servers: int) -> list[str]:
@@ -63,7 +69,50 @@ def restore_args(cluster: ClusterSpec, source_journal: Sequence[str] = ()) -> li
     return []
 
 
-def provision_command(cluster: ClusterSpec, cluster_id: str, source_journal: Sequence[str] = ()) -> list[str]:
+def source_journal_secrets(source: str, tls: TlsSpec) -> list[tuple[str, str]]:
+    """The Secrets of a locked source cluster ``source`` that the Job mounts, and the one key it takes
+    of each: its journal's CA (not the servers' private key) and its cluster user's password (not
+    the routes'). The source's journal has that one client user, so it is the least that reads it."""
+    return [
+        (tls.journal_secret(source), constants.TLS_CA),
+        (labels.journal_auth_secret_name(source), PASSWORD_KEY),
+    ]
+
+
+def source_security_volumes(source: str, tls: TlsSpec | None) -> list[dict[str, Any]]:
+    """The source's CA and password as Secret volumes, by reference: never copied into our objects."""
+    if tls is None:
+        return []
+    (ca_secret, ca_key), (auth_secret, auth_key) = source_journal_secrets(source, tls)
+    return [
+        secret_volume("source-journal-ca", ca_secret, [ca_key]),
+        secret_volume("source-journal-auth", auth_secret, [auth_key]),
+    ]
+
+
+def source_security_mounts(tls: TlsSpec | None) -> list[dict[str, Any]]:
+    if tls is None:
+        return []
+    return [
+        {"name": "source-journal-ca", "mountPath": SOURCE_JOURNAL_TLS_DIR, "readOnly": True},
+        {"name": "source-journal-auth", "mountPath": SOURCE_JOURNAL_AUTH_DIR, "readOnly": True},
+    ]
+
+
+def source_security_args(tls: TlsSpec | None) -> list[str]:
+    """`engram provision`'s credentials for a locked source's journal, as mounted (none for an open
+    one: provision then reads the source's servers without credentials, whatever its own are)."""
+    if tls is None:
+        return []
+    return [
+        "--restore-journal-user", JOURNAL_USER,
+        "--restore-journal-password-file", f"{SOURCE_JOURNAL_AUTH_DIR}/{PASSWORD_KEY}",
+        "--restore-journal-ca", f"{SOURCE_JOURNAL_TLS_DIR}/{constants.TLS_CA}",
+    ]
+
+
+def provision_command(cluster: ClusterSpec, cluster_id: str, source_journal: Sequence[str] = (),
+                      source_tls: TlsSpec | None = None) -> list[str]:
     """`engram provision` for every shard of the cluster against its journal Service."""
     return [
         "engram",
@@ -82,7 +131,14 @@ def provision_command(cluster: ClusterSpec, cluster_id: str, source_journal: Seq
         str(ATTEMPT_TIMEOUT_SECONDS),
         *journal_security_args(cluster),
         *restore_args(cluster, source_journal),
+        *(source_security_args(source_tls) if _cluster_source(cluster) else []),
     ]
+
+
+def _cluster_source(cluster: ClusterSpec) -> str:
+    """The name of the MemoryCluster spec.restoreFrom.cluster names ("" for none)."""
+    restore = cluster.restore
+    return restore.cluster.name if restore is not None and restore.cluster is not None else ""
 
 
 def journal_security_args(cluster: ClusterSpec) -> list[str]:
@@ -99,12 +155,14 @@ def journal_security_args(cluster: ClusterSpec) -> list[str]:
 
 
 def build_provision_job(
-    cluster: ClusterSpec, cluster_id: str, source_journal: Sequence[str] = (), source_id: str = ""
+    cluster: ClusterSpec, cluster_id: str, source_journal: Sequence[str] = (), source_id: str = "",
+    source_tls: TlsSpec | None = None,
 ) -> dict[str, Any]:
     """The batch/v1 Job the operator runs once the journal is ready and before any engine pod.
 
-    With spec.restoreFrom it also seeds the cluster: ``source_journal`` and ``source_id`` are the
-    source cluster's journal URLs and cluster id (for a cluster source), as the operator read them.
+    With spec.restoreFrom it also seeds the cluster: ``source_journal``, ``source_id`` and
+    ``source_tls`` are the source cluster's journal URLs, cluster id and spec.tls (for a cluster
+    source), as the operator read them; a locked source's CA and password are mounted from its Secrets.
     """
     job_labels = labels.cluster_labels(cluster.name, labels.PROVISION)
     job_labels[labels.VERSION] = cluster.engine.version
@@ -127,12 +185,15 @@ def build_provision_job(
             claim = {"claimName": restore.rdb.claim_name, "readOnly": True}
             volumes.append({"name": "restore", "persistentVolumeClaim": claim})
             mounts.append({"name": "restore", "mountPath": RESTORE_MOUNT, "readOnly": True})
+        if source_name := _cluster_source(cluster):
+            volumes += source_security_volumes(source_name, source_tls)
+            mounts += source_security_mounts(source_tls)
     container = {
         "name": "provision",
         # The engine image: provisioning writes the same formats the nodes of this version read.
         "image": cluster.engine.resolved_image,
         "imagePullPolicy": cluster.engine.image_pull_policy,
-        "command": provision_command(cluster, cluster_id, source_journal),
+        "command": provision_command(cluster, cluster_id, source_journal, source_tls),
         "resources": resources,
         "securityContext": container_security_context(),
         # The operator shows a failed attempt's error in the Provisioned condition.

@@ -6,13 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from engram_operator import builders, labels
-from engram_operator.builders.provision import source_journal_urls
+from engram_operator.builders.provision import source_journal_secrets, source_journal_urls
 from engram_operator.builders.tls import build_certificates
 from engram_operator.conditions import Condition
 from engram_operator.decisions.plan import Event, Plan, Problem
 from engram_operator.decisions.tls import apply_tls
 from engram_operator.observe import JobInfo, Observed, SourceCluster
-from engram_operator.spec import ClusterSpec, restore_problems
+from engram_operator.spec import ClusterSpec, TlsSpec, restore_problems
 
 
 def _create_missing_children(cluster: ClusterSpec, seen: Observed, journal: list, plan: Plan) -> None:
@@ -110,14 +110,22 @@ def _provision(cluster: ClusterSpec, seen: Observed, plan: Plan) -> bool:
         return False
     source_journal: list[str] = []
     source_id = ""
+    source_tls: TlsSpec | None = None
     if cluster.restore is not None and cluster.restore.cluster is not None:
         source = seen.restore_source
         wait = _restore_source_wait(cluster, source)
         if wait or source is None:
             return pending("WaitingForRestoreSource", wait)
+        if missing := _source_secrets_missing(source):
+            # Its pod would wait on a volume that cannot mount; nothing starts until they are there.
+            plan.events.append(Event("Warning", "RestoreSourceSecretMissing", missing, standing=True))
+            return pending("RestoreSourceSecretMissing", missing)
         source_journal = source_journal_urls(cluster, source.name, source.journal_replicas)
         source_id = source.cluster_id
-    plan.create.append(builders.build_provision_job(cluster, seen.cluster_id, source_journal, source_id))
+        source_tls = source.tls
+    plan.create.append(
+        builders.build_provision_job(cluster, seen.cluster_id, source_journal, source_id, source_tls)
+    )
     seeding = f", seeding it from {cluster.restore.describe()}" if cluster.restore else ""
     plan.events.append(
         Event("Normal", "Provisioning", f"creating job {name} for cluster id {seen.cluster_id}{seeding}")
@@ -164,6 +172,31 @@ def _restore_source_wait(cluster: ClusterSpec, source: SourceCluster | None) -> 
             f"shard yet (its status.snapshots.allShardsSince); set its spec.snapshots.request to take one now"
         )
     return ""
+
+
+def _source_secrets_missing(source: SourceCluster) -> str:
+    """Why a locked source's journal cannot be read yet ("" when it can, or is open): the Job mounts
+    that cluster's own CA and password Secrets, which must exist with their keys."""
+    if source.tls is None:
+        return ""
+    problems = []
+    for name, key in source_journal_secrets(source.name, source.tls):
+        secret = source.secrets.get(name)
+        if not name:
+            problems.append("its spec.tls names no Secret for the journal's certificate")
+        elif secret is not None and secret.error:
+            problems.append(f"Secret {name} cannot be read ({secret.error})")
+        elif secret is None or not secret.found:
+            problems.append(f"Secret {name} does not exist")
+        elif key not in secret.data:
+            problems.append(f"Secret {name} lacks key {key}")
+    if not problems:
+        return ""
+    return (
+        f"MemoryCluster {source.name} (spec.restoreFrom.cluster) has a locked journal (spec.tls), which "
+        f"the provisioning Job reads with that cluster's own CA and password: {'; '.join(problems)}. "
+        "The Job is created once they are there"
+    )
 
 
 def _restored_text(restore: dict[str, Any]) -> str:
