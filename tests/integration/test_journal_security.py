@@ -15,6 +15,8 @@ import nats.errors
 import pytest
 import redis
 
+from engram.journal.client import Journal
+from engram.journal.security import PLAIN, JournalSecurity
 from engram.platforms.local.testing import run_engram, wait_for
 
 pytestmark = pytest.mark.integration
@@ -101,3 +103,60 @@ def test_clients_of_a_tls_cluster_speak_tls_to_every_node_and_plain_is_refused(l
         # And a client that does not trust the cluster's CA does not talk to it.
         with pytest.raises(redis.ConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
             redis.Redis(host=node_host, port=int(node_port), socket_timeout=3, ssl=True).ping()
+
+
+def _seeded(urls: list[str], cluster: str, shards: int, security: JournalSecurity) -> list[tuple[int, int]]:
+    """Each shard's (last, first) entry: seeded, then truncated behind provisioning's first snapshot."""
+
+    async def read() -> list[tuple[int, int]]:
+        journal = await Journal.connect(urls, cluster, 0, security=security)
+        try:
+            states = [await journal.for_shard(shard).state() for shard in range(shards)]
+            return [(state.last_seq, state.first_seq) for state in states]
+        finally:
+            await journal.close()
+
+    return asyncio.run(read())
+
+
+def test_provision_reads_a_locked_source_with_its_credentials_and_an_open_one_with_none(
+    local_cluster: Any,
+) -> None:
+    """The operator's provisioning Job between two clusters' journals, both ways: an open cluster
+    restored from a locked one, and a locked one from an open one."""
+    locked, plain = local_cluster(replicas=1, tls=True), local_cluster(replicas=1)
+    tls = Path(locked["dir"]) / "tls"
+    own = JournalSecurity.from_files("engram", str(tls / "journal.password"), str(tls / "ca.pem"))
+    base = str(Path(locked["dir"]).parent)
+    for doc, options in ((locked, {"ssl": True, "ssl_ca_certs": str(tls / "ca.pem")}), (plain, {})):
+        host, port = doc["endpoint"].rsplit(":", 1)
+        client = redis.Redis(host=host, port=int(port), socket_timeout=5, **options)
+        assert wait_for(lambda c=client, d=doc: c.set("from", d["name"]), 30, "a write through the endpoint")
+        taken = run_engram("local", "snapshot", doc["name"], "--dir", base, timeout=240)
+        assert taken.returncode == 0, taken.stderr
+
+    def urls(doc: dict[str, Any]) -> str:
+        return ",".join(j["url"] for j in doc["journal"])
+
+    def provision(cluster: str, into: dict[str, Any], source: dict[str, Any], *flags: str) -> Any:
+        return run_engram("provision", "--cluster", cluster, "--shards", "2", "--journal", urls(into),
+                          "--restore-from-cluster", source["name"], "--restore-journal", urls(source),
+                          *flags, timeout=120)
+
+    source_flags = ["--restore-journal-user", "engram", "--restore-journal-password-file",
+                    str(tls / "journal.password"), "--restore-journal-ca", str(tls / "ca.pem")]
+    # Without the source's credentials its journal refuses: retryable (exit 1), nothing seeded.
+    refused = provision("blind", plain, locked, "--timeout", "3")
+    assert refused.returncode == 1, refused.stderr
+    copy = provision("fromlocked", plain, locked, *source_flags, "--timeout", "30")
+    assert copy.returncode == 0 and f"restore: from cluster {locked['name']}" in copy.stderr, copy.stderr
+    seeded = _seeded([j["url"] for j in plain["journal"]], "fromlocked", 2, PLAIN)
+    assert all(last > 1 and first > last for last, first in seeded), seeded
+
+    # A locked cluster reads an open source's journal without its own TLS and password.
+    own_flags = ["--journal-user", "engram", "--journal-password-file", str(tls / "journal.password"),
+                 "--journal-ca", str(tls / "ca.pem")]
+    back = provision("fromplain", locked, plain, *own_flags, "--timeout", "30")
+    assert back.returncode == 0 and f"restore: from cluster {plain['name']}" in back.stderr, back.stderr
+    seeded = _seeded([j["url"] for j in locked["journal"]], "fromplain", 2, own)
+    assert all(last > 1 and first > last for last, first in seeded), seeded
