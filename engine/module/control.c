@@ -58,6 +58,13 @@ const char *eg_leader_of(int shard) {
     return t && shard >= 0 && shard < t->n_leader ? t->leader[shard] : NULL;
 }
 
+/* Where MIGRATE reaches the shard's primary: its MIGRATE address if pushed, else its leader address. */
+const char *eg_migrate_address_of(int shard) {
+    EgTopology *t = eg_topology;
+    if (t && shard >= 0 && shard < t->n_migrate && t->migrate[shard]) return t->migrate[shard];
+    return eg_leader_of(shard);
+}
+
 /* The node's private socket; a script or another module has no connection and is refused. */
 int eg_from_unix_socket(VkCtx *ctx) {
     VkClientInfo ci;
@@ -279,14 +286,17 @@ int eg_cmd_loadrdb(VkCtx *ctx, VkString **argv, int argc) {
 /* ---- ENGRAM.TOPOLOGY ----------------------------------------------------------------------
  *
  *   ENGRAM.TOPOLOGY SHARD <n> SLOTS <map|UNKNOWN> [MOVING <map>] [EPOCH <n>] [REASON <text>]
- *                   [LEADER <shard> <host:port>]... [REPLY <subcommand> <resp>]...
+ *                   [LEADER <shard> <host:port>]... [MIGRATE <shard> <host:port>]...
+ *                   [REPLY <subcommand> <resp>]...
  *                   [REPLICAS <node-id> <resp>]...
  *
  * SHARD: this node's shard. SLOTS: 32768 bytes, the owning shard of each of the 16384 slots as
  * a big-endian uint16 (0xFFFF unassigned), or UNKNOWN. MOVING: the same for the shard each slot
  * is migrating to (0xFFFF: not moving; migration.c). EPOCH: the slot map's config epoch. REASON: why a shard has no primary (the
  * CLUSTERDOWN text on a replica). LEADER: a shard's primary (none when absent or empty); for
- * this node's own shard, the leader its replicas redirect to. REPLY: the reply to CLUSTER
+ * this node's own shard, the leader its replicas redirect to. MIGRATE: where another Valkey reaches
+ * a shard's primary with MIGRATE when that is not its LEADER address (the node terminates client TLS
+ * in front of a Valkey that has none: MIGRATE speaks plain TCP to Valkey's own port). REPLY: the reply to CLUSTER
  * <subcommand> (MYID, MYSHARDID, INFO, SLOTS, SHARDS, NODES) and REPLICAS: to CLUSTER REPLICAS
  * <node-id>, both as RESP3 bytes. Each push replaces the whole state at once. */
 
@@ -294,6 +304,8 @@ static void free_topology(EgTopology *t) {
     if (!t) return;
     for (int i = 0; i < t->n_leader; i++) Vk_Free(t->leader[i]);
     Vk_Free(t->leader);
+    for (int i = 0; i < t->n_migrate; i++) Vk_Free(t->migrate[i]);
+    Vk_Free(t->migrate);
     Vk_Free(t->reason);
     for (int i = 0; i < t->n_replies; i++) {
         Vk_Free(t->replies[i].name);
@@ -349,18 +361,19 @@ static const char *add_named(EgNamedReply **arr, int *n, VkString *name, VkStrin
     return NULL;
 }
 
-static const char *set_leader(EgTopology *t, VkString *shard_arg, VkString *addr) {
+/* A per-shard address (LEADER, MIGRATE); an empty one means none. */
+static const char *set_address(char ***addrs, int *n, VkString *shard_arg, VkString *addr) {
     int shard;
-    if (parse_shard(shard_arg, &shard) != 0) return "LEADER takes a shard number below 65535";
-    if (shard >= t->n_leader) {
-        t->leader = Vk_Realloc(t->leader, sizeof(*t->leader) * (size_t)(shard + 1));
-        for (int i = t->n_leader; i <= shard; i++) t->leader[i] = NULL;
-        t->n_leader = shard + 1;
+    if (parse_shard(shard_arg, &shard) != 0) return "LEADER and MIGRATE take a shard number below 65535";
+    if (shard >= *n) {
+        *addrs = Vk_Realloc(*addrs, sizeof(**addrs) * (size_t)(shard + 1));
+        for (int i = *n; i <= shard; i++) (*addrs)[i] = NULL;
+        *n = shard + 1;
     }
     size_t len;
     Vk_StringPtrLen(addr, &len);
-    Vk_Free(t->leader[shard]);
-    t->leader[shard] = len ? copy_string(addr, 0) : NULL;
+    Vk_Free((*addrs)[shard]);
+    (*addrs)[shard] = len ? copy_string(addr, 0) : NULL;
     return NULL;
 }
 
@@ -393,10 +406,12 @@ static const char *parse_topology(EgTopology *t, VkString **argv, int argc) {
         size_t len;
         const char *s = Vk_StringPtrLen(argv[i], &len);
         eg_lower(kw, sizeof kw, s, len);
-        int two = !strcmp(kw, "leader") || !strcmp(kw, "reply") || !strcmp(kw, "replicas");
+        int two = !strcmp(kw, "leader") || !strcmp(kw, "migrate") || !strcmp(kw, "reply") ||
+                  !strcmp(kw, "replicas");
         int one = !strcmp(kw, "shard") || !strcmp(kw, "slots") || !strcmp(kw, "reason") ||
                   !strcmp(kw, "moving") || !strcmp(kw, "epoch");
-        if (!one && !two) return "unknown keyword (SHARD, SLOTS, MOVING, EPOCH, REASON, LEADER, REPLY, REPLICAS)";
+        if (!one && !two)
+            return "unknown keyword (SHARD, SLOTS, MOVING, EPOCH, REASON, LEADER, MIGRATE, REPLY, REPLICAS)";
         if (i + (two ? 2 : 1) >= argc) return "a keyword lacks its value";
         const char *err = NULL;
         if (!strcmp(kw, "shard")) {
@@ -416,7 +431,9 @@ static const char *parse_topology(EgTopology *t, VkString **argv, int argc) {
             Vk_Free(t->reason);
             t->reason = eg_strdup(reason);
         } else if (!strcmp(kw, "leader")) {
-            err = set_leader(t, argv[i + 1], argv[i + 2]);
+            err = set_address(&t->leader, &t->n_leader, argv[i + 1], argv[i + 2]);
+        } else if (!strcmp(kw, "migrate")) {
+            err = set_address(&t->migrate, &t->n_migrate, argv[i + 1], argv[i + 2]);
         } else if (!strcmp(kw, "reply")) {
             err = add_named(&t->replies, &t->n_replies, argv[i + 1], argv[i + 2], 1);
         } else {

@@ -408,6 +408,10 @@ typedef struct EgTopology {
     int moving_out, moving_in; /* slots this shard is migrating away and importing */
     char **leader;     /* per shard id below n_leader: its primary's host:port, or NULL */
     int n_leader;
+    /* per shard id below n_migrate: where MIGRATE reaches its primary's Valkey when that is not the
+     * announced leader address (the node terminates client TLS in front of a Valkey without it) */
+    char **migrate;
+    int n_migrate;
     char *reason;      /* why the shard has no primary: the CLUSTERDOWN text on a replica */
     EgNamedReply *replies, *replicas;
     int n_replies, n_replicas;
@@ -420,6 +424,7 @@ int eg_serving(void);
 const char *eg_lease_reason(void);
 const char *eg_no_primary_reason(void);
 const char *eg_leader_of(int shard);
+const char *eg_migrate_address_of(int shard);
 EgResp *eg_topology_reply(int replicas, const char *name);
 int eg_control_info(char *buf, size_t cap);
 void eg_fail_closed(void);

@@ -81,7 +81,8 @@ const char *eg_importing_refusal(VkFilterCtx *f, EgClient *cl, int argc) {
 }
 
 /* MIGRATE host port key|"" db timeout ... [KEYS k...]: only the keys of slots this shard is
- * moving, and only to the primary of the shard they move to. NULL: it may run. */
+ * moving, and only to the primary of the shard they move to (its MIGRATE address when the node
+ * pushed one, else its leader address). NULL: it may run. */
 const char *eg_migrate_refusal(VkFilterCtx *f, int argc, char *buf, size_t cap) {
     EgTopology *t = eg_topology;
     if (argc < 6) return NULL; /* Valkey's own arity error, from the dry run */
@@ -109,7 +110,8 @@ const char *eg_migrate_refusal(VkFilterCtx *f, int argc, char *buf, size_t cap) 
     if (!why && target >= 0) {
         size_t hl, pl;
         const char *host = Vk_StringPtrLen(argv[1], &hl), *port = Vk_StringPtrLen(argv[2], &pl);
-        const char *leader = eg_leader_of(target);
+        /* The primary's Valkey as MIGRATE reaches it: its own port where a node's TLS front is announced. */
+        const char *leader = eg_migrate_address_of(target);
         char dest[300];
         snprintf(dest, sizeof dest, "%.*s:%.*s", (int)(hl < 200 ? hl : 200), host, (int)(pl < 20 ? pl : 20), port);
         if (!leader || strcmp(dest, leader) != 0) {

@@ -65,9 +65,15 @@ class AskFollowingCluster(RedisCluster):
         super().close()
 
 
-def _cluster_client(doc: dict[str, Any]) -> AskFollowingCluster:
+def _tls(ca: str) -> dict[str, Any]:
+    """redis-py's options for a cluster that serves clients over TLS (ca: its CA), none for plain."""
+    return {"ssl": True, "ssl_ca_certs": ca} if ca else {}
+
+
+def _cluster_client(doc: dict[str, Any], ca: str = "") -> AskFollowingCluster:
     host, port = doc["endpoint"].rsplit(":", 1)
-    return AskFollowingCluster(host=host, port=int(port), socket_timeout=10, socket_connect_timeout=5)
+    return AskFollowingCluster(host=host, port=int(port), socket_timeout=10, socket_connect_timeout=5,
+                               **_tls(ca))
 
 
 @dataclass
@@ -76,6 +82,8 @@ class ClusterWriter:
     acknowledged value, and the values of failed writes (they may or may not have happened)."""
 
     doc: dict[str, Any]
+    # The cluster's CA when it serves clients over TLS; "" for plain TCP.
+    ca: str = ""
     acked: dict[str, str] = field(default_factory=dict)
     unsure: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     errors: list[str] = field(default_factory=list)
@@ -86,7 +94,7 @@ class ClusterWriter:
     _thread: threading.Thread | None = None
 
     def preload(self) -> None:
-        client = _cluster_client(self.doc)
+        client = _cluster_client(self.doc, self.ca)
         pipe = client.pipeline()
         for i in range(KEYS):
             pipe.set(f"k{i}", "0")
@@ -100,7 +108,7 @@ class ClusterWriter:
         return self
 
     def _run(self) -> None:
-        client = _cluster_client(self.doc)
+        client = _cluster_client(self.doc, self.ca)
         rng = random.Random(16)
         n = 0
         while not self._stop.is_set():
@@ -124,7 +132,7 @@ class ClusterWriter:
 
     def lost(self) -> list[str]:
         """Keys whose value is neither the last acknowledged one nor one of a failed write after it."""
-        client = _cluster_client(self.doc)
+        client = _cluster_client(self.doc, self.ca)
         pipe = client.pipeline()
         keys = sorted(self.acked)
         for key in keys:
@@ -136,10 +144,10 @@ class ClusterWriter:
                 if got is None or (got.decode() != self.acked[key] and got.decode() not in self.unsure[key])]
 
 
-def _shards_seen(address: str) -> dict[frozenset[str], int]:
+def _shards_seen(address: str, ca: str = "") -> dict[frozenset[str], int]:
     """CLUSTER SHARDS as one node tells it: each shard's node ids (the hostname field) and its slot count."""
     host, port = address.rsplit(":", 1)
-    client = redis.Redis(host=host, port=int(port), socket_timeout=5, protocol=2)
+    client = redis.Redis(host=host, port=int(port), socket_timeout=5, protocol=2, **_tls(ca))
     try:
         reply = client.execute_command("CLUSTER", "SHARDS")
     finally:
@@ -164,7 +172,7 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _layout_everywhere(doc: dict[str, Any], shards: int) -> dict[str, Any] | None:
+def _layout_everywhere(doc: dict[str, Any], shards: int, ca: str = "") -> dict[str, Any] | None:
     """The cluster's status once every node tells the same CLUSTER SHARDS: `shards` shards, each of
     the nodes status lists for it, holding between them every slot as evenly as chunks allow."""
     current = status(doc["name"], str(Path(doc["dir"]).parent))
@@ -176,7 +184,7 @@ def _layout_everywhere(doc: dict[str, Any], shards: int) -> dict[str, Any] | Non
         return None
     expected = {frozenset(ids) for ids in members.values()}
     for node in current["nodes"]:
-        seen = _shards_seen(node["address"])
+        seen = _shards_seen(node["address"], ca)
         if set(seen) != expected or sum(seen.values()) != SLOTS or min(seen.values()) < SLOTS // shards - 1:
             return None
     return current
@@ -245,3 +253,35 @@ def test_shards_are_added_and_removed_while_a_cluster_client_writes(local_cluste
 def _writes_go_on(writer: ClusterWriter, after: str) -> None:
     before = writer.writes
     wait_for(lambda: writer.writes >= before + 50, 30, f"acknowledged writes after {after}")
+
+
+def test_a_tls_cluster_reshards_while_a_tls_cluster_client_writes(local_cluster: Any) -> None:
+    """With --tls every node serves clients over TLS only: the mover reaches them over TLS, and the
+    source Valkeys MIGRATE to the targets' own ports behind their TLS fronts."""
+    doc = local_cluster(shards=1, replicas=1, tls=True)
+    ca = str(Path(doc["dir"]) / "tls" / "ca.pem")
+    writer = ClusterWriter(doc, ca)
+    writer.preload()
+    writer.start()
+    try:
+        wait_for(lambda: writer.writes >= 50, 30, "the writer's first acknowledged writes")
+
+        writer.phase = "scaling 1 -> 2"
+        out = _scale(doc, 2)
+        assert out["shards"] == 2 and out["resharding"]["phase"] == "done", out["resharding"]
+        assert out["resharding"]["keys_moved"] > 0
+        writer.phase = "after scaling to 2"
+        wait_for(lambda: _layout_everywhere(doc, 2, ca), 60, "every node to tell 2 shards over TLS")
+        _writes_go_on(writer, "scaling to 2")
+
+        writer.phase = "scaling 2 -> 1"
+        out = _scale(doc, 1)
+        assert out["shards"] == 1 and out["resharding"]["phase"] == "done", out["resharding"]
+        writer.phase = "after scaling to 1"
+        wait_for(lambda: _layout_everywhere(doc, 1, ca), 60, "every node to tell 1 shard over TLS")
+        _writes_go_on(writer, "scaling to 1")
+    finally:
+        writer.stop()
+
+    assert writer.errors == [], writer.errors[:10]
+    assert writer.lost() == []

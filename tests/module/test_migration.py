@@ -13,7 +13,7 @@ import pytest
 from engram.cluster.protocol import Me
 from engram.cluster.push import topology_command
 from engram.cluster.slots import key_hash_slot
-from engram.cluster.topology import ClusterView, LeaderRecord, SlotMap
+from engram.cluster.topology import ClusterView, LeaderRecord, NodeRecord, SlotMap
 from tests.module.harness import DEADLINE, Conn, attached_tap, free_port, run, valkey
 
 pytestmark = pytest.mark.integration
@@ -233,3 +233,43 @@ def test_a_transaction_over_a_moving_slot_is_retried_when_keys_moved_meanwhile()
                 assert await client.read(3) == [b"OK", b"QUEUED", [2]]
 
     asyncio.run(asyncio.wait_for(scenario(), DEADLINE * 3))
+
+
+def test_migrate_reaches_a_tls_fronted_target_at_its_own_valkey_port_and_nowhere_else() -> None:
+    """Where a node terminates client TLS itself, its record names Valkey's own port for MIGRATE:
+    keys go there, not to the announced TLS port, and clients are still sent to the announced one."""
+
+    async def scenario() -> None:
+        with free_port() as sport, free_port() as tport, free_port() as front:
+            src_addr, tgt_addr, tgt_front = f"127.0.0.1:{sport}", f"127.0.0.1:{tport}", f"127.0.0.1:{front}"
+            async with (
+                valkey("--port", str(sport)) as spath,
+                valkey("--port", str(tport)) as tpath,
+                attached_tap(spath, auto=True),
+                attached_tap(tpath, auto=True),
+            ):
+                sadmin, tadmin = await Conn.open(spath), await Conn.open(tpath)
+                mover, client, target = await Conn.open(spath), await Conn.open(spath), await Conn.open(tpath)
+                keys = [_key(SLOT, f"t{i}-") for i in range(2)]
+                await _push(sadmin, _view([], src_addr, tgt_front, 1), 0, src_addr)
+                assert await client.call("MSET", keys[0], "a", keys[1], "b") == b"OK"
+                view = _view([(SLOT, SLOT, 1)], src_addr, tgt_front)
+                view.nodes["n1"] = NodeRecord("n1", 1, "z", tgt_front, "primary", migrate=tgt_addr)
+                await _push(sadmin, view, 0, src_addr)
+                await _push(tadmin, view, 1, tgt_front)
+                # The announced address is the TLS front, which MIGRATE's plain TCP cannot speak.
+                assert _err(await mover.call("MIGRATE", "127.0.0.1", front, keys[0], 0, 5000)) == (
+                    f"ERR engram: MIGRATE must go to {tgt_addr}, the primary of shard 1, not {tgt_front}")
+                # Another Valkey's port is no more allowed than before.
+                assert "must go to" in _err(await mover.call("MIGRATE", "127.0.0.1", sport, keys[0], 0, 5000))
+                assert await mover.call("MIGRATE", "127.0.0.1", tport, "", 0, 5000, "KEYS", *keys) == b"OK"
+                assert await target.call("ASKING") == b"OK"
+                assert await target.call("GET", keys[1]) == b"b"
+                # Clients follow the announced address, as CLUSTER SLOTS lists it.
+                assert _err(await client.call("GET", keys[0])) == f"ASK {SLOT} {tgt_front}"
+                # Without the target node's record, MIGRATE may go only to the leader address.
+                await _push(sadmin, _view([(SLOT, SLOT, 1)], src_addr, tgt_front, 3), 0, src_addr)
+                assert f"must go to {tgt_front}," in _err(
+                    await mover.call("MIGRATE", "127.0.0.1", tport, "", 0, 5000, "KEYS", *keys))
+
+    run(scenario)

@@ -13,7 +13,7 @@ from engram.cluster.topology import ClusterView, LeaderRecord, NodeRecord, SlotM
 def _fields(args: list[bytes]) -> list[tuple[bytes, ...]]:
     """The argv after the command name, as (keyword, value...) groups."""
     arity = {b"SHARD": 1, b"SLOTS": 1, b"EPOCH": 1, b"MOVING": 1, b"REASON": 1,
-             b"LEADER": 2, b"REPLY": 2, b"REPLICAS": 2}
+             b"LEADER": 2, b"MIGRATE": 2, b"REPLY": 2, b"REPLICAS": 2}
     out, i = [], 1
     while i < len(args):
         n = arity[args[i]]
@@ -46,6 +46,7 @@ def test_the_push_carries_shard_map_leaders_reason_and_the_rendered_replies() ->
     assert [f for f in fields if f[0] == b"LEADER"] == [
         (b"LEADER", b"1", b"10.0.0.2:6379"), (b"LEADER", b"0", b"10.0.0.9:6379")
     ]
+    assert not [f for f in fields if f[0] == b"MIGRATE"]  # Valkey serves at the announced addresses
     replies = {f[1]: f[2] for f in fields if f[0] == b"REPLY"}
     assert set(replies) == {b"MYID", b"MYSHARDID", b"INFO", b"SLOTS", b"SHARDS", b"NODES"}
     assert replies[b"SHARDS"] == cluster_command(view, me, [b"CLUSTER", b"SHARDS"], resp3=True)
@@ -72,3 +73,17 @@ def test_without_a_slot_map_only_the_node_ids_are_pushed() -> None:
     assert (b"SLOTS", b"UNKNOWN") in fields
     assert {f[1] for f in fields if f[0] == b"REPLY"} == {b"MYID", b"MYSHARDID"}
     assert not [f for f in fields if f[0] in (b"LEADER", b"REPLICAS")]
+
+
+def test_a_tls_fronted_primary_of_another_shard_is_pushed_with_its_valkeys_own_port_for_migrate() -> None:
+    view = _view()
+    view.leaders[0] = LeaderRecord(0, "a", "10.0.0.1:7379", 2)
+    view.leaders[1] = LeaderRecord(1, "b", "10.0.0.2:7379", 2)
+    view.nodes = {
+        "a": NodeRecord("a", 0, "z", "10.0.0.1:7379", "primary", migrate="10.0.0.1:6379"),
+        "b": NodeRecord("b", 1, "z", "10.0.0.2:7379", "primary", migrate="10.0.0.2:6379"),
+    }
+    fields = _fields(topology_command(view, Me("c", 0, "10.0.0.3:7379", 2), "10.0.0.1:7379", "r"))
+    # Clients are still sent to the announced (TLS) addresses; only shard 1 is a MIGRATE target.
+    assert (b"LEADER", b"1", b"10.0.0.2:7379") in fields
+    assert [f for f in fields if f[0] == b"MIGRATE"] == [(b"MIGRATE", b"1", b"10.0.0.2:6379")]

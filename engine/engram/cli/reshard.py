@@ -45,7 +45,7 @@ def handle(args: argparse.Namespace) -> int:
     urls = [u.strip() for u in args.journal.split(",") if u.strip()]
     options = ReshardOptions(
         move=MoveOptions(max_keys_per_second=args.max_keys_per_second, username=args.user,
-                         password=_password(args)),
+                         password=_password(args), tls_ca_file=args.tls_ca),
         chunk_slots=args.chunk_slots, wait_primaries=args.wait, wait_removed=args.wait,
     )
     try:
@@ -88,6 +88,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    "(default: %(default)s)")
     p.add_argument("--user", default="", help="the Valkey user MIGRATE authenticates as on targets")
     p.add_argument("--password-file", default="", metavar="PATH", help="that user's password")
+    p.add_argument("--tls-ca", default="", metavar="FILE",
+                   help="the CA of the nodes' client certificates: reach their client ports over TLS, "
+                   "for a cluster that serves clients over TLS")
     p.add_argument("--json", action="store_true", help="print the final record as JSON")
     p.set_defaults(func=handle)
     return p

@@ -55,6 +55,11 @@ def topology_command(view: ClusterView, me: Me, leader: str, reason: str) -> lis
             args += [b"LEADER", b"%d" % shard, record.address.encode()]
     if leader:
         args += [b"LEADER", b"%d" % me.shard, leader.encode()]
+    # The module lets MIGRATE go only to the target shard's primary, at the address it is told here.
+    for shard, record in sorted(view.leaders.items()):
+        node = view.nodes.get(record.node)
+        if shard != me.shard and record.address and node is not None and node.migrate:
+            args += [b"MIGRATE", b"%d" % shard, node.migrate.encode()]
     subcommands = _ALWAYS + (_WITH_SLOTS if view.slots is not None else ())
     for sub in subcommands:
         args += [b"REPLY", sub, cluster_command(view, me, [b"CLUSTER", sub], resp3=True)]

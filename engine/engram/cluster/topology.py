@@ -191,6 +191,10 @@ class NodeRecord:
     # The control port speaks TLS (a TLS cluster's node); False in records of older nodes, which
     # served it in plain text, so peers still reach them while a cluster is rolled.
     admin_tls: bool = False
+    # Where another shard's Valkey reaches this node's Valkey with MIGRATE, when not at `address`:
+    # a node that terminates client TLS itself (node/tls_front.py) announces its TLS port, which
+    # MIGRATE's plain TCP cannot speak. Empty: `address` (and in records of older nodes).
+    migrate: str = ""
 
     def dumps(self) -> bytes:
         return json.dumps(asdict(self)).encode()

@@ -398,7 +398,9 @@ class Node:
         cfg = self.config
         role = "primary" if self.role is Role.PRIMARY else "replica"
         return NodeRecord(cfg.node_id, cfg.shard, cfg.zone, cfg.announce, role, self.applied_seq,
-                          admin=cfg.admin_announce, admin_tls=self.certificate is not None)
+                          admin=cfg.admin_announce, admin_tls=self.certificate is not None,
+                          # Behind this node's TLS front, Valkey's own port is where MIGRATE gets in.
+                          migrate=f"{cfg.host}:{cfg.port}" if cfg.tls_port else "")
 
     def control_tls(self, peer: NodeRecord) -> ssl.SSLContext | None:
         """How to reach a peer's control port: TLS with the cluster's CA where the peer serves it."""

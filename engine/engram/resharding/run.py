@@ -16,7 +16,7 @@ from typing import TypeVar
 import redis.exceptions
 
 from engram.cluster.metadata import ClusterMetadata
-from engram.cluster.topology import SlotMap
+from engram.cluster.topology import NodeRecord, SlotMap
 from engram.journal.client import Journal
 from engram.journal.errors import JournalError, JournalTimeout, NoQuorum, StreamMissing
 from engram.journal.security import PLAIN, JournalSecurity
@@ -273,13 +273,24 @@ class _Run:
 
     def _primary(self, shard: int) -> str:
         """The shard's primary's address, if its node is alive and says it is primary."""
+        node = self._primary_node(shard)
+        return self.meta.view.leaders[shard].address if node is not None else ""
+
+    def _migrate_address(self, shard: int) -> str:
+        """Where a source's MIGRATE reaches the shard's primary: its Valkey's own port when the node
+        terminates client TLS in front of it, else its address; "" when it has no live primary."""
+        node = self._primary_node(shard)
+        return (node.migrate or self.meta.view.leaders[shard].address) if node is not None else ""
+
+    def _primary_node(self, shard: int) -> NodeRecord | None:
+        """The record of the shard's leader, if its node is alive and says it is primary."""
         view = self.meta.view
         leader = view.leaders.get(shard)
         if leader is None:
-            return ""
+            return None
         live = {n.node: n for n in view.live_nodes(shard)}
         node = live.get(leader.node)
-        return leader.address if node is not None and node.role == "primary" else ""
+        return node if node is not None and node.role == "primary" else None
 
     async def _move_all(self) -> None:
         storer = asyncio.ensure_future(self._store_while_moving())
@@ -355,12 +366,14 @@ class _Run:
         source_address = self._primary(source)
         if not source_address or not all(addresses.values()):
             raise NotReady(f"waiting for the primaries of shards {[source, *targets]}")
+        # The module on the source checks MIGRATE's destination against the same records.
+        migrate_to = {t: self._migrate_address(t) for t in targets}
         conns = {t: connect(a, self.options.move) for t, a in addresses.items()}
         source_conn = connect(source_address, self.options.move)
         try:
             for target, conn in conns.items():
                 await wait_for_epoch(conn, slots.epoch, f"shard {target}'s primary")
-            mover = SourceMover(source_conn, slots, source, addresses, self.options.move, self._moved)
+            mover = SourceMover(source_conn, slots, source, migrate_to, self.options.move, self._moved)
             await mover.drain()
         finally:
             for conn in (source_conn, *conns.values()):

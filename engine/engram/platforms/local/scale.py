@@ -55,10 +55,6 @@ def scale(base: str | Path, name: str, shards: int, *, max_keys_per_second: int 
     if "shard_request" not in json.loads(state.path.read_text()):
         raise LocalError(f"cluster {name}'s supervisor predates `engram local scale`: restart the cluster "
                          "(`engram local down --keep-data`, then `up`) to scale it")
-    if serves_tls(state):
-        # The mover and Valkey's MIGRATE speak plain TCP to the announced client ports.
-        raise LocalError(f"cluster {name} serves its clients over TLS, and online resharding does not "
-                         "support TLS clients yet (docs/scaling.md, Limits); nothing was changed")
     with requests.exclusive(state):
         last = _last_reshard(state)
         if last is not None and last["phase"] not in ("done", "failed") and last["to_shards"] != shards:
@@ -70,6 +66,9 @@ def scale(base: str | Path, name: str, shards: int, *, max_keys_per_second: int 
         if shards == state.shards and not resumable:
             raise ScaleRefused(f"cluster {name} already has {shards} shards")
         move = MoveOptions(username=user, password=password)
+        if serves_tls(state) and state.local_tls is not None:
+            # The mover reaches the nodes' TLS fronts; Valkey's MIGRATE goes to the targets' own ports.
+            move.tls_ca_file = state.local_tls.ca_file
         if max_keys_per_second is not None:
             move.max_keys_per_second = max_keys_per_second
         options = ReshardOptions(move=move)
