@@ -16,10 +16,12 @@ from typing import Any
 
 import k8s_api
 import pytest
-from k8s_api import Kubectl, eventually_equal
+from k8s_api import Kubectl, eventually, eventually_equal
 
 NAME = "tls"
 SECRET = "tls-certs"
+# An open cluster restored from the locked one: its Job reads NAME's journal with NAME's credentials.
+COPY = "tls-copy"
 ENGINE = f"engram.io/cluster={NAME},app.kubernetes.io/component=engine"
 
 
@@ -49,8 +51,8 @@ def memorycluster() -> dict[str, Any]:
     return k8s_api.memorycluster(NAME, 2, 1, tls={"secretName": SECRET})
 
 
-def condition(kube: Kubectl, ctype: str) -> dict[str, Any]:
-    conditions = (kube.get("memorycluster", NAME).get("status") or {}).get("conditions") or []
+def condition(kube: Kubectl, ctype: str, name: str = NAME) -> dict[str, Any]:
+    conditions = (kube.get("memorycluster", name).get("status") or {}).get("conditions") or []
     return next((c for c in conditions if c["type"] == ctype), {})
 
 
@@ -67,7 +69,8 @@ def certificates(kube: Kubectl, tmp_path_factory: pytest.TempPathFactory) -> Ite
         "data": {k: base64.b64encode(v.encode()).decode() for k, v in files.items()},
     })
     yield files
-    kube.run("delete", "memorycluster", NAME, "--ignore-not-found", "--wait=false", check=False)
+    for name in (COPY, NAME):
+        kube.run("delete", "memorycluster", name, "--ignore-not-found", "--wait=false", check=False)
     kube.run("delete", "secret", SECRET, "--ignore-not-found", check=False)
 
 
@@ -99,3 +102,36 @@ def test_the_journal_refuses_clients_without_the_clusters_password(kube: Kubectl
     # The credentials the operator generated stay where it put them, and the nodes use them.
     assert kube.exists("secret", f"{NAME}-journal-auth")
     assert condition(kube, "Ready").get("status") == "True"
+
+
+READ_BACK = """
+import sys
+from redis.cluster import RedisCluster
+client = RedisCluster(host=sys.argv[1], port=6379, socket_timeout=5)
+print(sum(client.get(f"tls:{i}") == str(i).encode() for i in range(20)))
+"""
+
+
+def test_an_open_cluster_restores_the_locked_ones_snapshots_with_its_credentials(
+    kube: Kubectl, client_pod: str
+) -> None:
+    request = "e2e-tls-restore"
+    kube.run("patch", "memorycluster", NAME, "--type=merge", "-p",
+             json.dumps({"spec": {"snapshots": {"request": request}}}))
+    eventually(
+        kube,
+        "a verified snapshot of every shard of the locked cluster",
+        lambda: (kube.get("memorycluster", NAME).get("status") or {}).get("snapshots") or {},
+        lambda s: s.get("lastRequest") == request and bool(s.get("allShardsSince")),
+        timeout=600,
+    )
+    kube.apply(k8s_api.memorycluster(COPY, 1, 0, restoreFrom={"cluster": {"name": NAME}}))
+    eventually_equal(kube, "the copy Ready", lambda: condition(kube, "Ready", COPY).get("status"), "True",
+                     timeout=600)
+    assert condition(kube, "Provisioned", COPY)["reason"] == "Restored"
+    pod = kube.get("job", f"{COPY}-provision")["spec"]["template"]["spec"]
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    assert secrets == {"source-journal-ca": SECRET, "source-journal-auth": f"{NAME}-journal-auth"}
+    # The keys the TLS test wrote, read in plain text from the open copy.
+    host = f"{COPY}.{kube.namespace}.svc.cluster.local"
+    assert kube.exec(client_pod, "python", "-c", READ_BACK, host).strip() == "20"
