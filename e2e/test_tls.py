@@ -135,3 +135,41 @@ def test_an_open_cluster_restores_the_locked_ones_snapshots_with_its_credentials
     # The keys the TLS test wrote, read in plain text from the open copy.
     host = f"{COPY}.{kube.namespace}.svc.cluster.local"
     assert kube.exec(client_pod, "python", "-c", READ_BACK, host).strip() == "20"
+
+
+READ_BACK_TLS = """
+import sys
+from redis.cluster import RedisCluster
+client = RedisCluster(host=sys.argv[1], port=6379, ssl=True, ssl_ca_certs=sys.argv[2], socket_timeout=5)
+print(sum(client.get(f"tls:{i}") == str(i).encode() for i in range(20)))
+"""
+
+
+def test_the_locked_cluster_reshards_online_over_tls_and_keeps_every_key(
+    kube: Kubectl, client_pod: str
+) -> None:
+    """The reshard Job reaches the nodes over TLS with the clients' CA, and Valkey's MIGRATE reaches
+    the other pods over TLS too (tls-cluster)."""
+    # The copy has served its test: its pods make room for the new shard's.
+    kube.run("delete", "memorycluster", COPY, "--ignore-not-found", "--wait=false", check=False)
+    kube.run("patch", "memorycluster", NAME, "--type=merge", "-p", json.dumps({"spec": {"shards": 3}}))
+    done = eventually(
+        kube,
+        "status.resharding phase done for 3 shards",
+        lambda: (kube.get("memorycluster", NAME).get("status") or {}).get("resharding") or {},
+        lambda r: r.get("toShards") == 3 and r.get("phase") in ("done", "failed"),
+        timeout=900,
+        interval=5,
+    )
+    assert done["phase"] == "done", (done, condition(kube, "Resharding"))
+    assert done["slotsMoved"] > 0, done
+    eventually_equal(
+        kube,
+        "the Resharding condition",
+        lambda: (condition(kube, "Resharding").get("status"), condition(kube, "Resharding").get("reason")),
+        ("False", "Done"),
+        timeout=120,
+    )
+    # The keys the first test wrote, read over TLS from wherever they moved.
+    host = f"{NAME}.{kube.namespace}.svc.cluster.local"
+    assert kube.exec(client_pod, "python", "-c", READ_BACK_TLS, host, "/tmp/ca.crt").strip() == "20"

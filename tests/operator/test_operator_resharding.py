@@ -141,6 +141,29 @@ def test_the_reshard_job_reaches_a_locked_journal_exactly_as_provisioning_does()
     assert (volumes, mounts) == journal_volumes(provision) and len(volumes) == len(mounts) == 2
 
 
+def test_the_reshard_job_of_a_tls_cluster_speaks_tls_to_the_nodes_with_the_clients_ca_only() -> None:
+    job = build_reshard_job(spec(shards=2, tls=SECRET_TLS), CLUSTER_ID, 1)
+    validate_manifest(job)
+    pod = job["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    command = container["command"]
+    ca = f"{constants.TLS_DIR}/{constants.TLS_CA}"
+    assert command[command.index("--tls-ca") + 1] == ca
+    [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == constants.TLS_DIR]
+    assert mount["readOnly"] is True
+    [volume] = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    # The CA of the clients' certificate, without the Secret's private key.
+    assert volume["secret"]["secretName"] == "demo-certs"
+    assert volume["secret"]["items"] == [{"key": constants.TLS_CA, "path": constants.TLS_CA}]
+
+
+def test_the_reshard_job_of_a_plain_cluster_mounts_no_certificate() -> None:
+    job = build_reshard_job(THREE, CLUSTER_ID, 1)
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    assert "--tls-ca" not in container["command"]
+    assert [m["name"] for m in container["volumeMounts"]] == ["tmp"]
+
+
 def test_the_provisioning_job_records_the_shard_count_it_provisions() -> None:
     job = build_provision_job(THREE, CLUSTER_ID)
     assert job["metadata"]["annotations"][labels.SHARDS] == "3"
@@ -590,9 +613,10 @@ def test_waiting_for_provisioning_is_said_once_a_cluster_has_resharded() -> None
     assert condition(decide(THREE, seen)) == ("Unknown", "WaitingForProvisioning")
 
 
-def test_a_tls_cluster_is_not_resharded_and_says_why() -> None:
+def test_a_tls_cluster_is_resharded_by_a_job_like_any_other() -> None:
     one, three = spec(shards=1, tls=SECRET_TLS), spec(shards=3, tls=SECRET_TLS)
     plan = decide(three, running(one))
-    assert created_jobs(plan) == [] and created_pods(plan) == [] and plan.delete_pods == []
-    assert not plan.resharding_active and condition(plan) == ("False", "Unsupported")
-    assert "does not support spec.tls" in plan.resharding_condition.message
+    [job] = created_jobs(plan)
+    validate_manifest(job)
+    assert job["metadata"]["name"] == "demo-reshard-3"
+    assert plan.resharding_active and condition(plan) == ("True", "Pending")

@@ -96,14 +96,20 @@ def tls_secret_names(cluster: ClusterSpec) -> list[str]:
 
 
 def valkey_tls_flags() -> list[str]:
-    """Valkey's flags for TLS on the client port (the plain port is then 0: off). Clients may show a
-    certificate, which Valkey then verifies, but need not: they authenticate with AUTH."""
+    """Valkey's flags for TLS on the client port (the plain port is then 0: off), and for the MIGRATEs
+    of an online reshard, which reach other pods on that port. Clients authenticate with AUTH."""
     return [
         "--tls-port", str(constants.CLIENT_PORT),
         "--tls-cert-file", f"{constants.TLS_DIR}/{constants.TLS_CERT}",
         "--tls-key-file", f"{constants.TLS_DIR}/{constants.TLS_KEY}",
         "--tls-ca-cert-file", f"{constants.TLS_DIR}/{constants.TLS_CA}",
-        "--tls-auth-clients", "optional",
+        # No client certificate is asked for. Valkey's MIGRATE shows its own (a server-auth-only
+        # certificate, as the operator has issued) to the target, which would verify it as a
+        # client's and refuse it; a certificate that need not be shown authenticated no one anyway.
+        "--tls-auth-clients", "no",
+        # MIGRATE dials with TLS (Valkey uses its cluster connection type for it), verifying the
+        # target's certificate against the CA.
+        "--tls-cluster", "yes",
     ]
 
 

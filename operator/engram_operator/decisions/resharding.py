@@ -272,18 +272,6 @@ def plan_resharding(cluster: ClusterSpec, seen: Observed, plan: Plan, act: bool)
     # Unknown while a plan stopped part-way: the shards that have pods are the nearest truth.
     from_shards = in_service or live or (progress.from_shards if progress is not None else 0)
     kept = max(live, in_service or 0) or target
-    if cluster.tls is not None:
-        # The engine's mover and Valkey's MIGRATE speak plain TCP to the nodes' client port, which
-        # spec.tls makes TLS-only: a Job would only fail. The shards keep serving as they are.
-        plan.resharding_condition = Condition(
-            "Resharding",
-            "False",
-            "Unsupported",
-            f"spec.shards is {target} but the slot map has {in_service or 'another count'}: online "
-            "resharding does not support spec.tls clusters yet (docs/scaling.md, Limits); set spec.shards "
-            "back to keep the cluster as it is",
-        )
-        return Resharding(kept=max(live, in_service or 0) or target, active=False)
     if not act:
         plan.resharding_condition = Condition(
             "Resharding",
