@@ -66,6 +66,9 @@ class PodInfo:
     ip: str = ""
     # From the node config annotation; "" on pods made before clusters had an identity.
     cluster_id: str = ""
+    # Its node serves the control port over TLS (its config names a certificate): False on pods of
+    # clusters without spec.tls, and on those an older operator made, until they are rolled.
+    control_tls: bool = False
     # The Kubernetes node it was scheduled to ("" while Pending).
     node: str = ""
     # Wall-clock seconds: when the pod was created, and when its Ready condition last left True
@@ -282,6 +285,7 @@ def pod_from_api(pod: Mapping[str, Any]) -> PodInfo | None:
         role_label=pod_labels.get(labels.ROLE, ""),
         ip=status.get("podIP") or "",
         cluster_id=_node_config_cluster_id(meta.get("annotations") or {}),
+        control_tls=_node_config_serves_tls(meta.get("annotations") or {}),
         node=(pod.get("spec") or {}).get("nodeName") or "",
         created=_timestamp(meta.get("creationTimestamp")) or 0.0,
         not_ready_since=not_ready_since,
@@ -294,6 +298,14 @@ def _node_config_cluster_id(annotations: Mapping[str, str]) -> str:
     except ValueError:
         return ""
     return str(config.get("cluster_id") or "") if isinstance(config, dict) else ""
+
+
+def _node_config_serves_tls(annotations: Mapping[str, str]) -> bool:
+    try:
+        config = json.loads(annotations.get(labels.NODE_CONFIG) or "{}")
+    except ValueError:
+        return False
+    return isinstance(config, dict) and bool(config.get("tls_cert_file"))
 
 
 # A termination message is up to 4 KiB of log; the condition shows its last lines.

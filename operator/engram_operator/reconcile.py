@@ -89,7 +89,7 @@ async def observe(cluster: ClusterSpec, status: Mapping[str, Any]) -> Observed:
         pods=pod_infos,
         children=children | tls_children,
         journal_ready=journal_ready,
-        statuses=await probe.all_statuses(pod_infos),
+        statuses=await probe.all_statuses(pod_infos, await probe.cluster_control_tls(cluster)),
         cluster_id=identity.cluster_id(status, pod_infos, cluster.uid),
         provisioning=job,
         restore_source=source,
@@ -157,6 +157,20 @@ async def network_policies(cluster: ClusterSpec) -> tuple[dict[str, str] | None,
         return policy_hashes(await kube.list_network_policies(cluster.namespace, cluster.name)), ""
     except ApiException as err:
         return None, _api_error(err)
+
+
+async def _control_targets(cluster: ClusterSpec, seen: Observed) -> dict[str, probe.Target]:
+    """Each pod's control port by name: its IP, and TLS where its node serves it."""
+    tls = await probe.cluster_control_tls(cluster)
+    return {p.name: probe.target(p, tls) for p in seen.pods}
+
+
+async def _take_snapshots(
+    cluster: ClusterSpec, seen: Observed, targets: list[SnapshotTarget]
+) -> list[SnapshotResult]:
+    """probe.take_snapshots, on each pod's control port as it serves it (a failure to read the
+    cluster's CA ends the task: its result then reports the request interrupted)."""
+    return await probe.take_snapshots(targets, await _control_targets(cluster, seen))
 
 
 async def tls_objects(
@@ -295,12 +309,12 @@ async def execute(cluster: ClusterSpec, plan: Plan, seen: Observed, logger: logg
             failed("DeleteFailed", f"deleting job {name} failed: {_api_error(err)}")
             continue
         logger.info("deleted job %s", name)
-    ips = {p.name: p.ip for p in seen.pods}
     # By pod IP on the control port (probe.switchover): no Service lists that port, none needs to.
+    control = await _control_targets(cluster, seen) if plan.switchovers else {}
     for switch in plan.switchovers:
         logger.info("switchover: %s hands its shard to %s", switch.pod, switch.target)
         try:
-            await probe.switchover(ips[switch.pod], switch.target)
+            await probe.switchover(control[switch.pod], switch.target)
         except (PeerUnreachable, PeerRefused) as err:
             # Refused (the target fell behind, the primary stepped down meanwhile) or unreachable:
             # the primary keeps serving either way, and the next reconcile picks a target again.
@@ -364,8 +378,7 @@ def snapshot_requests(
     if not any(t.pod for t in targets):
         results = [SnapshotResult(t.shard, "", False, t.problem) for t in targets]
         return _snapshots_done(cluster, seen, request, results, memo, plan)
-    ips = {p.name: p.ip for p in seen.pods}
-    task = asyncio.create_task(probe.take_snapshots(targets, ips))
+    task = asyncio.create_task(_take_snapshots(cluster, seen, targets))
     memo[SNAPSHOT_RUN] = SnapshotRun(request, targets, task)
     log.info("%s/%s: snapshot request %r started", cluster.namespace, cluster.name, request)
     return {**record, "inProgress": request}

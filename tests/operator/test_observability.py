@@ -260,7 +260,7 @@ def _has_the_fields_the_prometheus_operator_requires(monitor: dict[str, Any]) ->
     assert selector == {"any": True} or (set(selector) == {"matchNames"} and selector["matchNames"])
     assert monitor["spec"]["podMetricsEndpoints"]
     for endpoint in monitor["spec"]["podMetricsEndpoints"]:
-        assert set(endpoint) <= {"port", "path", "interval", "honorLabels"}
+        assert set(endpoint) <= {"port", "path", "interval", "honorLabels", "scheme", "tlsConfig"}
         assert isinstance(endpoint["port"], str) and endpoint["path"] == "/metrics"
         assert DURATION.match(endpoint["interval"]), endpoint["interval"]
 
@@ -270,7 +270,18 @@ def test_the_engine_pod_monitor_scrapes_engine_pods_on_their_metrics_port() -> N
     _has_the_fields_the_prometheus_operator_requires(engine)
     pod = _engine_pod()
     assert _selected(engine, pod["metadata"]["labels"])
-    assert {e["port"] for e in engine["spec"]["podMetricsEndpoints"]} <= _port_names(pod["spec"])
+    by_port = {e["port"]: e for e in engine["spec"]["podMetricsEndpoints"]}
+    # One endpoint per scheme: a plain cluster's pods are scraped over HTTP, a TLS cluster's over HTTPS.
+    [plain] = [by_port[p] for p in _port_names(pod["spec"]) if p in by_port]
+    assert plain.get("scheme", "http") == "http"
+    tls_pod = builders.build_engine_pod(
+        spec(tls={"secretName": "demo-certs"}), name="demo-0-0", shard=0, index=0, zone="zone-a",
+        cluster_id=CLUSTER_ID,
+    )
+    [secure] = [by_port[p] for p in _port_names(tls_pod["spec"]) if p in by_port]
+    assert secure["scheme"] == "https"
+    # Unverified unless given a CA: Prometheus scrapes pod IPs, which no certificate names.
+    assert secure["tlsConfig"] == {"insecureSkipVerify": True}
     # Engine pods live in the MemoryClusters' namespaces, not the operator's.
     assert engine["spec"]["namespaceSelector"] == {"any": True}
 
@@ -461,3 +472,12 @@ def test_a_renamed_metric_or_label_would_be_caught() -> None:
     assert {s.name for s in selectors(expr)} == {"engram_commit_latency_bucket"}
     assert "engram_commit_latency_bucket" not in exported_names()
     assert "shard_id" not in series_labels(render(ALL_ON)) and "shard_id" in labels_named(expr)
+
+
+def test_the_engine_pod_monitor_verifies_tls_metrics_with_a_ca_and_a_name_when_given() -> None:
+    values = {**ALL_ON, "monitoring": {**ALL_ON["monitoring"], "podMonitor": {
+        "enabled": True, "tls": {"caSecret": "engram-ca", "serverName": "orders.shop.svc"}}}}
+    engine, _ = pod_monitors(render(values))
+    [secure] = [e for e in engine["spec"]["podMetricsEndpoints"] if e.get("scheme") == "https"]
+    assert secure["tlsConfig"] == {
+        "ca": {"secret": {"name": "engram-ca", "key": "ca.crt"}}, "serverName": "orders.shop.svc"}

@@ -143,7 +143,7 @@ def api(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
     # A cache of its own per test: the shared one would hand one test's nodes to the next.
     monkeypatch.setattr(reconcile, "NODES", node_cache.NodeCache(fake.list_nodes))
 
-    async def no_statuses(pods: list) -> dict:
+    async def no_statuses(pods: list, tls: object = None) -> dict:
         return {}
 
     monkeypatch.setattr(probe, "all_statuses", no_statuses)
@@ -307,7 +307,7 @@ def running_cluster(api: FakeApi, spec: dict[str, Any]) -> dict[str, Any]:
 def answer_as(monkeypatch: pytest.MonkeyPatch, roles: dict[str, str]) -> None:
     """Engine nodes answer ENGRAM.STATUS with these roles (pod name -> role)."""
 
-    async def statuses(pods: list) -> dict:
+    async def statuses(pods: list, tls: object = None) -> dict:
         return {p.name: EngineStatus(role=roles[p.name], applied_seq=10) for p in pods if p.name in roles}
 
     monkeypatch.setattr(probe, "all_statuses", statuses)
@@ -321,7 +321,7 @@ def test_a_refused_switchover_is_shown_in_status_and_an_event_and_retried_next_t
     answer_as(monkeypatch, {"demo-0-0": "primary", "demo-0-1": "replica"})
     asked: list[tuple[str, str]] = []
 
-    async def refuse(host: str, target: str) -> None:
+    async def refuse(host: object, target: str) -> None:
         asked.append((host, target))
         raise PeerRefused("ERR switchover to demo-0-1 aborted: the replication tap did not catch up")
 
@@ -351,7 +351,7 @@ def test_an_unreachable_primary_does_not_escape_the_reconcile(
     status = running_cluster(api, spec)
     answer_as(monkeypatch, {"demo-0-0": "primary", "demo-0-1": "replica"})
 
-    async def unreachable(host: str, target: str) -> None:
+    async def unreachable(host: object, target: str) -> None:
         raise PeerUnreachable(f"{host}:16379 does not answer: timed out")
 
     monkeypatch.setattr(probe, "switchover", unreachable)
@@ -448,10 +448,10 @@ def test_a_snapshot_request_is_carried_out_once_without_holding_the_reconcile_up
     async def scenario() -> None:
         gate = asyncio.Event()
 
-        async def snapshot(host: str) -> str:
-            asked.append(host)
+        async def snapshot(where: probe.Target) -> str:
+            asked.append(where.ip)
             await gate.wait()
-            if host == ips["demo-1-1"]:
+            if where.ip == ips["demo-1-1"]:
                 raise PeerRefused("ERR cluster demo has no snapshot store (provisioned before snapshots)")
             return "shard 0: snapshot at entry 42 verified"
 
@@ -519,7 +519,7 @@ def test_a_request_for_a_cluster_without_replicas_fails_at_once_with_the_reason(
     status = running_cluster(api, spec)
     answer_as(monkeypatch, {"demo-0-0": "primary"})
 
-    async def snapshot(host: str) -> str:
+    async def snapshot(host: object) -> str:
         raise AssertionError("no node may be asked")
 
     monkeypatch.setattr(probe, "snapshot", snapshot)
@@ -641,7 +641,7 @@ def test_a_failing_snapshot_posts_a_warning_per_failed_attempt_and_survives_an_o
     api.engine_pods = [pod]
     answers = {"failures": 1}
 
-    async def statuses(pods: list) -> dict:
+    async def statuses(pods: list, tls: object = None) -> dict:
         n = answers["failures"]
         return {"demo-0-1": EngineStatus("replica", snapshot_failures=n, snapshot_error="digest differs")}
 
@@ -761,7 +761,7 @@ def test_growing_spec_shards_runs_the_reshard_job_then_the_new_shards_pods_and_r
     moving = {"id": "p1", "from_shards": 1, "to_shards": 2, "phase": "moving", "slots_total": 8192,
               "slots_moved": 4096, "started": 1.0, "updated": 101.0}
 
-    async def reporting(pods: list) -> dict:
+    async def reporting(pods: list, tls: object = None) -> dict:
         return {p.name: parse_engine_status(["role", "primary", "reshard", json.dumps(moving)]) for p in pods}
 
     monkeypatch.setattr(probe, "all_statuses", reporting)

@@ -36,6 +36,15 @@ from engram_operator.spec import ClusterSpec
 # Ready = a primary, or a replica applying the journal (not halted) and nearly caught up; the node
 # says which on its control port.
 READINESS_COMMAND = ["python", "-m", "engram.node.probe", "--port", str(constants.ADMIN_PORT)]
+METRICS_PORT_NAME = "metrics"
+METRICS_TLS_PORT_NAME = "metrics-tls"
+# The cluster's CA, mounted in both containers with spec.tls: the control port then speaks TLS.
+TLS_CA_FILE = f"{constants.TLS_DIR}/{constants.TLS_CA}"
+
+
+def readiness_command(cluster: ClusterSpec) -> list[str]:
+    """The readiness probe; with spec.tls it speaks TLS to the control port, trusting the cluster's CA."""
+    return [*READINESS_COMMAND, *(["--tls-ca", TLS_CA_FILE] if cluster.tls is not None else [])]
 # Clients on every IPv4 address of the pod. Not "0.0.0.0 ::": Valkey does not start when an address
 # it is told to bind (without a "-" prefix) cannot be bound, as "::" on a pod without IPv6.
 VALKEY_BIND = "0.0.0.0"
@@ -99,7 +108,21 @@ def build_node_config(
         users_file=f"{constants.USERS_DIR}/{constants.USERS_FILE}",
         # spec.tls locks the journal: fixed paths to the mounted password and CA (fixed at creation).
         **journal_security_fields(cluster),
+        **tls_fields(cluster),
     )
+
+
+def tls_fields(cluster: ClusterSpec) -> dict[str, Any]:
+    """spec.tls: Valkey's certificate, which the node's control and metrics ports serve too and whose
+    renewal the node has Valkey load (valkey_tls); {} without spec.tls."""
+    if cluster.tls is None:
+        return {}
+    return {
+        "tls_cert_file": f"{constants.TLS_DIR}/{constants.TLS_CERT}",
+        "tls_key_file": f"{constants.TLS_DIR}/{constants.TLS_KEY}",
+        "tls_ca_file": TLS_CA_FILE,
+        "valkey_tls": True,
+    }
 
 
 def journal_security_fields(cluster: ClusterSpec) -> dict[str, str]:
@@ -182,16 +205,19 @@ PRE_STOP_WAIT_SECONDS = 15
 TERMINATION_GRACE_SECONDS = 30
 
 
-def valkey_pre_stop() -> str:
+def valkey_pre_stop(tls: bool = False) -> str:
     """sh: wait (bounded) while the node on this pod's control port answers that it is primary.
 
     valkey-cli speaks RESP to the control port; without a terminal it prints ENGRAM.STATUS's
-    field/value array one item per line, so a line "primary" is the role field's value.
+    field/value array one item per line, so a line "primary" is the role field's value. With
+    ``tls`` it speaks TLS, verifying the chain with the cluster's CA (valkey-cli checks no name).
     """
     polls = PRE_STOP_WAIT_SECONDS * 2
+    secure = f" --tls --cacert {TLS_CA_FILE}" if tls else ""
     return (
         f"i=0; while [ $i -lt {polls} ]; do "
-        f"valkey-cli -p {constants.ADMIN_PORT} ENGRAM.STATUS 2>/dev/null | grep -qx primary || exit 0; "
+        f"valkey-cli{secure} -p {constants.ADMIN_PORT} ENGRAM.STATUS 2>/dev/null "
+        "| grep -qx primary || exit 0; "
         "sleep 0.5; i=$((i+1)); done"
     )
 
@@ -291,7 +317,9 @@ def _engine_pod_spec(cluster: ClusterSpec, name: str, shard: int, zone: str | No
         # A deleted pod's containers get SIGTERM together: Valkey would exit under a primary that is
         # handing its shard over (the node does so on SIGTERM). Hold Valkey's SIGTERM back until the
         # node no longer leads, or stops answering.
-        "lifecycle": {"preStop": {"exec": {"command": ["sh", "-c", valkey_pre_stop()]}}},
+        "lifecycle": {
+            "preStop": {"exec": {"command": ["sh", "-c", valkey_pre_stop(cluster.tls is not None)]}},
+        },
     }
     node = {
         "name": "node",
@@ -307,7 +335,10 @@ def _engine_pod_spec(cluster: ClusterSpec, name: str, shard: int, zone: str | No
         "ports": [
             # The control port: the operator and peers reach it by pod IP or pod DNS name.
             {"name": "admin", "containerPort": constants.ADMIN_PORT},
-            {"name": "metrics", "containerPort": constants.METRICS_PORT},
+            # Named for its scheme: the chart's PodMonitor scrapes "metrics" over HTTP and
+            # "metrics-tls" (spec.tls) over HTTPS.
+            {"name": METRICS_TLS_PORT_NAME if cluster.tls else METRICS_PORT_NAME,
+             "containerPort": constants.METRICS_PORT},
         ],
         "resources": cluster.node_resources.to_manifest(),
         "securityContext": container_security_context(),
@@ -318,6 +349,8 @@ def _engine_pod_spec(cluster: ClusterSpec, name: str, shard: int, zone: str | No
             {"name": "data", "mountPath": constants.DATA_DIR},
             {"name": "tmp", "mountPath": "/tmp"},
             *journal_security_mounts(cluster),
+            # The certificate the node's control and metrics ports serve, and whose renewal it watches.
+            *([{"name": "tls", "mountPath": constants.TLS_DIR, "readOnly": True}] if cluster.tls else []),
         ],
         # The node's own port, which it opens before anything that can wait (Valkey, a journal
         # that is away, replaying the journal): a node that waits answers "starting" and passes,
@@ -328,7 +361,7 @@ def _engine_pod_spec(cluster: ClusterSpec, name: str, shard: int, zone: str | No
             "failureThreshold": 120,
         },
         "readinessProbe": {
-            "exec": {"command": READINESS_COMMAND},
+            "exec": {"command": readiness_command(cluster)},
             "periodSeconds": 5,
             "timeoutSeconds": 4,
             "failureThreshold": 2,
@@ -385,7 +418,7 @@ def _engine_pod_spec(cluster: ClusterSpec, name: str, shard: int, zone: str | No
 
 
 def _tls_volumes(cluster: ClusterSpec) -> list[dict[str, Any]]:
-    """spec.tls: Valkey's certificate, key and CA (the valkey container only), and the journal's."""
+    """spec.tls: Valkey's certificate, key and CA (the valkey and node containers), and the journal's."""
     if cluster.tls is None:
         return []
     return [secret_volume("tls", cluster.tls.client_secret(cluster.name)), *journal_security_volumes(cluster)]

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
+import ssl
 import sys
 import time
 from typing import Any
 
 from engram.cli.status_table import print_status, table
-from engram.node.peer import PeerRefused, PeerUnreachable, call
+from engram.node.peer import PeerRefused, PeerUnreachable, call, control_tls
 from engram_operator import GROUP, constants, labels
 from engram_operator.kubectl import runner, view
 from engram_operator.kubectl.view import PluginError
@@ -50,13 +52,32 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _control_tls(name: str, pod: str, namespace: str) -> tuple[ssl.SSLContext | None, str | None]:
+    """TLS to the pod's control port where its node serves it (its config names a certificate): the
+    CA from the cluster's certificate Secret, and the pod's DNS name, which the certificate carries."""
+    pod_obj = runner.get_json("pod", pod, namespace=namespace)
+    node_config = json.loads((pod_obj["metadata"].get("annotations") or {}).get(labels.NODE_CONFIG) or "{}")
+    if not node_config.get("tls_cert_file"):
+        return None, None
+    tls_spec = (_cluster(name, namespace).get("spec") or {}).get("tls") or {}
+    secret_name = tls_spec.get("secretName") or labels.tls_secret_name(name)
+    ca = (runner.get_json("secret", secret_name, namespace=namespace).get("data") or {}).get(constants.TLS_CA)
+    if not ca:
+        raise PluginError(f"the control port of {pod} speaks TLS, and Secret {secret_name} has no "
+                          f"{constants.TLS_CA} to verify it with")
+    server = f"{pod}.{labels.headless_service_name(name)}.{namespace}.svc.{constants.CLUSTER_DOMAIN}"
+    return control_tls(ca_data=base64.b64decode(ca).decode()), server
+
+
 def cmd_switchover(args: argparse.Namespace) -> int:
     doc = _status(args.name, args.namespace)
     primary, target = view.switchover_pair(doc, args.to)
     _say(f"{primary} hands its shard to {target}")
+    tls, server = _control_tls(args.name, primary, doc["namespace"])
     with runner.port_forward(primary, constants.ADMIN_PORT, doc["namespace"]) as port:
         try:
-            asyncio.run(call("127.0.0.1", port, "ENGRAM.FAILOVER", target, timeout=SWITCHOVER_TIMEOUT))
+            asyncio.run(call("127.0.0.1", port, "ENGRAM.FAILOVER", target, timeout=SWITCHOVER_TIMEOUT,
+                             tls=tls, server_hostname=server))
         except (PeerRefused, PeerUnreachable) as exc:
             raise PluginError(f"switchover of {primary} to {target} failed: {exc}") from exc
     _say(f"done: {target} is the primary of its shard")
