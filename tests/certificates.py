@@ -9,7 +9,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from engram.platforms.local.tls import _ca_certificate, _server_certificate
+from engram.platforms.local.tls import ca_certificate, server_certificate
 
 
 class TestCA:
@@ -19,7 +19,7 @@ class TestCA:
 
     def __init__(self) -> None:
         self.key = ec.generate_private_key(ec.SECP256R1())
-        self.cert = _ca_certificate(self.key)
+        self.cert = ca_certificate(self.key)
 
     def write_ca(self, path: Path) -> None:
         path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
@@ -28,7 +28,7 @@ class TestCA:
         """Write a new leaf and its key, key first; return its serial. ``write_key=False`` leaves the
         key file as it was: a pair that does not match. Each file is replaced in one rename."""
         leaf_key = ec.generate_private_key(ec.SECP256R1())
-        cert = _server_certificate(leaf_key, self.cert, self.key, hosts)
+        cert = server_certificate(leaf_key, self.cert, self.key, hosts)
         if write_key:
             _replace(
                 key_file,

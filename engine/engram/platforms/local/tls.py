@@ -75,9 +75,9 @@ class LocalTLS:
                 _write_private(Path(path), secrets.token_hex(24).encode())
         if not Path(self.ca_file).exists() or not _covers(Path(self.cert_file), hosts):
             ca_key = ec.generate_private_key(ec.SECP256R1())
-            ca = _ca_certificate(ca_key)
+            ca = ca_certificate(ca_key)
             key = ec.generate_private_key(ec.SECP256R1())
-            cert = _server_certificate(key, ca, ca_key, hosts)
+            cert = server_certificate(key, ca, ca_key, hosts)
             _write_private(Path(self.key_file), key.private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
             Path(self.cert_file).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
@@ -111,7 +111,7 @@ def _validity(builder: x509.CertificateBuilder) -> x509.CertificateBuilder:
         now + datetime.timedelta(days=VALID_DAYS))
 
 
-def _ca_certificate(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
+def ca_certificate(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "engram local journal CA")])
     builder = x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
     builder = _validity(builder.serial_number(x509.random_serial_number()))
@@ -123,7 +123,7 @@ def _ca_certificate(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
     return builder.sign(key, hashes.SHA256())
 
 
-def _server_certificate(key: ec.EllipticCurvePrivateKey, ca: x509.Certificate,
+def server_certificate(key: ec.EllipticCurvePrivateKey, ca: x509.Certificate,
                         ca_key: ec.EllipticCurvePrivateKey, hosts: list[str]) -> x509.Certificate:
     names: list[x509.GeneralName] = [x509.DNSName("localhost")]
     for host in sorted(set(hosts)):
