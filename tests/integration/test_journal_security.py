@@ -124,7 +124,7 @@ def test_provision_reads_a_locked_source_with_its_credentials_and_an_open_one_wi
 ) -> None:
     """The operator's provisioning Job between two clusters' journals, both ways: an open cluster
     restored from a locked one, and a locked one from an open one."""
-    locked, plain = local_cluster(replicas=1, tls=True), local_cluster(replicas=1)
+    locked, plain = local_cluster(replicas=0, tls=True), local_cluster(replicas=0)
     tls = Path(locked["dir"]) / "tls"
     own = JournalSecurity.from_files("engram", str(tls / "journal.password"), str(tls / "ca.pem"))
     base = str(Path(locked["dir"]).parent)
