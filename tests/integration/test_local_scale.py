@@ -258,7 +258,7 @@ def _writes_go_on(writer: ClusterWriter, after: str) -> None:
 def test_a_tls_cluster_reshards_while_a_tls_cluster_client_writes(local_cluster: Any) -> None:
     """With --tls every node serves clients over TLS only: the mover reaches them over TLS, and the
     source Valkeys MIGRATE to the targets' own ports behind their TLS fronts."""
-    doc = local_cluster(shards=1, replicas=1, tls=True)
+    doc = local_cluster(shards=1, replicas=0, tls=True)
     ca = str(Path(doc["dir"]) / "tls" / "ca.pem")
     writer = ClusterWriter(doc, ca)
     writer.preload()
