@@ -6,15 +6,26 @@ import hashlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from engram.cluster.users import UsersFileError, parse_users
-from engram.journal.servers import SYNC_ALWAYS, journal_urls_for, sync_interval_problem
+from engram.journal.servers import SYNC_ALWAYS, sync_interval_problem
+from engram.node.certificate import TlsFiles
 from engram.node.config import NodeConfig
+from engram.orchestration.node_config import (
+    JournalClientFiles,
+    JournalServer,
+    NodeClusterSettings,
+    NodeIdentity,
+    stream_replicas,
+)
+from engram.orchestration.node_config import node_config as core_node_config
 from engram.orchestration.provision import ProvisionRequest, new_cluster_id
 from engram.orchestration.zones import NodePlacement, Spreading, ZonePlan, plan_zones
 from engram.platforms.local import journal, network, ports
 from engram.platforms.local.state import ClusterState, NodeState, check_name
-from engram.platforms.local.tls import JOURNAL_USER, LocalTLS
+from engram.platforms.local.tls import LocalTLS
+from engram.snapshots.schedule import SnapshotPolicy
 
 # Linux refuses unix socket paths longer than this (sun_path is 108 bytes with its NUL).
 MAX_UNIX_SOCKET = 107
@@ -105,7 +116,8 @@ class ClusterSpec:
 
     @property
     def journal_replicas(self) -> int:
-        return min(3, len(self.zones))
+        """One journal server per zone (journal.plan_journal), so one stream replica per zone."""
+        return stream_replicas(len(self.zones))
 
 
 def zone_plan(spec: ClusterSpec) -> ZonePlan:
@@ -217,8 +229,8 @@ def plan(spec: ClusterSpec, directory: Path, nats_server: str, valkey_server: st
 
 
 def journal_replicas(state: ClusterState) -> int:
-    """Replicas of every journal stream: one per zone, at most three."""
-    return min(3, len(state.zones))
+    """Replicas of every journal stream: one per journal server (one per zone), at most three."""
+    return stream_replicas(len(state.journal))
 
 
 def provision_request(state: ClusterState) -> ProvisionRequest:
@@ -229,41 +241,40 @@ def provision_request(state: ClusterState) -> ProvisionRequest:
                             restore_entry_keys=state.restore_entry_keys)
 
 
-def node_config(state: ClusterState, node: NodeState, log_level: str = "warning") -> NodeConfig:
-    """The NodeConfig a node process is started with."""
-    values = {
-        "cluster": state.name,
-        "cluster_id": state.cluster_id,
-        "node_id": node.id,
-        "shard": node.shard,
-        "zone": node.zone,
-        "port": node.port,
-        "admin_port": node.control_port,
-        "journal_urls": journal_urls_for(node.zone, [(j.url, j.zone) for j in state.journal]),
-        "journal_zones": {server.name: server.zone for server in state.journal},
-        "data_dir": str(Path(node.config).parent),
-        "host": node.host,
-        "journal_replicas": journal_replicas(state),
-        "lease_seconds": state.lease_seconds,
-        "snapshot_interval": state.snapshot_interval,
-        "snapshot_tail_entries": state.snapshot_entries,
-        "valkey_server": state.valkey_server,
-        "log_level": log_level,
-        "users_file": state.users_file,
-    }
-    if (tls := state.local_tls) is not None:
-        values.update(journal_user=JOURNAL_USER, journal_password_file=tls.password_file,
-                      journal_ca_file=tls.ca_file)
+def cluster_settings(state: ClusterState, log_level: str = "warning") -> NodeClusterSettings:
+    """What every node of the local cluster shares, for the orchestration core's node_config."""
+    tls = state.local_tls
+    return NodeClusterSettings(
+        name=state.name,
+        cluster_id=state.cluster_id,
+        shards=state.shards,
+        journal=tuple(JournalServer(j.name, j.url, j.zone) for j in state.journal),
+        log_level=log_level,
+        lease_seconds=state.lease_seconds,
+        snapshots=SnapshotPolicy(state.snapshot_interval, state.snapshot_entries),
+        users_file=state.users_file,
+        journal_files=JournalClientFiles(tls.password_file, tls.ca_file) if tls else None,
         # A TLS cluster's control and metrics ports speak TLS, whether or not its clients do.
-        values.update(tls_cert_file=tls.cert_file, tls_key_file=tls.key_file, tls_ca_file=tls.ca_file)
-        if node.tls_port:
-            values.update(tls_port=node.tls_port)
-    values["shards"] = state.shards
-    values["preferred_primary"] = node.preferred_primary
-    data_dir = str(values["data_dir"])
+        tls=TlsFiles(tls.cert_file, tls.key_file, tls.ca_file) if tls else None,
+    )
+
+
+def node_config(state: ClusterState, node: NodeState, log_level: str = "warning") -> NodeConfig:
+    """The NodeConfig a node process is started with: the core's decisions, and local processes'
+    addresses, files and Valkey binary."""
+    data_dir = str(Path(node.config).parent)
+    platform: dict[str, Any] = {}
+    if state.tls and node.tls_port:
+        # The node terminates client TLS itself (node/tls_front.py): local Valkey has no certificate.
+        platform["tls_port"] = node.tls_port
     if len(str(Path(data_dir) / "valkey.sock")) > MAX_UNIX_SOCKET:
-        values["valkey_socket"] = short_socket(data_dir)
-    return NodeConfig(**values)
+        platform["valkey_socket"] = short_socket(data_dir)
+    return core_node_config(
+        cluster_settings(state, log_level),
+        NodeIdentity(node.id, node.shard, node.zone, node.preferred_primary),
+        port=node.port, admin_port=node.control_port, host=node.host, data_dir=data_dir,
+        valkey_server=state.valkey_server, **platform,
+    )
 
 
 def short_socket(data_dir: str) -> str:

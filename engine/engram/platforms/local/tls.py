@@ -22,8 +22,8 @@ from cryptography.x509.oid import NameOID
 
 from engram.journal.security import JournalSecurity
 from engram.journal.servers import JournalAuth, ServerTLS
+from engram.orchestration.node_config import JOURNAL_USER
 
-JOURNAL_USER = "engram"
 ROUTE_USER = "engram-route"
 VALID_DAYS = 3650
 
