@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from engram.journal.placement import StreamPeer, leader_move
-from engram.journal.servers import journal_urls_for
+from engram.orchestration.node_config import JournalServer, own_zone_first
 
 ZONES = {"j-a": "a", "j-b": "b", "j-c": "c"}
 
@@ -44,7 +44,7 @@ def test_zone_names_from_node_labels_match_their_lower_case_tags() -> None:
 
 
 def test_a_nodes_journal_urls_put_its_own_zones_servers_first_and_keep_the_rest_in_order() -> None:
-    servers = [("nats://a1", "a"), ("nats://b1", "B"), ("nats://c1", "c"), ("nats://b2", "b"),
-               ("nats://x", "")]
-    assert journal_urls_for("b", servers) == ["nats://b1", "nats://b2", "nats://a1", "nats://c1", "nats://x"]
-    assert journal_urls_for("z", servers) == [url for url, _ in servers]
+    named = [("nats://a1", "a"), ("nats://b1", "B"), ("nats://c1", "c"), ("nats://b2", "b"), ("nats://x", "")]
+    servers = [JournalServer(url, url, zone) for url, zone in named]
+    assert own_zone_first("b", servers) == ["nats://b1", "nats://b2", "nats://a1", "nats://c1", "nats://x"]
+    assert own_zone_first("z", servers) == [s.url for s in servers]

@@ -193,7 +193,7 @@ class Journal:
                 error_cb=_quiet,
                 # A server cut off with its zone answers nothing, not even an error: notice within
                 # about 2 s and move on to the next server, in the order given (the caller's own
-                # zone first, see journal_urls_for), not a random one.
+                # zone first, see orchestration/node_config.py), not a random one.
                 ping_interval=1,
                 max_outstanding_pings=2,
                 dont_randomize=True,

@@ -27,13 +27,6 @@ def sync_interval_problem(value: str) -> str:
     return f"the journal sync must be 'always' or a duration like '100ms' or '1s', not {value!r}"
 
 
-def journal_urls_for(zone: str, servers: list[tuple[str, str]]) -> list[str]:
-    """A node's journal URLs, its own zone's servers first: a node then talks to a server it shares a
-    fate with, and losing another zone never leaves it on a dead connection. servers: (url, zone)."""
-    home = zone.lower()
-    return [url for url, _ in sorted(servers, key=lambda s: s[1].lower() != home)]
-
-
 def zone_tag(zone: str) -> str:
     """The server tag that places a journal server in a zone, e.g. ``az:us-east-1a``."""
     return f"{ZONE_TAG}:{zone}"

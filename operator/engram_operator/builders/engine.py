@@ -16,8 +16,16 @@ from typing import Any
 
 from kubernetes.utils import parse_quantity
 
-from engram.journal.servers import journal_urls_for
+from engram.node.certificate import TlsFiles
 from engram.node.config import NodeConfig
+from engram.orchestration.node_config import (
+    JournalClientFiles,
+    JournalServer,
+    NodeClusterSettings,
+    NodeIdentity,
+    node_config,
+)
+from engram.snapshots.schedule import SnapshotPolicy
 from engram.valkey.process import valkey_flags
 from engram_operator import constants, labels
 from engram_operator.builders.common import (
@@ -28,8 +36,8 @@ from engram_operator.builders.common import (
     scheduling,
     zone_affinity,
 )
-from engram_operator.builders.journal import STREAM_REPLICAS, journal_urls
-from engram_operator.builders.journal_auth import JOURNAL_CA_FILE, JOURNAL_USER, PASSWORD_FILE, PASSWORD_KEY
+from engram_operator.builders.journal import journal_urls
+from engram_operator.builders.journal_auth import JOURNAL_CA_FILE, PASSWORD_FILE, PASSWORD_KEY
 from engram_operator.builders.tls import secret_volume, valkey_tls_flags
 from engram_operator.spec import ClusterSpec
 
@@ -53,13 +61,34 @@ VALKEY_BIND = "0.0.0.0"
 MAXMEMORY_FRACTION = Decimal("0.75")
 
 
-def _own_zone_first(cluster: ClusterSpec, zone: str, journal_zones: Mapping[str, str]) -> list[str]:
-    """The journal URLs with the servers of the node's zone first (journal_urls_for); servers whose
-    zone is not known keep their order after those."""
-    urls = journal_urls(cluster)
-    names = [labels.journal_pod_name(cluster.name, i) for i in range(len(urls))]
-    zones = [journal_zones.get(name, "") for name in names]
-    return journal_urls_for(zone, list(zip(urls, zones, strict=True)))
+def cluster_settings(
+    cluster: ClusterSpec, cluster_id: str, journal_zones: Mapping[str, str] | None = None
+) -> NodeClusterSettings:
+    """What every engine node of the cluster shares, for the orchestration core's node_config.
+
+    ``journal_zones``: journal server name -> its real zone (decisions.journal_zones); servers not
+    in it have no zone a node could share.
+    """
+    names = [labels.journal_pod_name(cluster.name, i) for i in range(cluster.journal.replicas)]
+    zones = journal_zones or {}
+    return NodeClusterSettings(
+        name=cluster.name,
+        cluster_id=cluster_id,
+        shards=cluster.shards,
+        # Zones derived from where the journal servers run, not from the spec: they never roll a pod.
+        journal=tuple(JournalServer(name, url, zones.get(name, ""))
+                      for name, url in zip(names, journal_urls(cluster), strict=True)),
+        log_level=cluster.engine.log_level,
+        # Shared by every pod, so a change rolls them (pod_spec_hash). spec.snapshots.request is not
+        # here: the operator carries a request out itself, without restarting anything.
+        snapshots=SnapshotPolicy(cluster.snapshots.interval_seconds, cluster.snapshots.tail_entries,
+                                 cluster.snapshots.keep),
+        # A fixed path: the users themselves are in the mounted Secret, which the kubelet refreshes
+        # in place and the node re-reads, so a new user or password never rolls a pod.
+        users_file=f"{constants.USERS_DIR}/{constants.USERS_FILE}",
+        journal_files=journal_client_files(cluster),
+        tls=tls_files(cluster),
+    )
 
 
 def build_node_config(
@@ -77,63 +106,38 @@ def build_node_config(
     ``cluster_id`` is the id provisioning wrote into the journal: a node finding another one halts.
     """
     headless = labels.headless_service_name(cluster.name)
-    return NodeConfig(
-        cluster=cluster.name,
-        node_id=pod_name,
-        shard=shard,
-        zone=zone,
+    return node_config(
+        cluster_settings(cluster, cluster_id, journal_zones),
+        NodeIdentity(pod_name, shard, zone, preferred_primary),
         port=constants.CLIENT_PORT,
         admin_port=constants.ADMIN_PORT,
-        journal_urls=_own_zone_first(cluster, zone, journal_zones or {}),
         data_dir=constants.DATA_DIR,
-        cluster_id=cluster_id,
-        shards=cluster.shards,
-        preferred_primary=preferred_primary,
         host="0.0.0.0",
         announce=f"{fqdn(pod_name, headless, cluster)}:{constants.CLIENT_PORT}",
-        journal_replicas=STREAM_REPLICAS,
-        # Derived from where the journal servers run, not from the spec: it never rolls a pod.
-        journal_zones=dict(journal_zones or {}),
+        # Valkey runs in its own container beside the node, on the shared socket.
         spawn_valkey=False,
         valkey_socket=constants.VALKEY_SOCKET,
         metrics_port=constants.METRICS_PORT,
-        log_level=cluster.engine.log_level,
-        # Shared by every pod, so a change rolls them (pod_spec_hash). spec.snapshots.request is not
-        # here: the operator carries a request out itself, without restarting anything.
-        snapshot_interval=cluster.snapshots.interval_seconds,
-        snapshot_tail_entries=cluster.snapshots.tail_entries,
-        snapshot_keep=cluster.snapshots.keep,
-        # A fixed path: the users themselves are in the mounted Secret, which the kubelet refreshes
-        # in place and the node re-reads, so a new user or password never rolls a pod.
-        users_file=f"{constants.USERS_DIR}/{constants.USERS_FILE}",
-        # spec.tls locks the journal: fixed paths to the mounted password and CA (fixed at creation).
-        **journal_security_fields(cluster),
-        **tls_fields(cluster),
+        # spec.tls: Valkey serves clients TLS with the cluster's certificate and the node has it
+        # load a renewal.
+        valkey_tls=cluster.tls is not None,
     )
 
 
-def tls_fields(cluster: ClusterSpec) -> dict[str, Any]:
-    """spec.tls: Valkey's certificate, which the node's control and metrics ports serve too and whose
-    renewal the node has Valkey load (valkey_tls); {} without spec.tls."""
+def tls_files(cluster: ClusterSpec) -> TlsFiles | None:
+    """spec.tls: Valkey's certificate, which the node's control and metrics ports serve too; None
+    without spec.tls."""
     if cluster.tls is None:
-        return {}
-    return {
-        "tls_cert_file": f"{constants.TLS_DIR}/{constants.TLS_CERT}",
-        "tls_key_file": f"{constants.TLS_DIR}/{constants.TLS_KEY}",
-        "tls_ca_file": TLS_CA_FILE,
-        "valkey_tls": True,
-    }
+        return None
+    return TlsFiles(f"{constants.TLS_DIR}/{constants.TLS_CERT}", f"{constants.TLS_DIR}/{constants.TLS_KEY}",
+                    TLS_CA_FILE)
 
 
-def journal_security_fields(cluster: ClusterSpec) -> dict[str, str]:
-    """NodeConfig's journal_user, journal_password_file and journal_ca_file ({} for an open journal)."""
+def journal_client_files(cluster: ClusterSpec) -> JournalClientFiles | None:
+    """spec.tls locks the journal: fixed paths to the mounted password and CA (None: an open journal)."""
     if cluster.tls is None:
-        return {}
-    return {
-        "journal_user": JOURNAL_USER,
-        "journal_password_file": PASSWORD_FILE,
-        "journal_ca_file": JOURNAL_CA_FILE,
-    }
+        return None
+    return JournalClientFiles(PASSWORD_FILE, JOURNAL_CA_FILE)
 
 
 # Node config fields that say which pod this is (its name, slot, zone, whether it led a brand-new

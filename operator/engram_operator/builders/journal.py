@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engram.journal.servers import JournalAuth, JournalServerConfig, ServerTLS, render_config, route_url
+from engram.orchestration.node_config import MAX_STREAM_REPLICAS
 from engram_operator import constants, labels
 from engram_operator.builders.common import (
     container_security_context,
@@ -27,8 +28,6 @@ from engram_operator.builders.common import (
 from engram_operator.builders.tls import SECRET_MODE, secret_volume
 from engram_operator.spec import ClusterSpec
 
-# Every shard's stream keeps this many copies, each in a distinct zone (JetStream unique_tag).
-STREAM_REPLICAS = 3
 CONFIG_FILE = "server.conf"
 
 
@@ -52,16 +51,16 @@ def plan_journal(zones: list[str], replicas: int, spreading: str) -> list[Journa
     JetStream can still place three copies (on distinct servers, not distinct zones).
     """
     distinct = sorted(set(zones))
-    if len(distinct) < STREAM_REPLICAS and spreading == "Required":
+    if len(distinct) < MAX_STREAM_REPLICAS and spreading == "Required":
         raise JournalSpreadError(
-            f"the journal keeps {STREAM_REPLICAS} copies in distinct zones but the cluster's nodes "
+            f"the journal keeps {MAX_STREAM_REPLICAS} copies in distinct zones but the cluster's nodes "
             f"span {len(distinct)} zone(s) ({', '.join(distinct) or 'none labelled'}); add nodes in "
             "more zones or set spec.placement.spreading: Preferred"
         )
     out = []
     for server in range(replicas):
         zone = distinct[server % len(distinct)] if distinct else None
-        tag = zone if len(distinct) >= STREAM_REPLICAS and zone else f"{zone or 'default'}.{server}"
+        tag = zone if len(distinct) >= MAX_STREAM_REPLICAS and zone else f"{zone or 'default'}.{server}"
         out.append(JournalPlacement(server, zone, _tag_safe(tag)))
     return out
 

@@ -10,11 +10,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from engram.journal.servers import JournalAuth
+from engram.orchestration.node_config import JOURNAL_USER
 from engram_operator import constants, labels
 from engram_operator.builders.common import opaque_secret
 from engram_operator.spec import ClusterSpec
 
-JOURNAL_USER = "engram"
 ROUTE_USER = "engram-route"
 # Keys of NAME-journal-auth. Engine pods and the Job mount PASSWORD_KEY only, never the routes'.
 PASSWORD_KEY = "password"

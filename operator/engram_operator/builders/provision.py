@@ -12,14 +12,15 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+from engram.orchestration.node_config import stream_replicas
 from engram_operator import constants, labels
 from engram_operator.builders.common import container_security_context, one_shot_job
 from engram_operator.builders.engine import (
-    journal_security_fields,
+    journal_client_files,
     journal_security_mounts,
     journal_security_volumes,
 )
-from engram_operator.builders.journal import STREAM_REPLICAS, journal_urls
+from engram_operator.builders.journal import journal_urls
 from engram_operator.builders.journal_auth import JOURNAL_USER, PASSWORD_KEY
 from engram_operator.builders.tls import secret_volume
 from engram_operator.spec import ClusterSpec, TlsSpec
@@ -124,7 +125,7 @@ def provision_command(cluster: ClusterSpec, cluster_id: str, source_journal: Seq
         "--shards",
         str(cluster.shards),
         "--journal-replicas",
-        str(STREAM_REPLICAS),
+        str(stream_replicas(cluster.journal.replicas)),
         "--journal",
         ",".join(journal_urls(cluster)),
         "--timeout",
@@ -144,13 +145,13 @@ def _cluster_source(cluster: ClusterSpec) -> str:
 def journal_security_args(cluster: ClusterSpec) -> list[str]:
     """`engram provision`'s credentials for a locked journal (spec.tls): the password stays in its
     mounted file, never on the command line."""
-    fields = journal_security_fields(cluster)
-    if not fields:
+    files = journal_client_files(cluster)
+    if files is None:
         return []
     return [
-        "--journal-user", fields["journal_user"],
-        "--journal-password-file", fields["journal_password_file"],
-        "--journal-ca", fields["journal_ca_file"],
+        "--journal-user", JOURNAL_USER,
+        "--journal-password-file", files.password_file,
+        "--journal-ca", files.ca_file,
     ]
 
 
