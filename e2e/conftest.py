@@ -60,10 +60,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-@pytest.fixture(scope="session")
-def kube() -> Iterator[Kubectl]:
-    """A fresh namespace for the run, deleted afterwards even when tests fail."""
-    namespace = f"engram-e2e-{uuid.uuid4().hex[:6]}"
+def namespace_for(module: str) -> str:
+    """A fresh namespace named for the test file: test_zone_loss -> e2e-zone-loss-1a2b3c."""
+    behaviour = module.rsplit(".", 1)[-1].removeprefix("test_").replace("_", "-")
+    return f"e2e-{behaviour[:40]}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture(scope="module")
+def kube(request: pytest.FixtureRequest) -> Iterator[Kubectl]:
+    """Each file (one behaviour) gets its own namespace, deleted afterwards even when tests fail, so
+    nothing one file leaves behind is seen by the next."""
+    namespace = namespace_for(request.module.__name__)
     subprocess.run(["kubectl", "create", "namespace", namespace], check=True, capture_output=True)
     try:
         yield Kubectl(namespace)
@@ -71,7 +78,7 @@ def kube() -> Iterator[Kubectl]:
         subprocess.run(["kubectl", "delete", "namespace", namespace, "--wait=false"], capture_output=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def client_pod(kube: Kubectl) -> str:
     """A pod with redis-py (the engine image) from which tests talk to the cluster by its Service DNS."""
     kube.run(

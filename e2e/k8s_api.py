@@ -27,11 +27,17 @@ class Kubectl:
         check: bool = True,
         timeout: float = 120,
     ) -> str:
-        cmd = ["kubectl", "-n", namespace or self.namespace, *args]
-        proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout)
+        proc = self.attempt(*args, namespace=namespace, stdin=stdin, timeout=timeout)
         if check and proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()}")
+            raise RuntimeError(f"{' '.join(proc.args)} failed ({proc.returncode}): {proc.stderr.strip()}")
         return proc.stdout
+
+    def attempt(
+        self, *args: str, namespace: str | None = None, stdin: str | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """Run kubectl and return its exit code, stdout and stderr: for what the API server refuses."""
+        cmd = ["kubectl", "-n", namespace or self.namespace, *args]
+        return subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout)
 
     def get(self, kind: str, name: str = "", selector: str = "") -> dict[str, Any]:
         args = ["get", kind, *([name] if name else []), "-o", "json"]
@@ -113,3 +119,56 @@ def memorycluster(name: str, shards: int, replicas: int, **spec: Any) -> dict[st
             **spec,
         },
     }
+
+
+def engine_selector(name: str) -> str:
+    """The label selector of a MemoryCluster's engine pods."""
+    return f"engram.io/cluster={name},app.kubernetes.io/component=engine"
+
+
+def endpoint(kube: Kubectl, name: str) -> str:
+    """The cluster's configuration endpoint (its Service) as a client pod in the namespace dials it."""
+    return f"{name}.{kube.namespace}.svc.cluster.local"
+
+
+def status(kube: Kubectl, name: str) -> dict[str, Any]:
+    return kube.get("memorycluster", name).get("status") or {}
+
+
+def condition(kube: Kubectl, name: str, ctype: str) -> dict[str, Any]:
+    """One condition of the MemoryCluster's status, or {} while the operator has not set it."""
+    return next((c for c in status(kube, name).get("conditions") or [] if c["type"] == ctype), {})
+
+
+def wait_ready(kube: Kubectl, name: str, engine_pods: int, timeout: float = 600) -> None:
+    """Wait for the journal, every engine pod and the Ready condition."""
+    eventually_equal(
+        kube,
+        f"{name}: {engine_pods} engine pods ready",
+        lambda: kube.count_pods_with_label(engine_selector(name), ready_only=True),
+        engine_pods,
+        timeout=timeout,
+    )
+    eventually_equal(
+        kube, f"{name} Ready", lambda: condition(kube, name, "Ready").get("status"), "True", timeout=120
+    )
+
+
+def node_zones(kube: Kubectl) -> dict[str, str]:
+    """Each Kubernetes node's zone label ("" for the control plane, which kind leaves unlabelled)."""
+    return {
+        n["metadata"]["name"]: n["metadata"]["labels"].get("topology.kubernetes.io/zone", "")
+        for n in kube.get("nodes")["items"]
+    }
+
+
+def cluster_events(kube: Kubectl, name: str) -> list[dict[str, Any]]:
+    """The events posted about the MemoryCluster, oldest first."""
+    out = kube.run("get", "events", f"--field-selector=involvedObject.name={name}", "-o", "json")
+    items = json.loads(out)["items"]
+    return sorted(items, key=lambda e: e.get("firstTimestamp") or e.get("eventTime") or "")
+
+
+def delete_memorycluster(kube: Kubectl, name: str) -> None:
+    """Delete without waiting (the file's namespace goes next anyway); never fails a teardown."""
+    kube.run("delete", "memorycluster", name, "--ignore-not-found", "--wait=false", check=False)
