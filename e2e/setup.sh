@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create the kind cluster (zone-labelled workers), build and load the images, install the chart.
-# Usage: e2e/setup.sh            (KIND_CLUSTER, ENGRAM_VERSION override the defaults)
+# Usage: e2e/setup.sh            (KIND_CLUSTER, ENGRAM_VERSION, ENGRAM_E2E_PREBUILT override the defaults)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cluster="${KIND_CLUSTER:-engram-e2e}"
@@ -20,8 +20,13 @@ if ! kind get clusters | grep -qx "$cluster"; then
 fi
 kubectl config use-context "kind-$cluster"
 
-docker build -f "$root/engine/Dockerfile" -t "$engine_image" "$root"
-docker build -f "$root/operator/Dockerfile" -t "$operator_image" "$root"
+# ENGRAM_E2E_PREBUILT=1: the images are already in Docker (CI builds them once for every job).
+if [ "${ENGRAM_E2E_PREBUILT:-0}" = 1 ]; then
+  docker image inspect "$engine_image" "$operator_image" >/dev/null
+else
+  docker build -f "$root/engine/Dockerfile" -t "$engine_image" "$root"
+  docker build -f "$root/operator/Dockerfile" -t "$operator_image" "$root"
+fi
 docker pull -q "$valkey_image"
 docker pull -q "$nats_image"
 # Loaded images never need a registry pull on the nodes (IfNotPresent + fixed tags).
