@@ -10,6 +10,11 @@ RECONCILES = Counter(
     "engram_operator_reconciles_total", "Reconciles run", ["namespace", "cluster", "outcome"]
 )
 POD_ACTIONS = Counter("engram_operator_pod_actions_total", "Engine pods created or deleted", ["action"])
+POD_REPLACEMENTS = Counter(
+    "engram_operator_pod_replacements_total",
+    "Engine pods deleted to be replaced, by reason: finished, lost, halted, stuck",
+    ["namespace", "cluster", "reason"],
+)
 SNAPSHOT_REQUESTS = Counter(
     "engram_operator_snapshot_requests_total",
     "Shards asked for an on-demand snapshot (spec.snapshots.request), by outcome",

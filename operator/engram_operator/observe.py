@@ -13,6 +13,7 @@ from typing import Any
 from engram.node.peer import parse_status
 from engram_operator import availability, labels
 from engram_operator.availability import NodeInfo
+from engram_operator.replica_progress import ProgressMark
 from engram_operator.reshard_progress import ReshardProgress, parse_reshard
 from engram_operator.spec import TlsSpec
 
@@ -75,6 +76,8 @@ class PodInfo:
     # (None while Ready).
     created: float = 0.0
     not_ready_since: float | None = None
+    # The API's uid: tells a new pod from an old one of the same name (pod names are reused).
+    uid: str = ""
 
     @property
     def finished(self) -> bool:
@@ -185,6 +188,9 @@ class Observed:
     # The cluster's reshard Jobs (any target), and status.resharding as last written ({}: none).
     reshard_jobs: list[JobInfo] = field(default_factory=list)
     resharding_record: Mapping[str, Any] = field(default_factory=dict)
+    # Where each trailing replica's applied sequence last moved, by pod, as the last written status
+    # remembers it (replica_progress.py): how long a replica has applied nothing spans reconciles.
+    progress_marks: Mapping[str, ProgressMark] = field(default_factory=dict)
     # Wall-clock seconds when this was observed: the clock every grace period is measured with.
     now: float = 0.0
 
@@ -289,6 +295,7 @@ def pod_from_api(pod: Mapping[str, Any]) -> PodInfo | None:
         node=(pod.get("spec") or {}).get("nodeName") or "",
         created=_timestamp(meta.get("creationTimestamp")) or 0.0,
         not_ready_since=not_ready_since,
+        uid=str(meta.get("uid") or ""),
     )
 
 

@@ -47,6 +47,7 @@ from engram_operator.observe import (
     secret_keys_from_api,
     source_from_api,
 )
+from engram_operator.replica_progress import remembered_marks
 from engram_operator.spec import ClusterSpec
 from engram_operator.status import build_status, snapshot_request_done, snapshot_request_record
 
@@ -102,6 +103,7 @@ async def observe(cluster: ClusterSpec, status: Mapping[str, Any]) -> Observed:
         certificate_error=certificate_error,
         reshard_jobs=reshard,
         resharding_record=dict(status.get("resharding") or {}),
+        progress_marks=remembered_marks(status),
         # Wall clock: grace periods are measured against the API's own timestamps.
         now=time.time(),
     )
@@ -301,6 +303,8 @@ async def execute(cluster: ClusterSpec, plan: Plan, seen: Observed, logger: logg
             failed("DeleteFailed", f"deleting pod {name} failed: {_api_error(err)}")
             continue
         metrics.POD_ACTIONS.labels("delete").inc()
+        if name in plan.replacements:
+            metrics.POD_REPLACEMENTS.labels(cluster.namespace, cluster.name, plan.replacements[name]).inc()
         logger.info("deleted pod %s", name)
     for name in plan.delete_jobs:
         try:

@@ -9,13 +9,23 @@ from typing import Any
 
 from engram_operator import constants, labels
 from engram_operator.conditions import Condition, build_conditions
-from engram_operator.decisions import HALTED_RETRY_AFTER, Plan, Problem, SnapshotResult
+from engram_operator.decisions import (
+    HALTED_RETRY_AFTER,
+    LAG_WARN_ENTRIES,
+    STUCK_AFTER,
+    Plan,
+    Problem,
+    SnapshotResult,
+)
 from engram_operator.observe import Observed
 from engram_operator.spec import ClusterSpec
 
 
-def shard_status(cluster: ClusterSpec, seen: Observed) -> list[dict[str, Any]]:
-    """One entry per shard: its primary pod and zone, node count, and how far replicas trail."""
+def shard_status(cluster: ClusterSpec, seen: Observed, plan: Plan | None = None) -> list[dict[str, Any]]:
+    """One entry per shard: its primary pod and zone, node count, and how far replicas trail.
+
+    ``plan`` adds its lagging replicas and the progress marks to remember (decisions/lag.py).
+    """
     out = []
     # Shards being drained by a reshard are still listed until their pods are gone.
     highest = max((p.shard + 1 for p in seen.pods if not p.deleting), default=0)
@@ -42,11 +52,17 @@ def shard_status(cluster: ClusterSpec, seen: Observed) -> list[dict[str, Any]]:
             "halted": sorted(
                 p.name for p in pods if p.name in seen.statuses and seen.statuses[p.name].halted
             ),
+            "lagging": sorted(x.pod for x in (plan.lagging if plan else []) if x.shard == shard),
             # 0 (and no age) while no node of the shard knows a verified snapshot.
             "snapshotSeq": snapshot_seq,
         }
         if snapshot_seq and ages:
             entry["snapshotAgeSeconds"] = min(ages)
+        # The operator's memory for telling stuck replicas (replica_progress.py); the next reconcile
+        # reads it back from the body. The list is rewritten whole, so a mark not written is gone.
+        marks = [plan.progress[p.name].as_status() for p in pods if plan and p.name in plan.progress]
+        if marks:
+            entry["replicaProgress"] = marks
         # Failed snapshot attempts in a row, from the node reporting the most (normally the one
         # replica taking the shard's snapshots); 0 while none fails.
         failing = max(
@@ -122,17 +138,43 @@ def primary_zones(shards: list[dict[str, Any]]) -> str:
 
 
 def nodes_healthy(plan: Plan) -> Condition:
-    """False while a node has halted (it applies nothing more, and is being replaced)."""
-    if not plan.halted:
-        return Condition("NodesHealthy", "True", "Applying", "no engine node has halted")
-    halted = "; ".join(f"{h.pod} (shard {h.shard}): {h.reason}" for h in plan.halted)
-    return Condition(
-        "NodesHealthy",
-        "False",
-        "NodeHalted",
-        f"{halted}. A halted node is replaced: at once on an old spec, else once it is "
-        f"{HALTED_RETRY_AFTER:g}s old (a replacement replays the same journal)",
-    )
+    """False while a node has halted, a replica is stuck, or one lags far behind; each is named.
+
+    The reason is the worst of them: NodeHalted, then ReplicaStuck, then ReplicaLagging. Ready does
+    not look at it (a replica past the readiness probe's lag already counts as not Ready); halted
+    and stuck nodes are replaced, a lagging one that still applies is left to catch up.
+    """
+    said = []
+    reason = ""
+    if plan.halted:
+        reason = "NodeHalted"
+        halted = "; ".join(f"{h.pod} (shard {h.shard}): {h.reason}" for h in plan.halted)
+        said.append(
+            f"{halted}. A halted node is replaced: at once on an old spec, else once it is "
+            f"{HALTED_RETRY_AFTER:g}s old (a replacement replays the same journal)"
+        )
+    stuck = [x for x in plan.lagging if x.stuck]
+    if stuck:
+        reason = reason or "ReplicaStuck"
+        names = "; ".join(f"{x.pod} (shard {x.shard}): {x.lag} entries behind, none applied for "
+                          f"{x.idle_for:.0f}s" for x in stuck)
+        said.append(f"{names}. A replica that applies nothing for {STUCK_AFTER:g}s while its shard "
+                    "commits is replaced, one per shard at a time")
+    lagging = [x for x in plan.lagging if not x.stuck]
+    if lagging:
+        reason = reason or "ReplicaLagging"
+        names = "; ".join(f"{x.pod} (shard {x.shard}): {x.lag} entries behind" for x in lagging)
+        said.append(f"{names}. More than {LAG_WARN_ENTRIES} entries behind: left to catch up while it "
+                    "applies")
+    if not said:
+        return Condition(
+            "NodesHealthy",
+            "True",
+            "Applying",
+            f"no engine node has halted, and no replica is stuck or more than {LAG_WARN_ENTRIES} "
+            "entries behind",
+        )
+    return Condition("NodesHealthy", "False", reason, ". ".join(said))
 
 
 def snapshots_healthy(shards: Sequence[Mapping[str, Any]]) -> Condition:
@@ -172,7 +214,7 @@ def build_status(
     ``snapshot_requests``: status.snapshots' request record as this reconcile leaves it
     (reconcile.snapshot_requests); the previous one is carried over when not given.
     """
-    shards = shard_status(cluster, seen)
+    shards = shard_status(cluster, seen, plan)
     want = cluster.shards * cluster.nodes_per_shard
     ready = sum(1 for p in seen.pods if p.ready and not p.deleting)
     journal_ok = seen.journal_ready >= cluster.journal.replicas

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import json
 import logging
+import types
 import uuid
 from typing import Any
 
@@ -14,6 +15,7 @@ import kopf
 import pytest
 from cluster_state import ZONES
 from kubernetes.client.exceptions import ApiException
+from prometheus_client import REGISTRY
 
 from engram.node.peer import PeerRefused, PeerUnreachable
 from engram_operator import GROUP, PLURAL, VERSION, builders, kube, labels, node_cache, probe, reconcile
@@ -311,6 +313,39 @@ def answer_as(monkeypatch: pytest.MonkeyPatch, roles: dict[str, str]) -> None:
         return {p.name: EngineStatus(role=roles[p.name], applied_seq=10) for p in pods if p.name in roles}
 
     monkeypatch.setattr(probe, "all_statuses", statuses)
+
+
+def test_a_stuck_replica_is_timed_through_the_status_the_body_carries_and_replaced_once(
+    api: FakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = {"shards": 1, "replicasPerShard": 1}
+    status = running_cluster(api, spec)
+
+    async def statuses(pods: list, tls: object = None) -> dict:
+        # The primary commits on; the replica stays at entry 500.
+        return {
+            "demo-0-0": EngineStatus("primary", applied_seq=900, committed_seq=900),
+            "demo-0-1": EngineStatus("replica", applied_seq=500, committed_seq=500),
+        }
+
+    monkeypatch.setattr(probe, "all_statuses", statuses)
+    clock = {"now": 1_750_000_000.0}
+    monkeypatch.setattr(reconcile, "time", types.SimpleNamespace(time=lambda: clock["now"]))
+    replaced = {"namespace": "db", "cluster": "demo", "reason": "stuck"}
+    before = REGISTRY.get_sample_value("engram_operator_pod_replacements_total", replaced) or 0.0
+    memo: dict[str, Any] = {}
+    for seconds in (0, 60, 115):
+        clock["now"] = 1_750_000_000.0 + seconds
+        _, status, events = run(body(spec, status=status), memo)
+        assert api.deleted == [] and not [e for e in events if e.reason == "ReplicaStuck"]
+    assert status["shards"][0]["replicaProgress"][0]["appliedSeq"] == 500
+    # A restarted operator (empty memo) reads the clock from the status: two minutes are up.
+    clock["now"] = 1_750_000_000.0 + 120
+    _, status, events = run(body(spec, status=status), {})
+    assert api.deleted == ["demo-0-1"]
+    assert [e.type for e in events if e.reason == "ReplicaStuck"] == ["Warning"]
+    assert conditions(status)["NodesHealthy"]["reason"] == "ReplicaStuck"
+    assert REGISTRY.get_sample_value("engram_operator_pod_replacements_total", replaced) == before + 1
 
 
 def test_a_refused_switchover_is_shown_in_status_and_an_event_and_retried_next_time(

@@ -2,6 +2,7 @@
 
 ``decide`` is the whole decision; each concern it draws on has a module of its own: ``plan`` (what a
 decision holds), ``provisioning`` (children, the provisioning Job, restores), ``pods`` (engine pods),
+``lag`` (replicas trailing their shard's commit: lagging, stuck),
 ``switchover`` (handing leadership over, cordoned nodes), ``rolling`` (rolling updates), ``waiting``
 (what a reconcile waits for), ``snapshots`` (on-demand requests, failed snapshots), ``users``
 (the users file rendered from spec.users), ``network`` (the NetworkPolicies) and ``resharding``
@@ -15,8 +16,9 @@ from dataclasses import replace
 
 from engram_operator import placement
 from engram_operator.builders.journal import JournalSpreadError, plan_journal
+from engram_operator.decisions.lag import LAG_WARN_ENTRIES, STUCK_AFTER, plan_lag
 from engram_operator.decisions.network import plan_network_policies
-from engram_operator.decisions.plan import Event, Halted, Plan, Problem, Switchover
+from engram_operator.decisions.plan import Event, Halted, Lagging, Plan, Problem, Switchover
 from engram_operator.decisions.pods import (
     HALTED_RETRY_AFTER,
     _reconcile_pods,
@@ -48,9 +50,12 @@ from engram_operator.spec import ClusterSpec
 
 __all__ = [
     "HALTED_RETRY_AFTER",
+    "LAG_WARN_ENTRIES",
     "ROLL_STUCK_GRACE",
+    "STUCK_AFTER",
     "Event",
     "Halted",
+    "Lagging",
     "Plan",
     "Problem",
     "Resharding",
@@ -77,6 +82,8 @@ def decide(cluster: ClusterSpec, seen: Observed) -> Plan:
     """The whole reconcile decision; handlers only carry it out."""
     plan = Plan()
     plan.role_labels = role_label_changes(seen)
+    # Before the pods are decided: a stuck replica found here is replaced by _reconcile_pods.
+    plan_lag(seen, plan)
     zones = seen.known_zones()
 
     try:

@@ -1,5 +1,5 @@
-"""What one reconcile decides to do: the Plan, and the events, problems, halted nodes and
-switchovers it carries."""
+"""What one reconcile decides to do: the Plan, and the events, problems, halted and lagging nodes
+and switchovers it carries."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engram_operator.conditions import Condition
+from engram_operator.replica_progress import ProgressMark
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,20 @@ class Halted:
 
 
 @dataclass(frozen=True)
+class Lagging:
+    """A replica far behind its shard's commit, or stuck: it has applied nothing for a sustained
+    time while its shard committed beyond it (decisions/lag.py says how far and how long)."""
+
+    pod: str
+    shard: int
+    lag: int
+    applied_seq: int
+    stuck: bool = False
+    # Seconds since its applied sequence last moved while it trailed (0 when not known).
+    idle_for: float = 0.0
+
+
+@dataclass(frozen=True)
 class Switchover:
     """Ask a shard's primary (``pod``) to hand leadership to ``target`` (an engine node id)."""
 
@@ -60,6 +75,12 @@ class Plan:
     rolling: bool = False
     provisioned: Condition | None = None
     halted: list[Halted] = field(default_factory=list)
+    lagging: list[Lagging] = field(default_factory=list)
+    # The progress marks to remember for the next reconcile (status.shards[].replicaProgress).
+    progress: dict[str, ProgressMark] = field(default_factory=dict)
+    # Pods deleted to be replaced, and why (the replacements metric's reason label): finished, lost,
+    # halted, stuck. Scale-downs and rolling updates are not replacements.
+    replacements: dict[str, str] = field(default_factory=dict)
     # What the provisioning Job that succeeded seeded the cluster from (status.restoredFrom).
     restored_from: dict[str, Any] | None = None
     # The NAME-users Secret to write (create or replace) when the users file changes, and the

@@ -1,5 +1,5 @@
-"""Engine pods: creating the missing ones, replacing the finished, lost and halted, removing those
-beyond the spec, and keeping their role labels current."""
+"""Engine pods: creating the missing ones, replacing the finished, lost, halted and stuck, removing
+those beyond the spec, and keeping their role labels current."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 from engram_operator import builders, labels, placement
 from engram_operator.builders.journal import JournalPlacement
+from engram_operator.decisions.lag import STUCK_AFTER
 from engram_operator.decisions.plan import Event, Halted, Plan, Problem, Switchover
 from engram_operator.decisions.switchover import _shards_switching, _switchover_target
 from engram_operator.observe import Observed, PodInfo
@@ -78,6 +79,7 @@ def _reconcile_pods(
                 continue
             if pod.finished:
                 plan.delete_pods.append(pod.name)
+                plan.replacements[pod.name] = "finished"
                 plan.events.append(
                     Event("Normal", "ReplacingPod", f"pod {pod.name} ended ({pod.phase}); replacing it")
                 )
@@ -85,7 +87,7 @@ def _reconcile_pods(
                 # Cordoned or briefly NotReady nodes never get here (availability.py).
                 if _lost_pod_stays(seen, pod, slots, plan):
                     live.append(pod)
-            elif not _replace_halted(seen, pod, current, plan):
+            elif not (_replace_halted(seen, pod, current, plan) or _replace_stuck(seen, pod, current, plan)):
                 live.append(pod)
         if live:
             actual.extend((p.shard, p.index, p.zone) for p in live)
@@ -153,6 +155,7 @@ def _lost_pod_stays(seen: Observed, pod: PodInfo, slots: placement.SlotPlan, pla
     status = seen.statuses.get(pod.name)
     if status is None or status.role != "primary":
         plan.delete_pods.append(pod.name)
+        plan.replacements[pod.name] = "lost"
         plan.events.append(Event("Warning", reason, f"{where}; replacing {pod.name}"))
         return False
     target = _switchover_target(seen, pod.shard, pod.name, slots.zones, allow_cordoned=True)
@@ -209,8 +212,51 @@ def _replace_halted(seen: Observed, pod: PodInfo, current_hash: str, plan: Plan)
         )
         return False
     plan.delete_pods.append(pod.name)
+    plan.replacements[pod.name] = "halted"
     plan.events.append(Event("Warning", "NodeHalted", f"{what}; {why}"))
     return True
+
+
+def _replace_stuck(seen: Observed, pod: PodInfo, current_hash: str, plan: Plan) -> bool:
+    """Delete a stuck replica (decisions/lag.py) when its shard can spare it; True when deleted.
+
+    Only a replica is ever stuck, never a primary. It still counts towards the shard's copies, so it
+    goes only while every other node of its shard is Ready and staying, one per shard at a time (a
+    rolling update's deletion, a lost or halted node, an earlier stuck one all make it wait). Like a
+    halted one, a stuck pod on the current spec goes at most every HALTED_RETRY_AFTER seconds: its
+    replacement replays the same journal and may stick at the same entry.
+    """
+    lag = next((x for x in plan.lagging if x.pod == pod.name and x.stuck), None)
+    if lag is None:
+        return False
+    what = (
+        f"{pod.name} (shard {pod.shard}) is stuck: it has applied nothing past entry {lag.applied_seq} "
+        f"for {STUCK_AFTER:g}s or more while its shard committed beyond it"
+    )
+    others = [p for p in seen.pods if p.shard == pod.shard and p.name != pod.name]
+    busy = any(
+        p.deleting or p.finished or not p.ready or p.name in plan.delete_pods or seen.pod_lost(p)
+        or bool((status := seen.statuses.get(p.name)) and status.halted)
+        for p in others
+    )
+    if busy:
+        wait = "it is replaced once every other node of the shard is Ready"
+    elif pod.spec_hash == current_hash and seen.now - pod.created < HALTED_RETRY_AFTER:
+        wait = f"it is replaced once {HALTED_RETRY_AFTER:g}s old (a replacement replays the same journal)"
+    else:
+        plan.delete_pods.append(pod.name)
+        plan.replacements[pod.name] = "stuck"
+        plan.events.append(
+            Event(
+                "Warning",
+                "ReplicaStuck",
+                f"{what} (up to entry {lag.applied_seq + lag.lag}, {lag.idle_for:.0f}s); replacing it: a "
+                "new node replays the journal from the newest snapshot",
+            )
+        )
+        return True
+    plan.events.append(Event("Warning", "ReplicaStuck", f"{what}; {wait}", standing=True))
+    return False
 
 
 def _recover_existing(cluster: ClusterSpec, seen: Observed, plan: Plan, provisioned: bool) -> None:
