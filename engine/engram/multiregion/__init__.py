@@ -1,0 +1,1 @@
+"""Multi-region clusters: regional clusters linked active-active (docs/multi-region.md)."""

@@ -1,0 +1,266 @@
+"""The multi-region conflict rules (engram.multiregion.lww): MemoryDB's documented examples, and
+convergence whatever order the regions apply the same writes in."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engram.multiregion.hlc import Hlc
+from engram.multiregion.lww import KeyState, Kind, Stamp, Store, Write, resolve
+
+K = b"k"
+
+
+def at(hlc: int, region: str = "eu") -> Stamp:
+    return Stamp(hlc, region)
+
+
+def string(stamp: Stamp, value: bytes, key: bytes = K) -> Write:
+    return Write(key, stamp, Kind.STRING, value=value)
+
+
+def delete(stamp: Stamp, key: bytes = K) -> Write:
+    return Write(key, stamp, Kind.NONE)
+
+
+def hset(stamp: Stamp, **fields: str) -> Write:
+    return Write(K, stamp, Kind.HASH, put={f.encode(): v.encode() for f, v in fields.items()})
+
+
+def hdel(stamp: Stamp, *names: str) -> Write:
+    return Write(K, stamp, Kind.HASH, remove=frozenset(n.encode() for n in names))
+
+
+def sadd(stamp: Stamp, *members: str) -> Write:
+    return Write(K, stamp, Kind.SET, put={m.encode(): b"" for m in members})
+
+
+def srem(stamp: Stamp, *members: str) -> Write:
+    return Write(K, stamp, Kind.SET, remove=frozenset(m.encode() for m in members))
+
+
+def zadd(stamp: Stamp, **scores: float) -> Write:
+    return Write(K, stamp, Kind.ZSET, put={m.encode(): s for m, s in scores.items()})
+
+
+def every_order(writes: list[Write]) -> set[object]:
+    """What the key holds after the writes in each of a few dozen orders, and from scratch."""
+    seen = {_frozen(resolve(writes))}
+    rng = random.Random(7)
+    for _ in range(40):
+        order = writes[:]
+        rng.shuffle(order)
+        state = KeyState()
+        for write in order:
+            state.apply(write)
+        seen.add(_frozen(state.visible()))
+    return seen
+
+
+def _frozen(visible: object) -> object:
+    if visible is None:
+        return None
+    kind, value = visible  # type: ignore[misc]
+    return (kind, tuple(sorted(value.items())) if isinstance(value, dict) else value)
+
+
+def only(writes: list[Write]) -> object:
+    outcomes = every_order(writes)
+    assert len(outcomes) == 1, f"the order of application changed the outcome: {outcomes}"
+    return outcomes.pop()
+
+
+# MemoryDB Multi-Region's documented behaviours, each as a concrete history.
+
+def test_concurrent_writes_of_different_fields_both_survive() -> None:
+    assert only([hset(at(10, "eu"), a="1"), hset(at(10, "us"), b="2")]) == (
+        Kind.HASH, ((b"a", b"1"), (b"b", b"2")))
+
+
+def test_concurrent_writes_of_the_same_field_keep_the_later_one() -> None:
+    assert only([hset(at(11, "eu"), a="eu"), hset(at(12, "us"), a="us")]) == (Kind.HASH, ((b"a", b"us"),))
+
+
+def test_a_tie_between_regions_goes_to_the_greater_region_name() -> None:
+    assert only([string(at(5, "ap"), b"ap"), string(at(5, "us"), b"us"), string(at(5, "eu"), b"eu")]) == (
+        Kind.STRING, b"us")
+
+
+def test_a_string_then_a_hash_from_another_region_leaves_the_hash() -> None:
+    assert only([string(at(1, "eu"), b"s"), hset(at(2, "us"), f="v")]) == (Kind.HASH, ((b"f", b"v"),))
+
+
+def test_a_type_change_drops_the_older_types_fields_even_when_they_arrive_late() -> None:
+    writes = [hset(at(1, "eu"), old="1"), string(at(2, "us"), b"s"), hset(at(3, "ap"), new="3")]
+    assert only(writes) == (Kind.HASH, ((b"new", b"3"),))
+
+
+def test_del_then_a_concurrent_sadd_leaves_a_set_with_only_the_new_member() -> None:
+    writes = [sadd(at(1, "eu"), "old"), delete(at(5, "eu")), sadd(at(6, "us"), "new")]
+    assert only(writes) == (Kind.SET, frozenset({b"new"}))
+
+
+def test_sadd_then_del_leaves_the_key_deleted() -> None:
+    assert only([sadd(at(5, "us"), "m"), delete(at(6, "eu"))]) is None
+
+
+def test_a_removal_newer_than_the_add_wins_and_an_older_one_loses() -> None:
+    assert only([sadd(at(1), "a", "b"), srem(at(2, "us"), "a"), sadd(at(3, "ap"), "c")]) == (
+        Kind.SET, frozenset({b"b", b"c"}))
+    assert only([srem(at(1, "us"), "a"), sadd(at(2), "a")]) == (Kind.SET, frozenset({b"a"}))
+
+
+def test_removing_every_member_leaves_the_key_absent_as_valkey_does() -> None:
+    assert only([hset(at(1), a="1"), hdel(at(2, "us"), "a")]) is None
+
+
+def test_concurrent_counters_converge_to_one_of_the_full_values() -> None:
+    # INCRBY replicates the value it left: 10 + 5 in one region, 10 + 7 in the other.
+    writes = [string(at(1), b"10"), string(at(20, "eu"), b"15"), string(at(20, "us"), b"17")]
+    assert only(writes) == (Kind.STRING, b"17")
+
+
+def test_sorted_set_scores_are_last_writer_wins_per_member() -> None:
+    writes = [zadd(at(1, "eu"), a=1.0, b=2.0), zadd(at(2, "us"), a=5.0)]
+    assert only(writes) == (Kind.ZSET, ((b"a", 5.0), (b"b", 2.0)))
+
+
+def test_a_write_naming_fields_for_a_string_is_refused() -> None:
+    try:
+        Write(K, at(1), Kind.STRING, put={b"f": b"v"})
+    except ValueError as exc:
+        assert "string write has no fields" in str(exc)
+    else:
+        raise AssertionError("accepted")
+
+
+# Any writes, any order.
+
+KINDS = [Kind.NONE, Kind.STRING, Kind.HASH, Kind.SET, Kind.ZSET]
+MEMBERS = [b"a", b"b", b"c"]
+
+
+@st.composite
+def writes(draw: st.DrawFn, keys: tuple[bytes, ...] = (K,)) -> list[Write]:
+    n = draw(st.integers(1, 12))
+    # Unique stamps: a region never stamps two writes alike, and regions break ties by name.
+    stamps = draw(st.lists(st.tuples(st.integers(0, 8), st.sampled_from(["ap", "eu", "us"])),
+                           min_size=n, max_size=n, unique=True))
+    out = []
+    for hlc, region in stamps:
+        key = draw(st.sampled_from(keys))
+        kind = draw(st.sampled_from(KINDS))
+        stamp = Stamp(hlc, region)
+        if kind == Kind.STRING:
+            out.append(Write(key, stamp, kind, value=draw(st.sampled_from([b"x", b"y", b"z"]))))
+        elif kind in (Kind.HASH, Kind.SET, Kind.ZSET):
+            chosen = draw(st.lists(st.sampled_from(MEMBERS), min_size=1, max_size=3, unique=True))
+            cut = draw(st.integers(0, len(chosen)))
+            value = {Kind.HASH: b"v" + str(hlc).encode(), Kind.SET: b"", Kind.ZSET: float(hlc)}[kind]
+            out.append(Write(key, stamp, kind, put={m: value for m in chosen[:cut]},
+                             remove=frozenset(chosen[cut:])))
+        else:
+            out.append(Write(key, stamp, kind))
+    return out
+
+
+@settings(max_examples=400, deadline=None)
+@given(writes(), st.randoms(use_true_random=False))
+def test_any_order_of_the_same_writes_gives_what_the_rules_say(history: list[Write],
+                                                               rng: random.Random) -> None:
+    expected = _frozen(resolve(history))
+    for _ in range(3):
+        order = history[:]
+        rng.shuffle(order)
+        state = KeyState()
+        for write in order:
+            state.apply(write)
+        assert _frozen(state.visible()) == expected, order
+
+
+@settings(max_examples=300, deadline=None)
+@given(writes(keys=(b"k1", b"k2", b"k3")), st.randoms(use_true_random=False))
+def test_regions_that_applied_the_same_writes_have_the_same_digest(history: list[Write],
+                                                                   rng: random.Random) -> None:
+    digests = set()
+    for _ in range(3):
+        order = history[:]
+        rng.shuffle(order)
+        store = Store()
+        for write in order:
+            store.apply(write)
+        digests.add(store.digest())
+    assert len(digests) == 1
+
+
+@settings(max_examples=400, deadline=None)
+@given(writes(keys=(b"k1", b"k2")), st.integers(0, 8), st.randoms(use_true_random=False))
+def test_collecting_below_the_frontier_changes_no_outcome(history: list[Write], cut: int,
+                                                          rng: random.Random) -> None:
+    # Every write at or before the frontier has arrived, and some later ones; the rest arrive after
+    # collection.
+    frontier = Stamp(cut, "zz")
+    later = [w for w in history if w.stamp > frontier]
+    rng.shuffle(later)
+    early = later[: rng.randrange(len(later) + 1)]
+    arrived = [w for w in history if w.stamp <= frontier] + early
+    rng.shuffle(arrived)
+    later = later[len(early):]
+    store = Store()
+    for write in arrived:
+        store.apply(write)
+    store.collect(frontier)
+    for state in store.keys.values():
+        assert all(e.present or e.stamp > frontier for e in state.elements.values())
+    for write in later:
+        store.apply(write)
+    for key in (b"k1", b"k2"):
+        assert _frozen(store.get(key)) == _frozen(resolve(w for w in history if w.key == key)), key
+
+
+def test_collection_forgets_a_deleted_key_once_settled_and_not_before() -> None:
+    store = Store()
+    store.apply(sadd(at(1), "m"))
+    store.apply(delete(at(3, "us")))
+    assert store.collect(at(2, "zz")) == 0 and store.keys[K].tombstones() == 1
+    assert store.collect(at(3, "zz")) == 1 and K not in store.keys
+
+
+# The clock.
+
+def test_stamps_grow_strictly_even_when_the_wall_clock_stands_still_or_steps_back() -> None:
+    wall = [100]
+    clock = Hlc(clock=lambda: wall[0])
+    first, second = clock.now(), clock.now()
+    wall[0] = 50
+    third = clock.now()
+    assert (first, second, third) == (100, 101, 102)
+
+
+def test_a_stamp_observed_from_a_region_ahead_carries_local_stamps_past_it() -> None:
+    wall = [1_000]
+    clock = Hlc(clock=lambda: wall[0])
+    clock.observe(5_000)
+    assert clock.now() == 5_001 and clock.drift() == 4_001
+    wall[0] = 9_000
+    assert clock.now() == 9_000 and clock.drift() == 0
+
+
+def test_the_real_clock_is_in_microseconds() -> None:
+    import time
+
+    before = time.time_ns() // 1000
+    stamp = Hlc().now()
+    assert before <= stamp <= time.time_ns() // 1000 + 1
+
+
+def test_a_removal_newer_than_the_frontier_is_kept_through_collection() -> None:
+    store = Store()
+    store.apply(sadd(at(1), "m"))
+    store.apply(srem(at(5, "us"), "m"))  # arrived early; an older add from another region is on its way
+    store.collect(at(2, "zz"))
+    store.apply(sadd(at(4, "ap"), "m", "n"))
+    assert store.get(K) == (Kind.SET, frozenset({b"n"}))
