@@ -14,6 +14,8 @@ ZONE_TAG = "az"
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
 _DURATION = re.compile(r"^\d+(ns|us|ms|s|m|h)$")
 _ZONE = re.compile(r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$")
+# A JetStream domain becomes a subject token ($JS.<domain>.API): no dots, spaces or wildcards.
+_DOMAIN = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 # The journal's default: every write fsynced before it is acknowledged.
@@ -96,8 +98,18 @@ class JournalServerConfig:
     tls: ServerTLS | None = None
     # Users and passwords; anyone may connect when None.
     auth: JournalAuth | None = None
+    # The JetStream domain: a region's journal of a multi-region cluster has one of its own, so
+    # that linked regions' JetStreams stay apart (docs/multi-region.md). Empty: none.
+    jetstream_domain: str = ""
+    # Whole top-level blocks appended to the file, e.g. a region's leafnodes block
+    # (engram.multiregion.link); each is rendered by its owner.
+    extra_blocks: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.jetstream_domain and not _DOMAIN.match(self.jetstream_domain):
+            raise ValueError(
+                f"JetStream domain {self.jetstream_domain!r} may only hold letters, digits, '-' and '_'"
+            )
         if not _ZONE.match(self.zone):
             raise ValueError(
                 f"zone {self.zone!r} must be lower-case letters, digits, '.', '_' or '-' "
@@ -150,6 +162,8 @@ def render_config(server: JournalServerConfig) -> str:
         f"  unique_tag: {_q(ZONE_TAG)}",
         f"  sync_interval: {_q(server.sync_interval)}",
     ]
+    if server.jetstream_domain:
+        lines.append(f"  domain: {_q(server.jetstream_domain)}")
     if server.max_file_store is not None:
         lines.append(f"  max_file_store: {server.max_file_store}")
     if server.max_memory_store is not None:
@@ -183,6 +197,8 @@ def render_config(server: JournalServerConfig) -> str:
             "  ]",
             "}",
         ]
+    for block in server.extra_blocks:
+        lines += ["", block.rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 

@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from engram import binaries
@@ -62,11 +62,17 @@ def plan_journal(
     return servers
 
 
+# A server's extra top-level config blocks (a region's leafnodes block, engram.multiregion.link).
+ExtraBlocks = Callable[[JournalState], Sequence[str]]
+
+
 def server_config(
     server: JournalState, peers: Sequence[JournalState], cluster_name: str, sync_interval: str = SYNC_ALWAYS,
     tls: ServerTLS | None = None, auth: JournalAuth | None = None,
+    domain: str = "", extra: ExtraBlocks | None = None,
 ) -> JournalServerConfig:
-    """The rendered-config description of one local journal server."""
+    """The rendered-config description of one local journal server; a region of a multi-region
+    cluster adds its JetStream domain and its links (extra)."""
     routes = tuple(route_url(p.host, p.cluster_port) for p in peers) if len(peers) > 1 else ()
     return JournalServerConfig(
         server_name=server.name,
@@ -81,18 +87,23 @@ def server_config(
         sync_interval=sync_interval,
         tls=tls,
         auth=auth,
+        jetstream_domain=domain,
+        extra_blocks=tuple(extra(server)) if extra else (),
     )
 
 
 def write_configs(
     servers: Sequence[JournalState], cluster_name: str, sync_interval: str = SYNC_ALWAYS,
     tls: ServerTLS | None = None, auth: JournalAuth | None = None,
+    domain: str = "", extra: ExtraBlocks | None = None,
 ) -> None:
     for server in servers:
         path = Path(server.config)
         path.parent.mkdir(parents=True, exist_ok=True)
         Path(server.store_dir).mkdir(parents=True, exist_ok=True)
-        text = render_config(server_config(server, servers, cluster_name, sync_interval, tls, auth))
+        text = render_config(
+            server_config(server, servers, cluster_name, sync_interval, tls, auth, domain, extra)
+        )
         # Passwords are in it when the journal is locked: the owner's eyes only.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -169,14 +180,21 @@ class LocalJournal:
     """A self-contained 3-zone journal cluster (tests, tools); the supervisor runs its own children."""
 
     def __init__(
-        self, directory: str | Path, zones: Sequence[str] = ("a", "b", "c"), name: str = "engram"
+        self, directory: str | Path, zones: Sequence[str] = ("a", "b", "c"), name: str = "engram",
+        domain: str = "", extra: ExtraBlocks | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.name = name
         self.servers = plan_journal(name, zones, self.directory)
         self.nats_server = binaries.find("nats-server")
         self.procs: dict[str, subprocess.Popen] = {}
-        write_configs(self.servers, f"{name}-journal")
+        self.domain = domain
+        self.extra = extra
+        self.write_configs()
+
+    def write_configs(self) -> None:
+        """(Re)write every server's config file; a restart or a reload picks it up."""
+        write_configs(self.servers, f"{self.name}-journal", domain=self.domain, extra=self.extra)
 
     @property
     def urls(self) -> list[str]:
