@@ -1,0 +1,390 @@
+"""The cross-region transport on real nats-servers: two regions of three journal servers each, each
+its own JetStream domain, linked by leaf node connections; a stream in one region sources the other
+region's shard stream (docs/multi-region.md, "Transport").
+
+The link runs through a relay the tests can cut, as a network partition between regions would,
+while both regions' servers keep running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import statistics
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+
+import nats
+import pytest
+from nats.js.client import JetStreamContext
+
+from engram.journal.client import Journal
+from engram.journal.entries import Entry, EntryType
+from engram.multiregion import inbound
+from engram.multiregion.inbound import InboundLink, Position, SourceGap
+from engram.multiregion.link import LeafListener, RegionRemote, domain, leaf_url, leafnodes_block, links_of
+from engram.platforms.local import ports
+from engram.platforms.local.journal import LocalJournal
+from engram.platforms.local.ports import LOOPBACK
+from engram.platforms.local.state import JournalState
+from engram.platforms.local.testing import wait_for
+
+pytestmark = pytest.mark.integration
+
+CLUSTER = "mr"
+CLUSTER_ID = "c0ffee"
+EAST, WEST = "east", "west"
+
+
+class CuttableLink:
+    """TCP relays from the dialling region to the listening region's leafnode ports, on a thread
+    of their own so that the tests' own event loops come and go; `cut` drops every connection and
+    refuses new ones until `restore`."""
+
+    def __init__(self, targets: list[int]) -> None:
+        self.targets = targets
+        self.ports = ports.allocate(len(targets))
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._servers: list[asyncio.Server] = []
+        self._conns: set[asyncio.Task[None]] = set()
+        self._thread.start()
+
+    def _call(self, coro) -> None:  # type: ignore[no-untyped-def]
+        future: Future[None] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        future.result(10)
+
+    def restore(self) -> None:
+        self._call(self._listen())
+
+    def cut(self) -> None:
+        self._call(self._cut())
+
+    def close(self) -> None:
+        self.cut()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    async def _listen(self) -> None:
+        for port, target in zip(self.ports, self.targets, strict=True):
+            async def accept(r: asyncio.StreamReader, w: asyncio.StreamWriter, target: int = target) -> None:
+                await self._relay(r, w, target)
+            self._servers.append(await asyncio.start_server(accept, LOOPBACK, port, reuse_address=True))
+
+    async def _cut(self) -> None:
+        for server in self._servers:
+            server.close()
+        self._servers.clear()
+        for task in list(self._conns):
+            task.cancel()
+        await asyncio.gather(*self._conns, return_exceptions=True)
+
+    async def _relay(self, r: asyncio.StreamReader, w: asyncio.StreamWriter, target: int) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._conns.add(task)  # type: ignore[arg-type]
+        try:
+            tr, tw = await asyncio.open_connection(LOOPBACK, target)
+        except OSError:
+            w.close()
+            self._conns.discard(task)  # type: ignore[arg-type]
+            return
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        try:
+            await asyncio.gather(pump(r, tw), pump(tr, w))
+        except asyncio.CancelledError:
+            pass
+        finally:
+            w.close()
+            tw.close()
+            self._conns.discard(task)  # type: ignore[arg-type]
+
+
+@dataclass
+class Regions:
+    east: LocalJournal
+    west: LocalJournal
+    link: CuttableLink
+
+    def journal(self, region: str) -> LocalJournal:
+        return self.east if region == EAST else self.west
+
+
+def _leafnodes(server: JournalState) -> int:
+    """How many leaf node connections a journal server has (its monitoring port's /leafz)."""
+    with urllib.request.urlopen(f"http://{server.host}:{server.http_port}/leafz", timeout=2) as reply:
+        return int(json.loads(reply.read()).get("leafnodes", 0))
+
+
+def _linked(regions: Regions) -> bool:
+    return all(_leafnodes(s) == 1 for s in regions.west.servers)
+
+
+@pytest.fixture(scope="module")
+def regions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Regions]:
+    """Two 3-zone regions; east listens on a leafnode port per server, west's servers dial east
+    (the pair's first name listens), each through the cuttable link."""
+    assert links_of(EAST, [EAST, WEST]) == (True, []) and links_of(WEST, [EAST, WEST]) == (False, [EAST])
+    base = Path(tmp_path_factory.mktemp("regions"))
+    leaf_ports = dict(zip("abc", ports.allocate(3), strict=True))
+    link = CuttableLink(list(leaf_ports.values()))
+    east = LocalJournal(
+        base / EAST, name=EAST, domain=domain(EAST),
+        extra=lambda s: [leafnodes_block(LeafListener(LOOPBACK, leaf_ports[s.zone]))],
+    )
+    remote = RegionRemote(EAST, tuple(leaf_url(LOOPBACK, p) for p in link.ports))
+    west = LocalJournal(base / WEST, name=WEST, domain=domain(WEST),
+                        extra=lambda s: [leafnodes_block(None, [remote])])
+    regions = Regions(east, west, link)
+    try:
+        link.restore()
+        for journal in (east, west):
+            for server in journal.servers:
+                journal.start_server(server.zone)
+        east.wait_ready(60)
+        west.wait_ready(60)
+        wait_for(lambda: _linked(regions), 30, "every west journal server to hold a leaf connection to east")
+        yield regions
+    finally:
+        for journal in (east, west):
+            journal.stop()
+        link.close()
+
+
+def _run(coro, timeout: float = 120):  # type: ignore[no-untyped-def]
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def _data(i: int) -> Entry:
+    return Entry(EntryType.DATA, 1, "n1", f"entry-{i}".encode(), term_seq=i)
+
+
+async def _shard(journal: LocalJournal, cluster: str, shard: int) -> Journal:
+    """A provisioned shard journal (genesis at 1) in one region."""
+    j = await Journal.connect(journal.urls, cluster, shard, replicas=3)
+    await j.create_stream(CLUSTER_ID)
+    return j
+
+
+async def _append(j: Journal, first: int, count: int) -> int:
+    """Append entries first..first+count-1 one after the other; return the last sequence."""
+    last = await j.last_seq()
+    for i in range(first, first + count):
+        last = (await j.append(_data(i), last, f"{j.stream}-{i}")).seq
+    return last
+
+
+async def _js(journal: LocalJournal) -> tuple[nats.NATS, JetStreamContext]:
+    nc = await nats.connect(journal.urls, connect_timeout=2)
+    return nc, nc.jetstream(timeout=5)
+
+
+async def _copied(js: JetStreamContext, link: InboundLink) -> int:
+    return (await js.stream_info(link.stream)).state.last_seq
+
+
+async def _until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    """Poll an async predicate until true; fail saying what was awaited."""
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def _read_all(
+    js: JetStreamContext, link: InboundLink, at: Position, count: int
+) -> list[inbound.SourcedEntry]:
+    out: list[inbound.SourcedEntry] = []
+    reader = inbound.tail(js, link, at)
+    try:
+        async for sourced in reader:
+            out.append(sourced)
+            if len(out) == count:
+                break
+    finally:
+        await reader.aclose()
+    return out
+
+
+def test_entries_appended_in_one_region_reach_the_other_in_order_with_their_origin_sequence(
+    regions: Regions,
+) -> None:
+    """5,000 entries pipelined into east's shard stream arrive in west's inbound stream in order;
+    the lag from east's ack to west's reader is measured and printed (docs/multi-region.md)."""
+    count, window = 5000, 64
+
+    async def scenario() -> None:
+        source = await _shard(regions.east, CLUSTER, 0)
+        nc, js = await _js(regions.west)
+        link = InboundLink(CLUSTER, 0, EAST, CLUSTER)
+        await inbound.ensure_inbound(js, link)
+        await inbound.ensure_inbound(js, link)  # idempotent
+        loop = asyncio.get_running_loop()
+        acked: dict[int, float] = {}
+        arrived: dict[int, float] = {}
+        received: list[inbound.SourcedEntry] = []
+
+        async def read() -> None:
+            async for sourced in inbound.tail(js, link):
+                arrived[sourced.origin_seq] = loop.time()
+                received.append(sourced)
+                if len(received) == count + 1:
+                    return
+
+        reader = asyncio.create_task(read())
+        # Measure the steady state: the link is up and the source's consumer exists once the
+        # genesis entry has arrived.
+        await _until(lambda: _true(bool(received)), 30, "east's genesis entry to reach west's reader")
+        start = loop.time()
+        in_flight: set[asyncio.Task] = set()
+        for i in range(1, count + 1):
+            task = await source.append_pipelined(_data(i), i, f"east-0-{i}")
+            task.add_done_callback(lambda t: acked.__setitem__(t.result().seq, loop.time()))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+            while len(in_flight) >= window:
+                await asyncio.wait(set(in_flight), return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.gather(*in_flight)
+        appended = loop.time() - start
+        await asyncio.wait_for(reader, 60)
+        assert [s.origin_seq for s in received] == list(range(1, count + 2))
+        assert [s.entry.payload for s in received[1:]] == [f"entry-{i}".encode() for i in range(1, count + 1)]
+        assert received[0].entry.type is EntryType.GENESIS and received[0].origin_region == EAST
+        assert received[-1].entry.seq == count + 1 and received[-1].entry.msg_id == f"east-0-{count}"
+        lags = sorted(arrived[s] - acked[s] for s in range(2, count + 2))
+        p50, p99 = statistics.median(lags), lags[int(0.99 * len(lags))]
+        print(f"\n{count} entries appended in {appended:.1f}s; east ack -> west reader lag "
+              f"p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, max {lags[-1] * 1000:.1f} ms")
+        assert p99 < 5.0, f"cross-region p99 lag {p99:.2f}s on loopback"
+        state = await inbound.source_state(js, link)
+        assert state.error == "" and state.lag == 0
+        await source.close()
+        await nc.close()
+
+    _run(scenario())
+
+
+def test_the_one_link_carries_entries_the_other_way_too(regions: Regions) -> None:
+    """West dials east, yet east sources west's shard stream over the same leaf connections."""
+    async def scenario() -> None:
+        source = await _shard(regions.west, CLUSTER, 1)
+        nc, js = await _js(regions.east)
+        link = InboundLink(CLUSTER, 1, WEST, CLUSTER)
+        await inbound.ensure_inbound(js, link)
+        last = await _append(source, 1, 20)
+        await _until(lambda: _equals(_copied(js, link), last), 30, "east to copy west's 21 entries")
+        got = await _read_all(js, link, Position(), last)
+        assert [s.origin_seq for s in got] == list(range(1, last + 1))
+        assert {s.origin_region for s in got} == {WEST}
+        await source.close()
+        await nc.close()
+
+    _run(scenario())
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _equals(value, expected: int) -> bool:  # type: ignore[no-untyped-def]
+    return await value == expected
+
+
+def test_a_cut_off_region_keeps_working_and_the_link_resumes_without_gap_or_duplicate(
+    regions: Regions,
+) -> None:
+    async def scenario() -> None:
+        source = await _shard(regions.east, CLUSTER, 2)
+        nc, js = await _js(regions.west)
+        link = InboundLink(CLUSTER, 2, EAST, CLUSTER)
+        await inbound.ensure_inbound(js, link)
+        last = await _append(source, 1, 50)
+        await _until(lambda: _equals(_copied(js, link), last), 30, "west to copy east's first 51 entries")
+
+        regions.link.cut()
+        try:
+            await _until(_unlinked_probe(regions), 30, "west's leaf connections to drop")
+            # East takes writes while cut off.
+            last = await _append(source, 51, 50)
+            # West on its own: its own shard takes writes, and its replicas' ordered consumers and
+            # new streams are created without the other region (unlike a gateway super-cluster).
+            own = await _shard(regions.west, CLUSTER, 2)
+            assert await _append(own, 1, 5) == 6
+            own_copy = await _read_all(js, link, Position(), 51)
+            assert own_copy[-1].origin_seq == 51
+            await inbound.ensure_inbound(js, InboundLink(CLUSTER, 9, EAST, CLUSTER))
+            await _until(lambda: _idle(js, link, 2.0), 30, "west's source to go quiet")
+            assert await _copied(js, link) == 51
+            await own.close()
+        finally:
+            regions.link.restore()
+        await _until(lambda: _equals(_copied(js, link), last), 60, "west to catch up after the link returned")
+        got = await _read_all(js, link, Position(), last)
+        assert [s.origin_seq for s in got] == list(range(1, last + 1)), "a gap or a duplicate"
+        await source.close()
+        await nc.close()
+
+    _run(scenario())
+    wait_for(lambda: _linked(regions), 30, "the leaf connections to return")
+
+
+def _unlinked_probe(regions: Regions):  # type: ignore[no-untyped-def]
+    async def probe() -> bool:
+        return not any(_leafnodes(s) for s in regions.west.servers)
+    return probe
+
+
+async def _idle(js: JetStreamContext, link: InboundLink, seconds: float) -> bool:
+    return (await inbound.source_state(js, link)).idle >= seconds
+
+
+def test_truncation_of_the_origin_past_what_the_other_region_had_copied_is_detected_as_a_gap(
+    regions: Regions,
+) -> None:
+    async def scenario() -> None:
+        source = await _shard(regions.east, CLUSTER, 3)
+        nc, js = await _js(regions.west)
+        link = InboundLink(CLUSTER, 3, EAST, CLUSTER)
+        await inbound.ensure_inbound(js, link)
+        await _append(source, 1, 20)
+        await _until(lambda: _equals(_copied(js, link), 21), 30, "west to copy east's first 21 entries")
+        read = await _read_all(js, link, Position(), 21)
+        at = Position().after(read[-1])
+
+        regions.link.cut()
+        try:
+            await _until(_unlinked_probe(regions), 30, "west's leaf connections to drop")
+            last = await _append(source, 21, 20)
+            # A snapshot in east covers everything before 35: truncation drops 22..34, which west
+            # never copied.
+            await source.truncate(35)
+            assert (await source.state()).first_seq == 35
+        finally:
+            regions.link.restore()
+        await _until(lambda: _equals(_copied(js, link), 21 + last - 34), 60, "west to copy what east kept")
+        # NATS itself reports nothing wrong: it copies what is there.
+        assert (await inbound.source_state(js, link)).error == ""
+        with pytest.raises(SourceGap) as gap:
+            await _read_all(js, link, at, 1)
+        assert (gap.value.expected, gap.value.found, gap.value.recreated) == (22, 35, False)
+        assert gap.value.inbound_seq == 22
+        await source.close()
+        await nc.close()
+
+    _run(scenario())
+    wait_for(lambda: _linked(regions), 30, "the leaf connections to return")
+
