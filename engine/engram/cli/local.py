@@ -15,7 +15,7 @@ from typing import TextIO
 
 from engram.binaries import BinaryNotFound
 from engram.cli.status_table import print_status
-from engram.platforms.local import cluster, scale, upgrade
+from engram.platforms.local import cluster, replicas, scale, upgrade
 from engram.platforms.local.network import NetworkError
 from engram.platforms.local.plan import ClusterSpec, PlanError
 from engram.platforms.local.ports import PortBusy
@@ -200,6 +200,8 @@ class _ProgressLine:
 
 def cmd_scale(args: argparse.Namespace) -> int:
     """Like _guarded, and a usage error (the shard count the cluster already has) exits 2."""
+    if args.replicas is not None:
+        return _scale_replicas(args)
     line = _ProgressLine()
     try:
         password = Path(args.password_file).read_text().strip() if args.password_file else ""
@@ -223,6 +225,30 @@ def cmd_scale(args: argparse.Namespace) -> int:
         count = f"{doc['shards']} shard" + ("s" if doc["shards"] > 1 else "")
         _say(f"cluster {args.name} has {count}: {record['slots_moved']} slots and "
              f"{record['keys_moved']} keys moved in {took}")
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print_status(doc)
+    return 0
+
+
+def _scale_replicas(args: argparse.Namespace) -> int:
+    """`scale --replicas`: a count the cluster cannot have, or options of --shards, exit 2."""
+    moving = [flag for flag, value in (("--max-keys-per-second", args.max_keys_per_second),
+                                       ("--chunk-slots", args.chunk_slots), ("--user", args.user),
+                                       ("--password-file", args.password_file)) if value]
+    try:
+        if moving:
+            raise scale.ScaleRefused(f"{', '.join(moving)} tune moving slots, which --shards does; "
+                                     "--replicas moves none")
+        doc = replicas.scale_replicas(args.dir, args.name, args.replicas, timeout=args.timeout, say=_say)
+    except scale.ScaleRefused as exc:
+        _say(f"error: {exc}")
+        return 2
+    except _ERRORS as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return _fail("interrupted; run the same command again to resume")
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
@@ -417,10 +443,17 @@ def register(commands: argparse._SubParsersAction) -> None:
                           help="take no snapshot: write each shard's newest verified one to DIR as "
                           "NAME-shard<N>-seq<S>.rdb (SHA-256 checked), for `up --restore-from`")
 
-    scaling = add("scale", cmd_scale, "add or remove shards online: moves slots while the cluster "
-                  "serves; run it again to resume one that was interrupted")
-    scaling.add_argument("--shards", type=_shard_count, required=True, metavar="N",
-                         help="the new number of shards; removing shards removes the highest-numbered")
+    scaling = add("scale", cmd_scale, "add or remove shards (moving slots) or replicas online, while the "
+                  "cluster serves; run it again to resume one that was interrupted")
+    count = scaling.add_mutually_exclusive_group(required=True)
+    count.add_argument("--shards", type=_shard_count, metavar="N",
+                       help="the new number of shards; removing shards removes the highest-numbered")
+    count.add_argument("--replicas", type=_not_negative, metavar="R",
+                       help="the new number of replicas of every shard: new ones start in zones their "
+                       "shard does not use and catch up; removing stops replicas, never a primary")
+    scaling.add_argument("--timeout", type=float, default=replicas.CATCH_UP_TIMEOUT, metavar="SECONDS",
+                         help="with --replicas: give up when the new replicas take longer to catch up "
+                         "(default: %(default)s)")
     scaling.add_argument("--max-keys-per-second", type=_not_negative, default=None, metavar="K",
                          help="bound the keys moved per second, 0 for no bound "
                          f"(default: {MoveOptions().max_keys_per_second})")

@@ -182,6 +182,9 @@ class ClusterState:
     # The same for the last node request (platforms/local/node_requests.py: `engram local upgrade`).
     node_request: str = ""
     node_request_error: str = ""
+    # The same for the last replica request (platforms/local/replica_nodes.py: `scale --replicas`).
+    replica_request: str = ""
+    replica_request_error: str = ""
 
     @property
     def endpoint(self) -> str:

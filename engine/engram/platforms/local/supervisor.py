@@ -20,7 +20,8 @@ The status poll, the endpoint relay and the rebalancer read state.nodes, so they
 Requests are idempotent: asking again for N shards changes nothing.
 
 `engram local upgrade` asks, the same way, for one node at a time to be replaced with another
-command or valkey-server (a node request, node_requests.py).
+command or valkey-server (a node request, node_requests.py), and `engram local scale --replicas` for
+replicas to be started and stopped (a replica request, replica_nodes.py).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from engram.node.config import NodeConfig
 from engram.orchestration.provision import ProvisionError, provision
 from engram.orchestration.rebalance import NodeView, rebalance
 from engram.orchestration.zones import ZonePlanError
-from engram.platforms.local import journal, node_requests, plan, probe, processes, shard_nodes
+from engram.platforms.local import journal, node_requests, plan, probe, processes, replica_nodes, shard_nodes
 from engram.platforms.local.plan import PlanError, provision_request
 from engram.platforms.local.ports import PortBusy
 from engram.platforms.local.relay import EndpointRelay
@@ -221,6 +222,7 @@ class Supervisor:
                 # by as much: it happens once per scale-in, and nodes stop in well under a second.
                 await self._carry_out_shard_request()
                 self._carry_out_node_request()
+                await self._carry_out_replica_request()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), POLL_CHILDREN)
         finally:
@@ -298,6 +300,36 @@ class Supervisor:
         s.shard_request, s.shard_request_error = request.id, error
         self.save()
 
+    async def _carry_out_replica_request(self) -> None:
+        """Start and stop the replicas a waiting replica request names (replica_nodes.py)."""
+        s = self.state
+        try:
+            request = replica_nodes.take_request(s)
+        except ValueError as exc:
+            log.error("%s; ignored", exc)
+            return
+        if request is None:
+            return
+        log.info("replica request %s: %d replicas per shard, adding %s, removing %s", request.id,
+                 request.replicas, ", ".join(a.id for a in request.add) or "none",
+                 ", ".join(request.remove) or "none")
+        error = ""
+        try:
+            # Checked before anything changes: the command decided on roles a moment ago, and a
+            # failover or a rebalance since may have made one of these nodes its shard's primary.
+            leading = [key for key in request.remove if (self.status.get(key) or {}).get("role") == "primary"]
+            if leading:
+                raise PlanError(f"{', '.join(leading)} now {'lead' if len(leading) > 1 else 'leads'} "
+                                "its shard, and a primary is never removed; run the command again")
+            self._start_nodes(replica_nodes.plan_nodes(s, request.add))
+            await self._stop_nodes(set(request.remove))
+            s.replicas = request.replicas
+        except (PlanError, PortBusy, OSError, ValueError) as exc:
+            error = f"the replicas could not be changed: {exc}"
+            log.error("replica request %s failed: %s", request.id, error)
+        s.replica_request, s.replica_request_error = request.id, error
+        self.save()
+
     def _node_child(self, node: NodeState) -> Child:
         """The supervised process of a node, with what it runs recorded on its state."""
         s = self.state
@@ -372,9 +404,17 @@ class Supervisor:
         s = self.state
         added = shard_nodes.plan_added_nodes(s, shards, shard_nodes.allocate_ports(
             s, shard_nodes.ports_needed(s, shards)))
+        self._start_nodes(added, shards)
+
+    def _start_nodes(self, added: list[NodeState], shards: int | None = None) -> None:
+        """Configure and start new nodes, of a cluster of `shards` shards (default: as many as now).
+
+        Their data directories are emptied first: a node removed earlier under the same id left its
+        files there, which a new node must not start from (it restores from snapshots and journal)."""
+        s = self.state
         if not added:
             return
-        configs = plan.node_configs(replace(s, shards=shards), added, node_log_level(s))
+        configs = plan.node_configs(replace(s, shards=shards or s.shards), added, node_log_level(s))
         shard_nodes.clear_data(added)
         plan.write_node_configs(added, configs)
         s.nodes.extend(added)
@@ -388,8 +428,12 @@ class Supervisor:
     async def _stop_removed_shards(self, shards: int) -> None:
         """Forget the nodes of shards `shards` and above, then stop them (the relay stops routing to
         them first); their data and logs stay until `down`."""
+        await self._stop_nodes({n.id for n in shard_nodes.removed_nodes(self.state, shards)})
+
+    async def _stop_nodes(self, gone: set[str]) -> None:
+        """Forget the named nodes (those the cluster has), then stop them, replicas first."""
         s = self.state
-        gone = {n.id for n in shard_nodes.removed_nodes(s, shards)}
+        gone &= {n.id for n in s.nodes}
         if not gone:
             return
         victims = [c for c in self.nodes if c.key in gone]

@@ -1,0 +1,159 @@
+"""Replica scaling: which nodes to add, in which zones, and which to remove, to give every shard R replicas.
+
+Pure decisions a platform carries out (`engram local scale --replicas`). A new replica goes where the
+shared zone placement (zones.replacement_zone) would put a replacement: a zone its shard does not use
+yet, then the least loaded. Scale-down removes replicas only, never a node that says it leads: first
+those that do not serve (down, halted), then those in the zones holding most of the shard's nodes (so
+the shard stays spread), then the highest index (the newest name).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from engram.orchestration.zones import (
+    NodePlacement,
+    Spreading,
+    ZonePlan,
+    ZonePlanError,
+    ZoneSpreadError,
+    replacement_zone,
+)
+
+PRIMARY = "primary"
+REPLICA = "replica"
+
+__all__ = ["AddNode", "NoPrimary", "ReplicaNode", "ReplicaPlan", "ReplicaScaleError", "plan_replicas"]
+
+
+class ReplicaScaleError(ValueError):
+    """The replica count cannot be reached as asked; the message says why and what to do."""
+
+
+class NoPrimary(ReplicaScaleError):
+    """A shard to shrink has no node answering as its primary: a passing state, ask again later."""
+
+
+@dataclass(frozen=True)
+class ReplicaNode:
+    """One node as the platform sees it now."""
+
+    id: str
+    shard: int
+    # The number in its name (NAME-s<shard>-n<index>); new nodes take the lowest free one.
+    index: int
+    zone: str
+    # What the node said it is; "" when it did not answer.
+    role: str = ""
+    halted: bool = False
+
+    @property
+    def serving(self) -> bool:
+        return self.role in (PRIMARY, REPLICA) and not self.halted
+
+
+@dataclass(frozen=True)
+class AddNode:
+    """A new replica to start: its id, shard, index and zone."""
+
+    id: str
+    shard: int
+    index: int
+    zone: str
+
+
+@dataclass(frozen=True)
+class ReplicaPlan:
+    """What reaching ``replicas`` per shard takes: nodes to add, node ids to remove, and warnings
+    (Preferred spreading that had to put two nodes of a shard in one zone)."""
+
+    replicas: int
+    add: tuple[AddNode, ...] = ()
+    remove: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def unchanged(self) -> bool:
+        return not self.add and not self.remove
+
+
+def plan_replicas(nodes: Sequence[ReplicaNode], zones: Iterable[str], replicas: int,
+                  spreading: Spreading | str, node_id: Callable[[int, int], str]) -> ReplicaPlan:
+    """Add or remove nodes so that every shard that has nodes has ``replicas`` besides its primary.
+
+    node_id(shard, index) names a new node. ReplicaScaleError when replicas is negative, when Required
+    spreading has too few zones; NoPrimary when a shard to shrink has no node answering as its
+    primary (any node might be the one that leads, so none is safe to remove)."""
+    names = sorted(zones)
+    mode = Spreading.parse(spreading)
+    if replicas < 0:
+        raise ReplicaScaleError(f"--replicas must be 0 or more, got {replicas}")
+    if mode is Spreading.REQUIRED and replicas + 1 > len(names):
+        raise ReplicaScaleError(
+            f"spreading Required puts each node of a shard in its own zone, but {replicas} replicas make "
+            f"{replicas + 1} nodes a shard and there are only {len(names)} zones ({', '.join(names)}): "
+            f"ask for at most {len(names) - 1} replicas or add zones")
+    by_shard: dict[int, list[ReplicaNode]] = {}
+    for node in sorted(nodes, key=lambda n: (n.shard, n.index)):
+        by_shard.setdefault(node.shard, []).append(node)
+    add: list[AddNode] = []
+    remove: list[str] = []
+    warnings: list[str] = []
+    # The zones of every node that stays or is added, shard by shard, for the placement of the next one.
+    layout = {shard: [n.zone for n in members] for shard, members in by_shard.items()}
+    for shard, members in sorted(by_shard.items()):
+        want = replicas + 1
+        if len(members) < want:
+            taken = {n.index for n in members}
+            for _ in range(want - len(members)):
+                index = min(i for i in range(len(taken) + 1) if i not in taken)
+                taken.add(index)
+                try:
+                    zone = _zone_for(names, mode, layout, shard)
+                except ZonePlanError as exc:
+                    raise ReplicaScaleError(str(exc)) from None
+                if zone in layout[shard]:
+                    warnings.append(f"shard {shard}: {node_id(shard, index)} shares zone {zone} with another "
+                                    f"node of its shard (only {len(names)} zones for {want} nodes)")
+                layout[shard].append(zone)
+                add.append(AddNode(node_id(shard, index), shard, index, zone))
+        elif len(members) > want:
+            remove += _removals(shard, members, len(members) - want)
+    return ReplicaPlan(replicas, tuple(add), tuple(remove), tuple(warnings))
+
+
+def _zone_for(zones: list[str], spreading: Spreading, layout: dict[int, list[str]], shard: int) -> str:
+    """Where the shared placement would put one more node of shard, given every node's zone."""
+    shards = max(layout) + 1
+    placed = tuple(
+        tuple(NodePlacement(s, i, zone, False) for i, zone in enumerate(layout.get(s, [])))
+        for s in range(shards))
+    # The newcomer itself, in a zone it is then moved out of: replacement_zone leaves it out of the counts.
+    newcomer = NodePlacement(shard, len(layout[shard]), zones[0], False)
+    grown = (*placed[:shard], (*placed[shard], newcomer), *placed[shard + 1:])
+    plan = ZonePlan(zones=tuple(zones), spreading=spreading, replicas=0, shards=grown)
+    try:
+        return replacement_zone(plan, shard, newcomer.index, (), zones)
+    except ZoneSpreadError as exc:
+        raise ReplicaScaleError(str(exc)) from None
+
+
+def _removals(shard: int, members: list[ReplicaNode], count: int) -> list[str]:
+    """The count replicas of shard to remove, in the order of the module docstring."""
+    if not any(n.role == PRIMARY and not n.halted for n in members):
+        raise NoPrimary(
+            f"shard {shard} has no node answering as its primary right now, so none of its nodes is known "
+            "to be safe to remove; run the same command again once it has one (`engram local status`)")
+    candidates = [n for n in members if n.role != PRIMARY]
+    zones = Counter(n.zone for n in members)
+    chosen: list[str] = []
+    for _ in range(count):
+        if not candidates:
+            break  # every other node claims to lead: the caller asks again once one steps down
+        victim = min(candidates, key=lambda n: (n.serving, -zones[n.zone], -n.index))
+        candidates.remove(victim)
+        zones[victim.zone] -= 1
+        chosen.append(victim.id)
+    return chosen
