@@ -179,11 +179,11 @@ async def _shard(journal: LocalJournal, cluster: str, shard: int) -> Journal:
     return j
 
 
-async def _append(j: Journal, first: int, count: int) -> int:
+async def _append(j: Journal, first: int, count: int, history: str = "") -> int:
     """Append entries first..first+count-1 one after the other; return the last sequence."""
     last = await j.last_seq()
     for i in range(first, first + count):
-        last = (await j.append(_data(i), last, f"{j.stream}-{i}")).seq
+        last = (await j.append(_data(i), last, f"{j.stream}{history}-{i}")).seq
     return last
 
 
@@ -300,6 +300,10 @@ async def _true(value: bool) -> bool:
     return value
 
 
+async def _more(value, than: int) -> bool:  # type: ignore[no-untyped-def]
+    return await value > than
+
+
 async def _equals(value, expected: int) -> bool:  # type: ignore[no-untyped-def]
     return await value == expected
 
@@ -388,3 +392,29 @@ def test_truncation_of_the_origin_past_what_the_other_region_had_copied_is_detec
     _run(scenario())
     wait_for(lambda: _linked(regions), 30, "the leaf connections to return")
 
+
+
+def test_a_recreated_origin_stream_is_detected_as_another_history(regions: Regions) -> None:
+    async def scenario() -> None:
+        source = await _shard(regions.east, CLUSTER, 4)
+        nc, js = await _js(regions.west)
+        link = InboundLink(CLUSTER, 4, EAST, CLUSTER)
+        await inbound.ensure_inbound(js, link)
+        await _append(source, 1, 5)
+        await _until(lambda: _equals(_copied(js, link), 6), 30, "west to copy east's first 6 entries")
+        read = await _read_all(js, link, Position(), 6)
+        # East's shard starts a second history under the same name.
+        await source.delete_stream()
+        await source.create_stream(CLUSTER_ID)
+        await _append(source, 1, 2, history="-second")
+        # nats-server notices the new stream identity only when it next sets up the source's
+        # consumer (10-25 s on loopback). The new genesis has the old one's message id and is
+        # dropped as a duplicate if it comes within the inbound stream's duplicate window.
+        await _until(lambda: _more(_copied(js, link), 6), 90, "west to copy the new stream's entries")
+        with pytest.raises(SourceGap) as gap:
+            await _read_all(js, link, Position().after(read[-1]), 1)
+        assert gap.value.recreated and gap.value.expected == 7 and gap.value.found in (1, 2)
+        await source.close()
+        await nc.close()
+
+    _run(scenario())
