@@ -167,7 +167,7 @@ def writes(draw: st.DrawFn, keys: tuple[bytes, ...] = (K,)) -> list[Write]:
     return out
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(writes(), st.randoms(use_true_random=False))
 def test_any_order_of_the_same_writes_gives_what_the_rules_say(history: list[Write],
                                                                rng: random.Random) -> None:
@@ -181,7 +181,7 @@ def test_any_order_of_the_same_writes_gives_what_the_rules_say(history: list[Wri
         assert _frozen(state.visible()) == expected, order
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(writes(keys=(b"k1", b"k2", b"k3")), st.randoms(use_true_random=False))
 def test_regions_that_applied_the_same_writes_have_the_same_digest(history: list[Write],
                                                                    rng: random.Random) -> None:
@@ -196,7 +196,7 @@ def test_regions_that_applied_the_same_writes_have_the_same_digest(history: list
     assert len(digests) == 1
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(writes(keys=(b"k1", b"k2")), st.integers(0, 8), st.randoms(use_true_random=False))
 def test_collecting_below_the_frontier_changes_no_outcome(history: list[Write], cut: int,
                                                           rng: random.Random) -> None:
