@@ -234,6 +234,7 @@ typedef struct EgTicket {
     EgClient *client;
     VkBlockedClient *bc;
     int released; /* UnblockClient was called: the reply callback and free are to come */
+    long long blocked_us; /* when a batch blocked for its commit (eg_now_us); 0: a blocking command */
 } EgTicket;
 
 typedef struct EgTxCommand {
@@ -360,6 +361,7 @@ typedef struct EgStats {
 } EgStats;
 void eg_replies_stats(EgStats *stats);
 int eg_reply_clients(VkCtx *ctx);
+int eg_commit_wait_info(char *buf, size_t cap);
 
 /* dirty.c */
 void eg_dirty_init(void);

@@ -338,7 +338,7 @@ static int cmd_info(VkCtx *ctx, VkString **argv, int argc) {
     EgStats st;
     eg_replies_stats(&st);
     eg_users_stats(&st);
-    char buf[1536];
+    char buf[2048];
     int n = snprintf(buf, sizeof buf,
                      "active:%d\r\ncommitted_offset:%lld\r\ndirty_keys:%lld\r\ntracked_clients:%lld\r\n"
                      "blocked_clients:%lld\r\nqueued_reply_bytes:%lld\r\ncommit_timeout_ms:%lld\r\n"
@@ -347,6 +347,7 @@ static int cmd_info(VkCtx *ctx, VkString **argv, int argc) {
                      eg_active, eg_committed, eg_dirty_count(), st.clients, st.blocked, st.queued_bytes,
                      eg_commit_timeout_ms, st.blocks, st.early_blocks, st.emitted, st.timeouts, st.failed,
                      st.users_pending, st.users_done);
+    if (n > 0 && (size_t)n < sizeof buf) n += eg_commit_wait_info(buf + n, sizeof buf - (size_t)n);
     if (n > 0 && (size_t)n < sizeof buf) n += eg_control_info(buf + n, sizeof buf - (size_t)n);
     if (n > 0 && (size_t)n < sizeof buf) n += eg_migration_info(buf + n, sizeof buf - (size_t)n);
     if (n < 0 || (size_t)n >= sizeof buf) n = (int)strlen(buf);

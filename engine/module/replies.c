@@ -20,6 +20,21 @@ static size_t n_touched, cap_touched, n_blocked, cap_blocked;
 static long long total_queued_bytes;
 static long long stat_blocks, stat_emitted, stat_timeouts, stat_failed, stat_early;
 
+/* Commit waits: from a batch blocking to the acknowledgement that releases it, the part of a
+ * write's latency the journal round trip adds (ENGRAM.INFO, docs/data-path.md). Bucket bounds in
+ * microseconds; counts per bucket, reported cumulative as Prometheus does. */
+static const long long wait_bounds_us[] = {250, 500, 1000, 2000, 3000, 5000, 7500, 10000, 25000, 100000};
+#define EG_WAIT_BUCKETS (sizeof wait_bounds_us / sizeof wait_bounds_us[0])
+static long long wait_buckets[EG_WAIT_BUCKETS + 1], wait_count, wait_sum_us;
+
+static void record_wait(long long us) {
+    size_t i = 0;
+    while (i < EG_WAIT_BUCKETS && us > wait_bounds_us[i]) i++;
+    wait_buckets[i]++;
+    wait_count++;
+    wait_sum_us += us;
+}
+
 /* Queued replies live outside the client's output buffer, where neither client-output-buffer
  * limits nor maxmemory-clients see them: past these, a client blocks before its input ends. */
 #define EG_MAX_QUEUED_ENTRIES 4096
@@ -356,6 +371,7 @@ int eg_finish(VkCtx *ctx, EgClient *cl) {
         return VK_OK;
     }
     block(ctx, cl, eg_commit_timeout_ms);
+    cl->ticket->blocked_us = eg_now_us();
     return VK_OK;
 }
 
@@ -387,10 +403,15 @@ int eg_block_for_promise(VkCtx *ctx, EgClient *cl, VkCallReply *promise) {
 }
 
 void eg_release_ready(void) {
+    long long now = 0;
     for (size_t i = 0; i < n_blocked;) {
         EgClient *cl = blocked[i];
         if (cl->ticket && !cl->ticket->released && ready(cl)) {
             blocked[i] = blocked[--n_blocked];
+            if (cl->ticket->blocked_us && !cl->fail) {
+                if (!now) now = eg_now_us(); /* one clock read for every client an ack releases */
+                record_wait(now - cl->ticket->blocked_us);
+            }
             /* The ticket stays on the client until the server frees it: the client can still
              * disconnect before its reply callback runs, and must not be freed under it. */
             cl->ticket->released = 1;
@@ -525,6 +546,21 @@ void eg_client_gone(unsigned long long id) {
     if (cl->ticket) return; /* on_disconnect finishes it */
     free_queue(cl);
     free_if_unused(cl);
+}
+
+/* ENGRAM.INFO's commit wait lines: count, sum and cumulative buckets "le_us=count,...,inf=count". */
+int eg_commit_wait_info(char *buf, size_t cap) {
+    int n = snprintf(buf, cap, "commit_waits:%lld\r\ncommit_wait_us_sum:%lld\r\ncommit_wait_us_buckets:",
+                     wait_count, wait_sum_us);
+    long long cumulative = 0;
+    for (size_t i = 0; i <= EG_WAIT_BUCKETS && n > 0 && (size_t)n < cap; i++) {
+        cumulative += wait_buckets[i];
+        if (i < EG_WAIT_BUCKETS)
+            n += snprintf(buf + n, cap - (size_t)n, "%lld=%lld,", wait_bounds_us[i], cumulative);
+        else
+            n += snprintf(buf + n, cap - (size_t)n, "inf=%lld\r\n", cumulative);
+    }
+    return n;
 }
 
 void eg_replies_stats(EgStats *s) {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import hiredis
 import pytest
 
@@ -38,6 +40,25 @@ def test_sixteen_pipelined_writes_get_sixteen_replies_in_order_after_one_ack() -
             assert tap.acks == 1
             # Only the batch's last command blocked the client.
             assert int(_info(await admin.call("ENGRAM.INFO"))["blocks"]) == int(blocks) + 1
+
+    run(scenario)
+
+
+def test_engram_info_times_a_batch_from_its_block_to_the_ack_that_releases_it() -> None:
+    async def scenario() -> None:
+        async with valkey() as socket, attached_tap(socket) as tap:
+            client, admin = await Conn.open(socket), await Conn.open(socket)
+            client.send(("SET", "k", "v"))
+            await tap.wait_for_command(b"SET")
+            await asyncio.sleep(0.03)  # the journal takes 30 ms
+            tap.ack()
+            assert await client.read(1) == [b"OK"]
+            info = _info(await admin.call("ENGRAM.INFO"))
+            assert info["commit_waits"] == "1"
+            assert 30_000 <= int(info["commit_wait_us_sum"]) < 1_000_000
+            buckets = dict(b.split("=") for b in info["commit_wait_us_buckets"].split(","))
+            # Cumulative, as Prometheus' buckets: none at or under 25 ms, the one wait under 100 ms.
+            assert buckets["250"] == buckets["25000"] == "0" and buckets["100000"] == buckets["inf"] == "1"
 
     run(scenario)
 

@@ -13,10 +13,12 @@ import hiredis
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
 from engram.journal.client import Appended
 from engram.journal.entries import Entry, EntryType
 from engram.journal.errors import Fenced
+from engram.metrics import COMMIT_STAGES
 from engram.replication.committer import Committer
 from engram.replication.streamscan import StreamScanner
 from engram.valkey.connection import encode
@@ -276,5 +278,38 @@ def test_nothing_is_acknowledged_after_the_committer_was_fenced() -> None:
             await running
         committer.feed(PING, scanner.feed(PING))  # the tap runs until the node steps down
         assert tap.acks == []
+
+    _run(scenario)
+
+
+def _count(stage: str | None) -> tuple[float, float]:
+    """(observations, seconds) of one commit stage, or of the whole path when stage is None."""
+    name = "engram_commit_path_seconds" if stage is None else "engram_commit_stage_seconds"
+    labels = {} if stage is None else {"stage": stage}
+    count = REGISTRY.get_sample_value(f"{name}_count", labels) or 0.0
+    return count, REGISTRY.get_sample_value(f"{name}_sum", labels) or 0.0
+
+
+def test_each_entry_of_writes_records_its_batch_append_and_settle_stages() -> None:
+    async def scenario() -> None:
+        journal = FakeJournal(random.Random(5), 2)
+        journal.gate = asyncio.Event()
+        tap = FakeTap(journal, [[b"SET", b"k", b"v"]])
+        committer = _committer(journal, tap)
+        before = {stage: _count(stage) for stage in (*COMMIT_STAGES, None)}
+        running = asyncio.get_running_loop().create_task(committer.run())
+        committer.feed(SET, StreamScanner(BASE).feed(SET))
+        await asyncio.sleep(0.05)  # the journal takes 50 ms to answer
+        journal.gate.set()
+        await committer.drain(5)
+        committer.close()
+        await running
+        added = {stage: (c - before[stage][0], s - before[stage][1])
+                 for stage, (c, s) in ((st, _count(st)) for st in before)}
+        assert all(count == 1 for count, _ in added.values())
+        # The fake journal's answer is not timed: the wait counts as the append, settle is 0.
+        assert added["append"][1] >= 0.04 and added["batch"][1] < 0.04 and added["settle"][1] == 0
+        path = added[None][1]
+        assert path == pytest.approx(sum(added[s][1] for s in COMMIT_STAGES), abs=1e-3)
 
     _run(scenario)

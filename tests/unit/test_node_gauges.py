@@ -1,4 +1,5 @@
-"""The gauges a node samples: its shard's snapshot age, and its journal stream's size and reach."""
+"""The gauges a node samples: its shard's snapshot age, its journal stream's size and reach, and the
+module's commit waits."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import math
 import pytest
 from prometheus_client import REGISTRY
 
+from engram import metrics
 from engram.journal.client import StreamState
 from engram.journal.errors import NoQuorum
-from engram.node.gauges import sample_journal, snapshot_age, track_snapshots
+from engram.node.gauges import commit_waits, sample_journal, snapshot_age, track_snapshots
 from engram.snapshots.record import Position, SnapshotRecord
 from engram.snapshots.schedule import SnapshotPolicy
 
@@ -83,3 +85,20 @@ def test_a_journal_that_refuses_or_stays_silent_is_unreachable_and_keeps_the_las
     asyncio.run(sample_journal(FakeJournal(StreamState(1, 7, 7, 700)), 1.0))  # type: ignore[arg-type]
     asyncio.run(sample_journal(FakeJournal(answer), 0.05))  # type: ignore[arg-type]
     assert _journal_gauges() == (0.0, 7.0, 700.0)
+
+
+INFO = (b"active:1\r\ncommitted_offset:900\r\ncommit_waits:3\r\ncommit_wait_us_sum:7500\r\n"
+        b"commit_wait_us_buckets:250=0,1000=1,5000=3,inf=3\r\nmanaged:1\r\n")
+
+
+def test_the_modules_commit_waits_are_exported_as_a_histogram_in_seconds() -> None:
+    sampled = commit_waits(INFO)
+    assert sampled == ([("0.00025", 0.0), ("0.001", 1.0), ("0.005", 3.0), ("+Inf", 3.0)], 0.0075)
+    metrics.REPLY_COMMIT_WAIT.update(*sampled)
+    assert sample("engram_reply_commit_wait_seconds_count") == 3.0
+    assert REGISTRY.get_sample_value("engram_reply_commit_wait_seconds_bucket", {"le": "0.001"}) == 1.0
+    assert sample("engram_reply_commit_wait_seconds_sum") == 0.0075
+
+
+def test_a_module_that_does_not_time_commit_waits_exports_nothing_new() -> None:
+    assert commit_waits(b"active:1\r\ncommitted_offset:900\r\n") is None

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -26,6 +27,8 @@ class Reply:
     code: int = 0
     err_code: int = 0
     description: str = ""
+    # time.monotonic() when the reply was read off the connection (commit stage timing).
+    received_at: float = 0.0
 
     @property
     def refused(self) -> bool:
@@ -79,4 +82,4 @@ class AckInbox:
     async def _on_reply(self, msg: Msg) -> None:
         future = self._waiting.get(msg.subject[len(self._prefix):])
         if future is not None and not future.done():
-            future.set_result(parse_reply(msg))
+            future.set_result(replace(parse_reply(msg), received_at=time.monotonic()))

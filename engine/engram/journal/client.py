@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -127,6 +128,8 @@ class Appended:
 
     seq: int
     earlier: bool = False
+    # time.monotonic() when the journal's answer was read; 0.0 when not known.
+    answered_at: float = 0.0
 
 
 @dataclass
@@ -380,7 +383,7 @@ class Journal:
             )
         except Exception as exc:
             return await self._landed_or_raise(_translate(exc, expected_last_seq), msg_id)
-        return Appended(ack.seq, earlier=bool(ack.duplicate))
+        return Appended(ack.seq, earlier=bool(ack.duplicate), answered_at=time.monotonic())
 
     async def _landed_or_raise(self, error: JournalError, msg_id: str) -> Appended:
         """A retried append whose first try landed is refused as Fenced: recognise it by its id.
@@ -425,7 +428,7 @@ class Journal:
             if reply.refused:
                 error = _refusal(reply.code, reply.err_code, reply.description, expected_last_seq)
                 return await self._landed_or_raise(error, msg_id)
-            return Appended(reply.seq, earlier=reply.duplicate)
+            return Appended(reply.seq, earlier=reply.duplicate, answered_at=reply.received_at)
 
         # A task, so that an abandoned append can be cancelled rather than left unawaited.
         return asyncio.get_running_loop().create_task(_wait())

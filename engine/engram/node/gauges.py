@@ -1,4 +1,5 @@
-"""Gauges a node samples rather than sets as things happen: snapshot age, journal size and reach."""
+"""Gauges a node samples rather than sets as things happen: snapshot age, journal size and reach, and
+the module's commit waits."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from engram import metrics
 from engram.journal.client import Journal
 from engram.journal.errors import JournalError
+from engram.node.datapath import DataPath
 from engram.snapshots.record import SnapshotRecord
 from engram.snapshots.schedule import SnapshotPolicy
 
@@ -19,6 +21,8 @@ log = logging.getLogger(__name__)
 # One stream info request per node this often (the stream leader answers it): cheap, and finer than
 # any scrape interval worth having.
 JOURNAL_SAMPLE_INTERVAL = 5.0
+# ENGRAM.INFO this often: one command to the local Valkey, finer than any scrape worth having.
+MODULE_SAMPLE_INTERVAL = 5.0
 
 
 def snapshot_age(newest: SnapshotRecord | None, now: float) -> float:
@@ -52,4 +56,32 @@ async def watch_journal(journal: Journal, interval: float = JOURNAL_SAMPLE_INTER
     """Sample the shard's stream every `interval` seconds for as long as the node runs."""
     while True:
         await sample_journal(journal, interval)
+        await asyncio.sleep(interval)
+
+
+def commit_waits(info: bytes) -> tuple[list[tuple[str, float]], float] | None:
+    """ENGRAM.INFO's commit wait histogram as (cumulative buckets in seconds, sum in seconds); None
+    from a module that does not report it."""
+    fields = dict(line.split(":", 1) for line in info.decode().splitlines() if ":" in line)
+    if "commit_wait_us_buckets" not in fields:
+        return None
+    buckets = []
+    for bucket in fields["commit_wait_us_buckets"].split(","):
+        bound, count = bucket.split("=")
+        buckets.append(("+Inf" if bound == "inf" else repr(int(bound) / 1e6), float(count)))
+    return buckets, int(fields["commit_wait_us_sum"]) / 1e6
+
+
+async def watch_module(datapath: DataPath, interval: float = MODULE_SAMPLE_INTERVAL) -> None:
+    """Export the module's commit waits (ENGRAM.INFO) every `interval` seconds for as long as the
+    node runs."""
+    while True:
+        try:
+            info = await datapath.execute("ENGRAM.INFO")
+            sampled = commit_waits(info) if isinstance(info, bytes) else None
+        except Exception as exc:  # a metrics sample must never take the node down
+            log.debug("module commit waits not read: %r", exc)
+        else:
+            if sampled is not None:
+                metrics.REPLY_COMMIT_WAIT.update(*sampled)
         await asyncio.sleep(interval)

@@ -34,7 +34,7 @@ from engram.node.certificate import CertificateWatch, ServerCertificate
 from engram.node.config import NodeConfig
 from engram.node.control import ControlServer
 from engram.node.datapath import DataPath
-from engram.node.gauges import track_snapshots, watch_journal
+from engram.node.gauges import track_snapshots, watch_journal, watch_module
 from engram.node.peer import control_tls
 from engram.node.tls_front import start_tls_front
 from engram.node.users import UserSync
@@ -279,6 +279,7 @@ class Node:
         loop = asyncio.get_running_loop()
         self._background += [
             loop.create_task(watch_journal(self.journal)),
+            loop.create_task(watch_module(self.datapath)),
             loop.create_task(self.meta.watch()),
             loop.create_task(self._heartbeat()),
             loop.create_task(self._watch_journal()),

@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from engram import metrics
 from engram.journal.client import Appended, Journal
 from engram.journal.entries import Entry, EntryType
 from engram.journal.errors import Fenced, JournalError, JournalTimeout
@@ -33,6 +34,10 @@ from engram.replication.tap import Tap
 log = logging.getLogger(__name__)
 
 CHECKSUM_INTERVAL = 5.0
+# Bound once: observed for every entry of client writes.
+_STAGE_BATCH = metrics.COMMIT_STAGE.labels("batch")
+_STAGE_APPEND = metrics.COMMIT_STAGE.labels("append")
+_STAGE_SETTLE = metrics.COMMIT_STAGE.labels("settle")
 
 
 @dataclass
@@ -47,6 +52,8 @@ class _InFlight:
     result: asyncio.Task[Appended] | None
     # The stream's elections seen when it was sent: a later one means no answer will ever come.
     elections: int = 0
+    # When the tap read the batch's first byte; 0.0 for entries that carry no client write.
+    read_at: float = 0.0
 
 
 class Committer:
@@ -92,6 +99,9 @@ class Committer:
         self._start = tap.offset
         self._start_db = 0
         self._scan = Scan((tap.offset, 0, tap.offset))  # the tap's latest
+        # When the first buffered byte and the latest chunk were read (commit stage timing).
+        self._read_at = 0.0
+        self._last_read_at = 0.0
         # Between taking a batch off the buffer and its last piece joining _inflight.
         self._sealing = False
         self._inflight: deque[_InFlight] = deque()
@@ -107,6 +117,10 @@ class Committer:
 
     def feed(self, data: bytes, scan: Scan) -> None:
         """The tap's next chunk, and its scan: where the stream received so far may be cut."""
+        now = time.monotonic()
+        if not self._buffered:
+            self._read_at = now
+        self._last_read_at = now
         self._chunks.append(data)
         self._buffered += len(data)
         self._scan = scan
@@ -216,6 +230,9 @@ class Committer:
         """Seal the buffered stream up to the safe place cut into one batch and send it."""
         payload = self._take(cut - self._start)
         db = self._start_db
+        read_at = self._read_at
+        # What stays buffered (a command still arriving) came with the latest chunk at the latest.
+        self._read_at = self._last_read_at
         # Only link-only commands lie between cut and the scan's safe place: its db holds at cut.
         self._start, self._start_db = cut, self._scan.db
         self.checksum = zlib.crc32(payload, self.checksum)
@@ -231,7 +248,7 @@ class Committer:
                 last = start + step >= len(payload)
                 piece = Entry(EntryType.DATA, self.epoch, self.node_id, payload[start : start + step],
                               db=db, more=not last)
-                await self._send(piece, cut if last else -1)
+                await self._send(piece, cut if last else -1, read_at if last else 0.0)
         finally:
             self._sealing = False
 
@@ -239,7 +256,7 @@ class Committer:
         self._counter += 1
         return f"{self._id_prefix}.{self._counter}"
 
-    async def _send(self, entry: Entry, end_offset: int) -> None:
+    async def _send(self, entry: Entry, end_offset: int, read_at: float = 0.0) -> None:
         msg_id = self._next_msg_id()
         entry.term_seq = self._counter
         expected = self.next_expected
@@ -255,7 +272,7 @@ class Committer:
             log.debug("append send failed: %s", exc)
             result = None  # the completer retries it in order
         self._inflight.append(
-            _InFlight(entry, expected, msg_id, end_offset, now, now, result, self.journal.elections)
+            _InFlight(entry, expected, msg_id, end_offset, now, now, result, self.journal.elections, read_at)
         )
         self._completed.set()
 
@@ -341,6 +358,8 @@ class Committer:
         self.lease_until = max(self.lease_until, since + self.lease_seconds)
         if flight.end_offset >= 0:
             self.tap.ack(flight.end_offset)
+            if flight.read_at:
+                _observe_stages(flight, landed)
         self._on_committed(seq, time.monotonic() - flight.first_sent_at)
         self._ack_settled()
 
@@ -373,3 +392,14 @@ class Committer:
             if time.monotonic() > deadline:
                 raise JournalError(f"journal did not commit pending writes within {timeout:g}s")
             await asyncio.sleep(0.005)
+
+
+def _observe_stages(flight: _InFlight, landed: Appended) -> None:
+    """Record where an entry of client writes spent its time, from the tap's read to its ack."""
+    acked = time.monotonic()
+    # A retried append counts from its last send; an answer not timed (a fake journal) as at the ack.
+    answered = landed.answered_at if flight.sent_at <= landed.answered_at <= acked else acked
+    _STAGE_BATCH.observe(flight.first_sent_at - flight.read_at)
+    _STAGE_APPEND.observe(answered - flight.sent_at)
+    _STAGE_SETTLE.observe(acked - answered)
+    metrics.COMMIT_PATH.observe(acked - flight.read_at)
