@@ -103,3 +103,13 @@ def test_the_control_port_speaks_resp3_to_clients_that_open_with_hello_3() -> No
             legacy.execute_command("HELLO", "4")
         client.close()
         legacy.close()
+
+
+def test_the_control_port_serves_the_nodes_prometheus_metrics() -> None:
+    """A local cluster's nodes serve no metrics port: ENGRAM.METRICS is the same page."""
+    control = ControlServer(lambda: {"role": "primary"}, _no_switchover)
+    with _serving(lambda port: control.start(ports.LOOPBACK, port)) as port:
+        client = redis.Redis(host=ports.LOOPBACK, port=port)
+        page = client.execute_command("ENGRAM.METRICS").decode()
+        client.close()
+    assert 'engram_commit_stage_seconds_count{stage="append"}' in page

@@ -1,4 +1,5 @@
-"""The node's control port: ENGRAM.STATUS, ENGRAM.FAILOVER, ENGRAM.SNAPSHOT for probes, peers, tools.
+"""The node's control port: ENGRAM.STATUS, ENGRAM.FAILOVER, ENGRAM.SNAPSHOT, ENGRAM.METRICS for probes,
+peers, tools.
 
 Clients talk to Valkey itself on the node's client port; this small RESP server is the node
 process's own door, so asking a node what it is never depends on its data path.
@@ -12,6 +13,8 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+
+from prometheus_client import generate_latest
 
 from engram import ENGINE_VERSION, resp
 from engram.journal.entries import format_version
@@ -91,6 +94,9 @@ class ControlServer:
             return resp.mapping(pairs, session.resp3)
         if name == b"hello":
             return _hello(args, session)
+        if name == b"engram.metrics":
+            # The Prometheus page, for a node that serves no metrics port (a local cluster's).
+            return resp.bulk(generate_latest())
         if name == b"engram.failover":
             if len(args) != 2:
                 return resp.error("ERR usage: ENGRAM.FAILOVER <target-node-id>")
@@ -118,6 +124,6 @@ class ControlServer:
             return resp.simple("OK")  # clients announce themselves (CLIENT SETINFO); nothing to keep
         return resp.error(
             f"ERR unknown command '{args[0].decode(errors='replace')}' on the node's control port: "
-            "it answers ENGRAM.STATUS, ENGRAM.FAILOVER and ENGRAM.SNAPSHOT; data commands go to the "
-            "client port"
+            "it answers ENGRAM.STATUS, ENGRAM.FAILOVER, ENGRAM.SNAPSHOT and ENGRAM.METRICS; data commands go "
+            "to the client port"
         )
