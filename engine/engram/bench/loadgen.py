@@ -234,6 +234,24 @@ def limit(spec: LoadSpec) -> float:
     return (spec.seconds or 0) + (spec.requests or 0) / 100 + 60
 
 
+def run_children(
+    workload: Workload,
+    spec: LoadSpec,
+    endpoint: Endpoint,
+    target: str,
+    progress: Callable[[str], None],
+    seed: int = 0,
+    processes: int | None = None,
+) -> list[dict[str, Any]]:
+    """The generator processes' own results (child.result), for callers that want more than run()'s
+    Measurement (scripts/commit_breakdown.py: the mean latency, the measured span)."""
+    n = process_count(spec.clients, processes)
+    plans = [_Plan(i, *portion(spec, n, i), spec.seconds, workload, spec, endpoint, seed * 1000 + i)
+             for i in range(n)]
+    label = f"{target}/{workload.name}"
+    return child.run(_work, plans, label, progress, goal=spec.requests, limit=limit(spec))
+
+
 def run(
     workload: Workload,
     spec: LoadSpec,
@@ -244,9 +262,5 @@ def run(
     processes: int | None = None,
 ) -> Measurement:
     """Run one workload on `processes` generator processes (default: one per core) sharing the clients."""
-    n = process_count(spec.clients, processes)
-    plans = [_Plan(i, *portion(spec, n, i), spec.seconds, workload, spec, endpoint, seed * 1000 + i)
-             for i in range(n)]
-    label = f"{target}/{workload.name}"
-    results = child.run(_work, plans, label, progress, goal=spec.requests, limit=limit(spec))
+    results = run_children(workload, spec, endpoint, target, progress, seed, processes)
     return child.measurement(results, workload.name, target, NAME, progress)
