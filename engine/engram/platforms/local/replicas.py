@@ -31,7 +31,6 @@ from engram.platforms.local import plan, probe, processes, requests
 from engram.platforms.local.cluster import (
     CRASH_LOOP_RESTARTS,
     LocalError,
-    SupervisorGone,
     describe,
     load_running,
 )
@@ -126,27 +125,20 @@ def _probe(nodes: list[NodeState]) -> Live:
 
 def _ask(state: ClusterState, request: ReplicaRequest) -> ClusterState:
     """Send the request; the state file once the supervisor has carried it out."""
-    try:
-        send_request(state, request)
-    except ProcessLookupError:
-        raise SupervisorGone(f"cluster {state.name}'s supervisor (pid {state.supervisor_pid}) is gone; "
-                             "nothing can start or stop its nodes") from None
-    log = Path(state.logs) / "supervisor.log"
+    requests.delivered(state, lambda: send_request(state, request), "start or stop its nodes")
     deadline = time.monotonic() + REQUEST_TIMEOUT
-    while True:
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            current = ClusterState.load(state.path)
-            if current.replica_request == request.id:
-                if current.replica_request_error:
-                    raise LocalError(f"{current.replica_request_error} (log: {log})")
-                return current
-        if not processes.is_ours(state.supervisor_pid, str(state.path)):
-            raise SupervisorGone(f"cluster {state.name}'s supervisor (pid {state.supervisor_pid}) exited "
-                                 f"while changing its replicas (log: {log})")
+    doing = "changing its replicas"
+    while (current := requests.carried_out(state, request.id, _replica_answer, doing)) is None:
         if time.monotonic() >= deadline:
             raise LocalError(f"cluster {state.name}'s supervisor did not change its replicas within "
-                             f"{REQUEST_TIMEOUT:g}s (log: {log}); run the same command again to resume")
+                             f"{REQUEST_TIMEOUT:g}s (log: {Path(state.logs) / 'supervisor.log'}); run the "
+                             "same command again to resume")
         time.sleep(POLL)
+    return current
+
+
+def _replica_answer(state: ClusterState) -> tuple[str, str]:
+    return state.replica_request, state.replica_request_error
 
 
 class _CatchUp:

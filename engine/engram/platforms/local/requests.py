@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from engram.platforms.local.cluster import LocalError
+from engram.platforms.local import processes
+from engram.platforms.local.cluster import LocalError, SupervisorGone
 from engram.platforms.local.state import ClusterState, replace_file
 
 T = TypeVar("T")
@@ -30,6 +31,35 @@ def send(state: ClusterState, filename: str, payload: dict[str, Any]) -> None:
     replace_file(Path(state.dir) / filename, json.dumps(payload))
     if state.supervisor_pid:
         os.kill(state.supervisor_pid, signal.SIGUSR1)
+
+
+def delivered(state: ClusterState, send: Callable[[], None], cannot: str) -> None:
+    """Run ``send`` (a module's send_request); SupervisorGone saying what ``cannot`` be done without it."""
+    try:
+        send()
+    except ProcessLookupError:
+        raise SupervisorGone(f"cluster {state.name}'s supervisor (pid {state.supervisor_pid}) is gone; "
+                             f"nothing can {cannot}") from None
+
+
+def carried_out(state: ClusterState, request_id: str, answered: Callable[[ClusterState], tuple[str, str]],
+                doing: str) -> ClusterState | None:
+    """The state once the supervisor has carried out ``request_id``, None while it has not.
+
+    ``answered`` gives a state's (id of the last request done, its error). LocalError with the
+    supervisor's refusal; SupervisorGone when it exited while ``doing`` the request."""
+    log = Path(state.logs) / "supervisor.log"
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        current = ClusterState.load(state.path)
+        done, error = answered(current)
+        if done == request_id:
+            if error:
+                raise LocalError(f"{error} (log: {log})")
+            return current
+    if not processes.is_ours(state.supervisor_pid, str(state.path)):
+        raise SupervisorGone(f"cluster {state.name}'s supervisor (pid {state.supervisor_pid}) exited "
+                             f"while {doing} (log: {log})")
+    return None
 
 
 def take(state: ClusterState, filename: str, kind: str, parse: Callable[[dict[str, Any]], T]) -> T | None:

@@ -10,15 +10,14 @@ it deletes their streams. The progress lives in the cluster metadata, where ever
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from engram.journal.errors import JournalError
-from engram.platforms.local import probe, processes, requests
-from engram.platforms.local.cluster import LocalError, SupervisorGone, describe, load_running
+from engram.platforms.local import probe, requests
+from engram.platforms.local.cluster import LocalError, describe, load_running
 from engram.platforms.local.shard_nodes import ShardRequest, send_request, serves_tls
 from engram.platforms.local.state import NODES_STARTED, ClusterState
 from engram.resharding.mover import MoveOptions
@@ -121,28 +120,20 @@ async def _scale(state: ClusterState, shards: int, options: ReshardOptions,
 async def ask_supervisor(state: ClusterState, shards: int, timeout: float = REQUEST_TIMEOUT) -> ClusterState:
     """Have the supervisor run nodes for exactly shards 0..shards-1; the state file once it has."""
     request = ShardRequest.new(shards)
-    try:
-        send_request(state, request)
-    except ProcessLookupError:
-        raise SupervisorGone(f"cluster {state.name}'s supervisor (pid {state.supervisor_pid}) is gone; "
-                             "nothing can start or stop its nodes") from None
+    requests.delivered(state, lambda: send_request(state, request), "start or stop its nodes")
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    log = Path(state.logs) / "supervisor.log"
-    while True:
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            current = ClusterState.load(state.path)
-            if current.shard_request == request.id:
-                if current.shard_request_error:
-                    raise LocalError(f"{current.shard_request_error} (log: {log})")
-                return current
-        if not processes.is_ours(state.supervisor_pid, str(state.path)):
-            raise SupervisorGone(f"cluster {state.name}'s supervisor (pid {state.supervisor_pid}) exited "
-                                 f"while laying out nodes for {shards} shards (log: {log})")
+    doing = f"laying out nodes for {shards} shards"
+    while (current := requests.carried_out(state, request.id, _shard_answer, doing)) is None:
         if loop.time() >= deadline:
             raise LocalError(f"cluster {state.name}'s supervisor did not lay out nodes for {shards} shards "
-                             f"within {timeout:.0f}s (log: {log})")
+                             f"within {timeout:.0f}s (log: {Path(state.logs) / 'supervisor.log'})")
         await asyncio.sleep(0.1)
+    return current
+
+
+def _shard_answer(state: ClusterState) -> tuple[str, str]:
+    return state.shard_request, state.shard_request_error
 
 
 def _shards(numbers: list[int]) -> str:

@@ -28,7 +28,6 @@ from engram.platforms.local import probe, processes, requests
 from engram.platforms.local.cluster import (
     CRASH_LOOP_RESTARTS,
     LocalError,
-    SupervisorGone,
     describe,
     failover,
     load_running,
@@ -288,23 +287,11 @@ class _Upgrade:
 
     def _ask(self, state: ClusterState, request: NodeRequest) -> None:
         """Send a node request; return once the supervisor has carried it out."""
-        try:
-            send_request(state, request)
-        except ProcessLookupError:
-            raise SupervisorGone(f"cluster {self.name}'s supervisor (pid {state.supervisor_pid}) is gone; "
-                                 "nothing can replace its nodes") from None
-        log = Path(state.logs) / "supervisor.log"
-
-        def taken() -> bool:
-            current = self.state()
-            if current.node_request != request.id:
-                return False
-            if current.node_request_error:
-                raise LocalError(f"{current.node_request_error} (log: {log})")
-            return True
-
+        requests.delivered(state, lambda: send_request(state, request), "replace its nodes")
         what = f"restart {request.node} on {self.target}" if request.node else "record the target"
-        self._until(taken, f"the supervisor to {what} (log: {log})", REQUEST_TIMEOUT)
+        log = Path(state.logs) / "supervisor.log"
+        self._until(lambda: requests.carried_out(state, request.id, _node_answer, f"asked to {what}"),
+                    f"the supervisor to {what} (log: {log})", REQUEST_TIMEOUT)
 
     def _until(self, done: Callable[[], Any], what: str, timeout: float | None = None) -> Any:
         """Poll done() until it returns something truthy; LocalError naming what after the timeout."""
@@ -335,3 +322,7 @@ def mixed_versions(doc: dict[str, Any]) -> str:
     parts = [f"{', '.join(ids)} run `{command}` with {valkey}" for (command, valkey), ids in groups.items()]
     return ("nodes run different versions (an unfinished `engram local upgrade`? run it again): "
             + "; ".join(parts))
+
+
+def _node_answer(state: ClusterState) -> tuple[str, str]:
+    return state.node_request, state.node_request_error
