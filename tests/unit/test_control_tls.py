@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-import threading
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +22,7 @@ from engram.node.control import ControlServer
 from engram.node.peer import PeerUnreachable, call, control_tls, parse_status
 from engram.platforms.local import ports
 from tests.certificates import TestCA, serial_of
+from tests.threaded_server import serving
 
 
 @pytest.fixture
@@ -41,26 +41,10 @@ async def _no_switchover(target: str) -> None:
 @contextmanager
 def _control(files: TlsFiles) -> Iterator[int]:
     """A control port serving TLS with the files' certificate, on a loop in a thread of its own."""
-    port = ports.allocate(1)[0]
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
     control = ControlServer(lambda: {"role": "replica", "halted": "", "lag": "0"}, _no_switchover)
-
-    def run() -> None:
-        loop.run_until_complete(
-            control.start(ports.LOOPBACK, port, ServerCertificate(files).serving_context())
-        )
-        started.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert started.wait(10)
-    try:
+    with serving(lambda port: control.start(ports.LOOPBACK, port,
+                                            ServerCertificate(files).serving_context())) as port:
         yield port
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
 
 
 def test_the_control_port_answers_tls_clients_that_trust_the_clusters_ca(

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
 
 import pytest
 import redis
@@ -15,6 +12,7 @@ from engram.node.control import ControlServer
 from engram.node.peer import parse_status
 from engram.node.probe import ready
 from engram.platforms.local import ports
+from tests.threaded_server import serving
 
 
 @pytest.mark.parametrize(
@@ -37,27 +35,6 @@ def test_status_replies_parse_into_strings() -> None:
         parse_status([b"odd"])
 
 
-@contextmanager
-def _serving(start: Callable[[int], Awaitable[object]]) -> Iterator[int]:
-    """Run a server, started by start(port), on a free port in a thread of its own: probe.main
-    runs its own event loop."""
-    port = ports.allocate(1)[0]
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-
-    def run() -> None:
-        loop.run_until_complete(start(port))
-        started.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert started.wait(10)
-    try:
-        yield port
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
 
 
 async def _no_switchover(target: str) -> None:
@@ -66,7 +43,7 @@ async def _no_switchover(target: str) -> None:
 
 def test_the_probe_asks_the_nodes_control_port() -> None:
     control = ControlServer(lambda: {"role": "replica", "halted": "", "lag": "2"}, _no_switchover)
-    with _serving(lambda port: control.start(ports.LOOPBACK, port)) as port:
+    with serving(lambda port: control.start(ports.LOOPBACK, port)) as port:
         assert probe.main(["--port", str(port)]) == 0
 
 
@@ -79,7 +56,7 @@ def test_a_port_that_does_not_know_engram_status_is_not_ready(capsys: pytest.Cap
         await writer.drain()
         writer.close()
 
-    with _serving(lambda port: asyncio.start_server(valkey_like, ports.LOOPBACK, port)) as port:
+    with serving(lambda port: asyncio.start_server(valkey_like, ports.LOOPBACK, port)) as port:
         assert probe.main(["--port", str(port), "--timeout", "2"]) == 1
     assert "not ready" in capsys.readouterr().err
 
@@ -93,7 +70,7 @@ def test_the_probes_help_says_port_is_the_control_port(capsys: pytest.CaptureFix
 def test_the_control_port_speaks_resp3_to_clients_that_open_with_hello_3() -> None:
     """redis-py 8 opens with HELLO 3; ENGRAM.STATUS is then a map, as a client expects."""
     control = ControlServer(lambda: {"role": "primary", "lag": "0"}, _no_switchover)
-    with _serving(lambda port: control.start(ports.LOOPBACK, port)) as port:
+    with serving(lambda port: control.start(ports.LOOPBACK, port)) as port:
         client = redis.Redis(host=ports.LOOPBACK, port=port, protocol=3)
         assert client.execute_command("ENGRAM.STATUS") == {b"role": b"primary", b"lag": b"0"}
         assert client.execute_command("HELLO", "3")[b"proto"] == 3
@@ -108,7 +85,7 @@ def test_the_control_port_speaks_resp3_to_clients_that_open_with_hello_3() -> No
 def test_the_control_port_serves_the_nodes_prometheus_metrics() -> None:
     """A local cluster's nodes serve no metrics port: ENGRAM.METRICS is the same page."""
     control = ControlServer(lambda: {"role": "primary"}, _no_switchover)
-    with _serving(lambda port: control.start(ports.LOOPBACK, port)) as port:
+    with serving(lambda port: control.start(ports.LOOPBACK, port)) as port:
         client = redis.Redis(host=ports.LOOPBACK, port=port)
         page = client.execute_command("ENGRAM.METRICS").decode()
         client.close()
