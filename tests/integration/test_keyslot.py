@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import socket
 import tempfile
 from collections.abc import Iterator
 
@@ -11,15 +10,14 @@ import pytest
 from redis.connection import UnixDomainSocketConnection
 
 from engram.cluster.slots import key_hash_slot
+from engram.platforms.local import ports
 from tests.valkey_process import running_valkey
 
 pytestmark = pytest.mark.integration
 
 
 def _free_loopback_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return ports.allocate(1)[0]
 
 
 @pytest.fixture(scope="module")

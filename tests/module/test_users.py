@@ -5,7 +5,6 @@ cluster's. The test plays the node."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,6 +16,7 @@ import pytest
 from engram.cluster.protocol import Me
 from engram.cluster.push import topology_command
 from engram.cluster.topology import ClusterView, LeaderRecord, NodeRecord, SlotMap
+from engram.platforms.local import ports
 from tests.module.harness import Conn, attached_tap, run, valkey
 
 pytestmark = pytest.mark.integration
@@ -167,9 +167,7 @@ def test_apply_makes_the_users_match_except_those_with_a_change_pending() -> Non
 
 
 def test_only_the_node_over_the_unix_socket_may_read_confirm_or_apply_users() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = ports.allocate(1)[0]
 
     async def scenario() -> None:
         async with _primary("--port", str(port), "--bind", "127.0.0.1") as (node, _client, _path):

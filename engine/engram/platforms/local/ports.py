@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import socket
+from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
 
@@ -38,7 +40,8 @@ DEFAULT_ENDPOINT_PORT = 6379
 
 
 def allocate(count: int, base: int | None = None, host: str = LOOPBACK) -> list[int]:
-    """Return count ports: base, base+1, ... (each checked free) or, without base, free ephemeral ports."""
+    """Return count ports: base, base+1, ... (each checked free), or else free ports outside the
+    kernel's ephemeral range."""
     if count <= 0:
         return []
     if base is not None:
@@ -52,6 +55,48 @@ def allocate(count: int, base: int | None = None, host: str = LOOPBACK) -> list[
                 "choose another --port or omit it to pick free ports"
             )
         return list(range(base, base + count))
+    return _outside_ephemeral(count, host)
+
+
+# Ports handed out by this process, never handed out again: a port chosen but not yet bound by
+# the server it is for still looks free.
+_handed_out: set[int] = set()
+_LOWEST = 10000
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for the local ports of outgoing connections."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _outside_ephemeral(count: int, host: str) -> list[int]:
+    # A port from the kernel's ephemeral range can be taken as the source port of any outgoing
+    # connection (a journal route, a leaf node dial) between being chosen and being bound, and the
+    # server it was chosen for then fails to listen. Ports below that range are never auto-bound.
+    low, high = ephemeral_range()
+    if low - _LOWEST >= 1000:
+        bottom, top = _LOWEST, low - 1
+    elif 65535 - high >= 1000:
+        bottom, top = high + 1, 65535
+    else:
+        return _from_kernel(count, host)
+    candidates = [p for p in range(bottom, top + 1) if p not in _handed_out]
+    random.shuffle(candidates)
+    chosen: list[int] = []
+    for port in candidates:
+        if is_free(port, host):
+            chosen.append(port)
+            _handed_out.add(port)
+            if len(chosen) == count:
+                return chosen
+    raise PortBusy(f"no {count} free ports on {host} in {bottom}..{top}")
+
+
+def _from_kernel(count: int, host: str) -> list[int]:
     # Hold every socket until all are chosen so the kernel never hands out the same port twice.
     with contextlib.ExitStack() as stack:
         ports = []

@@ -1,0 +1,44 @@
+"""Port allocation keeps clear of the kernel's ephemeral range, where outgoing connections take
+their source ports."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from engram.platforms.local import ports
+
+
+def test_allocated_ports_are_free_distinct_and_below_the_ephemeral_range() -> None:
+    low, _ = ports.ephemeral_range()
+    chosen = ports.allocate(50)
+    assert len(set(chosen)) == 50
+    assert all(ports.is_free(p) for p in chosen)
+    if low - 10000 >= 1000:
+        assert all(10000 <= p < low for p in chosen)
+
+
+def test_a_port_is_never_handed_out_twice_by_one_process() -> None:
+    first = set(ports.allocate(200))
+    second = set(ports.allocate(200))
+    assert not first & second
+
+
+def test_a_listening_port_is_never_chosen() -> None:
+    taken = ports.allocate(1)[0]
+    with socket.socket() as sock:
+        sock.bind((ports.LOOPBACK, taken))
+        sock.listen()
+        assert not ports.is_free(taken)
+        ports._handed_out.discard(taken)
+        assert taken not in ports.allocate(2000)
+
+
+def test_a_base_that_is_taken_is_refused_naming_the_port() -> None:
+    with socket.socket() as sock:
+        sock.bind((ports.LOOPBACK, 0))
+        sock.listen()
+        busy = sock.getsockname()[1]
+        with pytest.raises(ports.PortBusy, match=str(busy)):
+            ports.allocate(1, base=busy)
