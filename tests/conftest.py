@@ -6,6 +6,7 @@ Helpers for test bodies (wait_for, status, run_engram) live in engram.platforms.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -14,10 +15,24 @@ from typing import Any
 
 import pytest
 
+from engram.platforms.local import ports
 from engram.platforms.local.journal import LocalJournal
 from engram.platforms.local.testing import force_cleanup, log_tails, run_engram, status, wait_for
 
 __all__ = ["status", "wait_for"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give each parallel test worker ports of its own: two workers' clusters, each choosing free
+    ports before its servers bind them, could otherwise choose the same one."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if not worker.startswith("gw") or count < 1 or os.environ.get(ports.RANGE_VARIABLE):
+        return
+    index = int(worker[2:])
+    width = (ports.ephemeral_range()[0] - 10000) // count
+    low = 10000 + index * width
+    os.environ[ports.RANGE_VARIABLE] = f"{low}-{low + width - 1}"
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

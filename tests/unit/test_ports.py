@@ -42,3 +42,16 @@ def test_a_base_that_is_taken_is_refused_naming_the_port() -> None:
         busy = sock.getsockname()[1]
         with pytest.raises(ports.PortBusy, match=str(busy)):
             ports.allocate(1, base=busy)
+
+
+def test_a_configured_range_is_where_every_port_comes_from(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ports.RANGE_VARIABLE, "21000-21099")
+    chosen = ports.allocate(20)
+    assert all(21000 <= p <= 21099 for p in chosen)
+
+
+@pytest.mark.parametrize("text", ["21000", "x-y", "0-10", "300-200", "1-70000"])
+def test_a_malformed_range_is_refused_naming_the_variable(monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+    monkeypatch.setenv(ports.RANGE_VARIABLE, text)
+    with pytest.raises(ports.PortBusy, match=ports.RANGE_VARIABLE):
+        ports.allocate(1)

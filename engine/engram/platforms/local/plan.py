@@ -184,10 +184,11 @@ def plan(spec: ClusterSpec, directory: Path, nats_server: str, valkey_server: st
     # Control ports are allocated, not derived (client port + 10000): an ephemeral client port
     # plus 10000 can pass 65535, and nothing would check that it is free.
     numbers = ports.allocate(port_count(spec), spec.base_port)
-    if spec.base_port is None and ports.DEFAULT_ENDPOINT_PORT not in numbers and ports.is_free(
-        ports.DEFAULT_ENDPOINT_PORT
-    ):
-        numbers[0] = ports.DEFAULT_ENDPOINT_PORT
+    # A configured port range is every port the cluster may take, 6379 included only if inside it.
+    prefer_default = spec.base_port is None and ports.configured_range() is None
+    default = ports.DEFAULT_ENDPOINT_PORT
+    if prefer_default and default not in numbers and ports.is_free(default):
+        numbers[0] = default
     endpoint, node_ports, rest, admin_ports, tls_ports = port_layout(spec, numbers)
     net = network.plan_network(str(directory), spec.zones) if spec.netns else None
     hosts = {link.zone: link.address for link in net.links} if net else {}

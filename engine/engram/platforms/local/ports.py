@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import socket
 from pathlib import Path
@@ -73,17 +74,35 @@ def ephemeral_range() -> tuple[int, int]:
         return 32768, 60999
 
 
+RANGE_VARIABLE = "ENGRAM_PORT_RANGE"
+
+
+def configured_range() -> tuple[int, int] | None:
+    """The range ENGRAM_PORT_RANGE ("LOW-HIGH") names, if set: every allocated port comes from it,
+    so that processes given disjoint ranges (parallel test workers) never choose the same port."""
+    text = os.environ.get(RANGE_VARIABLE, "").strip()
+    if not text:
+        return None
+    low, sep, high = text.partition("-")
+    if not (sep and low.isdigit() and high.isdigit() and 1 <= int(low) <= int(high) <= 65535):
+        raise PortBusy(f"{RANGE_VARIABLE}={text!r} is not LOW-HIGH with 1 <= LOW <= HIGH <= 65535")
+    return int(low), int(high)
+
+
 def _outside_ephemeral(count: int, host: str) -> list[int]:
     # A port from the kernel's ephemeral range can be taken as the source port of any outgoing
     # connection (a journal route, a leaf node dial) between being chosen and being bound, and the
     # server it was chosen for then fails to listen. Ports below that range are never auto-bound.
-    low, high = ephemeral_range()
-    if low - _LOWEST >= 1000:
-        bottom, top = _LOWEST, low - 1
-    elif 65535 - high >= 1000:
-        bottom, top = high + 1, 65535
-    else:
-        return _from_kernel(count, host)
+    chosen_range = configured_range()
+    if chosen_range is None:
+        low, high = ephemeral_range()
+        if low - _LOWEST >= 1000:
+            chosen_range = _LOWEST, low - 1
+        elif 65535 - high >= 1000:
+            chosen_range = high + 1, 65535
+        else:
+            return _from_kernel(count, host)
+    bottom, top = chosen_range
     candidates = [p for p in range(bottom, top + 1) if p not in _handed_out]
     random.shuffle(candidates)
     chosen: list[int] = []
