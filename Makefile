@@ -27,4 +27,4 @@ lint: install
 	$(BIN)/ruff check .
 
 test: install lint
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadfile

@@ -49,6 +49,7 @@ def test_every_process_gets_its_own_port(tmp_path: Path) -> None:
 def test_without_a_base_port_the_endpoint_takes_6379_when_it_is_free(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv(ports.RANGE_VARIABLE, raising=False)  # set for each parallel test worker
     monkeypatch.setattr(ports, "is_free", lambda port, host=ports.LOOPBACK: True)
     state = _state(tmp_path)
     assert state.endpoint_port == ports.DEFAULT_ENDPOINT_PORT == 6379

@@ -10,7 +10,10 @@ import pytest
 from engram.platforms.local import ports
 
 
-def test_allocated_ports_are_free_distinct_and_below_the_ephemeral_range() -> None:
+def test_allocated_ports_are_free_distinct_and_below_the_ephemeral_range(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(ports.RANGE_VARIABLE, raising=False)
     low, _ = ports.ephemeral_range()
     chosen = ports.allocate(50)
     assert len(set(chosen)) == 50
