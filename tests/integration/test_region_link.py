@@ -26,7 +26,7 @@ from nats.js.client import JetStreamContext
 
 from engram.journal.client import Journal
 from engram.journal.entries import Entry, EntryType
-from engram.multiregion import inbound
+from engram.multiregion import holdback, inbound
 from engram.multiregion.inbound import InboundLink, Position, SourceGap
 from engram.multiregion.link import LeafListener, RegionRemote, domain, leaf_url, leafnodes_block, links_of
 from engram.platforms.local import ports
@@ -34,6 +34,7 @@ from engram.platforms.local.journal import LocalJournal
 from engram.platforms.local.ports import LOOPBACK
 from engram.platforms.local.state import JournalState
 from engram.platforms.local.testing import wait_for
+from engram.snapshots import cycle
 
 pytestmark = pytest.mark.integration
 
@@ -418,3 +419,46 @@ def test_a_recreated_origin_stream_is_detected_as_another_history(regions: Regio
         await nc.close()
 
     _run(scenario())
+
+
+def test_truncation_is_held_back_while_the_other_region_has_not_copied_and_goes_once_it_has(
+    regions: Regions,
+) -> None:
+    """East's snapshots would allow dropping entries west has not copied; while west cannot be
+    asked nothing goes, and once west has copied them the truncation goes ahead, with no gap."""
+    async def scenario() -> None:
+        source = await _shard(regions.east, CLUSTER, 5)
+        nc, js = await _js(regions.west)
+        east_nc, _ = await _js(regions.east)
+        link = InboundLink(CLUSTER, 5, EAST, CLUSTER)
+
+        async def linked() -> list[holdback.Copied]:
+            return [await holdback.copied_through(east_nc, link, WEST, 2.0)]
+
+        missing = await linked()
+        assert missing[0].through is None and "does not exist" in missing[0].why
+        await inbound.ensure_inbound(js, link)
+        await _append(source, 1, 20)
+        await _until(lambda: _equals(_copied(js, link), 21), 30, "west to copy east's first 21 entries")
+        assert await linked() == [holdback.Copied(WEST, 21)]
+        read = await _read_all(js, link, Position(), 21)
+
+        regions.link.cut()
+        try:
+            await _until(_unlinked_probe(regions), 30, "west's leaf connections to drop")
+            last = await _append(source, 21, 20)
+            assert await cycle.truncate(source, 35, linked) is None
+            assert (await source.state()).first_seq == 1
+        finally:
+            regions.link.restore()
+        await _until(lambda: _equals(_copied(js, link), last), 60, "west to catch up after the link returned")
+        assert await cycle.truncate(source, 35, linked) == 35
+        assert (await source.state()).first_seq == 35
+        got = await _read_all(js, link, Position().after(read[-1]), last - 21)
+        assert [s.origin_seq for s in got] == list(range(22, last + 1))
+        await source.close()
+        await nc.close()
+        await east_nc.close()
+
+    _run(scenario())
+    wait_for(lambda: _linked(regions), 30, "the leaf connections to return")

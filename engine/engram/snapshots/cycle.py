@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from engram.journal.client import Journal
+from engram.multiregion.holdback import Copied, hold_back
 from engram.snapshots.producer import Progress, take_snapshot
 from engram.snapshots.record import SnapshotRecord
 from engram.snapshots.store import SnapshotStore
@@ -32,12 +34,28 @@ def truncation_point(records: list[SnapshotRecord], keep: int) -> int | None:
     return min(r.seq for r in verified) + 1
 
 
-async def snapshot_shard(journal: Journal, store: SnapshotStore, cluster_id: str, *, keep: int = DEFAULT_KEEP,
-                         workdir: str | None = None, progress: Progress | None = None) -> CycleResult:
-    record = await take_snapshot(journal, store, cluster_id, workdir=workdir, progress=progress)
-    pruned = await store.prune(journal.shard, keep)
-    below = truncation_point(await store.records(journal.shard), keep)
+# What the linked regions of a multi-region cluster have copied of the shard being truncated.
+LinkedCopies = Callable[[], Awaitable[Sequence[Copied]]]
+
+
+async def truncate(journal: Journal, below: int | None, linked: LinkedCopies | None = None) -> int | None:
+    """Drop the journal's entries before `below`, held back to what every linked region has copied;
+    return the first entry kept (None: nothing was allowed to go)."""
+    if linked is not None:
+        hold = hold_back(below, await linked())
+        if hold.held_by:
+            log.info("shard %d: %s", journal.shard, hold.reason)
+        below = hold.keep_from
     if below is not None and below > (await journal.state()).first_seq:
         await journal.truncate(below)
         log.info("shard %d: journal truncated below entry %d", journal.shard, below)
+    return below
+
+
+async def snapshot_shard(journal: Journal, store: SnapshotStore, cluster_id: str, *, keep: int = DEFAULT_KEEP,
+                         workdir: str | None = None, progress: Progress | None = None,
+                         linked: LinkedCopies | None = None) -> CycleResult:
+    record = await take_snapshot(journal, store, cluster_id, workdir=workdir, progress=progress)
+    pruned = await store.prune(journal.shard, keep)
+    below = await truncate(journal, truncation_point(await store.records(journal.shard), keep), linked)
     return CycleResult(record, pruned, below)
