@@ -1,6 +1,7 @@
 """Scaling replicas on kind under a writer: spec.replicasPerShard 1 -> 2 -> 1 with spreading Required.
 New replicas land in zones their shard does not use yet and nothing else is touched; scaling down
-removes the extra replicas (a primary there would hand over first); no acknowledged write is lost.
+removes replicas the shared decision picks (never a primary, so a shard's pod indices may have gaps:
+pods are counted per shard, not by name); no acknowledged write is lost.
 The tests run in file order and share one cluster and one writer.
 """
 
@@ -86,8 +87,11 @@ def test_two_replicas_per_shard_add_a_pod_per_shard_in_the_zone_it_lacked(
 
 
 def test_one_replica_per_shard_again_removes_a_pod_per_shard(kube: Kubectl, writer: BackgroundWriter) -> None:
+    primaries = {s["primary"] for s in k8s_api.status(kube, NAME)["shards"]}
     pods = scale_to(kube, writer, 1)
     assert_each_shard_in_distinct_zones(kube, pods, 1)
+    # Scaling down removes replicas only: every primary from before is still there.
+    assert primaries <= {p["metadata"]["name"] for p in pods}, primaries
     removed = [e for e in k8s_api.cluster_events(kube, NAME) if e["reason"] == "ScalingDown"]
     assert len(removed) >= SHARDS, removed
 

@@ -62,7 +62,7 @@ def replacement(
     assert slot_plan.plan is not None
     reality = slot_plan.plan
     for s, i, zone in actual:
-        if s < len(reality.shards) and i < len(reality.shards[s]) and zone:
+        if reality.has(s, i) and zone:
             reality = reality.moved(s, i, zone)
     lost = sorted(set(reality.zones) - set(healthy))
     return replacement_zone(reality, shard, index, lost, healthy)

@@ -18,7 +18,6 @@ from cluster_state import (
     provisioned,
     running,
     spec,
-    statuses,
 )
 
 from engram.orchestration.zones import plan_zones as zone_plan
@@ -241,21 +240,6 @@ def test_role_labels_follow_what_the_nodes_report() -> None:
     plan = decide(cluster, dataclasses.replace(seen, statuses=flipped))
     assert plan.role_labels == {old_primary.name: "replica", old_replica.name: "primary"}
     assert not plan.changes
-
-
-def test_scaling_replicas_down_removes_replicas_and_hands_over_a_surplus_primary() -> None:
-    big = spec(shards=1, replicasPerShard=2)
-    seen = running(big)
-    # Node 2 won leadership at some point: it must hand over before it can go.
-    surplus = next(p for p in seen.pods if p.index == 2)
-    status = {
-        **statuses(seen.pods),
-        surplus.name: EngineStatus(role="primary"),
-        seen.pods[0].name: EngineStatus(role="replica", applied_seq=100),
-    }
-    plan = decide(spec(shards=1, replicasPerShard=1), dataclasses.replace(seen, statuses=status))
-    assert plan.delete_pods == []
-    assert [s.pod for s in plan.switchovers] == [surplus.name]
 
 
 def test_rolling_update_replaces_replicas_first_one_at_a_time() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engram.orchestration.replicas import NoPrimary, ReplicaNode, ReplicaScaleError, plan_replicas
+from engram.orchestration.replicas import ReplicaNode, ReplicaScaleError, plan_replicas
 from engram.orchestration.zones import Spreading
 
 ZONES = ["a", "b", "c"]
@@ -79,14 +79,15 @@ def test_scale_down_then_empties_the_most_crowded_zone_then_takes_the_highest_in
     assert _plan(nodes, 1).remove == ("c-s0-n2", "c-s0-n3")
 
 
-def test_scale_down_of_a_shard_without_a_primary_is_refused() -> None:
-    nodes = [_node(0, 0, "a", ""), _node(0, 1, "b")]
-    with pytest.raises(NoPrimary, match="no node answering as its primary"):
-        _plan(nodes, 0)
+def test_scale_down_of_a_shard_without_a_primary_waits_and_removes_nothing_there() -> None:
+    nodes = [_node(0, 0, "a", ""), _node(0, 1, "b"), _node(1, 0, "a", "primary"), _node(1, 1, "b")]
+    plan = _plan(nodes, 0)
+    assert plan.remove == ("c-s1-n1",)
+    assert len(plan.waiting) == 1 and "shard 0 has no node answering as its primary" in plan.waiting[0]
     # A shard that only grows needs no primary to be known.
-    assert [n.id for n in _plan(nodes, 2).add] == ["c-s0-n2"]
+    assert [n.id for n in _plan(nodes, 2).add] == ["c-s0-n2", "c-s1-n2"]
 
 
 def test_a_halted_primary_does_not_count_as_the_shards_primary() -> None:
-    with pytest.raises(ReplicaScaleError):
-        _plan([_node(0, 0, "a", "primary", halted=True), _node(0, 1, "b")], 0)
+    plan = _plan([_node(0, 0, "a", "primary", halted=True), _node(0, 1, "b")], 0)
+    assert plan.remove == () and plan.waiting

@@ -1,10 +1,11 @@
 """Replica scaling: which nodes to add, in which zones, and which to remove, to give every shard R replicas.
 
-Pure decisions a platform carries out (`engram local scale --replicas`). A new replica goes where the
+Pure decisions both platforms carry out (`engram local scale --replicas`, the operator's
+spec.replicasPerShard). A new replica goes where the
 shared zone placement (zones.replacement_zone) would put a replacement: a zone its shard does not use
 yet, then the least loaded. Scale-down removes replicas only, never a node that says it leads: first
 those that do not serve (down, halted), then those in the zones holding most of the shard's nodes (so
-the shard stays spread), then the highest index (the newest name).
+the shard stays spread), then the highest index (the newest name). So a shard's indices can have gaps.
 """
 
 from __future__ import annotations
@@ -25,15 +26,11 @@ from engram.orchestration.zones import (
 PRIMARY = "primary"
 REPLICA = "replica"
 
-__all__ = ["AddNode", "NoPrimary", "ReplicaNode", "ReplicaPlan", "ReplicaScaleError", "plan_replicas"]
+__all__ = ["AddNode", "ReplicaNode", "ReplicaPlan", "ReplicaScaleError", "plan_replicas"]
 
 
 class ReplicaScaleError(ValueError):
     """The replica count cannot be reached as asked; the message says why and what to do."""
-
-
-class NoPrimary(ReplicaScaleError):
-    """A shard to shrink has no node answering as its primary: a passing state, ask again later."""
 
 
 @dataclass(frozen=True)
@@ -66,13 +63,16 @@ class AddNode:
 
 @dataclass(frozen=True)
 class ReplicaPlan:
-    """What reaching ``replicas`` per shard takes: nodes to add, node ids to remove, and warnings
-    (Preferred spreading that had to put two nodes of a shard in one zone)."""
+    """What reaching ``replicas`` per shard takes: nodes to add, node ids to remove, warnings (Preferred
+    spreading that had to put two nodes of a shard in one zone), and why a shard to shrink must wait."""
 
     replicas: int
     add: tuple[AddNode, ...] = ()
     remove: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    # One line per shard to shrink that has no node answering as its primary (a passing state: any of
+    # its nodes might be the one that leads, so none is removed); the other shards are planned as usual.
+    waiting: tuple[str, ...] = ()
 
     @property
     def unchanged(self) -> bool:
@@ -83,9 +83,8 @@ def plan_replicas(nodes: Sequence[ReplicaNode], zones: Iterable[str], replicas: 
                   spreading: Spreading | str, node_id: Callable[[int, int], str]) -> ReplicaPlan:
     """Add or remove nodes so that every shard that has nodes has ``replicas`` besides its primary.
 
-    node_id(shard, index) names a new node. ReplicaScaleError when replicas is negative, when Required
-    spreading has too few zones; NoPrimary when a shard to shrink has no node answering as its
-    primary (any node might be the one that leads, so none is safe to remove)."""
+    node_id(shard, index) names a new node. ReplicaScaleError when replicas is negative or Required
+    spreading has too few zones; a shard to shrink without an answering primary is left in ``waiting``."""
     names = sorted(zones)
     mode = Spreading.parse(spreading)
     if replicas < 0:
@@ -101,6 +100,7 @@ def plan_replicas(nodes: Sequence[ReplicaNode], zones: Iterable[str], replicas: 
     add: list[AddNode] = []
     remove: list[str] = []
     warnings: list[str] = []
+    waiting: list[str] = []
     # The zones of every node that stays or is added, shard by shard, for the placement of the next one.
     layout = {shard: [n.zone for n in members] for shard, members in by_shard.items()}
     for shard, members in sorted(by_shard.items()):
@@ -119,9 +119,13 @@ def plan_replicas(nodes: Sequence[ReplicaNode], zones: Iterable[str], replicas: 
                                     f"node of its shard (only {len(names)} zones for {want} nodes)")
                 layout[shard].append(zone)
                 add.append(AddNode(node_id(shard, index), shard, index, zone))
+        elif len(members) > want and not any(n.role == PRIMARY and not n.halted for n in members):
+            waiting.append(
+                f"shard {shard} has no node answering as its primary right now, so none of its nodes is "
+                "known to be safe to remove")
         elif len(members) > want:
-            remove += _removals(shard, members, len(members) - want)
-    return ReplicaPlan(replicas, tuple(add), tuple(remove), tuple(warnings))
+            remove += _removals(members, len(members) - want)
+    return ReplicaPlan(replicas, tuple(add), tuple(remove), tuple(warnings), tuple(waiting))
 
 
 def _zone_for(zones: list[str], spreading: Spreading, layout: dict[int, list[str]], shard: int) -> str:
@@ -140,12 +144,8 @@ def _zone_for(zones: list[str], spreading: Spreading, layout: dict[int, list[str
         raise ReplicaScaleError(str(exc)) from None
 
 
-def _removals(shard: int, members: list[ReplicaNode], count: int) -> list[str]:
-    """The count replicas of shard to remove, in the order of the module docstring."""
-    if not any(n.role == PRIMARY and not n.halted for n in members):
-        raise NoPrimary(
-            f"shard {shard} has no node answering as its primary right now, so none of its nodes is known "
-            "to be safe to remove; run the same command again once it has one (`engram local status`)")
+def _removals(members: list[ReplicaNode], count: int) -> list[str]:
+    """The count replicas of one shard to remove, in the order of the module docstring."""
     candidates = [n for n in members if n.role != PRIMARY]
     zones = Counter(n.zone for n in members)
     chosen: list[str] = []

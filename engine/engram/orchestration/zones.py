@@ -79,13 +79,19 @@ class ZonePlan:
         return [node for shard in self.shards for node in shard]
 
     def node(self, shard: int, index: int) -> NodePlacement:
-        """Node index of shard, or ZonePlanError naming the plan's size."""
+        """Node index of shard, or ZonePlanError naming the plan's nodes."""
         if not 0 <= shard < len(self.shards):
             raise ZonePlanError(f"shard {shard} is not in the plan: it has shards 0..{len(self.shards) - 1}")
-        nodes = self.shards[shard]
-        if not 0 <= index < len(nodes):
-            raise ZonePlanError(f"shard {shard} has no node {index}: it has nodes 0..{len(nodes) - 1}")
-        return nodes[index]
+        # Looked up by index, not position: after a replica scale-down a shard's indices can have gaps.
+        for node in self.shards[shard]:
+            if node.index == index:
+                return node
+        have = ", ".join(str(n.index) for n in self.shards[shard]) or "none"
+        raise ZonePlanError(f"shard {shard} has no node {index}: it has nodes {have}")
+
+    def has(self, shard: int, index: int) -> bool:
+        """Whether the plan holds node index of shard."""
+        return 0 <= shard < len(self.shards) and any(n.index == index for n in self.shards[shard])
 
     def zone_load(self) -> Counter[str]:
         """Nodes per zone (every zone of the plan present, even at zero)."""
@@ -106,8 +112,7 @@ class ZonePlan:
     def moved(self, shard: int, index: int, zone: str) -> ZonePlan:
         """This plan with one node placed in zone instead (its primary flag unchanged)."""
         node = self.node(shard, index)
-        nodes = list(self.shards[shard])
-        nodes[index] = replace(node, zone=zone)
+        nodes = [replace(n, zone=zone) if n is node else n for n in self.shards[shard]]
         shards = list(self.shards)
         shards[shard] = tuple(nodes)
         zones = self.zones if zone in self.zones else tuple(sorted((*self.zones, zone)))

@@ -6,7 +6,8 @@ decision holds), ``provisioning`` (children, the provisioning Job, restores), ``
 ``switchover`` (handing leadership over, cordoned nodes), ``rolling`` (rolling updates), ``waiting``
 (what a reconcile waits for), ``snapshots`` (on-demand requests, failed snapshots), ``users``
 (the users file rendered from spec.users), ``network`` (the NetworkPolicies) and ``resharding``
-(a changed spec.shards: the reshard Job, and the pods of added and drained shards). The names
+(a changed spec.shards: the reshard Job, and the pods of added and drained shards) and ``replicas``
+(the slots each shard keeps under spec.replicasPerShard). The names
 other modules use are re-exported here, so ``from engram_operator.decisions import X`` is the way in.
 """
 
@@ -28,6 +29,7 @@ from engram_operator.decisions.pods import (
 )
 from engram_operator.decisions.provisioning import _create_missing_children, _provision
 from engram_operator.decisions.rebalance import rebalance_primaries
+from engram_operator.decisions.replicas import replica_slots
 from engram_operator.decisions.resharding import Resharding, plan_resharding
 from engram_operator.decisions.rolling import ROLL_STUCK_GRACE, _roll_one
 from engram_operator.decisions.snapshots import (
@@ -111,6 +113,8 @@ def decide(cluster: ClusterSpec, seen: Observed) -> Plan:
         # Shards being drained keep their pods; new shards get theirs once the reshard Job exists.
         # A shard's zones depend only on its number, so the other shards' plan is the same.
         slots = placement.plan_slots(zones, replace(cluster, shards=resharding.kept))
+    # Which slots each shard keeps, gains and gives up: the decision `engram local scale --replicas` makes.
+    slots = replica_slots(cluster, seen, slots, plan)
     # New engine pods need the journal provisioned and their users file (they mount it).
     startable = provisioned and users_file
     _reconcile_pods(cluster, seen, slots, plan, startable, journal_zones(cluster, journal))

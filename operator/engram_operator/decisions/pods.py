@@ -113,7 +113,8 @@ def _reconcile_pods(
             Event("Normal", "CreatingPod", f"creating {name} (shard {shard}) in zone {zone or '-'}")
         )
 
-    # Nodes beyond the spec (replicas scaled down): replicas go at once, a primary hands over first.
+    # Slots the shared replica decision gave up (decisions/replicas.py): it never picks a primary, but a
+    # replica may have won leadership since it answered, so a primary still hands over before it goes.
     planned_shards = {shard for shard, _ in slots.zones}
     for (shard, index), pods in sorted(by_slot.items()):
         if (shard, index) in slots.zones:

@@ -21,8 +21,8 @@ from typing import Any
 from engram.orchestration.replicas import (
     PRIMARY,
     REPLICA,
-    NoPrimary,
     ReplicaNode,
+    ReplicaPlan,
     ReplicaScaleError,
     plan_replicas,
 )
@@ -72,12 +72,12 @@ def scale_replicas(base: str | Path, name: str, replicas: int, *, timeout: float
                              f"that first (`engram local scale {name} --shards {shards}`), then change the "
                              "replicas; nothing was changed")
         try:
-            decision = plan_replicas(replica_views(state, live), state.zones, replicas, Spreading.PREFERRED,
-                                     lambda shard, index: plan.node_id(name, shard, index))
-        except NoPrimary as exc:
-            raise LocalError(f"{exc}; nothing was changed") from None
+            decision = replica_decision(state, live, replicas)
         except ReplicaScaleError as exc:
             raise ScaleRefused(str(exc)) from None
+        if decision.waiting:
+            raise LocalError(f"{'; '.join(decision.waiting)}; run the same command again once it has one "
+                             "(`engram local status`); nothing was changed")
         for warning in decision.warnings:
             say(f"warning: {warning}")
         if decision.unchanged and state.replicas == replicas:
@@ -97,6 +97,12 @@ def scale_replicas(base: str | Path, name: str, replicas: int, *, timeout: float
         say(f"cluster {name} has {_count(replicas)} per shard ({time.monotonic() - started:.1f}s)")
         current = ClusterState.load(state.path)
         return describe(current, _probe(current.nodes))
+
+
+def replica_decision(state: ClusterState, live: Live, replicas: int) -> ReplicaPlan:
+    """The shared decision for this cluster as it runs: which replicas to start where, which to stop."""
+    return plan_replicas(replica_views(state, live), state.zones, replicas, Spreading.PREFERRED,
+                         lambda shard, index: plan.node_id(state.name, shard, index))
 
 
 def replica_views(state: ClusterState, live: Live) -> list[ReplicaNode]:
