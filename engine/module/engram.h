@@ -73,6 +73,29 @@ typedef struct VkClientInfo { /* version 1 */
 #define VK_CONFIG_DEFAULT 0
 #define VK_CONFIG_IMMUTABLE 1 /* set only at startup: module argument, --engram.<name>, config file */
 
+/* A module data type used only for its RDB aux field (region.c keeps its stamps there). */
+typedef struct VkType VkType;
+typedef struct VkIO VkIO;
+typedef int (*VkAuxLoadFunc)(VkIO *rdb, int encver, int when);
+typedef void (*VkAuxSaveFunc)(VkIO *rdb, int when);
+typedef struct VkTypeMethods { /* version 5; unused callbacks stay NULL */
+    uint64_t version;
+    void *rdb_load, *rdb_save, *aof_rewrite, *mem_usage, *digest, *free;
+    VkAuxLoadFunc aux_load;
+    VkAuxSaveFunc aux_save;
+    int aux_save_triggers;
+    void *free_effort, *unlink, *copy, *defrag, *mem_usage2, *free_effort2, *unlink2, *copy2;
+    VkAuxSaveFunc aux_save2; /* writes nothing: no aux field, so RDBs without stamps stay as they were */
+} VkTypeMethods;
+#define VK_TYPE_METHOD_VERSION 5
+#define VK_AUX_AFTER_RDB (1 << 1)
+
+#define VK_REPLY_STRING 0
+#define VK_REPLY_INTEGER 2
+#define VK_REPLY_ARRAY 3
+#define VK_REPLY_NULL 4
+#define VK_REPLY_SET 6
+
 typedef int (*VkCmdFunc)(VkCtx *ctx, VkString **argv, int argc);
 typedef void (*VkFilterFunc)(VkFilterCtx *filter);
 typedef void (*VkEventCallback)(VkCtx *ctx, VkEvent event, uint64_t subevent, void *data);
@@ -183,7 +206,18 @@ typedef void (*VkScanFunc)(VkCtx *ctx, VkString *keyname, VkKey *key, void *priv
     X(int, LoadConfigs, (VkCtx * ctx))                                                             \
     X(VkRdbStream *, RdbStreamCreateFromFile, (const char *filename))                              \
     X(void, RdbStreamFree, (VkRdbStream * stream))                                                 \
-    X(int, RdbLoad, (VkCtx * ctx, VkRdbStream * stream, int flags))
+    X(int, RdbLoad, (VkCtx * ctx, VkRdbStream * stream, int flags))                                \
+    X(void, FreeDict, (VkCtx * ctx, VkDict * d))                                                   \
+    X(int, Replicate, (VkCtx * ctx, const char *cmd, const char *fmt, ...))                        \
+    X(int, ReplicateVerbatim, (VkCtx * ctx))                                                       \
+    X(VkCallReply *, CallReplySetElement, (VkCallReply * reply, size_t idx))                       \
+    X(int, StringToDouble, (const VkString *str, double *d))                                       \
+    X(VkType *, CreateDataType, (VkCtx * ctx, const char *name, int encver, VkTypeMethods *methods)) \
+    X(int, IsIOError, (VkIO * io))                                                                 \
+    X(void, SaveUnsigned, (VkIO * io, uint64_t value))                                             \
+    X(uint64_t, LoadUnsigned, (VkIO * io))                                                         \
+    X(void, SaveStringBuffer, (VkIO * io, const char *str, size_t len))                            \
+    X(char *, LoadStringBuffer, (VkIO * io, size_t *len))
 
 #define VK_DECLARE(ret, name, params) extern ret(*Vk_##name) params;
 VK_API(VK_DECLARE)
@@ -477,5 +511,47 @@ int eg_cmd_users_declare(VkCtx *ctx, VkString **argv, int argc);
 const char *eg_users_refusal(EgClient *cl);
 void eg_users_stats(EgStats *stats);
 void eg_users_changed(void);
+
+/* stamps.c: the last-writer-wins metadata of a multi-region node (docs/multi-region.md) */
+enum { EG_KIND_NONE = 0, EG_KIND_STRING, EG_KIND_HASH, EG_KIND_SET, EG_KIND_ZSET, EG_KIND_COUNT };
+typedef struct EgStamp {
+    uint64_t hlc;    /* hybrid logical clock, microseconds */
+    uint32_t region; /* interned region name + 1; 0: no stamp */
+} EgStamp;
+/* One stamped write's effect on one key, its arguments borrowed from the command that carries it. */
+typedef struct EgWrite {
+    EgStamp stamp;
+    int kind;
+    VkString *key;
+    VkString *value; /* string */
+    VkString **put;  /* hash: field value pairs; set: members; zset: member score pairs */
+    int nput;        /* elements put */
+    VkString **rem;  /* fields or members removed */
+    int nrem;
+} EgWrite;
+typedef struct EgStampStats {
+    long long keys, elements, tombstones, bytes;
+} EgStampStats;
+uint32_t eg_region_intern(const char *name, size_t len);
+const char *eg_region_name(uint32_t region);
+int eg_stamp_cmp(EgStamp a, EgStamp b);
+int eg_kind_parse(const char *name, size_t len);
+const char *eg_kind_name(int kind);
+void eg_stamps_apply(VkCtx *ctx, const EgWrite *w, int data);
+long long eg_stamps_collect(EgStamp frontier);
+void eg_stamps_stats(EgStampStats *st);
+void eg_stamps_clear(void);
+int eg_stamps_register(VkCtx *ctx);
+
+/* region.c: multi-region mode */
+extern char *eg_region;   /* this node's region; NULL: not a multi-region node */
+extern uint64_t eg_hlc;   /* the newest stamp given or observed */
+void eg_hlc_observe(uint64_t hlc);
+int eg_region_set(const char *name);
+const char *eg_mr_refusal(VkFilterCtx *f, const char *name, size_t len, int argc, int cls, char *buf, size_t cap);
+VkCallReply *eg_mr_call(VkCtx *ctx, const char *cmd, size_t len, VkString **args, int n);
+int eg_cmd_mr_apply(VkCtx *ctx, VkString **argv, int argc);
+int eg_cmd_mr_collect(VkCtx *ctx, VkString **argv, int argc);
+int eg_cmd_mr_info(VkCtx *ctx, VkString **argv, int argc);
 
 #endif

@@ -166,6 +166,15 @@ void eg_filter(VkFilterCtx *f) {
         }
     }
     if (eg_cluster_filter(f, cl, name, len, argc, cls)) return;
+    if (eg_region && eg_active) {
+        /* A multi-region primary runs only writes whose effects merge across regions (region.c). */
+        char buf[256];
+        const char *refusal = eg_mr_refusal(f, name, len, argc, cls, buf, sizeof buf);
+        if (refusal) {
+            eg_refuse(f, cl, refusal);
+            return;
+        }
+    }
     int pending = cl->head != NULL;
     /* Replies silenced by a CLIENT REPLY the module applied: commands run where it can drop them.
      * A default-user connection not yet known to be authenticated: a command that would run

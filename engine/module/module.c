@@ -164,7 +164,18 @@ static int cmd_call(VkCtx *ctx, VkString **argv, int argc, int is_write) {
      * M refuses deny-oom commands over maxmemory, K lets a blocking command block. */
     const char *fmt = is_write ? ((cls & EG_CMD_BLOCKING) ? "!0ECMKv" : "!0ECMv")
                                : ((cls & EG_CMD_BLOCKING) ? "0ECKv" : "0ECv");
-    VkCallReply *r = Vk_Call(ctx, cmd, fmt, argv + 2, (size_t)(argc - 2));
+    VkCallReply *r;
+    if (is_write && eg_region) {
+        /* A multi-region primary replicates the write's stamped effect (region.c). Its stamps know
+         * keys by name alone, so writes go to database 0, the only one a cluster has. */
+        if (Vk_GetSelectedDb(ctx) != 0) {
+            eg_queue(cl, EG_ERROR, NULL, "ERR engram: a multi-region node takes writes in database 0 only");
+            return eg_finish(ctx, cl);
+        }
+        r = eg_mr_call(ctx, cmd, len, argv + 2, argc - 2);
+    } else {
+        r = Vk_Call(ctx, cmd, fmt, argv + 2, (size_t)(argc - 2));
+    }
     if (!r) {
         eg_queue(cl, EG_ERROR, NULL, "ERR engram: the command could not be run");
         return eg_finish(ctx, cl);
@@ -396,6 +407,9 @@ static void on_flush(VkCtx *ctx, VkEvent e, uint64_t sub, void *data) {
     (void)sub;
     (void)data;
     eg_dirty_flushed();
+    /* The keyspace is emptied (or about to be replaced by an RDB, whose aux field brings its own
+     * stamps): stamps of keys that are gone would decide writes to come. */
+    if (eg_region) eg_stamps_clear();
 }
 
 static int keyspace_event(VkCtx *ctx, int type, const char *event, VkString *key) {
@@ -444,11 +458,21 @@ static int register_configs(VkCtx *ctx) {
     return Vk_LoadConfigs(ctx);
 }
 
-/* Module arguments: commit-timeout-ms <ms>, max-queued-bytes <n>, managed 0|1. */
+/* Module arguments: commit-timeout-ms <ms>, max-queued-bytes <n>, managed 0|1, region <name>. */
 static int parse_args(VkCtx *ctx, VkString **argv, int argc) {
     for (int i = 0; i < argc; i += 2) {
         const char *key = Vk_StringPtrLen(argv[i], NULL);
         long long v;
+        if (!strcasecmp(key, "region")) {
+            /* Multi-region mode (region.c): writes are stamped, and only mergeable ones run. */
+            size_t n = 0;
+            const char *name = i + 1 < argc ? Vk_StringPtrLen(argv[i + 1], &n) : "";
+            if (!n || eg_region || eg_region_set(name) != VK_OK) {
+                Vk_Log(ctx, "warning", "engram: module argument 'region' takes the region's name, once");
+                return VK_ERR;
+            }
+            continue;
+        }
         if (!strcasecmp(key, "managed")) {
             const char *val = i + 1 < argc ? Vk_StringPtrLen(argv[i + 1], NULL) : "";
             if (!strcmp(val, "1") || !strcasecmp(val, "yes")) {
@@ -514,6 +538,9 @@ int ValkeyModule_OnLoad(VkCtx *ctx, VkString **argv, int argc) {
         {"engram.users.done", eg_cmd_users_done, "admin fast deny-script"},
         {"engram.users.apply", eg_cmd_users_apply, "admin deny-script"},
         {"engram.users.declare", eg_cmd_users_declare, "admin fast deny-script"},
+        {"engram.mr.apply", eg_cmd_mr_apply, "write deny-oom deny-script"},
+        {"engram.mr.collect", eg_cmd_mr_collect, "write deny-script"},
+        {"engram.mr.info", eg_cmd_mr_info, "readonly fast"},
     };
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (Vk_CreateCommand(ctx, commands[i].name, commands[i].fn, commands[i].flags, 0, 0, 0) != VK_OK)
@@ -553,6 +580,7 @@ int ValkeyModule_OnLoad(VkCtx *ctx, VkString **argv, int argc) {
     }
     eg_ctx = Vk_GetDetachedThreadSafeContext(ctx);
 
+    if (eg_stamps_register(ctx) != VK_OK) return VK_ERR;
     load_command_table(ctx);
     eg_users_init();
     eg_dirty_init();

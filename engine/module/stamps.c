@@ -1,0 +1,476 @@
+/* The last-writer-wins metadata of a multi-region node: per key, the type and stamp of its latest
+ * write and the stamp below which writes of that type lost; per field or member, the stamp of the
+ * write that decided it and whether it is present. eg_stamps_apply is lww.KeyState.apply, made to
+ * change the key in Valkey as it decides (data 1), or only the metadata when Valkey already holds
+ * the result (a local write, data 0). The metadata is kept across restarts in an RDB aux field. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engram.h"
+
+#define MAX_REGIONS 2047 /* an element's region has 11 bits */
+#define HLC_BITS 52      /* microseconds up to the year 2112 */
+
+typedef struct KeyMeta {
+    EgStamp top;   /* the latest write */
+    EgStamp base;  /* the latest write of another type than kind: writes of kind at or before it lost */
+    int kind;      /* the latest write's type */
+    VkDict *elems; /* field or member -> packed element (see pack) */
+    long long present, removed;
+} KeyMeta;
+
+static VkDict *keys;
+static char *region_names[MAX_REGIONS];
+static uint32_t n_regions;
+static long long n_elements, meta_bytes;
+static const char *kind_names[EG_KIND_COUNT] = {"none", "string", "hash", "set", "zset"};
+
+/* An element fits in the dict's value pointer: no allocation per field, and never NULL. */
+static void *pack(EgStamp s, int present) {
+    return (void *)(uintptr_t)((s.hlc << 12) | ((uint64_t)s.region << 1) | (uint64_t)(present != 0));
+}
+
+static EgStamp unpack(void *v, int *present) {
+    uint64_t x = (uint64_t)(uintptr_t)v;
+    if (present) *present = (int)(x & 1);
+    return (EgStamp){x >> 12, (uint32_t)((x >> 1) & 0x7FF)};
+}
+
+uint32_t eg_region_intern(const char *name, size_t len) {
+    for (uint32_t i = 0; i < n_regions; i++)
+        if (strlen(region_names[i]) == len && !memcmp(region_names[i], name, len)) return i + 1;
+    if (n_regions == MAX_REGIONS || len == 0 || memchr(name, 0, len)) return 0;
+    char *copy = Vk_Alloc(len + 1);
+    memcpy(copy, name, len);
+    copy[len] = 0;
+    region_names[n_regions++] = copy;
+    return n_regions;
+}
+
+const char *eg_region_name(uint32_t region) {
+    return region && region <= n_regions ? region_names[region - 1] : "";
+}
+
+/* Stamps order by clock, then by region name: every region orders two writes alike. */
+int eg_stamp_cmp(EgStamp a, EgStamp b) {
+    if (a.hlc != b.hlc) return a.hlc < b.hlc ? -1 : 1;
+    if (a.region == b.region) return 0;
+    return strcmp(eg_region_name(a.region), eg_region_name(b.region)) < 0 ? -1 : 1;
+}
+
+int eg_kind_parse(const char *name, size_t len) {
+    for (int k = 0; k < EG_KIND_COUNT; k++)
+        if (strlen(kind_names[k]) == len && !strncmp(kind_names[k], name, len)) return k;
+    return -1;
+}
+
+const char *eg_kind_name(int kind) {
+    return kind >= 0 && kind < EG_KIND_COUNT ? kind_names[kind] : "?";
+}
+
+static int is_collection(int kind) {
+    return kind == EG_KIND_HASH || kind == EG_KIND_SET || kind == EG_KIND_ZSET;
+}
+
+/* ---- Elements ---------------------------------------------------------------------------- */
+
+static void elem_set(KeyMeta *m, const char *member, size_t len, EgStamp s, int present) {
+    if (!m->elems) m->elems = Vk_CreateDict(NULL);
+    int nokey = 0, was = 0;
+    void *old = Vk_DictGetC(m->elems, (void *)member, len, &nokey);
+    if (!nokey) {
+        unpack(old, &was);
+        if (was) m->present--; else m->removed--;
+        Vk_DictReplaceC(m->elems, (void *)member, len, pack(s, present));
+    } else {
+        Vk_DictSetC(m->elems, (void *)member, len, pack(s, present));
+        n_elements++;
+        meta_bytes += (long long)(len + 16); /* a rax node and its value pointer, roughly */
+    }
+    if (present) m->present++; else m->removed++;
+}
+
+static void elem_forget(KeyMeta *m, const char *member, size_t len) {
+    void *old = NULL;
+    if (Vk_DictDelC(m->elems, (void *)member, len, &old) != VK_OK) return;
+    int was;
+    unpack(old, &was);
+    if (was) m->present--; else m->removed--;
+    n_elements--;
+    meta_bytes -= (long long)(len + 16);
+}
+
+static void elems_clear(KeyMeta *m) {
+    if (!m->elems) return;
+    VkDictIter *it = Vk_DictIteratorStartC(m->elems, "^", NULL, 0);
+    size_t len;
+    while (Vk_DictNextC(it, &len, NULL)) {
+        n_elements--;
+        meta_bytes -= (long long)(len + 16);
+    }
+    Vk_DictIteratorStop(it);
+    Vk_FreeDict(NULL, m->elems);
+    m->elems = NULL;
+    m->present = m->removed = 0;
+}
+
+/* ---- Keys -------------------------------------------------------------------------------- */
+
+static KeyMeta *meta_of(const char *key, size_t len, int create) {
+    if (!keys) keys = Vk_CreateDict(NULL);
+    KeyMeta *m = Vk_DictGetC(keys, (void *)key, len, NULL);
+    if (m || !create) return m;
+    m = Vk_Calloc(1, sizeof *m);
+    Vk_DictSetC(keys, (void *)key, len, m);
+    meta_bytes += (long long)(sizeof *m + len + 16);
+    return m;
+}
+
+static void meta_drop(const char *key, size_t len) {
+    KeyMeta *m = NULL;
+    if (Vk_DictDelC(keys, (void *)key, len, &m) != VK_OK || !m) return;
+    elems_clear(m);
+    Vk_Free(m);
+    meta_bytes -= (long long)(sizeof *m + len + 16);
+}
+
+static int invisible(const KeyMeta *m) {
+    return m->kind == EG_KIND_NONE || (is_collection(m->kind) && m->present == 0);
+}
+
+/* ---- Changing Valkey --------------------------------------------------------------------- */
+
+static const char *put_command(int kind) {
+    return kind == EG_KIND_HASH ? "HSET" : kind == EG_KIND_SET ? "SADD" : "ZADD";
+}
+
+static const char *remove_command(int kind) {
+    return kind == EG_KIND_HASH ? "HDEL" : kind == EG_KIND_SET ? "SREM" : "ZREM";
+}
+
+/* One call for many elements: args holds the key first, then what the command takes. */
+static void call(VkCtx *ctx, const char *cmd, VkString **args, size_t n) {
+    VkCallReply *r = Vk_Call(ctx, cmd, "v", args, n);
+    if (!r || Vk_CallReplyType(r) == VK_REPLY_ERROR) {
+        size_t elen = 0;
+        const char *e = r ? Vk_CallReplyStringPtr(r, &elen) : "no reply";
+        Vk_Log(ctx, "warning", "engram: applying a stamped write, %s failed: %.*s", cmd, (int)elen, e);
+    }
+    if (r) Vk_FreeCallReply(r);
+}
+
+/* Remove from Valkey (data) and forget every element decided at or before `upto`. */
+static void drop_older(VkCtx *ctx, KeyMeta *m, VkString *key, int kind, EgStamp upto, int data) {
+    if (!m->elems) return;
+    size_t cap = 16, n = 0, ngone = 0;
+    char **gone = Vk_Alloc(cap * sizeof *gone);
+    size_t *lens = Vk_Alloc(cap * sizeof *lens);
+    int *was = Vk_Alloc(cap * sizeof *was);
+    VkDictIter *it = Vk_DictIteratorStartC(m->elems, "^", NULL, 0);
+    size_t len;
+    void *v;
+    char *member;
+    while ((member = Vk_DictNextC(it, &len, &v))) {
+        int present;
+        EgStamp s = unpack(v, &present);
+        if (eg_stamp_cmp(s, upto) > 0) continue;
+        if (n == cap) {
+            cap *= 2;
+            gone = Vk_Realloc(gone, cap * sizeof *gone);
+            lens = Vk_Realloc(lens, cap * sizeof *lens);
+            was = Vk_Realloc(was, cap * sizeof *was);
+        }
+        gone[n] = Vk_Alloc(len);
+        memcpy(gone[n], member, len);
+        lens[n] = len;
+        was[n++] = present;
+    }
+    Vk_DictIteratorStop(it);
+    VkString **args = Vk_Alloc((n + 1) * sizeof *args);
+    args[0] = key;
+    for (size_t i = 0; i < n; i++) {
+        if (data && was[i]) args[1 + ngone++] = Vk_CreateString(NULL, gone[i], lens[i]);
+        elem_forget(m, gone[i], lens[i]);
+        Vk_Free(gone[i]);
+    }
+    if (ngone) call(ctx, remove_command(kind), args, ngone + 1);
+    for (size_t i = 0; i < ngone; i++) Vk_FreeString(NULL, args[1 + i]);
+    Vk_Free(args);
+    Vk_Free(gone);
+    Vk_Free(lens);
+    Vk_Free(was);
+}
+
+/* Decide each element the write names: a newer stamp than the one held wins it. */
+static void merge(VkCtx *ctx, KeyMeta *m, const EgWrite *w, int data) {
+    if (w->kind == EG_KIND_STRING && eg_stamp_cmp(w->stamp, m->top) == 0) {
+        if (data) {
+            VkString *args[2] = {w->key, w->value};
+            call(ctx, "SET", args, 2);
+        }
+        return;
+    }
+    if (!is_collection(w->kind)) return;
+    int step = w->kind == EG_KIND_SET ? 1 : 2;
+    VkString **args = Vk_Alloc((size_t)(1 + 2 * w->nput + w->nrem) * sizeof *args);
+    size_t n = 1;
+    args[0] = w->key;
+    for (int i = 0; i < w->nput; i++) {
+        size_t len;
+        const char *member = Vk_StringPtrLen(w->put[i * step], &len);
+        int nokey = 1;
+        void *held = m->elems ? Vk_DictGetC(m->elems, (void *)member, len, &nokey) : NULL;
+        if (!nokey && eg_stamp_cmp(w->stamp, unpack(held, NULL)) <= 0) continue;
+        elem_set(m, member, len, w->stamp, 1);
+        if (w->kind == EG_KIND_HASH) {
+            args[n++] = w->put[i * 2];
+            args[n++] = w->put[i * 2 + 1];
+        } else if (w->kind == EG_KIND_ZSET) {
+            args[n++] = w->put[i * 2 + 1]; /* ZADD takes the score first */
+            args[n++] = w->put[i * 2];
+        } else {
+            args[n++] = w->put[i];
+        }
+    }
+    if (data && n > 1) call(ctx, put_command(w->kind), args, n);
+    n = 1;
+    for (int i = 0; i < w->nrem; i++) {
+        size_t len;
+        const char *member = Vk_StringPtrLen(w->rem[i], &len);
+        int nokey = 1;
+        void *held = m->elems ? Vk_DictGetC(m->elems, (void *)member, len, &nokey) : NULL;
+        if (!nokey && eg_stamp_cmp(w->stamp, unpack(held, NULL)) <= 0) continue;
+        elem_set(m, member, len, w->stamp, 0);
+        args[n++] = w->rem[i];
+    }
+    if (data && n > 1) call(ctx, remove_command(w->kind), args, n);
+    Vk_Free(args);
+}
+
+void eg_stamps_apply(VkCtx *ctx, const EgWrite *w, int data) {
+    size_t klen;
+    const char *key = Vk_StringPtrLen(w->key, &klen);
+    KeyMeta *m = meta_of(key, klen, 1);
+    if (!m->top.region || (w->kind != m->kind && eg_stamp_cmp(w->stamp, m->top) > 0)) {
+        /* A new type, or the key's first write: every earlier write was of another type, so none
+         * counts, and the old top bounds what older writes of this type may still add. */
+        if (data) {
+            VkString *args[1] = {w->key};
+            call(ctx, "DEL", args, 1);
+        }
+        m->base = m->top;
+        m->kind = w->kind;
+        m->top = w->stamp;
+        elems_clear(m);
+        merge(ctx, m, w, data);
+    } else if (w->kind != m->kind) {
+        /* An older write of another type: it still outdates this type's writes before it. */
+        if (!m->base.region || eg_stamp_cmp(w->stamp, m->base) > 0) {
+            m->base = w->stamp;
+            drop_older(ctx, m, w->key, m->kind, w->stamp, data);
+        }
+    } else if (!m->base.region || eg_stamp_cmp(w->stamp, m->base) > 0) {
+        if (eg_stamp_cmp(w->stamp, m->top) > 0) m->top = w->stamp;
+        merge(ctx, m, w, data);
+    }
+}
+
+/* lww.Store.collect: forget what no write still to come can need, every write at or before the
+ * frontier having been applied here. Returns the keys forgotten. */
+long long eg_stamps_collect(EgStamp frontier) {
+    if (!keys) return 0;
+    size_t cap = 16, n = 0;
+    char **gone = Vk_Alloc(cap * sizeof *gone);
+    size_t *lens = Vk_Alloc(cap * sizeof *lens);
+    VkDictIter *it = Vk_DictIteratorStartC(keys, "^", NULL, 0);
+    size_t len;
+    KeyMeta *m;
+    char *key;
+    while ((key = Vk_DictNextC(it, &len, (void **)&m))) {
+        if (m->base.region && eg_stamp_cmp(m->base, frontier) <= 0) m->base = (EgStamp){0, 0};
+        if (m->removed) {
+            /* Removed elements at or before the frontier: collected after the walk. */
+            size_t ecap = 16, en = 0;
+            char **eg = Vk_Alloc(ecap * sizeof *eg);
+            size_t *el = Vk_Alloc(ecap * sizeof *el);
+            VkDictIter *eit = Vk_DictIteratorStartC(m->elems, "^", NULL, 0);
+            size_t mlen;
+            void *v;
+            char *member;
+            while ((member = Vk_DictNextC(eit, &mlen, &v))) {
+                int present;
+                EgStamp s = unpack(v, &present);
+                if (present || eg_stamp_cmp(s, frontier) > 0) continue;
+                if (en == ecap) {
+                    ecap *= 2;
+                    eg = Vk_Realloc(eg, ecap * sizeof *eg);
+                    el = Vk_Realloc(el, ecap * sizeof *el);
+                }
+                eg[en] = Vk_Alloc(mlen);
+                memcpy(eg[en], member, mlen);
+                el[en++] = mlen;
+            }
+            Vk_DictIteratorStop(eit);
+            for (size_t i = 0; i < en; i++) {
+                elem_forget(m, eg[i], el[i]);
+                Vk_Free(eg[i]);
+            }
+            Vk_Free(eg);
+            Vk_Free(el);
+        }
+        if (eg_stamp_cmp(m->top, frontier) > 0 || !invisible(m)) continue;
+        if (n == cap) {
+            cap *= 2;
+            gone = Vk_Realloc(gone, cap * sizeof *gone);
+            lens = Vk_Realloc(lens, cap * sizeof *lens);
+        }
+        gone[n] = Vk_Alloc(len);
+        memcpy(gone[n], key, len);
+        lens[n++] = len;
+    }
+    Vk_DictIteratorStop(it);
+    for (size_t i = 0; i < n; i++) {
+        meta_drop(gone[i], lens[i]);
+        Vk_Free(gone[i]);
+    }
+    Vk_Free(gone);
+    Vk_Free(lens);
+    return (long long)n;
+}
+
+void eg_stamps_stats(EgStampStats *st) {
+    memset(st, 0, sizeof *st);
+    st->bytes = meta_bytes;
+    st->elements = n_elements;
+    if (!keys) return;
+    st->keys = (long long)Vk_DictSize(keys);
+    VkDictIter *it = Vk_DictIteratorStartC(keys, "^", NULL, 0);
+    KeyMeta *m;
+    while (Vk_DictNextC(it, NULL, (void **)&m)) st->tombstones += m->removed + (invisible(m) ? 1 : 0);
+    Vk_DictIteratorStop(it);
+}
+
+void eg_stamps_clear(void) {
+    if (!keys) return;
+    VkDictIter *it = Vk_DictIteratorStartC(keys, "^", NULL, 0);
+    KeyMeta *m;
+    while (Vk_DictNextC(it, NULL, (void **)&m)) {
+        elems_clear(m);
+        Vk_Free(m);
+    }
+    Vk_DictIteratorStop(it);
+    Vk_FreeDict(NULL, keys);
+    keys = NULL;
+    n_elements = 0;
+    meta_bytes = 0;
+}
+
+/* ---- The RDB aux field ------------------------------------------------------------------- */
+
+#define AUX_ENCVER 1
+
+static void save_stamp(VkIO *io, EgStamp s) {
+    Vk_SaveUnsigned(io, s.hlc);
+    Vk_SaveUnsigned(io, s.region);
+}
+
+static void aux_save(VkIO *io, int when) {
+    if (when != VK_AUX_AFTER_RDB) return;
+    if ((!keys || !Vk_DictSize(keys)) && !eg_hlc) return; /* nothing stamped: no aux field at all */
+    Vk_SaveUnsigned(io, eg_hlc);
+    Vk_SaveUnsigned(io, n_regions);
+    for (uint32_t i = 0; i < n_regions; i++) Vk_SaveStringBuffer(io, region_names[i], strlen(region_names[i]));
+    Vk_SaveUnsigned(io, keys ? Vk_DictSize(keys) : 0);
+    if (!keys) return;
+    VkDictIter *it = Vk_DictIteratorStartC(keys, "^", NULL, 0);
+    size_t len;
+    KeyMeta *m;
+    char *key;
+    while ((key = Vk_DictNextC(it, &len, (void **)&m))) {
+        Vk_SaveStringBuffer(io, key, len);
+        Vk_SaveUnsigned(io, (uint64_t)m->kind);
+        save_stamp(io, m->top);
+        save_stamp(io, m->base);
+        Vk_SaveUnsigned(io, m->elems ? Vk_DictSize(m->elems) : 0);
+        if (!m->elems) continue;
+        VkDictIter *eit = Vk_DictIteratorStartC(m->elems, "^", NULL, 0);
+        size_t mlen;
+        void *v;
+        char *member;
+        while ((member = Vk_DictNextC(eit, &mlen, &v))) {
+            int present;
+            EgStamp s = unpack(v, &present);
+            Vk_SaveStringBuffer(io, member, mlen);
+            save_stamp(io, s);
+            Vk_SaveUnsigned(io, (uint64_t)present);
+        }
+        Vk_DictIteratorStop(eit);
+    }
+    Vk_DictIteratorStop(it);
+}
+
+static int aux_load(VkIO *io, int encver, int when) {
+    if (when != VK_AUX_AFTER_RDB) return VK_OK;
+    if (encver != AUX_ENCVER) return VK_ERR;
+    /* The RDB replaces the keyspace, and so the stamps that decided it. */
+    eg_stamps_clear();
+    eg_hlc_observe(Vk_LoadUnsigned(io));
+    uint64_t nr = Vk_LoadUnsigned(io);
+    if (Vk_IsIOError(io) || nr > MAX_REGIONS) return VK_ERR;
+    uint32_t map[MAX_REGIONS + 1];
+    map[0] = 0;
+    for (uint64_t i = 0; i < nr; i++) {
+        size_t len;
+        char *name = Vk_LoadStringBuffer(io, &len);
+        if (!name) return VK_ERR;
+        map[i + 1] = eg_region_intern(name, len);
+        Vk_Free(name);
+    }
+    uint64_t nk = Vk_LoadUnsigned(io);
+    for (uint64_t k = 0; k < nk && !Vk_IsIOError(io); k++) {
+        size_t len;
+        char *key = Vk_LoadStringBuffer(io, &len);
+        if (!key) return VK_ERR;
+        KeyMeta *m = meta_of(key, len, 1);
+        Vk_Free(key);
+        m->kind = (int)Vk_LoadUnsigned(io);
+        EgStamp *s[2] = {&m->top, &m->base};
+        for (int i = 0; i < 2; i++) {
+            s[i]->hlc = Vk_LoadUnsigned(io);
+            uint64_t r = Vk_LoadUnsigned(io);
+            if (r > nr) return VK_ERR;
+            s[i]->region = map[r];
+            eg_hlc_observe(s[i]->hlc);
+        }
+        uint64_t ne = Vk_LoadUnsigned(io);
+        for (uint64_t e = 0; e < ne && !Vk_IsIOError(io); e++) {
+            size_t mlen;
+            char *member = Vk_LoadStringBuffer(io, &mlen);
+            if (!member) return VK_ERR;
+            EgStamp es;
+            es.hlc = Vk_LoadUnsigned(io);
+            uint64_t r = Vk_LoadUnsigned(io);
+            int present = (int)Vk_LoadUnsigned(io);
+            if (r == 0 || r > nr) {
+                Vk_Free(member);
+                return VK_ERR;
+            }
+            es.region = map[r];
+            elem_set(m, member, mlen, es, present);
+            Vk_Free(member);
+        }
+    }
+    return Vk_IsIOError(io) ? VK_ERR : VK_OK;
+}
+
+int eg_stamps_register(VkCtx *ctx) {
+    /* Registered on every node, region or not: an RDB with stamps (a snapshot) loads anywhere. */
+    VkTypeMethods methods;
+    memset(&methods, 0, sizeof methods);
+    methods.version = VK_TYPE_METHOD_VERSION;
+    methods.aux_load = aux_load;
+    methods.aux_save2 = aux_save;
+    methods.aux_save_triggers = VK_AUX_AFTER_RDB;
+    return Vk_CreateDataType(ctx, "engramlww", AUX_ENCVER, &methods) ? VK_OK : VK_ERR;
+}
