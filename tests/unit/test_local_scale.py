@@ -15,7 +15,7 @@ import pytest
 from engram.cli import local as local_cli
 from engram.cli.main import build_parser
 from engram.node.config import NodeConfig
-from engram.platforms.local import plan, ports, processes, scale, shard_nodes
+from engram.platforms.local import plan, ports, processes, request_handlers, scale, shard_nodes
 from engram.platforms.local.state import ClusterState
 from engram.platforms.local.supervisor import Supervisor
 from engram.resharding.record import ReshardRecord, format_duration
@@ -143,7 +143,7 @@ class FakeProcess:
 async def _request(supervisor: Supervisor, shards: int) -> ClusterState:
     request = shard_nodes.ShardRequest.new(shards)
     shard_nodes.send_request(supervisor.state, request)
-    await supervisor._carry_out_shard_request()
+    await request_handlers.carry_out_shard_request(supervisor)
     saved = ClusterState.load(supervisor.state_path)
     assert saved.shard_request == request.id
     return saved

@@ -12,7 +12,7 @@ import pytest
 from engram.cli.main import build_parser
 from engram.node.config import NodeConfig
 from engram.orchestration.replicas import AddNode
-from engram.platforms.local import plan, processes, replica_nodes
+from engram.platforms.local import plan, processes, replica_nodes, request_handlers
 from engram.platforms.local.replicas import node_index, replica_views
 from engram.platforms.local.state import ClusterState
 from engram.platforms.local.supervisor import Supervisor
@@ -43,7 +43,7 @@ def _supervisor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Superv
 
 async def _request(supervisor: Supervisor, request: replica_nodes.ReplicaRequest) -> ClusterState:
     replica_nodes.send_request(supervisor.state, request)
-    await supervisor._carry_out_replica_request()
+    await request_handlers.carry_out_replica_request(supervisor)
     saved = ClusterState.load(supervisor.state_path)
     assert saved.replica_request == request.id
     return saved

@@ -12,7 +12,7 @@ import pytest
 
 from engram import binaries
 from engram.node.config import NodeConfig
-from engram.platforms.local import node_requests, plan, processes, upgrade
+from engram.platforms.local import node_requests, plan, processes, request_handlers, upgrade
 from engram.platforms.local import supervisor as supervisor_module
 from engram.platforms.local.cluster import LocalError
 from engram.platforms.local.state import NODES_STARTED, ClusterState
@@ -176,7 +176,7 @@ def test_the_supervisor_replaces_a_node_with_its_new_command_and_binary_without_
 
     request = node_requests.NodeRequest.new("demo-s0-n1", ["/opt/new-node"], "/opt/valkey-9/valkey-server")
     node_requests.send_request(supervisor.state, request)
-    supervisor._carry_out_node_request()
+    request_handlers.carry_out_node_request(supervisor)
     saved = ClusterState.load(state.path)
     assert saved.nodes[1].command == ["/opt/new-node"]
     assert saved.nodes[1].valkey_server == "/opt/valkey-9/valkey-server"
@@ -197,7 +197,7 @@ def test_the_supervisor_replaces_a_node_with_its_new_command_and_binary_without_
 
     unknown = node_requests.NodeRequest.new("demo-s9-n9", ["/opt/new-node"], "")
     node_requests.send_request(supervisor.state, unknown)
-    supervisor._carry_out_node_request()
+    request_handlers.carry_out_node_request(supervisor)
     assert "no node demo-s9-n9" in ClusterState.load(state.path).node_request_error
 
 
@@ -218,7 +218,7 @@ def test_a_node_that_will_not_stop_is_killed_and_one_already_down_starts_at_once
     _run_nodes(supervisor)
     monkeypatch.setattr(supervisor_module.time, "monotonic", lambda: 1000.0)
     node_requests.send_request(supervisor.state, node_requests.NodeRequest.new("demo-s0-n0", ["/opt/n"], ""))
-    supervisor._carry_out_node_request()
+    request_handlers.carry_out_node_request(supervisor)
     monkeypatch.setattr(supervisor_module.time, "monotonic", lambda: 1000.0 + supervisor_module.STOP_TIMEOUT)
     supervisor._tend()
     assert spawned[0].signals == [signal.SIGTERM, signal.SIGKILL]
@@ -227,7 +227,7 @@ def test_a_node_that_will_not_stop_is_killed_and_one_already_down_starts_at_once
     supervisor._tend()
     request = node_requests.NodeRequest.new("demo-s0-n1", ["/opt/n"], "")
     node_requests.send_request(supervisor.state, request)
-    supervisor._carry_out_node_request()
+    request_handlers.carry_out_node_request(supervisor)
     assert spawned[-1].argv[0] == "/opt/n" and ClusterState.load(state.path).node_request == request.id
 
 

@@ -21,7 +21,8 @@ Requests are idempotent: asking again for N shards changes nothing.
 
 `engram local upgrade` asks, the same way, for one node at a time to be replaced with another
 command or valkey-server (a node request, node_requests.py), and `engram local scale --replicas` for
-replicas to be started and stopped (a replica request, replica_nodes.py).
+replicas to be started and stopped (a replica request, replica_nodes.py). request_handlers.py carries
+out all three; this module is the loop and the processes.
 """
 
 from __future__ import annotations
@@ -41,10 +42,16 @@ from pathlib import Path
 from engram.node.config import NodeConfig
 from engram.orchestration.provision import ProvisionError, provision
 from engram.orchestration.rebalance import NodeView, rebalance
-from engram.orchestration.zones import ZonePlanError
-from engram.platforms.local import journal, node_requests, plan, probe, processes, replica_nodes, shard_nodes
-from engram.platforms.local.plan import PlanError, provision_request
-from engram.platforms.local.ports import PortBusy
+from engram.platforms.local import (
+    journal,
+    node_requests,
+    plan,
+    probe,
+    processes,
+    request_handlers,
+    shard_nodes,
+)
+from engram.platforms.local.plan import provision_request
 from engram.platforms.local.relay import EndpointRelay
 from engram.platforms.local.state import (
     FAILED,
@@ -220,9 +227,7 @@ class Supervisor:
                 self.wake.clear()
                 # Stopping removed nodes waits here, up to STOP_TIMEOUT a group, and delays restarts
                 # by as much: it happens once per scale-in, and nodes stop in well under a second.
-                await self._carry_out_shard_request()
-                self._carry_out_node_request()
-                await self._carry_out_replica_request()
+                await request_handlers.carry_out_requests(self)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), POLL_CHILDREN)
         finally:
@@ -275,93 +280,12 @@ class Supervisor:
         if changed:
             self.save()
 
-    async def _carry_out_shard_request(self) -> None:
-        """Run nodes for exactly the shards a waiting shard request names (see the module docstring)."""
-        s = self.state
-        try:
-            request = shard_nodes.take_request(s)
-        except ValueError as exc:
-            log.error("%s; ignored", exc)
-            return
-        if request is None:
-            return
-        log.info("shard request %s: nodes for %d shards (now %d)", request.id, request.shards, s.shards)
-        error = ""
-        try:
-            if request.shards < 1:
-                raise PlanError(f"a cluster keeps at least one shard, not {request.shards}")
-            self._start_added_shards(request.shards)
-            await self._stop_removed_shards(request.shards)
-            s.shards = request.shards
-            s.record_identity()  # `up` after `down --keep-data` must be given the new shard count
-        except (PlanError, PortBusy, ZonePlanError, OSError) as exc:
-            error = f"the nodes of {request.shards} shards could not be laid out: {exc}"
-            log.error("shard request %s failed: %s", request.id, error)
-        s.shard_request, s.shard_request_error = request.id, error
-        self.save()
-
-    async def _carry_out_replica_request(self) -> None:
-        """Start and stop the replicas a waiting replica request names (replica_nodes.py)."""
-        s = self.state
-        try:
-            request = replica_nodes.take_request(s)
-        except ValueError as exc:
-            log.error("%s; ignored", exc)
-            return
-        if request is None:
-            return
-        log.info("replica request %s: %d replicas per shard, adding %s, removing %s", request.id,
-                 request.replicas, ", ".join(a.id for a in request.add) or "none",
-                 ", ".join(request.remove) or "none")
-        error = ""
-        try:
-            # Checked before anything changes: the command decided on roles a moment ago, and a
-            # failover or a rebalance since may have made one of these nodes its shard's primary.
-            leading = [key for key in request.remove if (self.status.get(key) or {}).get("role") == "primary"]
-            if leading:
-                raise PlanError(f"{', '.join(leading)} now {'lead' if len(leading) > 1 else 'leads'} "
-                                "its shard, and a primary is never removed; run the command again")
-            self._start_nodes(replica_nodes.plan_nodes(s, request.add))
-            await self._stop_nodes(set(request.remove))
-            s.replicas = request.replicas
-        except (PlanError, PortBusy, OSError, ValueError) as exc:
-            error = f"the replicas could not be changed: {exc}"
-            log.error("replica request %s failed: %s", request.id, error)
-        s.replica_request, s.replica_request_error = request.id, error
-        self.save()
-
     def _node_child(self, node: NodeState) -> Child:
         """The supervised process of a node, with what it runs recorded on its state."""
         s = self.state
         node.command = node_command(s, node)
         node.valkey_server = node.valkey_server or s.valkey_server
         return Child(node.id, [*s.launcher(node.zone), *node.command, "--config", node.config], node)
-
-    def _carry_out_node_request(self) -> None:
-        """Replace the node a waiting node request names with its command and binary (node_requests.py)."""
-        s = self.state
-        try:
-            request = node_requests.take_request(s)
-        except ValueError as exc:
-            log.error("%s; ignored", exc)
-            return
-        if request is None:
-            return
-        error = ""
-        try:
-            if not request.node:
-                s.node_command = request.command or s.node_command
-                s.valkey_server = request.valkey_server or s.valkey_server
-                log.info("node request %s: nodes started from now on run %s with %s", request.id,
-                         shlex.join(s.node_command) or "the default command", s.valkey_server)
-            else:
-                self._replace_node(request)
-                return  # answered once the new process runs
-        except (LookupError, OSError, ValueError, TypeError) as exc:
-            error = f"node {request.node} could not be replaced: {exc}"
-            log.error("node request %s failed: %s", request.id, error)
-        s.node_request, s.node_request_error = request.id, error
-        self.save()
 
     def _start_replaced(self, child: Child) -> None:
         """Start a replaced node's new process and answer its request: whatever answers on the node's
@@ -372,7 +296,7 @@ class Supervisor:
         child.replacing = None
         self.save()
 
-    def _replace_node(self, request: node_requests.NodeRequest) -> None:
+    def replace_node(self, request: node_requests.NodeRequest) -> None:
         """Record the node's new command and binary, and stop it: _tend starts it again with them."""
         child = next((c for c in self.nodes if c.key == request.node), None)
         if child is None or not isinstance(child.record, NodeState):
@@ -399,14 +323,7 @@ class Supervisor:
         with contextlib.suppress(ProcessLookupError):
             child.proc.terminate()
 
-    def _start_added_shards(self, shards: int) -> None:
-        """Plan, configure and start the nodes of every shard below `shards` that has none."""
-        s = self.state
-        added = shard_nodes.plan_added_nodes(s, shards, shard_nodes.allocate_ports(
-            s, shard_nodes.ports_needed(s, shards)))
-        self._start_nodes(added, shards)
-
-    def _start_nodes(self, added: list[NodeState], shards: int | None = None) -> None:
+    def start_nodes(self, added: list[NodeState], shards: int | None = None) -> None:
         """Configure and start new nodes, of a cluster of `shards` shards (default: as many as now).
 
         Their data directories are emptied first: a node removed earlier under the same id left its
@@ -425,12 +342,7 @@ class Supervisor:
         self.save()
         log.info("started %s", ", ".join(f"{n.id} (zone {n.zone}, pid {n.pid})" for n in added))
 
-    async def _stop_removed_shards(self, shards: int) -> None:
-        """Forget the nodes of shards `shards` and above, then stop them (the relay stops routing to
-        them first); their data and logs stay until `down`."""
-        await self._stop_nodes({n.id for n in shard_nodes.removed_nodes(self.state, shards)})
-
-    async def _stop_nodes(self, gone: set[str]) -> None:
+    async def stop_nodes(self, gone: set[str]) -> None:
         """Forget the named nodes (those the cluster has), then stop them, replicas first."""
         s = self.state
         gone &= {n.id for n in s.nodes}
