@@ -51,6 +51,8 @@ class NodeConfig:
     # False where Valkey runs beside the node in its own container (Kubernetes) on the shared socket.
     spawn_valkey: bool = True
     valkey_args: list[str] = field(default_factory=list)
+    # Multi-region mode: the region this node's Valkey stamps writes with (module argument region).
+    region: str = ""
     # Unix socket of the private Valkey; default DATA_DIR/valkey.sock.
     valkey_socket: str = ""
     metrics_port: int | None = None

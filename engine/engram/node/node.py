@@ -257,7 +257,7 @@ class Node:
         if cfg.spawn_valkey:
             self.valkey = await start_valkey(
                 cfg.valkey_socket, cfg.data_dir, cfg.valkey_args, cfg.valkey_server,
-                port=cfg.port, bind=cfg.host, module=binaries.valkey_module(),
+                port=cfg.port, bind=cfg.host, module=binaries.valkey_module(), region=cfg.region,
             )
         await self._open_datapath()
         if self.certificate is not None and cfg.tls_port:

@@ -80,6 +80,9 @@ class NodeClusterSettings:
     journal_files: JournalClientFiles | None = None
     # The cluster's certificate, which the node's control and metrics ports serve; None: plain text.
     tls: TlsFiles | None = None
+    # The cluster's region when it is one of a multi-region cluster's (docs/multi-region.md): its
+    # nodes stamp writes and refuse those that cannot merge. Empty: a single-region cluster.
+    region: str = ""
 
     @property
     def journal_replicas(self) -> int:
@@ -122,6 +125,7 @@ def node_config(cluster: NodeClusterSettings, node: NodeIdentity, **platform: An
         "snapshot_tail_entries": cluster.snapshots.tail_entries,
         "snapshot_keep": cluster.snapshots.keep,
         "users_file": cluster.users_file,
+        "region": cluster.region,
     }
     if (journal := cluster.journal_files) is not None:
         values.update(journal_user=JOURNAL_USER, journal_password_file=journal.password_file,
