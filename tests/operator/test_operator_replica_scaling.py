@@ -9,7 +9,7 @@ from cluster_state import running, spec, statuses
 from k8s_offline import validate_manifest
 
 from engram_operator.decisions import decide
-from engram_operator.observe import EngineStatus, Observed, PodInfo
+from engram_operator.observe import EngineStatus, NodeInfo, Observed, PodInfo
 
 
 def created(plan) -> list[tuple[int, int, str]]:
@@ -74,3 +74,14 @@ def test_a_lost_pod_at_an_index_beyond_the_planned_ones_is_replaced_in_its_slot(
     plan = decide(spec(shards=1, replicasPerShard=2), with_pods(seen, pods))
     assert plan.delete_pods == ["demo-0-3"]
     assert created(plan) == [(0, 3, three.zone)]
+
+
+def test_without_zone_labels_scaling_picks_by_index_and_leaves_pods_unpinned() -> None:
+    unlabelled = [NodeInfo("n1", None, True, True)]
+    seen = running(spec(shards=1, replicasPerShard=2))
+    pods = [dataclasses.replace(p, zone="") for p in seen.pods]
+    seen = dataclasses.replace(seen, nodes=unlabelled)
+    plan = decide(spec(shards=1, replicasPerShard=1), with_pods(seen, pods))
+    assert plan.delete_pods == ["demo-0-2"]
+    grown = decide(spec(shards=1, replicasPerShard=2), with_pods(seen, [p for p in pods if p.index != 1]))
+    assert created(grown) == [(0, 1, "")]
