@@ -1,0 +1,373 @@
+"""Multi-region mode: the module applies stamped writes as lww.py says, and stamps local writes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import hiredis
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engram.multiregion.lww import Kind, Stamp, Store, Visible, Write, resolve
+from tests.module.harness import Conn, attached_tap, free_port, run, valkey
+
+pytestmark = pytest.mark.integration
+
+REGION = ("region", "west", "--enable-debug-command", "yes")
+
+
+def apply_command(write: Write) -> tuple[Any, ...]:
+    """The ENGRAM.MR.APPLY that carries a write."""
+    head = ("ENGRAM.MR.APPLY", write.stamp.hlc, write.stamp.region, write.kind.value, write.key)
+    if write.kind == Kind.NONE:
+        return head
+    if write.kind == Kind.STRING:
+        return (*head, write.value)
+    put: list[Any] = []
+    for member, value in write.put.items():
+        if write.kind == Kind.SET:
+            put.append(member)
+        else:
+            put += [member, repr(value) if write.kind == Kind.ZSET else value]
+    return (*head, len(write.put), *put, *sorted(write.remove))
+
+
+async def visible(conn: Conn, key: bytes) -> Visible:
+    """What a reader of the key sees, in lww's terms."""
+    kind = await conn.call("TYPE", key)
+    if kind == b"none":
+        return None
+    if kind == b"string":
+        return (Kind.STRING, await conn.call("GET", key))
+    if kind == b"hash":
+        flat = await conn.call("HGETALL", key)
+        return (Kind.HASH, dict(zip(flat[::2], flat[1::2], strict=True)))
+    if kind == b"set":
+        return (Kind.SET, frozenset(await conn.call("SMEMBERS", key)))
+    flat = await conn.call("ZRANGE", key, 0, -1, "WITHSCORES")
+    return (Kind.ZSET, {m: float(s) for m, s in zip(flat[::2], flat[1::2], strict=True)})
+
+
+async def info(conn: Conn, command: str = "ENGRAM.MR.INFO") -> dict[str, str]:
+    text = (await conn.call(command)).decode()
+    return dict(line.split(":", 1) for line in text.split("\r\n") if line)
+
+
+async def apply_all(conn: Conn, writes: list[Write]) -> None:
+    conn.send(*(apply_command(w) for w in writes))
+    replies = await conn.read(len(writes))
+    assert replies == [b"OK"] * len(writes)
+
+
+# ---- Stamped writes applied in any order end as lww.resolve says -------------------------------
+
+KEYS = (b"a", b"b")
+REGIONS = ("east", "north", "west")
+MEMBERS = (b"f1", b"f2", b"f3")
+
+
+@st.composite
+def writes(draw: st.DrawFn) -> list[Write]:
+    out: dict[tuple[bytes, Stamp], Write] = {}
+    for _ in range(draw(st.integers(1, 14))):
+        key = draw(st.sampled_from(KEYS))
+        # Few clock values: equal clocks from two regions, and writes that arrive out of order.
+        stamp = Stamp(draw(st.integers(1, 12)), draw(st.sampled_from(REGIONS)))
+        kind = draw(st.sampled_from(list(Kind)))
+        if kind == Kind.NONE:
+            write = Write(key, stamp, kind)
+        elif kind == Kind.STRING:
+            write = Write(key, stamp, kind, value=draw(st.sampled_from([b"x", b"y", b"z"])))
+        else:
+            fate = draw(st.lists(st.sampled_from(["put", "remove", None]), min_size=3, max_size=3))
+            if fate == [None, None, None]:
+                fate[0] = "remove"
+            value = st.sampled_from([1.5, -2.0, 3.25] if kind == Kind.ZSET else [b"", b"1", b"2"])
+            put = {m: (b"" if kind == Kind.SET else draw(value)) for m, f in zip(MEMBERS, fate, strict=True)
+                   if f == "put"}
+            write = Write(key, stamp, kind, put=put,
+                          remove=frozenset(m for m, f in zip(MEMBERS, fate, strict=True) if f == "remove"))
+        out[(key, stamp)] = write  # a region stamps one write per key with one stamp
+    return list(out.values())
+
+
+class Servers:
+    """Two region-mode servers on one event loop, kept for a whole module of examples."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.stack = contextlib.AsyncExitStack()
+        self.conns: list[Conn] = []
+        self.round = 0
+
+    async def _start(self) -> None:
+        for _ in range(2):
+            socket = await self.stack.enter_async_context(valkey(*REGION))
+            await self.stack.enter_async_context(attached_tap(socket, auto=True))
+            self.conns.append(await Conn.open(socket))
+
+    def run(self, coro: Any) -> Any:
+        return self.loop.run_until_complete(asyncio.wait_for(coro, 30))
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[Servers]:
+    s = Servers()
+    s.run(s._start())
+    yield s
+    for conn in s.conns:
+        conn.close()
+    s.run(s.stack.aclose())
+    s.loop.close()
+
+
+@settings(max_examples=60, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(batch=writes(), seed=st.integers(0, 2**32 - 1))
+def test_stamped_writes_in_any_order_hold_what_lww_resolves(servers: Servers, batch: list[Write],
+                                                             seed: int) -> None:
+    servers.round += 1
+    prefix = f"{servers.round}:".encode()
+    batch = [Write(prefix + w.key, w.stamp, w.kind, w.value, w.put, w.remove) for w in batch]
+    orders = [list(batch), list(batch)]
+    for order in orders:
+        random.Random(seed).shuffle(order)
+        seed += 1
+
+    async def check() -> None:
+        for conn, order in zip(servers.conns, orders, strict=True):
+            await apply_all(conn, order)
+            # Applying the same writes again (an at-least-once applier) changes nothing.
+            await apply_all(conn, order[: len(order) // 2])
+        for key in KEYS:
+            want = resolve(w for w in batch if w.key == prefix + key)
+            seen = [await visible(conn, prefix + key) for conn in servers.conns]
+            assert seen == [want, want], f"{prefix + key!r}: {seen} != {want}"
+            digests = [await conn.call("DEBUG", "DIGEST-VALUE", prefix + key) for conn in servers.conns]
+            assert digests[0] == digests[1]
+
+    servers.run(check())
+
+
+def test_stamps_and_tombstones_are_counted_and_collected_as_lww_store_does() -> None:
+    rng = random.Random(17)
+    store = Store()
+    batch: list[Write] = []
+    for i in range(300):
+        key = f"k{rng.randrange(60)}".encode()
+        stamp = Stamp(i + 1, rng.choice(REGIONS))
+        kind = rng.choice(list(Kind))
+        if kind in (Kind.HASH, Kind.SET, Kind.ZSET):
+            members = rng.sample(MEMBERS, rng.randint(1, 3))
+            cut = rng.randint(0, len(members))
+            value: Any = 1.0 if kind == Kind.ZSET else b"v"
+            put = {m: (b"" if kind == Kind.SET else value) for m in members[:cut]}
+            batch.append(Write(key, stamp, kind, put=put, remove=frozenset(members[cut:])))
+        else:
+            batch.append(Write(key, stamp, kind, value=b"s" if kind == Kind.STRING else b""))
+    for w in batch:
+        store.apply(w)
+
+    def counts() -> dict[str, str]:
+        states = store.keys.values()
+        return {"stamped_keys": str(len(store.keys)),
+                "stamped_elements": str(sum(len(s.elements) for s in states)),
+                "tombstones": str(sum(s.tombstones() for s in states))}
+
+    async def scenario() -> None:
+        async with valkey(*REGION) as socket, attached_tap(socket, auto=True):
+            conn = await Conn.open(socket)
+            await apply_all(conn, batch)
+            got = await info(conn)
+            assert {k: got[k] for k in counts()} == counts()
+            assert int(got["stamp_bytes"]) > 0
+            assert int(got["hlc"]) == 300  # the clock observed every stamp applied
+            frontier = Stamp(250, "north")
+            dropped = store.collect(frontier)
+            assert await conn.call("ENGRAM.MR.COLLECT", frontier.hlc, frontier.region) == dropped > 0
+            got = await info(conn)
+            assert {k: got[k] for k in counts()} == counts()
+            for key in {w.key for w in batch}:
+                assert await visible(conn, key) == store.get(key)
+
+    run(scenario)
+
+
+# ---- MemoryDB's documented examples ---------------------------------------------------------------
+
+def test_memorydb_examples_come_out_as_documented() -> None:
+    async def scenario() -> None:
+        async with valkey(*REGION) as socket, attached_tap(socket, auto=True):
+            conn = await Conn.open(socket)
+            # DEL in one region, then a concurrent SADD in another: a set holding only the new member.
+            await apply_all(conn, [Write(b"s", Stamp(1, "east"), Kind.SET, put={b"old": b""})])
+            await apply_all(conn, [Write(b"s", Stamp(3, "west"), Kind.SET, put={b"new": b""}),
+                                   Write(b"s", Stamp(2, "east"), Kind.NONE)])
+            assert await visible(conn, b"s") == (Kind.SET, frozenset({b"new"}))
+            # SADD, then DEL: the key is deleted, and the older SADD arriving late changes nothing.
+            await apply_all(conn, [Write(b"t", Stamp(5, "east"), Kind.NONE),
+                                   Write(b"t", Stamp(4, "west"), Kind.SET, put={b"m": b""})])
+            assert await visible(conn, b"t") is None
+            # A string from one region, then a hash from another: the hash.
+            await apply_all(conn, [Write(b"h", Stamp(7, "west"), Kind.HASH, put={b"f": b"1"}),
+                                   Write(b"h", Stamp(6, "east"), Kind.STRING, value=b"str")])
+            assert await visible(conn, b"h") == (Kind.HASH, {b"f": b"1"})
+            # Concurrent HSETs of different fields both survive.
+            await apply_all(conn, [Write(b"c", Stamp(9, "east"), Kind.HASH, put={b"a": b"1"}),
+                                   Write(b"c", Stamp(9, "west"), Kind.HASH, put={b"b": b"2"})])
+            assert await visible(conn, b"c") == (Kind.HASH, {b"a": b"1", b"b": b"2"})
+            # The same field, the same clock: the region whose name sorts last wins, in any order.
+            await apply_all(conn, [Write(b"c", Stamp(10, "west"), Kind.HASH, put={b"a": b"W"}),
+                                   Write(b"c", Stamp(10, "east"), Kind.HASH, put={b"a": b"E"})])
+            assert await visible(conn, b"c") == (Kind.HASH, {b"a": b"W", b"b": b"2"})
+            # An HDEL newer than a put removes the field; the older put arriving after changes nothing.
+            await apply_all(conn, [Write(b"c", Stamp(12, "east"), Kind.HASH, remove=frozenset({b"b"})),
+                                   Write(b"c", Stamp(11, "west"), Kind.HASH, put={b"b": b"late"})])
+            assert await visible(conn, b"c") == (Kind.HASH, {b"a": b"W"})
+
+    run(scenario)
+
+
+# ---- Local writes on a region's primary ---------------------------------------------------------
+
+LOCAL = [
+    ("SET", "s", "1"), ("INCRBY", "s", "41"), ("INCRBYFLOAT", "f", "1.5"), ("MSET", "m1", "a", "m2", "b"),
+    ("GETDEL", "m2"), ("SET", "typed", "string"), ("DEL", "typed"), ("HSET", "typed", "x", "1"),
+    ("HSET", "h", "a", "1", "b", "2", "a", "3"), ("HINCRBY", "h", "n", "5"), ("HDEL", "h", "b", "nope"),
+    ("SADD", "set", "x", "y", "z"), ("SREM", "set", "y"), ("SPOP", "set", "1"),
+    ("ZADD", "z", "1", "a", "2", "b", "3", "c", "4", "d"), ("ZINCRBY", "z", "0.25", "a"), ("ZPOPMAX", "z"),
+    ("ZREMRANGEBYSCORE", "z", "2", "3"), ("ZREM", "z", "nope"), ("UNLINK", "m1"),
+]
+
+REFUSED = [
+    ("LPUSH", "l", "x"), ("XADD", "x", "*", "f", "v"), ("SETBIT", "s", "1", "1"), ("PFADD", "p", "a"),
+    ("GEOADD", "g", "1", "1", "m"), ("BLPOP", "l", "0"), ("BZPOPMIN", "z", "0"), ("EXPIRE", "s", "10"),
+    ("PERSIST", "s"), ("SET", "s", "2", "EX", "10"), ("SET", "s", "2", "PX", "10"), ("GETEX", "s", "EX", "5"),
+    ("SETEX", "s", "10", "v"), ("SUNIONSTORE", "d", "set"), ("ZUNIONSTORE", "d", "1", "z"),
+    ("SMOVE", "set", "other", "x"), ("RENAME", "s", "t"), ("APPEND", "s", "x"), ("SETRANGE", "s", "0", "x"),
+    ("FLUSHALL",), ("FLUSHDB",), ("MULTI",), ("EVAL", "return redis.call('SET','s','9')", "0"),
+    ("COPY", "s", "t"), ("HEXPIRE", "h", "10", "FIELDS", "1", "a"),
+]
+
+
+def test_local_writes_replicate_stamped_effects_a_second_server_reproduces() -> None:
+    async def scenario() -> None:
+        async with valkey(*REGION) as first, attached_tap(first, auto=True) as tap, valkey(*REGION) as second:
+            conn = await Conn.open(first)
+            conn.send(*LOCAL)
+            replies = await conn.read(len(LOCAL))
+            assert not [r for r in replies if isinstance(r, hiredis.ReplyError)]
+            # Every reply waited for the tap's acknowledgement: the stream holds every effect.
+            stream = [c.args for c in tap.commands if c.args[0].lower() != b"ping"]
+            applied = [a for a in stream if a[0] == b"ENGRAM.MR.APPLY"]
+            # Only stamped effects replicate, never the commands themselves.
+            assert {a[0] for a in stream} <= {b"ENGRAM.MR.APPLY", b"SELECT", b"MULTI", b"EXEC"}
+            # INCRBY replicates the value it left, not the increment.
+            assert [b"west", b"string", b"s", b"42"] == applied[1][2:]
+            # SPOP and ZPOPMAX replicate what they removed.
+            spop = [a for a in applied if a[4] == b"set" and a[5] == b"0"][-1]
+            assert (await conn.call("SISMEMBER", "set", spop[6])) == 0
+            assert [b"zset", b"z", b"0", b"d"] == next(a for a in applied if a[5:] == [b"0", b"d"])[3:]
+            stamps = [int(a[1]) for a in applied]
+            assert stamps == sorted(stamps)
+            # The stream, fed to another region-mode server as a replica is fed, ends identical.
+            replica = await Conn.open(second)
+            assert await replica.call("ENGRAM.INTERNAL") == b"OK"  # the node's connection, as a replica's
+            replica.send(*stream)
+            assert not [r for r in await replica.read(len(stream)) if isinstance(r, hiredis.ReplyError)]
+            for key in ("s", "f", "m1", "m2", "typed", "h", "set", "z"):
+                assert await visible(replica, key.encode()) == await visible(conn, key.encode()), key
+            assert await replica.call("DEBUG", "DIGEST") == await conn.call("DEBUG", "DIGEST")
+            mine, theirs = await info(conn), await info(replica)
+            for field in ("stamped_keys", "stamped_elements", "tombstones", "hlc"):
+                assert mine[field] == theirs[field], field
+
+    run(scenario)
+
+
+def test_commands_that_cannot_merge_are_refused_by_name_and_change_nothing() -> None:
+    async def scenario() -> None:
+        async with valkey(*REGION) as socket, attached_tap(socket, auto=True) as tap:
+            conn = await Conn.open(socket)
+            conn.send(("SET", "s", "1"), ("HSET", "h", "a", "1"), ("SADD", "set", "x"),
+                      ("ZADD", "z", "1", "m"))
+            await conn.read(4)
+            before = await conn.call("DEBUG", "DIGEST")
+            applied = len(tap.commands)
+            for command in REFUSED:
+                reply = await conn.call(*command)
+                assert isinstance(reply, hiredis.ReplyError), command
+                assert f"ERR engram: {command[0]}" in str(reply) and "multi-region" in str(reply), reply
+            assert await conn.call("DEBUG", "DIGEST") == before
+            assert await conn.call("PING") == b"PONG"
+            assert not [c for c in tap.commands[applied:] if c.args[0].lower() != b"ping"]
+
+    run(scenario)
+
+
+def test_stamped_writes_are_accepted_only_from_the_node() -> None:
+    async def scenario() -> None:
+        with free_port() as port:
+            async with valkey(*REGION, "--port", str(port)) as socket, attached_tap(socket, auto=True):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                remote = Conn(reader, writer)
+                forged = apply_command(Write(b"k", Stamp(2**51, "east"), Kind.STRING, value=b"forged"))
+                reply = await remote.call(*forged)
+                assert isinstance(reply, hiredis.ReplyError) and "only from the node" in str(reply)
+                reply = await remote.call("ENGRAM.MR.COLLECT", 2**51, "east")
+                assert isinstance(reply, hiredis.ReplyError) and "only from the node" in str(reply)
+                assert await remote.call("EXISTS", "k") == 0
+                remote.close()
+                # The node's own socket is the durable path's.
+                local = await Conn.open(socket)
+                assert await local.call(*forged) == b"OK"
+
+    run(scenario)
+
+
+def test_a_node_without_a_region_is_unchanged_and_takes_no_stamped_writes() -> None:
+    async def scenario() -> None:
+        async with valkey() as socket, attached_tap(socket, auto=True) as tap:
+            conn = await Conn.open(socket)
+            assert await conn.call("LPUSH", "l", "x") == 1
+            assert await conn.call("SET", "s", "1", "EX", "100") == b"OK"
+            reply = await conn.call(*apply_command(Write(b"k", Stamp(1, "east"), Kind.NONE)))
+            assert isinstance(reply, hiredis.ReplyError) and "not in multi-region mode" in str(reply)
+            await tap.wait_for_command(b"lpush")
+            assert not [c for c in tap.commands if c.args[0] == b"ENGRAM.MR.APPLY"]
+
+    run(scenario)
+
+
+def test_stamps_survive_a_reload_and_the_clock_starts_above_them() -> None:
+    async def scenario() -> None:
+        async with valkey(*REGION) as socket, attached_tap(socket, auto=True) as tap:
+            conn = await Conn.open(socket)
+            future = 2**51 + 10  # far above the wall clock: only the stamps can carry the clock there
+            await apply_all(conn, [Write(b"s", Stamp(future, "east"), Kind.STRING, value=b"new"),
+                                   Write(b"h", Stamp(future, "east"), Kind.HASH, put={b"a": b"1"},
+                                         remove=frozenset({b"b"})),
+                                   Write(b"gone", Stamp(future, "east"), Kind.NONE)])
+            before = await info(conn)
+            assert await conn.call("DEBUG", "RELOAD") == b"OK"
+            after = await info(conn)
+            assert after == before
+            # Older writes applied after the reload still lose to what the stamps remember.
+            await apply_all(conn, [Write(b"s", Stamp(future - 1, "west"), Kind.STRING, value=b"old"),
+                                   Write(b"h", Stamp(future - 1, "west"), Kind.HASH, put={b"b": b"late"}),
+                                   Write(b"gone", Stamp(future - 1, "west"), Kind.SET, put={b"m": b""})])
+            assert await visible(conn, b"s") == (Kind.STRING, b"new")
+            assert await visible(conn, b"h") == (Kind.HASH, {b"a": b"1"})
+            assert await visible(conn, b"gone") is None
+            # A local write after the reload is stamped above everything it loaded.
+            assert await conn.call("SET", "s", "local") == b"OK"
+            await tap.wait_for_stream(lambda cs: any(c.args[-1:] == [b"local"] for c in cs))
+            stamp = next(c.args for c in tap.commands if c.args[-1:] == [b"local"])[1]
+            assert int(stamp) > future
+
+    run(scenario)
