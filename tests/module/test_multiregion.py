@@ -371,3 +371,24 @@ def test_stamps_survive_a_reload_and_the_clock_starts_above_them() -> None:
             assert int(stamp) > future
 
     run(scenario)
+
+
+def test_pops_replicate_the_members_they_removed_in_either_protocol() -> None:
+    async def scenario() -> None:
+        async with valkey(*REGION) as socket, attached_tap(socket, auto=True) as tap:
+            for protocol in ("2", "3"):
+                conn = await Conn.open(socket)
+                await conn.call("HELLO", protocol)
+                conn.send(("SADD", "s", "x", "y", "z"), ("SPOP", "s", "2"), ("SPOP", "s"),
+                          ("ZADD", "z", "1", "a", "2", "b", "3", "c"), ("ZPOPMIN", "z", "2"),
+                          ("ZPOPMAX", "z"))
+                replies = await conn.read(6)
+                effects = [c.args[3:] for c in tap.commands[-6:]]
+                assert effects[1] == [b"set", b"s", b"0", *replies[1]]
+                assert effects[2] == [b"set", b"s", b"0", replies[2]]
+                assert effects[4] == [b"zset", b"z", b"0", b"a", b"b"]
+                assert effects[5] == [b"zset", b"z", b"0", b"c"]
+                assert await conn.call("EXISTS", "s", "z") == 0
+                conn.close()
+
+    run(scenario)
