@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import hiredis
@@ -13,7 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engram import binaries
 from engram.multiregion.lww import Kind, Stamp, Store, Visible, Write, resolve
+from engram.valkey.process import start_valkey
 from tests.module.harness import Conn, attached_tap, free_port, run, valkey
 
 pytestmark = pytest.mark.integration
@@ -126,7 +131,7 @@ def servers() -> Iterator[Servers]:
     s.loop.close()
 
 
-@settings(max_examples=60, deadline=None, derandomize=True,
+@settings(max_examples=200, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(batch=writes(), seed=st.integers(0, 2**32 - 1))
 def test_stamped_writes_in_any_order_hold_what_lww_resolves(servers: Servers, batch: list[Write],
@@ -390,5 +395,43 @@ def test_pops_replicate_the_members_they_removed_in_either_protocol() -> None:
                 assert effects[5] == [b"zset", b"z", b"0", b"c"]
                 assert await conn.call("EXISTS", "s", "z") == 0
                 conn.close()
+
+    run(scenario)
+
+
+SAVED = [Write(b"s", Stamp(100, "east"), Kind.STRING, value=b"new"),
+         Write(b"h", Stamp(100, "east"), Kind.HASH, put={b"a": b"1"}, remove=frozenset({b"b"}))]
+LATE = [Write(b"h", Stamp(99, "west"), Kind.HASH, put={b"b": b"late"}),
+        Write(b"s", Stamp(99, "west"), Kind.STRING, value=b"old")]
+
+
+def test_a_restart_from_the_rdb_keeps_the_stamps_and_any_node_can_load_them() -> None:
+    async def scenario() -> None:
+        directory = Path(tempfile.mkdtemp(prefix="egmr-", dir="/tmp"))
+        socket = str(directory / "v.sock")
+        try:
+            for region in ("west", "west", ""):
+                args = ["--loadmodule", binaries.valkey_module(), *(["region", region] if region else [])]
+                proc = await start_valkey(socket, str(directory), args)
+                try:
+                    async with attached_tap(socket, auto=True):
+                        conn = await Conn.open(socket)
+                        if not (directory / "dump.rdb").exists():
+                            await apply_all(conn, SAVED)
+                            saved = await info(conn)
+                            assert await conn.call("SAVE") == b"OK"
+                            continue
+                        assert await info(conn) == {**saved, "region": region}
+                        assert await visible(conn, b"h") == (Kind.HASH, {b"a": b"1"})
+                        if region:  # the restarted region node: an older write still loses
+                            await apply_all(conn, LATE)
+                            assert await visible(conn, b"h") == (Kind.HASH, {b"a": b"1"})
+                            assert await visible(conn, b"s") == (Kind.STRING, b"new")
+                        conn.close()
+                finally:
+                    proc.kill()
+                    proc.wait()
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
 
     run(scenario)
