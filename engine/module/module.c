@@ -409,7 +409,7 @@ static void on_flush(VkCtx *ctx, VkEvent e, uint64_t sub, void *data) {
     eg_dirty_flushed();
     /* The keyspace is emptied (or about to be replaced by an RDB, whose aux field brings its own
      * stamps): stamps of keys that are gone would decide writes to come. */
-    if (eg_region) eg_stamps_clear();
+    eg_stamps_clear();
 }
 
 static int keyspace_event(VkCtx *ctx, int type, const char *event, VkString *key) {

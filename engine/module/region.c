@@ -186,14 +186,10 @@ static int from_node(VkCtx *ctx, const char *cmd) {
     return 0;
 }
 
-static int not_region(VkCtx *ctx) {
-    return Vk_ReplyWithError(ctx, "ERR engram: this node is not in multi-region mode (module argument region)");
-}
-
 /* ENGRAM.MR.APPLY: a stamped write from another region, or replayed from the journal. Its reply
- * waits for the journal like a write's, so an applier that heard OK knows it is durable. */
+ * waits for the journal like a write's, so an applier that heard OK knows it is durable. Applying
+ * needs no region of its own: a snapshot's scratch Valkey replays a region's journal. */
 int eg_cmd_mr_apply(VkCtx *ctx, VkString **argv, int argc) {
-    if (!eg_region) return not_region(ctx);
     if (!from_node(ctx, "ENGRAM.MR.APPLY")) return VK_OK;
     if (Vk_GetSelectedDb(ctx) != 0) return Vk_ReplyWithError(ctx, "ERR engram: stamped writes are to database 0");
     EgWrite w;
@@ -214,7 +210,6 @@ int eg_cmd_mr_apply(VkCtx *ctx, VkString **argv, int argc) {
  * frontier): forget the tombstones at or before it. Replies with the keys forgotten. */
 int eg_cmd_mr_collect(VkCtx *ctx, VkString **argv, int argc) {
     if (argc != 3) return Vk_WrongArity(ctx);
-    if (!eg_region) return not_region(ctx);
     if (!from_node(ctx, "ENGRAM.MR.COLLECT")) return VK_OK;
     long long hlc;
     size_t rlen;
