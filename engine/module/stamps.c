@@ -248,14 +248,28 @@ static void merge(VkCtx *ctx, KeyMeta *m, const EgWrite *w, int data) {
     Vk_Free(args);
 }
 
+/* The key holds a value of the write's type that no stamp accounts for: data from before the node
+ * was in multi-region mode. */
+static int unstamped_same_type(VkCtx *ctx, VkString *key, int kind) {
+    static const char *types[EG_KIND_COUNT] = {"", "string", "hash", "set", "zset"};
+    VkCallReply *r = Vk_Call(ctx, "TYPE", "s", key);
+    size_t len = 0;
+    const char *t = r ? Vk_CallReplyStringPtr(r, &len) : NULL;
+    int same = t && kind > EG_KIND_NONE && len == strlen(types[kind]) && !memcmp(t, types[kind], len);
+    if (r) Vk_FreeCallReply(r);
+    return same;
+}
+
 void eg_stamps_apply(VkCtx *ctx, const EgWrite *w, int data) {
     size_t klen;
     const char *key = Vk_StringPtrLen(w->key, &klen);
     KeyMeta *m = meta_of(key, klen, 1);
     if (!m->top.region || (w->kind != m->kind && eg_stamp_cmp(w->stamp, m->top) > 0)) {
         /* A new type, or the key's first write: every earlier write was of another type, so none
-         * counts, and the old top bounds what older writes of this type may still add. */
-        if (data) {
+         * counts, and the old top bounds what older writes of this type may still add. A key
+         * never stamped keeps what it held before multi-region mode when the write's type is its
+         * type, as a local write leaves it: a replica then ends as its primary does. */
+        if (data && (m->top.region || !unstamped_same_type(ctx, w->key, w->kind))) {
             VkString *args[1] = {w->key};
             call(ctx, "DEL", args, 1);
         }

@@ -438,3 +438,25 @@ def test_a_restart_from_the_rdb_keeps_the_stamps_and_any_node_can_load_them() ->
             shutil.rmtree(directory, ignore_errors=True)
 
     run(scenario)
+
+
+def test_data_from_before_region_mode_ends_alike_on_the_primary_and_its_replica() -> None:
+    async def scenario() -> None:
+        async with valkey(*REGION) as first, attached_tap(first, auto=True) as tap, \
+                valkey(*REGION) as second:
+            primary, replica = await Conn.open(first), await Conn.open(second)
+            for conn in (primary, replica):  # the same unstamped data on both, as a loaded RDB gives
+                assert await conn.call("ENGRAM.INTERNAL") == b"OK"
+                conn.send(("HSET", "h", "a", "1", "b", "2"), ("SADD", "s", "x"), ("SET", "t", "v"))
+                await conn.read(3)
+            client = await Conn.open(first)
+            client.send(("HSET", "h", "a", "9"), ("SADD", "s", "y"), ("HSET", "t", "f", "1"))
+            replies = await client.read(3)
+            assert replies[:2] == [0, 1] and isinstance(replies[2], hiredis.ReplyError)
+            stream = [c.args for c in tap.commands if c.args[0].lower() != b"ping"]
+            replica.send(*stream)
+            await replica.read(len(stream))
+            assert await visible(replica, b"h") == (Kind.HASH, {b"a": b"9", b"b": b"2"})
+            assert await replica.call("DEBUG", "DIGEST") == await primary.call("DEBUG", "DIGEST")
+
+    run(scenario)
