@@ -26,15 +26,19 @@ from nats.js.client import JetStreamContext
 
 from engram.journal.client import Journal
 from engram.journal.entries import Entry, EntryType
-from engram.multiregion import holdback, inbound
+from engram.multiregion import applier, holdback, inbound
 from engram.multiregion.inbound import InboundLink, Position, SourceGap
 from engram.multiregion.link import LeafListener, RegionRemote, domain, leaf_url, leafnodes_block, links_of
+from engram.multiregion.lww import Kind
 from engram.platforms.local import ports
 from engram.platforms.local.journal import LocalJournal
 from engram.platforms.local.ports import LOOPBACK
 from engram.platforms.local.state import JournalState
 from engram.platforms.local.testing import wait_for
 from engram.snapshots import cycle
+from engram.valkey.connection import encode
+from tests.module.harness import Conn, attached_tap, settle, valkey
+from tests.module.test_multiregion import visible
 
 pytestmark = pytest.mark.integration
 
@@ -462,3 +466,67 @@ def test_truncation_is_held_back_while_the_other_region_has_not_copied_and_goes_
 
     _run(scenario())
     wait_for(lambda: _linked(regions), 30, "the leaf connections to return")
+
+
+def test_the_applier_brings_one_regions_writes_into_the_others_valkey_and_resumes_where_it_stood(
+    regions: Regions,
+) -> None:
+    """East's module stamps its local writes; the bytes it replicates go into east's shard journal;
+    west's applier runs them on west's region-mode Valkey, where a newer west write still wins.
+    A second applier resumes from the recorded position."""
+    async def scenario() -> None:
+        source = await _shard(regions.east, CLUSTER, 6)
+        nc, js = await _js(regions.west)
+        link = InboundLink(CLUSTER, 6, EAST, CLUSTER)
+        await inbound.ensure_inbound(js, link)
+        positions = await applier.PositionStore.open(js, CLUSTER)
+        async with (valkey("region", EAST) as east_socket, attached_tap(east_socket, auto=True) as tap,
+                    valkey("region", WEST) as west_socket, attached_tap(west_socket, auto=True)):
+            east, west = await Conn.open(east_socket), await Conn.open(west_socket)
+            shipped = 0
+            last = await source.last_seq()
+
+            async def ship(*commands: tuple[object, ...]) -> int:
+                """Run commands on east; append what east replicated, one entry per command."""
+                nonlocal shipped, last
+                east.send(*commands)
+                assert not [r for r in await east.read(len(commands)) if isinstance(r, Exception)]
+                await settle(east_socket)
+                stream = [c.args for c in tap.commands if c.args[0].lower() != b"ping"]
+                for args in stream[shipped:]:
+                    entry = Entry(EntryType.DATA, 1, "east-n0", encode(args), term_seq=last)
+                    last = (await source.append(entry, last, f"east-6-{last}")).seq
+                shipped = len(stream)
+                return last
+
+            keys = [b"s", b"h", b"set", b"n", b"gone"]
+            await ship(("SET", "s", "east"), ("HSET", "h", "a", "1", "b", "2"), ("SADD", "set", "x", "y"),
+                       ("INCRBY", "n", "5"), ("SET", "gone", "1"), ("DEL", "gone"))
+            # West writes s after east did: its stamp is newer, so east's older write must lose.
+            assert await west.call("SET", "s", "west") == b"OK"
+            first = applier.InboundApplier(js, link, west_socket, positions)
+            running = asyncio.create_task(first.run())
+            await _until(lambda: _true(first.last_origin_seq == last), 30, "west to apply the first")
+            assert await visible(west, b"s") == (Kind.STRING, b"west")
+            for key in keys[1:]:
+                assert await visible(west, key) == await visible(east, key), key
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+            assert await positions.load(link) == first.position
+
+            await ship(("HDEL", "h", "a"), ("SREM", "set", "x"), ("INCRBY", "n", "2"), ("SET", "s", "east-2"))
+            second = applier.InboundApplier(js, link, west_socket, positions)
+            running = asyncio.create_task(second.run())
+            await _until(lambda: _true(second.last_origin_seq == last), 30, "west to apply the rest")
+            # Only what came after the recorded position was applied again.
+            assert second.applied_writes == 4
+            for key in keys:
+                assert await visible(west, key) == await visible(east, key), key
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+            east.close()
+            west.close()
+        await source.close()
+        await nc.close()
+
+    _run(scenario())

@@ -1,0 +1,166 @@
+"""Another region's writes, applied in this one (docs/multi-region.md, "Applying"): a shard's primary
+tails the inbound stream of each region it is linked to and runs that region's stamped writes
+(ENGRAM.MR.APPLY) on its Valkey, where the module applies them under the LWW rules and commits
+them to this region's journal like local writes before it answers.
+
+Where the applier stands is kept in this region's journal too (a key-value bucket), written only
+after the writes before it were acknowledged. A new primary resumes from there; writes it applies
+a second time change nothing, because a stamped write never wins against itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+import hiredis
+import nats.errors
+import nats.js.errors
+from nats.js import api
+from nats.js.client import JetStreamContext
+from nats.js.kv import KeyValue
+
+from engram.journal.entries import EntryType
+from engram.multiregion.inbound import InboundError, InboundLink, Position, SourcedEntry, tail
+from engram.resp import ProtocolError, RequestParser
+from engram.valkey.connection import ValkeyConnection, encode
+
+log = logging.getLogger(__name__)
+
+APPLY = b"ENGRAM.MR.APPLY"
+# Entries whose writes are sent before their replies are read: each reply waits for a journal
+# commit, so one at a time would apply at most one entry per commit.
+WINDOW = 64
+# How often the position is recorded while entries keep coming (seconds).
+RECORD_EVERY = 0.5
+
+
+def stamped_writes(payload: bytes, origin_region: str) -> list[list[bytes]]:
+    """The ENGRAM.MR.APPLY commands of a journal entry's replication bytes that the origin region
+    stamped itself: writes it had from a third region reach this one from there directly."""
+    parser = RequestParser()
+    parser.feed(payload)
+    try:
+        commands = parser.parse()
+    except ProtocolError as exc:
+        raise InboundError(f"an entry's replication bytes do not parse: {exc}") from None
+    if parser.pending():
+        raise InboundError(f"an entry's replication bytes end inside a command ({parser.pending()} bytes)")
+    region = origin_region.encode()
+    return [args for args, _ in commands
+            if len(args) > 2 and args[0].upper() == APPLY and args[2] == region]
+
+
+def bucket_name(cluster: str) -> str:
+    """This region's record of how far each inbound stream of the cluster has been applied."""
+    return f"ENGRAM_{cluster}_INBOUND"
+
+
+def position_key(link: InboundLink) -> str:
+    return f"{link.shard}.{link.source_region}"
+
+
+@dataclass
+class PositionStore:
+    """Positions of a cluster's appliers, one per shard and source region, in a replicated bucket."""
+
+    kv: KeyValue
+
+    @classmethod
+    async def open(cls, js: JetStreamContext, cluster: str, replicas: int = 3) -> PositionStore:
+        name = bucket_name(cluster)
+        try:
+            kv = await js.create_key_value(api.KeyValueConfig(
+                bucket=name, history=1, replicas=replicas, storage=api.StorageType.FILE, direct=False))
+        except nats.js.errors.BadRequestError:
+            kv = await js.key_value(name)
+        return cls(kv)
+
+    async def load(self, link: InboundLink) -> Position:
+        try:
+            entry = await self.kv.get(position_key(link))
+        except nats.js.errors.KeyNotFoundError:
+            return Position()
+        record = json.loads(entry.value or b"{}")
+        return Position(int(record["inbound_seq"]), int(record["origin_seq"]),
+                        str(record.get("identity", "")))
+
+    async def save(self, link: InboundLink, at: Position) -> None:
+        record = {"inbound_seq": at.inbound_seq, "origin_seq": at.origin_seq, "identity": at.identity}
+        await self.kv.put(position_key(link), json.dumps(record).encode())
+
+
+class InboundApplier:
+    """Applies one source region's writes to one shard, from the recorded position on, until cancelled
+    or until the inbound stream cannot be trusted (SourceGap, a refused write: raised)."""
+
+    def __init__(self, js: JetStreamContext, link: InboundLink, valkey_socket: str,
+                 positions: PositionStore) -> None:
+        self.js = js
+        self.link = link
+        self.valkey_socket = valkey_socket
+        self.positions = positions
+        self.position = Position()
+        self.applied_writes = 0
+        self.last_origin_seq = 0
+
+    async def run(self) -> None:
+        self.position = await self.positions.load(self.link)
+        conn = await ValkeyConnection.open(self.valkey_socket)
+        # Each entry with the number of replies it waits for; replies come back in order.
+        in_flight: asyncio.Queue[tuple[SourcedEntry, int] | None] = asyncio.Queue(WINDOW)
+        tasks = [asyncio.create_task(self._send(conn, in_flight)),
+                 asyncio.create_task(self._acknowledge(conn, in_flight))]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()  # the first failure, raised
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            conn.close()
+
+    async def _send(self, conn: ValkeyConnection,
+                    in_flight: asyncio.Queue[tuple[SourcedEntry, int] | None]) -> None:
+        async for sourced in tail(self.js, self.link, self.position):
+            writes = self._writes(sourced)
+            for args in writes:
+                conn.write(encode(args))
+            await conn.drain()
+            await in_flight.put((sourced, len(writes)))
+
+    def _writes(self, sourced: SourcedEntry) -> list[list[bytes]]:
+        entry = sourced.entry
+        if entry.type is not EntryType.DATA or not entry.payload:
+            return []
+        if entry.db != 0:
+            raise InboundError(f"{self.link.stream} entry {sourced.inbound_seq}: a write to database "
+                               f"{entry.db}; a multi-region cluster uses database 0 only")
+        return stamped_writes(entry.payload, self.link.source_region)
+
+    async def _acknowledge(self, conn: ValkeyConnection,
+                           in_flight: asyncio.Queue[tuple[SourcedEntry, int] | None]) -> None:
+        recorded = time.monotonic()
+        while True:
+            item = await in_flight.get()
+            if item is None:
+                return
+            sourced, replies = item
+            for _ in range(replies):
+                reply = await conn.read_reply()
+                if isinstance(reply, hiredis.ReplyError):
+                    raise InboundError(f"{self.link.stream} entry {sourced.inbound_seq} (origin "
+                                       f"{sourced.origin_seq}): this region refused its write: {reply}")
+            self.applied_writes += replies
+            self.position = self.position.after(sourced)
+            self.last_origin_seq = sourced.origin_seq
+            if in_flight.empty() or time.monotonic() - recorded >= RECORD_EVERY:
+                try:
+                    await self.positions.save(self.link, self.position)
+                    recorded = time.monotonic()
+                except nats.errors.Error as exc:  # the next save carries it; a restart re-applies
+                    log.info("inbound %s: position not recorded yet: %r", self.link.stream, exc)

@@ -1,0 +1,40 @@
+"""Which commands of another region's journal entry the applier runs: the stamped writes that region
+made itself, nothing else."""
+
+from __future__ import annotations
+
+import pytest
+
+from engram.multiregion.applier import stamped_writes
+from engram.multiregion.inbound import InboundError
+from engram.valkey.connection import encode
+
+
+def _payload(*commands: tuple[str, ...]) -> bytes:
+    return b"".join(encode(list(c)) for c in commands)
+
+
+def test_only_the_origins_own_stamped_writes_are_taken_in_order() -> None:
+    payload = _payload(
+        ("SELECT", "0"), ("MULTI",),
+        ("ENGRAM.MR.APPLY", "10", "east", "string", "k", "v"),
+        ("ENGRAM.MR.APPLY", "11", "ap", "string", "k", "third-region"),
+        ("engram.mr.apply", "12", "east", "set", "s", "1", "m"),
+        ("EXEC",), ("ENGRAM.MR.COLLECT", "9", "east"),
+    )
+    assert stamped_writes(payload, "east") == [
+        [b"ENGRAM.MR.APPLY", b"10", b"east", b"string", b"k", b"v"],
+        [b"engram.mr.apply", b"12", b"east", b"set", b"s", b"1", b"m"],
+    ]
+    assert stamped_writes(payload, "west") == []
+
+
+def test_bytes_that_end_inside_a_command_are_refused() -> None:
+    payload = _payload(("ENGRAM.MR.APPLY", "10", "east", "string", "k", "v"))
+    with pytest.raises(InboundError, match="end inside a command"):
+        stamped_writes(payload[:-3], "east")
+
+
+def test_bytes_that_are_not_resp_are_refused() -> None:
+    with pytest.raises(InboundError, match="do not parse"):
+        stamped_writes(b"*1\r\n:5\r\n", "east")
