@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from engram.journal.security import JournalSecurity
+from engram.multiregion.link import check_region
 from engram.node.certificate import TlsFiles
 from engram.snapshots.schedule import SnapshotPolicy
 
@@ -53,6 +54,9 @@ class NodeConfig:
     valkey_args: list[str] = field(default_factory=list)
     # Multi-region mode: the region this node's Valkey stamps writes with (module argument region).
     region: str = ""
+    # The other regions of a multi-region cluster: region -> its cluster's name. A primary applies
+    # their writes (multiregion/applier.py) and the snapshot cycle keeps what they have not copied.
+    linked_regions: dict[str, str] = field(default_factory=dict)
     # Unix socket of the private Valkey; default DATA_DIR/valkey.sock.
     valkey_socket: str = ""
     metrics_port: int | None = None
@@ -104,6 +108,13 @@ class NodeConfig:
                              f"port {self.port}: set admin_port in the node config")
         if not self.valkey_socket:
             self.valkey_socket = str(Path(self.data_dir) / "valkey.sock")
+        if self.linked_regions:
+            if not self.region:
+                raise ValueError("linked_regions needs region: only a multi-region cluster has links")
+            for linked in (self.region, *self.linked_regions):
+                check_region(linked)
+            if self.region in self.linked_regions:
+                raise ValueError(f"linked_regions names this node's own region {self.region!r}")
         if self.lease_seconds <= 0:
             raise ValueError(f"lease_seconds must be positive, got {self.lease_seconds}")
         self.snapshot_policy  # noqa: B018 - refuse a bad policy at load, not at the first snapshot

@@ -8,7 +8,7 @@ addresses, ports, paths, and how Valkey is run and serves TLS.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +83,8 @@ class NodeClusterSettings:
     # The cluster's region when it is one of a multi-region cluster's (docs/multi-region.md): its
     # nodes stamp writes and refuse those that cannot merge. Empty: a single-region cluster.
     region: str = ""
+    # The multi-region cluster's other regions: region -> that region's cluster name.
+    linked_regions: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def journal_replicas(self) -> int:
@@ -126,6 +128,7 @@ def node_config(cluster: NodeClusterSettings, node: NodeIdentity, **platform: An
         "snapshot_keep": cluster.snapshots.keep,
         "users_file": cluster.users_file,
         "region": cluster.region,
+        "linked_regions": dict(cluster.linked_regions),
     }
     if (journal := cluster.journal_files) is not None:
         values.update(journal_user=JOURNAL_USER, journal_password_file=journal.password_file,
