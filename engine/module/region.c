@@ -384,7 +384,7 @@ static void free_members(VkString **m, int n) {
 }
 
 /* Run a supported write on a multi-region primary without replicating it, then replicate its
- * effect, stamped, as ENGRAM.MR.APPLY. Returns the command's reply. */
+ * effect, stamped, as ENGRAM.MR.APPLY. Returns the command's reply; NULL when it did not run. */
 VkCallReply *eg_mr_call(VkCtx *ctx, const char *cmd, size_t len, VkString **args, int n) {
     int fx = effect_of(cmd, len);
     VkString **before = NULL;
@@ -396,9 +396,12 @@ VkCallReply *eg_mr_call(VkCtx *ctx, const char *cmd, size_t len, VkString **args
             Vk_FreeCallReply(b);
         }
     }
+    /* A write the filter did not refuse yet whose effect is unknown here (a path around the filter)
+     * would change this region alone: it does not run. */
+    if (fx < 0) return NULL;
     /* No '!': the effect replicates, not the command. The other flags as cmd_call's. */
     VkCallReply *r = Vk_Call(ctx, cmd, "0ECMv", args, (size_t)n);
-    if (!r || Vk_CallReplyType(r) == VK_REPLY_ERROR || fx < 0 || n < 1) {
+    if (!r || Vk_CallReplyType(r) == VK_REPLY_ERROR || n < 1) {
         if (before) free_members(before, nbefore);
         return r;
     }

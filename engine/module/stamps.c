@@ -24,6 +24,9 @@ static VkDict *keys;
 static char *region_names[MAX_REGIONS];
 static uint32_t n_regions;
 static long long n_elements, meta_bytes;
+/* Tombstones, kept as they change so that ENGRAM.MR.INFO need not walk every key: removed
+ * elements, and stamped keys that show nothing (deleted, or a collection left empty). */
+static long long n_removed, n_invisible;
 static const char *kind_names[EG_KIND_COUNT] = {"none", "string", "hash", "set", "zset"};
 
 /* An element fits in the dict's value pointer: no allocation per field, and never NULL. */
@@ -81,14 +84,14 @@ static void elem_set(KeyMeta *m, const char *member, size_t len, EgStamp s, int 
     void *old = Vk_DictGetC(m->elems, (void *)member, len, &nokey);
     if (!nokey) {
         unpack(old, &was);
-        if (was) m->present--; else m->removed--;
+        if (was) m->present--; else m->removed--, n_removed--;
         Vk_DictReplaceC(m->elems, (void *)member, len, pack(s, present));
     } else {
         Vk_DictSetC(m->elems, (void *)member, len, pack(s, present));
         n_elements++;
         meta_bytes += (long long)(len + 16); /* a rax node and its value pointer, roughly */
     }
-    if (present) m->present++; else m->removed++;
+    if (present) m->present++; else m->removed++, n_removed++;
 }
 
 static void elem_forget(KeyMeta *m, const char *member, size_t len) {
@@ -96,7 +99,7 @@ static void elem_forget(KeyMeta *m, const char *member, size_t len) {
     if (Vk_DictDelC(m->elems, (void *)member, len, &old) != VK_OK) return;
     int was;
     unpack(old, &was);
-    if (was) m->present--; else m->removed--;
+    if (was) m->present--; else m->removed--, n_removed--;
     n_elements--;
     meta_bytes -= (long long)(len + 16);
 }
@@ -112,10 +115,16 @@ static void elems_clear(KeyMeta *m) {
     Vk_DictIteratorStop(it);
     Vk_FreeDict(NULL, m->elems);
     m->elems = NULL;
+    n_removed -= m->removed;
     m->present = m->removed = 0;
 }
 
 /* ---- Keys -------------------------------------------------------------------------------- */
+
+/* A stamped key that shows nothing: a tombstone itself. */
+static int invisible(const KeyMeta *m) {
+    return m->top.region && (m->kind == EG_KIND_NONE || (is_collection(m->kind) && m->present == 0));
+}
 
 static KeyMeta *meta_of(const char *key, size_t len, int create) {
     if (!keys) keys = Vk_CreateDict(NULL);
@@ -130,13 +139,10 @@ static KeyMeta *meta_of(const char *key, size_t len, int create) {
 static void meta_drop(const char *key, size_t len) {
     KeyMeta *m = NULL;
     if (Vk_DictDelC(keys, (void *)key, len, &m) != VK_OK || !m) return;
+    n_invisible -= invisible(m);
     elems_clear(m);
     Vk_Free(m);
     meta_bytes -= (long long)(sizeof *m + len + 16);
-}
-
-static int invisible(const KeyMeta *m) {
-    return m->kind == EG_KIND_NONE || (is_collection(m->kind) && m->present == 0);
 }
 
 /* ---- Changing Valkey --------------------------------------------------------------------- */
@@ -260,10 +266,18 @@ static int unstamped_same_type(VkCtx *ctx, VkString *key, int kind) {
     return same;
 }
 
+static void apply_to(VkCtx *ctx, KeyMeta *m, const EgWrite *w, int data);
+
 void eg_stamps_apply(VkCtx *ctx, const EgWrite *w, int data) {
     size_t klen;
     const char *key = Vk_StringPtrLen(w->key, &klen);
     KeyMeta *m = meta_of(key, klen, 1);
+    int was_invisible = invisible(m);
+    apply_to(ctx, m, w, data);
+    n_invisible += invisible(m) - was_invisible;
+}
+
+static void apply_to(VkCtx *ctx, KeyMeta *m, const EgWrite *w, int data) {
     if (!m->top.region || (w->kind != m->kind && eg_stamp_cmp(w->stamp, m->top) > 0)) {
         /* A new type, or the key's first write: every earlier write was of another type, so none
          * counts, and the old top bounds what older writes of this type may still add. A key
@@ -357,12 +371,8 @@ void eg_stamps_stats(EgStampStats *st) {
     memset(st, 0, sizeof *st);
     st->bytes = meta_bytes;
     st->elements = n_elements;
-    if (!keys) return;
-    st->keys = (long long)Vk_DictSize(keys);
-    VkDictIter *it = Vk_DictIteratorStartC(keys, "^", NULL, 0);
-    KeyMeta *m;
-    while (Vk_DictNextC(it, NULL, (void **)&m)) st->tombstones += m->removed + (invisible(m) ? 1 : 0);
-    Vk_DictIteratorStop(it);
+    st->tombstones = n_removed + n_invisible;
+    st->keys = keys ? (long long)Vk_DictSize(keys) : 0;
 }
 
 void eg_stamps_clear(void) {
@@ -376,7 +386,7 @@ void eg_stamps_clear(void) {
     Vk_DictIteratorStop(it);
     Vk_FreeDict(NULL, keys);
     keys = NULL;
-    n_elements = 0;
+    n_elements = n_removed = n_invisible = 0;
     meta_bytes = 0;
 }
 
@@ -474,6 +484,7 @@ static int aux_load(VkIO *io, int encver, int when) {
             elem_set(m, member, mlen, es, present);
             Vk_Free(member);
         }
+        n_invisible += invisible(m);
     }
     return Vk_IsIOError(io) ? VK_ERR : VK_OK;
 }
