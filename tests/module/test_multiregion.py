@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from engram import binaries
 from engram.multiregion.lww import Kind, Stamp, Store, Visible, Write, resolve
+from engram.snapshots.scratch import RDB_FILE, ScratchValkey
 from engram.valkey.process import start_valkey
 from tests.module.harness import Conn, attached_tap, free_port, run, valkey
 
@@ -458,5 +459,30 @@ def test_data_from_before_region_mode_ends_alike_on_the_primary_and_its_replica(
             await replica.read(len(stream))
             assert await visible(replica, b"h") == (Kind.HASH, {b"a": b"9", b"b": b"2"})
             assert await replica.call("DEBUG", "DIGEST") == await primary.call("DEBUG", "DIGEST")
+
+    run(scenario)
+
+
+def test_a_region_snapshot_is_rehearsed_in_a_frozen_scratch_valkey() -> None:
+    async def scenario() -> None:
+        work = Path(tempfile.mkdtemp(prefix="egmr-", dir="/tmp"))
+        try:
+            async with valkey(*REGION, "--dir", str(work), "--dbfilename", RDB_FILE) as socket, \
+                    attached_tap(socket, auto=True):
+                conn = await Conn.open(socket)
+                await apply_all(conn, SAVED)
+                assert await conn.call("SET", "local", "1") == b"OK"
+                assert await conn.call("SAVE") == b"OK"
+                digest, stamps = await conn.call("DEBUG", "DIGEST"), await info(conn)
+            scratch = ScratchValkey(str(work), frozen=True)
+            await scratch.start()
+            try:
+                assert (await scratch.digest()).encode() == digest
+                text = (await scratch.conn.execute("ENGRAM.MR.INFO")).decode()  # type: ignore[union-attr]
+                assert "stamped_keys:" + stamps["stamped_keys"] in text
+            finally:
+                await scratch.stop()
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
     run(scenario)

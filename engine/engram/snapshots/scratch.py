@@ -37,17 +37,16 @@ class ScratchValkey:
 
     async def start(self) -> None:
         extra = ["--dbfilename", RDB_FILE, "--enable-debug-command", "local"]
-        module: str | None = binaries.valkey_module()
         if self.frozen:
             # Port 1 on loopback: nothing listens there, so the link never comes up.
             extra += ["--replicaof", "127.0.0.1", "1"]
-            module = None
-        self._proc = await start_valkey(self.socket, str(self.directory), extra, module=module,
-                                        timeout=START_TIMEOUT)
+        # The module loads in a frozen one too: a region's snapshot holds its stamps in the module's
+        # RDB aux field, which Valkey cannot load without it.
+        self._proc = await start_valkey(self.socket, str(self.directory), extra,
+                                        module=binaries.valkey_module(), timeout=START_TIMEOUT)
         self._conn = await ValkeyConnection.open(self.socket)
-        if not self.frozen:
-            # The node's applier connection is exempt from the module; so is this one.
-            await self._conn.execute("ENGRAM.INTERNAL")
+        # The node's applier connection is exempt from the module; so is this one.
+        await self._conn.execute("ENGRAM.INTERNAL")
 
     @property
     def conn(self) -> ValkeyConnection:
