@@ -12,12 +12,13 @@
 #define MAX_REGIONS 2047 /* an element's region has 11 bits */
 #define HLC_BITS 52      /* microseconds up to the year 2112 */
 
+/* Kept small, one per stamped key: stamps packed as clock << 11 | region (0: none). */
 typedef struct KeyMeta {
-    EgStamp top;   /* the latest write */
-    EgStamp base;  /* the latest write of another type than kind: writes of kind at or before it lost */
-    int kind;      /* the latest write's type */
+    uint64_t top;  /* the latest write */
+    uint64_t base; /* the latest write of another type than kind: writes of kind at or before it lost */
     VkDict *elems; /* field or member -> packed element (see pack) */
-    long long present, removed;
+    uint32_t present, removed;
+    uint8_t kind; /* the latest write's type */
 } KeyMeta;
 
 static VkDict *keys;
@@ -32,6 +33,14 @@ static const char *kind_names[EG_KIND_COUNT] = {"none", "string", "hash", "set",
 /* An element fits in the dict's value pointer: no allocation per field, and never NULL. */
 static void *pack(EgStamp s, int present) {
     return (void *)(uintptr_t)((s.hlc << 12) | ((uint64_t)s.region << 1) | (uint64_t)(present != 0));
+}
+
+static uint64_t packs(EgStamp s) {
+    return (s.hlc << 11) | s.region;
+}
+
+static EgStamp unpacks(uint64_t p) {
+    return (EgStamp){p >> 11, (uint32_t)(p & 0x7FF)};
 }
 
 static EgStamp unpack(void *v, int *present) {
@@ -123,7 +132,7 @@ static void elems_clear(KeyMeta *m) {
 
 /* A stamped key that shows nothing: a tombstone itself. */
 static int invisible(const KeyMeta *m) {
-    return m->top.region && (m->kind == EG_KIND_NONE || (is_collection(m->kind) && m->present == 0));
+    return m->top && (m->kind == EG_KIND_NONE || (is_collection(m->kind) && m->present == 0));
 }
 
 static KeyMeta *meta_of(const char *key, size_t len, int create) {
@@ -210,7 +219,7 @@ static void drop_older(VkCtx *ctx, KeyMeta *m, VkString *key, int kind, EgStamp 
 
 /* Decide each element the write names: a newer stamp than the one held wins it. */
 static void merge(VkCtx *ctx, KeyMeta *m, const EgWrite *w, int data) {
-    if (w->kind == EG_KIND_STRING && eg_stamp_cmp(w->stamp, m->top) == 0) {
+    if (w->kind == EG_KIND_STRING && eg_stamp_cmp(w->stamp, unpacks(m->top)) == 0) {
         if (data) {
             VkString *args[2] = {w->key, w->value};
             call(ctx, "SET", args, 2);
@@ -278,28 +287,28 @@ void eg_stamps_apply(VkCtx *ctx, const EgWrite *w, int data) {
 }
 
 static void apply_to(VkCtx *ctx, KeyMeta *m, const EgWrite *w, int data) {
-    if (!m->top.region || (w->kind != m->kind && eg_stamp_cmp(w->stamp, m->top) > 0)) {
+    if (!m->top || (w->kind != m->kind && eg_stamp_cmp(w->stamp, unpacks(m->top)) > 0)) {
         /* A new type, or the key's first write: every earlier write was of another type, so none
          * counts, and the old top bounds what older writes of this type may still add. A key
          * never stamped keeps what it held before multi-region mode when the write's type is its
          * type, as a local write leaves it: a replica then ends as its primary does. */
-        if (data && (m->top.region || !unstamped_same_type(ctx, w->key, w->kind))) {
+        if (data && (m->top || !unstamped_same_type(ctx, w->key, w->kind))) {
             VkString *args[1] = {w->key};
             call(ctx, "DEL", args, 1);
         }
         m->base = m->top;
-        m->kind = w->kind;
-        m->top = w->stamp;
+        m->kind = (uint8_t)w->kind;
+        m->top = packs(w->stamp);
         elems_clear(m);
         merge(ctx, m, w, data);
     } else if (w->kind != m->kind) {
         /* An older write of another type: it still outdates this type's writes before it. */
-        if (!m->base.region || eg_stamp_cmp(w->stamp, m->base) > 0) {
-            m->base = w->stamp;
+        if (!m->base || eg_stamp_cmp(w->stamp, unpacks(m->base)) > 0) {
+            m->base = packs(w->stamp);
             drop_older(ctx, m, w->key, m->kind, w->stamp, data);
         }
-    } else if (!m->base.region || eg_stamp_cmp(w->stamp, m->base) > 0) {
-        if (eg_stamp_cmp(w->stamp, m->top) > 0) m->top = w->stamp;
+    } else if (!m->base || eg_stamp_cmp(w->stamp, unpacks(m->base)) > 0) {
+        if (eg_stamp_cmp(w->stamp, unpacks(m->top)) > 0) m->top = packs(w->stamp);
         merge(ctx, m, w, data);
     }
 }
@@ -316,7 +325,7 @@ long long eg_stamps_collect(EgStamp frontier) {
     KeyMeta *m;
     char *key;
     while ((key = Vk_DictNextC(it, &len, (void **)&m))) {
-        if (m->base.region && eg_stamp_cmp(m->base, frontier) <= 0) m->base = (EgStamp){0, 0};
+        if (m->base && eg_stamp_cmp(unpacks(m->base), frontier) <= 0) m->base = 0;
         if (m->removed) {
             /* Removed elements at or before the frontier: collected after the walk. */
             size_t ecap = 16, en = 0;
@@ -347,7 +356,7 @@ long long eg_stamps_collect(EgStamp frontier) {
             Vk_Free(eg);
             Vk_Free(el);
         }
-        if (eg_stamp_cmp(m->top, frontier) > 0 || !invisible(m)) continue;
+        if (eg_stamp_cmp(unpacks(m->top), frontier) > 0 || !invisible(m)) continue;
         if (n == cap) {
             cap *= 2;
             gone = Vk_Realloc(gone, cap * sizeof *gone);
@@ -414,8 +423,8 @@ static void aux_save(VkIO *io, int when) {
     while ((key = Vk_DictNextC(it, &len, (void **)&m))) {
         Vk_SaveStringBuffer(io, key, len);
         Vk_SaveUnsigned(io, (uint64_t)m->kind);
-        save_stamp(io, m->top);
-        save_stamp(io, m->base);
+        save_stamp(io, unpacks(m->top));
+        save_stamp(io, unpacks(m->base));
         Vk_SaveUnsigned(io, m->elems ? Vk_DictSize(m->elems) : 0);
         if (!m->elems) continue;
         VkDictIter *eit = Vk_DictIteratorStartC(m->elems, "^", NULL, 0);
@@ -458,14 +467,15 @@ static int aux_load(VkIO *io, int encver, int when) {
         if (!key) return VK_ERR;
         KeyMeta *m = meta_of(key, len, 1);
         Vk_Free(key);
-        m->kind = (int)Vk_LoadUnsigned(io);
-        EgStamp *s[2] = {&m->top, &m->base};
+        uint64_t kind = Vk_LoadUnsigned(io);
+        if (kind >= EG_KIND_COUNT) return VK_ERR;
+        m->kind = (uint8_t)kind;
+        uint64_t *s[2] = {&m->top, &m->base};
         for (int i = 0; i < 2; i++) {
-            s[i]->hlc = Vk_LoadUnsigned(io);
-            uint64_t r = Vk_LoadUnsigned(io);
-            if (r > nr) return VK_ERR;
-            s[i]->region = map[r];
-            eg_hlc_observe(s[i]->hlc);
+            uint64_t hlc = Vk_LoadUnsigned(io), r = Vk_LoadUnsigned(io);
+            if (r > nr || hlc >= (1ULL << HLC_BITS)) return VK_ERR;
+            *s[i] = r ? packs((EgStamp){hlc, map[r]}) : 0;
+            eg_hlc_observe(hlc);
         }
         uint64_t ne = Vk_LoadUnsigned(io);
         for (uint64_t e = 0; e < ne && !Vk_IsIOError(io); e++) {
