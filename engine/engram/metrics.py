@@ -72,6 +72,13 @@ LEADERS_FOUND_GONE = Counter(
     "Times this replica found its primary's process gone (its port refused) and campaigned without "
     "waiting out the lease",
 )
+REGION_APPLIED = Gauge("engram_region_applied_origin_sequence",
+                       "Last entry of another region's shard journal this primary applied", ["region"])
+REGION_PENDING = Gauge("engram_region_pending_entries",
+                       "Entries of another region's shard journal not applied here yet (not copied, or "
+                       "copied and not applied)", ["region"])
+REGION_APPLIER_STOPS = Counter("engram_region_applier_stops_total",
+                               "Times an applier of another region's writes stopped on an error", ["region"])
 STREAM_LEADER_MOVES = Counter("engram_stream_leader_moves_total",
                               "Times this primary moved its stream's journal leader out of its own zone")
 USER_CHANGES = Counter("engram_user_changes_total",

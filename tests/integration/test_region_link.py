@@ -30,12 +30,15 @@ from engram.multiregion import applier, holdback, inbound
 from engram.multiregion.inbound import InboundLink, Position, SourceGap
 from engram.multiregion.link import LeafListener, RegionRemote, domain, leaf_url, leafnodes_block, links_of
 from engram.multiregion.lww import Kind
+from engram.node.config import NodeConfig
+from engram.node.regions import RegionAppliers
 from engram.platforms.local import ports
 from engram.platforms.local.journal import LocalJournal
 from engram.platforms.local.ports import LOOPBACK
 from engram.platforms.local.state import JournalState
 from engram.platforms.local.testing import wait_for
 from engram.snapshots import cycle
+from engram.snapshots.regions import copies_of_linked_regions
 from engram.valkey.connection import encode
 from tests.module.harness import Conn, attached_tap, settle, valkey
 from tests.module.test_multiregion import visible
@@ -437,7 +440,7 @@ def test_truncation_is_held_back_while_the_other_region_has_not_copied_and_goes_
         link = InboundLink(CLUSTER, 5, EAST, CLUSTER)
 
         async def linked() -> list[holdback.Copied]:
-            return [await holdback.copied_through(east_nc, link, WEST, 2.0)]
+            return [await holdback.copied_through(east_nc.jetstream(domain=domain(WEST)), link, WEST, 2.0)]
 
         missing = await linked()
         assert missing[0].through is None and "does not exist" in missing[0].why
@@ -530,3 +533,67 @@ def test_the_applier_brings_one_regions_writes_into_the_others_valkey_and_resume
         await nc.close()
 
     _run(scenario())
+
+
+def test_a_nodes_appliers_run_only_while_it_is_primary_and_its_snapshots_wait_for_the_other_region(
+    regions: Regions,
+) -> None:
+    """West's node for shard 7 applies east's writes while primary, stops when it is not, and picks
+    up where it stood when primary again; east's truncation waits for west's copy."""
+    async def scenario() -> None:
+        east_journal = await _shard(regions.east, "east-c", 7)
+        west_journal = await _shard(regions.west, "west-c", 7)
+        async with (valkey("region", EAST) as east_socket, attached_tap(east_socket, auto=True) as tap,
+                    valkey("region", WEST) as west_socket, attached_tap(west_socket, auto=True)):
+            config = NodeConfig(cluster="west-c", node_id="west-n0", shard=7, zone="a", port=1,
+                                journal_urls=regions.west.urls, data_dir="/tmp", valkey_socket=west_socket,
+                                region=WEST, linked_regions={EAST: "east-c"})
+            primary = True
+            appliers = RegionAppliers(west_journal, config, lambda: primary)
+            running = asyncio.create_task(appliers.run())
+            east, west = await Conn.open(east_socket), await Conn.open(west_socket)
+            shipped, last = 0, await east_journal.last_seq()
+
+            async def ship(*commands: tuple[object, ...]) -> None:
+                nonlocal shipped, last
+                east.send(*commands)
+                assert not [r for r in await east.read(len(commands)) if isinstance(r, Exception)]
+                await settle(east_socket)
+                stream = [c.args for c in tap.commands if c.args[0].lower() != b"ping"]
+                for args in stream[shipped:]:
+                    entry = Entry(EntryType.DATA, 1, "east-n0", encode(args), term_seq=last)
+                    last = (await east_journal.append(entry, last, f"east-7-{last}")).seq
+                shipped = len(stream)
+
+            def applied() -> int:
+                found = appliers.appliers.get(EAST)
+                return found.last_origin_seq if found else 0
+
+            await ship(("SET", "k", "1"), ("HSET", "h", "f", "1"))
+            await _until(lambda: _true(applied() == last), 30, "the primary to apply east's writes")
+            assert await visible(west, b"h") == (Kind.HASH, {b"f": b"1"})
+
+            primary = False
+            await _until(lambda: _true(not appliers.appliers), 10, "the appliers to stop")
+            await ship(("SET", "k", "2"))
+            primary = True
+            await _until(lambda: _true(applied() == last), 30, "the primary again to apply the rest")
+            assert await visible(west, b"k") == (Kind.STRING, b"2")
+            assert appliers.appliers[EAST].applied_writes == 1  # resumed, not replayed
+
+            # East's snapshots would allow dropping everything before its last entry: west has it all.
+            copies = await copies_of_linked_regions(east_journal, EAST, "east-c", {WEST: "west-c"})
+            assert copies == [holdback.Copied(WEST, last)]
+            assert await cycle.truncate(east_journal, last, lambda: _value(copies)) == last
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+            east.close()
+            west.close()
+        await east_journal.close()
+        await west_journal.close()
+
+    _run(scenario())
+
+
+async def _value(value):  # type: ignore[no-untyped-def]
+    return value

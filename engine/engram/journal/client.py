@@ -166,6 +166,10 @@ class Journal:
         journal._acks = self._acks
         return journal
 
+    def jetstream_in(self, domain: str) -> JetStreamContext:
+        """The JetStream API of another domain (another region's journal, over the region link)."""
+        return self._nc.jetstream(domain=domain, timeout=self.timeout)
+
     @property
     def jetstream(self) -> JetStreamContext:
         """The JetStream context, shared with the cluster metadata bucket."""

@@ -13,10 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import nats.js.errors
-from nats.aio.client import Client as NatsClient
+from nats.js.client import JetStreamContext
 
 from engram.multiregion.inbound import SOURCE_HEADER, InboundError, InboundLink, SourceHeader
-from engram.multiregion.link import domain
 
 
 @dataclass(frozen=True)
@@ -57,10 +56,9 @@ def hold_back(keep_from: int | None, copied: Sequence[Copied]) -> Hold:
     return Hold(point, names, f"held at entry {point}: {', '.join(names)} have not copied past it")
 
 
-async def copied_through(nc: NatsClient, link: InboundLink, region: str, timeout: float) -> Copied:
-    """Ask `region`'s journal, over the link, which origin entries its inbound stream `link` holds:
-    the origin sequence of its last entry (0 when it holds none yet)."""
-    js = nc.jetstream(domain=domain(region), timeout=timeout)
+async def copied_through(js: JetStreamContext, link: InboundLink, region: str, timeout: float) -> Copied:
+    """Ask `region`'s journal (js: its JetStream domain, over the link) which origin entries its
+    inbound stream `link` holds: the origin sequence of its last entry (0 when it holds none yet)."""
     try:
         info = await asyncio.wait_for(js.stream_info(link.stream), timeout)
     except nats.js.errors.NotFoundError:

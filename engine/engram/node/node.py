@@ -36,12 +36,14 @@ from engram.node.control import ControlServer
 from engram.node.datapath import DataPath
 from engram.node.gauges import track_snapshots, watch_journal, watch_module
 from engram.node.peer import control_tls
+from engram.node.regions import RegionAppliers
 from engram.node.tls_front import start_tls_front
 from engram.node.users import UserSync
 from engram.replication.applier import Applier, ApplyHalted, JournalGap
 from engram.replication.committer import Committer
 from engram.replication.tap import Tap
 from engram.snapshots.record import Position, SnapshotError, SnapshotRecord
+from engram.snapshots.regions import region_args
 from engram.snapshots.restore import open_store, recover
 from engram.snapshots.schedule import snapshot_due, snapshot_taker
 from engram.snapshots.store import SnapshotStore
@@ -126,6 +128,8 @@ class Node:
         self._background: list[asyncio.Task[None]] = []
         self.control: ControlServer | None = None
         self.applier: Applier | None = None
+        # A multi-region node's appliers of the other regions' writes (node/regions.py).
+        self.regions: RegionAppliers | None = None
         self.snapshots: SnapshotStore | None = None
         self.newest_snapshot: SnapshotRecord | None = None
         # One snapshot at a time per node, whoever asked for it.
@@ -288,6 +292,9 @@ class Node:
             loop.create_task(self._place_stream_leader()),
             loop.create_task(UserSync(self.datapath, self.meta, cfg.users_file).run()),
         ]
+        if cfg.linked_regions:
+            self.regions = RegionAppliers(self.journal, cfg, lambda: self.serving)
+            self._background.append(loop.create_task(self.regions.run()))
         self.applier = Applier(self.journal, cfg.valkey_socket, self._observe, cfg.cluster_id)
         self.leader.last_renewal = time.monotonic()
         if cfg.preferred_primary and await self._shard_is_new():
@@ -568,6 +575,7 @@ class Node:
             "--cluster", cfg.cluster, "--cluster-id", cfg.cluster_id, "--shard", str(cfg.shard),
             "--keep", str(cfg.snapshot_keep), "--workdir", cfg.data_dir, "--log-level", cfg.log_level,
             *journal_security_args(cfg.journal_user, cfg.journal_password_file, cfg.journal_ca_file),
+            *region_args(cfg.region, cfg.linked_regions),
             stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, limit=1 << 20,
             # A node killed outright takes its snapshot with it, as a container takes its processes.
             preexec_fn=dies_with_this_process(),

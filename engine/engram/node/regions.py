@@ -1,0 +1,117 @@
+"""A multi-region node's part in linking regions (docs/multi-region.md, "Applying"): while it is its
+shard's primary, one applier per linked region brings that region's writes in; otherwise none runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from engram import metrics
+from engram.journal.client import Journal
+from engram.journal.errors import JournalError
+from engram.multiregion.applier import InboundApplier, PositionStore
+from engram.multiregion.inbound import InboundLink, ensure_inbound, source_state
+from engram.node.config import NodeConfig
+
+log = logging.getLogger(__name__)
+
+CHECK_EVERY = 0.5
+# An applier that stopped on an error (a gap, a refused write, the journal away) starts again no
+# sooner than this, so a lasting fault costs a log line now and then, not a busy loop.
+RESTART_AFTER = 5.0
+
+
+def links(config: NodeConfig) -> list[InboundLink]:
+    """The inbound streams this node's shard applies: one per linked region."""
+    return [InboundLink(config.cluster, config.shard, region, cluster)
+            for region, cluster in sorted(config.linked_regions.items())]
+
+
+class RegionAppliers:
+    """Runs an InboundApplier per linked region while `is_primary()`; stops them when it is not."""
+
+    def __init__(self, journal: Journal, config: NodeConfig, is_primary: Callable[[], bool]) -> None:
+        self.journal = journal
+        self.config = config
+        self.is_primary = is_primary
+        self.appliers: dict[str, InboundApplier] = {}
+        self.errors: dict[str, str] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._stopped_at: dict[str, float] = {}
+        self._positions: PositionStore | None = None
+
+    async def run(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(CHECK_EVERY)
+                if not self.is_primary():
+                    await self._stop_all()
+                    continue
+                try:
+                    await self._start_missing()
+                    await self._measure()
+                except JournalError as exc:
+                    log.info("region appliers not started yet: %s", exc)
+        finally:
+            await self._stop_all()
+
+    async def _start_missing(self) -> None:
+        js, cfg = self.journal.jetstream, self.config
+        if self._positions is None:
+            try:
+                self._positions = await PositionStore.open(js, cfg.cluster, cfg.journal_replicas)
+            except Exception as exc:
+                raise JournalError(f"applier positions bucket unavailable: {exc!r}") from exc
+        now = time.monotonic()
+        for link in links(self.config):
+            task = self._tasks.get(link.source_region)
+            if task is not None and not task.done():
+                continue
+            if task is not None:
+                self._note_stop(link, task)
+            if now - self._stopped_at.get(link.source_region, -RESTART_AFTER) < RESTART_AFTER:
+                continue
+            applier = InboundApplier(js, link, self.config.valkey_socket, self._positions)
+            self.appliers[link.source_region] = applier
+            self._tasks[link.source_region] = asyncio.get_running_loop().create_task(self._apply(applier))
+
+    async def _apply(self, applier: InboundApplier) -> None:
+        await ensure_inbound(self.journal.jetstream, applier.link, self.config.journal_replicas)
+        log.info("shard %d: applying region %s's writes from %s", self.config.shard,
+                 applier.link.source_region, applier.link.stream)
+        await applier.run()
+
+    def _note_stop(self, link: InboundLink, task: asyncio.Task[None]) -> None:
+        region = link.source_region
+        self._tasks.pop(region)
+        self._stopped_at[region] = time.monotonic()
+        if task.cancelled():
+            return
+        error = task.exception()
+        self.errors[region] = str(error) if error else "stopped"
+        metrics.REGION_APPLIER_STOPS.labels(region).inc()
+        log.warning("shard %d: applying region %s's writes stopped: %s", self.config.shard, region,
+                    self.errors[region])
+
+    async def _measure(self) -> None:
+        for region, applier in self.appliers.items():
+            metrics.REGION_APPLIED.labels(region).set(applier.last_origin_seq)
+            try:
+                state = await source_state(self.journal.jetstream, applier.link)
+                info = await self.journal.jetstream.stream_info(applier.link.stream)
+            except Exception as exc:  # a metric: the next round measures again
+                log.debug("region %s lag not measured: %r", region, exc)
+                continue
+            unapplied = max(0, (info.state.last_seq or 0) - applier.position.inbound_seq + 1)
+            metrics.REGION_PENDING.labels(region).set(state.lag + unapplied)
+
+    async def _stop_all(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+        self.appliers.clear()
