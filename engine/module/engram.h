@@ -552,6 +552,7 @@ const char *eg_mr_refusal(VkFilterCtx *f, const char *name, size_t len, int argc
 VkCallReply *eg_mr_call(VkCtx *ctx, const char *cmd, size_t len, VkString **args, int n);
 int eg_cmd_mr_apply(VkCtx *ctx, VkString **argv, int argc);
 int eg_cmd_mr_collect(VkCtx *ctx, VkString **argv, int argc);
+int eg_cmd_mr_clock(VkCtx *ctx, VkString **argv, int argc);
 int eg_cmd_mr_info(VkCtx *ctx, VkString **argv, int argc);
 
 #endif

@@ -540,6 +540,7 @@ int ValkeyModule_OnLoad(VkCtx *ctx, VkString **argv, int argc) {
         {"engram.users.declare", eg_cmd_users_declare, "admin fast deny-script"},
         {"engram.mr.apply", eg_cmd_mr_apply, "write deny-oom deny-script"},
         {"engram.mr.collect", eg_cmd_mr_collect, "write deny-script"},
+        {"engram.mr.clock", eg_cmd_mr_clock, "write deny-script"},
         {"engram.mr.info", eg_cmd_mr_info, "readonly fast"},
     };
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)

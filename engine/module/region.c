@@ -223,6 +223,29 @@ int eg_cmd_mr_collect(VkCtx *ctx, VkString **argv, int argc) {
     return Vk_ReplyWithLongLong(ctx, gone);
 }
 
+/* ENGRAM.MR.CLOCK: a stamp with no write, so that other regions learn this region's clock while it
+ * takes no writes (an idle region would otherwise hold every other region's frontier, and with it
+ * the collection of tombstones, back). Replicated as ENGRAM.MR.CLOCK <hlc> <region>, which a
+ * replica or another region only observes. Replies with the stamp's clock. */
+int eg_cmd_mr_clock(VkCtx *ctx, VkString **argv, int argc) {
+    if (argc != 1 && argc != 3) return Vk_WrongArity(ctx);
+    if (!from_node(ctx, "ENGRAM.MR.CLOCK")) return VK_OK;
+    /* Replayed (a replica, a snapshot's scratch Valkey, which has no region): only observed. */
+    if (argc == 3) {
+        long long hlc;
+        if (Vk_StringToLongLong(argv[1], &hlc) != VK_OK || hlc < 1 || (uint64_t)hlc >= HLC_LIMIT)
+            return Vk_ReplyWithError(ctx, "ERR engram: a stamp's clock is a positive number of microseconds below 2^52");
+        eg_hlc_observe((uint64_t)hlc);
+        Vk_ReplicateVerbatim(ctx);
+        return Vk_ReplyWithLongLong(ctx, hlc);
+    }
+    if (!eg_region)
+        return Vk_ReplyWithError(ctx, "ERR engram: this node is not in multi-region mode (module argument region)");
+    uint64_t hlc = hlc_now();
+    Vk_Replicate(ctx, "ENGRAM.MR.CLOCK", "lc", (long long)hlc, eg_region);
+    return Vk_ReplyWithLongLong(ctx, (long long)hlc);
+}
+
 /* ENGRAM.MR.INFO: the region, its clock, and what the stamps hold and cost. */
 int eg_cmd_mr_info(VkCtx *ctx, VkString **argv, int argc) {
     (void)argv;
