@@ -486,3 +486,38 @@ def test_a_region_snapshot_is_rehearsed_in_a_frozen_scratch_valkey() -> None:
             shutil.rmtree(work, ignore_errors=True)
 
     run(scenario)
+
+
+def test_two_regions_writing_concurrently_converge_once_each_applies_the_others_stream() -> None:
+    east_writes = [("SET", "k", "east"), ("INCRBY", "n", "5"), ("HSET", "h", "a", "1"), ("SADD", "s", "x"),
+                   ("ZADD", "z", "1", "m"), ("DEL", "gone")]
+    west_writes = [("SET", "gone", "w"), ("INCRBY", "n", "7"), ("HSET", "h", "b", "2"), ("SADD", "s", "y"),
+                   ("ZADD", "z", "2", "m"), ("SET", "k", "west")]
+
+    async def scenario() -> None:
+        async with valkey("region", "east", "--enable-debug-command", "yes") as east, \
+                attached_tap(east, auto=True) as east_tap, \
+                valkey("region", "west", "--enable-debug-command", "yes") as west, \
+                attached_tap(west, auto=True) as west_tap:
+            conns = {"east": await Conn.open(east), "west": await Conn.open(west)}
+            # Concurrent: each region writes before it sees anything of the other's.
+            for region, batch in (("east", east_writes), ("west", west_writes)):
+                conns[region].send(*batch)
+                replies = await conns[region].read(len(batch))
+                assert not [r for r in replies if isinstance(r, hiredis.ReplyError)]
+            streams = {region: [c.args for c in tap.commands if c.args[:1] == [b"ENGRAM.MR.APPLY"]
+                                and c.args[2] == region.encode()]
+                       for region, tap in (("east", east_tap), ("west", west_tap))}
+            for source, destination in (("east", "west"), ("west", "east")):
+                conns[destination].send(*streams[source])
+                assert await conns[destination].read(len(streams[source])) == [b"OK"] * len(streams[source])
+            assert await conns["east"].call("DEBUG", "DIGEST") == await conns["west"].call("DEBUG", "DIGEST")
+            for conn in conns.values():
+                # A counter holds one region's result, not their sum; different fields both survive.
+                assert await conn.call("GET", "n") in (b"5", b"7")
+                assert await visible(conn, b"h") == (Kind.HASH, {b"a": b"1", b"b": b"2"})
+                assert await visible(conn, b"s") == (Kind.SET, frozenset({b"x", b"y"}))
+                assert await conn.call("GET", "k") == b"west"  # west wrote k later
+                assert await conn.call("GET", "gone") == b"w"  # west's SET came after east's DEL
+
+    run(scenario)
