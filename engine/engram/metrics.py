@@ -77,6 +77,8 @@ REGION_APPLIED = Gauge("engram_region_applied_origin_sequence",
 REGION_PENDING = Gauge("engram_region_pending_entries",
                        "Entries of another region's shard journal not applied here yet (not copied, or "
                        "copied and not applied)", ["region"])
+REGION_TOMBSTONES_COLLECTED = Counter("engram_region_tombstones_collected_total",
+                                      "Deleted keys whose stamps this primary forgot behind its frontier")
 REGION_APPLIER_STOPS = Counter("engram_region_applier_stops_total",
                                "Times an applier of another region's writes stopped on an error", ["region"])
 STREAM_LEADER_MOVES = Counter("engram_stream_leader_moves_total",

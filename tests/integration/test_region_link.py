@@ -41,7 +41,7 @@ from engram.snapshots import cycle
 from engram.snapshots.regions import copies_of_linked_regions
 from engram.valkey.connection import encode
 from tests.module.harness import Conn, attached_tap, settle, valkey
-from tests.module.test_multiregion import visible
+from tests.module.test_multiregion import info, visible
 
 pytestmark = pytest.mark.integration
 
@@ -569,9 +569,13 @@ def test_a_nodes_appliers_run_only_while_it_is_primary_and_its_snapshots_wait_fo
                 found = appliers.appliers.get(EAST)
                 return found.last_origin_seq if found else 0
 
-            await ship(("SET", "k", "1"), ("HSET", "h", "f", "1"))
+            await ship(("SET", "k", "1"), ("HSET", "h", "f", "1"), ("SET", "gone", "1"), ("DEL", "gone"))
             await _until(lambda: _true(applied() == last), 30, "the primary to apply east's writes")
             assert await visible(west, b"h") == (Kind.HASH, {b"f": b"1"})
+            # The deleted key's tombstone goes once west's frontier passes it: east's newest clock
+            # applied is the DEL's own stamp, and west stamps its clock every second.
+            await _until(lambda: _tombstones(west, 0), 30, "west to forget the deleted key's stamps")
+            assert appliers.frontier is not None and appliers.frontier.region == EAST
 
             primary = False
             await _until(lambda: _true(not appliers.appliers), 10, "the appliers to stop")
@@ -597,3 +601,7 @@ def test_a_nodes_appliers_run_only_while_it_is_primary_and_its_snapshots_wait_fo
 
 async def _value(value):  # type: ignore[no-untyped-def]
     return value
+
+
+async def _tombstones(conn: Conn, expected: int) -> bool:
+    return (await info(conn))["tombstones"] == str(expected)

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engram.multiregion.hlc import Hlc
-from engram.multiregion.lww import KeyState, Kind, Stamp, Store, Write, resolve
+from engram.multiregion.lww import KeyState, Kind, Stamp, Store, Write, frontier, resolve
 
 K = b"k"
 
@@ -264,3 +264,13 @@ def test_a_removal_newer_than_the_frontier_is_kept_through_collection() -> None:
     store.collect(at(2, "zz"))
     store.apply(sadd(at(4, "ap"), "m", "n"))
     assert store.get(K) == (Kind.SET, frozenset({b"n"}))
+
+
+def test_the_frontier_is_the_oldest_newest_stamp_and_waits_for_every_region() -> None:
+    own = Stamp(500, "east")
+    assert frontier(own, {"west": 300, "ap": 700}) == Stamp(300, "west")
+    assert frontier(own, {"west": 900}) == own
+    assert frontier(own, {}) == own
+    assert frontier(own, {"west": 300, "ap": 0}) is None
+    # Equal clocks: the region whose name sorts first is the older stamp.
+    assert frontier(Stamp(300, "east"), {"west": 300}) == Stamp(300, "east")

@@ -31,6 +31,7 @@ from engram.valkey.connection import ValkeyConnection, encode
 log = logging.getLogger(__name__)
 
 APPLY = b"ENGRAM.MR.APPLY"
+CLOCK = b"ENGRAM.MR.CLOCK"
 # Entries whose writes are sent before their replies are read: each reply waits for a journal
 # commit, so one at a time would apply at most one entry per commit.
 WINDOW = 64
@@ -38,9 +39,19 @@ WINDOW = 64
 RECORD_EVERY = 0.5
 
 
-def stamped_writes(payload: bytes, origin_region: str) -> list[list[bytes]]:
+@dataclass(frozen=True)
+class OriginStamps:
+    """What one journal entry of another region brings: the writes it stamped itself, and the newest
+    clock among those writes and its clock stamps (ENGRAM.MR.CLOCK); 0 when it has neither."""
+
+    writes: list[list[bytes]]
+    hlc: int = 0
+
+
+def origin_stamps(payload: bytes, origin_region: str) -> OriginStamps:
     """The ENGRAM.MR.APPLY commands of a journal entry's replication bytes that the origin region
-    stamped itself: writes it had from a third region reach this one from there directly."""
+    stamped itself (writes it had from a third region reach this one from there directly), and the
+    newest of its own clocks the entry carries."""
     parser = RequestParser()
     parser.feed(payload)
     try:
@@ -50,8 +61,26 @@ def stamped_writes(payload: bytes, origin_region: str) -> list[list[bytes]]:
     if parser.pending():
         raise InboundError(f"an entry's replication bytes end inside a command ({parser.pending()} bytes)")
     region = origin_region.encode()
-    return [args for args, _ in commands
-            if len(args) > 2 and args[0].upper() == APPLY and args[2] == region]
+    writes: list[list[bytes]] = []
+    hlc = 0
+    for args, _ in commands:
+        if len(args) < 3 or args[2] != region:
+            continue
+        name = args[0].upper()
+        if name not in (APPLY, CLOCK):
+            continue
+        try:
+            hlc = max(hlc, int(args[1]))
+        except ValueError:
+            raise InboundError(f"{name.decode()} with a clock that is not a number: {args[1]!r}") from None
+        if name == APPLY:
+            writes.append(args)
+    return OriginStamps(writes, hlc)
+
+
+def stamped_writes(payload: bytes, origin_region: str) -> list[list[bytes]]:
+    """The writes of origin_stamps alone."""
+    return origin_stamps(payload, origin_region).writes
 
 
 def bucket_name(cluster: str) -> str:
@@ -80,16 +109,22 @@ class PositionStore:
         return cls(kv)
 
     async def load(self, link: InboundLink) -> Position:
+        """Where the applier of `link` stands."""
+        return (await self.load_with_clock(link))[0]
+
+    async def load_with_clock(self, link: InboundLink) -> tuple[Position, int]:
+        """Where the applier stands, and the newest clock of the source region applied before it."""
         try:
             entry = await self.kv.get(position_key(link))
         except nats.js.errors.KeyNotFoundError:
-            return Position()
+            return Position(), 0
         record = json.loads(entry.value or b"{}")
-        return Position(int(record["inbound_seq"]), int(record["origin_seq"]),
-                        str(record.get("identity", "")))
+        at = Position(int(record["inbound_seq"]), int(record["origin_seq"]), str(record.get("identity", "")))
+        return at, int(record.get("hlc", 0))
 
-    async def save(self, link: InboundLink, at: Position) -> None:
-        record = {"inbound_seq": at.inbound_seq, "origin_seq": at.origin_seq, "identity": at.identity}
+    async def save(self, link: InboundLink, at: Position, hlc: int) -> None:
+        record = {"inbound_seq": at.inbound_seq, "origin_seq": at.origin_seq, "identity": at.identity,
+                  "hlc": hlc}
         await self.kv.put(position_key(link), json.dumps(record).encode())
 
 
@@ -106,12 +141,15 @@ class InboundApplier:
         self.position = Position()
         self.applied_writes = 0
         self.last_origin_seq = 0
+        # The newest clock of the source region applied here: none of its writes still to come is
+        # stamped at or below it (its clock only grows), which the tombstone frontier relies on.
+        self.hlc = 0
 
     async def run(self) -> None:
-        self.position = await self.positions.load(self.link)
+        self.position, self.hlc = await self.positions.load_with_clock(self.link)
         conn = await ValkeyConnection.open(self.valkey_socket)
-        # Each entry with the number of replies it waits for; replies come back in order.
-        in_flight: asyncio.Queue[tuple[SourcedEntry, int] | None] = asyncio.Queue(WINDOW)
+        # Each entry with what it brings; its writes' replies come back in order.
+        in_flight: asyncio.Queue[tuple[SourcedEntry, OriginStamps] | None] = asyncio.Queue(WINDOW)
         tasks = [asyncio.create_task(self._send(conn, in_flight)),
                  asyncio.create_task(self._acknowledge(conn, in_flight))]
         try:
@@ -125,31 +163,32 @@ class InboundApplier:
             conn.close()
 
     async def _send(self, conn: ValkeyConnection,
-                    in_flight: asyncio.Queue[tuple[SourcedEntry, int] | None]) -> None:
+                    in_flight: asyncio.Queue[tuple[SourcedEntry, OriginStamps] | None]) -> None:
         async for sourced in tail(self.js, self.link, self.position):
-            writes = self._writes(sourced)
-            for args in writes:
+            stamps = self._stamps(sourced)
+            for args in stamps.writes:
                 conn.write(encode(args))
             await conn.drain()
-            await in_flight.put((sourced, len(writes)))
+            await in_flight.put((sourced, stamps))
 
-    def _writes(self, sourced: SourcedEntry) -> list[list[bytes]]:
+    def _stamps(self, sourced: SourcedEntry) -> OriginStamps:
         entry = sourced.entry
         if entry.type is not EntryType.DATA or not entry.payload:
-            return []
+            return OriginStamps([])
         if entry.db != 0:
             raise InboundError(f"{self.link.stream} entry {sourced.inbound_seq}: a write to database "
                                f"{entry.db}; a multi-region cluster uses database 0 only")
-        return stamped_writes(entry.payload, self.link.source_region)
+        return origin_stamps(entry.payload, self.link.source_region)
 
     async def _acknowledge(self, conn: ValkeyConnection,
-                           in_flight: asyncio.Queue[tuple[SourcedEntry, int] | None]) -> None:
+                           in_flight: asyncio.Queue[tuple[SourcedEntry, OriginStamps] | None]) -> None:
         recorded = time.monotonic()
         while True:
             item = await in_flight.get()
             if item is None:
                 return
-            sourced, replies = item
+            sourced, stamps = item
+            replies = len(stamps.writes)
             for _ in range(replies):
                 reply = await conn.read_reply()
                 if isinstance(reply, hiredis.ReplyError):
@@ -158,9 +197,10 @@ class InboundApplier:
             self.applied_writes += replies
             self.position = self.position.after(sourced)
             self.last_origin_seq = sourced.origin_seq
+            self.hlc = max(self.hlc, stamps.hlc)
             if in_flight.empty() or time.monotonic() - recorded >= RECORD_EVERY:
                 try:
-                    await self.positions.save(self.link, self.position)
+                    await self.positions.save(self.link, self.position, self.hlc)
                     recorded = time.monotonic()
                 except nats.errors.Error as exc:  # the next save carries it; a restart re-applies
                     log.info("inbound %s: position not recorded yet: %r", self.link.stream, exc)

@@ -214,3 +214,12 @@ class Store:
                     h.update(len(member).to_bytes(4, "big") + member + repr(value[member]).encode())
             h.update(b"\0")
         return h.hexdigest()
+
+
+def frontier(own: Stamp, applied: Mapping[str, int]) -> Stamp | None:
+    """A region's frontier: the oldest of the newest stamps it has applied from each region, its own
+    (`own`, its clock now) included; `applied` maps each linked region to the newest clock applied
+    from it. None while a region has sent no clock yet, which holds every tombstone."""
+    if any(hlc <= 0 for hlc in applied.values()):
+        return None
+    return min([own, *(Stamp(hlc, region) for region, hlc in applied.items())])

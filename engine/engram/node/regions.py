@@ -14,11 +14,17 @@ from engram.journal.client import Journal
 from engram.journal.errors import JournalError
 from engram.multiregion.applier import InboundApplier, PositionStore
 from engram.multiregion.inbound import InboundLink, ensure_inbound, source_state
+from engram.multiregion.lww import Stamp, frontier
 from engram.node.config import NodeConfig
+from engram.valkey.connection import ValkeyConnection, ValkeyError
 
 log = logging.getLogger(__name__)
 
 CHECK_EVERY = 0.5
+# A primary stamps its clock into its journal this often (ENGRAM.MR.CLOCK), so other regions'
+# frontiers move while it takes no writes; and forgets the tombstones behind its own frontier.
+CLOCK_EVERY = 1.0
+COLLECT_EVERY = 5.0
 # An applier that stopped on an error (a gap, a refused write, the journal away) starts again no
 # sooner than this, so a lasting fault costs a log line now and then, not a busy loop.
 RESTART_AFTER = 5.0
@@ -42,6 +48,10 @@ class RegionAppliers:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stopped_at: dict[str, float] = {}
         self._positions: PositionStore | None = None
+        self._valkey: ValkeyConnection | None = None
+        self._clocked = 0.0
+        self._collected = time.monotonic()
+        self.frontier: Stamp | None = None
 
     async def run(self) -> None:
         try:
@@ -53,10 +63,37 @@ class RegionAppliers:
                 try:
                     await self._start_missing()
                     await self._measure()
+                    await self._clock_and_collect()
                 except JournalError as exc:
                     log.info("region appliers not started yet: %s", exc)
+                except (ValkeyError, OSError) as exc:  # Valkey restarting, or this node stepping down
+                    log.info("region clock not stamped: %s", exc)
+                    self._close_valkey()
         finally:
             await self._stop_all()
+
+    async def _clock_and_collect(self) -> None:
+        now = time.monotonic()
+        if now - self._clocked < CLOCK_EVERY:
+            return
+        self._clocked = now
+        if self._valkey is None:
+            self._valkey = await ValkeyConnection.open(self.config.valkey_socket)
+        clock = await self._valkey.execute("ENGRAM.MR.CLOCK")
+        own = Stamp(int(clock), self.config.region)  # type: ignore[arg-type]
+        applied = {region: self.appliers[region].hlc if region in self.appliers else 0
+                   for region in self.config.linked_regions}
+        self.frontier = frontier(own, applied)
+        if self.frontier is None or now - self._collected < COLLECT_EVERY:
+            return
+        self._collected = now
+        gone = await self._valkey.execute("ENGRAM.MR.COLLECT", self.frontier.hlc, self.frontier.region)
+        metrics.REGION_TOMBSTONES_COLLECTED.inc(int(gone))  # type: ignore[arg-type]
+
+    def _close_valkey(self) -> None:
+        if self._valkey is not None:
+            self._valkey.close()
+            self._valkey = None
 
     async def _start_missing(self) -> None:
         js, cfg = self.journal.jetstream, self.config
@@ -109,6 +146,8 @@ class RegionAppliers:
             metrics.REGION_PENDING.labels(region).set(state.lag + unapplied)
 
     async def _stop_all(self) -> None:
+        self._close_valkey()
+        self.frontier = None
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
