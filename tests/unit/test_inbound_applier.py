@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from engram.multiregion.applier import stamped_writes
+from engram.multiregion.applier import OriginStamps, origin_stamps, stamped_writes
 from engram.multiregion.inbound import InboundError
 from engram.valkey.connection import encode
 
@@ -38,3 +38,20 @@ def test_bytes_that_end_inside_a_command_are_refused() -> None:
 def test_bytes_that_are_not_resp_are_refused() -> None:
     with pytest.raises(InboundError, match="do not parse"):
         stamped_writes(b"*1\r\n:5\r\n", "east")
+
+
+def test_the_newest_origin_clock_counts_clock_stamps_and_writes_but_no_other_region() -> None:
+    payload = _payload(
+        ("ENGRAM.MR.APPLY", "10", "east", "string", "k", "v"),
+        ("ENGRAM.MR.CLOCK", "15", "east"),
+        ("ENGRAM.MR.APPLY", "99", "ap", "string", "k", "third-region"),
+        ("ENGRAM.MR.CLOCK", "98", "ap"),
+    )
+    stamps = origin_stamps(payload, "east")
+    assert stamps.hlc == 15 and [w[1] for w in stamps.writes] == [b"10"]
+    assert origin_stamps(_payload(("SELECT", "0")), "east") == OriginStamps([], 0)
+
+
+def test_a_clock_that_is_not_a_number_is_refused() -> None:
+    with pytest.raises(InboundError, match="not a number"):
+        origin_stamps(_payload(("ENGRAM.MR.CLOCK", "soon", "east")), "east")
