@@ -516,6 +516,9 @@ def test_the_applier_brings_one_regions_writes_into_the_others_valkey_and_resume
             running.cancel()
             await asyncio.gather(running, return_exceptions=True)
             assert await positions.load(link) == first.position
+            # What was applied and recorded is trimmed from the inbound stream, but its last entry.
+            state = (await js.stream_info(link.stream)).state
+            assert (state.first_seq, state.last_seq) == (first.position.inbound_seq - 1, last)
 
             await ship(("HDEL", "h", "a"), ("SREM", "set", "x"), ("INCRBY", "n", "2"), ("SET", "s", "east-2"))
             second = applier.InboundApplier(js, link, west_socket, positions)

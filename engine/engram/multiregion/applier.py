@@ -144,6 +144,7 @@ class InboundApplier:
         # The newest clock of the source region applied here: none of its writes still to come is
         # stamped at or below it (its clock only grows), which the tombstone frontier relies on.
         self.hlc = 0
+        self._trimmed_below = 1
 
     async def run(self) -> None:
         self.position, self.hlc = await self.positions.load_with_clock(self.link)
@@ -202,5 +203,14 @@ class InboundApplier:
                 try:
                     await self.positions.save(self.link, self.position, self.hlc)
                     recorded = time.monotonic()
+                    await self._trim()
                 except nats.errors.Error as exc:  # the next save carries it; a restart re-applies
                     log.info("inbound %s: position not recorded yet: %r", self.link.stream, exc)
+
+    async def _trim(self) -> None:
+        """Drop the inbound entries applied and recorded, but the last: the source region reads the
+        last entry's origin sequence to know what this region copied (holdback.copied_through)."""
+        keep_from = self.position.inbound_seq - 1
+        if keep_from > self._trimmed_below:
+            await self.js.purge_stream(self.link.stream, seq=keep_from)
+            self._trimmed_below = keep_from
