@@ -51,6 +51,7 @@ def test_without_a_base_port_the_endpoint_takes_6379_when_it_is_free(
 ) -> None:
     monkeypatch.delenv(ports.RANGE_VARIABLE, raising=False)  # set for each parallel test worker
     monkeypatch.setattr(ports, "is_free", lambda port, host=ports.LOOPBACK: True)
+    monkeypatch.setattr(ports, "_handed_out", set())  # earlier plans in this process claimed it
     state = _state(tmp_path)
     assert state.endpoint_port == ports.DEFAULT_ENDPOINT_PORT == 6379
     assert ports.DEFAULT_ENDPOINT_PORT not in [n.port for n in state.nodes]

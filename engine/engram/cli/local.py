@@ -15,7 +15,7 @@ from typing import TextIO
 
 from engram.binaries import BinaryNotFound
 from engram.cli.status_table import print_status
-from engram.platforms.local import cluster, replicas, scale, upgrade
+from engram.platforms.local import cluster, multi_region, regions, replicas, scale, upgrade
 from engram.platforms.local.network import NetworkError
 from engram.platforms.local.plan import ClusterSpec, PlanError
 from engram.platforms.local.ports import PortBusy
@@ -54,6 +54,10 @@ def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse
     return run
 
 
+def _regions(text: str) -> tuple[str, ...]:
+    return tuple(r.strip() for r in text.split(",") if r.strip())
+
+
 def _zones(text: str) -> tuple[str, ...]:
     zones = tuple(z.strip() for z in text.split(",") if z.strip())
     if not zones:
@@ -83,6 +87,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         rebalance_settle=args.rebalance_settle,
         tls=args.tls,
     )
+    if args.regions:
+        return _up_regions(args, spec)
     try:
         doc = cluster.up(spec, args.dir, timeout=args.timeout, progress=_say)
     except cluster.AlreadyExists:
@@ -97,8 +103,37 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _up_regions(args: argparse.Namespace, spec: ClusterSpec) -> int:
+    """`up --regions`: one cluster per region, linked (platforms/local/multi_region.py)."""
+    try:
+        doc = multi_region.up(spec, args.regions, args.dir, timeout=args.timeout, progress=_say)
+    except cluster.AlreadyExists:
+        if not args.exist_ok:
+            raise
+        doc = multi_region.status(args.dir, args.name)
+        where = ", ".join(f"{r} at {d['endpoint']}" for r, d in doc["regions"].items())
+        _say(f"multi-region cluster {args.name} is already running; its endpoints: {where}")
+    _print_regions(doc, args.json)
+    return 0
+
+
+def _print_regions(doc: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(doc, indent=2))
+        return
+    for region, status_doc in doc["regions"].items():
+        print(f"== region {region}: cluster {status_doc['name']}, endpoint {status_doc['endpoint']}")
+        print_status(status_doc)
+        if lines := regions.lag_lines(region, status_doc["lag"]):
+            print("\n" + "\n".join(lines))
+        print()
+
+
 @_guarded
 def cmd_status(args: argparse.Namespace) -> int:
+    if regions.load_record(args.dir, args.name) is not None:
+        _print_regions(multi_region.status(args.dir, args.name), args.json)
+        return 0
     doc = cluster.status(args.dir, args.name)
     if args.json:
         print(json.dumps(doc, indent=2))
@@ -115,6 +150,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 @_guarded
 def cmd_down(args: argparse.Namespace) -> int:
+    if regions.load_record(args.dir, args.name) is not None:
+        multi_region.down(args.dir, args.name, keep_data=args.keep_data, progress=_say)
+        _say(f"multi-region cluster {args.name} stopped" + (" (data kept)" if args.keep_data else ""))
+        return 0
     cluster.down(args.dir, args.name, keep_data=args.keep_data, progress=_say)
     _say(f"cluster {args.name} stopped" + (" (data kept)" if args.keep_data else ""))
     return 0
@@ -331,6 +370,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         default=("a", "b", "c"),
         metavar="A,B,C",
         help="zones; one journal server per zone (default: a,b,c)",
+    )
+    up.add_argument(
+        "--regions", type=_regions, default=(), metavar="R1,R2",
+        help="a multi-region cluster: one full cluster per region, named NAME-<region>, each journal its "
+        "own JetStream domain, linked by leaf nodes; every region takes writes (docs/multi-region.md)",
     )
     up.add_argument(
         "--port",

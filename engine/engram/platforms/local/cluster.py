@@ -6,10 +6,11 @@ import asyncio
 import contextlib
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from engram import binaries
 from engram.journal.client import Journal
 from engram.journal.errors import JournalError
 from engram.node.config import NodeConfig
-from engram.platforms.local import network, plan, probe, processes
+from engram.platforms.local import network, plan, probe, processes, regions
 from engram.platforms.local.state import (
     FAILED,
     JOURNAL_READY,
@@ -60,7 +61,7 @@ class StartFailed(LocalError):
     pass
 
 
-def _down_hint(base: str | Path, name: str) -> str:
+def down_hint(base: str | Path, name: str) -> str:
     default = Path(base).expanduser().absolute() == default_base_dir().absolute()
     return f"engram local down {name}" + ("" if default else f" --dir {base}")
 
@@ -75,13 +76,24 @@ def load_running(base: str | Path, name: str) -> ClusterState:
     try:
         state = ClusterState.load(path)
     except FileNotFoundError:
-        raise NotRunning(f"cluster {name} is not running (no state file {path})") from None
+        raise NotRunning(f"cluster {name} is not running (no state file {path}){_regions_hint(base, name)}"
+                         ) from None
     if not _supervisor_alive(state):
         raise SupervisorGone(
             f"cluster {name}'s supervisor (pid {state.supervisor_pid}) is gone, so nothing restarts its "
-            f"processes; clean up with `{_down_hint(base, name)}`"
+            f"processes; clean up with `{down_hint(base, name)}`"
         )
     return state
+
+
+def _regions_hint(base: str | Path, name: str) -> str:
+    """For a multi-region cluster's name, which clusters are its regions (a command on one region
+    takes that region's cluster name)."""
+    record = regions.load_record(base, name)
+    if record is None:
+        return ""
+    return (f"; {name} is a multi-region cluster whose regions are the clusters "
+            f"{', '.join(record.clusters.values())}: name one of them")
 
 
 # ---- status ------------------------------------------------------------------------------------
@@ -198,10 +210,28 @@ def up(
     progress: Progress = lambda _msg: None,
 ) -> dict[str, Any]:
     """Start the cluster under a background supervisor; return its status once every shard serves."""
+    return wait_serving(launch(spec, base, progress), timeout, progress)
+
+
+@dataclass
+class Launched:
+    """A cluster whose supervisor was started and is not yet known to serve."""
+
+    state: ClusterState
+    supervisor: subprocess.Popen
+    had_data: bool
+
+
+def launch(spec: plan.ClusterSpec, base: str | Path, progress: Progress = lambda _msg: None) -> Launched:
+    """Plan the cluster, write its files and start its supervisor, without waiting for it: the
+    regions of a multi-region cluster start together, so their journals link before nodes need it."""
     directory = cluster_dir(base, spec.name)
     path = directory / STATE_FILE
     if path.exists():
         _refuse_existing(base, spec.name, path)
+    if (record := regions.load_record(base, spec.name)) is not None:
+        raise LocalError(f"{spec.name} is a multi-region cluster (regions {', '.join(record.regions)}); "
+                         f"choose another name or stop it with `{down_hint(base, spec.name)}`")
     nats = binaries.find("nats-server")
     if not binaries.nats_server_ok(nats):
         raise LocalError(
@@ -237,14 +267,25 @@ def up(
     except BaseException:
         _remove(state, keep_logs=True, keep_data=had_data)
         raise
+    return Launched(state, supervisor, had_data)
+
+
+def wait_serving(launched: Launched, timeout: float,
+                 progress: Progress = lambda _msg: None) -> dict[str, Any]:
+    """The launched cluster's status once every shard serves; stop and remove it if it does not."""
     try:
-        return _wait_serving(state, supervisor, timeout, progress)
+        return _wait_serving(launched.state, launched.supervisor, timeout, progress)
     except BaseException:
         progress("start failed; stopping what was started")
-        _stop_supervisor(state, supervisor.pid)
-        supervisor.wait()
-        _remove(state, keep_logs=True, keep_data=had_data)
+        abandon(launched)
         raise
+
+
+def abandon(launched: Launched) -> None:
+    """Stop a launched cluster and remove what it wrote (keeping its logs, and data it resumed from)."""
+    _stop_supervisor(launched.state, launched.supervisor.pid)
+    launched.supervisor.wait()
+    _remove(launched.state, keep_logs=True, keep_data=launched.had_data)
 
 
 def _restore_source(base: str | Path, name: str) -> list[str]:
@@ -264,11 +305,11 @@ def _refuse_existing(base: str | Path, name: str, path: Path) -> None:
     if _supervisor_alive(state) or not state.supervisor_pid:
         raise AlreadyExists(
             f"cluster {name} already exists and is running (endpoint {state.endpoint}); "
-            f"choose another name or stop it with `{_down_hint(base, name)}`"
+            f"choose another name or stop it with `{down_hint(base, name)}`"
         )
     raise SupervisorGone(
         f"cluster {name} already exists but its supervisor (pid {state.supervisor_pid}) is gone; "
-        f"clean up with `{_down_hint(base, name)}`"
+        f"clean up with `{down_hint(base, name)}`"
     )
 
 

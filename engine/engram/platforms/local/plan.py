@@ -22,8 +22,8 @@ from engram.orchestration.node_config import (
 from engram.orchestration.node_config import node_config as core_node_config
 from engram.orchestration.provision import ProvisionRequest, new_cluster_id
 from engram.orchestration.zones import NodePlacement, Spreading, ZonePlan, plan_zones
-from engram.platforms.local import journal, network, ports
-from engram.platforms.local.state import ClusterState, NodeState, check_name
+from engram.platforms.local import journal, network, ports, regions
+from engram.platforms.local.state import ClusterState, JournalState, NodeState, check_name
 from engram.platforms.local.tls import LocalTLS
 from engram.snapshots.schedule import SnapshotPolicy
 
@@ -70,6 +70,8 @@ class ClusterSpec:
     tls: bool = False
     # Clients over TLS too, terminated by each node (node/tls_front.py); with tls unless told not.
     client_tls: bool | None = None
+    # This cluster is one region of a multi-region cluster (`up --regions`, regions.py).
+    region_link: regions.RegionLink | None = None
 
     @property
     def serves_tls(self) -> bool:
@@ -187,7 +189,7 @@ def plan(spec: ClusterSpec, directory: Path, nats_server: str, valkey_server: st
     # A configured port range is every port the cluster may take, 6379 included only if inside it.
     prefer_default = spec.base_port is None and ports.configured_range() is None
     default = ports.DEFAULT_ENDPOINT_PORT
-    if prefer_default and default not in numbers and ports.is_free(default):
+    if prefer_default and default not in numbers and ports.claim(default):
         numbers[0] = default
     endpoint, node_ports, rest, admin_ports, tls_ports = port_layout(spec, numbers)
     net = network.plan_network(str(directory), spec.zones) if spec.netns else None
@@ -219,6 +221,10 @@ def plan(spec: ClusterSpec, directory: Path, nats_server: str, valkey_server: st
         rebalance_settle=spec.rebalance_settle,
         tls=spec.tls,
         base_port=spec.base_port,
+        region=link.region if (link := spec.region_link) else "",
+        linked_regions=dict(link.linked) if link else {},
+        leaf_ports=dict(link.listen) if link else {},
+        leaf_remotes={r: list(urls) for r, urls in link.dials} if link else {},
         nats_server=nats_server,
         valkey_server=valkey_server,
         nodes=nodes,
@@ -257,6 +263,8 @@ def cluster_settings(state: ClusterState, log_level: str = "warning") -> NodeClu
         journal_files=JournalClientFiles(tls.password_file, tls.ca_file) if tls else None,
         # A TLS cluster's control and metrics ports speak TLS, whether or not its clients do.
         tls=TlsFiles(tls.cert_file, tls.key_file, tls.ca_file) if tls else None,
+        region=state.region,
+        linked_regions=dict(state.linked_regions),
     )
 
 
@@ -304,6 +312,18 @@ def write_node_configs(nodes: list[NodeState], configs: list[NodeConfig]) -> Non
         config.dump(node.config)
 
 
+def region_blocks(state: ClusterState) -> journal.ExtraBlocks | None:
+    """A region's journal servers' leafnodes blocks (each zone's listener, every remote); None for a
+    cluster that is no region."""
+    if not state.leaf_ports and not state.leaf_remotes:
+        return None
+
+    def blocks(server: JournalState) -> list[str]:
+        return [regions.leafnodes(server.host, state.leaf_ports.get(server.zone), state.leaf_remotes)]
+
+    return blocks
+
+
 def write_files(state: ClusterState, log_level: str = "warning") -> None:
     """Create the cluster's directories and write every journal and node config."""
     configs = node_configs(state, state.nodes, log_level)
@@ -314,5 +334,6 @@ def write_files(state: ClusterState, log_level: str = "warning") -> None:
         # and the endpoint on loopback relays TLS to a node, which must answer for that name too.
         tls.ensure([ports.LOOPBACK] + [j.host for j in state.journal] + [n.host for n in state.nodes])
     journal.write_configs(state.journal, f"{state.name}-journal", state.journal_sync,
-                          tls.server_tls() if tls else None, tls.auth() if tls else None)
+                          tls.server_tls() if tls else None, tls.auth() if tls else None,
+                          domain=state.region, extra=region_blocks(state))
     write_node_configs(state.nodes, configs)

@@ -89,6 +89,16 @@ def configured_range() -> tuple[int, int] | None:
     return int(low), int(high)
 
 
+def claim(port: int, host: str = LOOPBACK) -> bool:
+    """Take one chosen port (the endpoint's 6379) if it is free and not handed out yet: clusters
+    planned together (the regions of a multi-region cluster) must not both take it before either
+    binds it."""
+    if port in _handed_out or not is_free(port, host):
+        return False
+    _handed_out.add(port)
+    return True
+
+
 def _outside_ephemeral(count: int, host: str) -> list[int]:
     # A port from the kernel's ephemeral range can be taken as the source port of any outgoing
     # connection (a journal route, a leaf node dial) between being chosen and being bound, and the

@@ -1,0 +1,271 @@
+"""`engram local up/status/down` of a multi-region cluster: one local cluster per region, linked
+(docs/multi-region.md, "A local multi-region cluster"). The layout is decided in regions.py; this
+module starts, asks and stops the region clusters through cluster.py, as `up` does one cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import nats
+import nats.js.errors
+from nats.js.client import JetStreamContext
+
+from engram.journal.client import stream_name
+from engram.multiregion import holdback
+from engram.multiregion.applier import PositionStore, bucket_name
+from engram.multiregion.inbound import InboundError, InboundLink, source_state
+from engram.platforms.local import cluster, journal, plan, ports
+from engram.platforms.local.cluster import AlreadyExists, LocalError, NotRunning, Progress
+from engram.platforms.local.regions import (
+    InboundView,
+    RegionsError,
+    RegionsRecord,
+    check_regions,
+    lag_row,
+    load_record,
+    plan_links,
+    port_bases,
+    record_path,
+    region_cluster,
+)
+from engram.platforms.local.state import STATE_FILE, ClusterState, JournalState, cluster_dir, replace_file
+
+# How long status waits for one journal answer before it reports the figure as unknown.
+ASK_TIMEOUT = 3.0
+LINK_TIMEOUT = 60.0
+
+
+def refused_options(spec: plan.ClusterSpec) -> list[str]:
+    """The `up` options a multi-region cluster cannot take, each with why."""
+    refused = []
+    if spec.tls or spec.client_tls:
+        refused.append("--tls (a locked link between regions is not built locally yet)")
+    if spec.netns:
+        refused.append("--netns (the regions' journals would have to reach each other across the zones' "
+                       "namespaces)")
+    if spec.restore_from or spec.restore_cluster:
+        refused.append("--restore-from/--restore-from-cluster (keys restored into each region would carry "
+                       "no stamps, so the regions could not agree on them)")
+    return refused
+
+
+def _existing(base: str | Path, clusters: Sequence[str]) -> list[str]:
+    return [c for c in clusters if (cluster_dir(base, c) / STATE_FILE).exists()]
+
+
+def up(spec: plan.ClusterSpec, regions: Sequence[str], base: str | Path, timeout: float = 90.0,
+       progress: Progress = lambda _msg: None) -> dict[str, Any]:
+    """Start one cluster per region, linked; return the multi-region status once every region serves
+    and the link is up. AlreadyExists when it is running already."""
+    name = spec.name
+    regions = check_regions(name, list(regions))
+    if refused := refused_options(spec):
+        raise RegionsError(f"--regions cannot be combined with {'; '.join(refused)}")
+    if (cluster_dir(base, name) / STATE_FILE).exists():
+        raise LocalError(f"cluster {name} already exists as a single-region cluster; choose another name "
+                         f"or stop it with `{cluster.down_hint(base, name)}`")
+    record = load_record(base, name)
+    clusters = [region_cluster(name, r) for r in regions]
+    if record is not None and record.regions != regions:
+        raise LocalError(f"{name} is a multi-region cluster of regions {','.join(record.regions)}, not "
+                         f"{','.join(regions)}; stop it with `{cluster.down_hint(base, name)}` first")
+    if running := _existing(base, clusters):
+        if record is not None and len(running) == len(clusters):
+            raise AlreadyExists(f"multi-region cluster {name} is already running (regions "
+                                f"{', '.join(regions)}); choose another name or stop it with "
+                                f"`{cluster.down_hint(base, name)}`")
+        what = f"part of {name} ({', '.join(running)})" if record else f"cluster {', '.join(running)}"
+        raise LocalError(f"{what} already exists; stop it with "
+                         f"`{cluster.down_hint(base, name if record else running[0])}` first")
+    # Ports: each region's cluster allocates its own; the listening region's leafnode ports come
+    # from the same allocator, so nothing else in this process is handed them.
+    per_cluster = plan.port_count(replace(spec, name=clusters[0]))
+    bases = port_bases(spec.base_port, len(regions), per_cluster, len(spec.zones))
+    leaf_ports = {}
+    for k, region in enumerate(regions):
+        start = bases[k]
+        leaf_ports[region] = ports.allocate(len(spec.zones), None if start is None else start + per_cluster)
+    links = plan_links(name, regions, spec.zones, leaf_ports, ports.LOOPBACK)
+    path = record_path(base, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    replace_file(path, RegionsRecord(name, regions).to_json())
+    launched: list[cluster.Launched] = []
+    try:
+        # Every region's supervisor starts before any is waited for: a primary's inbound streams
+        # then find the other region's journal linked, where a stream created before the link came
+        # up was seen to wait about 40 s for NATS to retry its source.
+        for k, region in enumerate(regions):
+            progress(f"region {region}: starting cluster {clusters[k]}")
+            launched.append(cluster.launch(
+                replace(spec, name=clusters[k], base_port=bases[k], region_link=links[region]), base,
+                _prefixed(progress, region)))
+        for region, started in zip(regions, launched, strict=True):
+            cluster.wait_serving(started, timeout, _prefixed(progress, region))
+        asyncio.run(_wait_linked(base, clusters, LINK_TIMEOUT))
+        progress(f"regions {', '.join(regions)} linked")
+    except BaseException:
+        progress("start failed; stopping the regions started")
+        for started in launched:
+            cluster.abandon(started)
+        if record is None:  # a kept record (down --keep-data) names data still there
+            _remove_record(base, name)
+        raise
+    return status(base, name)
+
+
+def _prefixed(progress: Progress, region: str) -> Progress:
+    return lambda msg: progress(f"region {region}: {msg}")
+
+
+async def leaf_connections(server: JournalState) -> int:
+    """How many leaf node connections a journal server has (its monitoring port's /leafz)."""
+    code, body = await journal._http_get(server.host, server.http_port, "/leafz", ASK_TIMEOUT)
+    return int(json.loads(body).get("leafnodes", 0)) if code == 200 else 0
+
+
+async def _wait_linked(base: str | Path, clusters: Sequence[str], timeout: float) -> None:
+    """Wait until every journal server of every region that dials holds its leaf connections."""
+    states = [ClusterState.load(cluster_dir(base, c) / STATE_FILE) for c in clusters]
+    dialling = [(s, server) for s in states if s.leaf_remotes for server in s.journal]
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = await asyncio.gather(*(leaf_connections(j) for _, j in dialling), return_exceptions=True)
+        missing = [f"{s.name} {j.target}" for (s, j), n in zip(dialling, counts, strict=True)
+                   if isinstance(n, BaseException) or n < len(s.leaf_remotes)]
+        if not missing:
+            return
+        if time.monotonic() >= deadline:
+            raise LocalError(f"the regions' journals did not link within {timeout:.0f}s: no leaf connection "
+                             f"from {', '.join(missing)} (see their journal logs)")
+        await asyncio.sleep(0.2)
+
+
+def _remove_record(base: str | Path, name: str) -> None:
+    record_path(base, name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        cluster_dir(base, name).rmdir()
+
+
+# ---- status ------------------------------------------------------------------------------------
+
+
+def status(base: str | Path, name: str) -> dict[str, Any]:
+    """Each region's `local status` document, with its lag behind every other region (`lag`)."""
+    record = load_record(base, name)
+    if record is None:
+        raise NotRunning(f"{name} is not a multi-region cluster (no {record_path(base, name)})")
+    docs = {}
+    states = {}
+    for region, name_of in record.clusters.items():
+        states[region] = cluster.load_running(base, name_of)
+        docs[region] = {"region": region, **cluster.describe(states[region], cluster._probe(states[region]))}
+    lags = asyncio.run(_lags(states))
+    for region, doc in docs.items():
+        doc["lag"] = lags[region]
+    return {"name": name, "regions": docs}
+
+
+async def _connect(state: ClusterState) -> nats.NATS | None:
+    try:
+        return await nats.connect(state.journal_urls, connect_timeout=2, allow_reconnect=False,
+                                  max_reconnect_attempts=0)
+    except Exception:  # a region whose journal is away: its figures show as unknown
+        return None
+
+
+async def _lags(states: dict[str, ClusterState]) -> dict[str, list[dict[str, Any]]]:
+    conns = {r: await _connect(s) for r, s in states.items()}
+    try:
+        js = {r: c.jetstream(timeout=ASK_TIMEOUT) if c else None for r, c in conns.items()}
+        out: dict[str, list[dict[str, Any]]] = {}
+        for region, state in states.items():
+            views = []
+            for source in state.linked_regions:
+                for shard in range(state.shards):
+                    link = InboundLink(state.name, shard, source, states[source].name
+                                       if source in states else state.linked_regions[source])
+                    views.append(await _view(js[region], js.get(source), link, region))
+            out[region] = [lag_row(v) for v in views]
+        return out
+    finally:
+        for conn in conns.values():
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+
+
+async def _view(js: JetStreamContext | None, source_js: JetStreamContext | None, link: InboundLink,
+                region: str) -> InboundView:
+    """Read what one inbound stream's figures are made of; what cannot be read stays None."""
+    shard, source = link.shard, link.source_region
+    if js is None:
+        return InboundView(shard, source, error=f"region {region}'s journal does not answer")
+    errors = []
+    origin_last = None
+    if source_js is not None:
+        try:
+            info = await asyncio.wait_for(source_js.stream_info(stream_name(link.source_cluster, shard)),
+                                          ASK_TIMEOUT)
+            origin_last = info.state.last_seq or 0
+        except Exception as exc:
+            errors.append(f"origin stream: {type(exc).__name__}")
+    try:
+        info = await asyncio.wait_for(js.stream_info(link.stream), ASK_TIMEOUT)
+    except nats.js.errors.NotFoundError:
+        return InboundView(shard, source, origin_last, error="no inbound stream yet (no primary has "
+                           "started applying this region)")
+    except Exception as exc:
+        return InboundView(shard, source, origin_last, error=f"inbound stream: {type(exc).__name__}")
+    copied = await holdback.copied_through(js, link, region, ASK_TIMEOUT)
+    if copied.through is None:
+        errors.append(copied.why)
+    lag = idle = None
+    try:
+        state = await asyncio.wait_for(source_state(js, link), ASK_TIMEOUT)
+        lag, idle = state.lag, state.idle
+        if state.error:
+            errors.append(state.error)
+    except (InboundError, TimeoutError) as exc:
+        errors.append(str(exc) or type(exc).__name__)
+    applied_next = None
+    try:
+        kv = await asyncio.wait_for(js.key_value(bucket_name(link.cluster)), ASK_TIMEOUT)
+        applied_next = (await asyncio.wait_for(PositionStore(kv).load(link), ASK_TIMEOUT)).inbound_seq
+    except nats.js.errors.BucketNotFoundError:
+        applied_next = 1  # no applier has recorded a position: nothing applied yet
+    except Exception as exc:
+        errors.append(f"applied position: {type(exc).__name__}")
+    return InboundView(shard, source, origin_last, copied.through, lag, idle, info.state.last_seq or 0,
+                       applied_next, "; ".join(errors))
+
+
+# ---- down --------------------------------------------------------------------------------------
+
+
+def down(base: str | Path, name: str, keep_data: bool = False,
+         progress: Progress = lambda _msg: None) -> None:
+    """Stop every region's cluster and forget the multi-region cluster (unless keep_data)."""
+    record = load_record(base, name)
+    if record is None:
+        raise NotRunning(f"{name} is not a multi-region cluster (no {record_path(base, name)})")
+    stopped = []
+    for region, name_of in record.clusters.items():
+        try:
+            cluster.down(base, name_of, keep_data=keep_data,
+                         progress=lambda msg, r=region: progress(f"region {r}: {msg}"))
+            stopped.append(region)
+            progress(f"region {region}: cluster {name_of} stopped")
+        except NotRunning as exc:
+            progress(f"region {region}: {exc}")
+    if not keep_data:
+        _remove_record(base, name)
+    if not stopped:
+        raise NotRunning(f"no region of {name} was running; nothing to do")
