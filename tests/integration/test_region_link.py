@@ -40,7 +40,7 @@ from engram.platforms.local.testing import wait_for
 from engram.snapshots import cycle
 from engram.snapshots.regions import copies_of_linked_regions
 from engram.valkey.connection import encode
-from tests.module.harness import Conn, attached_tap, settle, valkey
+from tests.module.harness import Conn, ControlledTap, attached_tap, settle, valkey
 from tests.module.test_multiregion import info, visible
 
 pytestmark = pytest.mark.integration
@@ -471,6 +471,31 @@ def test_truncation_is_held_back_while_the_other_region_has_not_copied_and_goes_
     wait_for(lambda: _linked(regions), 30, "the leaf connections to return")
 
 
+@dataclass
+class Shipper:
+    """East as a node would be: its region-mode Valkey runs commands, and what it replicated is
+    appended to east's shard journal, one entry per replicated command."""
+
+    conn: Conn
+    socket: str
+    tap: ControlledTap
+    journal: Journal
+    last: int
+    shipped: int = 0
+
+    async def ship(self, *commands: tuple[object, ...]) -> int:
+        self.conn.send(*commands)
+        assert not [r for r in await self.conn.read(len(commands)) if isinstance(r, Exception)]
+        await settle(self.socket)
+        stream = [c.args for c in self.tap.commands if c.args[0].lower() != b"ping"]
+        for args in stream[self.shipped:]:
+            entry = Entry(EntryType.DATA, 1, "east-n0", encode(args), term_seq=self.last)
+            msg_id = f"{self.journal.stream}-{self.last}"
+            self.last = (await self.journal.append(entry, self.last, msg_id)).seq
+        self.shipped = len(stream)
+        return self.last
+
+
 def test_the_applier_brings_one_regions_writes_into_the_others_valkey_and_resumes_where_it_stood(
     regions: Regions,
 ) -> None:
@@ -486,21 +511,8 @@ def test_the_applier_brings_one_regions_writes_into_the_others_valkey_and_resume
         async with (valkey("region", EAST) as east_socket, attached_tap(east_socket, auto=True) as tap,
                     valkey("region", WEST) as west_socket, attached_tap(west_socket, auto=True)):
             east, west = await Conn.open(east_socket), await Conn.open(west_socket)
-            shipped = 0
-            last = await source.last_seq()
-
-            async def ship(*commands: tuple[object, ...]) -> int:
-                """Run commands on east; append what east replicated, one entry per command."""
-                nonlocal shipped, last
-                east.send(*commands)
-                assert not [r for r in await east.read(len(commands)) if isinstance(r, Exception)]
-                await settle(east_socket)
-                stream = [c.args for c in tap.commands if c.args[0].lower() != b"ping"]
-                for args in stream[shipped:]:
-                    entry = Entry(EntryType.DATA, 1, "east-n0", encode(args), term_seq=last)
-                    last = (await source.append(entry, last, f"east-6-{last}")).seq
-                shipped = len(stream)
-                return last
+            shipper = Shipper(east, east_socket, tap, source, await source.last_seq())
+            ship = shipper.ship
 
             keys = [b"s", b"h", b"set", b"n", b"gone"]
             await ship(("SET", "s", "east"), ("HSET", "h", "a", "1", "b", "2"), ("SADD", "set", "x", "y"),
@@ -509,7 +521,7 @@ def test_the_applier_brings_one_regions_writes_into_the_others_valkey_and_resume
             assert await west.call("SET", "s", "west") == b"OK"
             first = applier.InboundApplier(js, link, west_socket, positions)
             running = asyncio.create_task(first.run())
-            await _until(lambda: _true(first.last_origin_seq == last), 30, "west to apply the first")
+            await _until(lambda: _true(first.last_origin_seq == shipper.last), 30, "west to apply the first")
             assert await visible(west, b"s") == (Kind.STRING, b"west")
             for key in keys[1:]:
                 assert await visible(west, key) == await visible(east, key), key
@@ -518,12 +530,12 @@ def test_the_applier_brings_one_regions_writes_into_the_others_valkey_and_resume
             assert await positions.load(link) == first.position
             # What was applied and recorded is trimmed from the inbound stream, but its last entry.
             state = (await js.stream_info(link.stream)).state
-            assert (state.first_seq, state.last_seq) == (first.position.inbound_seq - 1, last)
+            assert (state.first_seq, state.last_seq) == (first.position.inbound_seq - 1, shipper.last)
 
             await ship(("HDEL", "h", "a"), ("SREM", "set", "x"), ("INCRBY", "n", "2"), ("SET", "s", "east-2"))
             second = applier.InboundApplier(js, link, west_socket, positions)
             running = asyncio.create_task(second.run())
-            await _until(lambda: _true(second.last_origin_seq == last), 30, "west to apply the rest")
+            await _until(lambda: _true(second.last_origin_seq == shipper.last), 30, "west to apply the rest")
             # Only what came after the recorded position was applied again.
             assert second.applied_writes == 4
             for key in keys:
@@ -555,25 +567,15 @@ def test_a_nodes_appliers_run_only_while_it_is_primary_and_its_snapshots_wait_fo
             appliers = RegionAppliers(west_journal, config, lambda: primary)
             running = asyncio.create_task(appliers.run())
             east, west = await Conn.open(east_socket), await Conn.open(west_socket)
-            shipped, last = 0, await east_journal.last_seq()
-
-            async def ship(*commands: tuple[object, ...]) -> None:
-                nonlocal shipped, last
-                east.send(*commands)
-                assert not [r for r in await east.read(len(commands)) if isinstance(r, Exception)]
-                await settle(east_socket)
-                stream = [c.args for c in tap.commands if c.args[0].lower() != b"ping"]
-                for args in stream[shipped:]:
-                    entry = Entry(EntryType.DATA, 1, "east-n0", encode(args), term_seq=last)
-                    last = (await east_journal.append(entry, last, f"east-7-{last}")).seq
-                shipped = len(stream)
+            shipper = Shipper(east, east_socket, tap, east_journal, await east_journal.last_seq())
+            ship = shipper.ship
 
             def applied() -> int:
                 found = appliers.appliers.get(EAST)
                 return found.last_origin_seq if found else 0
 
             await ship(("SET", "k", "1"), ("HSET", "h", "f", "1"), ("SET", "gone", "1"), ("DEL", "gone"))
-            await _until(lambda: _true(applied() == last), 30, "the primary to apply east's writes")
+            await _until(lambda: _true(applied() == shipper.last), 30, "the primary to apply east's writes")
             assert await visible(west, b"h") == (Kind.HASH, {b"f": b"1"})
             # The deleted key's tombstone goes once west's frontier passes it: east's newest clock
             # applied is the DEL's own stamp, and west stamps its clock every second.
@@ -584,14 +586,14 @@ def test_a_nodes_appliers_run_only_while_it_is_primary_and_its_snapshots_wait_fo
             await _until(lambda: _true(not appliers.appliers), 10, "the appliers to stop")
             await ship(("SET", "k", "2"))
             primary = True
-            await _until(lambda: _true(applied() == last), 30, "the primary again to apply the rest")
+            await _until(lambda: _true(applied() == shipper.last), 30, "the primary again to apply the rest")
             assert await visible(west, b"k") == (Kind.STRING, b"2")
             assert appliers.appliers[EAST].applied_writes == 1  # resumed, not replayed
 
             # East's snapshots would allow dropping everything before its last entry: west has it all.
             copies = await copies_of_linked_regions(east_journal, EAST, "east-c", {WEST: "west-c"})
-            assert copies == [holdback.Copied(WEST, last)]
-            assert await cycle.truncate(east_journal, last, lambda: _value(copies)) == last
+            assert copies == [holdback.Copied(WEST, shipper.last)]
+            assert await cycle.truncate(east_journal, shipper.last, lambda: _value(copies)) == shipper.last
             running.cancel()
             await asyncio.gather(running, return_exceptions=True)
             east.close()
