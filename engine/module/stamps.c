@@ -175,46 +175,68 @@ static void call(VkCtx *ctx, const char *cmd, VkString **args, size_t n) {
     if (r) Vk_FreeCallReply(r);
 }
 
-/* Remove from Valkey (data) and forget every element decided at or before `upto`. */
-static void drop_older(VkCtx *ctx, KeyMeta *m, VkString *key, int kind, EgStamp upto, int data) {
-    if (!m->elems) return;
-    size_t cap = 16, n = 0, ngone = 0;
-    char **gone = Vk_Alloc(cap * sizeof *gone);
-    size_t *lens = Vk_Alloc(cap * sizeof *lens);
-    int *was = Vk_Alloc(cap * sizeof *was);
+/* Names copied out of a dictionary being walked, to be forgotten once the walk is over (a dict
+ * must not change under its iterator). */
+typedef struct {
+    char **names;
+    size_t *lens;
+    size_t n, cap;
+} NameList;
+
+static void names_push(NameList *l, const char *name, size_t len) {
+    if (l->n == l->cap) {
+        l->cap = l->cap ? l->cap * 2 : 16;
+        l->names = Vk_Realloc(l->names, l->cap * sizeof *l->names);
+        l->lens = Vk_Realloc(l->lens, l->cap * sizeof *l->lens);
+    }
+    l->names[l->n] = Vk_Alloc(len);
+    memcpy(l->names[l->n], name, len);
+    l->lens[l->n++] = len;
+}
+
+static void names_free(NameList *l) {
+    for (size_t i = 0; i < l->n; i++) Vk_Free(l->names[i]);
+    if (l->cap) {
+        Vk_Free(l->names);
+        Vk_Free(l->lens);
+    }
+}
+
+/* The key's elements decided at or before `upto`, present ones into `present` (when not NULL) and
+ * removed ones into `removed`. */
+static void elements_upto(KeyMeta *m, EgStamp upto, NameList *present, NameList *removed) {
     VkDictIter *it = Vk_DictIteratorStartC(m->elems, "^", NULL, 0);
     size_t len;
     void *v;
     char *member;
     while ((member = Vk_DictNextC(it, &len, &v))) {
-        int present;
-        EgStamp s = unpack(v, &present);
+        int is_present;
+        EgStamp s = unpack(v, &is_present);
         if (eg_stamp_cmp(s, upto) > 0) continue;
-        if (n == cap) {
-            cap *= 2;
-            gone = Vk_Realloc(gone, cap * sizeof *gone);
-            lens = Vk_Realloc(lens, cap * sizeof *lens);
-            was = Vk_Realloc(was, cap * sizeof *was);
-        }
-        gone[n] = Vk_Alloc(len);
-        memcpy(gone[n], member, len);
-        lens[n] = len;
-        was[n++] = present;
+        if (!is_present) names_push(removed, member, len);
+        else if (present) names_push(present, member, len);
     }
     Vk_DictIteratorStop(it);
-    VkString **args = Vk_Alloc((n + 1) * sizeof *args);
+}
+
+/* Remove from Valkey (data) and forget every element decided at or before `upto`. */
+static void drop_older(VkCtx *ctx, KeyMeta *m, VkString *key, int kind, EgStamp upto, int data) {
+    if (!m->elems) return;
+    NameList present = {0}, removed = {0};
+    elements_upto(m, upto, &present, &removed);
+    VkString **args = Vk_Alloc((present.n + 1) * sizeof *args);
     args[0] = key;
-    for (size_t i = 0; i < n; i++) {
-        if (data && was[i]) args[1 + ngone++] = Vk_CreateString(NULL, gone[i], lens[i]);
-        elem_forget(m, gone[i], lens[i]);
-        Vk_Free(gone[i]);
+    size_t ngone = 0;
+    for (size_t i = 0; i < present.n; i++) {
+        if (data) args[1 + ngone++] = Vk_CreateString(NULL, present.names[i], present.lens[i]);
+        elem_forget(m, present.names[i], present.lens[i]);
     }
+    for (size_t i = 0; i < removed.n; i++) elem_forget(m, removed.names[i], removed.lens[i]);
     if (ngone) call(ctx, remove_command(kind), args, ngone + 1);
     for (size_t i = 0; i < ngone; i++) Vk_FreeString(NULL, args[1 + i]);
     Vk_Free(args);
-    Vk_Free(gone);
-    Vk_Free(lens);
-    Vk_Free(was);
+    names_free(&present);
+    names_free(&removed);
 }
 
 /* Decide each element the write names: a newer stamp than the one held wins it. */
@@ -317,9 +339,7 @@ static void apply_to(VkCtx *ctx, KeyMeta *m, const EgWrite *w, int data) {
  * frontier having been applied here. Returns the keys forgotten. */
 long long eg_stamps_collect(EgStamp frontier) {
     if (!keys) return 0;
-    size_t cap = 16, n = 0;
-    char **gone = Vk_Alloc(cap * sizeof *gone);
-    size_t *lens = Vk_Alloc(cap * sizeof *lens);
+    NameList gone = {0};
     VkDictIter *it = Vk_DictIteratorStartC(keys, "^", NULL, 0);
     size_t len;
     KeyMeta *m;
@@ -328,52 +348,18 @@ long long eg_stamps_collect(EgStamp frontier) {
         if (m->base && eg_stamp_cmp(unpacks(m->base), frontier) <= 0) m->base = 0;
         if (m->removed) {
             /* Removed elements at or before the frontier: collected after the walk. */
-            size_t ecap = 16, en = 0;
-            char **eg = Vk_Alloc(ecap * sizeof *eg);
-            size_t *el = Vk_Alloc(ecap * sizeof *el);
-            VkDictIter *eit = Vk_DictIteratorStartC(m->elems, "^", NULL, 0);
-            size_t mlen;
-            void *v;
-            char *member;
-            while ((member = Vk_DictNextC(eit, &mlen, &v))) {
-                int present;
-                EgStamp s = unpack(v, &present);
-                if (present || eg_stamp_cmp(s, frontier) > 0) continue;
-                if (en == ecap) {
-                    ecap *= 2;
-                    eg = Vk_Realloc(eg, ecap * sizeof *eg);
-                    el = Vk_Realloc(el, ecap * sizeof *el);
-                }
-                eg[en] = Vk_Alloc(mlen);
-                memcpy(eg[en], member, mlen);
-                el[en++] = mlen;
-            }
-            Vk_DictIteratorStop(eit);
-            for (size_t i = 0; i < en; i++) {
-                elem_forget(m, eg[i], el[i]);
-                Vk_Free(eg[i]);
-            }
-            Vk_Free(eg);
-            Vk_Free(el);
+            NameList removed = {0};
+            elements_upto(m, frontier, NULL, &removed);
+            for (size_t i = 0; i < removed.n; i++) elem_forget(m, removed.names[i], removed.lens[i]);
+            names_free(&removed);
         }
         if (eg_stamp_cmp(unpacks(m->top), frontier) > 0 || !invisible(m)) continue;
-        if (n == cap) {
-            cap *= 2;
-            gone = Vk_Realloc(gone, cap * sizeof *gone);
-            lens = Vk_Realloc(lens, cap * sizeof *lens);
-        }
-        gone[n] = Vk_Alloc(len);
-        memcpy(gone[n], key, len);
-        lens[n++] = len;
+        names_push(&gone, key, len);
     }
     Vk_DictIteratorStop(it);
-    for (size_t i = 0; i < n; i++) {
-        meta_drop(gone[i], lens[i]);
-        Vk_Free(gone[i]);
-    }
-    Vk_Free(gone);
-    Vk_Free(lens);
-    return (long long)n;
+    for (size_t i = 0; i < gone.n; i++) meta_drop(gone.names[i], gone.lens[i]);
+    names_free(&gone);
+    return (long long)gone.n;
 }
 
 void eg_stamps_stats(EgStampStats *st) {
