@@ -104,7 +104,8 @@ def test_journal_forms_one_jetstream_cluster_of_three_zone_tagged_servers(nats_j
         assert jsz["meta_cluster"]["cluster_size"] == 3
         assert jsz["meta_cluster"]["leader"] in {s.name for s in nats_journal.servers}
         assert jsz["config"]["unique_tag"] == "az"
-        assert jsz["config"]["sync_always"] is True  # acknowledged means fsynced, see design.md
+        # Acknowledged means fsynced: docs/durability.md, "When the journal fsyncs".
+        assert jsz["config"]["sync_always"] is True
 
 
 def test_a_three_replica_stream_is_placed_in_three_distinct_zones(nats_journal: LocalJournal) -> None:
