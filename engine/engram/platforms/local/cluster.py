@@ -283,8 +283,12 @@ def wait_serving(launched: Launched, timeout: float,
 
 def abandon(launched: Launched) -> None:
     """Stop a launched cluster and remove what it wrote (keeping its logs, and data it resumed from)."""
-    _stop_supervisor(launched.state, launched.supervisor.pid)
-    launched.supervisor.wait()
+    # Once reaped, its pid may be another process's: never signal it again (abandoned twice).
+    if launched.supervisor.poll() is None:
+        _stop_supervisor(launched.state, launched.supervisor.pid)
+        launched.supervisor.wait()
+    else:
+        _kill_strays(launched.state)  # children checked by their command lines, not by pid alone
     _remove(launched.state, keep_logs=True, keep_data=launched.had_data)
 
 
