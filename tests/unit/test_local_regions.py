@@ -11,7 +11,8 @@ import pytest
 
 from engram import binaries
 from engram.node.config import NodeConfig
-from engram.platforms.local import plan
+from engram.platforms.local import cluster, multi_region, plan
+from engram.platforms.local.cluster import AlreadyExists, LocalError, NotRunning
 from engram.platforms.local.multi_region import refused_options
 from engram.platforms.local.regions import (
     InboundView,
@@ -172,3 +173,57 @@ def test_the_lag_table_shows_unknown_figures_as_question_marks() -> None:
     assert lines[2].split() == ["0", "east", "0", "2", "0.2s"]
     assert lines[3].split()[:5] == ["1", "east", "?", "?", "?"]
     assert lag_lines("west", []) == []
+
+
+def _write_record(base: Path, regions: tuple[str, ...]) -> None:
+    path = record_path(base, "mr")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    replace_file(path, RegionsRecord("mr", regions).to_json())
+
+
+def _claim(base: Path, name: str) -> None:
+    """A state file, as a cluster of that name has while it runs (nothing is started here)."""
+    (base / name).mkdir(parents=True, exist_ok=True)
+    (base / name / "state.json").write_text("{}")
+
+
+def test_up_refuses_a_name_a_single_region_cluster_holds(tmp_path: Path) -> None:
+    _claim(tmp_path, "mr")
+    with pytest.raises(LocalError, match="single-region cluster"):
+        multi_region.up(plan.ClusterSpec("mr"), ["east", "west"], tmp_path)
+
+
+def test_up_refuses_other_regions_than_the_recorded_ones(tmp_path: Path) -> None:
+    _write_record(tmp_path, ("east", "west"))
+    with pytest.raises(LocalError, match="regions east,west, not east,north"):
+        multi_region.up(plan.ClusterSpec("mr"), ["east", "north"], tmp_path)
+
+
+def test_up_of_a_running_multi_region_cluster_is_already_exists(tmp_path: Path) -> None:
+    _write_record(tmp_path, ("east", "west"))
+    for region in ("east", "west"):
+        _claim(tmp_path, f"mr-{region}")
+    with pytest.raises(AlreadyExists, match="already running"):
+        multi_region.up(plan.ClusterSpec("mr"), ["east", "west"], tmp_path)
+
+
+def test_up_refuses_a_region_whose_cluster_name_is_taken(tmp_path: Path) -> None:
+    _claim(tmp_path, "mr-west")
+    with pytest.raises(LocalError, match="cluster mr-west already exists"):
+        multi_region.up(plan.ClusterSpec("mr"), ["east", "west"], tmp_path)
+    assert load_record(tmp_path, "mr") is None
+
+
+def test_a_single_region_up_refuses_the_name_of_a_multi_region_cluster(tmp_path: Path) -> None:
+    _write_record(tmp_path, ("east", "west"))
+    with pytest.raises(LocalError, match="is a multi-region cluster"):
+        cluster.up(plan.ClusterSpec("mr"), tmp_path)
+
+
+def test_down_of_a_multi_region_cluster_with_no_region_running_says_so_and_forgets_it(tmp_path: Path) -> None:
+    _write_record(tmp_path, ("east", "west"))
+    with pytest.raises(NotRunning, match="no region of mr was running"):
+        multi_region.down(tmp_path, "mr")
+    assert load_record(tmp_path, "mr") is None and not (tmp_path / "mr").exists()
+    with pytest.raises(NotRunning, match="not a multi-region cluster"):
+        multi_region.down(tmp_path, "mr")
