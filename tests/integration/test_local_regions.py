@@ -169,6 +169,21 @@ def test_writes_in_each_region_reach_the_other_and_conflicts_end_alike(up: dict[
                     0.2) == b"west"
 
 
+def test_with_one_region_down_status_shows_it_down_and_the_others_link_going_idle(base: Path) -> None:
+    result = run_engram("local", "down", f"{NAME}-west", "--dir", str(base), timeout=120)
+    assert result.returncode == 0, result.stderr
+
+    def east_hears_nothing_from_west() -> bool:
+        doc = _status(base)
+        assert doc["regions"]["west"]["running"] is False and "not running" in doc["regions"]["west"]["error"]
+        idle = doc["regions"]["east"]["lag"][0]["idle"]  # None: no contact at all
+        return idle is None or idle > 3
+
+    wait_for(east_hears_nothing_from_west, 30, "east's status to show its link to west idle", 0.5)
+    text = run_engram("local", "status", NAME, "--dir", str(base), timeout=60)
+    assert text.returncode == 0 and f"cluster {NAME}-west is down" in text.stdout
+
+
 def test_down_stops_every_region_and_a_second_down_says_nothing_runs(up: dict[str, Any], base: Path) -> None:
     pids = [n["pid"] for doc in up["regions"].values() for n in doc["nodes"]]
     pids += [j["pid"] for doc in up["regions"].values() for j in doc["journal"]]

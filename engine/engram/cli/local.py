@@ -111,7 +111,7 @@ def _up_regions(args: argparse.Namespace, spec: ClusterSpec) -> int:
         if not args.exist_ok:
             raise
         doc = multi_region.status(args.dir, args.name)
-        where = ", ".join(f"{r} at {d['endpoint']}" for r, d in doc["regions"].items())
+        where = ", ".join(f"{r} at {d['endpoint']}" for r, d in doc["regions"].items() if d["running"])
         _say(f"multi-region cluster {args.name} is already running; its endpoints: {where}")
     _print_regions(doc, args.json)
     return 0
@@ -122,6 +122,9 @@ def _print_regions(doc: dict, as_json: bool) -> None:
         print(json.dumps(doc, indent=2))
         return
     for region, status_doc in doc["regions"].items():
+        if not status_doc.get("running", True):
+            print(f"== region {region}: cluster {status_doc['name']} is down: {status_doc['error']}\n")
+            continue
         print(f"== region {region}: cluster {status_doc['name']}, endpoint {status_doc['endpoint']}")
         print_status(status_doc)
         if lines := regions.lag_lines(region, status_doc["lag"]):

@@ -162,14 +162,24 @@ def status(base: str | Path, name: str) -> dict[str, Any]:
     record = load_record(base, name)
     if record is None:
         raise NotRunning(f"{name} is not a multi-region cluster (no {record_path(base, name)})")
-    docs = {}
+    docs: dict[str, dict[str, Any]] = {}
     states = {}
     for region, name_of in record.clusters.items():
-        states[region] = cluster.load_running(base, name_of)
-        docs[region] = {"region": region, **cluster.describe(states[region], cluster._probe(states[region]))}
+        try:
+            states[region] = cluster.load_running(base, name_of)
+        except LocalError as exc:
+            # A region that is down is what an operator looks at the others' lag for: show it as
+            # down and go on (its lag cannot be read; the others' shows how long since it spoke).
+            docs[region] = {"region": region, "name": name_of, "running": False, "error": str(exc), "lag": []}
+            continue
+        docs[region] = {"region": region, "running": True,
+                        **cluster.describe(states[region], cluster._probe(states[region]))}
+    if not states:
+        raise NotRunning(f"no region of {name} is running ({', '.join(record.clusters.values())}); "
+                         f"clean up with `{cluster.down_hint(base, name)}`")
     lags = asyncio.run(_lags(states))
-    for region, doc in docs.items():
-        doc["lag"] = lags[region]
+    for region, lag in lags.items():
+        docs[region]["lag"] = lag
     return {"name": name, "regions": docs}
 
 
