@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engram.leadership.on_stop import successors
+from engram.orchestration.successor import successors
 
 
 def status(shard: int, role: str, applied: int, halted: str = "") -> dict[str, str]:

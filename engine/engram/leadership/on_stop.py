@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from engram.node.peer import PeerUnreachable, peer_status
+from engram.orchestration.successor import successors
 
 if TYPE_CHECKING:
     from engram.cluster.topology import NodeRecord
@@ -28,23 +28,6 @@ log = logging.getLogger(__name__)
 # supervisor's STOP_TIMEOUT).
 STOP_HANDOVER_TIMEOUT = 5.0
 STATUS_TIMEOUT = 1.0
-
-
-def successors(node_id: str, shard: int, statuses: Mapping[str, Mapping[str, str]]) -> list[str]:
-    """Nodes that may take over the shard, most caught-up first: live replicas of the shard that
-    are not halted (ENGRAM.STATUS fields by node id). Ties go to the lower node id."""
-    ranked = []
-    for other, fields in statuses.items():
-        if other == node_id or fields.get("shard") != str(shard):
-            continue
-        if fields.get("role") != "replica" or fields.get("halted"):
-            continue
-        try:
-            applied = int(fields.get("applied_seq") or 0)
-        except ValueError:
-            continue
-        ranked.append((-applied, other))
-    return [other for _, other in sorted(ranked)]
 
 
 async def _status(node: Node, record: NodeRecord) -> dict[str, str] | None:

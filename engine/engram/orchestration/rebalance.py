@@ -12,6 +12,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from engram.orchestration.successor import caught_up_rank
+
 
 @dataclass(frozen=True)
 class NodeView:
@@ -61,14 +63,14 @@ def rebalance(nodes: Sequence[NodeView]) -> Move | None:
     if not settled(nodes):
         return None
     counts = primaries_per_zone(nodes)
-    best: tuple[tuple[int, int, str], Move] | None = None
+    best: tuple[tuple[int, bool, int, str], Move] | None = None
     for primary in sorted((n for n in nodes if n.role == "primary"), key=lambda n: (n.shard, n.id)):
         for replica in (n for n in nodes if n.shard == primary.shard and n.role == "replica"):
             gain = counts[primary.zone] - counts[replica.zone]
             if gain < 2:
                 continue  # moving would only swap which zone has one more
             # The biggest gap first, then the most caught-up replica, then by name for a stable choice.
-            rank = (-gain, -replica.applied_seq, replica.id)
+            rank = (-gain, *caught_up_rank(replica.applied_seq, replica.id))
             move = Move(primary.shard, primary.id, replica.id, primary.zone, replica.zone)
             if best is None or rank < best[0]:
                 best = (rank, move)

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from engram.orchestration.successor import caught_up_rank
+
 PRIMARY = "primary"
 REPLICA = "replica"
 
@@ -121,9 +123,9 @@ def switchover_target(nodes: Sequence[UpgradeNode], shard: int, exclude: str, *,
     """The most caught-up ready replica of the shard that stays, or None.
 
     Never a halted one, one on a lost node, or ``exclude``; with up_to_date_only only those on the
-    target; one on a cordoned node only as a last resort, when allowed. Ties go to the first listed.
+    target; one on a cordoned node only as a last resort, when allowed. Ranked by successor.caught_up_rank.
     """
-    best: tuple[tuple[bool, int], str] | None = None
+    ranked = []
     for node in nodes:
         if node.shard != shard or node.id == exclude or not node.ready or not node.staying:
             continue
@@ -131,7 +133,5 @@ def switchover_target(nodes: Sequence[UpgradeNode], shard: int, exclude: str, *,
             continue
         if (up_to_date_only and not node.up_to_date) or (node.cordoned and not allow_cordoned):
             continue
-        rank = (not node.cordoned, node.applied_seq)
-        if best is None or rank > best[0]:
-            best = (rank, node.id)
-    return best[1] if best else None
+        ranked.append(caught_up_rank(node.applied_seq, node.id, last_resort=node.cordoned))
+    return min(ranked)[2] if ranked else None

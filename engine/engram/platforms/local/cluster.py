@@ -18,6 +18,7 @@ from engram import binaries
 from engram.journal.client import Journal
 from engram.journal.errors import JournalError
 from engram.node.config import NodeConfig
+from engram.orchestration.successor import successors
 from engram.platforms.local import network, plan, probe, processes, regions
 from engram.platforms.local.state import (
     FAILED,
@@ -504,12 +505,11 @@ def failover(
     if primary is None:
         raise LocalError(f"shard {shard} of {name} has no primary right now; try again once it has one")
     if to is None:
-        replicas = [
-            (n, st) for n, st in by_id.values() if st and st.get("role") == "replica" and not st.get("halted")
-        ]
-        if not replicas:
+        statuses = {n.id: st for n, st in by_id.values() if st}
+        ranked = successors(primary.id, shard, statuses)
+        if not ranked:
             raise LocalError(f"shard {shard} of {name} has no live replica to hand over to")
-        to = min(replicas, key=lambda r: (-(_int(r[1].get("applied_seq")) or 0), r[0].id))[0].id
+        to = ranked[0]
     elif to not in by_id:
         raise LocalError(f"{to} is not a node of shard {shard}; its nodes are: {', '.join(by_id)}")
     elif to == primary.id:
