@@ -90,6 +90,8 @@ def test_degraded_cluster_reports_phase_and_reason() -> None:
     degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
     assert status["phase"] == "Degraded"
     assert degraded["status"] == "True" and degraded["reason"] == "UnsatisfiableSpread"
+    spread = next(c for c in status["conditions"] if c["type"] == "ZoneSpreadSatisfied")
+    assert spread["status"] == "False" and spread["reason"] == "UnsatisfiableSpread"
 
 
 def test_replica_lag_is_reported_per_shard() -> None:

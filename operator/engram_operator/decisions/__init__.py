@@ -94,6 +94,8 @@ def decide(cluster: ClusterSpec, seen: Observed) -> Plan:
     except (JournalSpreadError, placement.SpreadError) as err:
         # The spec cannot be met: say so, and touch nothing beyond keeping existing pods alive.
         plan.degraded = Problem("UnsatisfiableSpread", str(err))
+        # The spread asked for is not met either: ZoneSpreadSatisfied must not say it is.
+        plan.spread = Problem("UnsatisfiableSpread", str(err))
         plan.events.append(Event("Warning", "UnsatisfiableSpread", str(err)))
         provisioned = _provision(cluster, seen, plan)
         users_file = plan_users(cluster, seen, plan)
