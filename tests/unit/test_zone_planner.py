@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import replace
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -12,7 +15,6 @@ from engram.orchestration.zones import (
     ZonePlanError,
     ZoneSpreadError,
     plan_zones,
-    replace_lost_zones,
     replacement_zone,
 )
 
@@ -23,6 +25,30 @@ shard_counts = st.integers(1, 50)
 replica_counts = st.integers(0, 5)
 spreadings = st.sampled_from(list(Spreading))
 
+
+
+def replace_lost_zones(plan: ZonePlan, lost_zones: Iterable[str], live_zones: Iterable[str]) -> ZonePlan:
+    """The plan with every node in a lost zone moved by replacement_zone, shard by shard: what the
+    operator does one pod at a time, done to a whole plan so that properties can be checked on it."""
+    lost = set(lost_zones)
+    live = sorted(set(live_zones) - lost)
+    result = plan
+    degraded: list[str] = []
+    for shard in plan.shards:
+        for node in shard:
+            if node.zone in lost:
+                zone = replacement_zone(result, node.shard, node.index, lost, live)
+                result = result.moved(node.shard, node.index, zone)
+                if any(n.zone == zone for n in result.shards[node.shard] if n.index != node.index):
+                    degraded.append(f"shard {node.shard} node {node.index} shares zone {zone}")
+    if degraded:
+        warning = (
+            f"spreading Preferred: with zones {', '.join(sorted(lost))} lost, only {len(live)} live zone(s) "
+            f"({', '.join(live)}) remain, so some shards have two nodes in one zone: {'; '.join(degraded)}; "
+            f"bring a lost zone back or add a zone"
+        )
+        result = replace(result, warnings=(*result.warnings, warning))
+    return result
 
 def spread(values: dict[str, int]) -> int:
     return max(values.values()) - min(values.values())

@@ -27,10 +27,6 @@ class NoQuorum(JournalError):
     """The shard's stream has no leader (no quorum of journal servers reachable)."""
 
 
-class NewerEngine(JournalError):
-    """An entry was written by a newer engine than this node runs."""
-
-
 class StreamMissing(JournalError):
     """The shard's stream does not exist (yet): only provisioning creates it, never a node."""
 

@@ -25,7 +25,6 @@ __all__ = [
     "ZonePlanError",
     "ZoneSpreadError",
     "plan_zones",
-    "replace_lost_zones",
     "replacement_zone",
 ]
 
@@ -201,29 +200,6 @@ def replacement_zone(
         candidates,
         key=lambda zone: (others[zone], load[zone], primaries[zone] if node.primary else 0, zone),
     )
-
-
-def replace_lost_zones(plan: ZonePlan, lost_zones: Iterable[str], live_zones: Iterable[str]) -> ZonePlan:
-    """The plan with every node in a lost zone moved by replacement_zone, shard by shard."""
-    lost = set(lost_zones)
-    live = sorted(set(live_zones) - lost)
-    result = plan
-    degraded: list[str] = []
-    for shard in plan.shards:
-        for node in shard:
-            if node.zone in lost:
-                zone = replacement_zone(result, node.shard, node.index, lost, live)
-                result = result.moved(node.shard, node.index, zone)
-                if any(n.zone == zone for n in result.shards[node.shard] if n.index != node.index):
-                    degraded.append(f"shard {node.shard} node {node.index} shares zone {zone}")
-    if degraded:
-        warning = (
-            f"spreading Preferred: with zones {', '.join(sorted(lost))} lost, only {len(live)} live zone(s) "
-            f"({', '.join(live)}) remain, so some shards have two nodes in one zone: {'; '.join(degraded)}; "
-            f"bring a lost zone back or add a zone"
-        )
-        result = replace(result, warnings=(*result.warnings, warning))
-    return result
 
 
 def _zone_names(zones: Iterable[str]) -> tuple[str, ...]:
