@@ -30,8 +30,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if not worker.startswith("gw") or count < 1 or os.environ.get(ports.RANGE_VARIABLE):
         return
     index = int(worker[2:])
-    width = (ports.ephemeral_range()[0] - 10000) // count
-    low = 10000 + index * width
+    width = (ports.ephemeral_range()[0] - ports.LOWEST) // count
+    low = ports.LOWEST + index * width
     os.environ[ports.RANGE_VARIABLE] = f"{low}-{low + width - 1}"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from engram.multiregion.applier import OriginStamps, origin_stamps, stamped_writes
+from engram.multiregion.applier import OriginStamps, origin_stamps
 from engram.multiregion.inbound import InboundError
 from engram.valkey.connection import encode
 
@@ -22,22 +22,22 @@ def test_only_the_origins_own_stamped_writes_are_taken_in_order() -> None:
         ("engram.mr.apply", "12", "east", "set", "s", "1", "m"),
         ("EXEC",), ("ENGRAM.MR.COLLECT", "9", "east"),
     )
-    assert stamped_writes(payload, "east") == [
+    assert origin_stamps(payload, "east").writes == [
         [b"ENGRAM.MR.APPLY", b"10", b"east", b"string", b"k", b"v"],
         [b"engram.mr.apply", b"12", b"east", b"set", b"s", b"1", b"m"],
     ]
-    assert stamped_writes(payload, "west") == []
+    assert origin_stamps(payload, "west").writes == []
 
 
 def test_bytes_that_end_inside_a_command_are_refused() -> None:
     payload = _payload(("ENGRAM.MR.APPLY", "10", "east", "string", "k", "v"))
     with pytest.raises(InboundError, match="end inside a command"):
-        stamped_writes(payload[:-3], "east")
+        origin_stamps(payload[:-3], "east")
 
 
 def test_bytes_that_are_not_resp_are_refused() -> None:
     with pytest.raises(InboundError, match="do not parse"):
-        stamped_writes(b"*1\r\n:5\r\n", "east")
+        origin_stamps(b"*1\r\n:5\r\n", "east")
 
 
 def test_the_newest_origin_clock_counts_clock_stamps_and_writes_but_no_other_region() -> None:

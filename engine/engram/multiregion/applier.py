@@ -78,11 +78,6 @@ def origin_stamps(payload: bytes, origin_region: str) -> OriginStamps:
     return OriginStamps(writes, hlc)
 
 
-def stamped_writes(payload: bytes, origin_region: str) -> list[list[bytes]]:
-    """The writes of origin_stamps alone."""
-    return origin_stamps(payload, origin_region).writes
-
-
 def bucket_name(cluster: str) -> str:
     """This region's record of how far each inbound stream of the cluster has been applied."""
     return f"ENGRAM_{cluster}_INBOUND"

@@ -282,6 +282,11 @@ async def source_state(js: JetStreamContext, link: InboundLink) -> SourceState:
         info = await js.stream_info(link.stream)
     except Exception as exc:
         raise InboundError(f"cannot read inbound stream {link.stream}: {exc!r}") from exc
+    return source_state_of(info, link)
+
+
+def source_state_of(info: api.StreamInfo, link: InboundLink) -> SourceState:
+    """source_state from stream info the caller already has."""
     for source in info.sources or []:
         if source.name == link.source_stream:
             error = (source.error or {}).get("description", "") if source.error else ""

@@ -13,7 +13,7 @@ from engram import metrics
 from engram.journal.client import Journal
 from engram.journal.errors import JournalError
 from engram.multiregion.applier import InboundApplier, PositionStore
-from engram.multiregion.inbound import InboundLink, ensure_inbound, source_state
+from engram.multiregion.inbound import InboundLink, ensure_inbound, source_state_of
 from engram.multiregion.lww import Stamp, frontier
 from engram.node.config import NodeConfig
 from engram.valkey.connection import ValkeyConnection, ValkeyError
@@ -137,8 +137,8 @@ class RegionAppliers:
         for region, applier in self.appliers.items():
             metrics.REGION_APPLIED.labels(region).set(applier.last_origin_seq)
             try:
-                state = await source_state(self.journal.jetstream, applier.link)
                 info = await self.journal.jetstream.stream_info(applier.link.stream)
+                state = source_state_of(info, applier.link)
             except Exception as exc:  # a metric: the next round measures again
                 log.debug("region %s lag not measured: %r", region, exc)
                 continue

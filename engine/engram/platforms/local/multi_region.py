@@ -21,7 +21,7 @@ from nats.js.client import JetStreamContext
 from engram.journal.client import stream_name
 from engram.multiregion import holdback
 from engram.multiregion.applier import PositionStore, bucket_name
-from engram.multiregion.inbound import InboundError, InboundLink, source_state
+from engram.multiregion.inbound import InboundError, InboundLink, source_state_of
 from engram.platforms.local import cluster, journal, plan, ports
 from engram.platforms.local.cluster import AlreadyExists, LocalError, NotRunning, Progress
 from engram.platforms.local.regions import (
@@ -200,8 +200,7 @@ async def _lags(states: dict[str, ClusterState]) -> dict[str, list[dict[str, Any
             views = []
             for source in state.linked_regions:
                 for shard in range(state.shards):
-                    link = InboundLink(state.name, shard, source, states[source].name
-                                       if source in states else state.linked_regions[source])
+                    link = InboundLink(state.name, shard, source, state.linked_regions[source])
                     views.append(await _view(js[region], js.get(source), link, region))
             out[region] = [lag_row(v) for v in views]
         return out
@@ -239,12 +238,12 @@ async def _view(js: JetStreamContext | None, source_js: JetStreamContext | None,
         errors.append(copied.why)
     lag = idle = None
     try:
-        state = await asyncio.wait_for(source_state(js, link), ASK_TIMEOUT)
+        state = source_state_of(info, link)
         lag, idle = state.lag, state.idle
         if state.error:
             errors.append(state.error)
-    except (InboundError, TimeoutError) as exc:
-        errors.append(str(exc) or type(exc).__name__)
+    except InboundError as exc:
+        errors.append(str(exc))
     applied_next = None
     try:
         kv = await asyncio.wait_for(js.key_value(bucket_name(link.cluster)), ASK_TIMEOUT)

@@ -62,7 +62,7 @@ def allocate(count: int, base: int | None = None, host: str = LOOPBACK) -> list[
 # Ports handed out by this process, never handed out again: a port chosen but not yet bound by
 # the server it is for still looks free.
 _handed_out: set[int] = set()
-_LOWEST = 10000
+LOWEST = 10000
 
 
 def ephemeral_range() -> tuple[int, int]:
@@ -106,8 +106,8 @@ def _outside_ephemeral(count: int, host: str) -> list[int]:
     chosen_range = configured_range()
     if chosen_range is None:
         low, high = ephemeral_range()
-        if low - _LOWEST >= 1000:
-            chosen_range = _LOWEST, low - 1
+        if low - LOWEST >= 1000:
+            chosen_range = LOWEST, low - 1
         elif 65535 - high >= 1000:
             chosen_range = high + 1, 65535
         else:
