@@ -169,7 +169,9 @@ def test_writes_in_each_region_reach_the_other_and_conflicts_end_alike(up: dict[
                     0.2) == b"west"
 
 
-def test_with_one_region_down_status_shows_it_down_and_the_others_link_going_idle(base: Path) -> None:
+def test_with_one_region_down_status_shows_it_down_and_the_others_link_going_idle(
+    up: dict[str, Any], base: Path,
+) -> None:
     result = run_engram("local", "down", f"{NAME}-west", "--dir", str(base), timeout=120)
     assert result.returncode == 0, result.stderr
 
