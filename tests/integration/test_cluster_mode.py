@@ -15,6 +15,7 @@ from redis.exceptions import MovedError
 
 from engram import binaries
 from engram.cluster.slots import SLOTS, key_hash_slot
+from engram.platforms.local.testing import wait_for
 from tests.integration.workload import cli_status, client_for
 
 pytestmark = pytest.mark.integration
@@ -168,6 +169,8 @@ def test_killing_one_shards_primary_loses_nothing_and_clients_follow(local_clust
     status = local_cluster(shards=3, replicas=1, lease=1.0)
     owners = _slot_owners(status)
     acked: dict[str, tuple[int, float]] = {}
+    # The writers add to acked while the test reads it: a read must not see it change size.
+    acked_lock = threading.Lock()
     stop = threading.Event()
 
     def write(index: int) -> None:
@@ -177,22 +180,28 @@ def test_killing_one_shards_primary_loses_nothing_and_clients_follow(local_clust
             key = f"fo:{index}:{n}"
             try:
                 mine.set(key, n)
-                acked[key] = (n, time.monotonic())
+                with acked_lock:
+                    acked[key] = (n, time.monotonic())
             except redis.RedisError:
                 time.sleep(0.05)
             n += 1
 
+    def shards_writing_since(since: float) -> set[int]:
+        with acked_lock:
+            recent = [k for k, (_, at) in acked.items() if at > since]
+        return {owners[key_hash_slot(k.encode())] for k in recent}
+
     threads = [threading.Thread(target=write, args=(i,)) for i in range(6)]
     for thread in threads:
         thread.start()
-    time.sleep(1.5)
+    started = time.monotonic()
+    wait_for(lambda: shards_writing_since(started) == {0, 1, 2}, 30, "every shard to take writes first")
     victim = _primaries(status)[1]
     killed_at = time.monotonic()
     os.kill(victim["pid"], signal.SIGKILL)
 
     def shards_writing_after_kill() -> set[int]:
-        recent = [k for k, (_, at) in list(acked.items()) if at > killed_at + 0.1]
-        return {owners[key_hash_slot(k.encode())] for k in recent}
+        return shards_writing_since(killed_at + 0.1)
 
     deadline = time.monotonic() + 30
     while (after := shards_writing_after_kill()) != {0, 1, 2} and time.monotonic() < deadline:
