@@ -147,6 +147,23 @@ async def prepare_shards(urls: list[str], cluster: str, shards: int,
         await c.journal.close()
 
 
+async def current_record(urls: list[str], cluster: str,
+                         security: JournalSecurity = PLAIN) -> ReshardRecord | None:
+    """The cluster's newest reshard record as the metadata holds it (nodes may report an older one)."""
+    c = await _open(urls, cluster, security)
+    try:
+        raw = await _patiently(c.meta.load_reshard, "reading the reshard record")
+    finally:
+        await c.journal.close()
+    if not raw:
+        return None
+    try:
+        return ReshardRecord.loads(raw)
+    except (ValueError, TypeError) as exc:
+        log.warning("ignoring an unreadable reshard record: %s", exc)
+        return None
+
+
 async def _forget_snapshots(c: _Cluster, shard: int) -> None:
     """Delete every snapshot of a shard that is being removed (or was, and comes back)."""
     store = await open_store(c.journal, c.name, c.cluster_id)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,14 @@ from engram.platforms.local.shard_nodes import ShardRequest, send_request, serve
 from engram.platforms.local.state import NODES_STARTED, ClusterState
 from engram.resharding.mover import MoveOptions
 from engram.resharding.record import ReshardRecord, format_duration
-from engram.resharding.run import MAX_SHARDS, ReshardError, ReshardOptions, prepare_shards, reshard
+from engram.resharding.run import (
+    MAX_SHARDS,
+    ReshardError,
+    ReshardOptions,
+    current_record,
+    prepare_shards,
+    reshard,
+)
 
 # For the supervisor to carry out a shard request: starting is quick; stopping gives each of two
 # groups (replicas, then primaries) the supervisor's STOP_TIMEOUT.
@@ -83,8 +91,13 @@ def unfinished(base: str | Path, name: str) -> int | None:
 
 
 def _last_reshard(state: ClusterState) -> dict[str, Any] | None:
-    """The newest reshard the nodes report (it may be unfinished: rerunning its count resumes it)."""
-    return describe(state, asyncio.run(probe.fetch_all(probe.control_addresses(state.nodes))))["resharding"]
+    """The newest reshard record (it may be unfinished: rerunning its count resumes it), read from the
+    metadata: a node's report can lag behind a reshard that just finished."""
+    try:
+        record = asyncio.run(current_record(state.journal_urls, state.name, state.journal_security))
+    except (ReshardError, JournalError) as exc:
+        raise LocalError(f"cannot read cluster {state.name}'s reshard record: {exc}") from exc
+    return asdict(record) if record is not None else None
 
 
 async def _scale(state: ClusterState, shards: int, options: ReshardOptions,
@@ -105,8 +118,8 @@ async def _scale(state: ClusterState, shards: int, options: ReshardOptions,
                 "stopping their nodes")
             state = await ask_supervisor(state, min(removed))
 
-        await reshard(urls, name, shards, security=security, progress=progress, on_drained=stop_drained,
-                      options=options)
+        final = await reshard(urls, name, shards, security=security, progress=progress,
+                              on_drained=stop_drained, options=options)
         if any(n.shard >= shards for n in state.nodes):
             # A run interrupted while stopping them: this rerun had nothing left to drain.
             state = await ask_supervisor(state, shards)
@@ -114,7 +127,13 @@ async def _scale(state: ClusterState, shards: int, options: ReshardOptions,
         raise LocalError(f"scaling {name} to {shards} shards failed: {exc}; run the same command again "
                          "to resume") from exc
     current = ClusterState.load(state.path)
-    return describe(current, await probe.fetch_all(probe.control_addresses(current.nodes)))
+    doc = describe(current, await probe.fetch_all(probe.control_addresses(current.nodes)))
+    # The nodes learn the finished record through their metadata watch, which a loaded machine can
+    # delay past this probe; the record the mover just wrote is the newest there is.
+    reported = doc["resharding"]
+    if reported is None or reported["updated"] <= final.updated:
+        doc["resharding"] = asdict(final)
+    return doc
 
 
 async def ask_supervisor(state: ClusterState, shards: int, timeout: float = REQUEST_TIMEOUT) -> ClusterState:
