@@ -1,4 +1,5 @@
-"""`engram local up --regions`: two full local clusters, linked, with real nats-servers and nodes
+"""`engram local up --regions`: three full local clusters, each linked to both others, with real
+nats-servers and nodes
 (docs/multi-region.md, "A local multi-region cluster"). The regions share one cluster for the whole
 module; the last test takes it down.
 """
@@ -19,6 +20,7 @@ import pytest
 import redis
 
 from engram.journal.client import stream_name
+from engram.multiregion.link import INBOUND_ACCOUNT
 from engram.node.config import NodeConfig
 from engram.platforms.local.processes import pid_alive
 from engram.platforms.local.testing import force_cleanup, log_tails, run_engram, wait_for
@@ -26,7 +28,7 @@ from engram.platforms.local.testing import force_cleanup, log_tails, run_engram,
 pytestmark = pytest.mark.integration
 
 NAME = "mr"
-REGIONS = ("east", "west")
+REGIONS = ("east", "west", "south")
 
 
 @pytest.fixture(scope="module")
@@ -64,12 +66,14 @@ def _client(doc: dict[str, Any], region: str) -> redis.Redis:
 
 
 def _leafnodes(url: str) -> int:
+    """How many of a journal server's own links to other regions are up (bound to its inbound account)."""
     with urllib.request.urlopen(url, timeout=5) as reply:
-        return int(json.load(reply).get("leafnodes", 0))
+        leafs = json.load(reply).get("leafs") or []
+    return sum(1 for leaf in leafs if leaf.get("account") == INBOUND_ACCOUNT)
 
 
 def _leafz(region_doc: dict[str, Any], base: Path) -> list[int]:
-    """Each journal server's leaf connections, from its monitoring port (state.json has the ports)."""
+    """Each journal server's links to other regions, from its monitoring port (state.json has the ports)."""
     state = json.loads((base / region_doc["name"] / "state.json").read_text())
     return [_leafnodes(f"http://{j['host']}:{j['http_port']}/leafz") for j in state["journal"]]
 
@@ -77,23 +81,22 @@ def _leafz(region_doc: dict[str, Any], base: Path) -> list[int]:
 def test_up_starts_a_cluster_per_region_each_serving_at_its_own_endpoint(up: dict[str, Any]) -> None:
     assert up["name"] == NAME and list(up["regions"]) == list(REGIONS)
     endpoints = {doc["endpoint"] for doc in up["regions"].values()}
-    assert len(endpoints) == 2
+    assert len(endpoints) == 3
     for region, doc in up["regions"].items():
         assert doc["name"] == f"{NAME}-{region}" and doc["region"] == region
         assert {n["role"] for n in doc["nodes"]} == {"primary", "replica"}
         config = NodeConfig.load(Path(doc["dir"]) / "nodes" / doc["nodes"][0]["id"] / "node.json")
-        other = next(r for r in REGIONS if r != region)
-        assert config.region == region and config.linked_regions == {other: f"{NAME}-{other}"}
+        assert config.region == region
+        assert config.linked_regions == {r: f"{NAME}-{r}" for r in REGIONS if r != region}
 
 
 def test_the_regions_journals_are_linked_by_leaf_nodes_and_each_reaches_the_others_domain(
     up: dict[str, Any], base: Path
 ) -> None:
-    east, west = up["regions"]["east"], up["regions"]["west"]
-    # west dials (east sorts first and listens): each west server holds one leaf connection, and
-    # east's servers hold the three between them.
-    assert _leafz(west, base) == [1, 1, 1]
-    assert sum(_leafz(east, base)) == 3
+    # Every server of every region holds a link to each of the two other regions: a triangle NATS
+    # would refuse as a loop if the links shared an account.
+    for region in REGIONS:
+        assert _leafz(up["regions"][region], base) == [2, 2, 2], region
 
     async def reach(from_doc: dict[str, Any], to_region: str) -> int:
         nc = await nats.connect([j["url"] for j in from_doc["journal"]], connect_timeout=5)
@@ -104,21 +107,24 @@ def test_the_regions_journals_are_linked_by_leaf_nodes_and_each_reaches_the_othe
         finally:
             await nc.close()
 
-    assert asyncio.run(reach(west, "east")) >= 1
-    assert asyncio.run(reach(east, "west")) >= 1
+    for region in REGIONS:
+        for other in REGIONS:
+            if other != region:
+                assert asyncio.run(reach(up["regions"][region], other)) >= 1, (region, other)
 
 
 def test_status_shows_each_regions_lag_behind_the_other_and_it_drains(up: dict[str, Any], base: Path) -> None:
     def caught_up() -> dict[str, Any] | None:
         doc = _status(base)
         rows = [row for region in REGIONS for row in doc["regions"][region]["lag"]]
-        ok = len(rows) == 2 and all(r["not_copied"] == 0 and r["not_applied"] == 0 and not r["error"]
+        ok = len(rows) == 6 and all(r["not_copied"] == 0 and r["not_applied"] == 0 and not r["error"]
                                     for r in rows)
         return doc if ok else None
 
-    doc = wait_for(caught_up, 60, "each region to have copied and applied everything of the other", 0.5)
-    assert [(r["shard"], r["from"]) for r in doc["regions"]["east"]["lag"]] == [(0, "west")]
-    assert [(r["shard"], r["from"]) for r in doc["regions"]["west"]["lag"]] == [(0, "east")]
+    doc = wait_for(caught_up, 90, "each region to have copied and applied everything of the others", 0.5)
+    for region in REGIONS:
+        assert sorted((r["shard"], r["from"]) for r in doc["regions"][region]["lag"]) == sorted(
+            (0, other) for other in REGIONS if other != region)
     text = run_engram("local", "status", NAME, "--dir", str(base), timeout=60)
     assert text.returncode == 0 and "region west: lag behind the other regions" in text.stdout
 
@@ -139,7 +145,7 @@ def test_a_second_up_is_refused_and_with_exist_ok_says_where_it_serves(
 
 def test_what_cannot_work_is_refused_before_anything_starts(base: Path) -> None:
     for extra, says in ((["--regions", "east"], "needs two regions"),
-                        (["--regions", "east,west,north"], "more than two regions"),
+                        (["--regions", "a,b,c,d,e,f"], "at most 5"),
                         (["--regions", "east,West"], "lower-case"),
                         (["--regions", "east,west", "--tls"], "--tls")):
         result = run_engram("local", "up", "other", "--dir", str(base), *extra, timeout=60)
@@ -148,24 +154,32 @@ def test_what_cannot_work_is_refused_before_anything_starts(base: Path) -> None:
 
 
 def _converged(doc: dict[str, Any], read: Any) -> Any:
-    """What both regions read, once they read the same thing (else None)."""
-    east, west = read(_client(doc, "east")), read(_client(doc, "west"))
-    return east if east == west and east else None
+    """What every region reads, once they all read the same thing (else None)."""
+    seen = [read(_client(doc, region)) for region in REGIONS]
+    return seen[0] if seen[0] and all(s == seen[0] for s in seen) else None
 
 
-def test_writes_in_each_region_reach_the_other_and_conflicts_end_alike(up: dict[str, Any]) -> None:
-    east, west = _client(up, "east"), _client(up, "west")
+def test_writes_in_each_region_reach_the_others_and_conflicts_end_alike(up: dict[str, Any]) -> None:
+    east, west, south = (_client(up, r) for r in REGIONS)
     wait_for(lambda: east.set("from-east", "e1"), 30, "east to take a write")
     wait_for(lambda: west.hset("profile", "city", "Oslo"), 30, "west to take a write")
+    wait_for(lambda: south.sadd("seen-by", "south"), 30, "south to take a write")
     east.hset("profile", "name", "Ada")
+    south.hset("profile", "lang", "en")
+    east.sadd("seen-by", "east")
     east.set("both", "east")
-    west.set("both", "west")  # the later write: every region must end with it
+    south.set("both", "south")
+    west.set("both", "west")  # the last write: every region must end with it
 
-    assert wait_for(lambda: west.get("from-east"), 60, "east's key in west", 0.2) == b"e1"
-    profile = {b"city": b"Oslo", b"name": b"Ada"}
-    wait_for(lambda: all(c.hgetall("profile") == profile for c in (east, west)), 60,
-             "both regions to hold both hash fields", 0.2)
-    assert wait_for(lambda: _converged(up, lambda c: c.get("both")), 60, "both regions to agree on `both`",
+    for region in ("west", "south"):
+        assert wait_for(lambda r=region: _client(up, r).get("from-east"), 60, f"east's key in {region}",
+                        0.2) == b"e1"
+    profile = {b"city": b"Oslo", b"name": b"Ada", b"lang": b"en"}
+    wait_for(lambda: all(c.hgetall("profile") == profile for c in (east, west, south)), 60,
+             "every region to hold every hash field", 0.2)
+    wait_for(lambda: all(c.smembers("seen-by") == {b"east", b"south"} for c in (east, west, south)), 60,
+             "every region to hold both set members", 0.2)
+    assert wait_for(lambda: _converged(up, lambda c: c.get("both")), 60, "every region to agree on `both`",
                     0.2) == b"west"
 
 
@@ -178,10 +192,15 @@ def test_with_one_region_down_status_shows_it_down_and_the_others_link_going_idl
     def east_hears_nothing_from_west() -> bool:
         doc = _status(base)
         assert doc["regions"]["west"]["running"] is False and "not running" in doc["regions"]["west"]["error"]
-        idle = doc["regions"]["east"]["lag"][0]["idle"]  # None: no contact at all
+        from_west = next(r for r in doc["regions"]["east"]["lag"] if r["from"] == "west")
+        idle = from_west["idle"]  # None: no contact at all
         return idle is None or idle > 3
 
     wait_for(east_hears_nothing_from_west, 30, "east's status to show its link to west idle", 0.5)
+    # The others stay linked to each other: no region is a hub the rest depend on.
+    east, south = _client(up, "east"), _client(up, "south")
+    wait_for(lambda: east.set("while-west-is-down", "e2"), 30, "east to take a write")
+    assert wait_for(lambda: south.get("while-west-is-down"), 60, "east's write in south", 0.2) == b"e2"
     text = run_engram("local", "status", NAME, "--dir", str(base), timeout=60)
     assert text.returncode == 0 and f"cluster {NAME}-west is down" in text.stdout
 

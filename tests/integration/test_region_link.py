@@ -2,7 +2,7 @@
 its own JetStream domain, linked by leaf node connections; a stream in one region sources the other
 region's shard stream (docs/multi-region.md, "Transport").
 
-The link runs through a relay the tests can cut, as a network partition between regions would,
+The links run through relays the tests can cut, as a network partition between regions would,
 while both regions' servers keep running.
 """
 
@@ -28,12 +28,22 @@ from engram.journal.client import Journal
 from engram.journal.entries import Entry, EntryType
 from engram.multiregion import applier, holdback, inbound
 from engram.multiregion.inbound import InboundLink, Position, SourceGap
-from engram.multiregion.link import LeafListener, RegionRemote, domain, leaf_url, leafnodes_block, links_of
+from engram.multiregion.link import (
+    INBOUND_ACCOUNT,
+    LeafListener,
+    LinkAuth,
+    RegionLinkConfig,
+    RegionRemote,
+    domain,
+    leaf_url,
+    links_of,
+    region_blocks,
+)
 from engram.multiregion.lww import Kind
 from engram.node.config import NodeConfig
 from engram.node.regions import RegionAppliers
 from engram.platforms.local import ports
-from engram.platforms.local.journal import LocalJournal
+from engram.platforms.local.journal import ExtraBlocks, LocalJournal
 from engram.platforms.local.ports import LOOPBACK
 from engram.platforms.local.state import JournalState
 from engram.platforms.local.testing import wait_for
@@ -122,40 +132,63 @@ class CuttableLink:
 
 
 @dataclass
+class BothWays:
+    """The relays of both directions' links (each region dials the other): cut and restored together."""
+
+    relays: tuple[CuttableLink, ...]
+
+    def cut(self) -> None:
+        for relay in self.relays:
+            relay.cut()
+
+    def restore(self) -> None:
+        for relay in self.relays:
+            relay.restore()
+
+    def close(self) -> None:
+        for relay in self.relays:
+            relay.close()
+
+
+@dataclass
 class Regions:
     east: LocalJournal
     west: LocalJournal
-    link: CuttableLink
+    link: BothWays
 
     def journal(self, region: str) -> LocalJournal:
         return self.east if region == EAST else self.west
 
 
 def _leafnodes(server: JournalState) -> int:
-    """How many leaf node connections a journal server has (its monitoring port's /leafz)."""
+    """How many of a journal server's own links to the other region are up (its /leafz)."""
     with urllib.request.urlopen(f"http://{server.host}:{server.http_port}/leafz", timeout=2) as reply:
-        return int(json.loads(reply.read()).get("leafnodes", 0))
+        leafs = json.loads(reply.read()).get("leafs") or []
+    return sum(1 for leaf in leafs if leaf.get("account") == INBOUND_ACCOUNT)
 
 
 def _linked(regions: Regions) -> bool:
-    return all(_leafnodes(s) == 1 for s in regions.west.servers)
+    return all(_leafnodes(s) == 1 for s in (*regions.east.servers, *regions.west.servers))
 
 
 @pytest.fixture(scope="module")
 def regions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Regions]:
-    """Two 3-zone regions; east listens on a leafnode port per server, west's servers dial east
-    (the pair's first name listens), each through the cuttable link."""
-    assert links_of(EAST, [EAST, WEST]) == (True, []) and links_of(WEST, [EAST, WEST]) == (False, [EAST])
+    """Two 3-zone regions; each listens on a leafnode port per server and dials the other's, each
+    direction through a cuttable relay."""
+    assert links_of(EAST, [EAST, WEST]) == (True, [WEST]) and links_of(WEST, [EAST, WEST]) == (True, [EAST])
     base = Path(tmp_path_factory.mktemp("regions"))
-    leaf_ports = dict(zip("abc", ports.allocate(3), strict=True))
-    link = CuttableLink(list(leaf_ports.values()))
-    east = LocalJournal(
-        base / EAST, name=EAST, domain=domain(EAST),
-        extra=lambda s: [leafnodes_block(LeafListener(LOOPBACK, leaf_ports[s.zone]))],
-    )
-    remote = RegionRemote(EAST, tuple(leaf_url(LOOPBACK, p) for p in link.ports))
-    west = LocalJournal(base / WEST, name=WEST, domain=domain(WEST),
-                        extra=lambda s: [leafnodes_block(None, [remote])])
+    leaf_ports = {region: dict(zip("abc", ports.allocate(3), strict=True)) for region in (EAST, WEST)}
+    relays = {region: CuttableLink(list(leaf_ports[region].values())) for region in (EAST, WEST)}
+    auth = LinkAuth("link", "test")
+
+    def blocks(region: str, other: str) -> ExtraBlocks:
+        remote = RegionRemote(other, tuple(leaf_url(LOOPBACK, p) for p in relays[other].ports))
+        return lambda s: region_blocks(
+            RegionLinkConfig(region, LeafListener(LOOPBACK, leaf_ports[region][s.zone]), (remote,), auth))
+
+    east = LocalJournal(base / EAST, name=EAST, domain=domain(EAST), extra=blocks(EAST, WEST))
+    west = LocalJournal(base / WEST, name=WEST, domain=domain(WEST), extra=blocks(WEST, EAST))
+    link = BothWays(tuple(relays.values()))
     regions = Regions(east, west, link)
     try:
         link.restore()
@@ -164,7 +197,7 @@ def regions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Regions]:
                 journal.start_server(server.zone)
         east.wait_ready(60)
         west.wait_ready(60)
-        wait_for(lambda: _linked(regions), 30, "every west journal server to hold a leaf connection to east")
+        wait_for(lambda: _linked(regions), 30, "every journal server to hold its link to the other region")
         yield regions
     finally:
         for journal in (east, west):
@@ -238,7 +271,7 @@ def test_entries_appended_in_one_region_reach_the_other_in_order_with_their_orig
     async def scenario() -> None:
         source = await _shard(regions.east, CLUSTER, 0)
         nc, js = await _js(regions.west)
-        link = InboundLink(CLUSTER, 0, EAST, CLUSTER)
+        link = InboundLink(CLUSTER, 0, EAST, CLUSTER, WEST)
         await inbound.ensure_inbound(js, link)
         await inbound.ensure_inbound(js, link)  # idempotent
         loop = asyncio.get_running_loop()
@@ -291,7 +324,7 @@ def test_the_one_link_carries_entries_the_other_way_too(regions: Regions) -> Non
     async def scenario() -> None:
         source = await _shard(regions.west, CLUSTER, 1)
         nc, js = await _js(regions.east)
-        link = InboundLink(CLUSTER, 1, WEST, CLUSTER)
+        link = InboundLink(CLUSTER, 1, WEST, CLUSTER, EAST)
         await inbound.ensure_inbound(js, link)
         last = await _append(source, 1, 20)
         await _until(lambda: _equals(_copied(js, link), last), 30, "east to copy west's 21 entries")
@@ -322,7 +355,7 @@ def test_a_cut_off_region_keeps_working_and_the_link_resumes_without_gap_or_dupl
     async def scenario() -> None:
         source = await _shard(regions.east, CLUSTER, 2)
         nc, js = await _js(regions.west)
-        link = InboundLink(CLUSTER, 2, EAST, CLUSTER)
+        link = InboundLink(CLUSTER, 2, EAST, CLUSTER, WEST)
         await inbound.ensure_inbound(js, link)
         last = await _append(source, 1, 50)
         await _until(lambda: _equals(_copied(js, link), last), 30, "west to copy east's first 51 entries")
@@ -338,7 +371,7 @@ def test_a_cut_off_region_keeps_working_and_the_link_resumes_without_gap_or_dupl
             assert await _append(own, 1, 5) == 6
             own_copy = await _read_all(js, link, Position(), 51)
             assert own_copy[-1].origin_seq == 51
-            await inbound.ensure_inbound(js, InboundLink(CLUSTER, 9, EAST, CLUSTER))
+            await inbound.ensure_inbound(js, InboundLink(CLUSTER, 9, EAST, CLUSTER, WEST))
             await _until(lambda: _idle(js, link, 2.0), 30, "west's source to go quiet")
             assert await _copied(js, link) == 51
             await own.close()
@@ -356,7 +389,7 @@ def test_a_cut_off_region_keeps_working_and_the_link_resumes_without_gap_or_dupl
 
 def _unlinked_probe(regions: Regions):  # type: ignore[no-untyped-def]
     async def probe() -> bool:
-        return not any(_leafnodes(s) for s in regions.west.servers)
+        return not any(_leafnodes(s) for s in (*regions.east.servers, *regions.west.servers))
     return probe
 
 
@@ -370,7 +403,7 @@ def test_truncation_of_the_origin_past_what_the_other_region_had_copied_is_detec
     async def scenario() -> None:
         source = await _shard(regions.east, CLUSTER, 3)
         nc, js = await _js(regions.west)
-        link = InboundLink(CLUSTER, 3, EAST, CLUSTER)
+        link = InboundLink(CLUSTER, 3, EAST, CLUSTER, WEST)
         await inbound.ensure_inbound(js, link)
         await _append(source, 1, 20)
         await _until(lambda: _equals(_copied(js, link), 21), 30, "west to copy east's first 21 entries")
@@ -406,7 +439,7 @@ def test_a_recreated_origin_stream_is_detected_as_another_history(regions: Regio
     async def scenario() -> None:
         source = await _shard(regions.east, CLUSTER, 4)
         nc, js = await _js(regions.west)
-        link = InboundLink(CLUSTER, 4, EAST, CLUSTER)
+        link = InboundLink(CLUSTER, 4, EAST, CLUSTER, WEST)
         await inbound.ensure_inbound(js, link)
         await _append(source, 1, 5)
         await _until(lambda: _equals(_copied(js, link), 6), 30, "west to copy east's first 6 entries")
@@ -437,7 +470,7 @@ def test_truncation_is_held_back_while_the_other_region_has_not_copied_and_goes_
         source = await _shard(regions.east, CLUSTER, 5)
         nc, js = await _js(regions.west)
         east_nc, _ = await _js(regions.east)
-        link = InboundLink(CLUSTER, 5, EAST, CLUSTER)
+        link = InboundLink(CLUSTER, 5, EAST, CLUSTER, WEST)
 
         async def linked() -> list[holdback.Copied]:
             return [await holdback.copied_through(east_nc.jetstream(domain=domain(WEST)), link, WEST, 2.0)]
@@ -505,7 +538,7 @@ def test_the_applier_brings_one_regions_writes_into_the_others_valkey_and_resume
     async def scenario() -> None:
         source = await _shard(regions.east, CLUSTER, 6)
         nc, js = await _js(regions.west)
-        link = InboundLink(CLUSTER, 6, EAST, CLUSTER)
+        link = InboundLink(CLUSTER, 6, EAST, CLUSTER, WEST)
         await inbound.ensure_inbound(js, link)
         positions = await applier.PositionStore.open(js, CLUSTER)
         async with (valkey("region", EAST) as east_socket, attached_tap(east_socket, auto=True) as tap,

@@ -21,7 +21,7 @@ from engram.platforms.local.regions import (
     check_regions,
     lag_lines,
     lag_row,
-    leafnodes,
+    link_blocks,
     load_record,
     plan_links,
     port_bases,
@@ -35,7 +35,7 @@ ZONES = ("a", "b", "c")
 
 def _links() -> dict:
     return plan_links("mr", ["west", "east"], ZONES, {"east": [7001, 7002, 7003], "west": [7101, 7102, 7103]},
-                      "127.0.0.1")
+                      "127.0.0.1", "pw")
 
 
 def test_each_region_is_a_cluster_named_after_the_multi_region_cluster_and_the_region() -> None:
@@ -48,7 +48,7 @@ def test_each_region_is_a_cluster_named_after_the_multi_region_cluster_and_the_r
     ([], "needs two regions"),
     (["east", "east"], "twice"),
     (["East", "west"], "lower-case"),
-    (["east", "west", "north"], "more than two regions is not built yet"),
+    (["east", "west", "north", "south", "up", "down"], "at most 5"),
 ])
 def test_regions_that_cannot_form_a_multi_region_cluster_are_refused(regions: list[str], says: str) -> None:
     with pytest.raises(RegionsError, match=says):
@@ -60,27 +60,36 @@ def test_a_region_whose_cluster_name_would_be_too_long_is_refused() -> None:
         check_regions("n" * 36, ["east", "west"])
 
 
-def test_the_region_whose_name_sorts_first_listens_on_a_port_per_zone_and_the_other_dials_them_all() -> None:
+def test_every_region_listens_on_a_port_per_zone_and_dials_every_other_regions_ports() -> None:
     links = _links()
     east, west = links["east"], links["west"]
-    assert east.listen == (("a", 7001), ("b", 7002), ("c", 7003)) and east.dials == ()
-    assert west.listen == ()
+    assert east.listen == (("a", 7001), ("b", 7002), ("c", 7003))
+    assert west.listen == (("a", 7101), ("b", 7102), ("c", 7103))
     assert west.dials == (("east", ("nats-leaf://127.0.0.1:7001", "nats-leaf://127.0.0.1:7002",
                                     "nats-leaf://127.0.0.1:7003")),)
+    assert east.dials == (("west", ("nats-leaf://127.0.0.1:7101", "nats-leaf://127.0.0.1:7102",
+                                    "nats-leaf://127.0.0.1:7103")),)
     assert east.linked == (("west", "mr-west"),) and west.linked == (("east", "mr-east"),)
+    assert east.password == west.password == "pw"
 
 
-def test_a_listening_region_without_a_port_per_zone_is_refused() -> None:
+def test_three_regions_each_dial_both_others() -> None:
+    links = plan_links("mr", ["east", "west", "south"], ZONES,
+                       {"east": [1, 2, 3], "west": [4, 5, 6], "south": [7, 8, 9]}, "127.0.0.1", "pw")
+    assert [r for r, _ in links["south"].dials] == ["east", "west"]
+    assert dict(links["south"].linked) == {"east": "mr-east", "west": "mr-west"}
+
+
+def test_a_region_without_a_leafnode_port_per_zone_is_refused() -> None:
     with pytest.raises(RegionsError, match="needs 3 leafnode ports"):
-        plan_links("mr", ["east", "west"], ZONES, {"east": [7001], "west": []}, "127.0.0.1")
+        plan_links("mr", ["east", "west"], ZONES, {"east": [7001], "west": [1, 2, 3]}, "127.0.0.1", "pw")
 
 
-def test_leafnodes_blocks_render_a_listener_without_advertising_and_a_remote_per_region() -> None:
-    listener = leafnodes("127.0.0.1", 7001, {})
-    assert 'listen: "127.0.0.1:7001"' in listener and "no_advertise: true" in listener
-    assert "remotes" not in listener
-    remote = leafnodes("127.0.0.1", None, {"east": ["nats-leaf://127.0.0.1:7001"]})
-    assert "listen" not in remote and '"nats-leaf://127.0.0.1:7001"' in remote
+def test_a_servers_link_blocks_hold_its_listener_and_a_remote_per_other_region() -> None:
+    blocks = link_blocks("west", "127.0.0.1", 7101, {"east": ["nats-leaf://127.0.0.1:7001"]}, "pw")
+    text = "\n".join(blocks)
+    assert 'listen: "127.0.0.1:7101"' in text and "no_advertise: true" in text
+    assert '"nats-leaf://link-west:pw@127.0.0.1:7001"' in text
 
 
 def test_with_a_base_port_each_region_takes_its_clusters_ports_then_a_leafnode_port_per_zone() -> None:
@@ -125,13 +134,11 @@ def test_a_regions_journal_is_its_own_domain_and_its_leafnode_config_is_valid(tm
         for server in state.journal:
             text = Path(server.config).read_text()
             assert f'domain: "{region}"' in text
-            assert ("no_advertise: true" in text) == (region == "east")
-            assert ("remotes" in text) == (region == "west")
-            try:
-                nats = binaries.find("nats-server")
-            except binaries.BinaryNotFound:
-                continue
-            check = subprocess.run([nats, "-t", "-c", server.config], capture_output=True, text=True)
+            other = "west" if region == "east" else "east"
+            assert "no_advertise: true" in text and f'"nats-leaf://link-{region}:pw@127.0.0.1:' in text
+            assert f'account: "OUT_{other}"' in text
+            check = subprocess.run([binaries.find("nats-server"), "-t", "-c", server.config],
+                                   capture_output=True, text=True)
             assert check.returncode == 0, check.stderr
 
 

@@ -12,14 +12,18 @@ from engram import binaries
 from engram.journal.servers import JournalServerConfig, render_config
 from engram.multiregion.inbound import InboundError, InboundLink, SourceHeader, inbound_config
 from engram.multiregion.link import (
+    INBOUND_ACCOUNT,
+    MAX_REGIONS,
     LeafListener,
     LinkAuth,
     LinkConfigError,
+    RegionLinkConfig,
     RegionRemote,
     api_prefix,
     leaf_url,
-    leafnodes_block,
     links_of,
+    outbound_account,
+    region_blocks,
 )
 from engram.platforms.local.tls import LocalTLS
 
@@ -39,33 +43,69 @@ def _accepted(tmp_path: Path, text: str) -> None:
     assert result.returncode == 0, result.stderr + result.stdout + text
 
 
-def test_a_region_journal_has_its_own_jetstream_domain_and_a_leafnode_port(tmp_path: Path) -> None:
-    block = leafnodes_block(LeafListener("127.0.0.1", 7422))
-    text = render_config(_server(tmp_path, jetstream_domain="eu", extra_blocks=(block,)))
+AUTH = LinkAuth("link", "s3cret")
+
+
+def _link(region: str = "eu", peers: tuple[str, ...] = ("us",), **listener: object) -> RegionLinkConfig:
+    remotes = tuple(RegionRemote(p, tuple(leaf_url(f"journal-{i}.{p}.example", 7422)
+                                                       for i in range(3))) for p in peers)
+    return RegionLinkConfig(region, LeafListener("127.0.0.1", 7422, **listener),  # type: ignore[arg-type]
+                            remotes, AUTH)
+
+
+def test_a_region_journal_has_its_own_jetstream_domain_a_leafnode_port_and_a_remote_per_region(
+        tmp_path: Path) -> None:
+    blocks = region_blocks(_link("eu", ("us", "ap")))
+    text = render_config(_server(tmp_path, jetstream_domain="eu", extra_blocks=blocks,
+                                 users_in_accounts=True))
     assert '  domain: "eu"' in text
     assert 'listen: "127.0.0.1:7422"' in text
     # Remotes dial the addresses they were given, never ones the servers advertise.
     assert "no_advertise: true" in text
+    # Every server of every other region is listed; each link logs in as this region's user and
+    # is bound to the inbound account.
+    assert text.count("nats-leaf://link-eu:s3cret@journal-") == 6
+    assert text.count(f'      account: "{INBOUND_ACCOUNT}"') == 2
+    # The other regions' links are bound to an account each.
+    assert f'user: "link-us", password: "s3cret", account: "{outbound_account("us")}"' in text
+    assert f'user: "link-ap", password: "s3cret", account: "{outbound_account("ap")}"' in text
+    # What the US region sources from here is delivered on subjects only its link carries.
+    assert 'subject: "engram.to.us.>"' in text
+    # Without a journal password, clients that give none are the engine.
+    assert 'no_auth_user: "engram"' in text and "authorization {\n  users" not in text
     _accepted(tmp_path, text)
 
 
-def test_the_dialling_region_lists_every_server_of_the_other_region(tmp_path: Path) -> None:
-    urls = tuple(leaf_url(f"journal-{i}.eu.example", 7422) for i in range(3))
-    block = leafnodes_block(None, [RegionRemote("eu", urls)])
-    assert block.count("nats-leaf://journal-") == 3 and "listen" not in block
-    _accepted(tmp_path, render_config(_server(tmp_path, jetstream_domain="us", extra_blocks=(block,))))
+def test_with_a_journal_password_the_engines_user_lives_in_its_account(tmp_path: Path) -> None:
+    blocks = region_blocks(_link(), engine_user=("engine", "pw"))
+    text = render_config(_server(tmp_path, jetstream_domain="eu", extra_blocks=blocks,
+                                 users_in_accounts=True))
+    assert 'users: [{user: "engine", password: "pw"}]' in text and "no_auth_user" not in text
+    _accepted(tmp_path, text)
 
 
-def test_a_locked_link_needs_a_user_on_the_listener_and_tls_on_both_ends(tmp_path: Path) -> None:
+def test_a_locked_link_serves_tls_on_the_leafnode_port_and_verifies_the_other_regions(tmp_path: Path) -> None:
     tls = LocalTLS(tmp_path / "tls")
     tls.ensure(["127.0.0.1"])
-    auth = LinkAuth("link-us", "s3cret")
-    listener = leafnodes_block(LeafListener("127.0.0.1", 7422, auth=auth, tls=tls.server_tls()))
-    assert 'user: "link-us"' in listener and f'cert_file: "{tls.cert_file}"' in listener
-    _accepted(tmp_path, render_config(_server(tmp_path, jetstream_domain="eu", extra_blocks=(listener,))))
-    remote = leafnodes_block(None, [RegionRemote("eu", (leaf_url("127.0.0.1", 7422),), auth, tls.ca_file)])
-    assert "nats-leaf://link-us:s3cret@127.0.0.1:7422" in remote and f'ca_file: "{tls.ca_file}"' in remote
-    _accepted(tmp_path, render_config(_server(tmp_path, jetstream_domain="us", extra_blocks=(remote,))))
+    remote = RegionRemote("us", (leaf_url("127.0.0.1", 7423, "tls"),), tls.ca_file)
+    listener = LeafListener("127.0.0.1", 7422, tls=tls.server_tls())
+    link = RegionLinkConfig("eu", listener, (remote,), AUTH)
+    text = render_config(_server(tmp_path, jetstream_domain="eu", extra_blocks=region_blocks(link),
+                                 users_in_accounts=True))
+    assert f'cert_file: "{tls.cert_file}"' in text and f'ca_file: "{tls.ca_file}"' in text
+    assert "tls://link-eu:s3cret@127.0.0.1:7423" in text
+    _accepted(tmp_path, text)
+
+
+@pytest.mark.parametrize("peers, says", [
+    ((), "no other region"),
+    (("us", "us"), "same region"),
+    (("eu",), "itself"),
+    (("us", "ap", "sa", "af", "me"), f"at most {MAX_REGIONS}"),
+])
+def test_links_that_cannot_be_configured_are_refused(peers: tuple[str, ...], says: str) -> None:
+    with pytest.raises(LinkConfigError, match=says):
+        _link("eu", peers)
 
 
 def test_region_names_must_fit_a_jetstream_domain() -> None:
@@ -77,19 +117,21 @@ def test_region_names_must_fit_a_jetstream_domain() -> None:
         JournalServerConfig("s", "a", "/d", "c", jetstream_domain="a.b")
 
 
-def test_of_two_regions_the_first_name_listens_and_the_other_dials() -> None:
-    assert links_of("eu", ["us", "eu"]) == (True, [])
-    assert links_of("us", ["us", "eu"]) == (False, ["eu"])
-    with pytest.raises(LinkConfigError, match="loop"):
-        links_of("eu", ["eu", "us", "ap"])
+def test_every_region_listens_and_dials_every_other_up_to_five_regions() -> None:
+    assert links_of("eu", ["us", "eu"]) == (True, ["us"])
+    assert links_of("us", ["us", "eu", "ap"]) == (True, ["ap", "eu"])
+    with pytest.raises(LinkConfigError, match=f"at most {MAX_REGIONS}"):
+        links_of("eu", ["eu", "us", "ap", "sa", "af", "me"])
 
 
 def test_the_inbound_stream_sources_the_other_regions_shard_stream_through_its_domain() -> None:
-    link = InboundLink("shop", 2, "eu", "shop")
+    link = InboundLink("shop", 2, "eu", "shop", "us")
     config = inbound_config(link)
     assert config.name == "ENGRAM_shop_2_FROM_eu" and not config.subjects
     (source,) = config.sources or []
     assert source.name == "ENGRAM_shop_2" and source.external and source.external.api == "$JS.eu.API"
+    # Delivered where only the link to this region's cluster carries it (link.region_blocks).
+    assert source.external.deliver == "engram.to.us"
     assert config.num_replicas == 3 and config.deny_delete
     assert config.discard is not None and config.discard.value == "new"
 

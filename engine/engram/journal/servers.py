@@ -104,6 +104,9 @@ class JournalServerConfig:
     # Whole top-level blocks appended to the file, e.g. a region's leafnodes block
     # (engram.multiregion.link); each is rendered by its owner.
     extra_blocks: tuple[str, ...] = ()
+    # The extra blocks define accounts that hold the users (a region's, engram.multiregion.link):
+    # no top-level authorization block then, which NATS would not combine with them.
+    users_in_accounts: bool = False
 
     def __post_init__(self) -> None:
         if self.jetstream_domain and not _DOMAIN.match(self.jetstream_domain):
@@ -148,7 +151,7 @@ def render_config(server: JournalServerConfig) -> str:
         lines.append(f"http: {_q(f'{server.host}:{server.http_port}')}")
     if server.tls is not None:
         lines += ["", *_tls_block(server.tls, "")]
-    if server.auth is not None:
+    if server.auth is not None and not server.users_in_accounts:
         lines += [
             "",
             "authorization {",

@@ -24,7 +24,7 @@ from nats.js.client import JetStreamContext
 from engram.journal.client import STREAM_NAME_IN_USE, stream_name
 from engram.journal.entries import Entry
 from engram.journal.errors import JournalError
-from engram.multiregion.link import api_prefix, check_region
+from engram.multiregion.link import api_prefix, check_region, deliver_prefix
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +62,17 @@ class SourceGap(InboundError):
 @dataclass(frozen=True)
 class InboundLink:
     """What one inbound stream copies: shard ``shard`` of ``source_cluster`` in ``source_region``,
-    into this region's cluster ``cluster``."""
+    into the cluster ``cluster`` of ``region``."""
 
     cluster: str
     shard: int
     source_region: str
     source_cluster: str
+    region: str
 
     def __post_init__(self) -> None:
         check_region(self.source_region)
+        check_region(self.region)
 
     @property
     def source_stream(self) -> str:
@@ -105,7 +107,9 @@ def inbound_config(link: InboundLink, replicas: int = 3) -> api.StreamConfig:
         sources=[
             api.StreamSource(
                 name=link.source_stream,
-                external=api.ExternalStream(api=api_prefix(link.source_region)),
+                # Delivered on subjects only the link to this region carries (link.region_blocks).
+                external=api.ExternalStream(api=api_prefix(link.source_region),
+                                            deliver=deliver_prefix(link.region)),
             )
         ],
         metadata={META_SOURCE_REGION: link.source_region, META_SOURCE_STREAM: link.source_stream},
@@ -142,6 +146,14 @@ async def ensure_inbound(js: JetStreamContext, link: InboundLink, replicas: int 
             f"stream {link.stream} exists but does not source {link.source_stream} of region "
             f"{link.source_region}: delete it or choose another cluster name"
         )
+    external = (info.config.sources or [])[0].external
+    if external is not None and external.deliver != deliver_prefix(link.region):
+        # Made before deliveries had subjects of their own: the same source, delivered where the
+        # link now carries it. The stream keeps what it copied and resumes from there.
+        try:
+            await js.update_stream(inbound_config(link, info.config.num_replicas or replicas))
+        except Exception as exc:
+            raise InboundError(f"cannot update inbound stream {link.stream}: {exc!r}") from exc
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,12 @@
-"""What a region's journal config needs to be linked to other regions: its JetStream domain and
-a leafnodes block (docs/multi-region.md, "Transport").
+"""What a region's journal config needs to be linked to every other region: its JetStream domain,
+its accounts and its leafnodes block (docs/multi-region.md, "Transport").
 
 Pure rendering, included by the journal's config writer (engram.journal.servers) through its
 ``jetstream_domain`` and ``extra_blocks`` fields. Each region's journal stays its own JetStream
-(a domain of its own); a leaf node connection carries only the other region's API requests and
-the entries its inbound streams source.
+(a domain of its own). Every pair of regions is linked both ways, and every leaf connection is
+bound to an account of its own, so that links between three or more regions never form the
+cycle NATS refuses as a loop; imports and exports between those accounts carry only the other
+regions' API requests, the entries inbound streams source, and their flow control.
 """
 
 from __future__ import annotations
@@ -19,6 +21,25 @@ from engram.journal.servers import ServerTLS
 # A region name becomes the JetStream domain and a token of stream names and subjects.
 _REGION = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 _CREDENTIAL = re.compile(r"^[A-Za-z0-9_-]+$")
+
+# MemoryDB Multi-Region links up to five regions; every region holds a link to every other.
+MAX_REGIONS = 5
+
+# The journal's accounts in a region (docs/multi-region.md, "Accounts"): the engine's, holding
+# every stream; the one this region's links to other regions are bound to (inbound traffic:
+# what this region's inbound streams copy); one per other region, bound to that region's link
+# (outbound: what that region copies from here).
+ENGINE_ACCOUNT = "ENGRAM"
+INBOUND_ACCOUNT = "IN"
+# Flow control replies of sourcing consumers: $JS.FC.<origin stream>.<consumer>.<id>.
+_FLOW_CONTROL = "$JS.FC.>"
+# The engine's user when the journal takes no passwords: clients that give none are it.
+PLAIN_ENGINE_USER = "engram"
+
+
+def outbound_account(region: str) -> str:
+    """The account the link from ``region`` is bound to on this region's journal."""
+    return f"OUT_{check_region(region)}"
 
 
 class LinkConfigError(ValueError):
@@ -45,6 +66,12 @@ def api_prefix(region: str) -> str:
     return f"$JS.{domain(region)}.API"
 
 
+def deliver_prefix(region: str) -> str:
+    """Where the consumers that feed ``region``'s inbound streams deliver, in the origin region:
+    subjects only the link to ``region`` carries."""
+    return f"engram.to.{check_region(region)}"
+
+
 def leaf_url(host: str, port: int, scheme: str = "nats-leaf") -> str:
     """A leafnode URL; ``tls`` for the scheme when the listener requires TLS."""
     return f"{scheme}://{host}:{port}"
@@ -52,7 +79,8 @@ def leaf_url(host: str, port: int, scheme: str = "nats-leaf") -> str:
 
 @dataclass(frozen=True)
 class LinkAuth:
-    """The user another region's servers log in as on this region's leafnode port."""
+    """The link's shared credentials: region R's servers log in to every other region's leafnode
+    port as ``<user>-<R>`` (leaf_user), which binds the connection to that region's account for R."""
 
     user: str
     password: str
@@ -64,13 +92,17 @@ class LinkAuth:
                 raise LinkConfigError(f"the link {what} must be letters, digits, '-' or '_', not {value!r}")
 
 
+def leaf_user(auth: LinkAuth, region: str) -> str:
+    """The user ``region``'s servers log in as on the other regions' leafnode ports."""
+    return f"{auth.user}-{check_region(region)}"
+
+
 @dataclass(frozen=True)
 class LeafListener:
-    """This region's leafnode port, which other regions' journal servers connect to."""
+    """This region's leafnode port, which the other regions' journal servers connect to."""
 
     host: str
     port: int
-    auth: LinkAuth | None = None
     tls: ServerTLS | None = None
     # The address other regions reach this server by (a load balancer's), or "" to advertise
     # nothing: a remote that learnt the servers' own addresses would bypass the configured ones.
@@ -79,11 +111,10 @@ class LeafListener:
 
 @dataclass(frozen=True)
 class RegionRemote:
-    """A link from this region to another region's leafnode ports (any one of its servers will do)."""
+    """Another region and the leafnode URLs of its journal servers (any will do)."""
 
     region: str
     urls: tuple[str, ...]
-    auth: LinkAuth | None = None
     # The CA that signed the other region's leafnode certificate; "" for a plain-text link.
     ca_file: str = ""
 
@@ -93,85 +124,156 @@ class RegionRemote:
             raise LinkConfigError(f"the link to region {self.region} needs at least one leafnode URL")
 
 
+@dataclass(frozen=True)
+class RegionLinkConfig:
+    """One journal server's side of the links: its region, its leafnode port, every other region,
+    and the link's credentials."""
+
+    region: str
+    listener: LeafListener
+    peers: tuple[RegionRemote, ...]
+    auth: LinkAuth
+
+    def __post_init__(self) -> None:
+        check_region(self.region)
+        regions = [p.region for p in self.peers]
+        if len(set(regions)) != len(regions):
+            raise LinkConfigError(f"two links to the same region in {regions}: one per region")
+        if self.region in regions:
+            raise LinkConfigError(f"region {self.region} cannot link to itself")
+        if not self.peers:
+            raise LinkConfigError(f"region {self.region} has no other region to link to")
+        if len(self.peers) + 1 > MAX_REGIONS:
+            raise LinkConfigError(f"{len(self.peers) + 1} regions: at most {MAX_REGIONS} can be linked")
+
+
 def _q(value: str) -> str:
     """Quote a string for the NATS config format, which accepts JSON string escapes."""
     return json.dumps(value)
 
 
-def _with_credentials(url: str, auth: LinkAuth | None) -> str:
-    if auth is None:
-        return url
+def _with_credentials(url: str, user: str, password: str) -> str:
     scheme, _, rest = url.partition("://")
-    return f"{scheme}://{auth.user}:{auth.password}@{rest}"
+    return f"{scheme}://{user}:{password}@{rest}"
 
 
-def leafnodes_block(listener: LeafListener | None, remotes: Sequence[RegionRemote] = ()) -> str:
-    """The ``leafnodes { ... }`` block of one journal server: the port other regions connect to
-    (``listener``) and the links this server opens to other regions (``remotes``).
+def region_blocks(link: RegionLinkConfig, engine_user: tuple[str, str] | None = None) -> tuple[str, ...]:
+    """The top-level blocks a region's journal server adds to its config: the accounts and the
+    leafnodes block. ``engine_user``: the engine's (user, password) when the journal takes
+    passwords; without one, a client that gives none is the engine (``no_auth_user``).
 
-    Two regions need one link between them, not one each way: a leaf connection carries traffic
-    both ways, and a cycle of leaf connections in one account is refused as a loop.
-    """
-    if listener is None and not remotes:
-        raise LinkConfigError("a leafnodes block needs a listener, a remote, or both")
-    seen = [r.region for r in remotes]
-    if len(set(seen)) != len(seen):
-        raise LinkConfigError(f"two links to the same region in {seen}: one per region")
-    lines = ["leafnodes {"]
-    if listener is not None:
-        lines.append(f"  listen: {_q(f'{listener.host}:{listener.port}')}")
-        if listener.advertise:
-            lines.append(f"  advertise: {_q(listener.advertise)}")
-        else:
-            lines.append("  no_advertise: true")
-        if listener.auth is not None:
-            lines += [
-                "  authorization {",
-                f"    user: {_q(listener.auth.user)}",
-                f"    password: {_q(listener.auth.password)}",
-                "  }",
-            ]
-        if listener.tls is not None:
-            lines += [
-                "  tls {",
-                f"    cert_file: {_q(listener.tls.cert_file)}",
-                f"    key_file: {_q(listener.tls.key_file)}",
-                f"    ca_file: {_q(listener.tls.ca_file)}",
-                "    timeout: 2",
-                "  }",
-            ]
-    if remotes:
-        lines.append("  remotes: [")
-        for remote in remotes:
-            urls = ", ".join(_q(_with_credentials(u, remote.auth)) for u in remote.urls)
-            lines.append(f"    # region {remote.region}")
-            lines.append("    {")
-            lines.append(f"      urls: [{urls}]")
-            if remote.ca_file:
-                lines += ["      tls {", f"        ca_file: {_q(remote.ca_file)}", "      }"]
-            lines.append("    }")
-        lines.append("  ]")
+    The journal config then holds its users here, in the engine's account, not in a top-level
+    authorization block (JournalServerConfig.users_in_accounts)."""
+    return (*_engine_user_lines(engine_user), _accounts(link, engine_user), _leafnodes(link))
+
+
+def _engine_user_lines(engine_user: tuple[str, str] | None) -> tuple[str, ...]:
+    return () if engine_user is not None else (f"no_auth_user: {_q(PLAIN_ENGINE_USER)}",)
+
+
+def _accounts(link: RegionLinkConfig, engine_user: tuple[str, str] | None) -> str:
+    if engine_user is None:
+        user = f"{{user: {_q(PLAIN_ENGINE_USER)}}}"
+    else:
+        user = f"{{user: {_q(engine_user[0])}, password: {_q(engine_user[1])}}}"
+    own_deliveries = f"{deliver_prefix(link.region)}.>"
+    lines = [
+        "accounts {",
+        f"  {ENGINE_ACCOUNT} {{",
+        "    jetstream: enabled",
+        f"    users: [{user}]",
+        "    exports: [",
+        # The other regions' links reach this region's API, take the entries they source, and
+        # send back those consumers' flow control.
+        '      {service: "$JS.API.>", response: stream}',
+        '      {stream: "engram.to.>"}',
+        f"      {{stream: {_q(_FLOW_CONTROL)}}}",
+        "    ]",
+        "    imports: [",
+        f"      {{stream: {{account: {_q(INBOUND_ACCOUNT)}, subject: {_q(own_deliveries)}}}}}",
+    ]
+    for peer in link.peers:
+        lines.append(f"      {{service: {{account: {_q(INBOUND_ACCOUNT)}, "
+                     f"subject: {_q(api_prefix(peer.region) + '.>')}}}}}")
+        lines.append(f"      {{stream: {{account: {_q(outbound_account(peer.region))}, "
+                     f"subject: {_q(_FLOW_CONTROL)}}}}}")
+    lines += [
+        "    ]",
+        "  }",
+        f"  {INBOUND_ACCOUNT} {{",
+        "    exports: [",
+        f"      {{stream: {_q(own_deliveries)}}}",
+    ]
+    for peer in link.peers:
+        lines.append(f"      {{service: {_q(api_prefix(peer.region) + '.>')}, response: stream}}")
+    lines += [
+        "    ]",
+        # Flow control from this region's inbound streams to the other regions' consumers. Only a
+        # link account takes it, so a reply that came in over a link never goes out again.
+        f"    imports: [{{stream: {{account: {_q(ENGINE_ACCOUNT)}, subject: {_q(_FLOW_CONTROL)}}}}}]",
+        "  }",
+    ]
+    for peer in link.peers:
+        lines += [
+            f"  {outbound_account(peer.region)} {{",
+            "    imports: [",
+            f'      {{service: {{account: {_q(ENGINE_ACCOUNT)}, subject: "$JS.API.>"}}}}',
+            f"      {{stream: {{account: {_q(ENGINE_ACCOUNT)}, "
+            f"subject: {_q(deliver_prefix(peer.region) + '.>')}}}}}",
+            "    ]",
+            f"    exports: [{{stream: {_q(_FLOW_CONTROL)}}}]",
+            # The other region asks for this domain's API; the engine's account serves it.
+            f'    mappings: {{{_q(api_prefix(link.region) + ".>")}: "$JS.API.>"}}',
+            "  }",
+        ]
     lines.append("}")
     return "\n".join(lines) + "\n"
 
 
-def links_of(region: str, regions: Sequence[str]) -> tuple[bool, list[str]]:
-    """Which side of each pair opens the link: (whether ``region`` listens, the regions it dials).
+def _leafnodes(link: RegionLinkConfig) -> str:
+    listener, auth = link.listener, link.auth
+    lines = [
+        "leafnodes {",
+        f"  listen: {_q(f'{listener.host}:{listener.port}')}",
+        f"  advertise: {_q(listener.advertise)}" if listener.advertise else "  no_advertise: true",
+        "  authorization {",
+        "    users: [",
+    ]
+    for peer in link.peers:
+        lines.append(f"      {{user: {_q(leaf_user(auth, peer.region))}, password: {_q(auth.password)}, "
+                     f"account: {_q(outbound_account(peer.region))}}}")
+    lines += ["    ]", "  }"]
+    if listener.tls is not None:
+        lines += [
+            "  tls {",
+            f"    cert_file: {_q(listener.tls.cert_file)}",
+            f"    key_file: {_q(listener.tls.key_file)}",
+            f"    ca_file: {_q(listener.tls.ca_file)}",
+            "    timeout: 2",
+            "  }",
+        ]
+    lines.append("  remotes: [")
+    for peer in link.peers:
+        user = leaf_user(auth, link.region)
+        urls = ", ".join(_q(_with_credentials(u, user, auth.password)) for u in peer.urls)
+        lines += [f"    # region {peer.region}", "    {", f"      urls: [{urls}]",
+                  f"      account: {_q(INBOUND_ACCOUNT)}"]
+        if peer.ca_file:
+            lines += ["      tls {", f"        ca_file: {_q(peer.ca_file)}", "      }"]
+        lines.append("    }")
+    lines += ["  ]", "}"]
+    return "\n".join(lines) + "\n"
 
-    Of two regions, the one whose name sorts first listens and the other dials. Only two regions
-    are supported: with three, the links would form a cycle, which NATS refuses as a loop within
-    one account (see docs/multi-region.md).
-    """
+
+def links_of(region: str, regions: Sequence[str]) -> tuple[bool, list[str]]:
+    """Which links ``region`` holds among ``regions``: (whether it listens, the regions it dials).
+
+    Every region listens and dials every other (a link carries one direction's copies; see
+    region_blocks), so any two regions stay linked whichever others are away."""
     check_region(region)
-    others = sorted(set(regions) - {region})
     if region not in regions:
         raise LinkConfigError(f"region {region!r} is not one of {list(regions)}")
-    if len(others) > 1:
-        raise LinkConfigError(
-            f"{len(others) + 1} regions: linking more than two regions is not built yet "
-            "(their leaf connections would form a loop; docs/multi-region.md)"
-        )
-    if not others:
-        return False, []
-    listens = region < others[0]
-    return listens, [] if listens else others
+    if len(set(regions)) > MAX_REGIONS:
+        raise LinkConfigError(f"{len(set(regions))} regions: at most {MAX_REGIONS} can be linked")
+    others = sorted(set(regions) - {region})
+    return bool(others), others

@@ -32,7 +32,7 @@ RESTART_AFTER = 5.0
 
 def links(config: NodeConfig) -> list[InboundLink]:
     """The inbound streams this node's shard applies: one per linked region."""
-    return [InboundLink(config.cluster, config.shard, region, cluster)
+    return [InboundLink(config.cluster, config.shard, region, cluster, config.region)
             for region, cluster in sorted(config.linked_regions.items())]
 
 

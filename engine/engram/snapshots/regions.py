@@ -47,6 +47,6 @@ async def copies_of_linked_regions(journal: Journal, region: str, cluster: str,
     asked of that region's own journal over the link: the truncation hold-back's input."""
     out = []
     for other, other_cluster in sorted(linked_regions.items()):
-        their_copy = InboundLink(other_cluster, journal.shard, region, cluster)
+        their_copy = InboundLink(other_cluster, journal.shard, region, cluster, other)
         out.append(await copied_through(journal.jetstream_in(domain(other)), their_copy, other, timeout))
     return out

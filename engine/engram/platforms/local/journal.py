@@ -89,6 +89,9 @@ def server_config(
         auth=auth,
         jetstream_domain=domain,
         extra_blocks=tuple(extra(server)) if extra else (),
+        # A region's blocks hold its accounts and their users (engram.multiregion.link); a region
+        # is never started with auth here (`up --regions` refuses --tls).
+        users_in_accounts=extra is not None,
     )
 
 

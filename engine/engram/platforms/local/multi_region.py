@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -15,21 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import nats
-import nats.js.errors
-from nats.js.client import JetStreamContext
 
-from engram.journal.client import stream_name
-from engram.multiregion import holdback
-from engram.multiregion.applier import PositionStore, bucket_name
-from engram.multiregion.inbound import InboundError, InboundLink, source_state_of
+from engram.multiregion.lag import ASK_TIMEOUT, RegionJournal, read_lags
+from engram.multiregion.link import INBOUND_ACCOUNT
 from engram.platforms.local import cluster, journal, plan, ports
 from engram.platforms.local.cluster import AlreadyExists, LocalError, NotRunning, Progress
 from engram.platforms.local.regions import (
-    InboundView,
     RegionsError,
     RegionsRecord,
     check_regions,
-    lag_row,
     load_record,
     plan_links,
     port_bases,
@@ -38,8 +33,6 @@ from engram.platforms.local.regions import (
 )
 from engram.platforms.local.state import STATE_FILE, ClusterState, JournalState, cluster_dir, replace_file
 
-# How long status waits for one journal answer before it reports the figure as unknown.
-ASK_TIMEOUT = 3.0
 LINK_TIMEOUT = 60.0
 
 
@@ -93,7 +86,9 @@ def up(spec: plan.ClusterSpec, regions: Sequence[str], base: str | Path, timeout
     for k, region in enumerate(regions):
         start = bases[k]
         leaf_ports[region] = ports.allocate(len(spec.zones), None if start is None else start + per_cluster)
-    links = plan_links(name, regions, spec.zones, leaf_ports, ports.LOOPBACK)
+    # The link's password: each region's servers log in to the others with it, which binds each
+    # connection to its own account (engram.multiregion.link).
+    links = plan_links(name, regions, spec.zones, leaf_ports, ports.LOOPBACK, secrets.token_hex(16))
     path = record_path(base, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     replace_file(path, RegionsRecord(name, regions).to_json())
@@ -126,9 +121,12 @@ def _prefixed(progress: Progress, region: str) -> Progress:
 
 
 async def leaf_connections(server: JournalState) -> int:
-    """How many leaf node connections a journal server has (its monitoring port's /leafz)."""
+    """How many of a journal server's own links to other regions are up: its leaf node connections
+    bound to the inbound account (its monitoring port's /leafz)."""
     code, body = await journal._http_get(server.host, server.http_port, "/leafz", ASK_TIMEOUT)
-    return int(json.loads(body).get("leafnodes", 0)) if code == 200 else 0
+    if code != 200:
+        return 0
+    return sum(1 for leaf in json.loads(body).get("leafs") or [] if leaf.get("account") == INBOUND_ACCOUNT)
 
 
 async def _wait_linked(base: str | Path, clusters: Sequence[str], timeout: float) -> None:
@@ -192,68 +190,17 @@ async def _connect(state: ClusterState) -> nats.NATS | None:
 
 
 async def _lags(states: dict[str, ClusterState]) -> dict[str, list[dict[str, Any]]]:
+    """Each running region's lag rows, read from every region's own journal (engram.multiregion.lag)."""
     conns = {r: await _connect(s) for r, s in states.items()}
     try:
         js = {r: c.jetstream(timeout=ASK_TIMEOUT) if c else None for r, c in conns.items()}
-        out: dict[str, list[dict[str, Any]]] = {}
-        for region, state in states.items():
-            views = []
-            for source in state.linked_regions:
-                for shard in range(state.shards):
-                    link = InboundLink(state.name, shard, source, state.linked_regions[source])
-                    views.append(await _view(js[region], js.get(source), link, region))
-            out[region] = [lag_row(v) for v in views]
-        return out
+        journals = {r: RegionJournal(r, s.name, s.shards, s.linked_regions) for r, s in states.items()}
+        return await read_lags(journals, js, ASK_TIMEOUT)
     finally:
         for conn in conns.values():
             if conn is not None:
                 with contextlib.suppress(Exception):
                     await conn.close()
-
-
-async def _view(js: JetStreamContext | None, source_js: JetStreamContext | None, link: InboundLink,
-                region: str) -> InboundView:
-    """Read what one inbound stream's figures are made of; what cannot be read stays None."""
-    shard, source = link.shard, link.source_region
-    if js is None:
-        return InboundView(shard, source, error=f"region {region}'s journal does not answer")
-    errors = []
-    origin_last = None
-    if source_js is not None:
-        try:
-            info = await asyncio.wait_for(source_js.stream_info(stream_name(link.source_cluster, shard)),
-                                          ASK_TIMEOUT)
-            origin_last = info.state.last_seq or 0
-        except Exception as exc:
-            errors.append(f"origin stream: {type(exc).__name__}")
-    try:
-        info = await asyncio.wait_for(js.stream_info(link.stream), ASK_TIMEOUT)
-    except nats.js.errors.NotFoundError:
-        return InboundView(shard, source, origin_last, error="no inbound stream yet (no primary has "
-                           "started applying this region)")
-    except Exception as exc:
-        return InboundView(shard, source, origin_last, error=f"inbound stream: {type(exc).__name__}")
-    copied = await holdback.copied_through(js, link, region, ASK_TIMEOUT)
-    if copied.through is None:
-        errors.append(copied.why)
-    lag = idle = None
-    try:
-        state = source_state_of(info, link)
-        lag, idle = state.lag, state.idle
-        if state.error:
-            errors.append(state.error)
-    except InboundError as exc:
-        errors.append(str(exc))
-    applied_next = None
-    try:
-        kv = await asyncio.wait_for(js.key_value(bucket_name(link.cluster)), ASK_TIMEOUT)
-        applied_next = (await asyncio.wait_for(PositionStore(kv).load(link), ASK_TIMEOUT)).inbound_seq
-    except nats.js.errors.BucketNotFoundError:
-        applied_next = 1  # no applier has recorded a position: nothing applied yet
-    except Exception as exc:
-        errors.append(f"applied position: {type(exc).__name__}")
-    return InboundView(shard, source, origin_last, copied.through, lag, idle, info.state.last_seq or 0,
-                       applied_next, "; ".join(errors))
 
 
 # ---- down --------------------------------------------------------------------------------------

@@ -225,6 +225,7 @@ def plan(spec: ClusterSpec, directory: Path, nats_server: str, valkey_server: st
         linked_regions=dict(link.linked) if link else {},
         leaf_ports=dict(link.listen) if link else {},
         leaf_remotes={r: list(urls) for r, urls in link.dials} if link else {},
+        link_password=link.password if link else "",
         nats_server=nats_server,
         valkey_server=valkey_server,
         nodes=nodes,
@@ -313,13 +314,14 @@ def write_node_configs(nodes: list[NodeState], configs: list[NodeConfig]) -> Non
 
 
 def region_blocks(state: ClusterState) -> journal.ExtraBlocks | None:
-    """A region's journal servers' leafnodes blocks (each zone's listener, every remote); None for a
-    cluster that is no region."""
-    if not state.leaf_ports and not state.leaf_remotes:
+    """A region's journal servers' accounts and leafnodes blocks (each zone's listener, every
+    remote); None for a cluster that is no region."""
+    if not state.leaf_ports:
         return None
 
-    def blocks(server: JournalState) -> list[str]:
-        return [regions.leafnodes(server.host, state.leaf_ports.get(server.zone), state.leaf_remotes)]
+    def blocks(server: JournalState) -> tuple[str, ...]:
+        return regions.link_blocks(state.region, server.host, state.leaf_ports[server.zone],
+                                   state.leaf_remotes, state.link_password)
 
     return blocks
 

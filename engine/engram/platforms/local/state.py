@@ -187,11 +187,13 @@ class ClusterState:
     replica_request_error: str = ""
     # A region of a multi-region cluster (`up --regions`, platforms/local/regions.py): the region
     # (its journal's JetStream domain), the other regions' clusters, the leafnode port each zone's
-    # journal server listens on for them, and the leafnode URLs of the regions it dials.
+    # journal server listens on for them, the leafnode URLs of the regions it dials, and the
+    # password of the link (engram.multiregion.link.LinkAuth).
     region: str = ""
     linked_regions: dict[str, str] = field(default_factory=dict)
     leaf_ports: dict[str, int] = field(default_factory=dict)
     leaf_remotes: dict[str, list[str]] = field(default_factory=dict)
+    link_password: str = ""
 
     @property
     def endpoint(self) -> str:
