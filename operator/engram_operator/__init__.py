@@ -1,7 +1,10 @@
-"""The Engram Kubernetes operator: MemoryCluster custom resources reconciled by kopf handlers."""
+"""The Engram Kubernetes operator: MemoryCluster and MultiRegionCluster custom resources reconciled
+by kopf handlers."""
 
 GROUP = "engram.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "MemoryCluster"
 PLURAL = "memoryclusters"
+MULTIREGION_KIND = "MultiRegionCluster"
+MULTIREGION_PLURAL = "multiregionclusters"

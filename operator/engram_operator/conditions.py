@@ -20,6 +20,8 @@ CONDITION_TYPES = (
     "UsersReady",
     "Resharding",
 )
+# A MultiRegionCluster's (multiregion_status.py).
+MULTIREGION_CONDITION_TYPES = ("Linked", "RegionsReady", "Degraded")
 
 
 @dataclass(frozen=True)
@@ -39,13 +41,15 @@ def build_conditions(
     current: Sequence[Condition],
     generation: int,
     now: str | None = None,
+    types: Sequence[str] = CONDITION_TYPES,
 ) -> list[dict[str, Any]]:
-    """The complete conditions list; lastTransitionTime only moves when a status flips."""
+    """The complete conditions list of ``types`` (a MemoryCluster's by default); lastTransitionTime
+    only moves when a status flips."""
     now = now or now_iso()
     before = {c.get("type"): c for c in previous or []}
     given = {c.type: c for c in current}
     out = []
-    for ctype in CONDITION_TYPES:
+    for ctype in types:
         cond = given.get(ctype) or Condition(ctype, "Unknown", "Reconciling", "not evaluated yet")
         old = before.get(ctype)
         changed = old is None or old.get("status") != cond.status

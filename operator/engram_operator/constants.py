@@ -31,6 +31,9 @@ METRICS_PORT = 9121
 JOURNAL_CLIENT_PORT = 4222
 JOURNAL_CLUSTER_PORT = 6222
 JOURNAL_MONITOR_PORT = 8222
+# A region's journal servers' leafnode port: how the journals of a multi-region cluster's regions
+# link (the port nats-server documents for leaf nodes).
+LEAFNODE_PORT = 7422
 
 # Inside an engine pod: the node talks to Valkey on this socket, on an emptyDir both containers
 # share; clients reach Valkey on CLIENT_PORT.
@@ -52,6 +55,8 @@ JOURNAL_STORE_DIR = "/data/jetstream"
 TLS_DIR = "/etc/engram-tls"
 JOURNAL_TLS_DIR = "/etc/engram-journal-tls"
 JOURNAL_AUTH_DIR = "/etc/engram-journal-auth"
+# A region's journal server: the link's certificate (a MultiRegionCluster's spec.link.tls).
+LINK_TLS_DIR = "/etc/engram-link-tls"
 # The keys cert-manager writes into a kubernetes.io/tls Secret.
 TLS_CERT = "tls.crt"
 TLS_KEY = "tls.key"

@@ -190,3 +190,46 @@ async def set_pod_label(namespace: str, name: str, key: str, value: str) -> None
     except ApiException as err:
         if err.status != 404:
             raise
+
+
+async def create_memorycluster(obj: dict[str, Any]) -> bool:
+    """Create a region's MemoryCluster (a MultiRegionCluster's); False if it already exists."""
+    meta = obj["metadata"]
+    try:
+        await asyncio.to_thread(
+            client.CustomObjectsApi().create_namespaced_custom_object,
+            GROUP, VERSION, meta["namespace"], PLURAL, obj,
+        )
+    except ApiException as err:
+        if err.status == 409:
+            return False
+        raise
+    return True
+
+
+async def patch_memorycluster_spec(namespace: str, name: str, spec: dict[str, Any]) -> None:
+    """Merge a region's desired spec into its MemoryCluster (a MultiRegionCluster's template changed)."""
+    await asyncio.to_thread(
+        client.CustomObjectsApi().patch_namespaced_custom_object,
+        GROUP, VERSION, namespace, PLURAL, name, {"spec": spec},
+    )
+
+
+async def delete_memorycluster(namespace: str, name: str) -> None:
+    try:
+        await asyncio.to_thread(
+            client.CustomObjectsApi().delete_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name
+        )
+    except ApiException as err:
+        if err.status != 404:
+            raise
+
+
+async def service_exists(namespace: str, name: str) -> bool:
+    try:
+        await asyncio.to_thread(client.CoreV1Api().read_namespaced_service, name, namespace)
+    except ApiException as err:
+        if err.status == 404:
+            return False
+        raise
+    return True

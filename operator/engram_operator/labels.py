@@ -17,6 +17,12 @@ NODE_INDEX = f"{GROUP}/node-index"
 ROLE = f"{GROUP}/role"
 ZONE = f"{GROUP}/zone"
 JOURNAL_SERVER = f"{GROUP}/journal-server"
+# On what a MultiRegionCluster makes (its regions' MemoryClusters, their link Secrets and leafnode
+# Services): which MultiRegionCluster, and which of its regions. Two labels, because a label value
+# cannot hold namespace/name.
+MULTIREGION = f"{GROUP}/multiregioncluster"
+MULTIREGION_NAMESPACE = f"{GROUP}/multiregioncluster-namespace"
+REGION = f"{GROUP}/region"
 
 # Annotations.
 NODE_CONFIG = f"{GROUP}/node-config"
@@ -122,6 +128,21 @@ def journal_tls_secret_name(cluster: str) -> str:
 def journal_auth_secret_name(cluster: str) -> str:
     """The journal's generated passwords (nodes' user, routes), made once by the operator."""
     return f"{cluster}-journal-auth"
+
+
+def link_auth_secret_name(cluster: str) -> str:
+    """A region's copy of its MultiRegionCluster's link credentials (spec.link.secretName)."""
+    return f"{cluster}-link"
+
+
+def link_tls_secret_name(cluster: str) -> str:
+    """A region's copy of its MultiRegionCluster's link certificate (spec.link.tls.secretName)."""
+    return f"{cluster}-link-tls"
+
+
+def leafnode_service_name(cluster: str, server: int) -> str:
+    """The Service other regions' journals dial to reach journal server ``server``'s leafnode port."""
+    return f"{cluster}-leafnode-{server}"
 
 
 def provision_job_name(cluster: str) -> str:

@@ -7,9 +7,9 @@ import os
 import kopf
 
 from engram_operator import metrics
-from engram_operator.handlers import handle_cluster, handle_delete, handle_startup
+from engram_operator.handlers import handle_cluster, handle_delete, handle_multiregion, handle_startup
 
-HANDLER_MODULES = (handle_startup, handle_cluster, handle_delete)
+HANDLER_MODULES = (handle_startup, handle_cluster, handle_delete, handle_multiregion)
 
 
 def main() -> None:

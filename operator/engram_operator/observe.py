@@ -184,6 +184,9 @@ class Observed:
     # The journal's generated credentials (NAME-journal-auth; None: there is none). Its passwords
     # are read because the operator renders them into the journal servers' config.
     journal_auth: SecretData | None = None
+    # spec.region: the link's credentials Secret (spec.region.link.authSecretName; None: not read,
+    # because the cluster is no region or its link has no user). Its password goes into the config.
+    link_auth: SecretData | None = None
     certificate_error: str = ""
     # The cluster's reshard Jobs (any target), and status.resharding as last written ({}: none).
     reshard_jobs: list[JobInfo] = field(default_factory=list)

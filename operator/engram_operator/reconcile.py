@@ -70,6 +70,7 @@ async def observe(cluster: ClusterSpec, status: Mapping[str, Any]) -> Observed:
         (users_secret, password_secrets),
         (policies, network_error),
         (tls_children, tls_secrets, journal_auth, certificate_error),
+        (region_children, link_auth),
     ) = await asyncio.gather(
         NODES.get(),
         kube.list_engine_pods(cluster.namespace, cluster.name),
@@ -78,6 +79,7 @@ async def observe(cluster: ClusterSpec, status: Mapping[str, Any]) -> Observed:
         users_secrets(cluster),
         network_policies(cluster),
         tls_objects(cluster),
+        region_objects(cluster),
     )
     pod_infos = [p for p in (pod_from_api(p) for p in pods) if p is not None]
     source = None
@@ -88,7 +90,7 @@ async def observe(cluster: ClusterSpec, status: Mapping[str, Any]) -> Observed:
     return Observed(
         nodes=[node_from_api(n, cluster.placement.topology_key) for n in nodes],
         pods=pod_infos,
-        children=children | tls_children,
+        children=children | tls_children | region_children,
         journal_ready=journal_ready,
         statuses=await probe.all_statuses(pod_infos, await probe.cluster_control_tls(cluster)),
         cluster_id=identity.cluster_id(status, pod_infos, cluster.uid),
@@ -100,6 +102,7 @@ async def observe(cluster: ClusterSpec, status: Mapping[str, Any]) -> Observed:
         network_error=network_error,
         tls_secrets=tls_secrets,
         journal_auth=journal_auth,
+        link_auth=link_auth,
         certificate_error=certificate_error,
         reshard_jobs=reshard,
         resharding_record=dict(status.get("resharding") or {}),
@@ -204,6 +207,25 @@ async def tls_objects(
         except ApiException as err:
             error = _api_error(err)
     return frozenset(children), found, journal_auth, error
+
+
+async def region_objects(cluster: ClusterSpec) -> tuple[frozenset[tuple[str, str]], SecretData | None]:
+    """spec.region: the journal config Secret, when the link's password puts the config in one
+    without spec.tls (tls_objects finds it otherwise), and the link's credentials Secret."""
+    section = cluster.region
+    if section is None or not section.auth_secret:
+        return frozenset(), None
+    config_name = labels.journal_config_secret_name(cluster.name)
+    config, auth = await asyncio.gather(
+        kube.get_secret(cluster.namespace, config_name) if cluster.tls is None else _none(),
+        kube.get_secret(cluster.namespace, section.auth_secret),
+    )
+    children = frozenset({("Secret", config_name)} if config is not None else set())
+    return children, secret_from_api(section.auth_secret, auth)
+
+
+async def _none() -> None:
+    return None
 
 
 async def cluster_jobs(cluster: ClusterSpec) -> tuple[JobInfo | None, list[JobInfo]]:

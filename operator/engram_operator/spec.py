@@ -266,6 +266,81 @@ class TlsSpec:
 
 
 @dataclass(frozen=True)
+class RegionMember:
+    """One region of a multi-region cluster as a region's MemoryCluster knows it: the region, its
+    cluster's name (its streams are named after it), and the leafnode URLs its journal is reached at."""
+
+    name: str
+    cluster: str
+    leafnode_urls: tuple[str, ...] = ()
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RegionMember:
+        return cls(
+            name=str(data.get("name") or ""),
+            cluster=str(data.get("cluster") or ""),
+            leafnode_urls=tuple(str(u) for u in data.get("leafnodeURLs") or []),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "cluster": self.cluster, "leafnodeURLs": list(self.leafnode_urls)}
+
+
+@dataclass(frozen=True)
+class RegionSection:
+    """spec.region: this cluster is one region of a MultiRegionCluster, which writes this section
+    when it creates the cluster (docs/multi-region.md, "On Kubernetes"). Fixed at creation.
+
+    ``regions`` lists every region, this one included, in the MultiRegionCluster's order. The
+    Secrets are in this cluster's namespace: the link's user and password (keys user, password)
+    and, optionally, the link's certificate (tls.crt, tls.key, ca.crt).
+    """
+
+    name: str
+    regions: tuple[RegionMember, ...] = ()
+    auth_secret: str = ""
+    tls_secret: str = ""
+    # namespace/name of the MultiRegionCluster that manages this section (informational).
+    managed_by: str = ""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RegionSection:
+        link = data.get("link") or {}
+        return cls(
+            name=str(data.get("name") or ""),
+            regions=tuple(
+                RegionMember.from_dict(r) for r in data.get("regions") or [] if isinstance(r, Mapping)
+            ),
+            auth_secret=str(link.get("authSecretName") or ""),
+            tls_secret=str(link.get("tlsSecretName") or ""),
+            managed_by=str(data.get("managedBy") or ""),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """spec.region as the MultiRegionCluster writes it."""
+        secrets = (("authSecretName", self.auth_secret), ("tlsSecretName", self.tls_secret))
+        link = {k: v for k, v in secrets if v}
+        out: dict[str, Any] = {"name": self.name, "regions": [r.to_dict() for r in self.regions]}
+        if link:
+            out["link"] = link
+        if self.managed_by:
+            out["managedBy"] = self.managed_by
+        return out
+
+    @property
+    def region_names(self) -> tuple[str, ...]:
+        return tuple(r.name for r in self.regions)
+
+    @property
+    def linked_regions(self) -> dict[str, str]:
+        """Every other region with its cluster's name: the engine nodes' ``linked_regions``."""
+        return {r.name: r.cluster for r in self.regions if r.name != self.name}
+
+    def member(self, region: str) -> RegionMember | None:
+        return next((r for r in self.regions if r.name == region), None)
+
+
+@dataclass(frozen=True)
 class ClusterSpec:
     """One MemoryCluster: identity plus its desired state."""
 
@@ -287,6 +362,8 @@ class ClusterSpec:
     network: NetworkSpec = field(default_factory=NetworkSpec)
     # None: plain text for clients and the journal, and a journal without authentication.
     tls: TlsSpec | None = None
+    # A region of a multi-region cluster (written by its MultiRegionCluster); None: a cluster alone.
+    region: RegionSection | None = None
 
     @property
     def nodes_per_shard(self) -> int:
@@ -345,6 +422,9 @@ class ClusterSpec:
             users=tuple(UserSpec.from_dict(u) for u in spec.get("users") or [] if isinstance(u, Mapping)),
             network=NetworkSpec.from_dict(spec.get("network") or {}),
             tls=TlsSpec.from_dict(spec["tls"]) if isinstance(spec.get("tls"), Mapping) else None,
+            region=(
+                RegionSection.from_dict(spec["region"]) if isinstance(spec.get("region"), Mapping) else None
+            ),
         )
 
 
@@ -451,6 +531,53 @@ def tls_problems(cluster: ClusterSpec) -> list[str]:
     if tls.issuer is not None and (not tls.issuer.name or tls.issuer.kind not in ("Issuer", "ClusterIssuer")):
         return ["spec.tls.issuerRef needs a name and kind Issuer or ClusterIssuer"]
     return []
+
+
+def region_problems(cluster: ClusterSpec) -> list[str]:
+    """Why spec.region cannot be configured as written ([] when it can, or is absent).
+
+    The MultiRegionCluster writes it, so these mean a hand-written or edited section; the CRD
+    refuses most of them too. The link's own rules (region names, who dials whom) are link.py's.
+    """
+    from engram_operator.builders.region_link import RegionLinkError, region_links
+
+    section = cluster.region
+    if section is None:
+        return []
+    problems = []
+    names = section.region_names
+    if len(set(names)) != len(names):
+        problems.append(f"spec.region.regions names a region twice ({', '.join(names)})")
+    own = section.member(section.name)
+    if own is None:
+        problems.append(f"spec.region.regions must list this cluster's own region {section.name!r}")
+    elif own.cluster != cluster.name:
+        problems.append(
+            f"spec.region.regions[{section.name}].cluster is {own.cluster!r}: a region's cluster is "
+            f"the MemoryCluster itself, {cluster.name}"
+        )
+    for member in section.regions:
+        if not member.cluster:
+            problems.append(f"spec.region.regions[{member.name}].cluster must name that region's cluster")
+    if cluster.restore is not None:
+        problems.append(
+            "spec.restoreFrom cannot seed a region of a multi-region cluster: restored keys carry no "
+            "last-writer-wins stamps, so the regions could not agree on them"
+        )
+    if problems:
+        return problems
+    try:
+        links = region_links(section.name, names)
+    except RegionLinkError as err:
+        return [f"spec.region: {err}"]
+    for region in links.dials:
+        member = section.member(region)
+        if member is not None and not member.leafnode_urls:
+            problems.append(
+                f"spec.region.regions[{region}].leafnodeURLs must list where region {region}'s journal "
+                f"listens for the link: region {section.name} dials it"
+            )
+    return problems
 
 
 def _plain(value: Any) -> Any:

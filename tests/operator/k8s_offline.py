@@ -182,9 +182,19 @@ def memorycluster_crd() -> dict[str, Any]:
     return load_yaml_documents(CRD_DIR / "engram.io_memoryclusters.yaml")[0]
 
 
+@cache
+def multiregioncluster_crd() -> dict[str, Any]:
+    return load_yaml_documents(CRD_DIR / "engram.io_multiregionclusters.yaml")[0]
+
+
+def crd_of(obj: dict[str, Any]) -> dict[str, Any]:
+    """The CRD of a custom resource, by its kind."""
+    return multiregioncluster_crd() if obj.get("kind") == "MultiRegionCluster" else memorycluster_crd()
+
+
 def admit(obj: dict[str, Any], old: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[str]]:
     """What the API server would store (defaults applied) and the errors that would refuse it."""
-    schema = crd_schema(memorycluster_crd())
+    schema = crd_schema(crd_of(obj))
     stored = apply_defaults(schema, obj)
     errors = schema_errors(schema, stored) + list_map_errors(schema, stored)
     if not errors:

@@ -52,9 +52,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/* What the operator does to the objects of a MemoryCluster; nothing more (least privilege). */}}
 {{- define "engram-operator.namespacedRules" -}}
+{{- /* MemoryClusters: created and deleted only for a MultiRegionCluster's regions, whose spec it
+     patches when its template changes. */}}
 - apiGroups: [engram.io]
   resources: [memoryclusters]
-  verbs: [get, list, watch, patch]
+  verbs: [get, list, watch, patch, create, delete]
 - apiGroups: [engram.io]
   resources: [memoryclusters/status]
   verbs: [get, patch]
@@ -62,6 +64,16 @@ app.kubernetes.io/instance: {{ .Release.Name }}
      admits only from a client that may update the owner's finalizers (OwnerReferencesPermissionEnforcement). */}}
 - apiGroups: [engram.io]
   resources: [memoryclusters/finalizers]
+  verbs: [update]
+- apiGroups: [engram.io]
+  resources: [multiregionclusters]
+  verbs: [get, list, watch, patch]
+- apiGroups: [engram.io]
+  resources: [multiregionclusters/status]
+  verbs: [get, patch]
+{{- /* A region's MemoryCluster in the MultiRegionCluster's own namespace names it as owner. */}}
+- apiGroups: [engram.io]
+  resources: [multiregionclusters/finalizers]
   verbs: [update]
 - apiGroups: [""]
   resources: [pods]

@@ -88,6 +88,9 @@ def cluster_settings(
         users_file=f"{constants.USERS_DIR}/{constants.USERS_FILE}",
         journal_files=journal_client_files(cluster),
         tls=tls_files(cluster),
+        # spec.region (a MultiRegionCluster's region): nodes stamp writes and apply the other regions'.
+        region=cluster.region.name if cluster.region is not None else "",
+        linked_regions=cluster.region.linked_regions if cluster.region is not None else {},
     )
 
 

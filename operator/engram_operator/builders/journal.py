@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engram.journal.servers import JournalAuth, JournalServerConfig, ServerTLS, render_config, route_url
+from engram.multiregion.link import LinkAuth
 from engram.orchestration.node_config import MAX_STREAM_REPLICAS
 from engram_operator import constants, labels
 from engram_operator.builders.common import (
@@ -89,14 +90,41 @@ SERVER_TLS = ServerTLS(
 )
 
 
+def journal_config_in_secret(cluster: ClusterSpec) -> bool:
+    """Whether the journal servers' config holds passwords, and so goes into a Secret: the journal's
+    own (spec.tls), or the region link's (spec.region.link.authSecretName)."""
+    return cluster.tls is not None or (cluster.region is not None and bool(cluster.region.auth_secret))
+
+
+def region_blocks(cluster: ClusterSpec, link_auth: LinkAuth | None,
+                  engine: JournalAuth | None = None) -> tuple[str, tuple[str, ...]]:
+    """spec.region: the journal's JetStream domain (the region) and its accounts and leafnodes
+    blocks; ("", ()) for a cluster that is no region."""
+    # Imported here: builders.region_link is the operator's one door to engram.multiregion.link,
+    # and spec.py reaches it too, so a module-level import here would make a cycle via spec.
+    from engram_operator.builders.region_link import link_blocks
+
+    section = cluster.region
+    if section is None:
+        return "", ()
+    if section.auth_secret and link_auth is None:
+        raise ValueError(f"a region linked with a user needs its credentials ({section.auth_secret})")
+    return section.name, link_blocks(section, link_auth, bool(section.tls_secret), engine)
+
+
 def journal_server_configs(
-    cluster: ClusterSpec, placements: list[JournalPlacement], auth: JournalAuth | None = None
+    cluster: ClusterSpec,
+    placements: list[JournalPlacement],
+    auth: JournalAuth | None = None,
+    link_auth: LinkAuth | None = None,
 ) -> list[JournalServerConfig]:
     """Each server's config. With spec.tls: TLS on the client and route ports, and ``auth`` (the
-    operator's generated credentials, which spec.tls requires) on both."""
+    operator's generated credentials, which spec.tls requires) on both. With spec.region: the
+    region's JetStream domain and its link (``link_auth``: the link's user, when it has one)."""
     if cluster.tls is not None and auth is None:
         raise ValueError("a journal with spec.tls needs its credentials (NAME-journal-auth)")
     locked = cluster.tls is not None
+    domain, blocks = region_blocks(cluster, link_auth, auth if locked else None)
     svc = labels.journal_service_name(cluster.name)
     routes = tuple(
         route_url(
@@ -119,24 +147,29 @@ def journal_server_configs(
             sync_interval=cluster.journal.sync_interval,
             tls=SERVER_TLS if locked else None,
             auth=auth if locked else None,
+            jetstream_domain=domain,
+            extra_blocks=blocks,
+            users_in_accounts=bool(blocks),
         )
         for p in placements
     ]
 
 
 def build_journal_config(
-    cluster: ClusterSpec, placements: list[JournalPlacement], auth: JournalAuth | None = None
+    cluster: ClusterSpec,
+    placements: list[JournalPlacement],
+    auth: JournalAuth | None = None,
+    link_auth: LinkAuth | None = None,
 ) -> dict[str, Any]:
     """One key per server: server-<i>.conf, rendered by the engine's own journal config renderer.
 
-    A ConfigMap; a Secret with spec.tls, because the config then holds the passwords in clear (the
-    authorization block, and route URLs, which NATS offers no other way to give credentials to).
+    A ConfigMap; a Secret when the config holds passwords in clear (journal_config_in_secret: the
+    authorization block, route URLs and leafnode remote URLs, which NATS offers no other way to give
+    credentials to).
     """
-    data = {
-        f"server-{p.server}.conf": render_config(cfg)
-        for p, cfg in zip(placements, journal_server_configs(cluster, placements, auth), strict=True)
-    }
-    if cluster.tls is not None:
+    configs = journal_server_configs(cluster, placements, auth, link_auth)
+    data = {f"server-{p.server}.conf": render_config(cfg) for p, cfg in zip(placements, configs, strict=True)}
+    if journal_config_in_secret(cluster):
         return opaque_secret(cluster, labels.journal_config_secret_name(cluster.name),
                              labels.cluster_labels(cluster.name, labels.JOURNAL), data)
     return {
@@ -190,6 +223,9 @@ def build_journal_statefulset(cluster: ClusterSpec, placement: JournalPlacement)
                     {"name": "client", "containerPort": constants.JOURNAL_CLIENT_PORT},
                     {"name": "cluster", "containerPort": constants.JOURNAL_CLUSTER_PORT},
                     {"name": "monitor", "containerPort": http},
+                    # spec.region: other regions' journals link here (when this region listens).
+                    *([{"name": "leafnode", "containerPort": constants.LEAFNODE_PORT}]
+                      if cluster.region is not None else []),
                 ],
                 "startupProbe": _healthz(http, "js-enabled-only=true", period=5, failures=60),
                 "readinessProbe": _healthz(http, "js-server-only=true", period=5, failures=3),
@@ -201,6 +237,8 @@ def build_journal_statefulset(cluster: ClusterSpec, placement: JournalPlacement)
                     {"name": "data", "mountPath": "/data"},
                     *([{"name": "tls", "mountPath": constants.JOURNAL_TLS_DIR, "readOnly": True}]
                       if cluster.tls is not None else []),
+                    *([{"name": "link-tls", "mountPath": constants.LINK_TLS_DIR, "readOnly": True}]
+                      if _link_tls_secret(cluster) else []),
                 ],
             }
         ],
@@ -237,18 +275,26 @@ def build_journal_statefulset(cluster: ClusterSpec, placement: JournalPlacement)
 def _config_volume(cluster: ClusterSpec, server: int) -> dict[str, Any]:
     """This server's key of the journal config (build_journal_config), as /etc/nats/server.conf."""
     items = [{"key": f"server-{server}.conf", "path": CONFIG_FILE}]
-    if cluster.tls is not None:
+    if journal_config_in_secret(cluster):
         name = labels.journal_config_secret_name(cluster.name)
         return {"name": "config", "secret": {"secretName": name, "items": items, "defaultMode": SECRET_MODE}}
     name = labels.journal_configmap_name(cluster.name)
     return {"name": "config", "configMap": {"name": name, "items": items}}
 
 
+def _link_tls_secret(cluster: ClusterSpec) -> str:
+    """spec.region.link.tlsSecretName: the link's certificate ("" for a plain-text link or no region)."""
+    return cluster.region.tls_secret if cluster.region is not None else ""
+
+
 def _tls_volumes(cluster: ClusterSpec) -> list[dict[str, Any]]:
-    """spec.tls: the server's certificate, key and CA."""
-    if cluster.tls is None:
-        return []
-    return [secret_volume("tls", cluster.tls.journal_secret(cluster.name))]
+    """spec.tls: the server's certificate, key and CA; spec.region's link certificate likewise."""
+    volumes = []
+    if cluster.tls is not None:
+        volumes.append(secret_volume("tls", cluster.tls.journal_secret(cluster.name)))
+    if link := _link_tls_secret(cluster):
+        volumes.append(secret_volume("link-tls", link))
+    return volumes
 
 
 def _healthz(port: int, query: str, *, period: int, failures: int) -> dict[str, Any]:

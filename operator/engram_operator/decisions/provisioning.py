@@ -10,6 +10,7 @@ from engram_operator.builders.provision import source_journal_secrets, source_jo
 from engram_operator.builders.tls import build_certificates
 from engram_operator.conditions import Condition
 from engram_operator.decisions.plan import Event, Plan, Problem
+from engram_operator.decisions.region import apply_region
 from engram_operator.decisions.tls import apply_tls
 from engram_operator.observe import JobInfo, Observed, SourceCluster
 from engram_operator.spec import ClusterSpec, TlsSpec, restore_problems
@@ -18,12 +19,14 @@ from engram_operator.spec import ClusterSpec, TlsSpec, restore_problems
 def _create_missing_children(cluster: ClusterSpec, seen: Observed, journal: list, plan: Plan) -> None:
     # spec.tls: the journal servers start locked or not at all, so they wait for their credentials.
     ready, auth = apply_tls(cluster, seen, plan)
+    # spec.region: likewise, linked or not, so they wait for the link's credentials.
+    linkable, link_auth = apply_region(cluster, seen, plan)
     servers = (
         [
-            builders.build_journal_config(cluster, journal, auth),
+            builders.build_journal_config(cluster, journal, auth, link_auth),
             *(builders.build_journal_statefulset(cluster, p) for p in journal),
         ]
-        if ready
+        if ready and linkable
         else []
     )
     wanted = [
