@@ -341,6 +341,13 @@ async def _true(value: bool) -> bool:
     return value
 
 
+async def _recorded(js: JetStreamContext, positions: applier.PositionStore, link: InboundLink,
+                    position: Position) -> bool:
+    """Whether the applier recorded `position` and trimmed the inbound stream behind it."""
+    first_seq = (await js.stream_info(link.stream)).state.first_seq
+    return await positions.load(link) == position and first_seq == position.inbound_seq - 1
+
+
 async def _more(value, than: int) -> bool:  # type: ignore[no-untyped-def]
     return await value > than
 
@@ -558,6 +565,9 @@ def test_the_applier_brings_one_regions_writes_into_the_others_valkey_and_resume
             assert await visible(west, b"s") == (Kind.STRING, b"west")
             for key in keys[1:]:
                 assert await visible(west, key) == await visible(east, key), key
+            # Recorded once entries pause (applier.RECORD_IDLE), then trimmed.
+            await _until(lambda: _recorded(js, positions, link, first.position), 30,
+                         "the position to be recorded and the stream trimmed behind it")
             running.cancel()
             await asyncio.gather(running, return_exceptions=True)
             assert await positions.load(link) == first.position

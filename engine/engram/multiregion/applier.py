@@ -35,8 +35,11 @@ CLOCK = b"ENGRAM.MR.CLOCK"
 # Entries whose writes are sent before their replies are read: each reply waits for a journal
 # commit, so one at a time would apply at most one entry per commit.
 WINDOW = 64
-# How often the position is recorded while entries keep coming (seconds).
+# How often the position is recorded while entries keep coming (seconds), and how soon once they
+# pause: each record is a replicated write and a purge, which per entry would load this region's
+# journal about as much as the writes it applies.
 RECORD_EVERY = 0.5
+RECORD_IDLE = 0.05
 
 
 @dataclass(frozen=True)
@@ -179,8 +182,16 @@ class InboundApplier:
     async def _acknowledge(self, conn: ValkeyConnection,
                            in_flight: asyncio.Queue[tuple[SourcedEntry, OriginStamps] | None]) -> None:
         recorded = time.monotonic()
+        unrecorded = False
         while True:
-            item = await in_flight.get()
+            # What is not recorded yet a restart re-applies, idempotently.
+            wait = max(0.0, recorded + RECORD_IDLE - time.monotonic()) if unrecorded else None
+            try:
+                item = await asyncio.wait_for(in_flight.get(), wait)
+            except TimeoutError:
+                # A record that failed is tried again RECORD_EVERY later, not in a busy loop.
+                unrecorded, recorded = not await self._record(), time.monotonic()
+                continue
             if item is None:
                 return
             sourced, stamps = item
@@ -194,13 +205,20 @@ class InboundApplier:
             self.position = self.position.after(sourced)
             self.last_origin_seq = sourced.origin_seq
             self.hlc = max(self.hlc, stamps.hlc)
-            if in_flight.empty() or time.monotonic() - recorded >= RECORD_EVERY:
-                try:
-                    await self.positions.save(self.link, self.position, self.hlc)
-                    recorded = time.monotonic()
-                    await self._trim()
-                except nats.errors.Error as exc:  # the next save carries it; a restart re-applies
-                    log.info("inbound %s: position not recorded yet: %r", self.link.stream, exc)
+            unrecorded = True
+            since = time.monotonic() - recorded
+            if since >= RECORD_EVERY or (in_flight.empty() and since >= RECORD_IDLE):
+                unrecorded, recorded = not await self._record(), time.monotonic()
+
+    async def _record(self) -> bool:
+        """Record the position and trim behind it; False when the journal did not take it."""
+        try:
+            await self.positions.save(self.link, self.position, self.hlc)
+            await self._trim()
+            return True
+        except nats.errors.Error as exc:  # the next record carries it; a restart re-applies
+            log.info("inbound %s: position not recorded yet: %r", self.link.stream, exc)
+            return False
 
     async def _trim(self) -> None:
         """Drop the inbound entries applied and recorded, but the last: the source region reads the
