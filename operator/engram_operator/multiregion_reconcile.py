@@ -128,15 +128,21 @@ async def region_lag(
                     await conn.close()
 
 
-async def execute(plan: RegionPlan, logger: logging.Logger) -> list[str]:
-    """Carry out a plan; failures are returned (shown in status and an event), never raised."""
+async def execute(plan: RegionPlan, logger: logging.Logger) -> tuple[list[str], int]:
+    """Carry out a plan: its failures (shown in status and an event, never raised), and how many of
+    the regions' MemoryClusters it asked for exist now (made here, or by an interrupted pass)."""
     failures = []
+    made = 0
     for obj in plan.create:
         kind, meta = obj["kind"], obj["metadata"]
         where = f"{kind} {meta['namespace']}/{meta['name']}"
         try:
-            made = await (kube.create_memorycluster(obj) if kind == "MemoryCluster" else kube.create(obj))
-            if made:
+            if kind == "MemoryCluster":
+                new = await kube.create_memorycluster(obj)
+                made += 1
+            else:
+                new = await kube.create(obj)
+            if new:
                 logger.info("created %s", where)
         except ApiException as err:
             failures.append(f"creating {where} failed: {err.status} {err.reason}")
@@ -146,7 +152,7 @@ async def execute(plan: RegionPlan, logger: logging.Logger) -> list[str]:
             logger.info("updated the spec of MemoryCluster %s/%s", namespace, name)
         except ApiException as err:
             failures.append(f"updating MemoryCluster {namespace}/{name} failed: {err.status} {err.reason}")
-    return failures
+    return failures, made
 
 
 async def reconcile_regions(
@@ -165,7 +171,13 @@ async def reconcile_regions(
     previous = body.get("status") or {}
     seen = await observe_regions(mrc, previous)
     plan = decide_regions(mrc, seen)
-    failures = await execute(plan, logger)
+    failures, made = await execute(plan, logger)
+    if not made and not any(c.found for c in seen.clusters.values()):
+        # status.layout freezes where the regions run, because each region's spec.region (fixed at
+        # creation) names every region's place. While no region's MemoryCluster exists (every
+        # create refused: a namespace that does not exist, say) nothing is fixed yet, and recording
+        # the layout would refuse the very spec that corrects it. One recorded earlier stays.
+        plan.layout = None
     # A lasting state is posted when it appears or changes; actions every time.
     posted = memo.get("posted", frozenset())
     standing = frozenset((e.reason, e.message) for e in plan.events if e.standing)

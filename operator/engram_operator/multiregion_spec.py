@@ -253,6 +253,11 @@ def _local_problems(mrc: MultiRegionSpec, region: RegionEntry, where: str) -> li
         )
     if unknown := sorted(set(local.overrides) - set(OVERRIDABLE)):
         problems.append(f"{where}.overrides may set only {', '.join(OVERRIDABLE)}, not {', '.join(unknown)}")
+    if "replicas" in (local.overrides.get("journal") or {}):
+        # Every region dials one leafnode Service per journal server of every other region, counted
+        # from the template: a region of another size would leave servers nobody dials.
+        problems.append(f"{where}.overrides.journal.replicas: every region has "
+                        "spec.template.journal.replicas journal servers; set it there")
     if local.leafnode_service.type not in SERVICE_TYPES:
         problems.append(f"{where}.leafnodeService.type must be one of {', '.join(SERVICE_TYPES)}")
     return problems

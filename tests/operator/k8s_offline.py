@@ -69,6 +69,10 @@ def _closed(schema: Any) -> Any:
             and not schema.get("x-kubernetes-preserve-unknown-fields")
         ):
             out["additionalProperties"] = False
+        # OpenAPI's `nullable: true` (a null the API server stores as given) has no JSON Schema
+        # draft 7 keyword: it is a null added to the type.
+        if schema.get("nullable") and isinstance(schema.get("type"), str):
+            out["type"] = [schema["type"], "null"]
         return out
     if isinstance(schema, list):
         return [_closed(v) for v in schema]

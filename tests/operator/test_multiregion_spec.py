@@ -161,6 +161,10 @@ def _problems(body: dict[str, Any]) -> list[str]:
             "spec.regions[east].overrides may set only placement, resources, journal, not shards",
         ),
         (
+            mrc([{"name": "east", "overrides": {"journal": {"replicas": 5}}}, {"name": "west"}]),
+            "spec.regions[east].overrides.journal.replicas",
+        ),
+        (
             mrc([{"name": "east", "leafnodeService": {"type": "External"}}, {"name": "west"}]),
             "spec.regions[east].leafnodeService.type",
         ),

@@ -83,6 +83,15 @@ def test_rbac_is_least_privilege() -> None:
     # OwnerReferencesPermissionEnforcement admission plugin (on in OpenShift and many hardened
     # clusters) creating them needs update on the owner's finalizers, or every create is refused.
     assert verbs[("engram.io", "memoryclusters/finalizers")] == {"update"}
+    # MultiRegionClusters: watched, their status and kopf's finalizer patched. Its regions'
+    # MemoryClusters are created, their spec patched when the template changes, and deleted by its
+    # finalizer when they live in another namespace (no owner reference can point there).
+    assert verbs[("engram.io", "multiregionclusters")] == {"get", "list", "watch", "patch"}
+    assert verbs[("engram.io", "multiregionclusters/status")] == {"get", "patch"}
+    # A region's MemoryCluster in the MultiRegionCluster's own namespace names it as owner with
+    # blockOwnerDeletion: true, which needs update on the owner's finalizers too.
+    assert verbs[("engram.io", "multiregionclusters/finalizers")] == {"update"}
+    assert verbs[("engram.io", "memoryclusters")] == {"get", "list", "watch", "patch", "create", "delete"}
     # Passwords of spec.users are read by name (get), never listed or watched; the users file is
     # written (create, update) into the cluster's own Secret.
     assert verbs[("", "secrets")] == {"get", "create", "update"}
@@ -113,6 +122,7 @@ def test_one_namespace_mode_grants_only_nodes_cluster_wide() -> None:
     assert role["metadata"]["namespace"] == "databases"
     assert any("jobs" in rule["resources"] and "batch" in rule["apiGroups"] for rule in role["rules"])
     assert any("memoryclusters/finalizers" in rule["resources"] for rule in role["rules"])
+    assert any("multiregionclusters/finalizers" in rule["resources"] for rule in role["rules"])
     # Secrets only in the watched namespace: the passwords of its clusters, and their users files.
     assert any("secrets" in rule["resources"] for rule in role["rules"])
 
