@@ -8,6 +8,7 @@ import sys
 from engram import __version__
 from engram.bench import cli as bench_cli
 from engram.bench import recovery as recovery_bench
+from engram.bench import regions as regions_bench
 from engram.bench import reshard as reshard_bench
 from engram.chaos import cli as chaos_cli
 from engram.cli import local, provision, reshard
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_cli.add_parser(commands)
     recovery_bench.add_parser(commands)
     reshard_bench.add_parser(commands)
+    regions_bench.add_parser(commands)
     chaos_cli.add_parser(commands)
     provision.add_parser(commands)
     reshard.add_parser(commands)
