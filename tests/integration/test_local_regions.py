@@ -147,7 +147,7 @@ def test_what_cannot_work_is_refused_before_anything_starts(base: Path) -> None:
     for extra, says in ((["--regions", "east"], "needs two regions"),
                         (["--regions", "a,b,c,d,e,f"], "at most 5"),
                         (["--regions", "east,West"], "lower-case"),
-                        (["--regions", "east,west", "--tls"], "--tls")):
+                        (["--regions", "east,west", "--netns"], "--netns")):
         result = run_engram("local", "up", "other", "--dir", str(base), *extra, timeout=60)
         assert result.returncode == 1 and says in result.stderr, result.stderr
     assert not (base / "other").exists() and not (base / "other-east").exists()

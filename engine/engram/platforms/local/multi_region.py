@@ -32,6 +32,7 @@ from engram.platforms.local.regions import (
     region_cluster,
 )
 from engram.platforms.local.state import STATE_FILE, ClusterState, JournalState, cluster_dir, replace_file
+from engram.platforms.local.tls import LocalTLS
 
 LINK_TIMEOUT = 60.0
 
@@ -39,8 +40,6 @@ LINK_TIMEOUT = 60.0
 def refused_options(spec: plan.ClusterSpec) -> list[str]:
     """The `up` options a multi-region cluster cannot take, each with why."""
     refused = []
-    if spec.tls or spec.client_tls:
-        refused.append("--tls (a locked link between regions is not built locally yet)")
     if spec.netns:
         refused.append("--netns (the regions' journals would have to reach each other across the zones' "
                        "namespaces)")
@@ -88,7 +87,8 @@ def up(spec: plan.ClusterSpec, regions: Sequence[str], base: str | Path, timeout
         leaf_ports[region] = ports.allocate(len(spec.zones), None if start is None else start + per_cluster)
     # The link's password: each region's servers log in to the others with it, which binds each
     # connection to its own account (engram.multiregion.link).
-    links = plan_links(name, regions, spec.zones, leaf_ports, ports.LOOPBACK, secrets.token_hex(16))
+    ca_files = _region_cas(base, name, regions) if spec.tls else None
+    links = plan_links(name, regions, spec.zones, leaf_ports, ports.LOOPBACK, secrets.token_hex(16), ca_files)
     path = record_path(base, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     replace_file(path, RegionsRecord(name, regions).to_json())
@@ -114,6 +114,17 @@ def up(spec: plan.ClusterSpec, regions: Sequence[str], base: str | Path, timeout
             _remove_record(base, name)
         raise
     return status(base, name)
+
+
+def _region_cas(base: str | Path, name: str, regions: Sequence[str]) -> dict[str, str]:
+    """Every region's CA, made before any region starts: each region's journal servers load the
+    others' CAs (to verify their leafnode certificates) when they start."""
+    cas = {}
+    for region in regions:
+        tls = LocalTLS(cluster_dir(base, region_cluster(name, region)) / "tls")
+        tls.ensure([ports.LOOPBACK])
+        cas[region] = tls.ca_file
+    return cas
 
 
 def _prefixed(progress: Progress, region: str) -> Progress:
@@ -184,7 +195,7 @@ def status(base: str | Path, name: str) -> dict[str, Any]:
 async def _connect(state: ClusterState) -> nats.NATS | None:
     try:
         return await nats.connect(state.journal_urls, connect_timeout=2, allow_reconnect=False,
-                                  max_reconnect_attempts=0)
+                                  max_reconnect_attempts=0, **state.journal_security.connect_options())
     except Exception:  # a region whose journal is away: its figures show as unknown
         return None
 

@@ -226,6 +226,7 @@ def plan(spec: ClusterSpec, directory: Path, nats_server: str, valkey_server: st
         leaf_ports=dict(link.listen) if link else {},
         leaf_remotes={r: list(urls) for r, urls in link.dials} if link else {},
         link_password=link.password if link else "",
+        leaf_ca_files=dict(link.ca_files) if link else {},
         nats_server=nats_server,
         valkey_server=valkey_server,
         nodes=nodes,
@@ -319,9 +320,13 @@ def region_blocks(state: ClusterState) -> journal.ExtraBlocks | None:
     if not state.leaf_ports:
         return None
 
+    tls = state.local_tls
+    engine = (auth.user, auth.password) if tls is not None and (auth := tls.auth()) else None
+
     def blocks(server: JournalState) -> tuple[str, ...]:
         return regions.link_blocks(state.region, server.host, state.leaf_ports[server.zone],
-                                   state.leaf_remotes, state.link_password)
+                                   state.leaf_remotes, state.link_password,
+                                   tls.server_tls() if tls else None, state.leaf_ca_files, engine)
 
     return blocks
 

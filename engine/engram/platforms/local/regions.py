@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from engram.journal.servers import ServerTLS
+
 # Re-exported: the lag figures moved to the platform-neutral engram.multiregion.lag.
 from engram.multiregion.lag import InboundView as InboundView
 from engram.multiregion.lag import lag_lines as lag_lines
@@ -76,12 +78,16 @@ class RegionLink:
     listen: tuple[tuple[str, int], ...] = ()
     dials: tuple[tuple[str, tuple[str, ...]], ...] = ()
     password: str = ""
+    # With --tls: the CA each other region's leafnode certificate is verified against.
+    ca_files: tuple[tuple[str, str], ...] = ()
 
 
 def plan_links(name: str, regions: Sequence[str], zones: Sequence[str],
-               leaf_ports: Mapping[str, Sequence[int]], host: str, password: str) -> dict[str, RegionLink]:
+               leaf_ports: Mapping[str, Sequence[int]], host: str, password: str,
+               ca_files: Mapping[str, str] | None = None) -> dict[str, RegionLink]:
     """Each region's link: every region listens on one leafnode port per zone (``leaf_ports[region]``,
-    in zone order), and every server dials every other region's ports."""
+    in zone order), and every server dials every other region's ports. ``ca_files``: each region's
+    CA, for a link under TLS."""
     for region in regions:
         if len(leaf_ports.get(region, ())) != len(zones):
             raise RegionsError(f"region {region} listens for the link: it needs {len(zones)} leafnode "
@@ -95,20 +101,25 @@ def plan_links(name: str, regions: Sequence[str], zones: Sequence[str],
             listen=tuple(zip(zones, leaf_ports[region], strict=True)),
             dials=tuple((r, tuple(leaf_url(host, p) for p in leaf_ports[r])) for r in dials),
             password=password,
+            ca_files=tuple((r, ca_files[r]) for r in dials) if ca_files else (),
         )
     return links
 
 
 def link_blocks(region: str, host: str, listen_port: int, dials: Mapping[str, Sequence[str]],
-                password: str) -> tuple[str, ...]:
+                password: str, tls: ServerTLS | None = None, ca_files: Mapping[str, str] | None = None,
+                engine_user: tuple[str, str] | None = None) -> tuple[str, ...]:
     """One journal server's accounts and leafnodes blocks (link.region_blocks): its listener, and
-    a remote to every other region (``dials``: region -> leafnode URLs)."""
+    a remote to every other region (``dials``: region -> leafnode URLs). Under TLS (``tls``: this
+    server's certificate; ``ca_files``: each other region's CA) the journal takes passwords, and
+    ``engine_user`` is the engine's."""
+    cas = ca_files or {}
     config = RegionLinkConfig(
-        region=region, listener=LeafListener(host, listen_port),
-        peers=tuple(RegionRemote(r, tuple(urls)) for r, urls in sorted(dials.items())),
+        region=region, listener=LeafListener(host, listen_port, tls=tls),
+        peers=tuple(RegionRemote(r, tuple(urls), cas.get(r, "")) for r, urls in sorted(dials.items())),
         auth=LinkAuth(LINK_USER, password),
     )
-    return region_blocks(config)
+    return region_blocks(config, engine_user)
 
 
 def port_bases(base: int | None, regions: int, per_cluster: int, zones: int) -> list[int | None]:

@@ -194,6 +194,8 @@ class ClusterState:
     leaf_ports: dict[str, int] = field(default_factory=dict)
     leaf_remotes: dict[str, list[str]] = field(default_factory=dict)
     link_password: str = ""
+    # Under --tls: the CA of each other region, which its leafnode certificate is verified against.
+    leaf_ca_files: dict[str, str] = field(default_factory=dict)
 
     @property
     def endpoint(self) -> str:
