@@ -19,6 +19,7 @@ import nats
 import pytest
 import redis
 
+from engram import binaries
 from engram.journal.client import stream_name
 from engram.multiregion.link import INBOUND_ACCOUNT
 from engram.node.config import NodeConfig
@@ -181,6 +182,36 @@ def test_writes_in_each_region_reach_the_others_and_conflicts_end_alike(up: dict
              "every region to hold both set members", 0.2)
     assert wait_for(lambda: _converged(up, lambda c: c.get("both")), 60, "every region to agree on `both`",
                     0.2) == b"west"
+
+
+def test_upgrade_and_scale_change_every_region_in_turn_and_resharding_is_refused(
+    up: dict[str, Any], base: Path, tmp_path: Path,
+) -> None:
+    east = _client(up, "east")
+    wait_for(lambda: east.set("before-the-roll", "e"), 30, "east to take a write")
+    # The same binary under another path: a different valkey-server as far as the upgrade can tell.
+    other = tmp_path / "valkey-server-next"
+    other.symlink_to(binaries.find("valkey-server"))
+    rolled = run_engram("local", "upgrade", NAME, "--dir", str(base), "--valkey-server", str(other), "--json",
+                        timeout=600)
+    assert rolled.returncode == 0, rolled.stderr
+    said = rolled.stderr.splitlines()
+    # One region after another, in --regions order.
+    firsts = [next(i for i, line in enumerate(said) if f"region {r}:" in line) for r in REGIONS]
+    assert firsts == sorted(firsts), rolled.stderr
+    for region, doc in json.loads(rolled.stdout)["regions"].items():
+        assert {n["valkey_server"] for n in doc["nodes"]} == {str(other)}, (region, doc["nodes"])
+
+    scaled = run_engram("local", "scale", NAME, "--dir", str(base), "--replicas", "2", "--json", timeout=600)
+    assert scaled.returncode == 0, scaled.stderr
+    for region, doc in json.loads(scaled.stdout)["regions"].items():
+        assert sorted(n["role"] for n in doc["nodes"]) == ["primary", "replica", "replica"], region
+    for region in REGIONS:
+        assert wait_for(lambda r=region: _client(up, r).get("before-the-roll"), 60,
+                        f"the key written before the roll in {region}", 0.2) == b"e"
+
+    refused = run_engram("local", "scale", NAME, "--dir", str(base), "--shards", "2", timeout=60)
+    assert refused.returncode == 2 and "multi-region cluster" in refused.stderr, refused.stderr
 
 
 def test_with_one_region_down_status_shows_it_down_and_the_others_link_going_idle(

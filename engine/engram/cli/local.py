@@ -244,6 +244,11 @@ def cmd_scale(args: argparse.Namespace) -> int:
     """Like _guarded, and a usage error (the shard count the cluster already has) exits 2."""
     if args.replicas is not None:
         return _scale_replicas(args)
+    if regions.load_record(args.dir, args.name) is not None:
+        _say(f"error: {args.name} is a multi-region cluster: its regions keep the same shards (an inbound "
+             "stream copies one shard, and the module refuses MIGRATE in region mode), so resharding it "
+             "is not built; --replicas changes every region")
+        return 2
     line = _ProgressLine()
     try:
         password = Path(args.password_file).read_text().strip() if args.password_file else ""
@@ -283,6 +288,14 @@ def _scale_replicas(args: argparse.Namespace) -> int:
         if moving:
             raise scale.ScaleRefused(f"{', '.join(moving)} tune moving slots, which --shards does; "
                                      "--replicas moves none")
+        if regions.load_record(args.dir, args.name) is not None:
+            # Each region in turn: the other regions keep serving while one changes.
+            def one(cluster_name: str, say: Callable[[str], None]) -> object:
+                return replicas.scale_replicas(args.dir, cluster_name, args.replicas, timeout=args.timeout,
+                                               say=say)
+
+            _print_regions(multi_region.each_region(args.dir, args.name, one, _say), args.json)
+            return 0
         doc = replicas.scale_replicas(args.dir, args.name, args.replicas, timeout=args.timeout, say=_say)
     except scale.ScaleRefused as exc:
         _say(f"error: {exc}")
@@ -302,6 +315,12 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     """Like _guarded, and an interruption says how to resume."""
     try:
         target = upgrade.check_target(args.node_command, args.valkey_server)
+        if regions.load_record(args.dir, args.name) is not None:
+            def one(cluster_name: str, say: Callable[[str], None]) -> object:
+                return upgrade.upgrade(args.dir, cluster_name, target, timeout=args.timeout, say=say)
+
+            _print_regions(multi_region.each_region(args.dir, args.name, one, _say), args.json)
+            return 0
         doc = upgrade.upgrade(args.dir, args.name, target, timeout=args.timeout, say=_say)
     except _ERRORS as exc:
         return _fail(str(exc))

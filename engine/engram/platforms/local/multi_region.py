@@ -10,7 +10,7 @@ import contextlib
 import json
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -212,6 +212,27 @@ async def _lags(states: dict[str, ClusterState]) -> dict[str, list[dict[str, Any
             if conn is not None:
                 with contextlib.suppress(Exception):
                     await conn.close()
+
+
+# ---- every region at once ------------------------------------------------------------------------
+
+
+def each_region(base: str | Path, name: str, change: Callable[[str, Progress], object],
+                progress: Progress = lambda _msg: None) -> dict[str, Any]:
+    """Apply one cluster-wide change (an upgrade, a replica count) to every region's cluster, one
+    region after another, so that the others keep serving their clients meanwhile; the
+    multi-region status after. A region that fails stops the run: its message says which."""
+    record = load_record(base, name)
+    if record is None:
+        raise NotRunning(f"{name} is not a multi-region cluster (no {record_path(base, name)})")
+    for region, cluster_name in record.clusters.items():
+        progress(f"region {region}: cluster {cluster_name}")
+        try:
+            change(cluster_name, _prefixed(progress, region))
+        except LocalError as exc:
+            raise LocalError(f"region {region} ({cluster_name}): {exc}; the regions before it are done, "
+                             "run the same command again to go on") from exc
+    return status(base, name)
 
 
 # ---- down --------------------------------------------------------------------------------------
