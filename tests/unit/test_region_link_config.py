@@ -10,7 +10,15 @@ import pytest
 
 from engram import binaries
 from engram.journal.servers import JournalServerConfig, render_config
-from engram.multiregion.inbound import InboundError, InboundLink, SourceHeader, inbound_config
+from engram.multiregion.inbound import (
+    RESTART_SOURCE_EVERY,
+    STALLED_AFTER,
+    InboundError,
+    InboundLink,
+    SourceHeader,
+    inbound_config,
+    source_stalled,
+)
 from engram.multiregion.link import (
     INBOUND_ACCOUNT,
     MAX_REGIONS,
@@ -142,3 +150,15 @@ def test_the_source_header_gives_the_origin_stream_sequence_and_identity() -> No
     assert header == SourceHeader("ENGRAM_x_0", 21, "engram.x.0", "GYcLau5D")
     with pytest.raises(InboundError):
         SourceHeader.parse("$JS.ACK.garbage")
+
+
+@pytest.mark.parametrize("idle, answers, since, restart", [
+    (STALLED_AFTER + 1, True, RESTART_SOURCE_EVERY, True),
+    (STALLED_AFTER - 1, True, RESTART_SOURCE_EVERY, False),  # heard from lately: nothing stuck
+    (STALLED_AFTER + 1, False, RESTART_SOURCE_EVERY, False),  # the region is away: NATS waits for it
+    (STALLED_AFTER + 1, True, RESTART_SOURCE_EVERY - 1, False),  # restarted a moment ago
+    (float("inf"), True, float("inf"), True),
+])
+def test_a_source_is_restarted_only_when_silent_while_its_region_answers(
+        idle: float, answers: bool, since: float, restart: bool) -> None:
+    assert source_stalled(idle, answers, since) is restart

@@ -322,6 +322,17 @@ class Journal:
             raise _refusal(int(error.get("code", 0)), int(error.get("err_code", 0)),
                            str(error.get("description", "")), None)
 
+    async def step_down(self, stream: str, timeout: float) -> None:
+        """Ask a stream of this journal (an inbound stream, say) to elect another leader."""
+        try:
+            reply = await self._nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", b"", timeout=timeout)
+        except Exception as exc:
+            raise _translate(exc, None) from exc
+        error = json.loads(reply.data).get("error")
+        if error:
+            raise _refusal(int(error.get("code", 0)), int(error.get("err_code", 0)),
+                           str(error.get("description", "")), None)
+
     async def watch_elections(self) -> None:
         """Follow JetStream's leader-elected advisories for the shard's stream (see election_after)."""
         if self._elections is not None:

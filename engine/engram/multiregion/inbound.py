@@ -306,3 +306,16 @@ def source_state_of(info: api.StreamInfo, link: InboundLink) -> SourceState:
             idle = (source.active or 0) / 1e9 if (source.active or 0) >= 0 else float("inf")
             return SourceState(source.lag or 0, idle, error)
     raise InboundError(f"inbound stream {link.stream} does not source {link.source_stream}")
+
+
+# A source that has sent nothing, not even a heartbeat, for this long while its region's journal
+# answers is stuck in NATS's retry backoff: after a region came back from a freeze, copying out of
+# it was seen to wait 38-54 s. A new leader of the inbound stream sets its source up at once (0.8 s).
+STALLED_AFTER = 6.0
+# At most one such restart per link this often: the new leader needs a moment to be heard from.
+RESTART_SOURCE_EVERY = 20.0
+
+
+def source_stalled(idle: float, origin_answers: bool, since_restart: float) -> bool:
+    """Whether to restart a link's source by moving its inbound stream's leader."""
+    return idle > STALLED_AFTER and origin_answers and since_restart >= RESTART_SOURCE_EVERY

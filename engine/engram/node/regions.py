@@ -13,7 +13,7 @@ from engram import metrics
 from engram.journal.client import Journal
 from engram.journal.errors import JournalError
 from engram.multiregion.applier import InboundApplier, PositionStore
-from engram.multiregion.inbound import InboundLink, ensure_inbound, source_state_of
+from engram.multiregion.inbound import InboundLink, ensure_inbound, source_stalled, source_state_of
 from engram.multiregion.lww import Stamp, frontier
 from engram.node.config import NodeConfig
 from engram.valkey.connection import ValkeyConnection, ValkeyError
@@ -50,6 +50,8 @@ class RegionAppliers:
         self._positions: PositionStore | None = None
         self._valkey: ValkeyConnection | None = None
         self._clocked = 0.0
+        self._restarted: dict[str, float] = {}
+        self._watched_since: dict[str, float] = {}
         self._collected = time.monotonic()
         self.frontier: Stamp | None = None
 
@@ -144,9 +146,37 @@ class RegionAppliers:
                 continue
             unapplied = max(0, (info.state.last_seq or 0) - applier.position.inbound_seq + 1)
             metrics.REGION_PENDING.labels(region).set(state.lag + unapplied)
+            await self._restart_if_stalled(applier.link, state.idle)
+
+    async def _restart_if_stalled(self, link: InboundLink, idle: float) -> None:
+        """Move the inbound stream's leader when its source is stalled though its region answers."""
+        region, now = link.source_region, time.monotonic()
+        # No contact yet reads as endless idleness: count it from when this primary began watching.
+        idle = min(idle, now - self._watched_since.setdefault(region, now))
+        since = now - self._restarted.get(region, -float("inf"))
+        if not source_stalled(idle, True, since):
+            return  # no need to ask the other region
+        try:
+            await self.journal.jetstream_in(region).stream_info(link.source_stream)
+            answers = True
+        except Exception:  # the other region is away: NATS will set the source up when it is back
+            answers = False
+        if not source_stalled(idle, answers, since):
+            return
+        self._restarted[region] = now
+        try:
+            await self.journal.step_down(link.stream, timeout=2.0)
+        except JournalError as exc:
+            log.info("shard %d: could not restart the copy from region %s: %s", self.config.shard, region,
+                     exc)
+            return
+        metrics.REGION_SOURCE_RESTARTS.labels(region).inc()
+        log.warning("shard %d: the copy from region %s was silent for %.0fs while that region answers; "
+                    "restarted it by moving %s's leader", self.config.shard, region, idle, link.stream)
 
     async def _stop_all(self) -> None:
         self._close_valkey()
+        self._watched_since.clear()
         self.frontier = None
         tasks = list(self._tasks.values())
         for task in tasks:
