@@ -56,6 +56,8 @@ REQUIRED_ALERTS = {
     "EngramSnapshotStale",
     "EngramNodeHalted",
     "EngramFrequentFailovers",
+    "EngramRegionLagHigh",
+    "EngramRegionApplierFailing",
 }
 
 
@@ -227,6 +229,8 @@ def test_values_schema_refuses_bad_monitoring_values() -> None:
             {"podMonitor": {"enable": True}},
             {"prometheusRule": {"snapshotStaleFactor": 1}},
             {"prometheusRule": {"replicationLagEntries": 0}},
+            {"prometheusRule": {"regionLagEntries": 0}},
+            {"prometheusRule": {"regionApplierStops": 1.5}},
             {"dashboards": {"labels": {"grafana_dashboard": 1}}},
         ):
             with pytest.raises(helm.HelmError):
@@ -365,12 +369,17 @@ def test_alert_thresholds_come_from_the_values() -> None:
     values = {"monitoring": {"prometheusRule": {
         "enabled": True, "alertLabels": {"team": "databases"},
         "replicationLagEntries": 2_500_000, "snapshotStaleFactor": 2.5, "electionsPerHour": 7,
+        "regionLagEntries": 750_000, "regionApplierStops": 4,
     }}}
     rules = {r["alert"]: r for r in alert_rules(render(values))}
     assert rules["EngramReplicationLagHigh"]["expr"].rstrip().endswith("> 2500000")
     assert "2.5 * max by" in rules["EngramSnapshotStale"]["expr"]
     assert rules["EngramFrequentFailovers"]["expr"].rstrip().endswith("> 7")
     assert "2500000 journal entries" in rules["EngramReplicationLagHigh"]["annotations"]["description"]
+    assert rules["EngramRegionLagHigh"]["expr"].rstrip().endswith("> 750000")
+    assert "750000 journal entries" in rules["EngramRegionLagHigh"]["annotations"]["description"]
+    assert rules["EngramRegionApplierFailing"]["expr"].rstrip().endswith(">= 4")
+    assert "at least 4 times" in rules["EngramRegionApplierFailing"]["annotations"]["description"]
     assert all(r["labels"]["team"] == "databases" for r in rules.values())
 
 
@@ -411,6 +420,10 @@ def test_the_dashboard_has_a_panel_for_each_thing_an_operator_watches() -> None:
     assert panel_with("engram_journal_entries") and panel_with("engram_journal_bytes")
     assert panel_with("sum by (engram_io_shard) (engram_role")  # primaries per shard
     assert panel_with("engram_apply_halted")
+    # multi-region: per shard and source region, on primaries only (an old primary keeps its gauge)
+    assert panel_with("engram_region_pending_entries{", "region)", "engram_role{")
+    assert panel_with("rate(engram_region_applier_stops_total")
+    assert panel_with("rate(engram_region_source_restarts_total")
     names = {v["name"] for v in dashboard()["templating"]["list"]}
     assert {"datasource", "namespace", "cluster"} <= names
 
@@ -446,7 +459,8 @@ def test_dashboard_panels_use_the_datasource_variable_and_fit_the_grid() -> None
 def test_the_registries_export_the_gauges_the_dashboard_needs() -> None:
     assert {"engram_snapshot_age_seconds", "engram_journal_entries", "engram_journal_bytes",
             "engram_journal_reachable", "engram_commit_latency_seconds_bucket",
-            "engram_failovers_total", "engram_operator_snapshot_failures"} <= exported_names()
+            "engram_failovers_total", "engram_operator_snapshot_failures", "engram_region_pending_entries",
+            "engram_region_applier_stops_total", "engram_region_source_restarts_total"} <= exported_names()
 
 
 @pytest.mark.parametrize("source", ["dashboard", "alerts"])

@@ -5,6 +5,7 @@ shard's primary, one applier per linked region brings that region's writes in; o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -113,6 +114,8 @@ class RegionAppliers:
                 self._note_stop(link, task)
             if now - self._stopped_at.get(link.source_region, -RESTART_AFTER) < RESTART_AFTER:
                 continue
+            # Exported at 0 from the start: an alert on its increase then sees the first stop too.
+            metrics.REGION_APPLIER_STOPS.labels(link.source_region)
             applier = InboundApplier(js, link, self.config.valkey_socket, self._positions)
             self.appliers[link.source_region] = applier
             self._tasks[link.source_region] = asyncio.get_running_loop().create_task(self._apply(applier))
@@ -177,6 +180,11 @@ class RegionAppliers:
     async def _stop_all(self) -> None:
         self._close_valkey()
         self._watched_since.clear()
+        for region in self.appliers:
+            # A replica applies no other region: its last figures as a primary would mislead.
+            for gauge in (metrics.REGION_APPLIED, metrics.REGION_PENDING):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(region)
         self.frontier = None
         tasks = list(self._tasks.values())
         for task in tasks:
