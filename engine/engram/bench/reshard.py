@@ -122,7 +122,9 @@ class ValkeyCluster:
         data.mkdir()
         argv = [binaries.find("valkey-server"), "--port", str(port), "--bind", LOOPBACK, "--save", "",
                 "--appendonly", "no", "--dir", str(data), "--protected-mode", "no",
-                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                # The bus port from the allocator too: port + 10000 can be in the ephemeral range.
+                "--cluster-port", str(ports.allocate(1)[0])]
         self.procs.append(processes.spawn(argv, data / "valkey.log"))
         address = f"{LOOPBACK}:{port}"
         deadline = time.monotonic() + 30

@@ -74,7 +74,10 @@ class ValkeyTarget:
             argv = [server, "--port", str(port), "--bind", LOOPBACK, "--save", "", "--dir", str(data),
                     "--protected-mode", "no", "--daemonize", "no", *self.extra_args]
             if self.shards > 1:
-                argv += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+                # The bus port too: Valkey's default (port + 10000) can fall in the kernel's ephemeral
+                # range, where any outgoing connection may hold it (a CI run lost a node that way).
+                argv += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                         "--cluster-port", str(ports.allocate(1)[0])]
             self._procs.append(processes.spawn(argv, self._dir / f"s{index}.log"))
             addresses.append(f"{LOOPBACK}:{port}")
         for address in addresses:
