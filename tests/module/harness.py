@@ -171,14 +171,14 @@ async def valkey(*extra: str, module: bool = True) -> AsyncIterator[str]:
     except BaseException:
         log = tmp / "valkey.log"
         if log.exists():
-            print(f"--- valkey.log ---\n{log.read_text(errors='replace')[-6000:]}")
+            print(f"--- valkey.log ---\n{log.read_text(errors='replace')[-60000:]}")
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     try:
         yield socket
     except BaseException:
         # The server's log says why a scenario failed (a crash report, a refused command...).
-        print(f"--- valkey.log ---\n{(tmp / 'valkey.log').read_text(errors='replace')[-6000:]}")
+        print(f"--- valkey.log ---\n{(tmp / 'valkey.log').read_text(errors='replace')[-60000:]}")
         raise
     finally:
         proc.kill()
