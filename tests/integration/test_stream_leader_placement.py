@@ -42,13 +42,23 @@ def test_the_stream_leader_leaves_the_primarys_zone_and_follows_failovers(local_
     try:
         primary_zone, leader_zone = wait_for(lambda: _apart(status), 30,
                                              "the stream leader out of the primary's zone")
-        # Hand the shard to the node in the stream leader's zone: the two share a zone again.
+        # Hand the shard to the node in the stream leader's zone: the two share a zone again. With
+        # a 2 s lease on a loaded machine the new primary can lose its lease to an election at once
+        # (a CI run saw it): then the hand-over is asked again, as an operator would.
         target = next(n for n in cli_status(status)["nodes"] if n["zone"] == leader_zone)
-        done = run_engram("local", "failover", status["name"], "--dir", str(Path(status["dir"]).parent),
-                          "--to", target["id"], timeout=90)
-        assert done.returncode == 0, done.stderr
-        wait_for(lambda: (found := _apart(status)) and found[0] == leader_zone, 30,
-                 f"the stream leader out of zone {leader_zone}, the new primary's")
+        for _ in range(3):
+            done = run_engram("local", "failover", status["name"], "--dir", str(Path(status["dir"]).parent),
+                              "--to", target["id"], timeout=90)
+            assert done.returncode == 0, done.stderr
+            try:
+                wait_for(lambda: (found := _apart(status)) and found[0] == leader_zone, 30,
+                         f"the stream leader out of zone {leader_zone}, the new primary's")
+                break
+            except AssertionError:
+                if primary_of(cli_status(status))["id"] == target["id"]:
+                    raise  # the target leads, and the stream leader stayed in its zone
+        else:
+            raise AssertionError(f"{target['id']} never stayed primary after three hand-overs")
     finally:
         writers.stop()
     assert writers.missing(client_for(primary_of(cli_status(status)))) == []
