@@ -312,20 +312,14 @@ class Journal:
     async def move_leader(self, zone: str, timeout: float) -> None:
         """Ask the stream's leader to hand over to its follower in `zone` (by the server's zone tag)."""
         request = json.dumps({"placement": {"tags": [f"{ZONE_TAG}:{zone}"]}}).encode()
-        try:
-            reply = await self._nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{self.stream}", request,
-                                           timeout=timeout)
-        except Exception as exc:
-            raise _translate(exc, None) from exc
-        error = json.loads(reply.data).get("error")
-        if error:
-            raise _refusal(int(error.get("code", 0)), int(error.get("err_code", 0)),
-                           str(error.get("description", "")), None)
+        await self.step_down(self.stream, timeout, request)
 
-    async def step_down(self, stream: str, timeout: float) -> None:
-        """Ask a stream of this journal (an inbound stream, say) to elect another leader."""
+    async def step_down(self, stream: str, timeout: float, request: bytes = b"") -> None:
+        """Ask a stream of this journal (an inbound stream, say) to elect another leader; `request`
+        may say where (a placement)."""
         try:
-            reply = await self._nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", b"", timeout=timeout)
+            reply = await self._nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", request,
+                                           timeout=timeout)
         except Exception as exc:
             raise _translate(exc, None) from exc
         error = json.loads(reply.data).get("error")
