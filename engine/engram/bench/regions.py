@@ -26,6 +26,7 @@ from pathlib import Path
 import redis
 
 from engram import binaries
+from engram.bench.targets import wait_ping
 from engram.platforms.local import ports, processes
 from engram.platforms.local.ports import LOOPBACK
 
@@ -145,15 +146,8 @@ class ValkeyReplication:
         argv = [binaries.find("valkey-server"), "--port", str(port), "--bind", LOOPBACK, "--save", "",
                 "--appendonly", "no", "--dir", str(data), "--protected-mode", "no", *extra]
         self.procs.append(processes.spawn(argv, data / "valkey.log"))
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                _client(f"{LOOPBACK}:{port}").ping()
-                return f"{LOOPBACK}:{port}"
-            except redis.RedisError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        wait_ping(f"{LOOPBACK}:{port}")
+        return f"{LOOPBACK}:{port}"
 
     def stop(self) -> None:
         processes.stop_all(self.procs)

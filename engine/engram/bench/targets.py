@@ -39,7 +39,7 @@ class Target(Protocol):
     def stop(self) -> None: ...
 
 
-def _wait_ping(address: str, timeout: float = READY_TIMEOUT) -> None:
+def wait_ping(address: str, timeout: float = READY_TIMEOUT) -> None:
     host, port = address.rsplit(":", 1)
     deadline = time.monotonic() + timeout
     while True:
@@ -81,7 +81,7 @@ class ValkeyTarget:
             self._procs.append(processes.spawn(argv, self._dir / f"s{index}.log"))
             addresses.append(f"{LOOPBACK}:{port}")
         for address in addresses:
-            _wait_ping(address)
+            wait_ping(address)
         if self.shards > 1:
             self._create_cluster(addresses)
         args = " ".join(self.extra_args) or "(defaults)"
@@ -143,7 +143,7 @@ class EngramTarget:
 
     def start(self, progress: Progress) -> Endpoint:
         if self.endpoint:
-            _wait_ping(self.endpoint)
+            wait_ping(self.endpoint)
             note = f"existing cluster at {self.endpoint}"
             return Endpoint((self.endpoint,), cluster=self.shards > 1, note=note)
         # Short path: Valkey's unix socket lives under it and must stay within 107 bytes.
@@ -168,7 +168,7 @@ class EngramTarget:
             primary = next(n for n in doc["nodes"] if n["role"] == "primary")
             note = (f"through shard 0's primary {primary['address']} ({primary['id']}); the endpoint relay "
                     f"{doc['endpoint']} is bypassed since 1 shard needs no routing")
-            _wait_ping(primary["address"])
+            wait_ping(primary["address"])
             return Endpoint((primary["address"],), cluster=False, note=note)
         return Endpoint((doc["endpoint"],), cluster=True, note=f"cluster endpoint {doc['endpoint']}")
 
