@@ -152,9 +152,13 @@ async def current_record(urls: list[str], cluster: str,
     """The cluster's newest reshard record as the metadata holds it (nodes may report an older one)."""
     c = await _open(urls, cluster, security)
     try:
-        raw = await _patiently(c.meta.load_reshard, "reading the reshard record")
+        return _readable(await _patiently(c.meta.load_reshard, "reading the reshard record"))
     finally:
         await c.journal.close()
+
+
+def _readable(raw: bytes | None) -> ReshardRecord | None:
+    """The stored reshard record; None when there is none, or it cannot be read (logged)."""
     if not raw:
         return None
     try:
@@ -236,20 +240,15 @@ class _Run:
         return self.record
 
     async def _resume_or_start(self, slots: SlotMap) -> ReshardRecord:
-        raw = await self.meta.load_reshard()
-        if raw:
-            try:
-                found = ReshardRecord.loads(raw)
-            except (ValueError, TypeError) as exc:
-                log.warning("ignoring an unreadable reshard record: %s", exc)
-            else:
-                if not found.finished and found.to_shards != self.shards:
-                    raise ReshardError(
-                        f"a reshard to {found.to_shards} shards is in progress ({found.phase}); finish it "
-                        f"first (engram reshard --shards {found.to_shards}), then change the count again")
-                if not found.finished or (found.phase == phases.FAILED and found.to_shards == self.shards):
-                    found.error = ""
-                    return found
+        found = _readable(await self.meta.load_reshard())
+        if found is not None:
+            if not found.finished and found.to_shards != self.shards:
+                raise ReshardError(
+                    f"a reshard to {found.to_shards} shards is in progress ({found.phase}); finish it "
+                    f"first (engram reshard --shards {found.to_shards}), then change the count again")
+            if not found.finished or (found.phase == phases.FAILED and found.to_shards == self.shards):
+                found.error = ""
+                return found
         # Shards that own slots: a scale-out's new shards may already exist, empty (prepare_shards).
         owning = len({shard for _, _, shard in slots.ranges})
         record = ReshardRecord(from_shards=owning, to_shards=self.shards)
