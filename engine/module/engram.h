@@ -528,6 +528,8 @@ typedef struct EgWrite {
     int nput;        /* elements put */
     VkString **rem;  /* fields or members removed */
     int nrem;
+    int add;         /* an increment of an additive counter (kind string): delta, not value */
+    long long delta;
 } EgWrite;
 typedef struct EgStampStats {
     long long keys, elements, tombstones, bytes;
@@ -544,6 +546,12 @@ void eg_stamps_clear(void);
 int eg_stamps_register(VkCtx *ctx);
 
 /* region.c: multi-region mode */
+/* counter.c: additive counters, an opt-in beyond last-writer-wins (docs/multi-region.md) */
+int eg_counters_add_pattern(const char *pattern, size_t len);
+int eg_counter_key(const char *key, size_t len);
+int eg_counter_parse(const char *s, size_t len, __int128 *out);
+size_t eg_counter_format(__int128 v, char *buf, size_t cap);
+
 extern char *eg_region;   /* this node's region; NULL: not a multi-region node */
 extern uint64_t eg_hlc;   /* the newest stamp given or observed */
 void eg_hlc_observe(uint64_t hlc);

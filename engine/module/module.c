@@ -458,7 +458,8 @@ static int register_configs(VkCtx *ctx) {
     return Vk_LoadConfigs(ctx);
 }
 
-/* Module arguments: commit-timeout-ms <ms>, max-queued-bytes <n>, managed 0|1, region <name>. */
+/* Module arguments: commit-timeout-ms <ms>, max-queued-bytes <n>, managed 0|1, region <name>,
+ * counters <glob> (any number). */
 static int parse_args(VkCtx *ctx, VkString **argv, int argc) {
     for (int i = 0; i < argc; i += 2) {
         const char *key = Vk_StringPtrLen(argv[i], NULL);
@@ -469,6 +470,16 @@ static int parse_args(VkCtx *ctx, VkString **argv, int argc) {
             const char *name = i + 1 < argc ? Vk_StringPtrLen(argv[i + 1], &n) : "";
             if (!n || eg_region || eg_region_set(name) != VK_OK) {
                 Vk_Log(ctx, "warning", "engram: module argument 'region' takes the region's name, once");
+                return VK_ERR;
+            }
+            continue;
+        }
+        if (!strcasecmp(key, "counters")) {
+            /* Keys matching this glob are additive counters in multi-region mode (counter.c). */
+            size_t n = 0;
+            const char *glob = i + 1 < argc ? Vk_StringPtrLen(argv[i + 1], &n) : "";
+            if (eg_counters_add_pattern(glob, n) != VK_OK) {
+                Vk_Log(ctx, "warning", "engram: module argument 'counters' takes a key pattern (at most 64)");
                 return VK_ERR;
             }
             continue;

@@ -110,6 +110,16 @@ const char *eg_mr_refusal(VkFilterCtx *f, const char *name, size_t len, int argc
                  cmd);
         return buf;
     }
+    if (!strcmp(cmd, "INCRBYFLOAT") && argc > 1) {
+        size_t klen;
+        const char *key = Vk_StringPtrLen(Vk_CommandFilterArgGet(f, 1), &klen);
+        if (eg_counter_key(key, klen)) {
+            snprintf(buf, cap,
+                     "ERR engram: INCRBYFLOAT is refused on an additive counter (module argument "
+                     "counters): regions add integers exactly, and floats would not sum alike");
+            return buf;
+        }
+    }
     if (!strcmp(cmd, "SET")) {
         for (int i = 3; i < argc; i++) {
             const char *opt = Vk_StringPtrLen(Vk_CommandFilterArgGet(f, i), NULL);
@@ -141,9 +151,17 @@ static const char *parse_write(VkString **argv, int argc, EgWrite *w) {
     const char *kind = Vk_StringPtrLen(argv[3], &klen);
     w->stamp = (EgStamp){(uint64_t)hlc, eg_region_intern(region, rlen)};
     if (!w->stamp.region) return "ERR engram: a stamp's region is a non-empty name (at most 2047 regions)";
-    w->kind = eg_kind_parse(kind, klen);
-    if (w->kind < 0) return "ERR engram: the kind is none, string, hash, set or zset";
     w->key = argv[4];
+    if (klen == 3 && !strncmp(kind, "add", 3)) {
+        /* An additive counter's increment: a string write that adds instead of replacing. */
+        w->kind = EG_KIND_STRING;
+        w->add = 1;
+        if (argc != 6 || Vk_StringToLongLong(argv[5], &w->delta) != VK_OK)
+            return "ERR engram: an increment carries one integer";
+        return NULL;
+    }
+    w->kind = eg_kind_parse(kind, klen);
+    if (w->kind < 0) return "ERR engram: the kind is none, string, hash, set, zset or add";
     if (w->kind == EG_KIND_NONE) return argc == 5 ? NULL : "ERR engram: a delete carries nothing";
     if (w->kind == EG_KIND_STRING) {
         w->value = argc == 6 ? argv[5] : NULL;
@@ -286,14 +304,24 @@ static VkString *num(unsigned long long v) {
     return str(b, (size_t)n);
 }
 
-static void start(Effect *e, uint64_t hlc, int kind, VkString *key) {
+static VkString *num_signed(long long v) {
+    char b[32];
+    int n = snprintf(b, sizeof b, "%lld", v);
+    return str(b, (size_t)n);
+}
+
+static void start_as(Effect *e, uint64_t hlc, const char *kind, VkString *key) {
     e->argc = 0;
     add(e, str("ENGRAM.MR.APPLY", 15));
     add(e, num(hlc));
     add(e, str(eg_region, strlen(eg_region)));
-    add(e, str(eg_kind_name(kind), strlen(eg_kind_name(kind))));
+    add(e, str(kind, strlen(kind)));
     Vk_RetainString(NULL, key);
     add(e, key);
+}
+
+static void start(Effect *e, uint64_t hlc, int kind, VkString *key) {
+    start_as(e, hlc, eg_kind_name(kind), key);
 }
 
 /* Apply the effect to the stamps (Valkey already holds it) and replicate it. */
@@ -308,6 +336,25 @@ static void finish(VkCtx *ctx, Effect *e) {
     }
     for (int i = 0; i < e->argc; i++) Vk_FreeString(NULL, e->argv[i]);
     e->argc = 0;
+}
+
+/* The increment of INCR, DECR, INCRBY or DECRBY on an additive counter, or 0 for any other write
+ * (which replicates the value it left). */
+static int counter_delta(const char *cmd, size_t len, VkString **args, int n, long long *delta) {
+    char lower[16];
+    if (n < 1 || len >= sizeof lower) return 0;
+    eg_lower(lower, sizeof lower, cmd, len);
+    size_t klen;
+    const char *key = Vk_StringPtrLen(args[0], &klen);
+    if (!eg_counter_key(key, klen)) return 0;
+    long long by = 1;
+    if ((!strcmp(lower, "incrby") || !strcmp(lower, "decrby")) &&
+        (n < 2 || Vk_StringToLongLong(args[1], &by) != VK_OK))
+        return 0;
+    if (!strcmp(lower, "incr") || !strcmp(lower, "incrby")) *delta = by;
+    else if (!strcmp(lower, "decr") || !strcmp(lower, "decrby")) *delta = -by; /* Valkey refused LLONG_MIN */
+    else return 0;
+    return 1;
 }
 
 static void emit_string(VkCtx *ctx, Effect *e, uint64_t hlc, VkString *key) {
@@ -431,9 +478,16 @@ VkCallReply *eg_mr_call(VkCtx *ctx, const char *cmd, size_t len, VkString **args
     uint64_t hlc = hlc_now();
     Effect e = {0};
     VkString *key = args[0];
+    long long delta;
     switch (fx) {
     case FX_STRING:
-        emit_string(ctx, &e, hlc, key);
+        if (counter_delta(cmd, len, args, n, &delta)) {
+            start_as(&e, hlc, "add", key);
+            add(&e, num_signed(delta));
+            finish(ctx, &e);
+        } else {
+            emit_string(ctx, &e, hlc, key);
+        }
         break;
     case FX_STRING_PAIRS:
         for (int i = 0; i < n; i += 2) emit_string(ctx, &e, hlc, args[i]);

@@ -297,6 +297,140 @@ static int unstamped_same_type(VkCtx *ctx, VkString *key, int kind) {
     return same;
 }
 
+/* ---- Additive counters ------------------------------------------------------------------- */
+/* A string key incremented as a counter remembers, in its element tree, each increment not yet
+ * settled (member: clock, delta and region, so a region's increments never collide) and, while
+ * any is remembered, the stamp of the latest set before them (member "="). Its value is that set's
+ * value, or 0, plus every increment after it (lww.counter_value). A key never incremented has no
+ * tree: its latest write, the top, is its set. */
+
+#define SET_MARK "="
+
+static size_t inc_member(char *buf, EgStamp s, long long delta) {
+    const char *name = eg_region_name(s.region);
+    size_t nlen = strlen(name);
+    uint64_t d = (uint64_t)delta;
+    for (int i = 0; i < 8; i++) buf[i] = (char)(s.hlc >> (56 - 8 * i));
+    for (int i = 0; i < 8; i++) buf[8 + i] = (char)(d >> (56 - 8 * i));
+    memcpy(buf + 16, name, nlen);
+    return 16 + nlen;
+}
+
+static long long inc_delta(const char *member) {
+    uint64_t d = 0;
+    for (int i = 0; i < 8; i++) d = (d << 8) | (uint8_t)member[8 + i];
+    return (long long)d;
+}
+
+static void inc_set(KeyMeta *m, EgStamp s, long long delta) {
+    char buf[16 + 2048];
+    elem_set(m, buf, inc_member(buf, s, delta), s, 1);
+}
+
+static int inc_held(KeyMeta *m, EgStamp s, long long delta) {
+    char buf[16 + 2048];
+    int nokey = 1;
+    if (m->elems) Vk_DictGetC(m->elems, buf, inc_member(buf, s, delta), &nokey);
+    return !nokey;
+}
+
+static int mark_get(KeyMeta *m, EgStamp *out) {
+    int nokey = 1;
+    void *v = m->elems ? Vk_DictGetC(m->elems, SET_MARK, 1, &nokey) : NULL;
+    if (!nokey) *out = unpack(v, NULL);
+    return !nokey;
+}
+
+/* Increments remembered, and the sum of those after `after` (all of them when `after` is none). */
+static long long incs_after(KeyMeta *m, EgStamp after, __int128 *sum) {
+    *sum = 0;
+    if (!m->elems) return 0;
+    long long n = 0;
+    VkDictIter *it = Vk_DictIteratorStartC(m->elems, "^", NULL, 0);
+    size_t len;
+    void *v;
+    char *member;
+    while ((member = Vk_DictNextC(it, &len, &v))) {
+        if (len < 16) continue;
+        if (after.region && eg_stamp_cmp(unpack(v, NULL), after) <= 0) continue;
+        *sum += inc_delta(member);
+        n++;
+    }
+    Vk_DictIteratorStop(it);
+    return n;
+}
+
+/* Forget the increments (and the set's mark) at or before `upto`; free an emptied tree. */
+static void incs_forget_upto(KeyMeta *m, EgStamp upto) {
+    if (!m->elems) return;
+    NameList gone = {0};
+    elements_upto(m, upto, &gone, &gone);
+    for (size_t i = 0; i < gone.n; i++) elem_forget(m, gone.names[i], gone.lens[i]);
+    names_free(&gone);
+    if (!Vk_DictSize(m->elems)) elems_clear(m);
+}
+
+static void value_set(VkCtx *ctx, VkString *key, const char *v, size_t len) {
+    VkString *args[2] = {key, Vk_CreateString(NULL, v, len)};
+    call(ctx, "SET", args, 2);
+    Vk_FreeString(NULL, args[1]);
+}
+
+static void value_set_number(VkCtx *ctx, VkString *key, __int128 v) {
+    char buf[48];
+    value_set(ctx, key, buf, eg_counter_format(v, buf, sizeof buf));
+}
+
+/* Add to the value Valkey holds: an absent key counts from 0, a value that is not an integer
+ * ignores increments. */
+static void value_add(VkCtx *ctx, VkString *key, long long delta) {
+    VkCallReply *r = Vk_Call(ctx, "GET", "s", key);
+    size_t len = 0;
+    const char *v = r && Vk_CallReplyType(r) == VK_REPLY_STRING ? Vk_CallReplyStringPtr(r, &len) : NULL;
+    __int128 n = 0;
+    if (!v || eg_counter_parse(v, len, &n)) value_set_number(ctx, key, n + delta);
+    if (r) Vk_FreeCallReply(r);
+}
+
+/* A write of the key's own type, string, newer than its base: a set or an increment. */
+static void string_write(VkCtx *ctx, KeyMeta *m, const EgWrite *w, int data) {
+    EgStamp top = unpacks(m->top), mark;
+    int marked = mark_get(m, &mark);
+    __int128 sum;
+    long long incs = incs_after(m, (EgStamp){0, 0}, &sum);
+    /* Lost to a newer set: the one marked, or else the top when no increment is remembered. */
+    if (marked ? eg_stamp_cmp(w->stamp, mark) <= 0 : (incs == 0 && eg_stamp_cmp(w->stamp, top) < 0)) return;
+    if (w->add) {
+        if (inc_held(m, w->stamp, w->delta)) return; /* applied before */
+        if (!marked && incs == 0) elem_set(m, SET_MARK, 1, top, 1); /* the top was the set */
+        inc_set(m, w->stamp, w->delta);
+        if (eg_stamp_cmp(w->stamp, top) > 0) m->top = packs(w->stamp);
+        if (data) value_add(ctx, w->key, w->delta);
+        return;
+    }
+    incs_forget_upto(m, w->stamp);
+    incs = incs_after(m, (EgStamp){0, 0}, &sum);
+    if (incs) elem_set(m, SET_MARK, 1, w->stamp, 1);
+    if (eg_stamp_cmp(w->stamp, top) > 0) m->top = packs(w->stamp);
+    if (!data) return;
+    size_t len;
+    const char *v = Vk_StringPtrLen(w->value, &len);
+    __int128 n;
+    if (incs && eg_counter_parse(v, len, &n)) value_set_number(ctx, w->key, n + sum);
+    else value_set(ctx, w->key, v, len);
+}
+
+/* A write of another type at `cut`, older than the key's top, outdates the string writes before
+ * it: when the latest set is among them, the count restarts at 0 from the increments after it. */
+static void string_cut(VkCtx *ctx, KeyMeta *m, VkString *key, EgStamp cut, int data) {
+    EgStamp mark;
+    if (!m->elems || (mark_get(m, &mark) && eg_stamp_cmp(mark, cut) > 0)) return;
+    incs_forget_upto(m, cut); /* the mark too, when the set is at or before the cut */
+    __int128 sum;
+    if (incs_after(m, (EgStamp){0, 0}, &sum) == 0) return; /* cannot be: the top is after the cut */
+    if (data) value_set_number(ctx, key, sum);
+}
+
 static void apply_to(VkCtx *ctx, KeyMeta *m, const EgWrite *w, int data);
 
 void eg_stamps_apply(VkCtx *ctx, const EgWrite *w, int data) {
@@ -322,14 +456,25 @@ static void apply_to(VkCtx *ctx, KeyMeta *m, const EgWrite *w, int data) {
         m->kind = (uint8_t)w->kind;
         m->top = packs(w->stamp);
         elems_clear(m);
-        merge(ctx, m, w, data);
+        if (w->add) {
+            /* No set since the new base: the count starts at 0 (or at an unstamped value kept). */
+            inc_set(m, w->stamp, w->delta);
+            if (data) value_add(ctx, w->key, w->delta);
+        } else {
+            merge(ctx, m, w, data);
+        }
     } else if (w->kind != m->kind) {
         /* An older write of another type: it still outdates this type's writes before it. */
         if (!m->base || eg_stamp_cmp(w->stamp, unpacks(m->base)) > 0) {
             m->base = packs(w->stamp);
-            drop_older(ctx, m, w->key, m->kind, w->stamp, data);
+            if (m->kind == EG_KIND_STRING) string_cut(ctx, m, w->key, w->stamp, data);
+            else drop_older(ctx, m, w->key, m->kind, w->stamp, data);
         }
     } else if (!m->base || eg_stamp_cmp(w->stamp, unpacks(m->base)) > 0) {
+        if (w->kind == EG_KIND_STRING) {
+            string_write(ctx, m, w, data);
+            return;
+        }
         if (eg_stamp_cmp(w->stamp, unpacks(m->top)) > 0) m->top = packs(w->stamp);
         merge(ctx, m, w, data);
     }
@@ -346,6 +491,7 @@ long long eg_stamps_collect(EgStamp frontier) {
     char *key;
     while ((key = Vk_DictNextC(it, &len, (void **)&m))) {
         if (m->base && eg_stamp_cmp(unpacks(m->base), frontier) <= 0) m->base = 0;
+        if (m->kind == EG_KIND_STRING && m->elems) incs_forget_upto(m, frontier); /* settled: in the value */
         if (m->removed) {
             /* Removed elements at or before the frontier: collected after the walk. */
             NameList removed = {0};

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import shutil
 import tempfile
@@ -32,6 +33,8 @@ def apply_command(write: Write) -> tuple[Any, ...]:
     head = ("ENGRAM.MR.APPLY", write.stamp.hlc, write.stamp.region, write.kind.value, write.key)
     if write.kind == Kind.NONE:
         return head
+    if write.delta is not None:
+        return ("ENGRAM.MR.APPLY", write.stamp.hlc, write.stamp.region, "add", write.key, write.delta)
     if write.kind == Kind.STRING:
         return (*head, write.value)
     put: list[Any] = []
@@ -87,8 +90,10 @@ def writes(draw: st.DrawFn) -> list[Write]:
         kind = draw(st.sampled_from(list(Kind)))
         if kind == Kind.NONE:
             write = Write(key, stamp, kind)
+        elif kind == Kind.STRING and draw(st.booleans()):
+            write = Write(key, stamp, kind, delta=draw(st.sampled_from([-3, 1, 5, 2**62])))  # an increment
         elif kind == Kind.STRING:
-            write = Write(key, stamp, kind, value=draw(st.sampled_from([b"x", b"y", b"z"])))
+            write = Write(key, stamp, kind, value=draw(st.sampled_from([b"x", b"7", b"-2"])))
         else:
             fate = draw(st.lists(st.sampled_from(["put", "remove", None]), min_size=3, max_size=3))
             if fate == [None, None, None]:
@@ -139,7 +144,7 @@ def test_stamped_writes_in_any_order_hold_what_lww_resolves(servers: Servers, ba
                                                              seed: int) -> None:
     servers.round += 1
     prefix = f"{servers.round}:".encode()
-    batch = [Write(prefix + w.key, w.stamp, w.kind, w.value, w.put, w.remove) for w in batch]
+    batch = [dataclasses.replace(w, key=prefix + w.key) for w in batch]
     orders = [list(batch), list(batch)]
     for order in orders:
         random.Random(seed).shuffle(order)
@@ -174,15 +179,18 @@ def test_stamps_and_tombstones_are_counted_and_collected_as_lww_store_does() -> 
             value: Any = 1.0 if kind == Kind.ZSET else b"v"
             put = {m: (b"" if kind == Kind.SET else value) for m in members[:cut]}
             batch.append(Write(key, stamp, kind, put=put, remove=frozenset(members[cut:])))
+        elif kind == Kind.STRING and rng.random() < 0.5:
+            batch.append(Write(key, stamp, kind, delta=rng.randint(-5, 5)))
         else:
-            batch.append(Write(key, stamp, kind, value=b"s" if kind == Kind.STRING else b""))
+            value = rng.choice([b"s", b"10"]) if kind == Kind.STRING else b""
+            batch.append(Write(key, stamp, kind, value=value))
     for w in batch:
         store.apply(w)
 
     def counts() -> dict[str, str]:
         states = store.keys.values()
         return {"stamped_keys": str(len(store.keys)),
-                "stamped_elements": str(sum(len(s.elements) for s in states)),
+                "stamped_elements": str(sum(s.element_count() for s in states)),
                 "tombstones": str(sum(s.tombstones() for s in states))}
 
     async def scenario() -> None:
@@ -519,5 +527,98 @@ def test_two_regions_writing_concurrently_converge_once_each_applies_the_others_
                 assert await visible(conn, b"s") == (Kind.SET, frozenset({b"x", b"y"}))
                 assert await conn.call("GET", "k") == b"west"  # west wrote k later
                 assert await conn.call("GET", "gone") == b"w"  # west's SET came after east's DEL
+
+    run(scenario)
+
+
+# ---- Additive counters (module argument counters <glob>) ---------------------------------------
+
+COUNTERS = ("counters", "n:*", "counters", "hits:[ab]?")
+COUNTER_REGION = ("region", "west", *COUNTERS, "--enable-debug-command", "yes")
+
+
+def test_increments_of_an_additive_counter_replicate_as_increments_and_regions_add_them() -> None:
+    async def scenario() -> None:
+        async with valkey("region", "east", *COUNTERS, "--enable-debug-command", "yes") as east, \
+                attached_tap(east, auto=True) as east_tap, \
+                valkey("region", "west", *COUNTERS, "--enable-debug-command", "yes") as west, \
+                attached_tap(west, auto=True) as west_tap, \
+                valkey("region", "west", *COUNTERS, "--enable-debug-command", "yes") as west_replica:
+            conns = {"east": await Conn.open(east), "west": await Conn.open(west)}
+            batches = {
+                "east": [("SET", "n:a", "100"), ("INCRBY", "n:a", "5"), ("INCR", "hits:a1"),
+                         ("INCRBY", "other", "5"), ("DECRBY", "n:b", "3")],
+                "west": [("INCRBY", "n:a", "7"), ("DECR", "n:a"), ("INCRBY", "hits:a1", "10"),
+                         ("INCRBY", "other", "7"), ("SET", "n:b", "abc")],
+            }
+            # Concurrent: each region writes before it sees anything of the other's.
+            for region, batch in batches.items():
+                conns[region].send(*batch)
+                replies = await conns[region].read(len(batch))
+                assert not [r for r in replies if isinstance(r, hiredis.ReplyError)], replies
+            streams = {region: [c.args for c in tap.commands if c.args[:1] == [b"ENGRAM.MR.APPLY"]]
+                       for region, tap in (("east", east_tap), ("west", west_tap))}
+            # A counter's increment replicates as itself; a key no pattern matches, as its value.
+            assert [b"add", b"n:a", b"5"] == streams["east"][1][3:]
+            assert [b"add", b"n:a", b"-1"] == streams["west"][1][3:]
+            assert [b"add", b"n:b", b"-3"] == streams["east"][4][3:]
+            assert [b"string", b"other", b"5"] == streams["east"][3][3:]
+            for source, destination in (("east", "west"), ("west", "east")):
+                conns[destination].send(*streams[source])
+                assert await conns[destination].read(len(streams[source])) == [b"OK"] * len(streams[source])
+            assert await conns["east"].call("DEBUG", "DIGEST") == await conns["west"].call("DEBUG", "DIGEST")
+            for conn in conns.values():
+                # West's increments were stamped before east's SET: only east's own counts after it.
+                assert await conn.call("GET", "n:a") in (b"105", b"111")
+                assert await conn.call("GET", "hits:a1") == b"11"  # both regions' increments
+                assert await conn.call("GET", "other") in (b"5", b"7")  # last writer wins
+                assert await conn.call("GET", "n:b") in (b"abc", b"-3")
+            # West's own stream, replayed as its replica is fed, ends as west did.
+            replica = await Conn.open(west_replica)
+            assert await replica.call("ENGRAM.INTERNAL") == b"OK"
+            stream = [c.args for c in west_tap.commands if c.args[0].lower() != b"ping"]
+            replica.send(*stream)
+            assert not [r for r in await replica.read(len(stream)) if isinstance(r, hiredis.ReplyError)]
+            assert await replica.call("DEBUG", "DIGEST") == await conns["west"].call("DEBUG", "DIGEST")
+            counted = [(await info(c))["stamped_elements"] for c in (replica, conns["west"])]
+            assert counted[0] == counted[1]
+
+    run(scenario)
+
+
+def test_incrbyfloat_on_an_additive_counter_is_refused_and_changes_nothing() -> None:
+    async def scenario() -> None:
+        async with valkey(*COUNTER_REGION) as socket, attached_tap(socket, auto=True):
+            conn = await Conn.open(socket)
+            assert await conn.call("INCRBY", "n:x", "2") == 2
+            reply = await conn.call("INCRBYFLOAT", "n:x", "1.5")
+            assert isinstance(reply, hiredis.ReplyError)
+            assert "INCRBYFLOAT is refused on an additive counter" in str(reply), reply
+            assert await conn.call("GET", "n:x") == b"2"
+            assert await conn.call("INCRBYFLOAT", "plain", "1.5") == b"1.5"  # not a counter: LWW
+
+    run(scenario)
+
+
+def test_a_counters_pending_increments_survive_a_reload_and_still_decide_later_writes() -> None:
+    late_set = Write(b"n:r", Stamp(15, "west"), Kind.STRING, value=b"1000")
+
+    async def scenario() -> None:
+        async with valkey(*COUNTER_REGION) as socket, attached_tap(socket, auto=True):
+            conn = await Conn.open(socket)
+            await apply_all(conn, [Write(b"n:r", Stamp(10, "east"), Kind.STRING, value=b"1"),
+                                   Write(b"n:r", Stamp(20, "east"), Kind.STRING, delta=2),
+                                   Write(b"n:r", Stamp(30, "north"), Kind.STRING, delta=4)])
+            before = await info(conn)
+            assert await conn.call("DEBUG", "RELOAD") == b"OK"
+            assert await info(conn) == before
+            # A set between the first set and the increments, arriving late, still counts them.
+            await apply_all(conn, [late_set])
+            assert await conn.call("GET", "n:r") == b"1006"
+            # Collected behind a frontier, the value stays and a later set still wins over it.
+            await conn.call("ENGRAM.MR.COLLECT", 30, "zz")
+            assert (await info(conn))["stamped_elements"] == "0"
+            await apply_all(conn, [Write(b"n:r", Stamp(31, "west"), Kind.STRING, delta=1)])
+            assert await conn.call("GET", "n:r") == b"1007"
 
     run(scenario)

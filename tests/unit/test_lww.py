@@ -22,6 +22,10 @@ def string(stamp: Stamp, value: bytes, key: bytes = K) -> Write:
     return Write(key, stamp, Kind.STRING, value=value)
 
 
+def incr(stamp: Stamp, delta: int, key: bytes = K) -> Write:
+    return Write(key, stamp, Kind.STRING, delta=delta)
+
+
 def delete(stamp: Stamp, key: bytes = K) -> Write:
     return Write(key, stamp, Kind.NONE)
 
@@ -123,6 +127,40 @@ def test_concurrent_counters_converge_to_one_of_the_full_values() -> None:
     assert only(writes) == (Kind.STRING, b"17")
 
 
+# Additive counters (opt-in by key pattern): increments from every region add up.
+
+def test_concurrent_increments_of_an_additive_counter_both_count() -> None:
+    writes = [string(at(1), b"10"), incr(at(20, "eu"), 5), incr(at(20, "us"), 7)]
+    assert only(writes) == (Kind.STRING, b"22")
+
+
+def test_a_set_discards_the_increments_before_it_and_keeps_those_after() -> None:
+    writes = [incr(at(5, "eu"), 5), string(at(10, "us"), b"100"), incr(at(12, "eu"), 1),
+              incr(at(9, "ap"), 40)]
+    assert only(writes) == (Kind.STRING, b"101")
+
+
+def test_a_delete_restarts_the_count_and_an_increment_before_it_is_gone() -> None:
+    assert only([string(at(1), b"50"), delete(at(10, "us")), incr(at(11, "eu"), 3)]) == (Kind.STRING, b"3")
+    assert only([incr(at(9, "eu"), 3), delete(at(10, "us"))]) is None
+
+
+def test_a_value_that_is_not_an_integer_ignores_increments_after_it() -> None:
+    assert only([string(at(10, "us"), b"abc"), incr(at(11, "eu"), 1)]) == (Kind.STRING, b"abc")
+    # Written as INCR never writes an integer: leading zeros, a signed zero.
+    assert only([string(at(10, "us"), b"007"), incr(at(11, "eu"), 1)]) == (Kind.STRING, b"007")
+    assert only([string(at(10, "us"), b"-0"), incr(at(11, "eu"), 1)]) == (Kind.STRING, b"-0")
+
+
+def test_an_increment_after_a_hash_makes_a_counter_from_zero() -> None:
+    assert only([hset(at(1), a="1"), incr(at(2, "us"), -4)]) == (Kind.STRING, b"-4")
+
+
+def test_counts_beyond_a_64_bit_integer_are_kept_exactly() -> None:
+    writes = [string(at(1), str(2**63 - 1).encode()), incr(at(2, "eu"), 2**63 - 1), incr(at(2, "us"), 2)]
+    assert only(writes) == (Kind.STRING, str(2**64).encode())
+
+
 def test_sorted_set_scores_are_last_writer_wins_per_member() -> None:
     writes = [zadd(at(1, "eu"), a=1.0, b=2.0), zadd(at(2, "us"), a=5.0)]
     assert only(writes) == (Kind.ZSET, ((b"a", 5.0), (b"b", 2.0)))
@@ -154,8 +192,10 @@ def writes(draw: st.DrawFn, keys: tuple[bytes, ...] = (K,)) -> list[Write]:
         key = draw(st.sampled_from(keys))
         kind = draw(st.sampled_from(KINDS))
         stamp = Stamp(hlc, region)
-        if kind == Kind.STRING:
-            out.append(Write(key, stamp, kind, value=draw(st.sampled_from([b"x", b"y", b"z"]))))
+        if kind == Kind.STRING and draw(st.booleans()):
+            out.append(Write(key, stamp, kind, delta=draw(st.integers(-3, 5))))  # a counter's increment
+        elif kind == Kind.STRING:
+            out.append(Write(key, stamp, kind, value=draw(st.sampled_from([b"x", b"7", b"-2"]))))
         elif kind in (Kind.HASH, Kind.SET, Kind.ZSET):
             chosen = draw(st.lists(st.sampled_from(MEMBERS), min_size=1, max_size=3, unique=True))
             cut = draw(st.integers(0, len(chosen)))
@@ -215,6 +255,7 @@ def test_collecting_below_the_frontier_changes_no_outcome(history: list[Write], 
     store.collect(frontier)
     for state in store.keys.values():
         assert all(e.present or e.stamp > frontier for e in state.elements.values())
+        assert all(s > frontier for s in state.increments)
     for write in later:
         store.apply(write)
     for key in (b"k1", b"k2"):

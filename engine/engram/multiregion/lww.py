@@ -7,6 +7,9 @@ docs/multi-region.md states them:
 - a hash, set or sorted set holds, for each field or member, what the latest write to that field or
   member said (set or removed), counting only writes newer than every write of another type;
 - a collection left with nothing, like a DEL, leaves the key absent.
+An increment of an additive counter (opt-in by key pattern) is a string write that adds: a string
+is its latest set's value (0 when there is none since a write of another type) plus every increment
+after that set, when that value is an integer (`counter_value`).
 This is a function of the set of writes, not of their order: regions that have applied the same
 writes, in any order, hold the same data. KeyState computes it incrementally; `resolve` computes it
 from scratch and exists to check the incremental one.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,8 +49,9 @@ class Stamp:
 class Write:
     """One write's effect on one key, as it replicates between regions.
 
-    STRING: ``value``. HASH: ``put`` field -> value. SET: ``put`` member -> b"". ZSET: ``put``
-    member -> score. Collections name removed fields or members in ``remove``.
+    STRING: ``value``, or ``delta`` for an additive counter's increment. HASH: ``put`` field ->
+    value. SET: ``put`` member -> b"". ZSET: ``put`` member -> score. Collections name removed
+    fields or members in ``remove``.
     """
 
     key: bytes
@@ -55,10 +60,13 @@ class Write:
     value: bytes = b""
     put: Mapping[bytes, Any] = field(default_factory=dict)
     remove: frozenset[bytes] = frozenset()
+    delta: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in COLLECTIONS and (self.put or self.remove):
             raise ValueError(f"a {self.kind} write has no fields or members")
+        if self.delta is not None and self.kind != Kind.STRING:
+            raise ValueError("only a string write is an increment")
         if set(self.put) & self.remove:
             raise ValueError("a write both sets and removes the same field or member")
 
@@ -75,6 +83,18 @@ class Element:
 # What a reader sees: None (absent), or the type and bytes (string), dict (hash, zset), frozenset (set).
 Visible = tuple[Kind, Any] | None
 
+_INTEGER = re.compile(rb"0|-?[1-9][0-9]{0,37}")
+
+
+def counter_value(start: bytes | None, increments: Iterable[int]) -> bytes:
+    """A string's value from its latest set (None: no set, which counts from 0) and the increments
+    after it: added when the set is an integer as INCR writes one (below 10^38), else ignored."""
+    if start is None:
+        start = b"0"
+    if not _INTEGER.fullmatch(start):
+        return start
+    return str(int(start) + sum(increments)).encode()
+
 
 @dataclass
 class KeyState:
@@ -86,6 +106,11 @@ class KeyState:
     base: Stamp | None = None
     value: bytes = b""
     elements: dict[bytes, Element] = field(default_factory=dict)
+    # A counter's increments not yet settled, and while there are any, the latest set before them
+    # (None: no set since the base, or settled). A key never incremented has neither: its top is
+    # its set. The module keeps both in the key's element tree.
+    increments: dict[Stamp, int] = field(default_factory=dict)
+    mark: Stamp | None = None
 
     def apply(self, write: Write) -> None:
         if self.top is None or (write.kind != self.kind and write.stamp > self.top):
@@ -93,17 +118,56 @@ class KeyState:
             # none of them counts and the old top bounds what older writes of this type may add.
             self.base = self.top
             self.kind, self.top, self.value, self.elements = write.kind, write.stamp, b"", {}
-            self._merge(write)
+            self.increments, self.mark = {}, None
+            if write.delta is not None:
+                self.increments[write.stamp] = write.delta
+                self.value = counter_value(None, [write.delta])
+            else:
+                self._merge(write)
         elif write.kind != self.kind:
             # An older write of another type: it still outdates this type's writes before it.
             if self.base is None or write.stamp > self.base:
                 self.base = write.stamp
                 self.elements = {m: e for m, e in self.elements.items() if e.stamp > write.stamp}
+                if self.kind == Kind.STRING:
+                    self._cut(write.stamp)
         elif self.base is None or write.stamp > self.base:
+            if write.kind == Kind.STRING:
+                self._string(write)
+                return
             if write.stamp > self.top:
                 self.top = write.stamp
-                self.value = write.value
             self._merge(write)
+
+    def _string(self, write: Write) -> None:
+        """A set or an increment, newer than the base (the module's string_write)."""
+        assert self.top is not None
+        if (write.stamp <= self.mark if self.mark is not None
+                else not self.increments and write.stamp < self.top):
+            return  # a newer set won
+        if write.delta is not None:
+            if write.stamp in self.increments:
+                return
+            if self.mark is None and not self.increments:
+                self.mark = self.top  # the top was the set
+            self.increments[write.stamp] = write.delta
+            self.top = max(self.top, write.stamp)
+            self.value = counter_value(self.value, [write.delta])
+            return
+        self.increments = {s: d for s, d in self.increments.items() if s > write.stamp}
+        self.mark = write.stamp if self.increments else None
+        self.top = max(self.top, write.stamp)
+        self.value = counter_value(write.value, self.increments.values()) if self.increments else write.value
+
+    def _cut(self, cut: Stamp) -> None:
+        """A write of another type at ``cut``, older than the top: when the latest set is at or before
+        it, the count restarts at 0 from the increments after it."""
+        if (not self.increments and self.mark is None) or (self.mark is not None and self.mark > cut):
+            return
+        self.increments = {s: d for s, d in self.increments.items() if s > cut}
+        self.mark = None
+        if self.increments:
+            self.value = counter_value(None, self.increments.values())
 
     def _merge(self, write: Write) -> None:
         if write.kind == Kind.STRING and write.stamp == self.top:
@@ -132,8 +196,16 @@ class KeyState:
         if self.base is not None and self.base <= frontier:
             self.base = None  # no older write of another type can still arrive
         self.elements = {m: e for m, e in self.elements.items() if e.present or e.stamp > frontier}
+        # Settled increments are in the value already; a settled set's mark bounds nothing to come.
+        self.increments = {s: d for s, d in self.increments.items() if s > frontier}
+        if self.mark is not None and self.mark <= frontier:
+            self.mark = None
         # A deleted or emptied key whose last write is settled: any later write starts it afresh.
         return self.top is not None and self.top <= frontier and self.visible() is None
+
+    def element_count(self) -> int:
+        """What the module counts as stamped elements: fields or members, increments, the mark."""
+        return len(self.elements) + len(self.increments) + (self.mark is not None)
 
     def tombstones(self) -> int:
         """Removed fields or members still remembered, and the key itself when deleted."""
@@ -158,10 +230,15 @@ def resolve(writes: Iterable[Write]) -> Visible:
     top = max(writes, key=lambda w: w.stamp)
     if top.kind == Kind.NONE:
         return None
-    if top.kind == Kind.STRING:
-        return (Kind.STRING, top.value)
     others = [w.stamp for w in writes if w.kind != top.kind]
     base = max(others) if others else None
+    if top.kind == Kind.STRING:
+        strings = [w for w in writes if w.kind == Kind.STRING and (base is None or w.stamp > base)]
+        sets = [w for w in strings if w.delta is None]
+        last = max(sets, key=lambda w: w.stamp) if sets else None
+        increments = {w.stamp: w.delta for w in strings
+                      if w.delta is not None and (last is None or w.stamp > last.stamp)}
+        return (Kind.STRING, counter_value(last.value if last else None, increments.values()))
     elements: dict[bytes, Element] = {}
     for write in writes:
         if write.kind != top.kind or (base is not None and write.stamp <= base):
