@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ def base() -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def up(base: Path) -> dict[str, Any]:
     result = run_engram("local", "up", NAME, "--regions", ",".join(REGIONS), "--replicas", "1",
-                        "--dir", str(base), "--json", timeout=240)
+                        "--counters", "hits:*", "--dir", str(base), "--json", timeout=240)
     if result.returncode != 0:
         pytest.fail(f"engram local up --regions failed (exit {result.returncode}):\n{result.stderr}")
     return json.loads(result.stdout)
@@ -148,9 +149,12 @@ def test_what_cannot_work_is_refused_before_anything_starts(base: Path) -> None:
     for extra, says in ((["--regions", "east"], "needs two regions"),
                         (["--regions", "a,b,c,d,e,f"], "at most 5"),
                         (["--regions", "east,West"], "lower-case"),
-                        (["--regions", "east,west", "--netns"], "--netns")):
+                        (["--regions", "east,west", "--netns"], "--netns"),
+                        (["--regions", "east,west", "--counters", "a b"], "no spaces")):
         result = run_engram("local", "up", "other", "--dir", str(base), *extra, timeout=60)
         assert result.returncode == 1 and says in result.stderr, result.stderr
+    result = run_engram("local", "up", "other", "--dir", str(base), "--counters", "hits:*", timeout=60)
+    assert result.returncode == 2 and "--counters needs --regions" in result.stderr, result.stderr
     assert not (base / "other").exists() and not (base / "other-east").exists()
 
 
@@ -182,6 +186,30 @@ def test_writes_in_each_region_reach_the_others_and_conflicts_end_alike(up: dict
              "every region to hold both set members", 0.2)
     assert wait_for(lambda: _converged(up, lambda c: c.get("both")), 60, "every region to agree on `both`",
                     0.2) == b"west"
+
+
+def test_increments_of_an_additive_counter_from_every_region_add_up(up: dict[str, Any]) -> None:
+    clients = {region: _client(up, region) for region in REGIONS}
+    for region, client in clients.items():
+        wait_for(lambda c=client: c.ping(), 30, f"{region} to answer")
+
+    def increment(region: str) -> None:
+        client = _client(up, region)
+        for _ in range(25):
+            client.incrby("hits:home", 2)  # a counter: every region's increments count
+            client.incrby("score", 1)  # no pattern matches: one region's full value wins
+
+    # Concurrent, in all three regions at once.
+    with ThreadPoolExecutor(len(REGIONS)) as pool:
+        list(pool.map(increment, REGIONS))
+    assert wait_for(lambda: _converged(up, lambda c: c.get("hits:home")), 60,
+                    "every region to count every increment", 0.2) == b"150"
+    score = wait_for(lambda: _converged(up, lambda c: c.get("score")), 60, "every region to agree on score",
+                     0.2)
+    assert 25 <= int(score) <= 75
+    refused = clients["west"].execute_command
+    with pytest.raises(redis.ResponseError, match="INCRBYFLOAT is refused on an additive counter"):
+        refused("INCRBYFLOAT", "hits:home", "0.5")
 
 
 def test_upgrade_and_scale_change_every_region_in_turn_and_resharding_is_refused(

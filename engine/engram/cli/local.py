@@ -86,7 +86,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         rebalance=not args.no_rebalance,
         rebalance_settle=args.rebalance_settle,
         tls=args.tls,
+        region_counters=tuple(args.counters),
     )
+    if args.counters and not args.regions:
+        _say("error: --counters needs --regions: increments add up across regions")
+        return 2
     if args.regions:
         return _up_regions(args, spec)
     try:
@@ -397,6 +401,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--regions", type=_regions, default=(), metavar="R1,R2",
         help="a multi-region cluster: one full cluster per region, named NAME-<region>, each journal its "
         "own JetStream domain, linked by leaf nodes; every region takes writes (docs/multi-region.md)",
+    )
+    up.add_argument(
+        "--counters", action="append", default=[], metavar="PATTERN",
+        help="with --regions: keys matching this glob are additive counters, whose INCRBYs from every "
+        "region add up instead of the last one winning (repeatable; docs/multi-region.md)",
     )
     up.add_argument(
         "--port",

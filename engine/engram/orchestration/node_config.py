@@ -85,6 +85,8 @@ class NodeClusterSettings:
     region: str = ""
     # The multi-region cluster's other regions: region -> that region's cluster name.
     linked_regions: Mapping[str, str] = field(default_factory=dict)
+    # Key patterns of additive counters (multiregion/counters.py).
+    region_counters: tuple[str, ...] = ()
 
     @property
     def journal_replicas(self) -> int:
@@ -129,6 +131,7 @@ def node_config(cluster: NodeClusterSettings, node: NodeIdentity, **platform: An
         "users_file": cluster.users_file,
         "region": cluster.region,
         "linked_regions": dict(cluster.linked_regions),
+        "region_counters": list(cluster.region_counters),
     }
     if (journal := cluster.journal_files) is not None:
         values.update(journal_user=JOURNAL_USER, journal_password_file=journal.password_file,

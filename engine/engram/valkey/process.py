@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 from engram import binaries
@@ -18,14 +19,15 @@ class ValkeyStartError(RuntimeError):
 def valkey_command(
     socket_path: str, data_dir: str, extra: list[str], binary: str | None = None,
     port: int = 0, bind: str = "", module: str | None = None, region: str = "",
+    counters: Sequence[str] = (),
 ) -> list[str]:
     """The argv of a persistence-free engine Valkey (see valkey_flags)."""
-    flags = valkey_flags(socket_path, data_dir, port, bind, module, region)
+    flags = valkey_flags(socket_path, data_dir, port, bind, module, region, counters)
     return [binary or binaries.find("valkey-server"), *flags, *extra]
 
 
 def valkey_flags(socket_path: str, data_dir: str, port: int = 0, bind: str = "",
-                 module: str | None = None, region: str = "") -> list[str]:
+                 module: str | None = None, region: str = "", counters: Sequence[str] = ()) -> list[str]:
     """Flags every engine Valkey runs with, local process or Kubernetes container alike.
 
     The node talks to Valkey on the unix socket; clients on port (0: none), where the Engram
@@ -37,6 +39,8 @@ def valkey_flags(socket_path: str, data_dir: str, port: int = 0, bind: str = "",
     load = ["--loadmodule", module, "managed", "1"] if module else []
     if module and region:
         load += ["region", region]  # multi-region mode: the module stamps writes with this region
+        for pattern in counters:  # keys whose increments add up across regions
+            load += ["counters", pattern]
     return [
         *listen,
         *load,
@@ -59,6 +63,7 @@ def valkey_flags(socket_path: str, data_dir: str, port: int = 0, bind: str = "",
 async def start_valkey(
     socket_path: str, data_dir: str, extra: list[str], binary: str | None = None, timeout: float = 15.0,
     port: int = 0, bind: str = "", module: str | None = None, region: str = "",
+    counters: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
     """Start Valkey and wait until its socket answers."""
     Path(data_dir).mkdir(parents=True, exist_ok=True)
@@ -66,7 +71,7 @@ async def start_valkey(
         os.unlink(socket_path)
     log = open(Path(data_dir) / "valkey.log", "ab")
     proc = subprocess.Popen(
-        valkey_command(socket_path, data_dir, extra, binary, port, bind, module, region),
+        valkey_command(socket_path, data_dir, extra, binary, port, bind, module, region, counters),
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         preexec_fn=dies_with_this_process(),
     )

@@ -196,6 +196,8 @@ class ClusterState:
     link_password: str = ""
     # Under --tls: the CA of each other region, which its leafnode certificate is verified against.
     leaf_ca_files: dict[str, str] = field(default_factory=dict)
+    # Key patterns of additive counters: their increments add up across regions.
+    region_counters: list[str] = field(default_factory=list)
 
     @property
     def endpoint(self) -> str:
