@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from engram.multiregion.counters import counter_pattern_problems
 from engram_operator.builders.region_link import RegionLinkError, region_links, region_name_problem
 from engram_operator.spec import _plain
 
@@ -93,6 +94,9 @@ class MultiRegionSpec:
     # A MemoryCluster spec, as given (the API server has applied the CRD's defaults to it).
     template: dict[str, Any] = field(default_factory=dict)
     link: LinkSpec = field(default_factory=LinkSpec)
+    # Key patterns of additive counters, copied into every local region's spec.region.counters. Not
+    # part of the Layout: a change only decides how later increments replicate.
+    counters: tuple[str, ...] = ()
 
     @property
     def region_names(self) -> tuple[str, ...]:
@@ -133,6 +137,7 @@ class MultiRegionSpec:
                 secret_name=str(link.get("secretName") or ""),
                 tls_secret_name=str((link.get("tls") or {}).get("secretName") or ""),
             ),
+            counters=tuple(str(p) for p in spec.get("counters") or []),
         )
 
 
@@ -235,6 +240,7 @@ def spec_problems(mrc: MultiRegionSpec) -> list[str]:
         )
     if "region" in mrc.template:
         problems.append("spec.template.region is written by the MultiRegionCluster itself; leave it out")
+    problems += [f"spec.counters: {p}" for p in counter_pattern_problems(mrc.counters)]
     if problems:
         return problems
     return _link_problems(mrc)

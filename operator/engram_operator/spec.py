@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from engram.multiregion.counters import counter_pattern_problems
 from engram_operator import constants, labels
 
 Spreading = Literal["Required", "Preferred"]
@@ -289,7 +290,8 @@ class RegionMember:
 @dataclass(frozen=True)
 class RegionSection:
     """spec.region: this cluster is one region of a MultiRegionCluster, which writes this section
-    when it creates the cluster (docs/multi-region.md, "On Kubernetes"). Fixed at creation.
+    when it creates the cluster (docs/multi-region.md, "On Kubernetes"). Fixed at creation, but for
+    ``counters``, which only decide how later local increments replicate.
 
     ``regions`` lists every region, this one included, in the MultiRegionCluster's order. The
     Secrets are in this cluster's namespace: the link's user and password (keys user, password)
@@ -302,6 +304,8 @@ class RegionSection:
     tls_secret: str = ""
     # namespace/name of the MultiRegionCluster that manages this section (informational).
     managed_by: str = ""
+    # Key patterns of additive counters (engram.multiregion.counters): the module's `counters` args.
+    counters: tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RegionSection:
@@ -314,13 +318,20 @@ class RegionSection:
             auth_secret=str(link.get("authSecretName") or ""),
             tls_secret=str(link.get("tlsSecretName") or ""),
             managed_by=str(data.get("managedBy") or ""),
+            counters=tuple(str(p) for p in data.get("counters") or []),
         )
 
     def to_dict(self) -> dict[str, Any]:
         """spec.region as the MultiRegionCluster writes it."""
         secrets = (("authSecretName", self.auth_secret), ("tlsSecretName", self.tls_secret))
         link = {k: v for k, v in secrets if v}
-        out: dict[str, Any] = {"name": self.name, "regions": [r.to_dict() for r in self.regions]}
+        # counters always, even empty: the update is a merge patch, and a list left out would keep
+        # the patterns a MultiRegionCluster no longer lists.
+        out: dict[str, Any] = {
+            "name": self.name,
+            "regions": [r.to_dict() for r in self.regions],
+            "counters": list(self.counters),
+        }
         if link:
             out["link"] = link
         if self.managed_by:
@@ -559,6 +570,7 @@ def region_problems(cluster: ClusterSpec) -> list[str]:
     for member in section.regions:
         if not member.cluster:
             problems.append(f"spec.region.regions[{member.name}].cluster must name that region's cluster")
+    problems += [f"spec.region.counters: {p}" for p in counter_pattern_problems(section.counters)]
     if cluster.restore is not None:
         problems.append(
             "spec.restoreFrom cannot seed a region of a multi-region cluster: restored keys carry no "

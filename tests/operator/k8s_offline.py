@@ -89,8 +89,8 @@ def schema_errors(schema: dict[str, Any], obj: dict[str, Any]) -> list[str]:
 
 
 def list_map_errors(schema: dict[str, Any], obj: Any, path: str = "") -> list[str]:
-    """Items of an x-kubernetes-list-type: map list sharing their keys, refused as the API server
-    does ("Duplicate value"); jsonschema knows nothing of list types."""
+    """Items of an x-kubernetes-list-type: map list sharing their keys, or equal items of a set,
+    refused as the API server does ("Duplicate value"); jsonschema knows nothing of list types."""
     errors: list[str] = []
     if isinstance(obj, dict):
         for key, sub in (schema.get("properties") or {}).items():
@@ -98,10 +98,12 @@ def list_map_errors(schema: dict[str, Any], obj: Any, path: str = "") -> list[st
                 errors += list_map_errors(sub, obj[key], f"{path}.{key}" if path else key)
     elif isinstance(obj, list) and "items" in schema:
         keys = schema.get("x-kubernetes-list-map-keys") or []
+        list_type = schema.get("x-kubernetes-list-type")
         seen: set[str] = set()
         for i, item in enumerate(obj):
-            if schema.get("x-kubernetes-list-type") == "map" and isinstance(item, dict):
-                value = json.dumps({k: item.get(k) for k in keys}, sort_keys=True)
+            if list_type == "set" or (list_type == "map" and isinstance(item, dict)):
+                value = json.dumps(item if list_type == "set" else {k: item.get(k) for k in keys},
+                                   sort_keys=True)
                 if value in seen:
                     errors.append(f"{path}[{i}]: Duplicate value: {value}")
                 seen.add(value)

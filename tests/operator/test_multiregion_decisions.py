@@ -8,7 +8,8 @@ from typing import Any
 from k8s_offline import admit, validate_manifest
 from test_multiregion_spec import mrc
 
-from engram_operator import labels
+from engram_operator import builders, labels
+from engram_operator.builders.engine import valkey_args
 from engram_operator.builders.multiregion import region_labels
 from engram_operator.decisions.multiregion import ObservedRegions, RegionCluster, decide_regions
 from engram_operator.multiregion_spec import Layout, MultiRegionSpec
@@ -215,3 +216,44 @@ def test_a_link_gone_quiet_turns_linked_false_naming_the_pair() -> None:
 
 def test_region_labels_name_the_multiregioncluster_and_the_region() -> None:
     assert region_labels(spec(), "east")[labels.MULTIREGION_NAMESPACE] == "shop"
+
+
+def test_counters_reach_every_regions_memorycluster_its_nodes_and_its_valkey() -> None:
+    plan = decide_regions(spec(mrc(counters=["hits:*", "views:*"])), ObservedRegions(link_secret=LINK))
+    assert plan.refused == [] and len(plan.create) == 2
+    for obj in plan.create:
+        assert obj["spec"]["region"]["counters"] == ["hits:*", "views:*"]
+        stored, errors = admit(obj)
+        assert errors == []
+        cluster = ClusterSpec.from_body(stored)
+        assert cluster.region is not None and cluster.region.counters == ("hits:*", "views:*")
+        config = builders.build_node_config(cluster, f"{cluster.name}-0-0", 0, "", cluster_id="c")
+        assert config.region == cluster.region.name and config.region_counters == ["hits:*", "views:*"]
+        args = valkey_args(cluster)
+        at = args.index("managed")
+        assert args[at:at + 8] == [
+            "managed", "1", "region", cluster.region.name, "counters", "hits:*", "counters", "views:*"
+        ]
+
+
+def test_a_counters_change_on_a_running_cluster_is_accepted_and_updates_every_region() -> None:
+    mr = spec(mrc(counters=["hits:*"]))
+    clusters = {
+        o["metadata"]["labels"][labels.REGION]: made(o, "u")
+        for o in decide_regions(mr, ObservedRegions(link_secret=LINK)).create
+    }
+    running = Layout.of(mr)
+    for counters in (["hits:*", "views:*"], []):
+        seen = ObservedRegions(clusters=clusters, link_secret=LINK, layout=running)
+        plan = decide_regions(spec(mrc(counters=counters)), seen)
+        assert plan.refused == [] and [e.reason for e in plan.events] == []
+        assert [(ns, name) for ns, name, _ in plan.update] == [
+            ("shop-east", "shop-east"),
+            ("shop-west", "shop-west"),
+        ]
+        # Every other field of spec.region is as it was (the MemoryCluster's CEL keeps it so).
+        for (ns, _, desired), before in zip(plan.update, clusters.values(), strict=True):
+            assert desired["region"] == {**before.spec["region"], "counters": counters}, ns
+    # Unchanged counters: nothing to update.
+    unchanged = decide_regions(mr, ObservedRegions(clusters=clusters, link_secret=LINK, layout=running))
+    assert unchanged.update == []

@@ -354,6 +354,27 @@ def test_a_template_change_is_patched_into_every_regions_memorycluster(api: Fake
     assert api.patched == []
 
 
+def test_a_counters_change_is_admitted_and_patched_into_every_regions_memorycluster(api: FakeKube) -> None:
+    """Unlike a region-set change, spec.counters may change on a running cluster: both CRDs admit it
+    (the MemoryCluster's CEL against its stored spec.region) and every region gets the new patterns."""
+    passes = converged(api, mrc(counters=["hits:*"]))
+    before = {k: copy.deepcopy(v["spec"]["region"]) for k, v in api.memoryclusters.items()}
+    assert all(r["counters"] == ["hits:*"] for r in before.values())
+    for counters in (["hits:*", "views:*"], []):
+        api.patched.clear()
+        passes.respec(mrc(counters=counters))
+        plan, status, events = passes.run()
+        assert plan is not None and plan.refused == [] and events == []
+        assert sorted(api.patched) == sorted(REGION_CLUSTERS)
+        assert conditions(status)["Degraded"][0] == "False"
+        for key, cluster in api.memoryclusters.items():
+            assert cluster["spec"]["region"] == {**before[key], "counters": counters}
+            assert ClusterSpec.from_body(cluster).region.counters == tuple(counters)  # type: ignore[union-attr]
+        api.patched.clear()
+        passes.run()
+        assert api.patched == []
+
+
 def test_an_api_failure_on_create_is_reported_in_status_and_an_event_and_does_not_raise(
     api: FakeKube,
 ) -> None:

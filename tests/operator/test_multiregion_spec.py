@@ -88,6 +88,7 @@ def test_examples_include_two_namespaces_and_a_remote_region() -> None:
     assert len(specs) == 2 and all(spec_problems(s) == [] for s in specs)
     assert any(r.remote is not None for s in specs for r in s.regions)
     assert any(len({r.local.namespace for r in s.local_regions if r.local}) == 2 for s in specs)
+    assert any(s.counters == ("hits:*",) for s in specs)
 
 
 @pytest.mark.parametrize(
@@ -126,6 +127,39 @@ def test_examples_include_two_namespaces_and_a_remote_region() -> None:
 def test_the_crd_refuses_bad_specs_by_field(body: dict[str, Any], words: str) -> None:
     _, errors = admit(body)
     assert any(words in e for e in errors), errors
+
+
+BAD_COUNTERS = [
+    ([""], "should be non-empty", "a counter pattern has 1 to 200 characters, got ''"),
+    (["hits *"], "does not match", "a counter pattern has no spaces or control characters, got 'hits *'"),
+    (["hits:\x07*"], "does not match", "no spaces or control characters, got 'hits:\\x07*'"),
+    (["x" * 201], "is too long", "a counter pattern has 1 to 200 characters"),
+    ([f"k{i}:*" for i in range(65)], "is too long", "at most 64 counter patterns, got 65"),
+    (["hits:*", "hits:*"], "Duplicate value", "a counter pattern is given twice"),
+]
+
+
+@pytest.mark.parametrize(("counters", "schema_words", "words"), BAD_COUNTERS)
+def test_bad_counter_patterns_are_refused_by_the_crd_and_the_operator(
+    counters: list[str], schema_words: str, words: str
+) -> None:
+    _, errors = admit(mrc(counters=counters))
+    assert any(e.startswith("spec.counters") and schema_words in e for e in errors), errors
+    problems = _problems(mrc(counters=counters))
+    assert any(p.startswith("spec.counters: ") and words in p for p in problems), problems
+
+
+def test_counters_are_admitted_and_may_change_on_a_running_cluster() -> None:
+    """Unlike the regions, spec.counters only decides how later increments replicate."""
+    old, errors = admit(mrc(counters=["hits:*"]))
+    assert errors == [] and parsed(old).counters == ("hits:*",) and spec_problems(parsed(old)) == []
+    assert parsed(mrc()).counters == ()
+    for counters in (["hits:*", "views:[0-9]*"], []):
+        assert admit(mrc(counters=counters), old=old)[1] == []
+    new, _ = admit(mrc())
+    assert admit(new, old=old)[1] == []
+    running = Layout.of(parsed(old))
+    assert layout_problems(parsed(mrc(counters=["views:*"])), running) == []
 
 
 def test_the_crd_refuses_changing_the_regions_of_a_running_cluster() -> None:

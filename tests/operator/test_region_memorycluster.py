@@ -5,13 +5,14 @@ journal config is the one the local platform renders for the same layout, accept
 from __future__ import annotations
 
 import base64
+import copy
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cluster_state import CLUSTER_ID, ZONES, nodes
-from k8s_offline import admit, validate_manifest
+from k8s_offline import admit, crd_schema, memorycluster_crd, validate_manifest
 
 from engram import binaries
 from engram.platforms.local import regions as local_regions
@@ -27,7 +28,7 @@ EAST_URLS = [f"nats-leaf://shop-east-leafnode-{i}.shop-east.svc.cluster.local:74
 AUTH = SecretData("shop-east-link", found=True, data={"user": b"link", "password": b"s3cret"})
 
 
-def region(name: str, **link: str) -> dict[str, Any]:
+def region(name: str, counters: list[str] | None = None, **link: str) -> dict[str, Any]:
     return {
         "name": name,
         "regions": [
@@ -36,17 +37,21 @@ def region(name: str, **link: str) -> dict[str, Any]:
         ],
         **({"link": link} if link else {}),
         "managedBy": "shop/shop",
+        **({"counters": counters} if counters is not None else {}),
     }
 
 
-def cluster(name: str = "east", **link: str) -> ClusterSpec:
-    body = {
+def body_of(name: str = "east", counters: list[str] | None = None, **link: str) -> dict[str, Any]:
+    return {
         "apiVersion": "engram.io/v1alpha1",
         "kind": "MemoryCluster",
         "metadata": {"name": f"shop-{name}", "namespace": f"shop-{name}", "uid": "uid-1"},
-        "spec": {"shards": 2, "region": region(name, **link)},
+        "spec": {"shards": 2, "region": region(name, counters, **link)},
     }
-    stored, errors = admit(body)
+
+
+def cluster(name: str = "east", counters: list[str] | None = None, **link: str) -> ClusterSpec:
+    stored, errors = admit(body_of(name, counters, **link))
     assert errors == [], errors
     return ClusterSpec.from_body(stored)
 
@@ -67,6 +72,45 @@ def test_the_crd_keeps_spec_region_fixed_and_refuses_adding_it_later() -> None:
 def test_nodes_get_their_region_and_the_other_regions_clusters() -> None:
     config = builders.build_node_config(cluster(), "shop-east-0-0", 0, "zone-a", cluster_id=CLUSTER_ID)
     assert config.region == "east" and config.linked_regions == {"west": "shop-west"}
+
+
+def valkey_command(spec: ClusterSpec) -> list[str]:
+    """The command of an engine pod's Valkey container, which runs Valkey itself (not the node)."""
+    pod = builders.build_engine_pod(
+        spec, name=f"{spec.name}-0-0", shard=0, index=0, zone="zone-a", cluster_id=CLUSTER_ID
+    )
+    validate_manifest(pod)
+    return next(c for c in pod["spec"]["containers"] if c["name"] == "valkey")["command"]
+
+
+def test_a_regions_valkey_loads_the_module_in_region_mode_with_its_counters() -> None:
+    """Regression: the node passes `region` only to a Valkey it spawns, and on Kubernetes Valkey has
+    a container of its own: without these arguments a region's writes were not stamped or replicated."""
+    command = valkey_command(cluster(counters=["hits:*", "views:?"]))
+    at = command.index("managed")
+    assert command[at - 2] == "--loadmodule"
+    assert command[at:at + 8] == [
+        "managed", "1", "region", "east", "counters", "hits:*", "counters", "views:?"
+    ]
+    without = valkey_command(cluster())
+    at = without.index("managed")
+    assert without[at:at + 4] == ["managed", "1", "region", "east"] and "counters" not in without
+    alone, errors = admit({"apiVersion": "engram.io/v1alpha1", "kind": "MemoryCluster",
+                           "metadata": {"name": "shop"}, "spec": {"shards": 2}})
+    assert errors == []
+    plain = valkey_command(ClusterSpec.from_body(alone))
+    assert plain[plain.index("managed"):plain.index("managed") + 2] == ["managed", "1"]
+    assert "region" not in plain and "counters" not in plain
+
+
+def test_counters_reach_the_node_config_and_a_change_rolls_the_pods() -> None:
+    spec = cluster(counters=["hits:*"])
+    config = builders.build_node_config(spec, "shop-east-0-0", 0, "zone-a", cluster_id=CLUSTER_ID)
+    assert config.region_counters == ["hits:*"]
+    assert builders.build_node_config(cluster(), "p", 0, "z", cluster_id=CLUSTER_ID).region_counters == []
+    # Valkey's command line changes: the normal rolling update restarts it with the new patterns.
+    hashes = {builders.pod_spec_hash(cluster(counters=c)) for c in ([], ["hits:*"], ["hits:*", "views:*"])}
+    assert len(hashes) == 3
 
 
 def test_the_listening_regions_journal_has_its_domain_a_locked_leafnode_port_and_a_secret_config() -> None:
@@ -110,6 +154,62 @@ def test_a_region_with_link_tls_mounts_the_certificate_in_its_journal_servers() 
         f'ca_file: "{LINK_TLS.ca_file}"' in block
         and "nats-leaf://link-west:s3cret@shop-east-leafnode-0" in block
     )
+
+
+def test_counters_may_change_on_a_running_region_and_nothing_else_of_spec_region_may() -> None:
+    old, errors = admit(body_of(counters=["hits:*"]))
+    assert errors == []
+    for counters in (["hits:*", "views:*"], [], None):
+        new = body_of(counters=counters)
+        assert admit(new, old=old)[1] == [], counters
+    changes: list[dict[str, Any]] = [
+        {"name": "west"},
+        {"regions": [{**r, "leafnodeURLs": r["leafnodeURLs"][:1]} for r in region("east")["regions"]]},
+        {"link": {"authSecretName": "shop-east-link"}},
+        {"managedBy": "shop/other"},
+    ]
+    for change in changes:
+        new = copy.deepcopy(old)
+        new["spec"]["region"].update(change)
+        new["spec"]["region"]["counters"] = ["views:*"]
+        assert any("spec.region is fixed at creation, but for spec.region.counters" in e
+                   for e in admit(new, old=old)[1]), change
+    # A field added or removed is a change too.
+    linked, _ = admit(body_of(counters=["hits:*"], authSecretName="shop-east-link"))
+    for before, after in ((linked, old), (old, linked)):
+        assert any("fixed at creation" in e for e in admit(after, old=before)[1])
+    unmanaged = copy.deepcopy(old)
+    del unmanaged["spec"]["region"]["managedBy"]
+    assert any("fixed at creation" in e for e in admit(unmanaged, old=old)[1])
+
+
+def test_the_immutability_rule_names_every_field_of_spec_region_but_counters() -> None:
+    """CEL cannot compare the section less one field, so the rule lists the fields: a field added to
+    spec.region must be added to it, or it could change on a running cluster."""
+    section = crd_schema(memorycluster_crd())["properties"]["spec"]["properties"]["region"]
+    [rule] = [r["rule"] for r in section["x-kubernetes-validations"] if "oldSelf" in r["rule"]]
+    for field in section["properties"]:
+        assert (f"oldSelf.{field}" in rule) == (field != "counters"), field
+
+
+@pytest.mark.parametrize(
+    ("counters", "words"),
+    [
+        ([""], "should be non-empty"),
+        (["hits *"], "does not match"),
+        (["hits\t*"], "does not match"),
+        (["x" * 201], "is too long"),
+        ([f"k{i}:*" for i in range(65)], "is too long"),
+        (["hits:*", "hits:*"], "Duplicate value"),
+    ],
+)
+def test_the_crd_refuses_bad_counter_patterns(counters: list[str], words: str) -> None:
+    _, errors = admit(body_of(counters=counters))
+    assert any("spec.region.counters" in e and words in e for e in errors), errors
+    # The operator's own check, for an object admitted without the CRD's rules, refuses them too.
+    problems = region_problems(ClusterSpec.from_body(body_of(counters=counters)))
+    assert problems and all(p.startswith("spec.region.counters: a counter pattern") or "at most 64" in p
+                            for p in problems), problems
 
 
 @pytest.mark.parametrize(

@@ -91,6 +91,7 @@ def cluster_settings(
         # spec.region (a MultiRegionCluster's region): nodes stamp writes and apply the other regions'.
         region=cluster.region.name if cluster.region is not None else "",
         linked_regions=cluster.region.linked_regions if cluster.region is not None else {},
+        region_counters=cluster.region.counters if cluster.region is not None else (),
     )
 
 
@@ -185,19 +186,25 @@ def pod_spec_hash(cluster: ClusterSpec) -> str:
 
 def valkey_args(cluster: ClusterSpec) -> list[str]:
     """Standalone Valkey with the Engram module, serving clients on CLIENT_PORT and the node on the
-    shared socket; no persistence (the journal is the durability).
+    shared socket; no persistence (the journal is the durability). spec.region puts the module in
+    multi-region mode, with its additive counters.
 
     With spec.tls the client port speaks TLS only (the plain port is 0: off). The node's socket and
     the cluster protocol's replies are unchanged: they announce the same port, so cluster clients
     follow MOVED and CLUSTER SLOTS with TLS too.
     """
     tls = cluster.tls is not None
+    # Valkey runs in its own container here, not spawned by the node: the module's region arguments
+    # must be on this command line, or a region's writes are neither stamped nor replicated.
+    region = cluster.region
     flags = valkey_flags(
         constants.VALKEY_SOCKET,
         constants.RUN_DIR,
         port=0 if tls else constants.CLIENT_PORT,
         bind=VALKEY_BIND,
         module=constants.MODULE_PATH,
+        region=region.name if region is not None else "",
+        counters=region.counters if region is not None else (),
     )
     args = ["valkey-server", *flags, *(valkey_tls_flags() if tls else [])]
     limit = cluster.valkey_resources.limits.get("memory")

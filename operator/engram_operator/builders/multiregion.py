@@ -62,6 +62,7 @@ def region_section(mrc: MultiRegionSpec, region: RegionEntry) -> RegionSection:
         auth_secret=labels.link_auth_secret_name(cluster),
         tls_secret=labels.link_tls_secret_name(cluster) if mrc.link.tls_secret_name else "",
         managed_by=mrc.managed_by,
+        counters=mrc.counters,
     )
 
 
