@@ -49,8 +49,8 @@ static size_t watch_key(char *buf, size_t cap, int db, const char *key, size_t l
 }
 
 int eg_on_keyspace(VkCtx *ctx, int type, const char *event, VkString *key) {
-    (void)type;
     (void)event;
+    if ((type & VK_NOTIFY_EXPIRED) && eg_region) eg_mr_expired(ctx, key); /* converging TTLs */
     size_t len;
     const char *k = Vk_StringPtrLen(key, &len);
     if (n_watching_clients) eg_watch_touch_key(Vk_GetSelectedDb(ctx), k, len);

@@ -41,6 +41,7 @@ typedef struct VkRdbStream VkRdbStream;
 
 /* Keyspace notification classes: generic, string, list, set, hash, zset, expired, evicted,
  * stream and module keys, which is every class that changes data. */
+#define VK_NOTIFY_EXPIRED (1 << 8)
 #define VK_NOTIFY_DATA                                                                         \
     ((1 << 2) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 9) | \
      (1 << 10) | (1 << 13))
@@ -100,6 +101,7 @@ typedef int (*VkCmdFunc)(VkCtx *ctx, VkString **argv, int argc);
 typedef void (*VkFilterFunc)(VkFilterCtx *filter);
 typedef void (*VkEventCallback)(VkCtx *ctx, VkEvent event, uint64_t subevent, void *data);
 typedef int (*VkNotifyFunc)(VkCtx *ctx, int type, const char *event, VkString *key);
+typedef void (*VkPostJobFunc)(VkCtx *ctx, void *pd);
 typedef void (*VkDisconnectFunc)(VkCtx *ctx, VkBlockedClient *bc);
 typedef void (*VkFreePrivFunc)(VkCtx *ctx, void *privdata);
 typedef void (*VkOnUnblocked)(VkCtx *ctx, VkCallReply *reply, void *privdata);
@@ -210,6 +212,7 @@ typedef void (*VkScanFunc)(VkCtx *ctx, VkString *keyname, VkKey *key, void *priv
     X(void, FreeDict, (VkCtx * ctx, VkDict * d))                                                   \
     X(int, Replicate, (VkCtx * ctx, const char *cmd, const char *fmt, ...))                        \
     X(int, ReplicateVerbatim, (VkCtx * ctx))                                                       \
+    X(int, AddPostNotificationJob, (VkCtx * ctx, VkPostJobFunc cb, void *pd, void (*free_pd)(void *))) \
     X(VkCallReply *, CallReplySetElement, (VkCallReply * reply, size_t idx))                       \
     X(int, StringToDouble, (const VkString *str, double *d))                                       \
     X(VkType *, CreateDataType, (VkCtx * ctx, const char *name, int encver, VkTypeMethods *methods)) \
@@ -530,6 +533,7 @@ typedef struct EgWrite {
     int nrem;
     int add;         /* an increment of an additive counter (kind string): delta, not value */
     long long delta;
+    long long deadline; /* a string set's expiry, unix ms (a key of a ttls pattern); 0: none */
 } EgWrite;
 typedef struct EgStampStats {
     long long keys, elements, tombstones, bytes;
@@ -543,12 +547,17 @@ void eg_stamps_apply(VkCtx *ctx, const EgWrite *w, int data);
 long long eg_stamps_collect(EgStamp frontier);
 void eg_stamps_stats(EgStampStats *st);
 void eg_stamps_clear(void);
+void eg_stamps_expired(VkCtx *ctx, VkString *key);
+long long eg_stamps_deadline(const char *key, size_t len);
 int eg_stamps_register(VkCtx *ctx);
 
 /* region.c: multi-region mode */
-/* counter.c: additive counters, an opt-in beyond last-writer-wins (docs/multi-region.md) */
-int eg_counters_add_pattern(const char *pattern, size_t len);
-int eg_counter_key(const char *key, size_t len);
+/* patterns.c: key patterns of keys that replicate beyond last-writer-wins (docs/multi-region.md) */
+enum { EG_PATTERNS_COUNTERS = 0, EG_PATTERNS_TTLS, EG_PATTERN_LISTS };
+int eg_patterns_add(int list, const char *pattern, size_t len);
+int eg_key_matches(int list, const char *key, size_t len);
+
+/* counter.c: additive counters' arithmetic */
 int eg_counter_parse(const char *s, size_t len, __int128 *out);
 size_t eg_counter_format(__int128 v, char *buf, size_t cap);
 
@@ -557,7 +566,8 @@ extern uint64_t eg_hlc;   /* the newest stamp given or observed */
 void eg_hlc_observe(uint64_t hlc);
 int eg_region_set(const char *name);
 const char *eg_mr_refusal(VkFilterCtx *f, const char *name, size_t len, int argc, int cls, char *buf, size_t cap);
-VkCallReply *eg_mr_call(VkCtx *ctx, const char *cmd, size_t len, VkString **args, int n);
+VkCallReply *eg_mr_call(VkCtx *ctx, const char *cmd, size_t len, VkString **args, int n, const char **refused);
+void eg_mr_expired(VkCtx *ctx, VkString *key);
 int eg_cmd_mr_apply(VkCtx *ctx, VkString **argv, int argc);
 int eg_cmd_mr_collect(VkCtx *ctx, VkString **argv, int argc);
 int eg_cmd_mr_clock(VkCtx *ctx, VkString **argv, int argc);

@@ -172,7 +172,12 @@ static int cmd_call(VkCtx *ctx, VkString **argv, int argc, int is_write) {
             eg_queue(cl, EG_ERROR, NULL, "ERR engram: a multi-region node takes writes in database 0 only");
             return eg_finish(ctx, cl);
         }
-        r = eg_mr_call(ctx, cmd, len, argv + 2, argc - 2);
+        const char *refused = NULL;
+        r = eg_mr_call(ctx, cmd, len, argv + 2, argc - 2, &refused);
+        if (refused) {
+            eg_queue(cl, EG_ERROR, NULL, refused);
+            return eg_finish(ctx, cl);
+        }
     } else {
         r = Vk_Call(ctx, cmd, fmt, argv + 2, (size_t)(argc - 2));
     }
@@ -459,7 +464,7 @@ static int register_configs(VkCtx *ctx) {
 }
 
 /* Module arguments: commit-timeout-ms <ms>, max-queued-bytes <n>, managed 0|1, region <name>,
- * counters <glob> (any number). */
+ * counters <glob> and ttls <glob> (any number). */
 static int parse_args(VkCtx *ctx, VkString **argv, int argc) {
     for (int i = 0; i < argc; i += 2) {
         const char *key = Vk_StringPtrLen(argv[i], NULL);
@@ -474,12 +479,14 @@ static int parse_args(VkCtx *ctx, VkString **argv, int argc) {
             }
             continue;
         }
-        if (!strcasecmp(key, "counters")) {
-            /* Keys matching this glob are additive counters in multi-region mode (counter.c). */
+        if (!strcasecmp(key, "counters") || !strcasecmp(key, "ttls")) {
+            /* Keys matching these globs are additive counters, or keep converging TTLs, in
+             * multi-region mode (patterns.c). */
             size_t n = 0;
             const char *glob = i + 1 < argc ? Vk_StringPtrLen(argv[i + 1], &n) : "";
-            if (eg_counters_add_pattern(glob, n) != VK_OK) {
-                Vk_Log(ctx, "warning", "engram: module argument 'counters' takes a key pattern (at most 64)");
+            int list = strcasecmp(key, "ttls") ? EG_PATTERNS_COUNTERS : EG_PATTERNS_TTLS;
+            if (eg_patterns_add(list, glob, n) != VK_OK) {
+                Vk_Log(ctx, "warning", "engram: module argument '%s' takes a key pattern (at most 64)", key);
                 return VK_ERR;
             }
             continue;

@@ -56,6 +56,7 @@ enum {
     FX_ZSET_ALL,    /* every argument after the key is a member */
     FX_ZSET_REPLY,  /* ZPOPMIN/ZPOPMAX: the members it replied */
     FX_ZSET_BEFORE, /* ZREMRANGEBY*: the members the key held before */
+    FX_TTL,         /* EXPIRE and friends on a key of a ttls pattern: the string with its deadline */
 };
 
 static const struct {
@@ -73,6 +74,10 @@ static const struct {
     {"zrem", FX_ZSET_ALL},        {"zpopmin", FX_ZSET_REPLY},    {"zpopmax", FX_ZSET_REPLY},
     {"zremrangebyscore", FX_ZSET_BEFORE}, {"zremrangebyrank", FX_ZSET_BEFORE},
     {"zremrangebylex", FX_ZSET_BEFORE},
+    /* Only on keys of a ttls pattern (eg_mr_refusal): */
+    {"setex", FX_STRING},         {"psetex", FX_STRING},         {"getex", FX_TTL},
+    {"expire", FX_TTL},           {"pexpire", FX_TTL},           {"expireat", FX_TTL},
+    {"pexpireat", FX_TTL},        {"persist", FX_TTL},
 };
 
 static int effect_of(const char *name, size_t len) {
@@ -113,12 +118,25 @@ const char *eg_mr_refusal(VkFilterCtx *f, const char *name, size_t len, int argc
     if (!strcmp(cmd, "INCRBYFLOAT") && argc > 1) {
         size_t klen;
         const char *key = Vk_StringPtrLen(Vk_CommandFilterArgGet(f, 1), &klen);
-        if (eg_counter_key(key, klen)) {
+        if (eg_key_matches(EG_PATTERNS_COUNTERS, key, klen)) {
             snprintf(buf, cap,
                      "ERR engram: INCRBYFLOAT is refused on an additive counter (module argument "
                      "counters): regions add integers exactly, and floats would not sum alike");
             return buf;
         }
+    }
+    size_t klen = 0;
+    const char *key = argc > 1 ? Vk_StringPtrLen(Vk_CommandFilterArgGet(f, 1), &klen) : "";
+    if (argc > 1 && eg_key_matches(EG_PATTERNS_TTLS, key, klen)) return NULL; /* TTLs converge */
+    static const char *ttl_commands[] = {"SETEX", "PSETEX", "GETEX", "EXPIRE", "PEXPIRE", "EXPIREAT",
+                                         "PEXPIREAT", "PERSIST"};
+    for (size_t i = 0; i < sizeof ttl_commands / sizeof ttl_commands[0]; i++) {
+        if (strcmp(cmd, ttl_commands[i])) continue;
+        snprintf(buf, cap,
+                 "ERR engram: %s is refused on a multi-region node: TTLs replicate between regions "
+                 "only on keys of a ttls pattern (module argument ttls)",
+                 cmd);
+        return buf;
     }
     if (!strcmp(cmd, "SET")) {
         for (int i = 3; i < argc; i++) {
@@ -126,8 +144,8 @@ const char *eg_mr_refusal(VkFilterCtx *f, const char *name, size_t len, int argc
             if (!strcasecmp(opt, "ex") || !strcasecmp(opt, "px") || !strcasecmp(opt, "exat") ||
                 !strcasecmp(opt, "pxat")) {
                 snprintf(buf, cap,
-                         "ERR engram: SET with a TTL (%s) is refused on a multi-region node: TTLs do "
-                         "not replicate between regions",
+                         "ERR engram: SET with a TTL (%s) is refused on a multi-region node: TTLs "
+                         "replicate between regions only on keys of a ttls pattern (module argument ttls)",
                          opt);
                 return buf;
             }
@@ -164,8 +182,13 @@ static const char *parse_write(VkString **argv, int argc, EgWrite *w) {
     if (w->kind < 0) return "ERR engram: the kind is none, string, hash, set, zset or add";
     if (w->kind == EG_KIND_NONE) return argc == 5 ? NULL : "ERR engram: a delete carries nothing";
     if (w->kind == EG_KIND_STRING) {
-        w->value = argc == 6 ? argv[5] : NULL;
-        return w->value ? NULL : "ERR engram: a string write carries one value";
+        /* A key of a ttls pattern carries its deadline (unix ms) after the value. */
+        w->value = argc == 6 || argc == 7 ? argv[5] : NULL;
+        if (!w->value) return "ERR engram: a string write carries one value, and maybe its deadline";
+        if (argc == 7 && (Vk_StringToLongLong(argv[6], &w->deadline) != VK_OK || w->deadline < 1 ||
+                          (uint64_t)w->deadline * 1000 >= HLC_LIMIT))
+            return "ERR engram: a string's deadline is a positive number of milliseconds (unix time)";
+        return NULL;
     }
     int step = w->kind == EG_KIND_SET ? 1 : 2;
     if (argc < 6 || Vk_StringToLongLong(argv[5], &nput) != VK_OK || nput < 0 || 6 + nput * step > argc)
@@ -279,6 +302,25 @@ int eg_cmd_mr_info(VkCtx *ctx, VkString **argv, int argc) {
     return Vk_ReplyWithStringBuffer(ctx, buf, (size_t)(n > 0 && (size_t)n < sizeof buf ? n : 0));
 }
 
+/* ---- Expiry ---------------------------------------------------------------------------------- */
+
+static void expired_job(VkCtx *ctx, void *pd) {
+    eg_stamps_expired(ctx, pd);
+}
+
+static void free_key(void *pd) {
+    Vk_FreeString(NULL, pd);
+}
+
+/* Valkey expired a key (a keyspace event): once the event is over, delete it as every region does,
+ * with a delete stamped at its deadline (stamps.c). */
+void eg_mr_expired(VkCtx *ctx, VkString *key) {
+    size_t len;
+    const char *k = Vk_StringPtrLen(key, &len);
+    if (!eg_region || !eg_stamps_deadline(k, len)) return;
+    Vk_AddPostNotificationJob(ctx, expired_job, Vk_CreateString(NULL, k, len), free_key);
+}
+
 /* ---- Local writes --------------------------------------------------------------------------- */
 
 typedef struct Effect {
@@ -346,7 +388,7 @@ static int counter_delta(const char *cmd, size_t len, VkString **args, int n, lo
     eg_lower(lower, sizeof lower, cmd, len);
     size_t klen;
     const char *key = Vk_StringPtrLen(args[0], &klen);
-    if (!eg_counter_key(key, klen)) return 0;
+    if (!eg_key_matches(EG_PATTERNS_COUNTERS, key, klen)) return 0;
     long long by = 1;
     if ((!strcmp(lower, "incrby") || !strcmp(lower, "decrby")) &&
         (n < 2 || Vk_StringToLongLong(args[1], &by) != VK_OK))
@@ -355,6 +397,17 @@ static int counter_delta(const char *cmd, size_t len, VkString **args, int n, lo
     else if (!strcmp(lower, "decr") || !strcmp(lower, "decrby")) *delta = -by; /* Valkey refused LLONG_MIN */
     else return 0;
     return 1;
+}
+
+/* The key's TTL as a deadline (unix ms), for a key of a ttls pattern; 0: none. */
+static long long deadline_of(VkCtx *ctx, VkString *key) {
+    size_t klen;
+    const char *k = Vk_StringPtrLen(key, &klen);
+    if (!eg_key_matches(EG_PATTERNS_TTLS, k, klen)) return 0;
+    VkCallReply *r = Vk_Call(ctx, "PEXPIRETIME", "s", key);
+    long long at = r && Vk_CallReplyType(r) == VK_REPLY_INTEGER ? Vk_CallReplyInteger(r) : 0;
+    if (r) Vk_FreeCallReply(r);
+    return at > 0 ? at : 0;
 }
 
 static void emit_string(VkCtx *ctx, Effect *e, uint64_t hlc, VkString *key) {
@@ -366,6 +419,8 @@ static void emit_string(VkCtx *ctx, Effect *e, uint64_t hlc, VkString *key) {
         const char *v = Vk_CallReplyStringPtr(r, &len);
         start(e, hlc, EG_KIND_STRING, key);
         add(e, str(v, len));
+        long long deadline = deadline_of(ctx, key);
+        if (deadline) add(e, num((unsigned long long)deadline));
         finish(ctx, e);
     } else if (type == VK_REPLY_NULL) {
         start(e, hlc, EG_KIND_NONE, key);
@@ -455,10 +510,26 @@ static void free_members(VkString **m, int n) {
 
 /* Run a supported write on a multi-region primary without replicating it, then replicate its
  * effect, stamped, as ENGRAM.MR.APPLY. Returns the command's reply; NULL when it did not run. */
-VkCallReply *eg_mr_call(VkCtx *ctx, const char *cmd, size_t len, VkString **args, int n) {
+VkCallReply *eg_mr_call(VkCtx *ctx, const char *cmd, size_t len, VkString **args, int n,
+                        const char **refused) {
     int fx = effect_of(cmd, len);
     VkString **before = NULL;
     int nbefore = 0;
+    int existed = 0;
+    if (fx == FX_TTL && n > 0) {
+        /* A converging TTL is part of a string's value (its deadline): other types have none. */
+        VkCallReply *t = Vk_Call(ctx, "TYPE", "s", args[0]);
+        size_t tlen = 0;
+        const char *type = t ? Vk_CallReplyStringPtr(t, &tlen) : NULL;
+        existed = type && !(tlen == 4 && !memcmp(type, "none", 4));
+        int string = type && tlen == 6 && !memcmp(type, "string", 6);
+        if (t) Vk_FreeCallReply(t);
+        if (existed && !string) {
+            *refused = "ERR engram: a TTL on a multi-region node converges on a string only; this key "
+                       "holds another type";
+            return NULL;
+        }
+    }
     if (fx == FX_ZSET_BEFORE && n > 0) {
         VkCallReply *b = Vk_Call(ctx, "ZRANGE", "scc", args[0], "0", "-1");
         if (b) {
@@ -547,6 +618,11 @@ VkCallReply *eg_mr_call(VkCtx *ctx, const char *cmd, size_t len, VkString **args
     }
     case FX_ZSET_BEFORE:
         emit_elements(ctx, &e, hlc, EG_KIND_ZSET, key, before, nbefore);
+        break;
+    case FX_TTL:
+        /* The value with its new deadline; an EXPIRE into the past deleted the key. Nothing when it
+         * held nothing: a delete would win over concurrent writes the command never saw. */
+        if (existed) emit_string(ctx, &e, hlc, key);
         break;
     }
     if (before) free_members(before, nbefore);

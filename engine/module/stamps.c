@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "engram.h"
 
@@ -175,6 +176,55 @@ static void call(VkCtx *ctx, const char *cmd, VkString **args, size_t n) {
     if (r) Vk_FreeCallReply(r);
 }
 
+/* ---- Converging TTLs --------------------------------------------------------------------- */
+/* A string key of a `ttls` pattern keeps its latest set's deadline (unix ms). Every region's Valkey
+ * holds it as the key's TTL; when it passes, each region deletes the key with a delete stamped at
+ * the deadline (eg_stamps_expired), which replicates like any delete, so a region that missed the
+ * moment still ends as the others. */
+
+static VkDict *deadlines; /* key -> deadline, for the keys that have one */
+static long long n_deadlines;
+
+long long eg_stamps_deadline(const char *key, size_t len) {
+    return deadlines ? (long long)(uintptr_t)Vk_DictGetC(deadlines, (void *)key, len, NULL) : 0;
+}
+
+static void deadline_set(VkString *key, long long ms) {
+    size_t len;
+    const char *k = Vk_StringPtrLen(key, &len);
+    int had = eg_stamps_deadline(k, len) != 0;
+    if (ms) {
+        if (!deadlines) deadlines = Vk_CreateDict(NULL);
+        Vk_DictReplaceC(deadlines, (void *)k, len, (void *)(uintptr_t)ms);
+        if (!had) n_deadlines++, meta_bytes += (long long)(len + 16);
+    } else if (had) {
+        Vk_DictDelC(deadlines, (void *)k, len, NULL);
+        n_deadlines--, meta_bytes -= (long long)(len + 16);
+    }
+}
+
+static long long now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* SET the value, with the deadline as its TTL (PXAT), or with none, or keeping the one it has. */
+enum { TTL_NONE, TTL_KEEP };
+static void value_put(VkCtx *ctx, VkString *key, VkString *value, long long deadline) {
+    VkString *args[4] = {key, value, NULL, NULL};
+    size_t n = 2;
+    char ms[32];
+    if (deadline == -TTL_KEEP) {
+        args[n++] = Vk_CreateString(NULL, "KEEPTTL", 7);
+    } else if (deadline > 0) {
+        args[n++] = Vk_CreateString(NULL, "PXAT", 4);
+        args[n++] = Vk_CreateString(NULL, ms, (size_t)snprintf(ms, sizeof ms, "%lld", deadline));
+    }
+    call(ctx, "SET", args, n);
+    for (size_t i = 2; i < n; i++) Vk_FreeString(NULL, args[i]);
+}
+
 /* Names copied out of a dictionary being walked, to be forgotten once the walk is over (a dict
  * must not change under its iterator). */
 typedef struct {
@@ -242,10 +292,8 @@ static void drop_older(VkCtx *ctx, KeyMeta *m, VkString *key, int kind, EgStamp 
 /* Decide each element the write names: a newer stamp than the one held wins it. */
 static void merge(VkCtx *ctx, KeyMeta *m, const EgWrite *w, int data) {
     if (w->kind == EG_KIND_STRING && eg_stamp_cmp(w->stamp, unpacks(m->top)) == 0) {
-        if (data) {
-            VkString *args[2] = {w->key, w->value};
-            call(ctx, "SET", args, 2);
-        }
+        deadline_set(w->key, w->deadline);
+        if (data) value_put(ctx, w->key, w->value, w->deadline);
         return;
     }
     if (!is_collection(w->kind)) return;
@@ -370,15 +418,11 @@ static void incs_forget_upto(KeyMeta *m, EgStamp upto) {
     if (!Vk_DictSize(m->elems)) elems_clear(m);
 }
 
-static void value_set(VkCtx *ctx, VkString *key, const char *v, size_t len) {
-    VkString *args[2] = {key, Vk_CreateString(NULL, v, len)};
-    call(ctx, "SET", args, 2);
-    Vk_FreeString(NULL, args[1]);
-}
-
-static void value_set_number(VkCtx *ctx, VkString *key, __int128 v) {
+static void value_set_number(VkCtx *ctx, VkString *key, __int128 v, long long deadline) {
     char buf[48];
-    value_set(ctx, key, buf, eg_counter_format(v, buf, sizeof buf));
+    VkString *s = Vk_CreateString(NULL, buf, eg_counter_format(v, buf, sizeof buf));
+    value_put(ctx, key, s, deadline);
+    Vk_FreeString(NULL, s);
 }
 
 /* Add to the value Valkey holds: an absent key counts from 0, a value that is not an integer
@@ -388,7 +432,8 @@ static void value_add(VkCtx *ctx, VkString *key, long long delta) {
     size_t len = 0;
     const char *v = r && Vk_CallReplyType(r) == VK_REPLY_STRING ? Vk_CallReplyStringPtr(r, &len) : NULL;
     __int128 n = 0;
-    if (!v || eg_counter_parse(v, len, &n)) value_set_number(ctx, key, n + delta);
+    /* An increment keeps the TTL of the set it adds to, as INCRBY does. */
+    if (!v || eg_counter_parse(v, len, &n)) value_set_number(ctx, key, n + delta, -TTL_KEEP);
     if (r) Vk_FreeCallReply(r);
 }
 
@@ -412,12 +457,13 @@ static void string_write(VkCtx *ctx, KeyMeta *m, const EgWrite *w, int data) {
     incs = incs_after(m, (EgStamp){0, 0}, &sum);
     if (incs) elem_set(m, SET_MARK, 1, w->stamp, 1);
     if (eg_stamp_cmp(w->stamp, top) > 0) m->top = packs(w->stamp);
+    deadline_set(w->key, w->deadline);
     if (!data) return;
     size_t len;
     const char *v = Vk_StringPtrLen(w->value, &len);
     __int128 n;
-    if (incs && eg_counter_parse(v, len, &n)) value_set_number(ctx, w->key, n + sum);
-    else value_set(ctx, w->key, v, len);
+    if (incs && eg_counter_parse(v, len, &n)) value_set_number(ctx, w->key, n + sum, w->deadline);
+    else value_put(ctx, w->key, w->value, w->deadline);
 }
 
 /* A write of another type at `cut`, older than the key's top, outdates the string writes before
@@ -428,10 +474,13 @@ static void string_cut(VkCtx *ctx, KeyMeta *m, VkString *key, EgStamp cut, int d
     incs_forget_upto(m, cut); /* the mark too, when the set is at or before the cut */
     __int128 sum;
     if (incs_after(m, (EgStamp){0, 0}, &sum) == 0) return; /* cannot be: the top is after the cut */
-    if (data) value_set_number(ctx, key, sum);
+    deadline_set(key, 0); /* the set and its TTL are gone: the count restarts with neither */
+    if (data) value_set_number(ctx, key, sum, TTL_NONE);
 }
 
 static void apply_to(VkCtx *ctx, KeyMeta *m, const EgWrite *w, int data);
+
+static void expire_at(VkCtx *ctx, VkString *key, long long deadline, int data);
 
 void eg_stamps_apply(VkCtx *ctx, const EgWrite *w, int data) {
     size_t klen;
@@ -440,6 +489,32 @@ void eg_stamps_apply(VkCtx *ctx, const EgWrite *w, int data) {
     int was_invisible = invisible(m);
     apply_to(ctx, m, w, data);
     n_invisible += invisible(m) - was_invisible;
+    /* A set whose deadline passed before it arrived (a lagging link, a replayed journal): the key
+     * expired then, here as everywhere else. */
+    long long deadline = eg_stamps_deadline(key, klen);
+    if (data && eg_region && deadline && deadline <= now_ms()) expire_at(ctx, w->key, deadline, 1);
+}
+
+/* The key's deadline passed: delete it with a delete stamped at the deadline by this region, and
+ * replicate that, to this region's replicas and journal and so to the other regions. */
+static void expire_at(VkCtx *ctx, VkString *key, long long deadline, int data) {
+    uint64_t hlc = (uint64_t)deadline * 1000;
+    uint32_t region = eg_region_intern(eg_region, strlen(eg_region));
+    if (hlc == 0 || hlc >= (1ULL << HLC_BITS) || !region) return;
+    EgWrite w;
+    memset(&w, 0, sizeof w);
+    w.stamp = (EgStamp){hlc, region};
+    w.kind = EG_KIND_NONE;
+    w.key = key;
+    eg_stamps_apply(ctx, &w, data);
+    Vk_Replicate(ctx, "ENGRAM.MR.APPLY", "lccs", (long long)hlc, eg_region, "none", key);
+}
+
+void eg_stamps_expired(VkCtx *ctx, VkString *key) {
+    size_t len;
+    const char *k = Vk_StringPtrLen(key, &len);
+    long long deadline = eg_stamps_deadline(k, len);
+    if (eg_region && deadline) expire_at(ctx, key, deadline, 0); /* Valkey already deleted it */
 }
 
 static void apply_to(VkCtx *ctx, KeyMeta *m, const EgWrite *w, int data) {
@@ -456,6 +531,7 @@ static void apply_to(VkCtx *ctx, KeyMeta *m, const EgWrite *w, int data) {
         m->kind = (uint8_t)w->kind;
         m->top = packs(w->stamp);
         elems_clear(m);
+        deadline_set(w->key, 0); /* a new key: the old one's TTL went with it */
         if (w->add) {
             /* No set since the new base: the count starts at 0 (or at an unstamped value kept). */
             inc_set(m, w->stamp, w->delta);
@@ -529,15 +605,33 @@ void eg_stamps_clear(void) {
     keys = NULL;
     n_elements = n_removed = n_invisible = 0;
     meta_bytes = 0;
+    if (deadlines) Vk_FreeDict(NULL, deadlines);
+    deadlines = NULL;
+    n_deadlines = 0;
 }
 
 /* ---- The RDB aux field ------------------------------------------------------------------- */
 
-#define AUX_ENCVER 1
+#define AUX_ENCVER 2 /* 1: no deadlines (still loaded) */
 
 static void save_stamp(VkIO *io, EgStamp s) {
     Vk_SaveUnsigned(io, s.hlc);
     Vk_SaveUnsigned(io, s.region);
+}
+
+/* Encoding 2 adds the deadlines of converging TTLs, after the keys. */
+static void save_deadlines(VkIO *io) {
+    Vk_SaveUnsigned(io, deadlines ? Vk_DictSize(deadlines) : 0);
+    if (!deadlines) return;
+    VkDictIter *it = Vk_DictIteratorStartC(deadlines, "^", NULL, 0);
+    size_t len;
+    void *v;
+    char *key;
+    while ((key = Vk_DictNextC(it, &len, &v))) {
+        Vk_SaveStringBuffer(io, key, len);
+        Vk_SaveUnsigned(io, (uint64_t)(uintptr_t)v);
+    }
+    Vk_DictIteratorStop(it);
 }
 
 static void aux_save(VkIO *io, int when) {
@@ -547,7 +641,10 @@ static void aux_save(VkIO *io, int when) {
     Vk_SaveUnsigned(io, n_regions);
     for (uint32_t i = 0; i < n_regions; i++) Vk_SaveStringBuffer(io, region_names[i], strlen(region_names[i]));
     Vk_SaveUnsigned(io, keys ? Vk_DictSize(keys) : 0);
-    if (!keys) return;
+    if (!keys) {
+        save_deadlines(io);
+        return;
+    }
     VkDictIter *it = Vk_DictIteratorStartC(keys, "^", NULL, 0);
     size_t len;
     KeyMeta *m;
@@ -573,11 +670,12 @@ static void aux_save(VkIO *io, int when) {
         Vk_DictIteratorStop(eit);
     }
     Vk_DictIteratorStop(it);
+    save_deadlines(io);
 }
 
 static int aux_load(VkIO *io, int encver, int when) {
     if (when != VK_AUX_AFTER_RDB) return VK_OK;
-    if (encver != AUX_ENCVER) return VK_ERR;
+    if (encver != 1 && encver != AUX_ENCVER) return VK_ERR;
     /* The RDB replaces the keyspace, and so the stamps that decided it. */
     eg_stamps_clear();
     eg_hlc_observe(Vk_LoadUnsigned(io));
@@ -627,6 +725,16 @@ static int aux_load(VkIO *io, int encver, int when) {
             Vk_Free(member);
         }
         n_invisible += invisible(m);
+    }
+    uint64_t nd = encver >= 2 && !Vk_IsIOError(io) ? Vk_LoadUnsigned(io) : 0;
+    for (uint64_t d = 0; d < nd && !Vk_IsIOError(io); d++) {
+        size_t len;
+        char *key = Vk_LoadStringBuffer(io, &len);
+        if (!key) return VK_ERR;
+        VkString *name = Vk_CreateString(NULL, key, len);
+        deadline_set(name, (long long)Vk_LoadUnsigned(io));
+        Vk_FreeString(NULL, name);
+        Vk_Free(key);
     }
     return Vk_IsIOError(io) ? VK_ERR : VK_OK;
 }

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engram import binaries
-from engram.multiregion.lww import Kind, Stamp, Store, Visible, Write, resolve
+from engram.multiregion.lww import Kind, Stamp, Store, Visible, Write, resolve, resolve_deadline
 from engram.snapshots.scratch import RDB_FILE, ScratchValkey
 from engram.valkey.process import start_valkey
 from tests.module.harness import Conn, attached_tap, free_port, run, valkey
@@ -36,7 +36,7 @@ def apply_command(write: Write) -> tuple[Any, ...]:
     if write.delta is not None:
         return ("ENGRAM.MR.APPLY", write.stamp.hlc, write.stamp.region, "add", write.key, write.delta)
     if write.kind == Kind.STRING:
-        return (*head, write.value)
+        return (*head, write.value) if write.deadline is None else (*head, write.value, write.deadline)
     put: list[Any] = []
     for member, value in write.put.items():
         if write.kind == Kind.SET:
@@ -76,6 +76,7 @@ async def apply_all(conn: Conn, writes: list[Write]) -> None:
 # ---- Stamped writes applied in any order end as lww.resolve says -------------------------------
 
 KEYS = (b"a", b"b")
+FAR = 4_000_000_000_000  # a deadline (unix ms) in 2096: nothing expires during a test
 REGIONS = ("east", "north", "west")
 MEMBERS = (b"f1", b"f2", b"f3")
 
@@ -93,7 +94,8 @@ def writes(draw: st.DrawFn) -> list[Write]:
         elif kind == Kind.STRING and draw(st.booleans()):
             write = Write(key, stamp, kind, delta=draw(st.sampled_from([-3, 1, 5, 2**62])))  # an increment
         elif kind == Kind.STRING:
-            write = Write(key, stamp, kind, value=draw(st.sampled_from([b"x", b"7", b"-2"])))
+            write = Write(key, stamp, kind, value=draw(st.sampled_from([b"x", b"7", b"-2"])),
+                          deadline=draw(st.sampled_from([None, FAR, FAR + 1000])))
         else:
             fate = draw(st.lists(st.sampled_from(["put", "remove", None]), min_size=3, max_size=3))
             if fate == [None, None, None]:
@@ -161,6 +163,10 @@ def test_stamped_writes_in_any_order_hold_what_lww_resolves(servers: Servers, ba
             assert seen == [want, want], f"{prefix + key!r}: {seen} != {want}"
             digests = [await conn.call("DEBUG", "DIGEST-VALUE", prefix + key) for conn in servers.conns]
             assert digests[0] == digests[1]
+            deadline = resolve_deadline(w for w in batch if w.key == prefix + key)
+            held = [await conn.call("PEXPIRETIME", prefix + key) for conn in servers.conns]
+            if want is not None:
+                assert held == [deadline or -1] * 2, f"{prefix + key!r}: {held} != {deadline}"
 
     servers.run(check())
 
@@ -620,5 +626,121 @@ def test_a_counters_pending_increments_survive_a_reload_and_still_decide_later_w
             assert (await info(conn))["stamped_elements"] == "0"
             await apply_all(conn, [Write(b"n:r", Stamp(31, "west"), Kind.STRING, delta=1)])
             assert await conn.call("GET", "n:r") == b"1007"
+
+    run(scenario)
+
+
+# ---- Converging TTLs (module argument ttls <glob>) ---------------------------------------------
+
+TTLS = ("ttls", "t:*")
+
+
+def _expiry_deletes_of(commands: list[Any], key: bytes) -> list[list[bytes]]:
+    """The stamped deletes of a key among a region's replicated commands."""
+    return [c.args for c in commands if c.args[:1] == [b"ENGRAM.MR.APPLY"] and c.args[3:] == [b"none", key]]
+
+
+def _expiry_deletes(tap: Any, key: bytes) -> list[list[bytes]]:
+    return _expiry_deletes_of(tap.commands, key)
+
+
+async def _gone(conn: Conn, key: str, within: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while await conn.call("EXISTS", key):
+        assert asyncio.get_running_loop().time() < deadline, f"{key} never expired"
+        await asyncio.sleep(0.05)
+
+
+def test_a_ttl_set_in_one_region_expires_in_every_region_as_a_delete_at_its_deadline() -> None:
+    async def scenario() -> None:
+        async with valkey("region", "east", *TTLS, "--enable-debug-command", "yes") as east, \
+                attached_tap(east, auto=True) as east_tap, \
+                valkey("region", "west", *TTLS, "--enable-debug-command", "yes") as west, \
+                attached_tap(west, auto=True) as west_tap:
+            conns = {"east": await Conn.open(east), "west": await Conn.open(west)}
+            assert await conns["east"].call("SET", "t:a", "v", "PX", "600") == b"OK"
+            [write] = [c.args for c in east_tap.commands if c.args[:1] == [b"ENGRAM.MR.APPLY"]]
+            assert write[3:6] == [b"string", b"t:a", b"v"]
+            deadline = int(write[6])
+            assert deadline == await conns["east"].call("PEXPIRETIME", "t:a")
+            # The other region holds the same deadline as the key's TTL.
+            assert await conns["west"].call(*write) == b"OK"
+            assert await conns["west"].call("PEXPIRETIME", "t:a") == deadline
+            # Each region deletes it when the deadline passes, with a delete stamped at the deadline.
+            for region, tap in (("east", east_tap), ("west", west_tap)):
+                await _gone(conns[region], "t:a")
+                await tap.wait_for_stream(lambda cs: bool(_expiry_deletes_of(cs, b"t:a")))
+                [delete] = _expiry_deletes(tap, b"t:a")
+                assert delete[1:3] == [str(deadline * 1000).encode(), region.encode()]
+            # A write after the deadline starts the key afresh; an older one arriving late loses to
+            # the expiry, in both regions.
+            late = Write(b"t:a", Stamp(deadline * 1000 - 5000, "north"), Kind.STRING, value=b"late")
+            await apply_all(conns["west"], [late])
+            assert await conns["west"].call("EXISTS", "t:a") == 0
+            assert await conns["east"].call("SET", "t:a", "new") == b"OK"
+            fresh = [c.args for c in east_tap.commands if c.args[-1:] == [b"new"]]
+            assert await conns["west"].call(*fresh[0]) == b"OK"
+            for region, other in (("east", "west"), ("west", "east")):
+                for delete in _expiry_deletes(west_tap if other == "west" else east_tap, b"t:a"):
+                    assert await conns[region].call(*delete) == b"OK"
+            for conn in conns.values():
+                assert await conn.call("GET", "t:a") == b"new"
+                assert await conn.call("PEXPIRETIME", "t:a") == -1
+            assert await conns["east"].call("DEBUG", "DIGEST") == await conns["west"].call("DEBUG", "DIGEST")
+
+    run(scenario)
+
+
+def test_a_set_whose_deadline_passed_before_it_arrived_is_deleted_at_once() -> None:
+    async def scenario() -> None:
+        async with valkey("region", "west", *TTLS) as socket, attached_tap(socket, auto=True) as tap:
+            conn = await Conn.open(socket)
+            now_ms = int(float(b".".join(await conn.call("TIME"))) * 1000)
+            old = Write(b"t:c", Stamp((now_ms - 2000) * 1000, "east"), Kind.STRING, value=b"v",
+                        deadline=now_ms - 1000)
+            await apply_all(conn, [old])
+            assert await conn.call("EXISTS", "t:c") == 0
+            await tap.wait_for_stream(lambda cs: bool(_expiry_deletes_of(cs, b"t:c")))
+            assert _expiry_deletes(tap, b"t:c")[0][1:3] == [str((now_ms - 1000) * 1000).encode(), b"west"]
+
+    run(scenario)
+
+
+def test_ttl_commands_on_a_ttls_key_replicate_the_string_with_its_deadline() -> None:
+    async def scenario() -> None:
+        async with valkey("region", "west", *TTLS, "--enable-debug-command", "yes") as socket, \
+                attached_tap(socket, auto=True) as tap:
+            conn = await Conn.open(socket)
+
+            async def effect(*command: Any) -> list[bytes]:
+                before = len(tap.commands)
+                reply = await conn.call(*command)
+                assert not isinstance(reply, hiredis.ReplyError), (command, reply)
+                return [a for c in tap.commands[before:] if (a := c.args)[:1] == [b"ENGRAM.MR.APPLY"]][-1:]
+
+            await conn.call("SET", "t:s", "v")
+            [expire] = await effect("EXPIRE", "t:s", "100")
+            assert expire[3:6] == [b"string", b"t:s", b"v"]
+            assert int(expire[6]) == await conn.call("PEXPIRETIME", "t:s")
+            [persist] = await effect("PERSIST", "t:s")
+            assert persist[3:] == [b"string", b"t:s", b"v"]  # no deadline: the TTL is gone
+            [setex] = await effect("SETEX", "t:s", "50", "w")
+            assert setex[3:6] == [b"string", b"t:s", b"w"] and len(setex) == 7
+            [gone] = await effect("PEXPIREAT", "t:s", "1")  # into the past: a delete
+            assert gone[3:] == [b"none", b"t:s"]
+            assert await effect("EXPIRE", "t:absent", "10") == []  # nothing to expire, nothing sent
+            await conn.call("HSET", "t:h", "f", "1")
+            reply = await conn.call("EXPIRE", "t:h", "10")
+            assert isinstance(reply, hiredis.ReplyError) and "converges on a string only" in str(reply)
+            assert await conn.call("TTL", "t:h") == -1
+            reply = await conn.call("EXPIRE", "plain", "10")  # no ttls pattern: refused as before
+            assert isinstance(reply, hiredis.ReplyError) and "only on keys of a ttls pattern" in str(reply)
+            # The deadline is kept across a reload, and still expires the key as a stamped delete.
+            await conn.call("SET", "t:r", "v", "PX", "1500")
+            before = await info(conn)
+            assert await conn.call("DEBUG", "RELOAD") == b"OK"
+            assert await info(conn) == before
+            await _gone(conn, "t:r")
+            await tap.wait_for_stream(lambda cs: bool(_expiry_deletes_of(cs, b"t:r")))
 
     run(scenario)

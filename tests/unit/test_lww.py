@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engram.multiregion.hlc import Hlc
-from engram.multiregion.lww import KeyState, Kind, Stamp, Store, Write, frontier, resolve
+from engram.multiregion.lww import KeyState, Kind, Stamp, Store, Write, frontier, resolve, resolve_deadline
 
 K = b"k"
 
@@ -161,6 +161,18 @@ def test_counts_beyond_a_64_bit_integer_are_kept_exactly() -> None:
     assert only(writes) == (Kind.STRING, str(2**64).encode())
 
 
+# Converging TTLs (opt-in by key pattern): a string's deadline is part of its value.
+
+def test_a_strings_deadline_is_its_latest_sets_and_increments_keep_it() -> None:
+    writes = [Write(K, at(1), Kind.STRING, value=b"5", deadline=9_000), incr(at(2, "us"), 1)]
+    assert only(writes) == (Kind.STRING, b"6") and resolve_deadline(writes) == 9_000
+    later = [*writes, string(at(3, "eu"), b"plain")]  # a SET without a TTL clears it, as in Valkey
+    assert only(later) == (Kind.STRING, b"plain") and resolve_deadline(later) is None
+    # The expiry itself is a delete stamped at the deadline: a write after it starts a new key.
+    expired = [*writes, delete(at(9_000_000, "eu")), string(at(9_000_001, "us"), b"new")]
+    assert only(expired) == (Kind.STRING, b"new") and resolve_deadline(expired) is None
+
+
 def test_sorted_set_scores_are_last_writer_wins_per_member() -> None:
     writes = [zadd(at(1, "eu"), a=1.0, b=2.0), zadd(at(2, "us"), a=5.0)]
     assert only(writes) == (Kind.ZSET, ((b"a", 5.0), (b"b", 2.0)))
@@ -195,7 +207,8 @@ def writes(draw: st.DrawFn, keys: tuple[bytes, ...] = (K,)) -> list[Write]:
         if kind == Kind.STRING and draw(st.booleans()):
             out.append(Write(key, stamp, kind, delta=draw(st.integers(-3, 5))))  # a counter's increment
         elif kind == Kind.STRING:
-            out.append(Write(key, stamp, kind, value=draw(st.sampled_from([b"x", b"7", b"-2"]))))
+            out.append(Write(key, stamp, kind, value=draw(st.sampled_from([b"x", b"7", b"-2"])),
+                             deadline=draw(st.sampled_from([None, 4_000_000_000_000, 4_100_000_000_000]))))
         elif kind in (Kind.HASH, Kind.SET, Kind.ZSET):
             chosen = draw(st.lists(st.sampled_from(MEMBERS), min_size=1, max_size=3, unique=True))
             cut = draw(st.integers(0, len(chosen)))
@@ -219,6 +232,8 @@ def test_any_order_of_the_same_writes_gives_what_the_rules_say(history: list[Wri
         for write in order:
             state.apply(write)
         assert _frozen(state.visible()) == expected, order
+        if expected is not None and expected[0] == Kind.STRING:  # type: ignore[index]
+            assert state.deadline == resolve_deadline(history), order
 
 
 @settings(max_examples=100, deadline=None)

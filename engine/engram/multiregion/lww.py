@@ -61,12 +61,16 @@ class Write:
     put: Mapping[bytes, Any] = field(default_factory=dict)
     remove: frozenset[bytes] = frozenset()
     delta: int | None = None
+    # A string set's deadline (unix ms) on a key of a ttls pattern: its TTL is part of its value.
+    deadline: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in COLLECTIONS and (self.put or self.remove):
             raise ValueError(f"a {self.kind} write has no fields or members")
         if self.delta is not None and self.kind != Kind.STRING:
             raise ValueError("only a string write is an increment")
+        if self.deadline is not None and (self.kind != Kind.STRING or self.delta is not None):
+            raise ValueError("only a string set carries a deadline")
         if set(self.put) & self.remove:
             raise ValueError("a write both sets and removes the same field or member")
 
@@ -111,6 +115,8 @@ class KeyState:
     # its set. The module keeps both in the key's element tree.
     increments: dict[Stamp, int] = field(default_factory=dict)
     mark: Stamp | None = None
+    # The latest set's deadline (converging TTLs); increments keep it, as INCRBY keeps a TTL.
+    deadline: int | None = None
 
     def apply(self, write: Write) -> None:
         if self.top is None or (write.kind != self.kind and write.stamp > self.top):
@@ -118,7 +124,7 @@ class KeyState:
             # none of them counts and the old top bounds what older writes of this type may add.
             self.base = self.top
             self.kind, self.top, self.value, self.elements = write.kind, write.stamp, b"", {}
-            self.increments, self.mark = {}, None
+            self.increments, self.mark, self.deadline = {}, None, None
             if write.delta is not None:
                 self.increments[write.stamp] = write.delta
                 self.value = counter_value(None, [write.delta])
@@ -157,6 +163,7 @@ class KeyState:
         self.increments = {s: d for s, d in self.increments.items() if s > write.stamp}
         self.mark = write.stamp if self.increments else None
         self.top = max(self.top, write.stamp)
+        self.deadline = write.deadline
         self.value = counter_value(write.value, self.increments.values()) if self.increments else write.value
 
     def _cut(self, cut: Stamp) -> None:
@@ -168,10 +175,12 @@ class KeyState:
         self.mark = None
         if self.increments:
             self.value = counter_value(None, self.increments.values())
+            self.deadline = None  # the set and its TTL are gone
 
     def _merge(self, write: Write) -> None:
         if write.kind == Kind.STRING and write.stamp == self.top:
             self.value = write.value
+            self.deadline = write.deadline
         for member, value in write.put.items():
             self._decide(member, Element(write.stamp, True, value))
         for member in write.remove:
@@ -220,6 +229,18 @@ def _collection(kind: Kind, elements: Mapping[bytes, Element]) -> Visible:
     if kind == Kind.SET:
         return (kind, frozenset(present))
     return (kind, present)
+
+
+def resolve_deadline(writes: Iterable[Write]) -> int | None:
+    """A string key's deadline: its latest set's, when that set is newer than every write of
+    another type (a delete included); None for any other key."""
+    writes = list(writes)
+    if not writes or max(writes, key=lambda w: w.stamp).kind != Kind.STRING:
+        return None
+    others = [w.stamp for w in writes if w.kind != Kind.STRING]
+    sets = [w for w in writes if w.kind == Kind.STRING and w.delta is None
+            and (not others or w.stamp > max(others))]
+    return max(sets, key=lambda w: w.stamp).deadline if sets else None
 
 
 def resolve(writes: Iterable[Write]) -> Visible:
