@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from engram.multiregion.counters import counter_pattern_problems
+from engram.multiregion.patterns import key_pattern_problems
 from engram_operator.builders.region_link import RegionLinkError, region_links, region_name_problem
 from engram_operator.spec import _plain
 
@@ -97,6 +97,9 @@ class MultiRegionSpec:
     # Key patterns of additive counters, copied into every local region's spec.region.counters. Not
     # part of the Layout: a change only decides how later increments replicate.
     counters: tuple[str, ...] = ()
+    # Key patterns of keys whose string TTLs replicate and converge, copied into every local region's
+    # spec.region.ttls. Not part of the Layout either: a change only decides how later writes replicate.
+    ttls: tuple[str, ...] = ()
 
     @property
     def region_names(self) -> tuple[str, ...]:
@@ -138,6 +141,7 @@ class MultiRegionSpec:
                 tls_secret_name=str((link.get("tls") or {}).get("secretName") or ""),
             ),
             counters=tuple(str(p) for p in spec.get("counters") or []),
+            ttls=tuple(str(p) for p in spec.get("ttls") or []),
         )
 
 
@@ -240,7 +244,8 @@ def spec_problems(mrc: MultiRegionSpec) -> list[str]:
         )
     if "region" in mrc.template:
         problems.append("spec.template.region is written by the MultiRegionCluster itself; leave it out")
-    problems += [f"spec.counters: {p}" for p in counter_pattern_problems(mrc.counters)]
+    problems += [f"spec.counters: {p}" for p in key_pattern_problems(mrc.counters)]
+    problems += [f"spec.ttls: {p}" for p in key_pattern_problems(mrc.ttls)]
     if problems:
         return problems
     return _link_problems(mrc)

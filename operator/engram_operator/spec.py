@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from engram.multiregion.counters import counter_pattern_problems
+from engram.multiregion.patterns import key_pattern_problems
 from engram_operator import constants, labels
 
 Spreading = Literal["Required", "Preferred"]
@@ -291,7 +291,7 @@ class RegionMember:
 class RegionSection:
     """spec.region: this cluster is one region of a MultiRegionCluster, which writes this section
     when it creates the cluster (docs/multi-region.md, "On Kubernetes"). Fixed at creation, but for
-    ``counters``, which only decide how later local increments replicate.
+    ``counters`` and ``ttls``, which only decide how later local writes replicate.
 
     ``regions`` lists every region, this one included, in the MultiRegionCluster's order. The
     Secrets are in this cluster's namespace: the link's user and password (keys user, password)
@@ -304,8 +304,10 @@ class RegionSection:
     tls_secret: str = ""
     # namespace/name of the MultiRegionCluster that manages this section (informational).
     managed_by: str = ""
-    # Key patterns of additive counters (engram.multiregion.counters): the module's `counters` args.
+    # Key patterns of additive counters (engram.multiregion.patterns): the module's `counters` args.
     counters: tuple[str, ...] = ()
+    # Key patterns of keys whose string TTLs replicate and converge: the module's `ttls` args.
+    ttls: tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RegionSection:
@@ -319,18 +321,20 @@ class RegionSection:
             tls_secret=str(link.get("tlsSecretName") or ""),
             managed_by=str(data.get("managedBy") or ""),
             counters=tuple(str(p) for p in data.get("counters") or []),
+            ttls=tuple(str(p) for p in data.get("ttls") or []),
         )
 
     def to_dict(self) -> dict[str, Any]:
         """spec.region as the MultiRegionCluster writes it."""
         secrets = (("authSecretName", self.auth_secret), ("tlsSecretName", self.tls_secret))
         link = {k: v for k, v in secrets if v}
-        # counters always, even empty: the update is a merge patch, and a list left out would keep
-        # the patterns a MultiRegionCluster no longer lists.
+        # counters and ttls always, even empty: the update is a merge patch, and a list left out
+        # would keep the patterns a MultiRegionCluster no longer lists.
         out: dict[str, Any] = {
             "name": self.name,
             "regions": [r.to_dict() for r in self.regions],
             "counters": list(self.counters),
+            "ttls": list(self.ttls),
         }
         if link:
             out["link"] = link
@@ -570,7 +574,8 @@ def region_problems(cluster: ClusterSpec) -> list[str]:
     for member in section.regions:
         if not member.cluster:
             problems.append(f"spec.region.regions[{member.name}].cluster must name that region's cluster")
-    problems += [f"spec.region.counters: {p}" for p in counter_pattern_problems(section.counters)]
+    problems += [f"spec.region.counters: {p}" for p in key_pattern_problems(section.counters)]
+    problems += [f"spec.region.ttls: {p}" for p in key_pattern_problems(section.ttls)]
     if cluster.restore is not None:
         problems.append(
             "spec.restoreFrom cannot seed a region of a multi-region cluster: restored keys carry no "

@@ -50,7 +50,8 @@ def base() -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def up(base: Path) -> dict[str, Any]:
     result = run_engram("local", "up", NAME, "--regions", ",".join(REGIONS), "--replicas", "1",
-                        "--counters", "hits:*", "--dir", str(base), "--json", timeout=240)
+                        "--counters", "hits:*", "--ttls", "session:*", "--dir", str(base), "--json",
+                        timeout=240)
     if result.returncode != 0:
         pytest.fail(f"engram local up --regions failed (exit {result.returncode}):\n{result.stderr}")
     return json.loads(result.stdout)
@@ -210,6 +211,25 @@ def test_increments_of_an_additive_counter_from_every_region_add_up(up: dict[str
     refused = clients["west"].execute_command
     with pytest.raises(redis.ResponseError, match="INCRBYFLOAT is refused on an additive counter"):
         refused("INCRBYFLOAT", "hits:home", "0.5")
+
+
+def test_a_ttl_set_in_one_region_reaches_the_others_and_the_key_expires_everywhere(
+    up: dict[str, Any],
+) -> None:
+    east = _client(up, "east")
+    assert wait_for(lambda: east.set("session:1", "alice", px=4000), 30, "east to take a write")
+    deadline = east.execute_command("PEXPIRETIME", "session:1")
+    for region in ("west", "south"):
+        client = _client(up, region)
+        assert wait_for(lambda c=client: c.get("session:1"), 60, f"the session in {region}", 0.1) == b"alice"
+        # The TTL came with the value: the same deadline in every region.
+        assert client.execute_command("PEXPIRETIME", "session:1") == deadline
+    # Once the deadline passes, every region has deleted it.
+    wait_for(lambda: not any(_client(up, r).exists("session:1") for r in REGIONS), 30,
+             "the session to expire in every region", 0.2)
+    # A key no ttls pattern matches still refuses a TTL.
+    with pytest.raises(redis.ResponseError, match="only on keys of a ttls pattern"):
+        east.set("plain", "v", ex=10)
 
 
 def test_upgrade_and_scale_change_every_region_in_turn_and_resharding_is_refused(

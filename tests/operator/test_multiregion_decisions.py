@@ -257,3 +257,49 @@ def test_a_counters_change_on_a_running_cluster_is_accepted_and_updates_every_re
     # Unchanged counters: nothing to update.
     unchanged = decide_regions(mr, ObservedRegions(clusters=clusters, link_secret=LINK, layout=running))
     assert unchanged.update == []
+
+
+def test_ttls_reach_every_regions_memorycluster_its_nodes_and_its_valkey() -> None:
+    body = mrc(counters=["hits:*"], ttls=["session:*", "cache:*"])
+    plan = decide_regions(spec(body), ObservedRegions(link_secret=LINK))
+    assert plan.refused == [] and len(plan.create) == 2
+    for obj in plan.create:
+        assert obj["spec"]["region"]["ttls"] == ["session:*", "cache:*"]
+        stored, errors = admit(obj)
+        assert errors == []
+        cluster = ClusterSpec.from_body(stored)
+        assert cluster.region is not None and cluster.region.ttls == ("session:*", "cache:*")
+        config = builders.build_node_config(cluster, f"{cluster.name}-0-0", 0, "", cluster_id="c")
+        assert config.region_ttls == ["session:*", "cache:*"] and config.region_counters == ["hits:*"]
+        args = valkey_args(cluster)
+        at = args.index("managed")
+        assert args[at:at + 10] == [
+            "managed", "1", "region", cluster.region.name, "counters", "hits:*",
+            "ttls", "session:*", "ttls", "cache:*",
+        ]
+    # Without spec.ttls the section still says so (an empty list), and Valkey gets no ttls argument.
+    [plain, *_] = decide_regions(spec(mrc()), ObservedRegions(link_secret=LINK)).create
+    assert plain["spec"]["region"]["ttls"] == [] and "ttls" not in valkey_args(ClusterSpec.from_body(plain))
+
+
+def test_a_ttls_change_on_a_running_cluster_is_accepted_and_updates_every_region() -> None:
+    mr = spec(mrc(counters=["hits:*"], ttls=["session:*"]))
+    clusters = {
+        o["metadata"]["labels"][labels.REGION]: made(o, "u")
+        for o in decide_regions(mr, ObservedRegions(link_secret=LINK)).create
+    }
+    running = Layout.of(mr)
+    for ttls in (["session:*", "cache:*"], []):
+        seen = ObservedRegions(clusters=clusters, link_secret=LINK, layout=running)
+        plan = decide_regions(spec(mrc(counters=["hits:*"], ttls=ttls)), seen)
+        assert plan.refused == [] and [e.reason for e in plan.events] == []
+        assert [(ns, name) for ns, name, _ in plan.update] == [
+            ("shop-east", "shop-east"),
+            ("shop-west", "shop-west"),
+        ]
+        # Every other field of spec.region, counters included, is as it was.
+        for (ns, _, desired), before in zip(plan.update, clusters.values(), strict=True):
+            assert desired["region"] == {**before.spec["region"], "ttls": ttls}, ns
+    # Unchanged ttls: nothing to update.
+    unchanged = decide_regions(mr, ObservedRegions(clusters=clusters, link_secret=LINK, layout=running))
+    assert unchanged.update == []

@@ -375,6 +375,27 @@ def test_a_counters_change_is_admitted_and_patched_into_every_regions_memoryclus
         assert api.patched == []
 
 
+def test_a_ttls_change_is_admitted_and_patched_into_every_regions_memorycluster(api: FakeKube) -> None:
+    """spec.ttls, like spec.counters, may change on a running cluster: both CRDs admit it and every
+    region gets the new patterns, its counters left as they were."""
+    passes = converged(api, mrc(counters=["hits:*"], ttls=["session:*"]))
+    before = {k: copy.deepcopy(v["spec"]["region"]) for k, v in api.memoryclusters.items()}
+    assert all(r["ttls"] == ["session:*"] and r["counters"] == ["hits:*"] for r in before.values())
+    for ttls in (["session:*", "cache:*"], []):
+        api.patched.clear()
+        passes.respec(mrc(counters=["hits:*"], ttls=ttls))
+        plan, status, events = passes.run()
+        assert plan is not None and plan.refused == [] and events == []
+        assert sorted(api.patched) == sorted(REGION_CLUSTERS)
+        assert conditions(status)["Degraded"][0] == "False"
+        for key, cluster in api.memoryclusters.items():
+            assert cluster["spec"]["region"] == {**before[key], "ttls": ttls}
+            assert ClusterSpec.from_body(cluster).region.ttls == tuple(ttls)  # type: ignore[union-attr]
+        api.patched.clear()
+        passes.run()
+        assert api.patched == []
+
+
 def test_an_api_failure_on_create_is_reported_in_status_and_an_event_and_does_not_raise(
     api: FakeKube,
 ) -> None:

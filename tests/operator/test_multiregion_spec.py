@@ -89,6 +89,7 @@ def test_examples_include_two_namespaces_and_a_remote_region() -> None:
     assert any(r.remote is not None for s in specs for r in s.regions)
     assert any(len({r.local.namespace for r in s.local_regions if r.local}) == 2 for s in specs)
     assert any(s.counters == ("hits:*",) for s in specs)
+    assert any(s.ttls == ("session:*",) for s in specs)
 
 
 @pytest.mark.parametrize(
@@ -129,24 +130,35 @@ def test_the_crd_refuses_bad_specs_by_field(body: dict[str, Any], words: str) ->
     assert any(words in e for e in errors), errors
 
 
-BAD_COUNTERS = [
-    ([""], "should be non-empty", "a counter pattern has 1 to 200 characters, got ''"),
-    (["hits *"], "does not match", "a counter pattern has no spaces or control characters, got 'hits *'"),
+BAD_PATTERNS = [
+    ([""], "should be non-empty", "a pattern has 1 to 200 characters, got ''"),
+    (["hits *"], "does not match", "a pattern has no spaces or control characters, got 'hits *'"),
     (["hits:\x07*"], "does not match", "no spaces or control characters, got 'hits:\\x07*'"),
-    (["x" * 201], "is too long", "a counter pattern has 1 to 200 characters"),
-    ([f"k{i}:*" for i in range(65)], "is too long", "at most 64 counter patterns, got 65"),
-    (["hits:*", "hits:*"], "Duplicate value", "a counter pattern is given twice"),
+    (["x" * 201], "is too long", "a pattern has 1 to 200 characters"),
+    ([f"k{i}:*" for i in range(65)], "is too long", "at most 64 patterns, got 65"),
+    (["hits:*", "hits:*"], "Duplicate value", "a pattern is given twice"),
 ]
 
 
-@pytest.mark.parametrize(("counters", "schema_words", "words"), BAD_COUNTERS)
-def test_bad_counter_patterns_are_refused_by_the_crd_and_the_operator(
-    counters: list[str], schema_words: str, words: str
+@pytest.mark.parametrize("field", ["counters", "ttls"])
+@pytest.mark.parametrize(("patterns", "schema_words", "words"), BAD_PATTERNS)
+def test_bad_key_patterns_are_refused_by_the_crd_and_the_operator(
+    field: str, patterns: list[str], schema_words: str, words: str
 ) -> None:
-    _, errors = admit(mrc(counters=counters))
-    assert any(e.startswith("spec.counters") and schema_words in e for e in errors), errors
-    problems = _problems(mrc(counters=counters))
-    assert any(p.startswith("spec.counters: ") and words in p for p in problems), problems
+    _, errors = admit(mrc(**{field: patterns}))
+    assert any(e.startswith(f"spec.{field}") and schema_words in e for e in errors), errors
+    problems = _problems(mrc(**{field: patterns}))
+    assert any(p.startswith(f"spec.{field}: ") and words in p for p in problems), problems
+
+
+def test_counters_and_ttls_are_checked_apart() -> None:
+    """Each list has its own limit of 64 (the module keeps one per kind), and one pattern may be in
+    both: a counter key may carry a converging TTL."""
+    many = [f"k{i}:*" for i in range(64)]
+    body = mrc(counters=many, ttls=[*many[:1], "session:*"])
+    assert admit(body)[1] == [] and _problems(body) == []
+    stored, _ = admit(mrc(ttls=many))
+    assert parsed(stored).ttls == tuple(many) and parsed(stored).counters == ()
 
 
 def test_counters_are_admitted_and_may_change_on_a_running_cluster() -> None:
@@ -160,6 +172,19 @@ def test_counters_are_admitted_and_may_change_on_a_running_cluster() -> None:
     assert admit(new, old=old)[1] == []
     running = Layout.of(parsed(old))
     assert layout_problems(parsed(mrc(counters=["views:*"])), running) == []
+
+
+def test_ttls_are_admitted_and_may_change_on_a_running_cluster() -> None:
+    """Like spec.counters, spec.ttls only decides how later writes replicate, not where regions run."""
+    old, errors = admit(mrc(ttls=["session:*"]))
+    assert errors == [] and parsed(old).ttls == ("session:*",) and spec_problems(parsed(old)) == []
+    assert parsed(mrc()).ttls == ()
+    for ttls in (["session:*", "cache:[0-9]*"], []):
+        assert admit(mrc(ttls=ttls), old=old)[1] == []
+    new, _ = admit(mrc())
+    assert admit(new, old=old)[1] == []
+    running = Layout.of(parsed(old))
+    assert layout_problems(parsed(mrc(ttls=["cache:*"])), running) == []
 
 
 def test_the_crd_refuses_changing_the_regions_of_a_running_cluster() -> None:

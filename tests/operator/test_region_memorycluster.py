@@ -28,7 +28,9 @@ EAST_URLS = [f"nats-leaf://shop-east-leafnode-{i}.shop-east.svc.cluster.local:74
 AUTH = SecretData("shop-east-link", found=True, data={"user": b"link", "password": b"s3cret"})
 
 
-def region(name: str, counters: list[str] | None = None, **link: str) -> dict[str, Any]:
+def region(
+    name: str, counters: list[str] | None = None, ttls: list[str] | None = None, **link: str
+) -> dict[str, Any]:
     return {
         "name": name,
         "regions": [
@@ -38,20 +40,25 @@ def region(name: str, counters: list[str] | None = None, **link: str) -> dict[st
         **({"link": link} if link else {}),
         "managedBy": "shop/shop",
         **({"counters": counters} if counters is not None else {}),
+        **({"ttls": ttls} if ttls is not None else {}),
     }
 
 
-def body_of(name: str = "east", counters: list[str] | None = None, **link: str) -> dict[str, Any]:
+def body_of(
+    name: str = "east", counters: list[str] | None = None, ttls: list[str] | None = None, **link: str
+) -> dict[str, Any]:
     return {
         "apiVersion": "engram.io/v1alpha1",
         "kind": "MemoryCluster",
         "metadata": {"name": f"shop-{name}", "namespace": f"shop-{name}", "uid": "uid-1"},
-        "spec": {"shards": 2, "region": region(name, counters, **link)},
+        "spec": {"shards": 2, "region": region(name, counters, ttls, **link)},
     }
 
 
-def cluster(name: str = "east", counters: list[str] | None = None, **link: str) -> ClusterSpec:
-    stored, errors = admit(body_of(name, counters, **link))
+def cluster(
+    name: str = "east", counters: list[str] | None = None, ttls: list[str] | None = None, **link: str
+) -> ClusterSpec:
+    stored, errors = admit(body_of(name, counters, ttls, **link))
     assert errors == [], errors
     return ClusterSpec.from_body(stored)
 
@@ -103,6 +110,20 @@ def test_a_regions_valkey_loads_the_module_in_region_mode_with_its_counters() ->
     assert "region" not in plain and "counters" not in plain
 
 
+def test_a_regions_valkey_gets_its_ttls_after_its_counters() -> None:
+    """The same regression for `ttls`: without them on Valkey's own command line, the module would
+    refuse every TTL on the region's keys."""
+    command = valkey_command(cluster(counters=["hits:*"], ttls=["session:*", "cache:?"]))
+    at = command.index("managed")
+    assert command[at:at + 10] == [
+        "managed", "1", "region", "east", "counters", "hits:*", "ttls", "session:*", "ttls", "cache:?"
+    ]
+    alone = valkey_command(cluster(ttls=["session:*"]))
+    at = alone.index("managed")
+    assert alone[at:at + 6] == ["managed", "1", "region", "east", "ttls", "session:*"]
+    assert "counters" not in alone and "ttls" not in valkey_command(cluster())
+
+
 def test_counters_reach_the_node_config_and_a_change_rolls_the_pods() -> None:
     spec = cluster(counters=["hits:*"])
     config = builders.build_node_config(spec, "shop-east-0-0", 0, "zone-a", cluster_id=CLUSTER_ID)
@@ -111,6 +132,17 @@ def test_counters_reach_the_node_config_and_a_change_rolls_the_pods() -> None:
     # Valkey's command line changes: the normal rolling update restarts it with the new patterns.
     hashes = {builders.pod_spec_hash(cluster(counters=c)) for c in ([], ["hits:*"], ["hits:*", "views:*"])}
     assert len(hashes) == 3
+
+
+def test_ttls_reach_the_node_config_and_a_change_rolls_the_pods() -> None:
+    spec = cluster(counters=["hits:*"], ttls=["session:*"])
+    config = builders.build_node_config(spec, "shop-east-0-0", 0, "zone-a", cluster_id=CLUSTER_ID)
+    assert config.region_ttls == ["session:*"] and config.region_counters == ["hits:*"]
+    assert builders.build_node_config(cluster(), "p", 0, "z", cluster_id=CLUSTER_ID).region_ttls == []
+    hashes = {builders.pod_spec_hash(cluster(ttls=t)) for t in ([], ["session:*"], ["session:*", "cache:*"])}
+    # The same patterns as counters instead are another command line, so another roll.
+    hashes.add(builders.pod_spec_hash(cluster(counters=["session:*"])))
+    assert len(hashes) == 4
 
 
 def test_the_listening_regions_journal_has_its_domain_a_locked_leafnode_port_and_a_secret_config() -> None:
@@ -156,12 +188,16 @@ def test_a_region_with_link_tls_mounts_the_certificate_in_its_journal_servers() 
     )
 
 
-def test_counters_may_change_on_a_running_region_and_nothing_else_of_spec_region_may() -> None:
-    old, errors = admit(body_of(counters=["hits:*"]))
+FIXED = "spec.region is fixed at creation, but for spec.region.counters and spec.region.ttls"
+
+
+def test_counters_and_ttls_may_change_on_a_running_region_and_nothing_else_of_spec_region_may() -> None:
+    old, errors = admit(body_of(counters=["hits:*"], ttls=["session:*"]))
     assert errors == []
     for counters in (["hits:*", "views:*"], [], None):
-        new = body_of(counters=counters)
-        assert admit(new, old=old)[1] == [], counters
+        for ttls in (["session:*", "cache:*"], [], None):
+            new = body_of(counters=counters, ttls=ttls)
+            assert admit(new, old=old)[1] == [], (counters, ttls)
     changes: list[dict[str, Any]] = [
         {"name": "west"},
         {"regions": [{**r, "leafnodeURLs": r["leafnodeURLs"][:1]} for r in region("east")["regions"]]},
@@ -172,10 +208,10 @@ def test_counters_may_change_on_a_running_region_and_nothing_else_of_spec_region
         new = copy.deepcopy(old)
         new["spec"]["region"].update(change)
         new["spec"]["region"]["counters"] = ["views:*"]
-        assert any("spec.region is fixed at creation, but for spec.region.counters" in e
-                   for e in admit(new, old=old)[1]), change
+        new["spec"]["region"]["ttls"] = ["cache:*"]
+        assert any(FIXED in e for e in admit(new, old=old)[1]), change
     # A field added or removed is a change too.
-    linked, _ = admit(body_of(counters=["hits:*"], authSecretName="shop-east-link"))
+    linked, _ = admit(body_of(counters=["hits:*"], ttls=["session:*"], authSecretName="shop-east-link"))
     for before, after in ((linked, old), (old, linked)):
         assert any("fixed at creation" in e for e in admit(after, old=before)[1])
     unmanaged = copy.deepcopy(old)
@@ -183,17 +219,20 @@ def test_counters_may_change_on_a_running_region_and_nothing_else_of_spec_region
     assert any("fixed at creation" in e for e in admit(unmanaged, old=old)[1])
 
 
-def test_the_immutability_rule_names_every_field_of_spec_region_but_counters() -> None:
-    """CEL cannot compare the section less one field, so the rule lists the fields: a field added to
+def test_the_immutability_rule_names_every_field_of_spec_region_but_counters_and_ttls() -> None:
+    """CEL cannot compare the section less some fields, so the rule lists the fields: a field added to
     spec.region must be added to it, or it could change on a running cluster."""
     section = crd_schema(memorycluster_crd())["properties"]["spec"]["properties"]["region"]
     [rule] = [r["rule"] for r in section["x-kubernetes-validations"] if "oldSelf" in r["rule"]]
+    changeable = {"counters", "ttls"}
+    assert changeable < set(section["properties"])
     for field in section["properties"]:
-        assert (f"oldSelf.{field}" in rule) == (field != "counters"), field
+        assert (f"oldSelf.{field}" in rule) == (field not in changeable), field
 
 
+@pytest.mark.parametrize("field", ["counters", "ttls"])
 @pytest.mark.parametrize(
-    ("counters", "words"),
+    ("patterns", "words"),
     [
         ([""], "should be non-empty"),
         (["hits *"], "does not match"),
@@ -203,13 +242,16 @@ def test_the_immutability_rule_names_every_field_of_spec_region_but_counters() -
         (["hits:*", "hits:*"], "Duplicate value"),
     ],
 )
-def test_the_crd_refuses_bad_counter_patterns(counters: list[str], words: str) -> None:
-    _, errors = admit(body_of(counters=counters))
-    assert any("spec.region.counters" in e and words in e for e in errors), errors
+def test_the_crd_refuses_bad_key_patterns(field: str, patterns: list[str], words: str) -> None:
+    body = body_of(**{field: patterns})
+    _, errors = admit(body)
+    assert any(f"spec.region.{field}" in e and words in e for e in errors), errors
     # The operator's own check, for an object admitted without the CRD's rules, refuses them too.
-    problems = region_problems(ClusterSpec.from_body(body_of(counters=counters)))
-    assert problems and all(p.startswith("spec.region.counters: a counter pattern") or "at most 64" in p
-                            for p in problems), problems
+    problems = region_problems(ClusterSpec.from_body(body))
+    prefix = f"spec.region.{field}: "
+    assert problems and all(
+        p.startswith(f"{prefix}a pattern") or p == f"{prefix}at most 64 patterns, got 65" for p in problems
+    ), problems
 
 
 @pytest.mark.parametrize(

@@ -87,10 +87,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         rebalance_settle=args.rebalance_settle,
         tls=args.tls,
         region_counters=tuple(args.counters),
+        region_ttls=tuple(args.ttls),
     )
-    if args.counters and not args.regions:
-        _say("error: --counters needs --regions: increments add up across regions")
-        return 2
+    for flag, given in (("--counters", args.counters), ("--ttls", args.ttls)):
+        if given and not args.regions:
+            _say(f"error: {flag} needs --regions: it says how keys replicate between regions")
+            return 2
     if args.regions:
         return _up_regions(args, spec)
     try:
@@ -406,6 +408,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--counters", action="append", default=[], metavar="PATTERN",
         help="with --regions: keys matching this glob are additive counters, whose INCRBYs from every "
         "region add up instead of the last one winning (repeatable; docs/multi-region.md)",
+    )
+    up.add_argument(
+        "--ttls", action="append", default=[], metavar="PATTERN",
+        help="with --regions: strings whose keys match this glob may have TTLs (SET EX, EXPIRE, "
+        "PERSIST), which replicate with their value and expire in every region (repeatable)",
     )
     up.add_argument(
         "--port",

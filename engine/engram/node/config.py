@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from engram.journal.security import JournalSecurity
-from engram.multiregion.counters import counter_pattern_problems
 from engram.multiregion.link import check_region
+from engram.multiregion.patterns import key_pattern_problems
 from engram.node.certificate import TlsFiles
 from engram.snapshots.schedule import SnapshotPolicy
 
@@ -60,6 +60,8 @@ class NodeConfig:
     linked_regions: dict[str, str] = field(default_factory=dict)
     # Key patterns (globs) of additive counters: their increments add up across regions.
     region_counters: list[str] = field(default_factory=list)
+    # Key patterns (globs) of keys whose TTLs replicate: a string's TTL is part of its value.
+    region_ttls: list[str] = field(default_factory=list)
     # Unix socket of the private Valkey; default DATA_DIR/valkey.sock.
     valkey_socket: str = ""
     metrics_port: int | None = None
@@ -118,11 +120,11 @@ class NodeConfig:
                 check_region(linked)
             if self.region in self.linked_regions:
                 raise ValueError(f"linked_regions names this node's own region {self.region!r}")
-        if self.region_counters:
-            if not self.region:
-                raise ValueError("region_counters needs region: counters add up across regions")
-            if problems := counter_pattern_problems(self.region_counters):
-                raise ValueError(f"region_counters: {'; '.join(problems)}")
+        for name, patterns in (("region_counters", self.region_counters), ("region_ttls", self.region_ttls)):
+            if patterns and not self.region:
+                raise ValueError(f"{name} needs region: only a multi-region node has them")
+            if problems := key_pattern_problems(patterns):
+                raise ValueError(f"{name}: {'; '.join(problems)}")
         if self.lease_seconds <= 0:
             raise ValueError(f"lease_seconds must be positive, got {self.lease_seconds}")
         self.snapshot_policy  # noqa: B018 - refuse a bad policy at load, not at the first snapshot

@@ -262,7 +262,7 @@ class Node:
             self.valkey = await start_valkey(
                 cfg.valkey_socket, cfg.data_dir, cfg.valkey_args, cfg.valkey_server,
                 port=cfg.port, bind=cfg.host, module=binaries.valkey_module(), region=cfg.region,
-                counters=cfg.region_counters,
+                counters=cfg.region_counters, ttls=cfg.region_ttls,
             )
         await self._open_datapath()
         if self.certificate is not None and cfg.tls_port:

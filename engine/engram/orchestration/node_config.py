@@ -85,8 +85,10 @@ class NodeClusterSettings:
     region: str = ""
     # The multi-region cluster's other regions: region -> that region's cluster name.
     linked_regions: Mapping[str, str] = field(default_factory=dict)
-    # Key patterns of additive counters (multiregion/counters.py).
+    # Key patterns of additive counters (multiregion/patterns.py).
     region_counters: tuple[str, ...] = ()
+    # Key patterns of keys whose TTLs replicate (multiregion/patterns.py).
+    region_ttls: tuple[str, ...] = ()
 
     @property
     def journal_replicas(self) -> int:
@@ -132,6 +134,7 @@ def node_config(cluster: NodeClusterSettings, node: NodeIdentity, **platform: An
         "region": cluster.region,
         "linked_regions": dict(cluster.linked_regions),
         "region_counters": list(cluster.region_counters),
+        "region_ttls": list(cluster.region_ttls),
     }
     if (journal := cluster.journal_files) is not None:
         values.update(journal_user=JOURNAL_USER, journal_password_file=journal.password_file,

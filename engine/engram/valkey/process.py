@@ -19,15 +19,16 @@ class ValkeyStartError(RuntimeError):
 def valkey_command(
     socket_path: str, data_dir: str, extra: list[str], binary: str | None = None,
     port: int = 0, bind: str = "", module: str | None = None, region: str = "",
-    counters: Sequence[str] = (),
+    counters: Sequence[str] = (), ttls: Sequence[str] = (),
 ) -> list[str]:
     """The argv of a persistence-free engine Valkey (see valkey_flags)."""
-    flags = valkey_flags(socket_path, data_dir, port, bind, module, region, counters)
+    flags = valkey_flags(socket_path, data_dir, port, bind, module, region, counters, ttls)
     return [binary or binaries.find("valkey-server"), *flags, *extra]
 
 
 def valkey_flags(socket_path: str, data_dir: str, port: int = 0, bind: str = "",
-                 module: str | None = None, region: str = "", counters: Sequence[str] = ()) -> list[str]:
+                 module: str | None = None, region: str = "", counters: Sequence[str] = (),
+                 ttls: Sequence[str] = ()) -> list[str]:
     """Flags every engine Valkey runs with, local process or Kubernetes container alike.
 
     The node talks to Valkey on the unix socket; clients on port (0: none), where the Engram
@@ -41,6 +42,8 @@ def valkey_flags(socket_path: str, data_dir: str, port: int = 0, bind: str = "",
         load += ["region", region]  # multi-region mode: the module stamps writes with this region
         for pattern in counters:  # keys whose increments add up across regions
             load += ["counters", pattern]
+        for pattern in ttls:  # keys whose TTLs replicate and converge
+            load += ["ttls", pattern]
     return [
         *listen,
         *load,
@@ -63,7 +66,7 @@ def valkey_flags(socket_path: str, data_dir: str, port: int = 0, bind: str = "",
 async def start_valkey(
     socket_path: str, data_dir: str, extra: list[str], binary: str | None = None, timeout: float = 15.0,
     port: int = 0, bind: str = "", module: str | None = None, region: str = "",
-    counters: Sequence[str] = (),
+    counters: Sequence[str] = (), ttls: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
     """Start Valkey and wait until its socket answers."""
     Path(data_dir).mkdir(parents=True, exist_ok=True)
@@ -71,7 +74,7 @@ async def start_valkey(
         os.unlink(socket_path)
     log = open(Path(data_dir) / "valkey.log", "ab")
     proc = subprocess.Popen(
-        valkey_command(socket_path, data_dir, extra, binary, port, bind, module, region, counters),
+        valkey_command(socket_path, data_dir, extra, binary, port, bind, module, region, counters, ttls),
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         preexec_fn=dies_with_this_process(),
     )

@@ -92,6 +92,7 @@ def cluster_settings(
         region=cluster.region.name if cluster.region is not None else "",
         linked_regions=cluster.region.linked_regions if cluster.region is not None else {},
         region_counters=cluster.region.counters if cluster.region is not None else (),
+        region_ttls=cluster.region.ttls if cluster.region is not None else (),
     )
 
 
@@ -187,7 +188,7 @@ def pod_spec_hash(cluster: ClusterSpec) -> str:
 def valkey_args(cluster: ClusterSpec) -> list[str]:
     """Standalone Valkey with the Engram module, serving clients on CLIENT_PORT and the node on the
     shared socket; no persistence (the journal is the durability). spec.region puts the module in
-    multi-region mode, with its additive counters.
+    multi-region mode, with its additive counters and converging TTLs.
 
     With spec.tls the client port speaks TLS only (the plain port is 0: off). The node's socket and
     the cluster protocol's replies are unchanged: they announce the same port, so cluster clients
@@ -205,6 +206,7 @@ def valkey_args(cluster: ClusterSpec) -> list[str]:
         module=constants.MODULE_PATH,
         region=region.name if region is not None else "",
         counters=region.counters if region is not None else (),
+        ttls=region.ttls if region is not None else (),
     )
     args = ["valkey-server", *flags, *(valkey_tls_flags() if tls else [])]
     limit = cluster.valkey_resources.limits.get("memory")

@@ -63,6 +63,7 @@ def region_section(mrc: MultiRegionSpec, region: RegionEntry) -> RegionSection:
         tls_secret=labels.link_tls_secret_name(cluster) if mrc.link.tls_secret_name else "",
         managed_by=mrc.managed_by,
         counters=mrc.counters,
+        ttls=mrc.ttls,
     )
 
 

@@ -70,8 +70,8 @@ class RegionPlan:
 
     refused: list[str] = field(default_factory=list)
     create: list[dict[str, Any]] = field(default_factory=list)
-    # (namespace, name, spec) of region MemoryClusters whose spec to update (spec.template or
-    # spec.counters changed).
+    # (namespace, name, spec) of region MemoryClusters whose spec to update (spec.template,
+    # spec.counters or spec.ttls changed).
     update: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     waiting: list[str] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)

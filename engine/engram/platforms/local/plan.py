@@ -10,7 +10,7 @@ from typing import Any
 
 from engram.cluster.users import UsersFileError, parse_users
 from engram.journal.servers import SYNC_ALWAYS, sync_interval_problem
-from engram.multiregion.counters import counter_pattern_problems
+from engram.multiregion.patterns import key_pattern_problems
 from engram.node.certificate import TlsFiles
 from engram.node.config import NodeConfig
 from engram.orchestration.node_config import (
@@ -73,8 +73,10 @@ class ClusterSpec:
     client_tls: bool | None = None
     # This cluster is one region of a multi-region cluster (`up --regions`, regions.py).
     region_link: regions.RegionLink | None = None
-    # Key patterns of additive counters (`up --regions ... --counters`, multiregion/counters.py).
+    # Key patterns of additive counters (`up --regions ... --counters`, multiregion/patterns.py).
     region_counters: tuple[str, ...] = ()
+    # Key patterns of keys whose TTLs replicate (`up --regions ... --ttls`).
+    region_ttls: tuple[str, ...] = ()
 
     @property
     def serves_tls(self) -> bool:
@@ -99,8 +101,9 @@ class ClusterSpec:
             raise PlanError(f"--zones must name one or more distinct zones, got {','.join(self.zones)!r}")
         if self.lease_seconds <= 0:
             raise PlanError(f"--lease must be positive, got {self.lease_seconds}")
-        if problems := counter_pattern_problems(self.region_counters):
-            raise PlanError(f"--counters: {'; '.join(problems)}")
+        for flag, patterns in (("--counters", self.region_counters), ("--ttls", self.region_ttls)):
+            if problems := key_pattern_problems(patterns):
+                raise PlanError(f"{flag}: {'; '.join(problems)}")
         for path in self.restore_from:
             if not Path(path).is_file():
                 raise PlanError(f"--restore-from {path}: no such file")
@@ -233,6 +236,7 @@ def plan(spec: ClusterSpec, directory: Path, nats_server: str, valkey_server: st
         link_password=link.password if link else "",
         leaf_ca_files=dict(link.ca_files) if link else {},
         region_counters=list(spec.region_counters),
+        region_ttls=list(spec.region_ttls),
         nats_server=nats_server,
         valkey_server=valkey_server,
         nodes=nodes,
@@ -274,6 +278,7 @@ def cluster_settings(state: ClusterState, log_level: str = "warning") -> NodeClu
         region=state.region,
         linked_regions=dict(state.linked_regions),
         region_counters=tuple(state.region_counters),
+        region_ttls=tuple(state.region_ttls),
     )
 
 

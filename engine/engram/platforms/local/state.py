@@ -198,6 +198,8 @@ class ClusterState:
     leaf_ca_files: dict[str, str] = field(default_factory=dict)
     # Key patterns of additive counters: their increments add up across regions.
     region_counters: list[str] = field(default_factory=list)
+    # Key patterns of keys whose TTLs replicate: a string's TTL is part of its value.
+    region_ttls: list[str] = field(default_factory=list)
 
     @property
     def endpoint(self) -> str:
