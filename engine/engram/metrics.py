@@ -81,6 +81,9 @@ REGION_TOMBSTONES_COLLECTED = Counter("engram_region_tombstones_collected_total"
                                       "Deleted keys whose stamps this primary forgot behind its frontier")
 REGION_SOURCE_RESTARTS = Counter("engram_region_source_restarts_total",
                                  "Times a stalled copy from another region was restarted", ["region"])
+REGION_GAP_ENTRIES_FILLED = Counter("engram_region_gap_entries_filled_total",
+                                    "Entries of another region that the copy skipped and the applier "
+                                    "read from that region's stream instead", ["region"])
 REGION_APPLIER_STOPS = Counter("engram_region_applier_stops_total",
                                "Times an applier of another region's writes stopped on an error", ["region"])
 STREAM_LEADER_MOVES = Counter("engram_stream_leader_moves_total",

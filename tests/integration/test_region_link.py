@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import statistics
 import threading
@@ -247,10 +248,10 @@ async def _until(predicate, timeout: float, what: str) -> None:  # type: ignore[
 
 
 async def _read_all(
-    js: JetStreamContext, link: InboundLink, at: Position, count: int
+    js: JetStreamContext, link: InboundLink, at: Position, count: int, origin: JetStreamContext | None = None,
 ) -> list[inbound.SourcedEntry]:
     out: list[inbound.SourcedEntry] = []
-    reader = inbound.tail(js, link, at)
+    reader = inbound.tail(js, link, at, origin)
     try:
         async for sourced in reader:
             out.append(sourced)
@@ -434,12 +435,56 @@ def test_truncation_of_the_origin_past_what_the_other_region_had_copied_is_detec
             await _read_all(js, link, at, 1)
         assert (gap.value.expected, gap.value.found, gap.value.recreated) == (22, 35, False)
         assert gap.value.inbound_seq == 22
+        # Reading the origin does not help: it no longer holds them.
+        with pytest.raises(SourceGap):
+            await _read_all(js, link, at, 1, origin=nc.jetstream(domain=EAST))
         await source.close()
         await nc.close()
 
     _run(scenario())
     wait_for(lambda: _linked(regions), 30, "the leaf connections to return")
 
+
+
+def test_entries_the_copy_skipped_are_read_from_the_origin_while_it_still_holds_them(
+    regions: Regions,
+) -> None:
+    """A copy with a hole the origin can fill, as sourcing left one after the inbound stream's leader
+    changed mid-copy ("raft: not leader"): a chaos run saw 57 entries skipped that way."""
+    async def scenario() -> None:
+        source = await _shard(regions.east, CLUSTER, 7)
+        nc, js = await _js(regions.west)
+        east_nc, east_js = await _js(regions.east)
+        link = InboundLink(CLUSTER, 7, EAST, CLUSTER, WEST)
+        await _append(source, 1, 9)  # origin entries 1..10, the genesis first
+        # The copy, as ensure_inbound makes it but for deleting entries, which then loses 4..6.
+        await js.add_stream(dataclasses.replace(inbound.inbound_config(link), deny_delete=False))
+        await _until(lambda: _equals(_copied(js, link), 10), 30, "west to copy east's 10 entries")
+        for seq in (4, 5, 6):
+            await js.delete_msg(link.stream, seq)
+        origin_entries = {}
+        for seq in range(1, 11):
+            msg = await east_js.get_msg(link.source_stream, seq)
+            origin_entries[seq] = Entry.decode(msg.headers, msg.data or b"", seq)
+        origin = nc.jetstream(domain=EAST)  # east's journal, over the link
+        read = await _read_all(js, link, Position(), 10, origin)
+        assert [s.origin_seq for s in read] == list(range(1, 11))
+        assert [s.entry for s in read] == [origin_entries[seq] for seq in range(1, 11)]
+        # The filled entries resume at the copy's next entry, inbound 7, which holds origin 7.
+        assert [Position().after(s).inbound_seq for s in read[3:7]] == [7, 7, 7, 8]
+        # Resumed in the middle of the filled range, the rest of it is read from the origin again.
+        again = await _read_all(js, link, Position().after(read[4]), 2, origin)
+        assert [s.origin_seq for s in again] == [6, 7]
+        # Without the origin, the hole is a SourceGap as before.
+        with pytest.raises(SourceGap) as gap:
+            await _read_all(js, link, Position(), 10)
+        assert (gap.value.expected, gap.value.found) == (4, 7)
+        await js.delete_stream(link.stream)
+        await source.close()
+        await east_nc.close()
+        await nc.close()
+
+    _run(scenario())
 
 
 def test_a_recreated_origin_stream_is_detected_as_another_history(regions: Regions) -> None:

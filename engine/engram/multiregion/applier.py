@@ -131,8 +131,10 @@ class InboundApplier:
     or until the inbound stream cannot be trusted (SourceGap, a refused write: raised)."""
 
     def __init__(self, js: JetStreamContext, link: InboundLink, valkey_socket: str,
-                 positions: PositionStore) -> None:
+                 positions: PositionStore, origin: JetStreamContext | None = None) -> None:
         self.js = js
+        # The source region's JetStream over the link: entries the copy skipped are read there.
+        self.origin = origin
         self.link = link
         self.valkey_socket = valkey_socket
         self.positions = positions
@@ -163,7 +165,7 @@ class InboundApplier:
 
     async def _send(self, conn: ValkeyConnection,
                     in_flight: asyncio.Queue[tuple[SourcedEntry, OriginStamps] | None]) -> None:
-        async for sourced in tail(self.js, self.link, self.position):
+        async for sourced in tail(self.js, self.link, self.position, self.origin):
             stamps = self._stamps(sourced)
             for args in stamps.writes:
                 conn.write(encode(args))

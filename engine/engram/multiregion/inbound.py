@@ -5,7 +5,8 @@ JetStream's sourcing copies each entry with its headers and adds ``Nats-Stream-S
 names the origin stream, the entry's origin sequence and the origin stream's identity. A purge of
 the origin past what this region had copied, or a recreated origin stream, is not reported by
 NATS: sourcing carries on from what is there. The origin sequences show it, and `tail` raises
-SourceGap on it, so that the region re-syncs rather than silently missing entries.
+SourceGap on it, so that the region re-syncs rather than silently missing entries. Entries
+skipped while the origin still holds them are read from the origin stream instead (`fill_gap`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.client import JetStreamContext
 
+from engram import metrics
 from engram.journal.client import STREAM_NAME_IN_USE, stream_name
 from engram.journal.entries import Entry
 from engram.journal.errors import JournalError
@@ -245,10 +247,40 @@ def check_next(link: InboundLink, at: Position, sourced: SourcedEntry) -> None:
         raise SourceGap(link.stream, sourced.inbound_seq, at.origin_seq, sourced.origin_seq, recreated)
 
 
-async def tail(js: JetStreamContext, link: InboundLink, at: Position | None = None
-               ) -> AsyncIterator[SourcedEntry]:
+async def fill_gap(origin: JetStreamContext, link: InboundLink, at: Position,
+                   sourced: SourcedEntry) -> list[SourcedEntry]:
+    """The origin entries the inbound stream skipped before ``sourced``, read from the origin stream
+    itself over the link; SourceGap when it was recreated or no longer holds all of them.
+
+    Sourcing was seen to skip entries the origin still held (57 of them, after the inbound stream's
+    leader changed while it copied: "raft: not leader"). Each filled entry resumes at ``sourced``.
+    """
+    gap = SourceGap(link.stream, sourced.inbound_seq, at.origin_seq, sourced.origin_seq, False)
+    if sourced.origin_seq < at.origin_seq:
+        raise gap  # behind the position: nothing the origin could fill
+    filled = []
+    for seq in range(at.origin_seq, sourced.origin_seq):
+        try:
+            msg = await origin.get_msg(link.source_stream, seq, direct=False)
+        except nats.js.errors.NotFoundError:
+            raise gap from None  # truncated past it: only a re-sync recovers
+        except Exception as exc:
+            raise InboundError(f"{link.stream}: cannot read origin entry {seq} of {link.source_stream} "
+                               f"to fill a gap: {exc!r}") from exc
+        try:
+            entry = Entry.decode(msg.headers, msg.data or b"", seq)
+        except ValueError as exc:
+            raise InboundError(f"origin entry {seq} of {link.source_stream}: {exc}") from None
+        header = SourceHeader(link.source_stream, seq, msg.subject or link.subject, sourced.origin.identity)
+        filled.append(SourcedEntry(entry, link.source_region, header, sourced.inbound_seq - 1))
+    return filled
+
+
+async def tail(js: JetStreamContext, link: InboundLink, at: Position | None = None,
+               origin: JetStreamContext | None = None) -> AsyncIterator[SourcedEntry]:
     """Yield the other region's entries from ``at`` (default: the start) on, forever, in origin
-    order; raise SourceGap at the first entry that does not follow the one before it."""
+    order. Entries the inbound stream skipped are read from ``origin`` (the other region's JetStream,
+    over the link) when given and it still holds them; otherwise raise SourceGap there."""
     at = at or Position()
     queue: asyncio.Queue[Msg] = asyncio.Queue()
 
@@ -267,7 +299,19 @@ async def tail(js: JetStreamContext, link: InboundLink, at: Position | None = No
         while True:
             msg = await queue.get()
             sourced = decode(link, msg.headers, msg.data, msg.metadata.sequence.stream)
-            check_next(link, at, sourced)
+            try:
+                check_next(link, at, sourced)
+            except SourceGap as gap:
+                if origin is None or gap.recreated:
+                    raise
+                filled = await fill_gap(origin, link, at, sourced)
+                metrics.REGION_GAP_ENTRIES_FILLED.labels(link.source_region).inc(len(filled))
+                log.warning("inbound %s: origin entries %d..%d were skipped by the copy; read them from "
+                            "region %s's stream", link.stream, gap.expected, gap.found - 1,
+                            link.source_region)
+                for entry in filled:
+                    at = at.after(entry)
+                    yield entry
             at = at.after(sourced)
             yield sourced
     finally:

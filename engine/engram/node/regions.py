@@ -116,7 +116,8 @@ class RegionAppliers:
                 continue
             # Exported at 0 from the start: an alert on its increase then sees the first stop too.
             metrics.REGION_APPLIER_STOPS.labels(link.source_region)
-            applier = InboundApplier(js, link, self.config.valkey_socket, self._positions)
+            applier = InboundApplier(js, link, self.config.valkey_socket, self._positions,
+                                     self.journal.jetstream_in(link.source_region))
             self.appliers[link.source_region] = applier
             self._tasks[link.source_region] = asyncio.get_running_loop().create_task(self._apply(applier))
 
