@@ -49,6 +49,13 @@ def classify_error(message: str) -> Outcome:
     return Outcome.UNKNOWN
 
 
+def expected_error(message: str) -> bool:
+    """Whether an error reply is one a cluster gives while leadership moves (a refusal above, or a
+    write whose outcome is unknown), rather than a refusal of the command itself (ERR ...)."""
+    lowered = message.lower()
+    return message.split(" ", 1)[0].upper() in _REFUSALS or any(p in lowered for p in _UNKNOWN_PHRASES)
+
+
 def _encode(args: tuple[bytes, ...]) -> bytes:
     out = [b"*%d\r\n" % len(args)]
     for arg in args:

@@ -222,7 +222,8 @@ class LocalFaults:
                          shard=node["shard"])
         if kind is FaultKind.TERM_JOURNAL:
             shard = self.rng.randrange(cluster.load_running(self.base, self.name).shards)
-            server = self._stream_leader(shard)
+            server = self.stream_leader(shard) or self.rng.choice(sorted(self.status()["journal"],
+                                                                          key=lambda j: j["zone"]))
             detail = cluster.kill(self.base, self.name, server["target"], signal.SIGTERM)
             now = time.monotonic_ns()
             return Fault(kind, server["target"], now, now, f"{detail}, leading shard {shard}'s stream")
@@ -275,10 +276,11 @@ class LocalFaults:
                      f"sent SIGKILL to the snapshot child (pid {child}) of {node['id']} {delay:.2f}s in "
                      f"(of ~{span:.1f}s), shard {node['shard']}", shard=node["shard"])
 
-    def _stream_leader(self, shard: int) -> dict[str, Any]:
-        """The journal server (its status entry) leading the shard's stream; any server if none leads."""
+    def stream_leader(self, shard: int) -> dict[str, Any] | None:
+        """The journal server (its status entry) leading the shard's stream; None if none leads, or
+        the journal cannot say."""
         state = cluster.load_running(self.base, self.name)
-        servers = sorted(self.status()["journal"], key=lambda j: j["zone"])
+        servers = self.status()["journal"]
 
         async def ask() -> str:
             journal = await Journal.connect(state.journal_urls, self.name, shard,
@@ -293,7 +295,7 @@ class LocalFaults:
             leader = asyncio.run(ask())
         except JournalError:
             leader = ""
-        return next((j for j in servers if j["name"] == leader), self.rng.choice(servers))
+        return next((j for j in servers if j["name"] == leader), None)
 
     def resume(self, fault: Fault) -> None:
         """SIGCONT a paused primary or reconnect a cut-off zone, and note when."""

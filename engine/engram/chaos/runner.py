@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engram.chaos.client import use_client_tls
 from engram.chaos.faults import (
@@ -46,6 +46,9 @@ from engram.platforms.local.network import NetworkError
 from engram.platforms.local.plan import ClusterSpec
 from engram.platforms.local.scale import scale, unfinished
 
+if TYPE_CHECKING:  # the multi-region runner raises ChaosError with its own report
+    from engram.chaos.region_report import RegionChaosReport
+
 Progress = Callable[[str], None]
 STATUS_EVERY = 1.0
 OWN_CLUSTER = "chaos"
@@ -54,7 +57,7 @@ OWN_CLUSTER = "chaos"
 class ChaosError(RuntimeError):
     """The run could not be carried out (as opposed to finding a problem); `report` is what it got to."""
 
-    def __init__(self, message: str, report: ChaosReport | None = None) -> None:
+    def __init__(self, message: str, report: ChaosReport | RegionChaosReport | None = None) -> None:
         super().__init__(message)
         self.report = report
 
