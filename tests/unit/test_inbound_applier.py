@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from engram.multiregion.applier import OriginStamps, origin_stamps
+from engram.multiregion.applier import STUCK_AFTER, OriginStamps, applier_stuck, origin_stamps
 from engram.multiregion.inbound import InboundError
 from engram.valkey.connection import encode
 
@@ -55,3 +55,9 @@ def test_the_newest_origin_clock_counts_clock_stamps_and_writes_but_no_other_reg
 def test_a_clock_that_is_not_a_number_is_refused() -> None:
     with pytest.raises(InboundError, match="not a number"):
         origin_stamps(_payload(("ENGRAM.MR.CLOCK", "soon", "east")), "east")
+
+
+def test_an_applier_is_stuck_only_when_entries_wait_and_its_position_stood_still_long_enough() -> None:
+    assert applier_stuck(3, STUCK_AFTER)
+    assert not applier_stuck(3, STUCK_AFTER - 0.1)  # busy, or just started on a backlog
+    assert not applier_stuck(0, 10 * STUCK_AFTER)  # nothing to apply: idle, not stuck (a cut link)

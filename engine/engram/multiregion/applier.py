@@ -40,6 +40,16 @@ WINDOW = 64
 # journal about as much as the writes it applies.
 RECORD_EVERY = 0.5
 RECORD_IDLE = 0.05
+# An applier whose position has not moved for this long while its inbound stream holds entries past
+# it is restarted from its recorded position. A chaos run saw a primary's appliers stop taking
+# entries for good after its journal's stream leader was killed, with no error raised anywhere.
+STUCK_AFTER = 15.0
+
+
+def applier_stuck(unapplied: int, unmoved_for: float) -> bool:
+    """Whether an applier with `unapplied` entries waiting, whose position has not moved for
+    `unmoved_for` seconds, is stuck rather than busy."""
+    return unapplied > 0 and unmoved_for >= STUCK_AFTER
 
 
 @dataclass(frozen=True)

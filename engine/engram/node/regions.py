@@ -13,7 +13,7 @@ from collections.abc import Callable
 from engram import metrics
 from engram.journal.client import Journal
 from engram.journal.errors import JournalError
-from engram.multiregion.applier import InboundApplier, PositionStore
+from engram.multiregion.applier import InboundApplier, PositionStore, applier_stuck
 from engram.multiregion.inbound import InboundLink, ensure_inbound, source_stalled, source_state_of
 from engram.multiregion.lww import Stamp, frontier
 from engram.node.config import NodeConfig
@@ -53,6 +53,8 @@ class RegionAppliers:
         self._clocked = 0.0
         self._restarted: dict[str, float] = {}
         self._watched_since: dict[str, float] = {}
+        # Per region: the applier's inbound position when last seen to move, and when.
+        self._progress: dict[str, tuple[int, float]] = {}
         self._collected = time.monotonic()
         self.frontier: Stamp | None = None
 
@@ -151,6 +153,25 @@ class RegionAppliers:
             unapplied = max(0, (info.state.last_seq or 0) - applier.position.inbound_seq + 1)
             metrics.REGION_PENDING.labels(region).set(state.lag + unapplied)
             await self._restart_if_stalled(applier.link, state.idle)
+            self._restart_if_stuck(region, applier, unapplied)
+
+    def _restart_if_stuck(self, region: str, applier: InboundApplier, unapplied: int) -> None:
+        """Cancel an applier that applies nothing though entries wait; _start_missing starts it again."""
+        now, at = time.monotonic(), applier.position.inbound_seq
+        seen = self._progress.get(region)
+        if seen is None or seen[0] != at or unapplied == 0:
+            self._progress[region] = (at, now)
+            return
+        if not applier_stuck(unapplied, now - seen[1]):
+            return
+        self._progress.pop(region)
+        task = self._tasks.get(region)
+        if task is not None and not task.done():
+            task.cancel()
+        metrics.REGION_APPLIER_STOPS.labels(region).inc()
+        log.warning("shard %d: applying region %s's writes made no progress for %.0fs with %d entries "
+                    "waiting; restarting it from its recorded position", self.config.shard, region,
+                    now - seen[1], unapplied)
 
     async def _restart_if_stalled(self, link: InboundLink, idle: float) -> None:
         """Move the inbound stream's leader when its source is stalled though its region answers."""
@@ -181,6 +202,7 @@ class RegionAppliers:
     async def _stop_all(self) -> None:
         self._close_valkey()
         self._watched_since.clear()
+        self._progress.clear()
         for region in self.appliers:
             # A replica applies no other region: its last figures as a primary would mislead.
             for gauge in (metrics.REGION_APPLIED, metrics.REGION_PENDING):
