@@ -151,13 +151,18 @@ class InboundApplier:
         self.position = Position()
         self.applied_writes = 0
         self.last_origin_seq = 0
-        # The newest clock of the source region applied here: none of its writes still to come is
-        # stamped at or below it (its clock only grows), which the tombstone frontier relies on.
+        # The newest clock of the source region applied here.
         self.hlc = 0
+        # The same, as of the last recorded position: the tombstone frontier may rely on this one
+        # only. A new primary re-applies everything after the recorded position, so a write
+        # applied but not recorded yet can still arrive again (a counter's increment would count
+        # twice, a removed field come back, had its stamps been forgotten behind a frontier).
+        self.recorded_hlc = 0
         self._trimmed_below = 1
 
     async def run(self) -> None:
         self.position, self.hlc = await self.positions.load_with_clock(self.link)
+        self.recorded_hlc = self.hlc
         conn = await ValkeyConnection.open(self.valkey_socket)
         # Each entry with what it brings; its writes' replies come back in order.
         in_flight: asyncio.Queue[tuple[SourcedEntry, OriginStamps] | None] = asyncio.Queue(WINDOW)
@@ -225,7 +230,9 @@ class InboundApplier:
     async def _record(self) -> bool:
         """Record the position and trim behind it; False when the journal did not take it."""
         try:
-            await self.positions.save(self.link, self.position, self.hlc)
+            hlc = self.hlc
+            await self.positions.save(self.link, self.position, hlc)
+            self.recorded_hlc = hlc
             await self._trim()
             return True
         except nats.errors.Error as exc:  # the next record carries it; a restart re-applies

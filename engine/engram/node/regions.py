@@ -86,7 +86,9 @@ class RegionAppliers:
             self._valkey = await ValkeyConnection.open(self.config.valkey_socket)
         clock = await self._valkey.execute("ENGRAM.MR.CLOCK")
         own = Stamp(int(clock), self.config.region)  # type: ignore[arg-type]
-        applied = {region: self.appliers[region].hlc if region in self.appliers else 0
+        # Recorded clocks, not applied ones: what was applied after them is re-applied after a
+        # failover, and its stamps must still be here then.
+        applied = {region: self.appliers[region].recorded_hlc if region in self.appliers else 0
                    for region in self.config.linked_regions}
         self.frontier = frontier(own, applied)
         if self.frontier is None or now - self._collected < COLLECT_EVERY:
