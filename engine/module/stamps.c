@@ -209,13 +209,15 @@ static long long now_ms(void) {
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* A deadline that is not one: keep whatever TTL the key has (KEEPTTL). 0 sets none. */
+#define KEEP_TTL (-1LL)
+
 /* SET the value, with the deadline as its TTL (PXAT), or with none, or keeping the one it has. */
-enum { TTL_NONE, TTL_KEEP };
 static void value_put(VkCtx *ctx, VkString *key, VkString *value, long long deadline) {
     VkString *args[4] = {key, value, NULL, NULL};
     size_t n = 2;
     char ms[32];
-    if (deadline == -TTL_KEEP) {
+    if (deadline == KEEP_TTL) {
         args[n++] = Vk_CreateString(NULL, "KEEPTTL", 7);
     } else if (deadline > 0) {
         args[n++] = Vk_CreateString(NULL, "PXAT", 4);
@@ -433,7 +435,7 @@ static void value_add(VkCtx *ctx, VkString *key, long long delta) {
     const char *v = r && Vk_CallReplyType(r) == VK_REPLY_STRING ? Vk_CallReplyStringPtr(r, &len) : NULL;
     __int128 n = 0;
     /* An increment keeps the TTL of the set it adds to, as INCRBY does. */
-    if (!v || eg_counter_parse(v, len, &n)) value_set_number(ctx, key, n + delta, -TTL_KEEP);
+    if (!v || eg_counter_parse(v, len, &n)) value_set_number(ctx, key, n + delta, KEEP_TTL);
     if (r) Vk_FreeCallReply(r);
 }
 
@@ -475,7 +477,7 @@ static void string_cut(VkCtx *ctx, KeyMeta *m, VkString *key, EgStamp cut, int d
     __int128 sum;
     if (incs_after(m, (EgStamp){0, 0}, &sum) == 0) return; /* cannot be: the top is after the cut */
     deadline_set(key, 0); /* the set and its TTL are gone: the count restarts with neither */
-    if (data) value_set_number(ctx, key, sum, TTL_NONE);
+    if (data) value_set_number(ctx, key, sum, 0);
 }
 
 static void apply_to(VkCtx *ctx, KeyMeta *m, const EgWrite *w, int data);

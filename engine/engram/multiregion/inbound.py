@@ -247,15 +247,14 @@ def check_next(link: InboundLink, at: Position, sourced: SourcedEntry) -> None:
         raise SourceGap(link.stream, sourced.inbound_seq, at.origin_seq, sourced.origin_seq, recreated)
 
 
-async def fill_gap(origin: JetStreamContext, link: InboundLink, at: Position,
-                   sourced: SourcedEntry) -> list[SourcedEntry]:
+async def fill_gap(origin: JetStreamContext, link: InboundLink, at: Position, sourced: SourcedEntry,
+                   gap: SourceGap) -> list[SourcedEntry]:
     """The origin entries the inbound stream skipped before ``sourced``, read from the origin stream
-    itself over the link; SourceGap when it was recreated or no longer holds all of them.
+    itself over the link; raises ``gap`` (check_next's) when the origin no longer holds all of them.
 
     Sourcing was seen to skip entries the origin still held (57 of them, after the inbound stream's
     leader changed while it copied: "raft: not leader"). Each filled entry resumes at ``sourced``.
     """
-    gap = SourceGap(link.stream, sourced.inbound_seq, at.origin_seq, sourced.origin_seq, False)
     if sourced.origin_seq < at.origin_seq:
         raise gap  # behind the position: nothing the origin could fill
     filled = []
@@ -304,7 +303,7 @@ async def tail(js: JetStreamContext, link: InboundLink, at: Position | None = No
             except SourceGap as gap:
                 if origin is None or gap.recreated:
                     raise
-                filled = await fill_gap(origin, link, at, sourced)
+                filled = await fill_gap(origin, link, at, sourced, gap)
                 metrics.REGION_GAP_ENTRIES_FILLED.labels(link.source_region).inc(len(filled))
                 log.warning("inbound %s: origin entries %d..%d were skipped by the copy; read them from "
                             "region %s's stream", link.stream, gap.expected, gap.found - 1,
