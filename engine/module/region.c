@@ -340,13 +340,8 @@ static VkString *str(const char *s, size_t len) {
     return Vk_CreateString(NULL, s, len);
 }
 
-static VkString *num(unsigned long long v) {
-    char b[32];
-    int n = snprintf(b, sizeof b, "%llu", v);
-    return str(b, (size_t)n);
-}
-
-static VkString *num_signed(long long v) {
+/* Clocks, counts, deadlines and deltas: all fit a long long (a clock is below 2^52). */
+static VkString *num(long long v) {
     char b[32];
     int n = snprintf(b, sizeof b, "%lld", v);
     return str(b, (size_t)n);
@@ -355,7 +350,7 @@ static VkString *num_signed(long long v) {
 static void start_as(Effect *e, uint64_t hlc, const char *kind, VkString *key) {
     e->argc = 0;
     add(e, str("ENGRAM.MR.APPLY", 15));
-    add(e, num(hlc));
+    add(e, num((long long)hlc));
     add(e, str(eg_region, strlen(eg_region)));
     add(e, str(kind, strlen(kind)));
     Vk_RetainString(NULL, key);
@@ -420,7 +415,7 @@ static void emit_string(VkCtx *ctx, Effect *e, uint64_t hlc, VkString *key) {
         start(e, hlc, EG_KIND_STRING, key);
         add(e, str(v, len));
         long long deadline = deadline_of(ctx, key);
-        if (deadline) add(e, num((unsigned long long)deadline));
+        if (deadline) add(e, num(deadline));
         finish(ctx, e);
     } else if (type == VK_REPLY_NULL) {
         start(e, hlc, EG_KIND_NONE, key);
@@ -458,7 +453,7 @@ static void emit_elements(VkCtx *ctx, Effect *e, uint64_t hlc, int kind, VkStrin
         nput += is_put[i];
     }
     start(e, hlc, kind, key);
-    add(e, num((unsigned long long)nput));
+    add(e, num(nput));
     for (int i = 0; i < nu; i++) {
         if (!is_put[i]) continue;
         Vk_RetainString(NULL, unique[i]);
@@ -554,7 +549,7 @@ VkCallReply *eg_mr_call(VkCtx *ctx, const char *cmd, size_t len, VkString **args
     case FX_STRING:
         if (counter_delta(cmd, len, args, n, &delta)) {
             start_as(&e, hlc, "add", key);
-            add(&e, num_signed(delta));
+            add(&e, num(delta));
             finish(ctx, &e);
         } else {
             emit_string(ctx, &e, hlc, key);
