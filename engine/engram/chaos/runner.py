@@ -45,6 +45,7 @@ from engram.platforms.local import cluster
 from engram.platforms.local.network import NetworkError
 from engram.platforms.local.plan import ClusterSpec
 from engram.platforms.local.scale import scale, unfinished
+from engram.tasks import cancel_and_wait
 
 if TYPE_CHECKING:  # the multi-region runner raises ChaosError with its own report
     from engram.chaos.region_report import RegionChaosReport
@@ -164,8 +165,7 @@ class _Run:
             _, late = await asyncio.wait(clients, timeout=self.config.op_timeout + 5)
             # The journal watch takes its last sample once stopped; the others just end.
             await asyncio.wait(background[2:], timeout=10)
-            for task in [*late, *background]:
-                task.cancel()
+            await cancel_and_wait(*late, *background)
             await asyncio.gather(*clients, *background, return_exceptions=True)
         history.close()
         report = ChaosReport(

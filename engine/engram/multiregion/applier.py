@@ -26,6 +26,7 @@ from nats.js.kv import KeyValue
 from engram.journal.entries import EntryType
 from engram.multiregion.inbound import InboundError, InboundLink, Position, SourcedEntry, tail
 from engram.resp import ProtocolError, RequestParser
+from engram.tasks import cancel_and_wait
 from engram.valkey.connection import ValkeyConnection, encode
 
 log = logging.getLogger(__name__)
@@ -173,9 +174,7 @@ class InboundApplier:
             for task in done:
                 task.result()  # the first failure, raised
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(*tasks)
             conn.close()
 
     async def _send(self, conn: ValkeyConnection,

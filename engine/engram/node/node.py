@@ -47,6 +47,7 @@ from engram.snapshots.regions import region_args
 from engram.snapshots.restore import open_store, recover
 from engram.snapshots.schedule import snapshot_due, snapshot_taker
 from engram.snapshots.store import SnapshotStore
+from engram.tasks import cancel_and_wait
 from engram.valkey.connection import ValkeyError
 from engram.valkey.process import start_valkey
 
@@ -767,9 +768,7 @@ class Node:
             self.leader.restart_clock(time.monotonic())
             return
         if self._replica_task:
-            self._replica_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._replica_task
+            await cancel_and_wait(self._replica_task)
         self.leader.observe(Entry(EntryType.LEADER, epoch, self.config.node_id, address=self.config.announce,
                                   seq=seq), sent)
         log.warning("node %s won leadership of shard %d at epoch %d (seq %d)",

@@ -17,6 +17,7 @@ from engram.multiregion.applier import InboundApplier, PositionStore, applier_st
 from engram.multiregion.inbound import InboundLink, ensure_inbound, source_stalled, source_state_of
 from engram.multiregion.lww import Stamp, frontier
 from engram.node.config import NodeConfig
+from engram.tasks import cancel_and_wait
 from engram.valkey.connection import ValkeyConnection, ValkeyError
 
 log = logging.getLogger(__name__)
@@ -211,9 +212,6 @@ class RegionAppliers:
                 with contextlib.suppress(KeyError):
                     gauge.remove(region)
         self.frontier = None
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*self._tasks.values())
         self._tasks.clear()
         self.appliers.clear()

@@ -33,6 +33,7 @@ from engram.resharding.mover import (
 from engram.resharding.plan import Move, apply_moves, chunks, moves_in_motion, plan_moves, start_moves
 from engram.resharding.record import ReshardRecord
 from engram.snapshots.restore import open_store
+from engram.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -199,9 +200,7 @@ async def reshard(
         await run.fail(str(exc))
         raise
     finally:
-        watch.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watch
+        await cancel_and_wait(watch)
         await c.journal.close()
 
 
@@ -313,9 +312,7 @@ class _Run:
         try:
             await self._move_chunks()
         finally:
-            storer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await storer
+            await cancel_and_wait(storer)
 
     async def _move_chunks(self) -> None:
         """Chunk after chunk until nothing is planned; a journal election only delays a step (each

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable
 
 from engram.platforms.local.ports import LOOPBACK
+from engram.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,7 @@ class EndpointRelay:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-        for task in list(self._conns):
-            task.cancel()
-        await asyncio.gather(*self._conns, return_exceptions=True)
+        await cancel_and_wait(*self._conns)
         if self._server is not None:
             await self._server.wait_closed()
 

@@ -63,6 +63,7 @@ from engram.platforms.local.state import (
     JournalState,
     NodeState,
 )
+from engram.tasks import cancel_and_wait
 
 log = logging.getLogger("engram.supervisor")
 
@@ -231,12 +232,7 @@ class Supervisor:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), POLL_CHILDREN)
         finally:
-            for task in (poller, balancer):
-                if task is None:
-                    continue
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await cancel_and_wait(poller, balancer)
 
     def _tend(self) -> None:
         """Notice crashed children and restart them once their backoff has passed."""
