@@ -136,6 +136,8 @@ def _print_regions(doc: dict, as_json: bool) -> None:
         if lines := regions.lag_lines(region, status_doc["lag"]):
             print("\n" + "\n".join(lines))
         print()
+    if cut := [f"{a}-{b}" for link in doc.get("links", []) if link["cut"] for a, b in [link["regions"]]]:
+        print(f"links cut (`engram local heal` heals them): {', '.join(cut)}")
 
 
 @_guarded
@@ -174,15 +176,29 @@ def cmd_kill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_zone(args: argparse.Namespace) -> str:
+    if len(args.where) != 1:
+        raise cluster.LocalError(f"{args.name} is a single-region cluster: name one zone, not "
+                                 f"{' '.join(args.where) or 'none'}")
+    return str(args.where[0])
+
+
 @_guarded
 def cmd_partition(args: argparse.Namespace) -> int:
-    _say(cluster.partition(args.dir, args.name, args.zone))
+    if regions.load_record(args.dir, args.name) is not None:
+        doc = multi_region.partition(args.dir, args.name, args.where, args.timeout, _say)
+        _print_regions(doc, args.json)
+        return 0
+    _say(cluster.partition(args.dir, args.name, _one_zone(args)))
     return 0
 
 
 @_guarded
 def cmd_heal(args: argparse.Namespace) -> int:
-    _say(cluster.heal(args.dir, args.name, args.zone))
+    if regions.load_record(args.dir, args.name) is not None:
+        _print_regions(multi_region.heal(args.dir, args.name, args.where, args.timeout, _say), args.json)
+        return 0
+    _say(cluster.heal(args.dir, args.name, _one_zone(args)))
     return 0
 
 
@@ -510,10 +526,22 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--signal", type=str.upper, choices=sorted(_SIGNALS), default="KILL", help="(default: %(default)s)"
     )
 
-    partition = add("partition", cmd_partition, "cut one zone off from the others (clusters up with --netns)")
-    partition.add_argument("zone", metavar="ZONE")
-    heal = add("heal", cmd_heal, "reconnect a zone cut off by `partition`")
-    heal.add_argument("zone", metavar="ZONE")
+    cutting = add("partition", cmd_partition, "cut one zone off from the others (clusters up with --netns); "
+                  "of a multi-region cluster, cut the link between two regions, or every link of one, while "
+                  "every region goes on taking writes (a lost WAN link)")
+    cutting.add_argument("where", nargs="+", metavar="ZONE|REGION",
+                         help="a zone; or two regions (the link between them) or one (all its links)")
+    healing = add("heal", cmd_heal, "reconnect a zone cut off by `partition`; of a multi-region cluster, "
+                  "heal a cut link, or every cut link")
+    healing.add_argument("where", nargs="*", metavar="ZONE|REGION",
+                         help="the zone, or the link's regions as `partition` named them (of a multi-region "
+                         "cluster, none: every cut link)")
+    for p in (cutting, healing):
+        p.add_argument("--timeout", type=float, default=multi_region.LINK_TIMEOUT, metavar="SECONDS",
+                       help="of a multi-region cluster: give up when the link has not changed in this time "
+                       "(default: %(default)s)")
+        p.add_argument("--json", action="store_true", help="of a multi-region cluster: print the status "
+                       "JSON on stdout")
 
     snapshot = add("snapshot", cmd_snapshot,
                    "take, verify and store a snapshot of every shard; truncate the journal behind it")

@@ -21,6 +21,7 @@ from engram.multiregion.lag import ASK_TIMEOUT, RegionJournal, read_lags
 from engram.multiregion.link import INBOUND_ACCOUNT
 from engram.platforms.local import cluster, journal, plan, ports
 from engram.platforms.local.cluster import AlreadyExists, LocalError, NotRunning, Progress
+from engram.platforms.local.link_relay import CUTS_DIR, cut_links, cut_marker, every_link, links_to_cut
 from engram.platforms.local.regions import (
     RegionsError,
     RegionsRecord,
@@ -47,6 +48,11 @@ def refused_options(spec: plan.ClusterSpec) -> list[str]:
         refused.append("--restore-from/--restore-from-cluster (keys restored into each region would carry "
                        "no stamps, so the regions could not agree on them)")
     return refused
+
+
+def cuts_dir(base: str | Path, name: str) -> Path:
+    """Where the markers of the multi-region cluster's cut links are (link_relay.py)."""
+    return cluster_dir(base, name) / CUTS_DIR
 
 
 def _existing(base: str | Path, clusters: Sequence[str]) -> list[str]:
@@ -87,8 +93,13 @@ def up(spec: plan.ClusterSpec, regions: Sequence[str], base: str | Path, timeout
         leaf_ports[region] = ports.allocate(len(spec.zones), None if start is None else start + per_cluster)
     # The link's password: each region's servers log in to the others with it, which binds each
     # connection to its own account (engram.multiregion.link).
+    # Each region's dials go through relays its supervisor holds, so a link can be cut (link_relay.py).
+    relay_ports = {r: ports.allocate(len(spec.zones) * (len(regions) - 1), None) for r in regions}
     ca_files = _region_cas(base, name, regions) if spec.tls else None
-    links = plan_links(name, regions, spec.zones, leaf_ports, ports.LOOPBACK, secrets.token_hex(16), ca_files)
+    links = plan_links(name, regions, spec.zones, leaf_ports, ports.LOOPBACK, secrets.token_hex(16), ca_files,
+                       relay_ports, str(cuts_dir(base, name)))
+    for a, b in cut_links(cuts_dir(base, name)):  # a cut left by `down --keep-data`: links start up
+        cut_marker(cuts_dir(base, name), a, b).unlink(missing_ok=True)
     path = record_path(base, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     replace_file(path, RegionsRecord(name, regions).to_json())
@@ -159,6 +170,10 @@ async def _wait_linked(base: str | Path, clusters: Sequence[str], timeout: float
 
 def _remove_record(base: str | Path, name: str) -> None:
     record_path(base, name).unlink(missing_ok=True)
+    for a, b in cut_links(cuts_dir(base, name)):
+        cut_marker(cuts_dir(base, name), a, b).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        cuts_dir(base, name).rmdir()
     with contextlib.suppress(OSError):
         cluster_dir(base, name).rmdir()
 
@@ -189,7 +204,9 @@ def status(base: str | Path, name: str) -> dict[str, Any]:
     lags = asyncio.run(_lags(states))
     for region, lag in lags.items():
         docs[region]["lag"] = lag
-    return {"name": name, "regions": docs}
+    cut = set(cut_links(cuts_dir(base, name)))
+    links = [{"regions": list(pair), "cut": pair in cut} for pair in every_link(record.regions)]
+    return {"name": name, "regions": docs, "links": links}
 
 
 async def _connect(state: ClusterState) -> nats.NATS | None:
@@ -212,6 +229,96 @@ async def _lags(states: dict[str, ClusterState]) -> dict[str, list[dict[str, Any
             if conn is not None:
                 with contextlib.suppress(Exception):
                     await conn.close()
+
+
+# ---- cutting and healing links ------------------------------------------------------------------
+
+
+def partition(base: str | Path, name: str, named: Sequence[str], timeout: float = LINK_TIMEOUT,
+              progress: Progress = lambda _msg: None) -> dict[str, Any]:
+    """Cut the link between two named regions, or every link of one, while all go on serving; the
+    multi-region status once the running regions' journals hold no connection across it."""
+    record = _record(base, name)
+    try:
+        pairs = links_to_cut(record.regions, list(named))
+    except ValueError as exc:
+        raise RegionsError(f"partition {name}: {exc}") from None
+    cuts = cuts_dir(base, name)
+    cuts.mkdir(parents=True, exist_ok=True)
+    for a, b in pairs:
+        cut_marker(cuts, a, b).touch()
+        progress(f"cutting the link {a}-{b}")
+    asyncio.run(_wait_links(base, record, pairs, up=False, timeout=timeout))
+    progress(f"cut: {', '.join(f'{a}-{b}' for a, b in pairs)}")
+    return status(base, name)
+
+
+def heal(base: str | Path, name: str, named: Sequence[str] = (), timeout: float = LINK_TIMEOUT,
+         progress: Progress = lambda _msg: None) -> dict[str, Any]:
+    """Heal the named link (as `partition` names them), or every cut link; the multi-region status
+    once the running regions' journals are linked across it again."""
+    record = _record(base, name)
+    cuts = cuts_dir(base, name)
+    try:
+        pairs = links_to_cut(record.regions, list(named)) if named else cut_links(cuts)
+    except ValueError as exc:
+        raise RegionsError(f"heal {name}: {exc}") from None
+    for a, b in pairs:
+        cut_marker(cuts, a, b).unlink(missing_ok=True)
+        progress(f"healing the link {a}-{b}")
+    asyncio.run(_wait_links(base, record, pairs, up=True, timeout=timeout))
+    if pairs:
+        progress(f"linked again: {', '.join(f'{a}-{b}' for a, b in pairs)}")
+    return status(base, name)
+
+
+def _record(base: str | Path, name: str) -> RegionsRecord:
+    record = load_record(base, name)
+    if record is None:
+        raise NotRunning(f"{name} is not a multi-region cluster (no {record_path(base, name)})")
+    return record
+
+
+async def _leaf_peers(server: JournalState) -> list[str] | None:
+    """The servers a journal server's own dials to other regions reach, by name; None when it does
+    not answer (stopped, or away)."""
+    try:
+        code, body = await journal._http_get(server.host, server.http_port, "/leafz", ASK_TIMEOUT)
+    except (OSError, TimeoutError, ValueError, IndexError):
+        return None
+    if code != 200:
+        return None
+    return [leaf.get("name", "") for leaf in json.loads(body).get("leafs") or [] if leaf.get("is_spoke")]
+
+
+def links_reached(peers: Sequence[str], other_cluster: str) -> bool:
+    """Whether a server's dials reach a server of the other region's cluster (named CLUSTER-journal-Z)."""
+    return any(peer.startswith(f"{other_cluster}-") for peer in peers)
+
+
+async def _wait_links(base: str | Path, record: RegionsRecord, pairs: Sequence[tuple[str, str]], *,
+                      up: bool, timeout: float) -> None:
+    """Wait until every answering journal server of each pair's regions reaches (up) or no longer
+    reaches (not up) the other region; regions that are down are not waited for."""
+    clusters = record.clusters
+    states = {}
+    for region in {r for pair in pairs for r in pair}:
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            states[region] = ClusterState.load(cluster_dir(base, clusters[region]) / STATE_FILE)
+    checks = [(a, b, server) for x, y in pairs for a, b in ((x, y), (y, x))
+              if a in states and b in states for server in states[a].journal]
+    deadline = time.monotonic() + timeout
+    while True:
+        peers = await asyncio.gather(*(_leaf_peers(server) for _, _, server in checks))
+        waiting = [f"{a} {server.target} -> {b}" for (a, b, server), seen in zip(checks, peers, strict=True)
+                   if seen is not None and links_reached(seen, clusters[b]) is not up]
+        if not waiting:
+            return
+        if time.monotonic() >= deadline:
+            raise LocalError(f"the link{'s' if len(pairs) > 1 else ''} did not "
+                             f"{'come back' if up else 'go down'} within {timeout:.0f}s: "
+                             f"{', '.join(waiting)} (see the journal and supervisor logs)")
+        await asyncio.sleep(0.2)
 
 
 # ---- every region at once ------------------------------------------------------------------------

@@ -235,6 +235,8 @@ def plan(spec: ClusterSpec, directory: Path, nats_server: str, valkey_server: st
         leaf_remotes={r: list(urls) for r, urls in link.dials} if link else {},
         link_password=link.password if link else "",
         leaf_ca_files=dict(link.ca_files) if link else {},
+        link_relays=[list(relay) for relay in link.relays] if link else [],
+        link_cuts_dir=link.cuts_dir if link else "",
         region_counters=list(spec.region_counters),
         region_ttls=list(spec.region_ttls),
         nats_server=nats_server,

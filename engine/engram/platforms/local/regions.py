@@ -80,14 +80,22 @@ class RegionLink:
     password: str = ""
     # With --tls: the CA each other region's leafnode certificate is verified against.
     ca_files: tuple[tuple[str, str], ...] = ()
+    # The relays its supervisor holds, one per port it dials: (other region, relay port, that
+    # region's leafnode port); the dials go to the relay ports (link_relay.py).
+    relays: tuple[tuple[str, int, int], ...] = ()
+    # Where the markers of cut links are (link_relay.cut_marker).
+    cuts_dir: str = ""
 
 
 def plan_links(name: str, regions: Sequence[str], zones: Sequence[str],
                leaf_ports: Mapping[str, Sequence[int]], host: str, password: str,
-               ca_files: Mapping[str, str] | None = None) -> dict[str, RegionLink]:
+               ca_files: Mapping[str, str] | None = None,
+               relay_ports: Mapping[str, Sequence[int]] | None = None,
+               cuts_dir: str = "") -> dict[str, RegionLink]:
     """Each region's link: every region listens on one leafnode port per zone (``leaf_ports[region]``,
     in zone order), and every server dials every other region's ports. ``ca_files``: each region's
-    CA, for a link under TLS."""
+    CA, for a link under TLS. ``relay_ports``: per region, the ports its dials go through, one per
+    port dialled (other regions in order, zones in order), which can then be cut (link_relay.py)."""
     for region in regions:
         if len(leaf_ports.get(region, ())) != len(zones):
             raise RegionsError(f"region {region} listens for the link: it needs {len(zones)} leafnode "
@@ -95,13 +103,24 @@ def plan_links(name: str, regions: Sequence[str], zones: Sequence[str],
     links = {}
     for region in regions:
         _, dials = links_of(region, regions)
+        dialled = [(r, p) for r in dials for p in leaf_ports[r]]
+        relays: tuple[tuple[str, int, int], ...] = ()
+        if relay_ports is not None:
+            if len(relay_ports.get(region, ())) != len(dialled):
+                raise RegionsError(f"region {region} dials {len(dialled)} leafnode ports and needs as many "
+                                   f"relay ports, got {len(relay_ports.get(region, ()))}")
+            relays = tuple((r, port, target) for (r, target), port in
+                           zip(dialled, relay_ports[region], strict=True))
+        through = {target: port for _, port, target in relays}
         links[region] = RegionLink(
             region=region,
             linked=tuple((r, region_cluster(name, r)) for r in regions if r != region),
             listen=tuple(zip(zones, leaf_ports[region], strict=True)),
-            dials=tuple((r, tuple(leaf_url(host, p) for p in leaf_ports[r])) for r in dials),
+            dials=tuple((r, tuple(leaf_url(host, through.get(p, p)) for p in leaf_ports[r])) for r in dials),
             password=password,
             ca_files=tuple((r, ca_files[r]) for r in dials) if ca_files else (),
+            relays=relays,
+            cuts_dir=cuts_dir,
         )
     return links
 

@@ -16,7 +16,7 @@ CONNECT_TIMEOUT = 1.0
 _CHUNK = 64 * 1024
 
 
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Copy bytes until EOF, then half-close so the other side sees the end of this direction."""
     try:
         while data := await reader.read(_CHUNK):
@@ -68,7 +68,7 @@ class EndpointRelay:
             except (OSError, TimeoutError):
                 continue
             try:
-                await asyncio.gather(_pump(client_r, node_w), _pump(node_r, client_w))
+                await asyncio.gather(pump(client_r, node_w), pump(node_r, client_w))
             finally:
                 node_w.close()
                 with contextlib.suppress(Exception):

@@ -196,6 +196,10 @@ class ClusterState:
     link_password: str = ""
     # Under --tls: the CA of each other region, which its leafnode certificate is verified against.
     leaf_ca_files: dict[str, str] = field(default_factory=dict)
+    # The relays this region's dials go through, as [other region, relay port, its leafnode port],
+    # and where the markers of cut links are (platforms/local/link_relay.py).
+    link_relays: list[list[str | int]] = field(default_factory=list)
+    link_cuts_dir: str = ""
     # Key patterns of additive counters: their increments add up across regions.
     region_counters: list[str] = field(default_factory=list)
     # Key patterns of keys whose TTLs replicate: a string's TTL is part of its value.

@@ -51,6 +51,7 @@ from engram.platforms.local import (
     request_handlers,
     shard_nodes,
 )
+from engram.platforms.local.link_relay import LinkRelay
 from engram.platforms.local.plan import provision_request
 from engram.platforms.local.relay import EndpointRelay
 from engram.platforms.local.state import (
@@ -127,6 +128,7 @@ class Supervisor:
         # Set by SIGUSR1 (a shard request is waiting) and by stopping: the serve loop wakes at once.
         self.wake = asyncio.Event()
         self.relay: EndpointRelay | None = None
+        self.link_relays: list[LinkRelay] = []
 
     def save(self) -> None:
         try:
@@ -165,6 +167,15 @@ class Supervisor:
 
     async def _start(self) -> None:
         s = self.state
+        # Before the journal, whose servers dial the other regions through them at once.
+        for other, port, target in s.link_relays:
+            relay = LinkRelay(int(port), int(target), s.region, str(other), s.link_cuts_dir)
+            try:
+                await relay.start()
+            except OSError as exc:
+                raise StartFailed(f"cannot listen on port {port} for the link to region {other}: "
+                                  f"{exc.strerror or exc}") from exc
+            self.link_relays.append(relay)
         for server in s.journal:
             argv = [*s.launcher(server.zone), *journal.server_argv(server, s.nats_server)]
             child = Child(server.target, argv, server, journal.server_env(len(s.journal)))
@@ -431,6 +442,8 @@ class Supervisor:
             processes.stop_all(procs, STOP_TIMEOUT)
             for c in group:
                 c.record.pid = None
+        for relay in self.link_relays:  # after the journal, whose leaf nodes would dial again
+            await relay.close()
         if remove_state:
             with contextlib.suppress(FileNotFoundError):
                 self.state_path.unlink()
