@@ -232,6 +232,53 @@ def test_a_ttl_set_in_one_region_reaches_the_others_and_the_key_expires_everywhe
         east.set("plain", "v", ex=10)
 
 
+def _cut(doc: dict[str, Any]) -> set[tuple[str, ...]]:
+    return {tuple(link["regions"]) for link in doc["links"] if link["cut"]}
+
+
+def test_a_cut_off_region_keeps_taking_writes_and_converges_once_the_link_heals(
+    up: dict[str, Any], base: Path,
+) -> None:
+    east, west, south = (_client(up, r) for r in REGIONS)
+    cut = run_engram("local", "partition", NAME, "south", "--dir", str(base), "--json", timeout=120)
+    assert cut.returncode == 0, cut.stderr
+    # South is cut off from both others; east and west stay linked.
+    assert _cut(json.loads(cut.stdout)) == {("east", "south"), ("south", "west")}
+
+    # Every region still acknowledges writes, south included.
+    assert wait_for(lambda: south.set("cut:k", "south"), 30, "south to take a write while cut off")
+    south.set("cut:only-south", "s")
+    south.hset("cut:h", "from-south", "1")
+    south.incrby("hits:cut", 5)
+    east.incrby("hits:cut", 7)
+    west.hset("cut:h", "from-west", "1")
+    east.set("cut:k", "east")  # the later write: every region must end with it
+    # East's write reaches west, so the link that is not cut carries writes...
+    assert wait_for(lambda: west.get("cut:k"), 60, "east's write in west", 0.2) == b"east"
+    assert wait_for(lambda: east.hget("cut:h", "from-west"), 60, "west's field in east", 0.2) == b"1"
+    # ...while nothing crosses the cut, either way.
+    assert south.get("cut:k") == b"south" and south.hget("cut:h", "from-west") is None
+    assert east.get("cut:only-south") is None and west.get("cut:only-south") is None
+    # South's writes wait in its journal: the others' status shows them not copied.
+    wait_for(lambda: all(row["not_copied"] for r in ("east", "west")
+                         for row in _status(base)["regions"][r]["lag"] if row["from"] == "south"),
+             30, "east and west to show south's writes not copied", 0.5)
+    refused = run_engram("local", "partition", NAME, "north", "--dir", str(base), timeout=60)
+    assert refused.returncode == 1 and "no region north" in refused.stderr, refused.stderr
+
+    healed = run_engram("local", "heal", NAME, "--dir", str(base), "--json", timeout=120)
+    assert healed.returncode == 0, healed.stderr
+    assert _cut(json.loads(healed.stdout)) == set()
+    assert wait_for(lambda: _converged(up, lambda c: c.get("cut:only-south")), 60,
+                    "south's write in every region", 0.2) == b"s"
+    assert wait_for(lambda: _converged(up, lambda c: c.get("cut:k")), 60, "every region to agree on cut:k",
+                    0.2) == b"east"
+    assert wait_for(lambda: _converged(up, lambda c: c.get("hits:cut")), 60,
+                    "every region to count both sides' increments", 0.2) == b"12"
+    assert wait_for(lambda: _converged(up, lambda c: c.hgetall("cut:h")), 60, "both sides' fields everywhere",
+                    0.2) == {b"from-south": b"1", b"from-west": b"1"}
+
+
 def test_upgrade_and_scale_change_every_region_in_turn_and_resharding_is_refused(
     up: dict[str, Any], base: Path, tmp_path: Path,
 ) -> None:

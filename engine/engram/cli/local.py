@@ -178,8 +178,8 @@ def cmd_kill(args: argparse.Namespace) -> int:
 
 def _one_zone(args: argparse.Namespace) -> str:
     if len(args.where) != 1:
-        raise cluster.LocalError(f"{args.name} is a single-region cluster: name one zone, not "
-                                 f"{' '.join(args.where) or 'none'}")
+        raise cluster.LocalError(f"{args.name} is not a multi-region cluster: name one zone to "
+                                 f"{args.local_command}, not {' '.join(args.where) or 'none'}")
     return str(args.where[0])
 
 

@@ -84,6 +84,8 @@ class LinkRelay:
         self._server: asyncio.Server | None = None
         self._watch: asyncio.Task[None] | None = None
         self._conns: set[asyncio.Task[None]] = set()
+        # Both ends' writers of each open connection, aborted when the link is cut.
+        self._writers: set[asyncio.StreamWriter] = set()
 
     @property
     def cut(self) -> bool:
@@ -96,9 +98,19 @@ class LinkRelay:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-        await cancel_and_wait(self._watch, *self._conns)
+        await cancel_and_wait(self._watch)
+        self._drop()
+        if self._conns:
+            await asyncio.wait(set(self._conns), timeout=CUT_POLL * 5)
+        await cancel_and_wait(*self._conns)
         if self._server is not None:
             await self._server.wait_closed()
+
+    def _drop(self) -> None:
+        # Aborting the sockets ends the pumps as a lost network would; cancelling the connection
+        # tasks instead would make asyncio log each as an error.
+        for writer in list(self._writers):
+            writer.transport.abort()
 
     async def _drop_when_cut(self) -> None:
         was_cut = False
@@ -108,19 +120,21 @@ class LinkRelay:
                 log.warning("link %s-%s %s (relay %d -> %d)", self.region, self.other,
                             "cut: dropping its connections" if cut else "healed", self.port, self.target)
                 was_cut = cut
-            if cut and self._conns:
-                await cancel_and_wait(*self._conns)
+            if cut:
+                self._drop()
             await asyncio.sleep(CUT_POLL)
 
     async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._conns.add(task)
+        self._writers.add(client_w)
         try:
             if not self.cut:
                 await self._relay(client_r, client_w)
         finally:
             self._conns.discard(task)
+            self._writers.discard(client_w)
             client_w.close()
 
     async def _relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
@@ -129,9 +143,11 @@ class LinkRelay:
                                                   CONNECT_TIMEOUT)
         except (OSError, TimeoutError):
             return  # the other region is away; its leaf node dials again
+        self._writers.add(far_w)
         try:
             await asyncio.gather(pump(client_r, far_w), pump(far_r, client_w))
         finally:
+            self._writers.discard(far_w)
             far_w.close()
             with contextlib.suppress(Exception):
                 await far_w.wait_closed()
