@@ -263,6 +263,10 @@ def test_a_cut_off_region_keeps_taking_writes_and_converges_once_the_link_heals(
     wait_for(lambda: all(row["not_copied"] for r in ("east", "west")
                          for row in _status(base)["regions"][r]["lag"] if row["from"] == "south"),
              30, "east and west to show south's writes not copied", 0.5)
+    # A snapshot of east would let it drop the entries south has not copied: it is held back.
+    snap = run_engram("local", "snapshot", f"{NAME}-east", "--dir", str(base), timeout=120)
+    assert snap.returncode == 0, snap.stderr
+    assert "journal truncation held back" in snap.stderr and "south" in snap.stderr, snap.stderr
     refused = run_engram("local", "partition", NAME, "north", "--dir", str(base), timeout=60)
     assert refused.returncode == 1 and "no region north" in refused.stderr, refused.stderr
 

@@ -22,6 +22,8 @@ class CycleResult:
     record: SnapshotRecord
     pruned: list[SnapshotRecord]
     truncated_below: int | None
+    # Why truncation stopped short of what the snapshots allow: linked regions that lack entries.
+    held: str = ""
 
 
 def truncation_point(records: list[SnapshotRecord], keep: int) -> int | None:
@@ -57,5 +59,11 @@ async def snapshot_shard(journal: Journal, store: SnapshotStore, cluster_id: str
                          linked: LinkedCopies | None = None) -> CycleResult:
     record = await take_snapshot(journal, store, cluster_id, workdir=workdir, progress=progress)
     pruned = await store.prune(journal.shard, keep)
-    below = await truncate(journal, truncation_point(await store.records(journal.shard), keep), linked)
-    return CycleResult(record, pruned, below)
+    point, held = truncation_point(await store.records(journal.shard), keep), ""
+    if linked is not None:
+        hold = hold_back(point, await linked())
+        point, held = hold.keep_from, hold.reason if hold.held_by else ""
+        if held:
+            log.info("shard %d: %s", journal.shard, held)
+    below = await truncate(journal, point)
+    return CycleResult(record, pruned, below, held)

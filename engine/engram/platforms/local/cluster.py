@@ -17,6 +17,7 @@ from typing import Any
 from engram import binaries
 from engram.journal.client import Journal
 from engram.journal.errors import JournalError
+from engram.multiregion.holdback import Copied
 from engram.node.config import NodeConfig
 from engram.orchestration.successor import successors
 from engram.platforms.local import network, plan, probe, processes, regions
@@ -34,6 +35,7 @@ from engram.platforms.local.state import (
 from engram.resharding.record import ReshardRecord
 from engram.snapshots.cycle import DEFAULT_KEEP, snapshot_shard
 from engram.snapshots.record import SnapshotError
+from engram.snapshots.regions import copies_of_linked_regions
 from engram.snapshots.source import SourceCluster
 from engram.snapshots.store import SnapshotStore
 
@@ -533,12 +535,19 @@ def snapshot(base: str | Path, name: str, shard: int | None = None, keep: int = 
             store = await SnapshotStore.open(journal.jetstream, name, state.cluster_id)
             lines = []
             for number in shards:
-                result = await snapshot_shard(journal.for_shard(number), store, state.cluster_id, keep=keep,
-                                              workdir=str(state.path.parent), progress=say)
+                shard_journal = journal.for_shard(number)
+                linked = None
+                if state.linked_regions:
+                    # A region's journal is copied by the others: never truncate what they lack.
+                    async def linked(j: Journal = shard_journal) -> list[Copied]:
+                        return await copies_of_linked_regions(j, state.region, name, state.linked_regions)
+                result = await snapshot_shard(shard_journal, store, state.cluster_id, keep=keep,
+                                              workdir=str(state.path.parent), progress=say, linked=linked)
                 record = result.record
+                kept = (f"journal truncation held back ({result.held})" if result.held else
+                        f"journal kept from entry {result.truncated_below or 1}")
                 lines.append(f"shard {number}: snapshot at entry {record.seq}, {record.keys} keys, "
-                             f"{record.size} bytes, verified; journal kept from entry "
-                             f"{result.truncated_below or 1}")
+                             f"{record.size} bytes, verified; {kept}")
             return lines
         finally:
             await journal.close()
