@@ -22,6 +22,7 @@ from engram_operator.builders.journal import plan_journal
 from engram_operator.builders.region_link import LINK_TLS, OPEN_LINK, link_blocks
 from engram_operator.observe import Observed, SecretData
 from engram_operator.spec import ClusterSpec, region_problems
+from engram_operator.status import build_status
 
 WEST_URLS = [f"nats-leaf://shop-west-leafnode-{i}.shop-west.svc.cluster.local:7422" for i in range(3)]
 EAST_URLS = [f"nats-leaf://shop-east-leafnode-{i}.shop-east.svc.cluster.local:7422" for i in range(3)]
@@ -342,3 +343,19 @@ def test_nats_server_accepts_a_locked_tls_link_as_the_operator_renders_it(tmp_pa
             .replace("/data/jetstream", str(tmp_path / "js"))
         )
         _accepted(tmp_path, text)
+
+
+def test_a_pattern_the_api_server_lets_through_but_the_engine_refuses_degrades_and_changes_nothing() -> None:
+    # The API server's regexes are RE2's, where \s is ASCII only: an ideographic space passes the
+    # schema (Python's \s, in admit, would catch it), and the engine refuses it.
+    bad = ClusterSpec.from_body(body_of(counters=["hits:\u3000*"]))
+    seen = Observed(nodes=nodes(), pods=[], cluster_id=CLUSTER_ID, link_auth=AUTH)
+    plan = decisions.decide(bad, seen)
+    assert plan.degraded is not None and plan.degraded.reason == "InvalidRegion"
+    assert "spec.region.counters: a pattern has no spaces" in plan.degraded.message
+    assert not plan.changes and not plan.create
+    status = build_status(bad, seen, plan, {}, 2)
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "True" and degraded["reason"] == "InvalidRegion"
+    # The same cluster with a good pattern is planned as usual.
+    assert decisions.decide(cluster(counters=["hits:*"]), seen).create

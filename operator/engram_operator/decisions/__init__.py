@@ -29,6 +29,7 @@ from engram_operator.decisions.pods import (
 )
 from engram_operator.decisions.provisioning import _create_missing_children, _provision
 from engram_operator.decisions.rebalance import rebalance_primaries
+from engram_operator.decisions.region import refuse_invalid_region
 from engram_operator.decisions.replicas import replica_slots
 from engram_operator.decisions.resharding import Resharding, plan_resharding
 from engram_operator.decisions.rolling import ROLL_STUCK_GRACE, _roll_one
@@ -87,6 +88,8 @@ def decide(cluster: ClusterSpec, seen: Observed) -> Plan:
     # Before the pods are decided: a stuck replica found here is replaced by _reconcile_pods.
     plan_lag(seen, plan)
     zones = seen.known_zones()
+    if refuse_invalid_region(cluster, plan):
+        return plan
 
     try:
         journal = plan_journal(zones, cluster.journal.replicas, cluster.placement.spreading)

@@ -33,6 +33,18 @@ def plan_region(cluster: ClusterSpec, seen: Observed) -> tuple[bool, LinkAuth | 
     return auth is not None, auth
 
 
+def refuse_invalid_region(cluster: ClusterSpec, plan: Plan) -> bool:
+    """Whether spec.region is one the engine would refuse (a pattern the schema lets through, say),
+    said in the plan; the caller then changes nothing, so running pods keep their last good spec."""
+    if cluster.region is None or not (problems := region_problems(cluster)):
+        return False
+    message = "; ".join(problems)
+    plan.degraded = Problem("InvalidRegion", message)
+    plan.events.append(Event("Warning", "InvalidRegion", message, standing=True))
+    plan.waiting.append(f"region: {message}")
+    return True
+
+
 def apply_region(cluster: ClusterSpec, seen: Observed, plan: Plan) -> tuple[bool, LinkAuth | None]:
     """plan_region, with what the plan says about it: a refused section, or the Secret waited for."""
     ready, auth = plan_region(cluster, seen)
