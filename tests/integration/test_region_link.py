@@ -50,6 +50,7 @@ from engram.platforms.local.state import JournalState
 from engram.platforms.local.testing import wait_for
 from engram.snapshots import cycle
 from engram.snapshots.regions import copies_of_linked_regions
+from engram.tasks import cancel_and_wait
 from engram.valkey.connection import encode
 from tests.module.harness import Conn, ControlledTap, attached_tap, settle, valkey
 from tests.module.test_multiregion import info, visible
@@ -617,7 +618,7 @@ def test_the_applier_brings_one_regions_writes_into_the_others_valkey_and_resume
             await asyncio.gather(running, return_exceptions=True)
             assert await positions.load(link) == first.position
             # The frontier may count only what is recorded: a new primary re-applies the rest.
-            assert first.recorded_hlc == (await positions.load_with_clock(link))[1] > 0
+            assert first.recorded_hlc == (await positions.load_record(link)).hlc > 0
             # What was applied and recorded is trimmed from the inbound stream, but its last entry.
             state = (await js.stream_info(link.stream)).state
             assert (state.first_seq, state.last_seq) == (first.position.inbound_seq - 1, shipper.last)
@@ -638,6 +639,86 @@ def test_the_applier_brings_one_regions_writes_into_the_others_valkey_and_resume
         await nc.close()
 
     _run(scenario())
+
+
+async def _stamped(conn: Conn, socket: str, tap: ControlledTap, *commands: tuple[object, ...]) -> bytes:
+    """The replication bytes east's region-mode Valkey produced for `commands` (stamped writes)."""
+    seen = len(tap.commands)
+    conn.send(*commands)
+    assert not [r for r in await conn.read(len(commands)) if isinstance(r, Exception)]
+    await settle(socket)
+    return b"".join(encode(c.args) for c in tap.commands[seen:] if c.args[0].lower() != b"ping")
+
+
+def test_the_applier_skips_what_the_origins_replicas_skip_and_applies_a_batch_in_pieces_once_whole(
+    regions: Regions,
+) -> None:
+    """A deposed leader's append that landed behind its successor's leadership entry is not in the
+    origin's history: west's applier skips it as east's replicas do. A batch too large for one
+    entry comes in pieces; it is applied once its last piece is read, and an applier stopped
+    between the pieces resumes before the first."""
+    async def scenario() -> None:
+        source = await _shard(regions.east, CLUSTER, 8)
+        nc, js = await _js(regions.west)
+        link = InboundLink(CLUSTER, 8, EAST, CLUSTER, WEST)
+        await inbound.ensure_inbound(js, link)
+        positions = await applier.PositionStore.open(js, CLUSTER)
+        last = await source.last_seq()
+
+        async def append(entry: Entry) -> int:
+            nonlocal last
+            last = (await source.append(entry, last, f"{source.stream}-chain-{last}")).seq
+            return last
+
+        async with (valkey("region", EAST) as east_socket, attached_tap(east_socket, auto=True) as tap,
+                    valkey("region", WEST) as west_socket, attached_tap(west_socket, auto=True)):
+            east, west = await Conn.open(east_socket), await Conn.open(west_socket)
+            first = await _stamped(east, east_socket, tap, ("SET", "k", "first"))
+            leftover = await _stamped(east, east_socket, tap, ("SET", "k", "leftover"),
+                                      ("SET", "only-left", "1"))
+            batch = await _stamped(east, east_socket, tap, ("SET", "big", "x" * 3000), ("SADD", "set", "a"))
+            await append(Entry(EntryType.LEADER, 2, "east-n0", address="n0"))
+            await append(Entry(EntryType.DATA, 2, "east-n0", first, term_seq=1))
+            await append(Entry(EntryType.LEADER, 3, "east-n1", address="n1"))
+            # n0's next pipelined append, expecting the place n1's campaign took, landed after it.
+            await append(Entry(EntryType.DATA, 2, "east-n0", leftover, term_seq=2))
+            half = len(batch) // 2
+            piece_at = await append(Entry(EntryType.DATA, 3, "east-n1", batch[:half], more=True, term_seq=1))
+
+            first_run = applier.InboundApplier(js, link, west_socket, positions)
+            running = asyncio.create_task(first_run.run())
+            await _until(lambda: _true(first_run.last_origin_seq == piece_at), 30,
+                         "west to read the first piece")
+            assert await visible(west, b"k") == (Kind.STRING, b"first")
+            assert first_run.skipped == 1 and await west.call("EXISTS", "only-left") == 0
+            # Half a batch applies nothing, and a restart must read its first piece again.
+            assert await west.call("EXISTS", "big") == 0
+            await _until(lambda: _true(first_run.position.origin_seq == piece_at), 30,
+                         "the position to stay before the first piece")
+            await _until(lambda: _recorded_at(positions, link, first_run.position), 30,
+                         "the position recorded")
+            await cancel_and_wait(running)
+
+            done = await append(Entry(EntryType.DATA, 3, "east-n1", batch[half:], term_seq=2))
+            second = applier.InboundApplier(js, link, west_socket, positions)
+            running = asyncio.create_task(second.run())
+            await _until(lambda: _true(second.last_origin_seq == done), 30, "west to read the last piece")
+            assert await visible(west, b"big") == (Kind.STRING, b"x" * 3000)
+            assert await west.call("SMEMBERS", "set") == [b"a"]
+            assert await visible(west, b"k") == (Kind.STRING, b"first")
+            # The chain was recorded with the position: the leftover stays out after the restart.
+            assert (await positions.load_record(link)).chain.epoch == 3
+            await cancel_and_wait(running)
+            east.close()
+            west.close()
+        await source.close()
+        await nc.close()
+
+    _run(scenario())
+
+
+async def _recorded_at(positions: applier.PositionStore, link: InboundLink, position: Position) -> bool:
+    return await positions.load(link) == position
 
 
 def test_a_nodes_appliers_run_only_while_it_is_primary_and_its_snapshots_wait_for_the_other_region(

@@ -25,6 +25,7 @@ from nats.js.kv import KeyValue
 
 from engram.journal.entries import EntryType
 from engram.multiregion.inbound import InboundError, InboundLink, Position, SourcedEntry, tail
+from engram.replication.chain import TermChain
 from engram.resp import ProtocolError, RequestParser
 from engram.tasks import cancel_and_wait
 from engram.valkey.connection import ValkeyConnection, encode
@@ -119,22 +120,47 @@ class PositionStore:
 
     async def load(self, link: InboundLink) -> Position:
         """Where the applier of `link` stands."""
-        return (await self.load_with_clock(link))[0]
+        return (await self.load_record(link)).position
 
-    async def load_with_clock(self, link: InboundLink) -> tuple[Position, int]:
-        """Where the applier stands, and the newest clock of the source region applied before it."""
+    async def load_record(self, link: InboundLink) -> Recorded:
+        """Where the applier stands, the newest clock of the source region applied before it, and
+        where it stands in the origin's leader terms."""
         try:
             entry = await self.kv.get(position_key(link))
         except nats.js.errors.KeyNotFoundError:
-            return Position(), 0
+            return Recorded(Position(), 0, TermChain())
         record = json.loads(entry.value or b"{}")
         at = Position(int(record["inbound_seq"]), int(record["origin_seq"]), str(record.get("identity", "")))
-        return at, int(record.get("hlc", 0))
+        # A record made before the chain was kept has none: the next entry read starts it.
+        epoch = record.get("epoch")
+        chain = TermChain(int(epoch), int(record.get("next_place", 1))) if epoch is not None else TermChain()
+        return Recorded(at, int(record.get("hlc", 0)), chain)
 
-    async def save(self, link: InboundLink, at: Position, hlc: int) -> None:
+    async def save(self, link: InboundLink, at: Position, hlc: int, chain: TermChain) -> None:
         record = {"inbound_seq": at.inbound_seq, "origin_seq": at.origin_seq, "identity": at.identity,
-                  "hlc": hlc}
+                  "hlc": hlc, "epoch": chain.epoch, "next_place": chain.next_place}
         await self.kv.put(position_key(link), json.dumps(record).encode())
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """An applier's record: where it resumes, the source's newest clock applied before that, and
+    the origin's term chain there."""
+
+    position: Position
+    hlc: int
+    chain: TermChain
+
+
+@dataclass(frozen=True)
+class Sent:
+    """One entry whose writes were sent: what it brings, and where a restart resumes once they are
+    acknowledged (inside a batch that came in pieces: before its first piece)."""
+
+    sourced: SourcedEntry
+    stamps: OriginStamps
+    resume: Position
+    chain: TermChain
 
 
 class InboundApplier:
@@ -159,14 +185,19 @@ class InboundApplier:
         # applied but not recorded yet can still arrive again (a counter's increment would count
         # twice, a removed field come back, had its stamps been forgotten behind a frontier).
         self.recorded_hlc = 0
+        # The origin's leader terms as of `position`: a deposed leader's leftovers that landed
+        # behind its successor's entry are skipped, as the origin's own replicas skip them.
+        self.chain = TermChain()
+        self.skipped = 0
         self._trimmed_below = 1
 
     async def run(self) -> None:
-        self.position, self.hlc = await self.positions.load_with_clock(self.link)
+        recorded = await self.positions.load_record(self.link)
+        self.position, self.hlc, self.chain = recorded.position, recorded.hlc, recorded.chain
         self.recorded_hlc = self.hlc
         conn = await ValkeyConnection.open(self.valkey_socket)
         # Each entry with what it brings; its writes' replies come back in order.
-        in_flight: asyncio.Queue[tuple[SourcedEntry, OriginStamps] | None] = asyncio.Queue(WINDOW)
+        in_flight: asyncio.Queue[Sent | None] = asyncio.Queue(WINDOW)
         tasks = [asyncio.create_task(self._send(conn, in_flight)),
                  asyncio.create_task(self._acknowledge(conn, in_flight))]
         try:
@@ -177,26 +208,49 @@ class InboundApplier:
             await cancel_and_wait(*tasks)
             conn.close()
 
-    async def _send(self, conn: ValkeyConnection,
-                    in_flight: asyncio.Queue[tuple[SourcedEntry, OriginStamps] | None]) -> None:
+    async def _send(self, conn: ValkeyConnection, in_flight: asyncio.Queue[Sent | None]) -> None:
+        at, chain = self.position, self.chain
+        pieces: list[bytes] = []
+        # Where a restart resumes while a batch's pieces are read: before its first piece.
+        before_pieces = (at, chain)
         async for sourced in tail(self.js, self.link, self.position, self.origin):
-            stamps = self._stamps(sourced)
+            entry = sourced.entry
+            before = (at, chain)
+            admitted, chain = chain.follow(entry)
+            at = at.after(sourced)
+            stamps = OriginStamps([])
+            if not admitted:
+                self._skip(sourced)
+            elif entry.type is EntryType.LEADER:
+                pieces = []  # a batch whose leader died before its last piece: never acknowledged
+            elif entry.type is EntryType.DATA and entry.more:
+                if not pieces:
+                    before_pieces = before
+                pieces.append(entry.payload)
+            elif entry.type is EntryType.DATA and (pieces or entry.payload):
+                stamps = self._stamps(sourced, b"".join((*pieces, entry.payload)))
+                pieces = []
             for args in stamps.writes:
                 conn.write(encode(args))
             await conn.drain()
-            await in_flight.put((sourced, stamps))
+            resume, resume_chain = before_pieces if pieces else (at, chain)
+            await in_flight.put(Sent(sourced, stamps, resume, resume_chain))
 
-    def _stamps(self, sourced: SourcedEntry) -> OriginStamps:
+    def _skip(self, sourced: SourcedEntry) -> None:
+        self.skipped += 1
         entry = sourced.entry
-        if entry.type is not EntryType.DATA or not entry.payload:
-            return OriginStamps([])
+        log.info("inbound %s: skipping origin entry %d (epoch %d, place %d in its term): not in the "
+                 "origin's history, which its own replicas skip too", self.link.stream, sourced.origin_seq,
+                 entry.epoch, entry.term_seq)
+
+    def _stamps(self, sourced: SourcedEntry, payload: bytes) -> OriginStamps:
+        entry = sourced.entry
         if entry.db != 0:
             raise InboundError(f"{self.link.stream} entry {sourced.inbound_seq}: a write to database "
                                f"{entry.db}; a multi-region cluster uses database 0 only")
-        return origin_stamps(entry.payload, self.link.source_region)
+        return origin_stamps(payload, self.link.source_region)
 
-    async def _acknowledge(self, conn: ValkeyConnection,
-                           in_flight: asyncio.Queue[tuple[SourcedEntry, OriginStamps] | None]) -> None:
+    async def _acknowledge(self, conn: ValkeyConnection, in_flight: asyncio.Queue[Sent | None]) -> None:
         recorded = time.monotonic()
         unrecorded = False
         while True:
@@ -210,17 +264,16 @@ class InboundApplier:
                 continue
             if item is None:
                 return
-            sourced, stamps = item
-            replies = len(stamps.writes)
+            replies = len(item.stamps.writes)
             for _ in range(replies):
                 reply = await conn.read_reply()
                 if isinstance(reply, hiredis.ReplyError):
-                    raise InboundError(f"{self.link.stream} entry {sourced.inbound_seq} (origin "
-                                       f"{sourced.origin_seq}): this region refused its write: {reply}")
+                    raise InboundError(f"{self.link.stream} entry {item.sourced.inbound_seq} (origin "
+                                       f"{item.sourced.origin_seq}): this region refused its write: {reply}")
             self.applied_writes += replies
-            self.position = self.position.after(sourced)
-            self.last_origin_seq = sourced.origin_seq
-            self.hlc = max(self.hlc, stamps.hlc)
+            self.position, self.chain = item.resume, item.chain
+            self.last_origin_seq = item.sourced.origin_seq
+            self.hlc = max(self.hlc, item.stamps.hlc)
             unrecorded = True
             since = time.monotonic() - recorded
             if since >= RECORD_EVERY or (in_flight.empty() and since >= RECORD_IDLE):
@@ -230,7 +283,7 @@ class InboundApplier:
         """Record the position and trim behind it; False when the journal did not take it."""
         try:
             hlc = self.hlc
-            await self.positions.save(self.link, self.position, hlc)
+            await self.positions.save(self.link, self.position, hlc, self.chain)
             self.recorded_hlc = hlc
             await self._trim()
             return True

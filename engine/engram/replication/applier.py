@@ -10,6 +10,7 @@ from engram import ENGINE_VERSION
 from engram.journal.client import Journal, check_genesis
 from engram.journal.entries import Entry, EntryType, format_version
 from engram.journal.errors import IdentityMismatch, JournalError
+from engram.replication.chain import continues_term
 from engram.snapshots.record import Position
 from engram.valkey.connection import ValkeyConnection, encode
 
@@ -170,7 +171,7 @@ class Applier:
         """
         if entry.type in (EntryType.GENESIS, EntryType.LEADER):
             return True
-        if entry.epoch == self.leader_epoch and entry.term_seq == self.term_next:
+        if continues_term(entry, self.leader_epoch, self.term_next):
             self.term_next += 1
             return True
         self.skipped += 1
