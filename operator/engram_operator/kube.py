@@ -226,10 +226,15 @@ async def delete_memorycluster(namespace: str, name: str) -> None:
 
 
 async def service_exists(namespace: str, name: str) -> bool:
+    return await read_service(namespace, name) is not None
+
+
+async def read_service(namespace: str, name: str) -> dict[str, Any] | None:
+    """A Service as the API returns it, or None when there is none."""
     try:
-        await asyncio.to_thread(client.CoreV1Api().read_namespaced_service, name, namespace)
+        result = await asyncio.to_thread(client.CoreV1Api().read_namespaced_service, name, namespace)
     except ApiException as err:
         if err.status == 404:
-            return False
+            return None
         raise
-    return True
+    return client.ApiClient().sanitize_for_serialization(result)

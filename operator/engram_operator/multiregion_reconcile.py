@@ -16,13 +16,19 @@ from nats.js.client import JetStreamContext
 
 from engram.multiregion.lag import ASK_TIMEOUT, RegionJournal, read_lags
 from engram.orchestration.node_config import JOURNAL_USER
-from engram_operator import constants, kube, labels
+from engram_operator import constants, kube, labels, reconcile
 from engram_operator.builders.journal_auth import PASSWORD_KEY
-from engram_operator.decisions.multiregion import ObservedRegions, RegionCluster, RegionPlan, decide_regions
+from engram_operator.decisions.multiregion import (
+    LeafnodeServiceSeen,
+    ObservedRegions,
+    RegionCluster,
+    RegionPlan,
+    decide_regions,
+)
 from engram_operator.decisions.plan import Event
 from engram_operator.multiregion_spec import Layout, MultiRegionSpec
-from engram_operator.multiregion_status import build_multiregion_status
-from engram_operator.observe import secret_from_api
+from engram_operator.multiregion_status import EXTERNAL_SERVICE_TYPES, build_multiregion_status
+from engram_operator.observe import node_from_api, secret_from_api
 from engram_operator.spec import ClusterSpec
 
 log = logging.getLogger(__name__)
@@ -37,11 +43,75 @@ def region_cluster_from_api(obj: Mapping[str, Any] | None) -> RegionCluster:
                          dict(obj.get("spec") or {}), dict(obj.get("status") or {}))
 
 
+def leafnode_service_from_api(name: str, obj: Mapping[str, Any] | None) -> LeafnodeServiceSeen:
+    """A leafnode Service's type, leafnode port, nodePort and load balancer ingress points."""
+    if obj is None:
+        return LeafnodeServiceSeen(name)
+    spec = obj.get("spec") or {}
+    ports = spec.get("ports") or []
+    port = next((p for p in ports if p.get("name") == "leafnode"), ports[0] if ports else {})
+    ingress = ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+    return LeafnodeServiceSeen(
+        name,
+        found=True,
+        type=str(spec.get("type") or "ClusterIP"),
+        # A hostname when there is one: it is what a provider keeps stable (and certificates name).
+        ingress=tuple(h for i in ingress if (h := i.get("hostname") or i.get("ip"))),
+        port=int(port.get("port") or 0),
+        node_port=int(port.get("nodePort") or 0),
+    )
+
+
+def node_address(node: Mapping[str, Any]) -> str:
+    """Where another Kubernetes cluster reaches a node's NodePorts: its ExternalIP, else its
+    InternalIP (clusters on one private network); "" for a node that is not Ready, or cordoned
+    (likely leaving, and the URLs are copied into another cluster to last)."""
+    if not node_from_api(node, "").usable:
+        return ""
+    first: dict[str, str] = {}
+    for address in (node.get("status") or {}).get("addresses") or []:
+        if address.get("address"):
+            first.setdefault(str(address.get("type")), str(address["address"]))
+    return first.get("ExternalIP") or first.get("InternalIP") or ""
+
+
+def node_addresses(nodes: list[Mapping[str, Any]]) -> tuple[str, ...]:
+    """The usable nodes' addresses, by node name: the same nodes keep the same place in the status."""
+    ordered = sorted(nodes, key=lambda n: (n.get("metadata") or {}).get("name") or "")
+    return tuple(a for n in ordered if (a := node_address(n)))
+
+
+def _why(err: Exception) -> str:
+    if isinstance(err, ApiException):
+        return f"{err.status} {err.reason}"
+    return repr(err)
+
+
+async def observe_leafnode_service(namespace: str, name: str) -> LeafnodeServiceSeen:
+    """A LoadBalancer or NodePort region's leafnode Service; an unreadable one is kept with why."""
+    try:
+        return leafnode_service_from_api(name, await kube.read_service(namespace, name))
+    except Exception as err:  # only the status's external URLs depend on it: never fail the reconcile
+        log.info("multi-region: leafnode Service %s/%s could not be read: %r", namespace, name, err)
+        return LeafnodeServiceSeen(name, error=_why(err))
+
+
+async def observe_node_addresses() -> tuple[tuple[str, ...], str]:
+    """The usable nodes' addresses (through the operator's one node list), and why not when unlisted."""
+    try:
+        return node_addresses(await reconcile.NODES.get()), ""
+    except Exception as err:  # as for a Service: the NodePort URLs show as unknown, with why
+        log.info("multi-region: the Nodes could not be listed: %r", err)
+        return (), _why(err)
+
+
 async def observe_regions(mrc: MultiRegionSpec, status: Mapping[str, Any]) -> ObservedRegions:
-    """Every local region's MemoryCluster, spec.link's Secrets, the region children, and the lag."""
+    """Every local region's MemoryCluster, spec.link's Secrets, the region children, the lag, and a
+    LoadBalancer or NodePort region's leafnode Services (and the nodes) for its external URLs."""
     clusters: dict[str, RegionCluster] = {}
     bodies: dict[str, dict[str, Any]] = {}
     children: set[tuple[str, str, str]] = set()
+    services: dict[str, tuple[LeafnodeServiceSeen, ...]] = {}
     for region in mrc.local_regions:
         assert region.local is not None
         ns, name = region.local.namespace, region.local.memory_cluster
@@ -52,15 +122,23 @@ async def observe_regions(mrc: MultiRegionSpec, status: Mapping[str, Any]) -> Ob
         for secret in (labels.link_auth_secret_name(name), labels.link_tls_secret_name(name)):
             if await kube.get_secret(ns, secret) is not None:
                 children.add((ns, "Secret", secret))
-        for server in range(mrc.journal_replicas):
-            service = labels.leafnode_service_name(name, server)
-            if await kube.service_exists(ns, service):
-                children.add((ns, "Service", service))
+        names = [labels.leafnode_service_name(name, server) for server in range(mrc.journal_replicas)]
+        if region.local.leafnode_service.type in EXTERNAL_SERVICE_TYPES:
+            # Read whole, for its addresses. One that could not be read is left alone this pass,
+            # as if made: the next pass knows whether to make it.
+            services[region.name] = tuple([await observe_leafnode_service(ns, n) for n in names])
+            children |= {(ns, "Service", s.name) for s in services[region.name] if s.found or s.error}
+        else:
+            children |= {(ns, "Service", n) for n in names if await kube.service_exists(ns, n)}
     link = tls = None
     if name := mrc.link.secret_name:
         link = secret_from_api(name, await kube.get_secret(mrc.namespace, name))
     if name := mrc.link.tls_secret_name:
         tls = secret_from_api(name, await kube.get_secret(mrc.namespace, name))
+    nodes: tuple[str, ...] = ()
+    nodes_error = ""
+    if any(r.local is not None and r.local.leafnode_service.type == "NodePort" for r in mrc.local_regions):
+        nodes, nodes_error = await observe_node_addresses()
     return ObservedRegions(
         clusters=clusters,
         link_secret=link,
@@ -68,6 +146,9 @@ async def observe_regions(mrc: MultiRegionSpec, status: Mapping[str, Any]) -> Ob
         children=frozenset(children),
         layout=Layout.from_status(status),
         lag=await region_lag(mrc, bodies),
+        leafnode_services=services,
+        node_addresses=nodes,
+        nodes_error=nodes_error,
     )
 
 

@@ -4,21 +4,117 @@ shard), and the Linked, RegionsReady and Degraded conditions, built in one place
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from engram_operator.builders.multiregion import local_leafnode_urls
-from engram_operator.builders.region_link import region_links
+from engram_operator.builders.region_link import leafnode_urls, region_links
 from engram_operator.conditions import MULTIREGION_CONDITION_TYPES, Condition, build_conditions
-from engram_operator.decisions.multiregion import ObservedRegions, RegionCluster, RegionPlan
-from engram_operator.multiregion_spec import MultiRegionSpec
+from engram_operator.decisions.multiregion import (
+    LeafnodeServiceSeen,
+    ObservedRegions,
+    RegionCluster,
+    RegionPlan,
+)
+from engram_operator.multiregion_spec import MultiRegionSpec, RegionEntry
 
 # A link whose source has sent nothing (not even a heartbeat) for this long is taken for down:
 # sourcing sends heartbeats every few seconds while it is up.
 LINK_IDLE_LIMIT = 30.0
 
+# Leafnode Service types that reach regions in other Kubernetes clusters: their addresses are read
+# back and shown as status.regions[].externalLeafnodeURLs.
+EXTERNAL_SERVICE_TYPES = ("LoadBalancer", "NodePort")
+
+
+@dataclass(frozen=True)
+class ExternalLeafnode:
+    """A LoadBalancer or NodePort region's external leafnode URLs, one per journal server, or why
+    they are not all known yet (``pending``)."""
+
+    urls: tuple[str, ...] = ()
+    pending: str = ""
+
+
+def url_host(host: str) -> str:
+    """A host as a URL takes it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
+
+
+def _server_address(kind: str, service: LeafnodeServiceSeen, node: str) -> tuple[str, int] | str:
+    """(host, port) where one journal server's leafnode Service is reached from outside the
+    Kubernetes cluster, or why that is not known."""
+    if service.error:
+        return f"could not be read ({service.error})"
+    if not service.found:
+        return "not made yet"
+    if service.type != kind:
+        # decide_regions only creates: a Service made before leafnodeService.type changed keeps its type.
+        return f"of type {service.type or '?'}, not {kind}: delete it to have it made again"
+    if kind == "LoadBalancer":
+        return (service.ingress[0], service.port) if service.ingress else "no load balancer address yet"
+    # Without a node address (node ""), external_leafnode says why for the whole region.
+    return (node, service.node_port) if service.node_port else "no nodePort yet"
+
+
+def external_leafnode(
+    mrc: MultiRegionSpec, region: RegionEntry, seen: ObservedRegions
+) -> ExternalLeafnode | None:
+    """Where regions in other Kubernetes clusters dial a local region; None for a ClusterIP region.
+
+    The URLs are copied whole into another cluster's remote region, so none is shown until every
+    server's is known. A NodePort server is reached through one node, server i through the i-th
+    (round robin) of seen.node_addresses: losing a node costs one URL, which the dialling side
+    moves past.
+    """
+    assert region.local is not None
+    kind = region.local.leafnode_service.type
+    if kind not in EXTERNAL_SERVICE_TYPES:
+        return None
+    services = seen.leafnode_services.get(region.name)
+    if services is None:
+        return ExternalLeafnode(pending="its leafnode Services were not read")
+    nodes = seen.node_addresses if kind == "NodePort" else ()
+    found: list[tuple[str, int]] = []
+    waits: dict[str, list[str]] = {}
+    for server, service in enumerate(services):
+        address = _server_address(kind, service, nodes[server % len(nodes)] if nodes else "")
+        if isinstance(address, str):
+            waits.setdefault(address, []).append(f"Service {region.local.namespace}/{service.name}")
+        else:
+            found.append(address)
+    pending = [f"{', '.join(names)}: {why}" for why, names in waits.items()]
+    if kind == "NodePort" and not nodes:
+        pending.append(f"the Nodes could not be listed ({seen.nodes_error})" if seen.nodes_error
+                       else "no Ready node has an ExternalIP or InternalIP address")
+    if pending:
+        return ExternalLeafnode(pending="; ".join(pending))
+    # The scheme is the in-cluster URLs' (leafnodeURLs): under spec.link.tls the dialling side's
+    # remote carries a tls block, which makes the connection TLS whatever the scheme.
+    urls = (url for host, port in found for url in leafnode_urls([url_host(host)], port))
+    return ExternalLeafnode(urls=tuple(urls))
+
+
+def _listens(mrc: MultiRegionSpec, region: RegionEntry) -> bool:
+    try:
+        return region_links(region.name, mrc.region_names).listens
+    except ValueError:
+        return False  # a refused spec: the refusal says why
+
+
+def external_waiting(mrc: MultiRegionSpec, seen: ObservedRegions) -> list[str]:
+    """status.waiting's lines for LoadBalancer or NodePort regions whose external URLs are not known yet."""
+    out = []
+    for region in mrc.local_regions:
+        external = external_leafnode(mrc, region, seen) if _listens(mrc, region) else None
+        if external is not None and external.pending:
+            out.append(f"region {region.name}: external leafnode URLs not known yet: {external.pending}")
+    return out
+
 
 def region_rows(mrc: MultiRegionSpec, seen: ObservedRegions) -> list[dict[str, Any]]:
-    """status.regions: each region, where it runs, its phase and whether it is Ready."""
+    """status.regions: each region, where it runs, its phase, whether it is Ready, and where other
+    regions dial it (in this Kubernetes cluster, and from others for LoadBalancer or NodePort)."""
     rows = []
     for region in mrc.regions:
         if region.remote is not None:
@@ -38,11 +134,10 @@ def region_rows(mrc: MultiRegionSpec, seen: ObservedRegions) -> list[dict[str, A
             "readyNodes": str(cluster.status.get("readyNodes") or ""),
             "leafnodeURLs": [],
         }
-        try:
-            if region_links(region.name, mrc.region_names).listens:
-                row["leafnodeURLs"] = list(local_leafnode_urls(mrc, region))
-        except ValueError:
-            pass  # a refused spec: the refusal says why
+        if _listens(mrc, region):
+            row["leafnodeURLs"] = list(local_leafnode_urls(mrc, region))
+            if (external := external_leafnode(mrc, region, seen)) is not None:
+                row["externalLeafnodeURLs"] = list(external.urls)
         rows.append(row)
     return rows
 
@@ -147,7 +242,7 @@ def build_multiregion_status(
         "maxLag": max_lag(seen.lag),
         "regions": regions,
         "lag": lag_rows(seen.lag),
-        "waiting": list(plan.waiting),
+        "waiting": list(plan.waiting) + external_waiting(mrc, seen),
         "conditions": built,
     }
     layout = plan.layout.to_status() if plan.layout is not None else previous.get("layout")

@@ -21,10 +21,11 @@ from kubernetes.client.exceptions import ApiException
 from test_multiregion_spec import mrc
 
 from engram.multiregion.lag import RegionJournal, read_lags
-from engram_operator import GROUP, MULTIREGION_PLURAL, VERSION, kube, labels, multiregion_reconcile
+from engram_operator import GROUP, MULTIREGION_PLURAL, VERSION, kube, labels, multiregion_reconcile, reconcile
 from engram_operator.decisions.multiregion import RegionPlan
 from engram_operator.decisions.plan import Event
 from engram_operator.handlers.handle_multiregion import delete_multiregion
+from engram_operator.node_cache import NodeCache
 from engram_operator.spec import ClusterSpec
 
 LOG = logging.getLogger("test")
@@ -69,6 +70,12 @@ class FakeKube:
         self.calls = 0
         # The MemoryClusters whose journal the lag reading tried to reach.
         self.dialled: list[str] = []
+        # Service name -> the error the API server answers a read of it with.
+        self.refuse_read: dict[str, ApiException] = {}
+        self.nodes: list[dict[str, Any]] = []
+        # The error the API server answers a list of the Nodes with (None: it lists them).
+        self.refuse_nodes: ApiException | None = None
+        self.next_node_port = 30000
 
     def changes(self) -> tuple[int, int, int]:
         return len(self.created), len(self.patched), len(self.deleted)
@@ -127,6 +134,19 @@ class FakeKube:
         self.calls += 1
         return (namespace, name) in self.services
 
+    async def read_service(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.calls += 1
+        if error := self.refuse_read.get(name):
+            raise error
+        found = self.services.get((namespace, name))
+        return copy.deepcopy(found) if found is not None else None
+
+    async def list_nodes(self) -> list[dict[str, Any]]:
+        self.calls += 1
+        if self.refuse_nodes is not None:
+            raise self.refuse_nodes
+        return copy.deepcopy(self.nodes)
+
     async def create(self, obj: dict[str, Any]) -> bool:
         self.calls += 1
         validate_manifest(obj)
@@ -138,6 +158,11 @@ class FakeKube:
         if key in store:
             return False
         store[key] = copy.deepcopy(obj)
+        if kind == "Service" and obj["spec"].get("type") in ("NodePort", "LoadBalancer"):
+            # The API server allocates each port of such a Service a nodePort.
+            for port in store[key]["spec"]["ports"]:
+                port["nodePort"] = self.next_node_port
+                self.next_node_port += 1
         self.created.append((meta["namespace"], kind, meta["name"]))
         return True
 
@@ -174,6 +199,7 @@ def api(monkeypatch: pytest.MonkeyPatch) -> FakeKube:
         "delete_memorycluster",
         "get_secret",
         "service_exists",
+        "read_service",
         "create",
     ):
         monkeypatch.setattr(kube, name, getattr(fake, name))
@@ -181,6 +207,9 @@ def api(monkeypatch: pytest.MonkeyPatch) -> FakeKube:
     # not resolve here: the connection is replaced, so no network is attempted and the real
     # region_lag / read_lags run with every journal away.
     monkeypatch.setattr(multiregion_reconcile, "_connect", fake.connect)
+    # Leafnode Services are read whole (for a LoadBalancer or NodePort region's addresses), and the
+    # Nodes through the operator's shared list: a fresh one, listed every time, per test.
+    monkeypatch.setattr(reconcile, "NODES", NodeCache(fake.list_nodes, ttl=0))
     return fake
 
 
@@ -485,6 +514,92 @@ def test_a_changed_region_set_against_status_layout_is_refused_and_changes_nothi
         assert status["phase"] == "Degraded" and status["layout"] == layout
     [refusal] = posted
     assert refusal.type == "Warning" and "changing the regions of a running multi-region" in refusal.message
+
+
+def external(east: str) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """A MultiRegionCluster whose east region's leafnode Services are of type ``east``, and their
+    (namespace, name) keys."""
+    body = mrc([
+        {"name": "east", "namespace": "shop-east", "leafnodeService": {"type": east}},
+        {"name": "west", "namespace": "shop-west"},
+    ])
+    return body, [("shop-east", f"shop-east-leafnode-{i}") for i in range(3)]
+
+
+def east_external(status: dict[str, Any]) -> tuple[list[str] | None, list[str]]:
+    """East's externalLeafnodeURLs (None: no such field) and the waiting lines about them."""
+    row = next(r for r in status["regions"] if r["name"] == "east")
+    return row.get("externalLeafnodeURLs"), [w for w in status["waiting"] if "external leafnode" in w]
+
+
+def test_a_load_balancer_regions_addresses_reach_the_status_once_each_service_has_one(api: FakeKube) -> None:
+    body, keys = external("LoadBalancer")
+    passes = converged(api, body)
+    made = {(ns, name) for ns, kind, name in api.created if kind == "Service"}
+    assert set(keys) <= made
+    assert all(api.services[k]["spec"]["type"] == "LoadBalancer" for k in keys)
+    _, status, _ = passes.run()
+    urls, waits = east_external(status)
+    assert urls == [] and len(waits) == 1 and "no load balancer address yet" in waits[0]
+    for i, key in enumerate(keys):
+        api.services[key]["status"] = {"loadBalancer": {"ingress": [{"ip": f"203.0.113.{10 + i}"}]}}
+        validate_manifest(api.services[key])
+    _, status, _ = passes.run()
+    assert east_external(status) == ([f"nats-leaf://203.0.113.{10 + i}:7422" for i in range(3)], [])
+    # West is ClusterIP: its Services are only looked up, never read whole.
+    west = next(r for r in status["regions"] if r["name"] == "west")
+    assert "externalLeafnodeURLs" not in west
+
+
+def test_a_missing_or_unreadable_leafnode_service_leaves_the_addresses_unknown_and_the_pass_whole(
+    api: FakeKube,
+) -> None:
+    body, keys = external("LoadBalancer")
+    passes = converged(api, body)
+    for key in keys:
+        api.services[key]["status"] = {"loadBalancer": {"ingress": [{"hostname": f"{key[1]}.example.com"}]}}
+    del api.services[keys[0]]
+    api.refuse_read[keys[1][1]] = ApiException(status=500, reason="Internal Server Error")
+    # An API server that fails the read would likely fail a create too: none is tried.
+    api.refuse[("Service", keys[1][1])] = ApiException(status=500, reason="Internal Server Error")
+    api.created.clear()
+    plan, status, events = passes.run()
+    assert plan is not None and plan.refused == []
+    urls, [wait] = east_external(status)
+    assert urls == []
+    assert "shop-east/shop-east-leafnode-0: not made yet" in wait
+    assert "shop-east/shop-east-leafnode-1: could not be read (500 Internal Server Error)" in wait
+    # The missing one is made again; the unreadable one is left alone (it may well exist).
+    assert api.created == [("shop-east", "Service", "shop-east-leafnode-0")]
+    assert conditions(status)["Degraded"] == ("False", "AsSpecified") and events == []
+
+
+def test_a_nodeport_region_is_dialled_at_its_nodes_and_an_unlisted_node_set_is_pending(api: FakeKube) -> None:
+    body, keys = external("NodePort")
+    api.nodes = [
+        {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": f"n{i}"},
+            "status": {
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "addresses": [{"type": "InternalIP", "address": f"10.0.0.{i}"},
+                              {"type": "ExternalIP", "address": f"198.51.100.{i}"}],
+            },
+        }
+        for i in (1, 2)
+    ]
+    passes = converged(api, body)
+    _, status, _ = passes.run()
+    ports = [api.services[k]["spec"]["ports"][0]["nodePort"] for k in keys]
+    assert east_external(status) == (
+        [f"nats-leaf://198.51.100.{node}:{port}" for node, port in zip((1, 2, 1), ports, strict=True)], []
+    )
+    api.refuse_nodes = ApiException(status=403, reason="Forbidden")
+    _, status, _ = passes.run()
+    urls, [wait] = east_external(status)
+    assert urls == [] and "the Nodes could not be listed (403 Forbidden)" in wait
+    assert conditions(status)["Degraded"] == ("False", "AsSpecified")
 
 
 def test_the_reconciliation_disabled_annotation_makes_it_do_nothing(api: FakeKube) -> None:

@@ -48,6 +48,21 @@ class RegionCluster:
 
 
 @dataclass(frozen=True)
+class LeafnodeServiceSeen:
+    """A LoadBalancer or NodePort region's leafnode Service as read (``error``: why it could not be)."""
+
+    name: str
+    found: bool = False
+    error: str = ""
+    type: str = ""
+    # Its load balancer's ingress points, each a hostname or else an IP, in the API's order.
+    ingress: tuple[str, ...] = ()
+    port: int = 0
+    # 0 while none is allocated.
+    node_port: int = 0
+
+
+@dataclass(frozen=True)
 class ObservedRegions:
     """Everything one MultiRegionCluster reconcile decides from."""
 
@@ -62,6 +77,13 @@ class ObservedRegions:
     layout: Layout | None = None
     # Each local region's lag rows (engram.multiregion.lag.lag_row), where its journal was read.
     lag: Mapping[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # A LoadBalancer or NodePort local region -> its leafnode Services, one per journal server
+    # (a region missing here: not read).
+    leafnode_services: Mapping[str, tuple[LeafnodeServiceSeen, ...]] = field(default_factory=dict)
+    # Where other clusters reach this one's Ready nodes (a NodePort region's URLs), by node name;
+    # read only for NodePort regions. nodes_error: why the Nodes could not be listed.
+    node_addresses: tuple[str, ...] = ()
+    nodes_error: str = ""
 
 
 @dataclass
