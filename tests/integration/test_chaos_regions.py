@@ -1,6 +1,7 @@
-"""A short `engram chaos --regions` run: it starts two linked regions, writes in both while a frozen
-region, a killed primary and a killed journal leader come one after the other, and finds the
-regions identical, by the last-writer-wins rules, with nothing acknowledged lost.
+"""A short `engram chaos --regions` run: it starts two linked regions, writes in both while a region
+cut off from the other (and still taking writes), a frozen region, a killed journal leader and a
+killed primary come one after the other, and finds the regions identical, by the last-writer-wins
+rules, with nothing acknowledged lost.
 
 Run it longer by hand: `engram chaos --regions east,west,south --duration 300 --interval 8`.
 """
@@ -16,9 +17,10 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-# Seed 6 at a 6 s interval (region_faults.plan_region_faults): west frozen at 4 s, east's primary
-# killed at 10 s, west's journal leader at 16 s and east's primary again at 22 s, then 8 s of writes.
-SEED = 6
+# Seed 33 at a 6 s interval (region_faults.plan_region_faults): west cut off from 4 s to 8.5 s,
+# east frozen from 10 s to 14.5 s, east's journal leader killed at 16 s and west's primary at 22 s,
+# then 8 s of writes.
+SEED = 33
 
 
 @pytest.mark.timeout(150)
@@ -34,11 +36,19 @@ def test_a_short_multi_region_chaos_run_ends_converged_without_violations(tmp_pa
 
     assert (report["violation_count"], report["violations"]) == (0, []), context
     assert report["converged"] and set(report["digests"]) == {"east", "west"}, context
-    assert [f["kind"] for f in report["faults_injected"]] == [
-        "freeze-region", "kill-primary", "kill-journal-leader", "kill-primary"], context
+    assert [(f["kind"], f["region"]) for f in report["faults_injected"]] == [
+        ("cut-region", "west"), ("freeze-region", "east"), ("kill-journal-leader", "east"),
+        ("kill-primary", "west")], context
     assert all(f["writes_again_after"] is not None for f in report["faults_injected"]), context
-    frozen = next(f for f in report["faults_injected"] if f["kind"] == "freeze-region")
-    assert frozen["complete"] and frozen["acknowledged_meanwhile"]["west"] == 0, context
+    # The cut took effect and was healed, and both sides acknowledged writes alone meanwhile: what
+    # they took then is part of what must have converged below.
+    cut = report["faults_injected"][0]
+    assert cut["complete"] and cut["detail"].startswith("cut east-west;"), context
+    assert cut["until"] > cut["at"] and cut["linked_again_after"] is not None, context
+    assert cut["acknowledged_meanwhile"]["west"] > 0 and cut["acknowledged_meanwhile"]["east"] > 0, context
+    frozen = report["faults_injected"][1]
+    assert frozen["complete"] and frozen["acknowledged_meanwhile"]["east"] == 0, context
+    assert report["faults_skipped"] == [], context
     for region, figures in report["per_region"].items():
         assert figures["acknowledged"] >= 50, f"{region}: {context}"
     # The counter and the TTL string were written and checked too.

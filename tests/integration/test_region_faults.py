@@ -17,13 +17,14 @@ Meanwhile, one after the other, by engram.chaos.region_faults (`engram local kil
    servers keep answering: its writes time out, then get TRYAGAIN once the lease has lapsed, and
    none sent while frozen is acknowledged (checked).
 
-A frozen region stands in for one cut off (region_faults' docstring says why nothing local cuts a
-region off while it keeps taking writes). After the faults the writers stop, the test waits until
-every link has copied and applied everything (engram.chaos.region_drain), and checks every region
-(engram.chaos.region_check): identical digests, own keys hold their region's last acknowledged value
-or a later unsure one, shared items an allowed last-writer-wins outcome, the counter every
-acknowledged increment plus some unsure ones, the TTL its winning write's deadline, and no write
-refused with what no failover answers.
+A frozen region takes no writes while it is away; one cut off that keeps taking writes is the chaos
+harness's cut-region fault (engram.chaos.region_faults, tests/integration/test_chaos_regions.py).
+After the faults the writers stop, the test waits until every link has copied and applied
+everything (engram.chaos.region_drain), and checks every region (engram.chaos.region_check):
+identical digests, own keys hold their region's last acknowledged value or a later unsure one,
+shared items an allowed last-writer-wins outcome, the counter every acknowledged increment plus
+some unsure ones, the TTL its winning write's deadline, and no write refused with what no failover
+answers.
 """
 
 from __future__ import annotations

@@ -1,11 +1,15 @@
 """The pure parts of `engram chaos --regions`: the seeded fault schedule, the ledgers, the
 convergence / last-writer-wins / counter / TTL checks on hand-made readings, the drain decision,
-the workload's keys from a cluster's patterns, and the options refused with --regions."""
+the workload's keys from a cluster's patterns, the figures per fault, and the options refused with
+--regions; and the cut's injector against a stand-in for the platform's partition and heal."""
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import random
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -17,14 +21,22 @@ from engram.chaos.region_check import RegionReading, check, possible_sums
 from engram.chaos.region_drain import DrainTracker
 from engram.chaos.region_faults import (
     ALL_REGION_KINDS,
+    CUT_SECONDS,
     FREEZE_SECONDS,
+    RegionFault,
     RegionFaultKind,
+    RegionFaults,
+    hold_for,
+    links_of,
     plan_region_faults,
 )
-from engram.chaos.region_report import RegionChaosReport
+from engram.chaos.region_report import RegionChaosReport, fault_figures
 from engram.chaos.region_runner import key_for, workload_keys
 from engram.chaos.region_workload import PRESENT, Ledger, RegionKeys, failure
 from engram.chaos.sweep import summarise, summary_line
+from engram.platforms.local import multi_region
+from engram.platforms.local.cluster import LocalError
+from engram.platforms.local.link_relay import cut_links, cut_marker, links_to_cut
 
 REGIONS = ("east", "west")
 KEYS = RegionKeys(REGIONS, own_keys=2, strings=("shared:s0",), fields=("f0",), members=("m0",))
@@ -44,9 +56,10 @@ def test_the_schedule_is_seeded_never_overlaps_and_ends_before_the_cooldown() ->
         assert planned.until < following.at, f"{planned} overlaps {following}"
     assert plan[-1].until <= 120.0 - 8.0
     assert {p.region for p in plan} == {"east", "west", "south"} and {p.shard for p in plan} == {0, 1}
-    # Kinds come in shuffled rounds: every kind once in each round of three.
-    for start in range(0, len(plan) - 2, 3):
-        assert {p.kind for p in plan[start:start + 3]} == set(ALL_REGION_KINDS)
+    # Kinds come in shuffled rounds: every kind once in each round (the last may be cut short).
+    size = len(ALL_REGION_KINDS)
+    for start in range(0, len(plan) - size + 1, size):
+        assert {p.kind for p in plan[start:start + size]} == set(ALL_REGION_KINDS)
 
 
 def test_a_freeze_is_held_a_few_seconds_or_shortened_to_fit_its_interval() -> None:
@@ -58,12 +71,52 @@ def test_a_freeze_is_held_a_few_seconds_or_shortened_to_fit_its_interval() -> No
     # At 28 s with an 8 s cooldown a freeze at 16 s would end at 20.5 s, past 20 s: not planned.
     freezes = plan_region_faults(1, 28.0, REGIONS, (RegionFaultKind.FREEZE_REGION,), 6.0)
     assert [p.at for p in freezes] == [4.0, 10.0]
-    # Where a freeze no longer fits, a kill still does: it is taken instead of ending the plan.
+    # Where neither a freeze nor a cut fits any more, a kill still does: it is taken instead of
+    # ending the plan.
+    kills = {RegionFaultKind.KILL_PRIMARY, RegionFaultKind.KILL_JOURNAL_LEADER}
     for seed in range(1, 6):
         late = plan_region_faults(seed, 14.0, REGIONS, ALL_REGION_KINDS, 4.0)
-        assert len(late) == 1 and late[0].kind is not RegionFaultKind.FREEZE_REGION, late
+        assert len(late) == 1 and late[0].kind in kills, late
     with pytest.raises(ValueError, match="at least"):
         plan_region_faults(1, 60.0, REGIONS, ALL_REGION_KINDS, MIN_FAULT_INTERVAL - 0.1)
+
+
+def test_a_cut_is_held_like_a_freeze_and_shortened_to_fit_its_interval() -> None:
+    cut = RegionFaultKind.CUT_REGION
+    assert hold_for(cut, 12.0) == CUT_SECONDS and hold_for(cut, 4.0) == 4.0 * HOLD_SHARE
+    assert hold_for(RegionFaultKind.KILL_PRIMARY, 12.0) == 0.0
+    for interval, hold in ((12.0, CUT_SECONDS), (5.0, 5.0 * HOLD_SHARE)):
+        plan = plan_region_faults(3, 60.0, REGIONS, (cut,), interval)
+        assert plan and all(p.kind is cut and p.hold == hold for p in plan), plan
+        assert all(p.until < following.at for p, following in itertools.pairwise(plan))
+    # At 28 s with an 8 s cooldown a cut at 16 s would end at 20.5 s, past 20 s: not planned.
+    assert [p.at for p in plan_region_faults(1, 28.0, REGIONS, (cut,), 6.0)] == [4.0, 10.0]
+
+
+@pytest.mark.parametrize("interval", [2.0, 4.0, 5.0, 8.0, 12.0])
+def test_every_kind_comes_once_a_round_and_every_held_fault_ends_before_the_cooldown(interval: float) -> None:
+    regions = ("east", "west", "south")
+    for seed in range(30):
+        plan = plan_region_faults(seed, 60.0, regions, ALL_REGION_KINDS, interval)
+        assert plan == plan_region_faults(seed, 60.0, regions, ALL_REGION_KINDS, interval)
+        assert all(p.hold == hold_for(p.kind, interval) and p.until <= 60.0 - 8.0 for p in plan), plan
+        # Rounds run until a held fault no longer fits: up to there, each holds every kind once.
+        fits = [p for p in plan if 60.0 - 8.0 - p.at >= hold_for(RegionFaultKind.CUT_REGION, interval)]
+        size = len(ALL_REGION_KINDS)
+        for start in range(0, len(fits) - size + 1, size):
+            assert sorted(p.kind for p in fits[start:start + size]) == sorted(ALL_REGION_KINDS), plan
+    kinds = {p.kind for seed in range(30) for p in plan_region_faults(seed, 60.0, regions, ALL_REGION_KINDS,
+                                                                         interval)}
+    assert kinds == set(ALL_REGION_KINDS)
+
+
+def test_a_regions_links_are_read_from_the_multi_region_status() -> None:
+    status = {"links": [{"regions": ["east", "south"], "cut": True},
+                        {"regions": ["east", "west"], "cut": False},
+                        {"regions": ["south", "west"], "cut": True}]}
+    assert links_of(status, "south") == (["east-south", "south-west"], [])
+    assert links_of(status, "east") == (["east-south"], ["east-west"])
+    assert links_of({}, "east") == ([], [])
 
 
 # ---- ledgers and readings ------------------------------------------------------------------------
@@ -198,6 +251,144 @@ def test_acks_are_counted_by_when_they_were_sent_and_answered() -> None:
     assert ledger.first_ack_after(2.1) == pytest.approx(1.4) and ledger.first_ack_after(4.5) is None
 
 
+# ---- figures per fault ---------------------------------------------------------------------------
+
+
+def _fault(kind: RegionFaultKind, region: str, started: float, ended: float) -> RegionFault:
+    return RegionFault(kind, region, "target", started, ended)
+
+
+def test_a_cut_region_goes_on_writing_and_its_first_write_counts_from_the_cut() -> None:
+    # West wrote through its cut from 2.0 s to 5.0 s; east went on too.
+    ledgers = {"east": Ledger(sent=[1.0, 2.5, 4.0], done=[1.1, 2.6, 4.1]),
+               "west": Ledger(sent=[1.0, 2.2, 3.0, 6.0], done=[1.1, 2.3, 3.1, 6.1])}
+    cut = _fault(RegionFaultKind.CUT_REGION, "west", 2.0, 5.0)
+    findings, notes = fault_figures([cut], ledgers)
+    assert (findings, notes) == ([], [])
+    assert cut.writes_again_after == pytest.approx(0.3)  # counted from the cut, not from its heal
+    # The same writes under a freeze are a finding, and its first write counts from its end.
+    frozen = _fault(RegionFaultKind.FREEZE_REGION, "west", 2.0, 5.0)
+    findings, notes = fault_figures([frozen], ledgers)
+    assert [(v.kind, v.subject) for v in findings] == [("frozen", "west")]
+    assert "2 writes" in findings[0].detail
+    assert frozen.writes_again_after == pytest.approx(1.1)
+    # A freeze that could not stop everything may have let writes through: no finding.
+    frozen.complete = False
+    assert fault_figures([frozen], ledgers) == ([], [])
+
+
+def test_a_cut_region_that_took_no_write_alone_gets_a_note_not_a_violation() -> None:
+    ledgers = {"east": Ledger(sent=[1.0, 3.0], done=[1.1, 3.1]),
+               "west": Ledger(sent=[1.0, 6.0], done=[1.1, 6.1])}
+    cut = _fault(RegionFaultKind.CUT_REGION, "west", 2.0, 5.0)
+    findings, notes = fault_figures([cut], ledgers)
+    assert findings == [] and len(notes) == 1 and notes[0].startswith("west acknowledged no write"), notes
+    assert cut.writes_again_after == pytest.approx(4.1)
+    # A kill is over at once: no note, and its first write counts from it.
+    kill = _fault(RegionFaultKind.KILL_PRIMARY, "west", 2.0, 2.0)
+    assert fault_figures([kill], ledgers) == ([], []) and kill.writes_again_after == pytest.approx(4.1)
+
+
+def test_the_report_shows_a_cut_with_what_every_region_took_meanwhile_and_when_it_linked_again() -> None:
+    ledgers = {"east": Ledger(sent=[1.0, 3.0], done=[1.1, 3.1]),
+               "west": Ledger(sent=[2.5, 3.5], done=[2.6, 3.6])}
+    cut = _fault(RegionFaultKind.CUT_REGION, "west", 2.0, 5.0)
+    cut.target, cut.linked_again_after = "links of west", 1.24
+    kill = _fault(RegionFaultKind.KILL_PRIMARY, "east", 7.0, 7.0)
+    report = RegionChaosReport(seed=5, duration=30, interval=6, regions=REGIONS, keys=KEYS, settings={},
+                               started=0.0, ledgers=ledgers, faults=[cut, kill])
+    fault_figures(report.faults, ledgers)
+    shown = report.to_json()["faults_injected"]
+    assert shown[0]["acknowledged_meanwhile"] == {"east": 1, "west": 2}
+    assert (shown[0]["linked_again_after"], shown[0]["writes_again_after"]) == (1.2, 0.6)
+    assert "linked_again_after" not in shown[1] and "acknowledged_meanwhile" not in shown[1]
+    assert report.to_json()["fault_counts"] == {"cut-region": 1, "kill-primary": 1}
+    assert "first write after the cut 0.6s, linked again 1.2s after the heal" in report.text()
+
+
+# ---- the cut's injector, against a stand-in for the platform ---------------------------------------
+
+
+class _Links:
+    """multi_region.partition and heal as markers only: a partition can be made to fail once its
+    markers are written, as one that times out does."""
+
+    def __init__(self, regions: tuple[str, ...], fail: BaseException | None = None) -> None:
+        self.regions, self.fail, self.heals = regions, fail, 0
+
+    def partition(self, base: Path, name: str, named: list[str], timeout: float = 0.0,
+                  progress: Callable[[str], None] = lambda _m: None) -> dict[str, object]:
+        cuts = multi_region.cuts_dir(base, name)
+        cuts.mkdir(parents=True, exist_ok=True)
+        for a, b in links_to_cut(self.regions, named):
+            cut_marker(cuts, a, b).touch()
+            progress(f"cutting the link {a}-{b}")
+        if self.fail is not None:
+            raise self.fail
+        cut = set(cut_links(cuts))
+        return {"links": [{"regions": list(pair), "cut": pair in cut}
+                          for pair in itertools.combinations(sorted(self.regions), 2)]}
+
+    def heal(self, base: Path, name: str, named: tuple[str, ...] | list[str] = (), timeout: float = 0.0,
+             progress: Callable[[str], None] = lambda _m: None) -> dict[str, object]:
+        self.heals += 1
+        cuts = multi_region.cuts_dir(base, name)
+        for a, b in links_to_cut(self.regions, named) if named else cut_links(cuts):
+            cut_marker(cuts, a, b).unlink(missing_ok=True)
+            progress(f"healing the link {a}-{b}")
+        return {}
+
+
+def _injector(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, links: _Links) -> RegionFaults:
+    monkeypatch.setattr(multi_region, "partition", links.partition)
+    monkeypatch.setattr(multi_region, "heal", links.heal)
+    return RegionFaults(tmp_path, "mr", random.Random(1))
+
+
+def _cut_now(tmp_path: Path) -> list[tuple[str, str]]:
+    return cut_links(multi_region.cuts_dir(tmp_path, "mr"))
+
+
+def test_a_cut_isolates_its_region_until_healed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    links = _Links(("east", "west", "south"))
+    faults = _injector(tmp_path, monkeypatch, links)
+    fault = faults.inject(RegionFaultKind.CUT_REGION, "south")
+    assert (fault.kind, fault.region, fault.target, fault.complete) == (
+        RegionFaultKind.CUT_REGION, "south", "links of south", True)
+    assert fault.detail.startswith("cut east-south, south-west;"), fault.detail
+    assert _cut_now(tmp_path) == [("east", "south"), ("south", "west")]
+    faults.heal(fault)
+    assert _cut_now(tmp_path) == [] and fault.ended >= fault.started and fault.linked_again_after is not None
+    faults.heal(fault)  # healed once only
+    assert links.heals == 1
+
+
+def test_a_cut_that_cannot_be_seen_is_healed_and_skipped(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    faults = _injector(tmp_path, monkeypatch, _Links(REGIONS, fail=LocalError("the links did not go down")))
+    with pytest.raises(LocalError, match="could not cut west off: the links did not go down"):
+        faults.inject(RegionFaultKind.CUT_REGION, "west")
+    assert _cut_now(tmp_path) == [] and faults.cut == []
+
+
+def test_heal_all_leaves_no_link_cut_whatever_happened(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    links = _Links(("east", "west", "south"))
+    faults = _injector(tmp_path, monkeypatch, links)
+    held = faults.inject(RegionFaultKind.CUT_REGION, "east")
+    # A second cut interrupted before it was recorded leaves its markers behind.
+    links.fail = KeyboardInterrupt()
+    with pytest.raises(KeyboardInterrupt):
+        faults.inject(RegionFaultKind.CUT_REGION, "west")
+    assert ("south", "west") in _cut_now(tmp_path)
+    faults.heal_all()
+    assert _cut_now(tmp_path) == [] and faults.cut == [] and held.ended >= held.started
+    # With nothing left cut there is nothing to heal.
+    heals = links.heals
+    faults.heal_all()
+    assert links.heals == heals
+
+
 # ---- draining ------------------------------------------------------------------------------------
 
 
@@ -249,7 +440,7 @@ def test_options_of_the_single_region_scenario_are_refused_with_regions(
     assert "--clients, --history cannot be used with --regions" in err
     assert _handle(["--regions", "east,west", "--faults", "pause-primary"]) == 2
     err = capsys.readouterr().err
-    assert "choose from kill-primary, kill-journal-leader, freeze-region with --regions" in err
+    assert "choose from kill-primary, kill-journal-leader, freeze-region, cut-region with --regions" in err
     assert _handle(["--regions", "east", "--duration", "1"]) == 2
     assert "two or more distinct regions" in capsys.readouterr().err
     assert _handle(["--regions", "east,west", "--seeds", "1-2", "--name", "x"]) == 2

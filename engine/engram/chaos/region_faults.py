@@ -7,42 +7,60 @@ decides them (plan_region_faults, pure) apart from the code that injects them (R
 - freeze-region: SIGSTOP of every journal server and node of a region, SIGCONT a few seconds later.
   Its Valkey servers (children of the nodes, which `engram local kill` does not target) keep
   answering: its writes time out, then get TRYAGAIN once its lease has lapsed.
-
-Not here: cutting a region's links while it keeps taking writes. The local platform can take a
-region away (`engram local down NAME-<region>`) but not bring it back while the others run, a zone
-partition needs `--netns`, which `up --regions` refuses, and nothing local cuts only the leaf links
-between regions. A freeze stands in for a cut: to the others the link goes silent, and when it
-returns everything both sides committed must flow; what it cannot show is a cut-off region that
-keeps taking writes. A link cut would be one more kind here.
+- cut-region: every link between a region and the others cut (`engram local partition NAME
+  REGION`), healed a few seconds later. Unlike a frozen region, the cut-off region keeps serving
+  and acknowledging writes, as do the others: when the links return, what each side took alone must
+  flow both ways and every region must end alike.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import signal
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from engram.chaos.faults import HOLD_SHARE, MIN_FAULT_INTERVAL, LocalFaults
-from engram.platforms.local import cluster
-from engram.platforms.local.regions import region_cluster
+from engram.platforms.local import cluster, multi_region
+from engram.platforms.local.link_relay import cut_links
+from engram.platforms.local.regions import RegionsError, region_cluster
 
 # How long a region stays frozen when the interval leaves room: well beyond a lease (2 s by
 # default), so its primaries lose them and the other regions' links go silent.
 FREEZE_SECONDS = 6.0
+# How long a region stays cut off when the interval leaves room: as long as a freeze, so both sides
+# take a few seconds of writes alone and the others' copies of its stream go silent.
+CUT_SECONDS = 6.0
 # How long to wait for a victim (a primary, during a failover) before the fault is skipped.
 VICTIM_TIMEOUT = 15.0
+# How long a healed cut may take until the journals are linked across it again (about a second or
+# two locally); past it the run goes on, and the drain tells whether everything still flowed.
+RELINK_TIMEOUT = 30.0
 
 
 class RegionFaultKind(StrEnum):
     KILL_PRIMARY = "kill-primary"
     KILL_JOURNAL_LEADER = "kill-journal-leader"
     FREEZE_REGION = "freeze-region"
+    CUT_REGION = "cut-region"
 
 
 ALL_REGION_KINDS = tuple(RegionFaultKind)
+# The kinds held for a while, each at most this long; the others are kills, over at once.
+HELD_SECONDS = {RegionFaultKind.FREEZE_REGION: FREEZE_SECONDS, RegionFaultKind.CUT_REGION: CUT_SECONDS}
+
+
+def hold_for(kind: RegionFaultKind, interval: float) -> float:
+    """How long a fault of this kind is held: 0 for a kill; a freeze or a cut shortened by a short
+    interval rather than overlapping the next fault."""
+    if kind not in HELD_SECONDS:
+        return 0.0
+    return min(HELD_SECONDS[kind], interval * HOLD_SHARE)
 
 
 @dataclass(frozen=True)
@@ -71,11 +89,9 @@ def plan_region_faults(
     if not regions or shards < 1:
         raise ValueError("faults need a region and a shard")
     rng = random.Random(f"{seed}-region-faults")
-    # A short interval shortens the freeze rather than overlapping faults.
-    freeze = min(FREEZE_SECONDS, interval * HOLD_SHARE)
 
     def hold(kind: RegionFaultKind) -> float:
-        return freeze if kind is RegionFaultKind.FREEZE_REGION else 0.0
+        return hold_for(kind, interval)
 
     plan: list[PlannedRegionFault] = []
     round_: list[RegionFaultKind] = []
@@ -84,8 +100,8 @@ def plan_region_faults(
         room = duration - cooldown - at
         if not any(hold(k) <= room for k in kinds):
             break
-        # Near the end a freeze no longer fits where a kill still does: the kill is taken, and a
-        # round left with nothing that fits makes way for the next.
+        # Near the end a held fault no longer fits where a kill still does: the kill is taken, and
+        # a round left with nothing that fits makes way for the next.
         if not any(hold(k) <= room for k in round_):
             round_ = list(kinds)
             rng.shuffle(round_)
@@ -94,6 +110,16 @@ def plan_region_faults(
         plan.append(PlannedRegionFault(round(at, 3), kind, rng.choice(regions), rng.randrange(shards),
                                        round(hold(kind), 3)))
     return plan
+
+
+def links_of(status: Mapping[str, Any], region: str) -> tuple[list[str], list[str]]:
+    """The region's links in a multi-region status (`links`), as "a-b": those cut, those not."""
+    cut: list[str] = []
+    linked: list[str] = []
+    for link in status.get("links", []):
+        if region in link["regions"]:
+            (cut if link["cut"] else linked).append("-".join(link["regions"]))
+    return cut, linked
 
 
 @dataclass
@@ -108,13 +134,41 @@ class RegionFault:
     detail: str = ""
     shard: int | None = None
     wall: float = field(default_factory=time.time)
-    # A freeze whose every process could be stopped (else the region may still take writes).
+    # A freeze whose every process could be stopped (else the region may still take writes); a cut
+    # that every link of its region was seen cut by.
     complete: bool = True
     # Processes stopped by a freeze, continued by heal().
     stopped: list[str] = field(default_factory=list)
     # Seconds from the fault (a freeze: from its end) until the region acknowledged a write sent
     # after it; None when it never did. Filled in after the run.
     writes_again_after: float | None = None
+    # A cut: seconds from its heal until the journals were linked across it again (None: not within
+    # RELINK_TIMEOUT, or not healed yet).
+    linked_again_after: float | None = None
+
+    @property
+    def writes_counted_from(self) -> float:
+        """Where writes_again_after counts from: a frozen region can write only once continued, while
+        a killed process's region fails over at once and a cut-off region is meant to go on writing."""
+        return self.ended if self.kind is RegionFaultKind.FREEZE_REGION else self.started
+
+
+class _Said:
+    """A progress callback that keeps when it was last called."""
+
+    # partition and heal say their last word once the links are down or up, before reading the
+    # multi-region status they return, which can take seconds more (a journal server just
+    # restarted, say): the time of that word is when the links went down or came back.
+
+    def __init__(self) -> None:
+        self.last: float | None = None
+
+    def __call__(self, _message: str) -> None:
+        self.last = time.monotonic()
+
+    def since(self, moment: float) -> float:
+        """Seconds from `moment` to the last word (to now, had there been none)."""
+        return (time.monotonic() if self.last is None else self.last) - moment
 
 
 @dataclass
@@ -125,14 +179,18 @@ class RegionFaults:
     name: str
     rng: random.Random
     frozen: list[RegionFault] = field(default_factory=list)
+    cut: list[RegionFault] = field(default_factory=list)
+    # Set before the first cut: from then on heal_all looks for links left cut, whatever happened.
+    cutting: bool = False
 
     def cluster_of(self, region: str) -> str:
         return region_cluster(self.name, region)
 
     def inject(self, kind: RegionFaultKind, region: str, shard: int = 0,
                deadline: float | None = None) -> RegionFault:
-        """Start the fault and return its record; a freeze returns with the region stopped. Raises
-        cluster.LocalError when the fault cannot be injected (no primary by `deadline`, say)."""
+        """Start the fault and return its record; a freeze returns with the region stopped, a cut
+        with its links cut. Raises cluster.LocalError when the fault cannot be injected (no primary
+        by `deadline`, a cut not seen by then, say)."""
         name = self.cluster_of(region)
         if deadline is None:
             deadline = time.monotonic() + VICTIM_TIMEOUT
@@ -155,6 +213,8 @@ class RegionFaults:
                                f"{detail}, leading shard {shard}'s stream", shard)
         if kind is RegionFaultKind.FREEZE_REGION:
             return self._freeze(region)
+        if kind is RegionFaultKind.CUT_REGION:
+            return self._cut(region, deadline)
         raise ValueError(f"unknown region fault kind {kind!r}")
 
     def _primary(self, name: str, shard: int, deadline: float) -> str:
@@ -189,11 +249,52 @@ class RegionFaults:
         self.frozen.append(fault)
         return fault
 
+    def _cut(self, region: str, deadline: float) -> RegionFault:
+        """Cut every link of the region; returns once no journal connection crosses them, waited for
+        until `deadline` (the relays drop their connections within a fraction of a second)."""
+        self.cutting = True
+        began, wall, said = time.monotonic(), time.time(), _Said()
+        try:
+            doc = multi_region.partition(self.base, self.name, [region], timeout=max(deadline - began, 1.0),
+                                         progress=said)
+        except (cluster.LocalError, RegionsError) as exc:
+            # A partition that timed out leaves its links cut: heal them before skipping the fault.
+            self._heal_links(region)
+            raise cluster.LocalError(f"could not cut {region} off: {exc}") from exc
+        cut, linked = links_of(doc, region)
+        detail = f"cut {', '.join(cut)}; no journal connection across them {said.since(began):.1f}s later"
+        if linked:
+            detail += f"; still linked: {', '.join(linked)}"
+        fault = RegionFault(RegionFaultKind.CUT_REGION, region, f"links of {region}", began, began, detail,
+                            wall=wall, complete=not linked)
+        self.cut.append(fault)
+        return fault
+
+    def _heal_links(self, region: str) -> tuple[float | None, str]:
+        """Heal the region's links: seconds until its journals were linked again (None: not within
+        RELINK_TIMEOUT), and why not."""
+        # The cut markers go before the wait, so a timeout leaves nothing cut, only slow to link again.
+        began, said = time.monotonic(), _Said()
+        try:
+            multi_region.heal(self.base, self.name, [region], timeout=RELINK_TIMEOUT, progress=said)
+        except (cluster.LocalError, RegionsError) as exc:
+            return None, str(exc)
+        return said.since(began), ""
+
     def heal(self, fault: RegionFault) -> None:
-        """SIGCONT what a freeze stopped (a kill needs nothing: the supervisor restarts the process)."""
-        if not any(f is fault for f in self.frozen):
-            return
-        self.frozen = [f for f in self.frozen if f is not fault]
+        """SIGCONT what a freeze stopped, or heal a cut (a kill needs nothing: the supervisor restarts
+        the process)."""
+        if any(f is fault for f in self.frozen):
+            self.frozen = [f for f in self.frozen if f is not fault]
+            self._thaw(fault)
+        elif any(f is fault for f in self.cut):
+            self.cut = [f for f in self.cut if f is not fault]
+            fault.ended = time.monotonic()
+            fault.linked_again_after, why = self._heal_links(fault.region)
+            if why:
+                fault.detail += f"; not linked again within {RELINK_TIMEOUT:g}s of the heal: {why}"
+
+    def _thaw(self, fault: RegionFault) -> None:
         name = self.cluster_of(fault.region)
         for target in fault.stopped:
             try:
@@ -203,6 +304,11 @@ class RegionFaults:
         fault.ended = time.monotonic()
 
     def heal_all(self) -> None:
-        """Never leave a region frozen, whatever happened to the run."""
-        for fault in list(self.frozen):
+        """Never leave a region frozen or a link cut, whatever happened to the run."""
+        for fault in [*self.frozen, *self.cut]:
             self.heal(fault)
+        # A cut interrupted before it was recorded (or a heal that failed early) may have left a
+        # marker: heal every link still cut.
+        if self.cutting and cut_links(multi_region.cuts_dir(self.base, self.name)):
+            with contextlib.suppress(cluster.LocalError, RegionsError):
+                multi_region.heal(self.base, self.name, timeout=RELINK_TIMEOUT)

@@ -8,12 +8,32 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engram.chaos.region_check import RegionReading, Violation
-from engram.chaos.region_faults import RegionFault
+from engram.chaos.region_faults import RegionFault, RegionFaultKind
 from engram.chaos.region_workload import Ledger, RegionKeys
 from engram.chaos.report import local_time
 
 # Violations listed in the JSON; the count says how many there were.
 SHOWN = 200
+
+
+def fault_figures(faults: list[RegionFault], ledgers: dict[str, Ledger]) -> tuple[list[Violation], list[str]]:
+    """Fill each fault's writes_again_after from its region's ledger; return the findings and notes."""
+    findings: list[Violation] = []
+    notes: list[str] = []
+    for fault in faults:
+        ledger = ledgers[fault.region]
+        fault.writes_again_after = ledger.first_ack_after(fault.writes_counted_from)
+        meanwhile = ledger.acks_since(fault.started, before=fault.ended)
+        # A frozen region that acknowledged a write was not away: the run proved less than it says.
+        if fault.kind is RegionFaultKind.FREEZE_REGION and fault.complete and meanwhile:
+            findings.append(Violation("frozen", fault.region, f"{meanwhile} writes sent while it was frozen "
+                                      "were acknowledged before it was continued"))
+        # A cut-off region should go on writing; one that did not (a failover under way, say) showed
+        # no writes taken alone, which is worth a note but loses nothing.
+        if fault.kind is RegionFaultKind.CUT_REGION and fault.ended > fault.started and not meanwhile:
+            notes.append(f"{fault.region} acknowledged no write sent while it was cut off "
+                         f"({fault.ended - fault.started:.1f}s): the cut did not show it taking writes alone")
+    return findings, notes
 
 
 @dataclass
@@ -81,8 +101,9 @@ class RegionChaosReport:
             "faults_injected": [
                 {"kind": str(f.kind), "region": f.region, "target": f.target, "shard": f.shard,
                  "at": self._at(f.started), "until": self._at(f.ended), "complete": f.complete,
-                 "writes_again_after": (None if f.writes_again_after is None
-                                        else round(f.writes_again_after, 1)),
+                 "writes_again_after": _seconds(f.writes_again_after),
+                 **({"linked_again_after": _seconds(f.linked_again_after)}
+                    if f.kind is RegionFaultKind.CUT_REGION else {}),
                  # What every region acknowledged while a held fault lasted (sent and answered in it).
                  **({"acknowledged_meanwhile": {r: ledger.acks_since(f.started, before=f.ended)
                                                 for r, ledger in self.ledgers.items()}}
@@ -122,8 +143,14 @@ class RegionChaosReport:
         for f in doc["faults_injected"]:
             held = f" until {f['until']:.1f}s" if f["until"] != f["at"] else ""
             again = "never" if f["writes_again_after"] is None else f"{f['writes_again_after']:.1f}s"
-            lines.append(f"  {f['at']:6.1f}s{held:<14} {f['kind']:<20} {f['region']:<8} {f['target']:<22} "
-                         f"writes again after {again}")
+            # A cut region's first write is counted from the cut: it is meant to go on writing.
+            what = "first write after the cut" if "linked_again_after" in f else "writes again after"
+            line = (f"  {f['at']:6.1f}s{held:<14} {f['kind']:<20} {f['region']:<8} {f['target']:<22} "
+                    f"{what} {again}")
+            if "linked_again_after" in f:
+                linked = f["linked_again_after"]
+                line += f", linked again {'never' if linked is None else f'{linked:.1f}s'} after the heal"
+            lines.append(line)
         lines += [f"  skipped: {s}" for s in self.skipped]
         if self.drained:
             lines.append("drained after the writers stopped: " + ", ".join(
@@ -148,3 +175,7 @@ class RegionChaosReport:
         if self.evidence_dir:
             lines.append(f"cluster logs and journals kept in {self.evidence_dir}")
         return "\n".join(lines)
+
+
+def _seconds(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)

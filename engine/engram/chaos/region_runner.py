@@ -20,12 +20,14 @@ from engram.chaos.region_check import ReadFailed, Violation, check, read_regions
 from engram.chaos.region_drain import link_name, wait_drained
 from engram.chaos.region_faults import (
     ALL_REGION_KINDS,
+    RELINK_TIMEOUT,
     PlannedRegionFault,
+    RegionFault,
     RegionFaultKind,
     RegionFaults,
     plan_region_faults,
 )
-from engram.chaos.region_report import RegionChaosReport
+from engram.chaos.region_report import RegionChaosReport, fault_figures
 from engram.chaos.region_workload import RegionKeys, RegionWriter
 from engram.chaos.runner import OWN_CLUSTER, ChaosError
 from engram.platforms.local import cluster, multi_region
@@ -180,7 +182,8 @@ class _Run:
         if stop_errors:
             raise ChaosError("; ".join(stop_errors), report)
         stopped = time.monotonic()
-        findings = self._fault_figures()
+        findings, notes = fault_figures(report.faults, report.ledgers)
+        report.notes += notes
         self.progress(f"writers stopped after {report.to_json()['acknowledged_writes']} acknowledged writes; "
                       "waiting for every region to copy and apply the others' writes")
         tracker = wait_drained(self.base, self.name, config.regions, self.shards, config.drain_timeout,
@@ -251,20 +254,7 @@ class _Run:
             if planned.hold:
                 self._wait_until(start + planned.until)
                 self.faults.heal(fault)
-                self.progress(f"fault: {planned.region} continued after {fault.ended - fault.started:.1f}s")
-
-    def _fault_figures(self) -> list[Violation]:
-        """Fill each fault's writes_again_after; a complete freeze under which its region still
-        acknowledged a write is a finding (the region was not away, so the run proved less)."""
-        findings = []
-        for fault in self.report.faults:
-            ledger = self.report.ledgers[fault.region]
-            frozen = fault.kind is RegionFaultKind.FREEZE_REGION
-            fault.writes_again_after = ledger.first_ack_after(fault.ended if frozen else fault.started)
-            if frozen and fault.complete and (n := ledger.acks_since(fault.started, before=fault.ended)):
-                findings.append(Violation("frozen", fault.region, f"{n} writes sent while it was frozen were "
-                                          "acknowledged before it was continued"))
-        return findings
+                self.progress(f"fault: {planned.region} {_healed(fault)}")
 
     def _settle(self) -> str:
         """Read again for a while: do the findings go (a late region) or stay (diverged for good)?"""
@@ -279,6 +269,15 @@ class _Run:
                 if not left:
                     return f"read again, the regions were right {time.monotonic() - began:.0f}s later"
         return f"still {len(left)} findings when read again {self.config.settle_timeout:g}s later"
+
+
+def _healed(fault: RegionFault) -> str:
+    held = f"after {fault.ended - fault.started:.1f}s"
+    if fault.kind is not RegionFaultKind.CUT_REGION:
+        return f"continued {held}"
+    if fault.linked_again_after is None:
+        return f"healed {held}, not linked again within {RELINK_TIMEOUT:g}s"
+    return f"healed {held}, linked again {fault.linked_again_after:.1f}s later"
 
 
 def run(config: RegionChaosConfig, progress: Progress, own_dir: Path | None = None) -> RegionChaosReport:
