@@ -27,6 +27,7 @@ from engram.platforms.local.regions import (
     port_bases,
     record_path,
     region_cluster,
+    relay_port_bases,
 )
 from engram.platforms.local.state import replace_file
 
@@ -95,6 +96,13 @@ def test_a_servers_link_blocks_hold_its_listener_and_a_remote_per_other_region()
 def test_with_a_base_port_each_region_takes_its_clusters_ports_then_a_leafnode_port_per_zone() -> None:
     assert port_bases(7000, 2, 10, 3) == [7000, 7013]
     assert port_bases(None, 2, 10, 3) == [None, None]
+
+
+def test_with_a_base_port_the_link_relays_take_blocks_after_every_regions_own() -> None:
+    # Three regions of 10 ports and 3 zones: their blocks end at 7000 + 3 x 13; each region's relays
+    # (3 zones x 2 other regions) follow, one block after the other.
+    assert relay_port_bases(7000, 3, 10, 3) == [7039, 7045, 7051]
+    assert relay_port_bases(None, 3, 10, 3) == [None, None, None]
 
 
 def test_options_a_multi_region_cluster_cannot_take_are_named() -> None:

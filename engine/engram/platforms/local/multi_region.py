@@ -31,6 +31,7 @@ from engram.platforms.local.regions import (
     port_bases,
     record_path,
     region_cluster,
+    relay_port_bases,
 )
 from engram.platforms.local.state import STATE_FILE, ClusterState, JournalState, cluster_dir, replace_file
 from engram.platforms.local.tls import LocalTLS
@@ -94,7 +95,9 @@ def up(spec: plan.ClusterSpec, regions: Sequence[str], base: str | Path, timeout
     # The link's password: each region's servers log in to the others with it, which binds each
     # connection to its own account (engram.multiregion.link).
     # Each region's dials go through relays its supervisor holds, so a link can be cut (link_relay.py).
-    relay_ports = {r: ports.allocate(len(spec.zones) * (len(regions) - 1), None) for r in regions}
+    relay_bases = relay_port_bases(spec.base_port, len(regions), per_cluster, len(spec.zones))
+    relay_ports = {r: ports.allocate(len(spec.zones) * (len(regions) - 1), relay_bases[k])
+                   for k, r in enumerate(regions)}
     ca_files = _region_cas(base, name, regions) if spec.tls else None
     links = plan_links(name, regions, spec.zones, leaf_ports, ports.LOOPBACK, secrets.token_hex(16), ca_files,
                        relay_ports, str(cuts_dir(base, name)))

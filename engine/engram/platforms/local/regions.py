@@ -150,6 +150,16 @@ def port_bases(base: int | None, regions: int, per_cluster: int, zones: int) -> 
     return [base + k * (per_cluster + zones) for k in range(regions)]
 
 
+def relay_port_bases(base: int | None, regions: int, per_cluster: int, zones: int) -> list[int | None]:
+    """Where each region's link relays take their ports (one per port it dials, zones x (regions-1)):
+    with a BASE, blocks after every region's own (port_bases), region k's after region k-1's;
+    without one, free ports."""
+    if base is None:
+        return [None] * regions
+    first, count = base + regions * (per_cluster + zones), zones * (regions - 1)
+    return [first + k * count for k in range(regions)]
+
+
 @dataclass(frozen=True)
 class RegionsRecord:
     """DIR/NAME/regions.json: the multi-region cluster NAME, its regions in order, their clusters."""
