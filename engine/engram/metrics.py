@@ -77,6 +77,15 @@ REGION_APPLIED = Gauge("engram_region_applied_origin_sequence",
 REGION_PENDING = Gauge("engram_region_pending_entries",
                        "Entries of another region's shard journal not applied here yet (not copied, or "
                        "copied and not applied)", ["region"])
+# From the origin's stamp on a write (its clock, microseconds of wall time, when the origin ran it,
+# just before its journal committed it) to this region's journal committing it; clock stamps, sent
+# every second, measure the link while no write comes. Skewed clocks shift it (negative: 0).
+REGION_APPLY_LAG = Histogram(
+    "engram_region_apply_lag_seconds",
+    "Time from another region running a write (its stamp) to this region's journal committing it",
+    ["region"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
 REGION_TOMBSTONES_COLLECTED = Counter("engram_region_tombstones_collected_total",
                                       "Deleted keys whose stamps this primary forgot behind its frontier")
 REGION_SOURCE_RESTARTS = Counter("engram_region_source_restarts_total",

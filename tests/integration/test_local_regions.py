@@ -165,7 +165,9 @@ def _converged(doc: dict[str, Any], read: Any) -> Any:
     return seen[0] if seen[0] and all(s == seen[0] for s in seen) else None
 
 
-def test_writes_in_each_region_reach_the_others_and_conflicts_end_alike(up: dict[str, Any]) -> None:
+def test_writes_in_each_region_reach_the_others_and_conflicts_end_alike(
+    up: dict[str, Any], base: Path,
+) -> None:
     east, west, south = (_client(up, r) for r in REGIONS)
     wait_for(lambda: east.set("from-east", "e1"), 30, "east to take a write")
     wait_for(lambda: west.hset("profile", "city", "Oslo"), 30, "west to take a write")
@@ -187,6 +189,29 @@ def test_writes_in_each_region_reach_the_others_and_conflicts_end_alike(up: dict
              "every region to hold both set members", 0.2)
     assert wait_for(lambda: _converged(up, lambda c: c.get("both")), 60, "every region to agree on `both`",
                     0.2) == b"west"
+    # West's primary measured how long east's writes took to commit in west's journal.
+    lags = _apply_lags(_status(base)["regions"]["west"])
+    assert lags["east"][0] > 0 and 0 < lags["east"][1] / lags["east"][0] < 10, lags
+
+
+def _apply_lags(region_doc: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """engram_region_apply_lag_seconds' count and sum per source region, from the region's primary's
+    metrics page (ENGRAM.METRICS on its control port)."""
+    primary = next(n for n in region_doc["nodes"] if n["role"] == "primary")
+    host, port = primary["admin"].rsplit(":", 1)
+    control = redis.Redis(host=host, port=int(port), socket_timeout=5)
+    try:
+        page = control.execute_command("ENGRAM.METRICS").decode()
+    finally:
+        control.close()
+    samples: dict[str, list[float]] = {}
+    for line in page.splitlines():
+        for suffix, at in (("_count", 0), ("_sum", 1)):
+            name = f"engram_region_apply_lag_seconds{suffix}{{"
+            if line.startswith(name):
+                source = line.split('region="', 1)[1].split('"', 1)[0]
+                samples.setdefault(source, [0.0, 0.0])[at] = float(line.rsplit(" ", 1)[1])
+    return {source: (count, total) for source, (count, total) in samples.items()}
 
 
 def test_increments_of_an_additive_counter_from_every_region_add_up(up: dict[str, Any]) -> None:

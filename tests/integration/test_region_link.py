@@ -24,6 +24,7 @@ from pathlib import Path
 import nats
 import pytest
 from nats.js.client import JetStreamContext
+from prometheus_client import REGISTRY
 
 from engram.journal.client import Journal
 from engram.journal.entries import Entry, EntryType
@@ -358,6 +359,10 @@ async def _equals(value, expected: int) -> bool:  # type: ignore[no-untyped-def]
     return await value == expected
 
 
+async def _copied_as(copies, expected: holdback.Copied) -> bool:  # type: ignore[no-untyped-def]
+    return await copies == [expected]
+
+
 def test_a_cut_off_region_keeps_working_and_the_link_resumes_without_gap_or_duplicate(
     regions: Regions,
 ) -> None:
@@ -545,6 +550,10 @@ def test_truncation_is_held_back_while_the_other_region_has_not_copied_and_goes_
         finally:
             regions.link.restore()
         await _until(lambda: _equals(_copied(js, link), last), 60, "west to catch up after the link returned")
+        # East asks west's domain over the link in the other direction, which can come back a moment
+        # later than the copy (a loaded run asked too soon, and nothing was allowed to go).
+        await _until(lambda: _copied_as(linked(), holdback.Copied(WEST, last)), 30,
+                     "east to hear from west that it copied everything")
         assert await cycle.truncate(source, 35, linked) == 35
         assert (await source.state()).first_seq == 35
         got = await _read_all(js, link, Position().after(read[-1]), last - 21)
@@ -605,9 +614,13 @@ def test_the_applier_brings_one_regions_writes_into_the_others_valkey_and_resume
                        ("INCRBY", "n", "5"), ("SET", "gone", "1"), ("DEL", "gone"))
             # West writes s after east did: its stamp is newer, so east's older write must lose.
             assert await west.call("SET", "s", "west") == b"OK"
+            lags_before = _lag_samples(EAST)
             first = applier.InboundApplier(js, link, west_socket, positions)
             running = asyncio.create_task(first.run())
             await _until(lambda: _true(first.last_origin_seq == shipper.last), 30, "west to apply the first")
+            # Each entry's writes, from east stamping them to west committing them: seconds, not more.
+            count, total = (a - b for a, b in zip(_lag_samples(EAST), lags_before, strict=True))
+            assert count > 0 and 0 < total / count < 10
             assert await visible(west, b"s") == (Kind.STRING, b"west")
             for key in keys[1:]:
                 assert await visible(west, key) == await visible(east, key), key
@@ -715,6 +728,13 @@ def test_the_applier_skips_what_the_origins_replicas_skip_and_applies_a_batch_in
         await nc.close()
 
     _run(scenario())
+
+
+def _lag_samples(region: str) -> tuple[float, float]:
+    """engram_region_apply_lag_seconds' count and sum for a source region, in this process."""
+    labels = {"region": region}
+    return (REGISTRY.get_sample_value("engram_region_apply_lag_seconds_count", labels) or 0.0,
+            REGISTRY.get_sample_value("engram_region_apply_lag_seconds_sum", labels) or 0.0)
 
 
 async def _recorded_at(positions: applier.PositionStore, link: InboundLink, position: Position) -> bool:

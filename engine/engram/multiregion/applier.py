@@ -23,6 +23,7 @@ from nats.js import api
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
+from engram import metrics
 from engram.journal.entries import EntryType
 from engram.multiregion.inbound import InboundError, InboundLink, Position, SourcedEntry, tail
 from engram.replication.chain import TermChain
@@ -52,6 +53,12 @@ def applier_stuck(unapplied: int, unmoved_for: float) -> bool:
     """Whether an applier with `unapplied` entries waiting, whose position has not moved for
     `unmoved_for` seconds, is stuck rather than busy."""
     return unapplied > 0 and unmoved_for >= STUCK_AFTER
+
+
+def apply_lag(stamp: int, now: int) -> float:
+    """Seconds from another region's stamp (microseconds of its wall clock) to now, here; 0 when
+    the clocks are skewed the other way."""
+    return max(0, now - stamp) / 1e6
 
 
 @dataclass(frozen=True)
@@ -271,6 +278,9 @@ class InboundApplier:
                     raise InboundError(f"{self.link.stream} entry {item.sourced.inbound_seq} (origin "
                                        f"{item.sourced.origin_seq}): this region refused its write: {reply}")
             self.applied_writes += replies
+            if item.stamps.hlc:
+                metrics.REGION_APPLY_LAG.labels(self.link.source_region).observe(
+                    apply_lag(item.stamps.hlc, time.time_ns() // 1000))
             self.position, self.chain = item.resume, item.chain
             self.last_origin_seq = item.sourced.origin_seq
             self.hlc = max(self.hlc, item.stamps.hlc)
