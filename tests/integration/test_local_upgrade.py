@@ -118,12 +118,14 @@ def test_two_shards_get_a_new_valkey_server_replicas_first_and_a_cut_short_upgra
     # A first run is interrupted once it has asked for its first node: a half-done upgrade, which
     # status shows and the same command resumes.
     base = str(Path(doc["dir"]).parent)
+    # SIGINT as a terminal sends it. A suite started in the background of a non-interactive shell
+    # inherits it ignored, and Python then never raises KeyboardInterrupt: give the command the default.
     first = subprocess.Popen([*ENGRAM, "local", "upgrade", doc["name"], "--dir", base, "--valkey-server",
-                              str(other)], stderr=subprocess.PIPE)
+                              str(other)], stderr=subprocess.PIPE,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     said = ""
     try:
-        # Interrupted as soon as it says so: polling the state file, a loaded run once noticed only
-        # after the whole upgrade was done.
+        # Interrupted as soon as it says so, not when a poll of the state file notices.
         said = _stderr_until(first, f"c0-s0-n1 runs valkey-server {other}", 60)
     finally:
         first.send_signal(signal.SIGINT)
