@@ -40,14 +40,21 @@ def truncation_point(records: list[SnapshotRecord], keep: int) -> int | None:
 LinkedCopies = Callable[[], Awaitable[Sequence[Copied]]]
 
 
+async def _held(journal: Journal, below: int | None, linked: LinkedCopies | None) -> tuple[int | None, str]:
+    """`below`, lowered to what every linked region has copied, and why when it was."""
+    if linked is None:
+        return below, ""
+    hold = hold_back(below, await linked())
+    if not hold.held_by:
+        return hold.keep_from, ""
+    log.info("shard %d: %s", journal.shard, hold.reason)
+    return hold.keep_from, hold.reason
+
+
 async def truncate(journal: Journal, below: int | None, linked: LinkedCopies | None = None) -> int | None:
     """Drop the journal's entries before `below`, held back to what every linked region has copied;
     return the first entry kept (None: nothing was allowed to go)."""
-    if linked is not None:
-        hold = hold_back(below, await linked())
-        if hold.held_by:
-            log.info("shard %d: %s", journal.shard, hold.reason)
-        below = hold.keep_from
+    below, _ = await _held(journal, below, linked)
     if below is not None and below > (await journal.state()).first_seq:
         await journal.truncate(below)
         log.info("shard %d: journal truncated below entry %d", journal.shard, below)
@@ -59,11 +66,6 @@ async def snapshot_shard(journal: Journal, store: SnapshotStore, cluster_id: str
                          linked: LinkedCopies | None = None) -> CycleResult:
     record = await take_snapshot(journal, store, cluster_id, workdir=workdir, progress=progress)
     pruned = await store.prune(journal.shard, keep)
-    point, held = truncation_point(await store.records(journal.shard), keep), ""
-    if linked is not None:
-        hold = hold_back(point, await linked())
-        point, held = hold.keep_from, hold.reason if hold.held_by else ""
-        if held:
-            log.info("shard %d: %s", journal.shard, held)
+    point, held = await _held(journal, truncation_point(await store.records(journal.shard), keep), linked)
     below = await truncate(journal, point)
     return CycleResult(record, pruned, below, held)

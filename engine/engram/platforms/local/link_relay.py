@@ -52,6 +52,12 @@ def cut_links(cuts_dir: str | Path) -> list[tuple[str, str]]:
     return pairs
 
 
+def clear_cuts(cuts_dir: str | Path) -> None:
+    """Heal every link: remove every cut marker."""
+    for a, b in cut_links(cuts_dir):
+        cut_marker(cuts_dir, a, b).unlink(missing_ok=True)
+
+
 def links_to_cut(regions: Sequence[str], named: Sequence[str]) -> list[tuple[str, str]]:
     """The links `engram local partition` cuts: between two named regions, that link; one named
     region, every link of it (isolated from all others). ValueError naming what is wrong."""

@@ -21,7 +21,14 @@ from engram.multiregion.lag import ASK_TIMEOUT, RegionJournal, read_lags
 from engram.multiregion.link import INBOUND_ACCOUNT
 from engram.platforms.local import cluster, journal, plan, ports
 from engram.platforms.local.cluster import AlreadyExists, LocalError, NotRunning, Progress
-from engram.platforms.local.link_relay import CUTS_DIR, cut_links, cut_marker, every_link, links_to_cut
+from engram.platforms.local.link_relay import (
+    CUTS_DIR,
+    clear_cuts,
+    cut_links,
+    cut_marker,
+    every_link,
+    links_to_cut,
+)
 from engram.platforms.local.regions import (
     RegionsError,
     RegionsRecord,
@@ -101,8 +108,7 @@ def up(spec: plan.ClusterSpec, regions: Sequence[str], base: str | Path, timeout
     ca_files = _region_cas(base, name, regions) if spec.tls else None
     links = plan_links(name, regions, spec.zones, leaf_ports, ports.LOOPBACK, secrets.token_hex(16), ca_files,
                        relay_ports, str(cuts_dir(base, name)))
-    for a, b in cut_links(cuts_dir(base, name)):  # a cut left by `down --keep-data`: links start up
-        cut_marker(cuts_dir(base, name), a, b).unlink(missing_ok=True)
+    clear_cuts(cuts_dir(base, name))  # a cut left by `down --keep-data`: links start up
     path = record_path(base, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     replace_file(path, RegionsRecord(name, regions).to_json())
@@ -145,13 +151,20 @@ def _prefixed(progress: Progress, region: str) -> Progress:
     return lambda msg: progress(f"region {region}: {msg}")
 
 
+async def _leafs(server: JournalState) -> list[dict[str, Any]] | None:
+    """A journal server's leaf node connections (its monitoring port's /leafz); None when it does not
+    answer (stopped, or away)."""
+    try:
+        code, body = await journal._http_get(server.host, server.http_port, "/leafz", ASK_TIMEOUT)
+        return (json.loads(body).get("leafs") or []) if code == 200 else None
+    except (OSError, TimeoutError, ValueError, IndexError):
+        return None
+
+
 async def leaf_connections(server: JournalState) -> int:
     """How many of a journal server's own links to other regions are up: its leaf node connections
-    bound to the inbound account (its monitoring port's /leafz)."""
-    code, body = await journal._http_get(server.host, server.http_port, "/leafz", ASK_TIMEOUT)
-    if code != 200:
-        return 0
-    return sum(1 for leaf in json.loads(body).get("leafs") or [] if leaf.get("account") == INBOUND_ACCOUNT)
+    bound to the inbound account."""
+    return sum(1 for leaf in await _leafs(server) or [] if leaf.get("account") == INBOUND_ACCOUNT)
 
 
 async def _wait_linked(base: str | Path, clusters: Sequence[str], timeout: float) -> None:
@@ -160,9 +173,9 @@ async def _wait_linked(base: str | Path, clusters: Sequence[str], timeout: float
     dialling = [(s, server) for s in states if s.leaf_remotes for server in s.journal]
     deadline = time.monotonic() + timeout
     while True:
-        counts = await asyncio.gather(*(leaf_connections(j) for _, j in dialling), return_exceptions=True)
+        counts = await asyncio.gather(*(leaf_connections(j) for _, j in dialling))
         missing = [f"{s.name} {j.target}" for (s, j), n in zip(dialling, counts, strict=True)
-                   if isinstance(n, BaseException) or n < len(s.leaf_remotes)]
+                   if n < len(s.leaf_remotes)]
         if not missing:
             return
         if time.monotonic() >= deadline:
@@ -173,8 +186,7 @@ async def _wait_linked(base: str | Path, clusters: Sequence[str], timeout: float
 
 def _remove_record(base: str | Path, name: str) -> None:
     record_path(base, name).unlink(missing_ok=True)
-    for a, b in cut_links(cuts_dir(base, name)):
-        cut_marker(cuts_dir(base, name), a, b).unlink(missing_ok=True)
+    clear_cuts(cuts_dir(base, name))
     with contextlib.suppress(OSError):
         cuts_dir(base, name).rmdir()
     with contextlib.suppress(OSError):
@@ -284,14 +296,9 @@ def _record(base: str | Path, name: str) -> RegionsRecord:
 
 async def _leaf_peers(server: JournalState) -> list[str] | None:
     """The servers a journal server's own dials to other regions reach, by name; None when it does
-    not answer (stopped, or away)."""
-    try:
-        code, body = await journal._http_get(server.host, server.http_port, "/leafz", ASK_TIMEOUT)
-    except (OSError, TimeoutError, ValueError, IndexError):
-        return None
-    if code != 200:
-        return None
-    return [leaf.get("name", "") for leaf in json.loads(body).get("leafs") or [] if leaf.get("is_spoke")]
+    not answer."""
+    leafs = await _leafs(server)
+    return None if leafs is None else [leaf.get("name", "") for leaf in leafs if leaf.get("is_spoke")]
 
 
 def links_reached(peers: Sequence[str], other_cluster: str) -> bool:
