@@ -28,6 +28,22 @@ typedef struct VkRdbStream VkRdbStream;
 
 #define VK_OK 0
 #define VK_ERR 1
+
+/* The module's internal invariants, checked only in engram-checked.so (tests): a broken one
+ * aborts Valkey with its reason in the log instead of corrupting memory later and elsewhere. */
+#ifdef EG_CHECKED
+#include <stdio.h>
+#include <stdlib.h>
+#define EG_CHECK(cond, what)                                                                   \
+    do {                                                                                       \
+        if (!(cond)) {                                                                         \
+            fprintf(stderr, "engram: invariant broken at %s:%d: %s\n", __FILE__, __LINE__, what); \
+            abort();                                                                           \
+        }                                                                                      \
+    } while (0)
+#else
+#define EG_CHECK(cond, what) ((void)0)
+#endif
 #define VK_APIVER_1 1
 
 #define VK_REPLY_ERROR 1
@@ -258,7 +274,8 @@ typedef struct EgEntry {
     VkCallReply *reply;
     EgResp *resp; /* EG_RESP: one reference */
     char *text;
-    VkCallReply **items; /* EG_EXEC */
+    VkCallReply **items; /* EG_EXEC; NULL where the command's reply is an error kept as text */
+    char **item_errors;  /* EG_EXEC: those errors' text, NULL when there is none */
     size_t nitems;
     int silenced; /* CLIENT REPLY OFF/SKIP was in force: waited for, never sent */
     struct EgEntry *next;
@@ -380,7 +397,7 @@ void eg_client_reply_apply(EgClient *cl, const char *mode);
 /* replies.c */
 EgClient *eg_client(unsigned long long id, int create);
 EgEntry *eg_queue(EgClient *cl, EgKind kind, VkCallReply *reply, const char *text);
-EgEntry *eg_queue_exec(EgClient *cl, VkCallReply **items, size_t n);
+EgEntry *eg_queue_exec(EgClient *cl, VkCallReply **items, char **errors, size_t n); /* errors[i]: text instead of items[i] */
 EgEntry *eg_queue_resp(EgClient *cl, EgResp *resp);
 void eg_need_offset(EgClient *cl);
 void eg_need_target(EgClient *cl, long long target);

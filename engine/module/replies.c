@@ -93,6 +93,7 @@ static size_t entry_bytes(EgEntry *e) {
         n += len;
     }
     for (size_t i = 0; i < e->nitems; i++) {
+        if (e->item_errors && e->item_errors[i]) n += strlen(e->item_errors[i]);
         if (!e->items[i]) continue;
         Vk_CallReplyProto(e->items[i], &len);
         n += len;
@@ -103,10 +104,18 @@ static size_t entry_bytes(EgEntry *e) {
 }
 
 static void free_entry(EgEntry *e) {
-    if (e->reply) Vk_FreeCallReply(e->reply);
+    EG_CHECK(!e->reply || Vk_CallReplyType(e->reply) != VK_REPLY_ERROR,
+             "a queued error reply outlived the command that made it");
     for (size_t i = 0; i < e->nitems; i++)
+        EG_CHECK(!e->items[i] || Vk_CallReplyType(e->items[i]) != VK_REPLY_ERROR,
+                 "a queued EXEC error reply outlived the command that made it");
+    if (e->reply) Vk_FreeCallReply(e->reply);
+    for (size_t i = 0; i < e->nitems; i++) {
         if (e->items[i]) Vk_FreeCallReply(e->items[i]);
+        if (e->item_errors) Vk_Free(e->item_errors[i]);
+    }
     Vk_Free(e->items);
+    Vk_Free(e->item_errors);
     Vk_Free(e->text);
     eg_resp_release(e->resp);
     Vk_Free(e);
@@ -144,9 +153,44 @@ static void free_if_unused(EgClient *cl) {
     if (cl->dead && !cl->ticket && !cl->touched) free_client(cl);
 }
 
+/* An error reply's text, freeing the reply; NULL, the reply untouched, for any other reply.
+ *
+ * The error replies Call makes itself (an unknown command, a wrong arity, a user's missing right,
+ * a refused write under maxmemory) point at the calling command's context, which is a stack
+ * frame gone once the command returns. Freeing such a reply later reads that dead frame, and
+ * crashed Valkey when the bytes left there looked like a context with auto memory. So a queued
+ * error is kept as text, and every reply is freed while its command still runs. */
+static char *take_error(VkCallReply *reply) {
+    if (!reply || Vk_CallReplyType(reply) != VK_REPLY_ERROR) return NULL;
+    size_t len = 0;
+    const char *p = Vk_CallReplyStringPtr(reply, &len);
+    char *text = Vk_Alloc(len + 1);
+    if (p) memcpy(text, p, len);
+    text[p ? len : 0] = 0;
+    Vk_FreeCallReply(reply);
+    return text;
+}
+
+/* Called while the command that queues the entry runs (its context is alive). */
+static void keep_errors_as_text(EgEntry *e) {
+    char *text;
+    if (e->kind == EG_CALL && (text = take_error(e->reply))) {
+        e->kind = EG_ERROR;
+        e->text = text;
+        e->reply = NULL;
+    }
+    for (size_t i = 0; i < e->nitems; i++) {
+        if (!(text = take_error(e->items[i]))) continue;
+        if (!e->item_errors) e->item_errors = Vk_Calloc(e->nitems, sizeof(*e->item_errors));
+        e->item_errors[i] = text;
+        e->items[i] = NULL;
+    }
+}
+
 /* A reply Valkey would drop (CLIENT REPLY OFF/SKIP in force when its command ran) is dropped
  * now; a blocking command's place is kept, silenced: the client still waits for it. */
 static EgEntry *append(EgClient *cl, EgEntry *e) {
+    keep_errors_as_text(e);
     if (eg_silenced(cl)) {
         if (e->kind != EG_PENDING) {
             free_entry(e);
@@ -176,10 +220,11 @@ EgEntry *eg_queue(EgClient *cl, EgKind kind, VkCallReply *reply, const char *tex
 }
 
 /* An emulated EXEC's replies, owned by the queue from now on. */
-EgEntry *eg_queue_exec(EgClient *cl, VkCallReply **items, size_t n) {
+EgEntry *eg_queue_exec(EgClient *cl, VkCallReply **items, char **errors, size_t n) {
     EgEntry *e = Vk_Calloc(1, sizeof(*e));
     e->kind = EG_EXEC;
     e->items = items;
+    e->item_errors = errors;
     e->nitems = n;
     return append(cl, e);
 }
@@ -232,6 +277,8 @@ static void emit(VkCtx *ctx, EgClient *cl) {
             for (size_t i = 0; i < e->nitems; i++) {
                 if (e->items[i])
                     Vk_ReplyWithCallReply(ctx, e->items[i]);
+                else if (e->item_errors && e->item_errors[i])
+                    Vk_ReplyWithError(ctx, e->item_errors[i]);
                 else
                     Vk_ReplyWithError(ctx, "ERR engram: the command could not be run");
             }

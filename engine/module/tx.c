@@ -26,14 +26,51 @@ void eg_discard_tx(EgClient *cl) {
     eg_watch_clear(cl);
 }
 
+static int contains(const char *s, size_t len, const char *needle) {
+    size_t n = strlen(needle);
+    for (size_t i = 0; n <= len && i <= len - n; i++)
+        if (!memcmp(s + i, needle, n)) return 1;
+    return 0;
+}
+
+/* Call's refusal of a command the user may no longer run, in the words Valkey's EXEC uses for a
+ * user whose rights changed after the command was queued; NULL for any other reply. */
+static char *rights_changed(VkCallReply *reply) {
+    size_t len = 0;
+    const char *err = Vk_CallReplyType(reply) == VK_REPLY_ERROR ? Vk_CallReplyStringPtr(reply, &len) : NULL;
+    if (!err || len < 7 || strncmp(err, "NOPERM ", 7)) return NULL;
+    const char *reason = "no permission";
+    if (contains(err, len, "has no permissions to run"))
+        reason = "no permission to execute the command or subcommand";
+    else if (contains(err, len, "access a key"))
+        reason = "no permission to touch the specified keys";
+    else if (contains(err, len, "access a channel"))
+        reason = "no permission to access one of the channels used as arguments";
+    char buf[320];
+    snprintf(buf, sizeof buf,
+             "NOPERM ACLs rules changed between the moment the transaction was accumulated and the EXEC "
+             "call. This command is no longer allowed for the following reason: %s",
+             reason);
+    return eg_strdup(buf);
+}
+
 static void run_tx(VkCtx *ctx, EgClient *cl) {
-    VkCallReply **items = Vk_Calloc((size_t)(cl->tx_n ? cl->tx_n : 1), sizeof(*items));
+    size_t n = (size_t)(cl->tx_n ? cl->tx_n : 1);
+    VkCallReply **items = Vk_Calloc(n, sizeof(*items));
+    char **errors = NULL;
     /* Call inside one command: the server propagates the effects wrapped in MULTI/EXEC. */
     for (int i = 0; i < cl->tx_n; i++) {
         const char *cmd = Vk_StringPtrLen(cl->tx[i].argv[0], NULL);
         items[i] = Vk_Call(ctx, cmd, "!0ECv", cl->tx[i].argv + 1, (size_t)(cl->tx[i].argc - 1));
+        char *changed = items[i] ? rights_changed(items[i]) : NULL;
+        if (changed) {
+            if (!errors) errors = Vk_Calloc(n, sizeof(*errors));
+            errors[i] = changed;
+            Vk_FreeCallReply(items[i]);
+            items[i] = NULL;
+        }
     }
-    eg_queue_exec(cl, items, (size_t)cl->tx_n);
+    eg_queue_exec(cl, items, errors, (size_t)cl->tx_n);
     eg_need_offset(cl);
 }
 

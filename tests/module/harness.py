@@ -161,11 +161,15 @@ async def attached_tap(socket: str, auto: bool = False) -> AsyncIterator[Control
 
 
 @asynccontextmanager
-async def valkey(*extra: str, module: bool = True) -> AsyncIterator[str]:
-    """A valkey-server on a unix socket in a short temporary directory; yields the socket path."""
+async def valkey(*extra: str, module: bool = True, checked: bool = False) -> AsyncIterator[str]:
+    """A valkey-server on a unix socket in a short temporary directory; yields the socket path.
+
+    checked loads engram-checked.so, built beside engram.so with the module's invariant checks on.
+    """
     tmp = Path(tempfile.mkdtemp(prefix="egm-", dir="/tmp"))
     socket = str(tmp / "v.sock")
-    args = ["--loadmodule", binaries.valkey_module(), *extra] if module else list(extra)
+    loaded = checked_module() if checked else binaries.valkey_module()
+    args = ["--loadmodule", loaded, *extra] if module else list(extra)
     try:
         proc: subprocess.Popen[bytes] = await start_valkey(socket, str(tmp), args)
     except BaseException:
@@ -184,6 +188,13 @@ async def valkey(*extra: str, module: bool = True) -> AsyncIterator[str]:
         proc.kill()
         proc.wait()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def checked_module() -> str:
+    path = Path(binaries.valkey_module()).with_name("engram-checked.so")
+    if not path.is_file():
+        raise binaries.BinaryNotFound(f"{path} was not built: run `make -C engine/module`")
+    return str(path)
 
 
 async def settle(socket: str) -> None:

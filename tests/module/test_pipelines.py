@@ -78,6 +78,56 @@ def test_random_pipelines_from_concurrent_clients_match_plain_valkey() -> None:
     run(scenario, timeout=60)
 
 
+def test_refused_commands_in_random_pipelines_never_keep_a_reply_past_its_command() -> None:
+    """Errors Call makes itself point at the calling command's context, gone once it returns:
+    queued, they must be kept as text (engram-checked.so aborts if one is freed as a reply).
+    Valkey crashed on such a free about once in 40 rounds of this load before."""
+    clients = 8
+    plans = [_steps(100 + seed, f"c{seed}") for seed in range(clients)]
+
+    async def scenario() -> None:
+        async with valkey(module=False) as socket:
+            expected = [await _play(socket, plan) for plan in plans]
+        async with valkey(checked=True) as socket, attached_tap(socket, auto=True):
+            async def leaver(n: int) -> None:
+                client = await Conn.open(socket)
+                client.send(*[("NOSUCHCOMMAND", n) if i % 3 else ("SET", f"l{n}:{i}", i) for i in range(60)])
+                await asyncio.sleep(0)
+                client.close()
+
+            leavers = [leaver(n) for n in range(4)]
+            got = await asyncio.gather(*[_play(socket, plan) for plan in plans], *leavers)
+            probe = await Conn.open(socket)
+            assert await probe.call("PING") == b"PONG"  # the server is still there
+        for mine, theirs in zip(got[:clients], expected, strict=True):
+            assert mine == theirs
+
+    run(scenario, timeout=60)
+
+
+def test_an_exec_whose_user_lost_a_right_answers_as_valkey_does() -> None:
+    """EXEC checks each command's rights again: the refusal is made by Call, kept as text."""
+    async def play(socket: str) -> list[Any]:
+        admin, client = await Conn.open(socket), await Conn.open(socket)
+        assert await admin.call("ACL", "SETUSER", "u", "on", "nopass", "+@all", "~*") == b"OK"
+        assert await client.call("AUTH", "u", "x") == b"OK"
+        client.send(("MULTI",), ("SET", "k", "1"), ("INCR", "n"))
+        first = await client.read(3)
+        assert await admin.call("ACL", "SETUSER", "u", "-set") == b"OK"
+        client.send(("EXEC",), ("GET", "k"))
+        return [_comparable(r) for r in first + await client.read(2)]
+
+    async def scenario() -> None:
+        async with valkey(module=False) as socket:
+            expected = await play(socket)
+        async with valkey(checked=True) as socket, attached_tap(socket, auto=True):
+            got = await play(socket)
+        assert got == expected
+        assert isinstance(expected[3], list) and expected[3][0][0] == "error"  # the SET was refused
+
+    run(scenario)
+
+
 def test_clients_that_leave_mid_pipeline_do_not_disturb_the_others() -> None:
     async def scenario() -> None:
         async with valkey() as socket, attached_tap(socket, auto=True):
