@@ -73,3 +73,14 @@ def test_cluster_view_lists_fresh_nodes_leader_first() -> None:
     assert [n.node for n in view.live_nodes(1, now=1001.0)] == ["b", "a"]
     assert view.leader_address(1) == "h:2" and view.leader_address(0) == ""
     assert view.owner(SLOTS - 1) == 1
+
+
+def test_records_from_a_newer_engine_are_read_without_the_fields_this_one_does_not_know() -> None:
+    # While a cluster is rolled, an older node must follow a leader a newer node published.
+    leader = LeaderRecord.loads(b'{"shard": 2, "node": "n", "address": "h:1", "epoch": 7, "zone": "b"}')
+    assert leader == LeaderRecord(2, "n", "h:1", 7)
+    node = NodeRecord.loads(b'{"node": "n", "shard": 2, "zone": "b", "address": "h:1", "role": "primary",'
+                            b' "spare": 1}')
+    assert (node.node, node.role, node.admin) == ("n", "primary", "")
+    with pytest.raises(TypeError):
+        LeaderRecord.loads(b'{"shard": 2, "node": "n", "address": "h:1"}')  # a field it needs is missing

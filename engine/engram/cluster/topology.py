@@ -172,7 +172,11 @@ class LeaderRecord:
 
     @classmethod
     def loads(cls, data: bytes) -> LeaderRecord:
-        return cls(**json.loads(data))
+        # Fields a newer engine adds are ignored: while a cluster is rolled, older nodes must still
+        # follow a leader that a newer node published.
+        raw = json.loads(data)
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in raw.items() if k in known})
 
 
 @dataclass
