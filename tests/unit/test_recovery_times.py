@@ -119,3 +119,14 @@ def test_a_cluster_wide_fault_pauses_as_long_as_its_worst_shard() -> None:
     fault = _fault(FaultKind.TERM_JOURNAL, 5.0, shard=None)
     write_pauses([fault], history, {0}, _shard_of)
     assert fault.paused_for is not None and abs(fault.paused_for - 2.01) < 1e-6
+
+
+def test_the_shards_earliest_acknowledgement_counts_not_the_first_write_sent() -> None:
+    # One client's write sent at 10.1 s was retried until 16 s; another's, sent at 12 s, was
+    # acknowledged at 12.01 s: the shard took writes again 2.01 s after the fault.
+    history = _history(("1:b", 12.0, "ok"))
+    history.record(Operation(0, "1:a", Kind.WRITE, "v", int(10.1 * SECOND), 16 * SECOND, Outcome.OK))
+    fault = _fault(FaultKind.KILL_PRIMARY, 10.0, shard=1)
+    recovery_times([fault], history, {0}, _shard_of)
+    assert fault.recovered_after is not None
+    assert abs(fault.recovered_after - 2.01) < 1e-6

@@ -41,6 +41,8 @@ def recovery_times(faults: list[Fault], history: History, workers: set[int | str
                    shard_of: Callable[[str], int] | None = None, into: str = "recovered_after") -> None:
     """Fill each fault's recovered_after: when every shard it hit acknowledged a write invoked after it.
 
+    The shard's earliest such acknowledgement counts, not that of the first write sent: one client
+    still retrying a request it sent the dead primary does not stand for the shard.
     Per shard, because the other shards of a cluster keep acknowledging writes through a fault in one.
     shard_of maps a key to its shard; None treats the cluster as one shard.
     """
@@ -52,8 +54,9 @@ def recovery_times(faults: list[Fault], history: History, workers: set[int | str
         hit = list(by_shard) if fault.shard is None or shard_of is None else [fault.shard]
         waits = []
         for shard in hit:
-            first = next((op for op in by_shard.get(shard, ()) if op.invoke >= fault.started), None)
-            waits.append(None if first is None else (first.complete - fault.started) / 1e9)
+            acked = (op.complete for op in by_shard.get(shard, ()) if op.invoke >= fault.started)
+            first = min(acked, default=None)
+            waits.append(None if first is None else (first - fault.started) / 1e9)
         setattr(fault, into, None if not waits or None in waits else max(waits))  # type: ignore[type-var]
 
 
