@@ -10,7 +10,7 @@ from engram import ENGINE_VERSION
 from engram.journal.client import Journal, check_genesis
 from engram.journal.entries import Entry, EntryType, format_version
 from engram.journal.errors import IdentityMismatch, JournalError
-from engram.replication.chain import continues_term
+from engram.replication.chain import TermChain
 from engram.snapshots.record import Position
 from engram.valkey.connection import ValkeyConnection, encode
 
@@ -57,10 +57,9 @@ class Applier:
         # The stream's genesis entry was applied and names this cluster and shard: only then may
         # this node campaign (a stream without it is not the one provisioning created).
         self.identity_verified = False
-        # The epoch of the last leadership entry applied: epochs only ever grow in one history.
-        self.leader_epoch = 0
-        # The next place in the current leader's term chain; entries off the chain are skipped.
-        self.term_next = 1
+        # The last leadership entry's epoch (they only grow in one history) and the next place in
+        # its term; entries off the chain are skipped. Epoch 0 until a leadership entry is applied.
+        self.chain = TermChain(0, 1)
         self.skipped = 0
         # Who the last leadership entry named, carried by snapshots with the term chain.
         self.leader_id = ""
@@ -73,8 +72,7 @@ class Applier:
         self.checksum = 0
         self.halted = ""
         self.identity_verified = False
-        self.leader_epoch = 0
-        self.term_next = 1
+        self.chain = TermChain(0, 1)
         self.leader_id = ""
         self.leader_address = ""
         self._partial = []
@@ -88,8 +86,12 @@ class Applier:
         """Where this applier stands, for a snapshot taken of its Valkey now."""
         if self._partial:
             raise RuntimeError("no position in the middle of a batch")
-        return Position(self.applied_seq, self.checksum, self.leader_epoch, self.term_next,
+        return Position(self.applied_seq, self.checksum, self.leader_epoch, self.chain.next_place,
                         self.leader_id, self.leader_address)
+
+    @property
+    def leader_epoch(self) -> int:
+        return self.chain.epoch or 0
 
     def restore(self, position: Position) -> None:
         """Continue after a snapshot loaded into Valkey, as if the journal had been applied up to it.
@@ -100,8 +102,7 @@ class Applier:
         self.reset()
         self.applied_seq = position.seq
         self.checksum = position.checksum
-        self.leader_epoch = position.epoch
-        self.term_next = position.term_next
+        self.chain = TermChain(position.epoch, position.term_next)
         self.leader_id = position.leader_id
         self.leader_address = position.leader_address
         self.identity_verified = True
@@ -128,20 +129,21 @@ class Applier:
                     )
                 if not self.identity_verified:
                     self._check_identity(entry)
-                if not self._in_chain(entry):
+                in_history, chain = self.chain.follow(entry)
+                if not in_history:
+                    self._skip(entry)
                     self.applied_seq = entry.seq  # a position passed, nothing applied
                     continue
+                if entry.type is EntryType.LEADER and entry.epoch <= self.leader_epoch:
+                    self._halt(
+                        f"leadership entry {entry.seq} has epoch {entry.epoch}, not above the "
+                        f"epoch {self.leader_epoch} before it: the stream holds two histories"
+                    )
+                self.chain = chain
                 if entry.type is EntryType.DATA:
                     await self._apply(entry)
                 elif entry.type is EntryType.LEADER:
-                    if entry.epoch <= self.leader_epoch:
-                        self._halt(
-                            f"leadership entry {entry.seq} has epoch {entry.epoch}, not above the "
-                            f"epoch {self.leader_epoch} before it: the stream holds two histories"
-                        )
-                    self.leader_epoch = entry.epoch
                     self.leader_id, self.leader_address = entry.node, entry.address
-                    self.term_next = 1
                     # Pieces of a batch whose leader died before its last piece: never acknowledged.
                     self._partial = []
                 elif entry.type is EntryType.CHECKSUM and entry.checksum != self.checksum:
@@ -159,26 +161,15 @@ class Applier:
             self._conn.close()
             self._conn = None
 
-    def _in_chain(self, entry: Entry) -> bool:
-        """Whether the entry continues the current leader's term without a gap.
-
-        A leader pipelines conditional appends. When one is refused because another node's entry
-        took its place, the ones behind it can still land after that entry: a deposed leader's
-        leftovers behind a new leader's campaign, or a new leader's own appends behind such
-        leftovers. They carry an old epoch or skip a place in the term; applying them would mix
-        two histories (seen as a checksum mismatch that halted every replica). Their writer was
-        refused, steps down, and acknowledged none of them.
-        """
-        if entry.type in (EntryType.GENESIS, EntryType.LEADER):
-            return True
-        if continues_term(entry, self.leader_epoch, self.term_next):
-            self.term_next += 1
-            return True
+    def _skip(self, entry: Entry) -> None:
+        """An entry off the current leader's term chain (replication/chain.py): a deposed leader's
+        leftover, or a new leader's append behind one. Applying it would mix two histories (seen as
+        a checksum mismatch that halted every replica); its writer was refused and acknowledged
+        none of them."""
         self.skipped += 1
         log.info("skipping entry %d (epoch %d, place %d in its term): not next in the term of epoch %d, "
                  "which expects place %d", entry.seq, entry.epoch, entry.term_seq, self.leader_epoch,
-                 self.term_next)
-        return False
+                 self.chain.next_place)
 
     def _check_identity(self, entry: Entry) -> None:
         if entry.seq != 1:
