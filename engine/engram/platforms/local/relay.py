@@ -57,6 +57,10 @@ class EndpointRelay:
         self._conns.add(task)
         try:
             await self._serve(client_r, client_w)
+        except asyncio.CancelledError:
+            # close() cancels open connections. Python 3.11's start_server asks a cancelled
+            # connection task for its exception, which raises and is logged as an error.
+            pass
         finally:
             self._conns.discard(task)
             client_w.close()
