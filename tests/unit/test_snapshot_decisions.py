@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from engram.cluster.topology import NodeRecord
 from engram.snapshots.cycle import truncation_point
-from engram.snapshots.record import Position, SnapshotRecord
+from engram.snapshots.record import Position, SnapshotCorrupt, SnapshotRecord
 from engram.snapshots.restore import recovery_candidates
 from engram.snapshots.schedule import SnapshotPolicy, snapshot_due, snapshot_taker
 
@@ -58,3 +60,15 @@ def test_recovery_uses_the_newest_usable_snapshot_with_its_tail_still_in_the_jou
                _record(600), _record(400), _record(200)]
     assert [r.seq for r in recovery_candidates(records, "c1", 0, first_seq=401)] == [600, 400]
     assert recovery_candidates(records, "c1", 1, first_seq=1) == []
+
+
+def test_a_record_a_newer_engine_wrote_is_read_and_refused_by_its_version_not_skipped() -> None:
+    newer = json.loads(_record(9).encode())
+    newer["engine_version"] = "99.0.0"
+    newer["compression"] = "zstd"  # fields this engine does not know
+    newer["position"]["region_clock"] = 5
+    record = SnapshotRecord.decode(json.dumps(newer))
+    assert record.seq == 9 and record.position == _record(9).position
+    assert "newer than this node's" in record.usable_by("c1", 0)
+    with pytest.raises(SnapshotCorrupt):
+        SnapshotRecord.decode(json.dumps({k: v for k, v in newer.items() if k != "digest"}))

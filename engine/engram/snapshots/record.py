@@ -69,8 +69,11 @@ class SnapshotRecord:
     def decode(cls, text: str | bytes) -> SnapshotRecord:
         try:
             raw = json.loads(text)
-            position = Position(**raw.pop("position"))
-            return cls(position=position, **raw)
+            # Fields a newer engine adds are ignored, so that its snapshots are refused by version
+            # (usable_by) with that reason, not skipped as unreadable for an older one.
+            place = {k: v for k, v in raw.pop("position").items() if k in Position.__dataclass_fields__}
+            known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
+            return cls(position=Position(**place), **known)
         except (TypeError, ValueError, KeyError) as exc:
             raise SnapshotCorrupt(f"unreadable snapshot record: {exc}") from None
 
