@@ -153,6 +153,13 @@ static int cmd_call(VkCtx *ctx, VkString **argv, int argc, int is_write) {
     if (in_script_or_multi(ctx)) {
         /* Inside a script the script's own reply is what waits; run the command as it is. */
         VkCallReply *r = Vk_Call(ctx, cmd, is_write ? "!0EC" : "0EC", argv + 2, (size_t)(argc - 2));
+        if (eg_reply_is_empty(r)) {
+            char *missing = eg_missing_reply_error(ctx, cmd, len, argv + 2, argc - 2);
+            Vk_FreeCallReply(r);
+            Vk_ReplyWithError(ctx, missing);
+            Vk_Free(missing);
+            return VK_OK;
+        }
         if (!r) return Vk_ReplyWithError(ctx, "ERR engram: the command could not be run");
         Vk_ReplyWithCallReply(ctx, r);
         Vk_FreeCallReply(r);
@@ -180,6 +187,13 @@ static int cmd_call(VkCtx *ctx, VkString **argv, int argc, int is_write) {
         }
     } else {
         r = Vk_Call(ctx, cmd, fmt, argv + 2, (size_t)(argc - 2));
+    }
+    if (eg_reply_is_empty(r)) {
+        char *missing = eg_missing_reply_error(ctx, cmd, len, argv + 2, argc - 2);
+        Vk_FreeCallReply(r);
+        eg_queue(cl, EG_ERROR, NULL, missing);
+        Vk_Free(missing);
+        return eg_finish(ctx, cl);
     }
     if (!r) {
         eg_queue(cl, EG_ERROR, NULL, "ERR engram: the command could not be run");

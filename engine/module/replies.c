@@ -435,6 +435,7 @@ static void on_promise(VkCtx *ctx, VkCallReply *reply, void *privdata) {
     EgEntry *e = cl->promise_entry;
     e->kind = EG_CALL;
     e->reply = reply;
+    keep_errors_as_text(e); /* while the handler's context lives */
     /* The module owns the promise handle: it is freed before sleep, not inside its handler. */
     cl->promise_entry = NULL;
     eg_need_offset(cl); /* the command may have written (BLPOP pops) */

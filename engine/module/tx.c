@@ -62,7 +62,11 @@ static void run_tx(VkCtx *ctx, EgClient *cl) {
     for (int i = 0; i < cl->tx_n; i++) {
         const char *cmd = Vk_StringPtrLen(cl->tx[i].argv[0], NULL);
         items[i] = Vk_Call(ctx, cmd, "!0ECv", cl->tx[i].argv + 1, (size_t)(cl->tx[i].argc - 1));
-        char *changed = items[i] ? rights_changed(items[i]) : NULL;
+        char *changed = NULL;
+        if (eg_reply_is_empty(items[i]))
+            changed = eg_missing_reply_error(ctx, cmd, strlen(cmd), cl->tx[i].argv + 1, cl->tx[i].argc - 1);
+        else if (items[i])
+            changed = rights_changed(items[i]);
         if (changed) {
             if (!errors) errors = Vk_Calloc(n, sizeof(*errors));
             errors[i] = changed;

@@ -64,6 +64,23 @@ def test_refusals_come_back_as_valkey_words_them_in_order_with_queued_replies() 
     assert sum(isinstance(r, tuple) for r in plain) == 6
 
 
+def test_getdel_and_getset_of_another_type_answer_wrongtype_alone_piped_in_exec_and_in_scripts() -> None:
+    # Valkey 9.1's module Call gives no reply at all for these two: the client waited forever.
+    plain, engram = _side_by_side([
+        [("RPUSH", "l", "a"), ("SET", "s", "v")],
+        [("GETDEL", "l")],
+        [("GETSET", "l", "x")],
+        [("GETDEL", "l"), ("GETSET", "l", "x"), ("GETDEL", "s"), ("GETSET", "nokey", "n"),
+         ("GETDEL", "nokey")],
+        [("MULTI",), ("GETDEL", "l"), ("INCR", "c"), ("GETSET", "l", "x"), ("EXEC",)],
+        [("EVAL", "return redis.pcall('GETDEL', KEYS[1])", 1, "l")],
+        [("LLEN", "l"), ("GET", "c")],
+    ])
+    assert engram == plain
+    assert plain[2] == ("error", "WRONGTYPE Operation against a key holding the wrong kind of value")
+    assert plain[-2:] == [1, b"1"]  # the list is untouched, the transaction's INCR ran
+
+
 def test_writes_over_maxmemory_are_refused_as_valkey_refuses_them() -> None:
     plain, engram = _side_by_side([
         [("SET", "before", "1")],
