@@ -1,7 +1,8 @@
 /* Replies the module API loses, filled in so that clients see what Valkey would send them.
  *
  * On Valkey 9.1.2, Call of GETDEL or GETSET on a key of another type returns an empty reply
- * (no type, no bytes) where a client, MULTI/EXEC or a script gets WRONGTYPE. Forwarded as it is,
+ * (no type, no bytes) where a client, MULTI/EXEC or a script gets WRONGTYPE. A scan of every
+ * command whose first argument is a key, over keys of all six types, found no other. Forwarded as it is,
  * the client would wait forever for a reply that never comes (an EXEC's array would be one
  * element short). An empty reply from Call is therefore replaced by the error Valkey gives. */
 #include <stdio.h>
