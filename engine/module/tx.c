@@ -5,6 +5,7 @@
  * MULTI/EXEC block and EXEC's reply waits for their commit like any other reply. */
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 #include "engram.h"
 
@@ -67,6 +68,13 @@ static void run_tx(VkCtx *ctx, EgClient *cl) {
             changed = eg_missing_reply_error(ctx, cmd, strlen(cmd), cl->tx[i].argv + 1, cl->tx[i].argc - 1);
         else if (items[i])
             changed = rights_changed(items[i]);
+        /* Call's SELECT switches only its own client: the real one switches too, so that the
+         * transaction's next commands and the client after EXEC use that database, as in Valkey. */
+        long long db;
+        if (!changed && items[i] && !strcasecmp(cmd, "select") && cl->tx[i].argc == 2 &&
+            Vk_CallReplyType(items[i]) != VK_REPLY_ERROR &&
+            Vk_StringToLongLong(cl->tx[i].argv[1], &db) == VK_OK)
+            Vk_SelectDb(ctx, (int)db);
         if (changed) {
             if (!errors) errors = Vk_Calloc(n, sizeof(*errors));
             errors[i] = changed;

@@ -81,6 +81,17 @@ def test_getdel_and_getset_of_another_type_answer_wrongtype_alone_piped_in_exec_
     assert plain[-2:] == [1, b"1"]  # the list is untouched, the transaction's INCR ran
 
 
+def test_select_inside_a_transaction_moves_its_later_commands_and_the_client_as_valkey_does() -> None:
+    # The emulated EXEC ran SELECT on Call's own client only: the SET landed in database 0.
+    plain, engram = _side_by_side([
+        [("MULTI",), ("SELECT", 1), ("SET", "k", "v"), ("SELECT", 99), ("SELECT", "x"), ("DBSIZE",),
+         ("EXEC",)],
+        [("GET", "k"), ("SELECT", 0), ("GET", "k")],
+    ])
+    assert engram == plain
+    assert plain[-3:] == [b"v", b"OK", None]
+
+
 def test_writes_over_maxmemory_are_refused_as_valkey_refuses_them() -> None:
     plain, engram = _side_by_side([
         [("SET", "before", "1")],
