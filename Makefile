@@ -13,7 +13,8 @@ $(BIN)/.installed: pyproject.toml engine/engram/replication/_streamscan.c
 .PHONY: install up down test lint module
 install: $(BIN)/.installed module
 
-# The Engram Valkey module (engine/module/engram.so), built with the system C compiler.
+# The Engram Valkey module (engine/module/engram.so), and engram-checked.so with its invariant
+# checks on for the tests, built with the system C compiler.
 module:
 	$(MAKE) -C engine/module
 
