@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from engram.node import node as node_module
+from engram.node import snapshotting
 from engram.node.config import NodeConfig
 from engram.node.node import Node, Role
 from engram.snapshots.record import SnapshotError
@@ -23,7 +23,7 @@ CHILD_LOG = (
 
 
 class NoStore:
-    """A snapshot store that knows no verified snapshot (all take_snapshot reads from it)."""
+    """A snapshot store that knows no verified snapshot (all a take reads from it)."""
 
     async def newest_verified(self, shard: int) -> None:
         return None
@@ -34,7 +34,7 @@ def replica() -> Node:
         NodeConfig(cluster="c", node_id="c-s0-n1", shard=0, zone="a", port=1, journal_urls=[], data_dir="/d")
     )
     node.role = Role.REPLICA
-    node.snapshots = NoStore()  # type: ignore[assignment]
+    node.snapshotting.store = NoStore()  # type: ignore[assignment]
     return node
 
 
@@ -42,7 +42,7 @@ def outcomes(node: Node, monkeypatch: pytest.MonkeyPatch, results: list[tuple[in
     async def child() -> tuple[int, str]:
         return results.pop(0)
 
-    monkeypatch.setattr(node, "_snapshot_child", child)
+    monkeypatch.setattr(node.snapshotting, "_child", child)
 
 
 def test_a_fresh_node_reports_no_failure() -> None:
@@ -60,15 +60,15 @@ def test_failures_count_up_with_the_last_reason_and_a_success_resets_them(
         [(1, "snapshot of shard 0 failed: rehearsal digest differs"), (-9, ""), (0, "")],
     )
     with pytest.raises(SnapshotError, match="rehearsal digest differs"):
-        asyncio.run(node.take_snapshot())
+        asyncio.run(node.snapshotting.take())
     assert node.status()["snapshot_failures"] == "1"
     assert node.status()["snapshot_error"] == "snapshot of shard 0 failed: rehearsal digest differs"
     # Killed without a word (out of memory, say): the exit code and where to look instead.
     with pytest.raises(SnapshotError):
-        asyncio.run(node.take_snapshot())
+        asyncio.run(node.snapshotting.take())
     assert node.status()["snapshot_failures"] == "2"
     assert node.status()["snapshot_error"] == "snapshot of shard 0 failed (exit -9); see the log of c-s0-n1"
-    assert asyncio.run(node.take_snapshot()) == "shard 0: snapshot at entry 0 verified"
+    assert asyncio.run(node.snapshotting.take()) == "shard 0: snapshot at entry 0 verified"
     assert (node.status()["snapshot_failures"], node.status()["snapshot_error"]) == ("0", "")
 
 
@@ -76,7 +76,7 @@ def test_a_refusal_on_the_primary_is_not_a_failed_attempt() -> None:
     node = replica()
     node.role = Role.PRIMARY
     with pytest.raises(SnapshotError, match="never by the primary"):
-        asyncio.run(node.take_snapshot())
+        asyncio.run(node.snapshotting.take())
     assert node.status()["snapshot_failures"] == "0"
 
 
@@ -88,8 +88,8 @@ def test_the_reason_is_the_childs_last_error_line_and_its_log_still_reaches_the_
     async def fake_child(*_: Any, **kwargs: Any) -> asyncio.subprocess.Process:
         return await real(sys.executable, "-c", CHILD_LOG, **kwargs)
 
-    monkeypatch.setattr(node_module.asyncio, "create_subprocess_exec", fake_child)
-    code, said = asyncio.run(replica()._snapshot_child())
+    monkeypatch.setattr(snapshotting.asyncio, "create_subprocess_exec", fake_child)
+    code, said = asyncio.run(replica().snapshotting._child())
     assert code == 1
     assert said == "snapshot of shard 0 failed: rehearsal digest ab12 differs from the recorded cd34"
     forwarded = capsys.readouterr().err

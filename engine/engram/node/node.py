@@ -10,7 +10,6 @@ import os
 import secrets
 import ssl
 import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -24,12 +23,10 @@ from engram.journal.client import Appended, Journal
 from engram.journal.entries import Entry, EntryType, format_version
 from engram.journal.errors import Fenced, IdentityMismatch, JournalError, JournalTimeout, NoQuorum
 from engram.journal.placement import leader_move
-from engram.journal.security import journal_security_args
 from engram.leadership.liveness import process_gone
 from engram.leadership.on_stop import hand_over_on_stop
 from engram.leadership.switchover import hand_over
 from engram.leadership.view import LeaderView
-from engram.lifetime import dies_with_this_process
 from engram.node.certificate import CertificateWatch, ServerCertificate
 from engram.node.config import NodeConfig
 from engram.node.control import ControlServer
@@ -37,15 +34,14 @@ from engram.node.datapath import DataPath
 from engram.node.gauges import track_snapshots, watch_journal, watch_module
 from engram.node.peer import control_tls
 from engram.node.regions import RegionAppliers
+from engram.node.snapshotting import NodeSnapshots
 from engram.node.tls_front import start_tls_front
 from engram.node.users import UserSync
 from engram.replication.applier import Applier, ApplyHalted, JournalGap
 from engram.replication.committer import Committer
 from engram.replication.tap import Tap
-from engram.snapshots.record import Position, SnapshotError, SnapshotRecord
-from engram.snapshots.regions import region_args
+from engram.snapshots.record import Position, SnapshotError
 from engram.snapshots.restore import open_store, recover
-from engram.snapshots.schedule import snapshot_due, snapshot_taker
 from engram.snapshots.store import SnapshotStore
 from engram.tasks import cancel_and_wait
 from engram.valkey.connection import ValkeyError
@@ -89,9 +85,6 @@ CAMPAIGN_RETRY_PAUSE = 0.1
 PLACEMENT_EVERY = 1.0
 PLACEMENT_SPACING = 5.0
 # How often the shard's snapshot taker asks whether a snapshot is due, and waits after a failure.
-SNAPSHOT_CHECK_INTERVAL = 2.0
-SNAPSHOT_RETRY_AFTER = 30.0
-SNAPSHOT_STATUS_INTERVAL = 15.0
 # How often a replica whose primary's renewals are late asks whether its process is still there
 # (leadership/liveness.py), and how long one probe may take.
 LIVENESS_EVERY = 0.1
@@ -99,6 +92,10 @@ LIVENESS_TIMEOUT = 0.5
 # How often a node refreshes its record in the cluster metadata (and on every role change).
 HEARTBEAT_INTERVAL = 10.0
 TAIL_WARN_EVERY = 10.0
+
+
+# A replica that found no snapshot to recover from tries again this often.
+RECOVERY_RETRY_AFTER = 30.0
 
 
 class NodeHalted(RuntimeError):
@@ -132,13 +129,8 @@ class Node:
         # A multi-region node's appliers of the other regions' writes (node/regions.py).
         self.regions: RegionAppliers | None = None
         self.snapshots: SnapshotStore | None = None
-        self.newest_snapshot: SnapshotRecord | None = None
-        # One snapshot at a time per node, whoever asked for it.
-        self._snapshot_lock = asyncio.Lock()
-        # Failed snapshot attempts in a row on this node and the last one's reason (ENGRAM.STATUS):
-        # a failure must be visible to the operator, not only in this node's log.
-        self.snapshot_failures = 0
-        self.snapshot_error = ""
+        self.snapshotting = NodeSnapshots(
+            config, lambda: self.role.value, lambda: self.applier is not None and not self.applier.halted)
         # Valkey must be rebuilt (newest snapshot, then the journal's tail) before applying.
         self._needs_recovery = True
         self.committer: Committer | None = None
@@ -228,11 +220,10 @@ class Node:
             "slots": self._slot_ranges(),
             "lag": str(self.lag if self.role is not Role.PRIMARY else 0),
             # The shard's newest verified snapshot as this node last read it ("" while none).
-            "snapshot_seq": str(self.newest_snapshot.seq) if self.newest_snapshot else "",
-            "snapshot_age": (str(max(0, int(time.time() - self.newest_snapshot.created_at)))
-                             if self.newest_snapshot else ""),
-            "snapshot_failures": str(self.snapshot_failures),
-            "snapshot_error": self.snapshot_error,
+            "snapshot_seq": str(newest.seq) if (newest := self.snapshotting.newest) else "",
+            "snapshot_age": str(max(0, int(time.time() - newest.created_at))) if newest else "",
+            "snapshot_failures": str(self.snapshotting.failures),
+            "snapshot_error": self.snapshotting.error,
             # The cluster's reshard and its progress (resharding/record.py), "" when none ran.
             "reshard": self.meta.view.reshard if self.meta else "",
         }
@@ -256,7 +247,8 @@ class Node:
         # The control port before anything that can wait (Valkey starting, a journal that is away
         # for long): probes and the operator then see a node "starting", not a silent port that a
         # startup probe would restart over and over.
-        self.control = ControlServer(self.status, lambda target: self.switchover(target), self.take_snapshot)
+        self.control = ControlServer(self.status, lambda target: self.switchover(target),
+                                     self.snapshotting.take)
         await self.control.start(cfg.host, cfg.admin_port,
                                  self.certificate.serving_context() if self.certificate else None)
         if cfg.spawn_valkey:
@@ -280,8 +272,8 @@ class Node:
         self.journal = await self._connect_journal()
         await self.journal.watch_elections()
         self.meta = await self._open_metadata()
-        self.snapshots = await self._open_snapshots()
-        track_snapshots(lambda: self.newest_snapshot, cfg.snapshot_policy)
+        self.snapshots = self.snapshotting.store = await self._open_snapshots()
+        track_snapshots(lambda: self.snapshotting.newest, cfg.snapshot_policy)
         loop = asyncio.get_running_loop()
         self._background += [
             loop.create_task(watch_journal(self.journal)),
@@ -290,7 +282,7 @@ class Node:
             loop.create_task(self._heartbeat()),
             loop.create_task(self._watch_journal()),
             loop.create_task(self._watch_leader_process()),
-            loop.create_task(self._snapshot_loop()),
+            loop.create_task(self.snapshotting.run(self.journal, lambda: self.view)),
             loop.create_task(self._place_stream_leader()),
             loop.create_task(UserSync(self.datapath, self.meta, cfg.users_file).run()),
         ]
@@ -502,99 +494,6 @@ class Node:
                 log.warning("primary %s of epoch %d is gone (%s refused a connection): campaigning "
                             "without waiting out its lease", leader, epoch, address)
 
-    async def _snapshot_loop(self) -> None:
-        """On the shard's snapshot taker (a replica, see snapshot_taker), take a snapshot when one is
-        due, in a child process: the node's own loop never replays or holds a second dataset."""
-        cfg = self.config
-        policy = cfg.snapshot_policy
-        if self.snapshots is None:
-            return
-        assert self.journal is not None
-        started = time.time()
-        checked = 0.0
-        while True:
-            await asyncio.sleep(SNAPSHOT_CHECK_INTERVAL)
-            view = self.view
-            leader = view.leaders.get(cfg.shard)
-            taker = snapshot_taker(cfg.shard, view.live_nodes(cfg.shard), leader.node if leader else "")
-            is_taker = (policy.enabled and taker == cfg.node_id and self.role is Role.REPLICA
-                        and self.applier is not None and not self.applier.halted)
-            # Every node says how old its shard's newest snapshot is (ENGRAM.STATUS), less often.
-            if not is_taker and time.monotonic() - checked < SNAPSHOT_STATUS_INTERVAL:
-                continue
-            checked = time.monotonic()
-            if not is_taker:
-                with contextlib.suppress(JournalError):
-                    self.newest_snapshot = await self.snapshots.newest_verified(cfg.shard)
-                continue
-            try:
-                newest = await self.snapshots.newest_verified(cfg.shard)
-                last = await self.journal.last_seq()
-            except JournalError as exc:
-                log.info("snapshot check skipped: %s", exc)
-                continue
-            self.newest_snapshot = newest
-            reason = snapshot_due(policy, newest, last, time.time(), started)
-            if not reason or self._snapshot_lock.locked():
-                continue
-            log.info("taking a snapshot of shard %d: %s", cfg.shard, reason)
-            try:
-                await self.take_snapshot()
-            except SnapshotError as exc:
-                log.warning("%s; retrying in %gs", exc, SNAPSHOT_RETRY_AFTER)
-                await asyncio.sleep(SNAPSHOT_RETRY_AFTER)
-
-    async def take_snapshot(self) -> str:
-        """Take, verify and store a snapshot of this node's shard now (ENGRAM.SNAPSHOT, the schedule)."""
-        cfg = self.config
-        if self.snapshots is None:
-            raise SnapshotError(f"cluster {cfg.cluster} has no snapshot store (provisioned before snapshots)")
-        if self.role is not Role.REPLICA:
-            raise SnapshotError(f"{cfg.node_id} is {self.role.value}: snapshots are taken by replicas, never "
-                                "by the primary; ask a replica of the shard")
-        async with self._snapshot_lock:
-            code, said = await self._snapshot_child()
-        metrics.SNAPSHOTS.labels("ok" if code == 0 else "failed").inc()
-        if code != 0:
-            self.snapshot_failures += 1
-            self.snapshot_error = said or (f"snapshot of shard {cfg.shard} failed (exit {code}); "
-                                           f"see the log of {cfg.node_id}")
-            raise SnapshotError(self.snapshot_error)
-        self.snapshot_failures, self.snapshot_error = 0, ""
-        try:
-            self.newest_snapshot = await self.snapshots.newest_verified(cfg.shard)
-        except JournalError as exc:
-            log.info("newest snapshot not read back: %s", exc)
-        seq = self.newest_snapshot.seq if self.newest_snapshot else 0
-        return f"shard {cfg.shard}: snapshot at entry {seq} verified"
-
-    async def _snapshot_child(self) -> tuple[int, str]:
-        """Run one snapshot cycle in a child: its exit code, and the message of its last ERROR log line
-        (why it failed). Its log is passed on to the node's stderr, as when it inherited that."""
-        cfg = self.config
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "engram.snapshots", "--journal", ",".join(cfg.journal_urls),
-            "--cluster", cfg.cluster, "--cluster-id", cfg.cluster_id, "--shard", str(cfg.shard),
-            "--keep", str(cfg.snapshot_keep), "--workdir", cfg.data_dir, "--log-level", cfg.log_level,
-            *journal_security_args(cfg.journal_user, cfg.journal_password_file, cfg.journal_ca_file),
-            *region_args(cfg.region, cfg.linked_regions),
-            stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, limit=1 << 20,
-            # A node killed outright takes its snapshot with it, as a container takes its processes.
-            preexec_fn=dies_with_this_process(),
-        )
-        said = ""
-        try:
-            assert proc.stderr is not None
-            async for raw in proc.stderr:
-                sys.stderr.write(line := raw.decode(errors="replace"))
-                if " ERROR " in line:  # "<time> snapshot-s0 ERROR <logger>: <message>"
-                    said = line.split(" ERROR ", 1)[1].split(": ", 1)[-1].strip()
-            return await proc.wait(), said
-        finally:
-            if proc.returncode is None:  # the node is stopping: so does its snapshot
-                proc.kill()
-                await proc.wait()
-
     async def _publish_leadership(self, epoch: int) -> None:
         assert self.meta is not None
         cfg = self.config
@@ -664,9 +563,9 @@ class Node:
             except SnapshotError as exc:
                 # Not applying, and saying why; a snapshot taken meanwhile may still bring it back.
                 self.applier.halted = str(exc)
-                log.error("replica halted: %s; trying again in %gs", exc, SNAPSHOT_RETRY_AFTER)
+                log.error("replica halted: %s; trying again in %gs", exc, RECOVERY_RETRY_AFTER)
                 metrics.HALTED.set(1)
-                await asyncio.sleep(SNAPSHOT_RETRY_AFTER)
+                await asyncio.sleep(RECOVERY_RETRY_AFTER)
             except JournalError as exc:
                 # The journal can be away for long (a partition): say so now and then, not 5x a second.
                 retries += 1
