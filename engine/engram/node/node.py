@@ -84,7 +84,8 @@ CAMPAIGN_RETRY_PAUSE = 0.1
 # (each move is a short leader hand-over in the journal: writes pause for tens of milliseconds).
 PLACEMENT_EVERY = 1.0
 PLACEMENT_SPACING = 5.0
-# How often the shard's snapshot taker asks whether a snapshot is due, and waits after a failure.
+# A replica that found no snapshot to recover from tries again this often.
+RECOVERY_RETRY_AFTER = 30.0
 # How often a replica whose primary's renewals are late asks whether its process is still there
 # (leadership/liveness.py), and how long one probe may take.
 LIVENESS_EVERY = 0.1
@@ -92,10 +93,6 @@ LIVENESS_TIMEOUT = 0.5
 # How often a node refreshes its record in the cluster metadata (and on every role change).
 HEARTBEAT_INTERVAL = 10.0
 TAIL_WARN_EVERY = 10.0
-
-
-# A replica that found no snapshot to recover from tries again this often.
-RECOVERY_RETRY_AFTER = 30.0
 
 
 class NodeHalted(RuntimeError):
@@ -128,7 +125,7 @@ class Node:
         self.applier: Applier | None = None
         # A multi-region node's appliers of the other regions' writes (node/regions.py).
         self.regions: RegionAppliers | None = None
-        self.snapshots: SnapshotStore | None = None
+        # The shard's snapshots: the schedule, requests, and the store (None before run() opens it).
         self.snapshotting = NodeSnapshots(
             config, lambda: self.role.value, lambda: self.applier is not None and not self.applier.halted)
         # Valkey must be rebuilt (newest snapshot, then the journal's tail) before applying.
@@ -272,7 +269,7 @@ class Node:
         self.journal = await self._connect_journal()
         await self.journal.watch_elections()
         self.meta = await self._open_metadata()
-        self.snapshots = self.snapshotting.store = await self._open_snapshots()
+        self.snapshotting.store = await self._open_snapshots()
         track_snapshots(lambda: self.snapshotting.newest, cfg.snapshot_policy)
         loop = asyncio.get_running_loop()
         self._background += [
@@ -372,7 +369,7 @@ class Node:
         assert self.journal is not None and self.applier is not None
         reply = await self.datapath.execute("CONFIG", "GET", "dir")
         valkey_dir = reply[1].decode() if isinstance(reply, list) else self.config.data_dir
-        position = await recover(self.snapshots, self.journal, self.config.cluster_id, valkey_dir,
+        position = await recover(self.snapshotting.store, self.journal, self.config.cluster_id, valkey_dir,
                                  self._load_rdb)
         if position is None:
             await self.datapath.execute_now("FLUSHALL", "SYNC")
