@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 from engram.cluster.slots import SLOTS
 from engram.cluster.users import Users
+from engram.records import known_fields
 
 # A node that has not refreshed its record for this long is left out of CLUSTER replies.
 NODE_STALE_SECONDS = 30.0
@@ -172,11 +173,7 @@ class LeaderRecord:
 
     @classmethod
     def loads(cls, data: bytes) -> LeaderRecord:
-        # Fields a newer engine adds are ignored: while a cluster is rolled, older nodes must still
-        # follow a leader that a newer node published.
-        raw = json.loads(data)
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in raw.items() if k in known})
+        return cls(**known_fields(cls, json.loads(data)))
 
 
 @dataclass
@@ -205,9 +202,7 @@ class NodeRecord:
 
     @classmethod
     def loads(cls, data: bytes) -> NodeRecord:
-        raw = json.loads(data)
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in raw.items() if k in known})
+        return cls(**known_fields(cls, json.loads(data)))
 
 
 @dataclass

@@ -11,6 +11,8 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 
+from engram.records import known_fields
+
 ADDING = "adding"
 WAITING = "waiting"
 MOVING = "moving"
@@ -61,9 +63,7 @@ class ReshardRecord:
 
     @classmethod
     def loads(cls, data: bytes | str) -> ReshardRecord:
-        raw = json.loads(data)
-        known = set(cls.__dataclass_fields__)
-        record = cls(**{k: v for k, v in raw.items() if k in known})
+        record = cls(**known_fields(cls, json.loads(data)))
         if record.phase not in PHASES:
             raise ValueError(f"unknown reshard phase {record.phase!r}")
         return record

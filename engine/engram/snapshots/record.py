@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, replace
 
 from engram import ENGINE_VERSION
 from engram.journal.entries import format_version, parse_version
+from engram.records import known_fields
 
 
 class SnapshotError(RuntimeError):
@@ -69,11 +70,10 @@ class SnapshotRecord:
     def decode(cls, text: str | bytes) -> SnapshotRecord:
         try:
             raw = json.loads(text)
-            # Fields a newer engine adds are ignored, so that its snapshots are refused by version
-            # (usable_by) with that reason, not skipped as unreadable for an older one.
-            place = {k: v for k, v in raw.pop("position").items() if k in Position.__dataclass_fields__}
-            known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
-            return cls(position=Position(**place), **known)
+            # A newer engine's snapshot is refused by version (usable_by) with that reason, not
+            # skipped as unreadable.
+            position = Position(**known_fields(Position, raw.pop("position")))
+            return cls(position=position, **known_fields(cls, raw))
         except (TypeError, ValueError, KeyError) as exc:
             raise SnapshotCorrupt(f"unreadable snapshot record: {exc}") from None
 
