@@ -398,8 +398,7 @@ void eg_client_reply_apply(EgClient *cl, const char *mode);
 EgClient *eg_client(unsigned long long id, int create);
 EgEntry *eg_queue(EgClient *cl, EgKind kind, VkCallReply *reply, const char *text);
 /* gaps.c: replies the module API loses */
-int eg_reply_is_empty(VkCallReply *reply);
-char *eg_missing_reply_error(VkCtx *ctx, const char *cmd, size_t len, VkString **args, int nargs);
+char *eg_gap_error(VkCtx *ctx, VkCallReply *reply, const char *cmd, size_t len, VkString **args, int nargs);
 EgEntry *eg_queue_exec(EgClient *cl, VkCallReply **items, char **errors, size_t n); /* errors[i]: text instead of items[i] */
 EgEntry *eg_queue_resp(EgClient *cl, EgResp *resp);
 void eg_need_offset(EgClient *cl);

@@ -12,14 +12,17 @@
 
 #define WRONGTYPE "WRONGTYPE Operation against a key holding the wrong kind of value"
 
-int eg_reply_is_empty(VkCallReply *reply) {
+static int is_empty(VkCallReply *reply) {
     size_t len = 0;
-    return reply && Vk_CallReplyType(reply) != VK_REPLY_PROMISE && (Vk_CallReplyProto(reply, &len), len == 0);
+    return Vk_CallReplyType(reply) != VK_REPLY_PROMISE && (Vk_CallReplyProto(reply, &len), len == 0);
 }
 
-/* The error for a command whose Call gave no reply: WRONGTYPE when its key holds another type
- * than the strings GETDEL and GETSET work on, else an error naming the gap. Caller frees. */
-char *eg_missing_reply_error(VkCtx *ctx, const char *cmd, size_t len, VkString **args, int nargs) {
+/* NULL, the reply untouched, unless Call gave no reply: then the reply is freed and the error
+ * returned (caller frees) is WRONGTYPE when the key holds another type than the strings GETDEL
+ * and GETSET work on, else an error naming the gap. */
+char *eg_gap_error(VkCtx *ctx, VkCallReply *reply, const char *cmd, size_t len, VkString **args, int nargs) {
+    if (!reply || !is_empty(reply)) return NULL;
+    Vk_FreeCallReply(reply);
     char name[32];
     eg_lower(name, sizeof name, cmd, len);
     if (nargs > 0 && (!strcmp(name, "getdel") || !strcmp(name, "getset"))) {

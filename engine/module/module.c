@@ -153,9 +153,8 @@ static int cmd_call(VkCtx *ctx, VkString **argv, int argc, int is_write) {
     if (in_script_or_multi(ctx)) {
         /* Inside a script the script's own reply is what waits; run the command as it is. */
         VkCallReply *r = Vk_Call(ctx, cmd, is_write ? "!0EC" : "0EC", argv + 2, (size_t)(argc - 2));
-        if (eg_reply_is_empty(r)) {
-            char *missing = eg_missing_reply_error(ctx, cmd, len, argv + 2, argc - 2);
-            Vk_FreeCallReply(r);
+        char *missing = eg_gap_error(ctx, r, cmd, len, argv + 2, argc - 2);
+        if (missing) {
             Vk_ReplyWithError(ctx, missing);
             Vk_Free(missing);
             return VK_OK;
@@ -188,9 +187,8 @@ static int cmd_call(VkCtx *ctx, VkString **argv, int argc, int is_write) {
     } else {
         r = Vk_Call(ctx, cmd, fmt, argv + 2, (size_t)(argc - 2));
     }
-    if (eg_reply_is_empty(r)) {
-        char *missing = eg_missing_reply_error(ctx, cmd, len, argv + 2, argc - 2);
-        Vk_FreeCallReply(r);
+    char *missing = eg_gap_error(ctx, r, cmd, len, argv + 2, argc - 2);
+    if (missing) {
         eg_queue(cl, EG_ERROR, NULL, missing);
         Vk_Free(missing);
         return eg_finish(ctx, cl);

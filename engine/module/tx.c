@@ -35,7 +35,8 @@ static int contains(const char *s, size_t len, const char *needle) {
 }
 
 /* Call's refusal of a command the user may no longer run, in the words Valkey's EXEC uses for a
- * user whose rights changed after the command was queued; NULL for any other reply. */
+ * user whose rights changed after the command was queued, freeing the reply; NULL, the reply
+ * untouched, for any other reply. */
 static char *rights_changed(VkCallReply *reply) {
     size_t len = 0;
     const char *err = Vk_CallReplyType(reply) == VK_REPLY_ERROR ? Vk_CallReplyStringPtr(reply, &len) : NULL;
@@ -52,6 +53,7 @@ static char *rights_changed(VkCallReply *reply) {
              "NOPERM ACLs rules changed between the moment the transaction was accumulated and the EXEC "
              "call. This command is no longer allowed for the following reason: %s",
              reason);
+    Vk_FreeCallReply(reply);
     return eg_strdup(buf);
 }
 
@@ -63,24 +65,22 @@ static void run_tx(VkCtx *ctx, EgClient *cl) {
     for (int i = 0; i < cl->tx_n; i++) {
         const char *cmd = Vk_StringPtrLen(cl->tx[i].argv[0], NULL);
         items[i] = Vk_Call(ctx, cmd, "!0ECv", cl->tx[i].argv + 1, (size_t)(cl->tx[i].argc - 1));
-        char *changed = NULL;
-        if (eg_reply_is_empty(items[i]))
-            changed = eg_missing_reply_error(ctx, cmd, strlen(cmd), cl->tx[i].argv + 1, cl->tx[i].argc - 1);
-        else if (items[i])
-            changed = rights_changed(items[i]);
+        /* Both free the reply when they answer in its place. */
+        char *instead = eg_gap_error(ctx, items[i], cmd, strlen(cmd), cl->tx[i].argv + 1, cl->tx[i].argc - 1);
+        if (!instead && items[i]) instead = rights_changed(items[i]);
+        if (instead) {
+            if (!errors) errors = Vk_Calloc(n, sizeof(*errors));
+            errors[i] = instead;
+            items[i] = NULL;
+            continue;
+        }
         /* Call's SELECT switches only its own client: the real one switches too, so that the
          * transaction's next commands and the client after EXEC use that database, as in Valkey. */
         long long db;
-        if (!changed && items[i] && !strcasecmp(cmd, "select") && cl->tx[i].argc == 2 &&
+        if (items[i] && !strcasecmp(cmd, "select") && cl->tx[i].argc == 2 &&
             Vk_CallReplyType(items[i]) != VK_REPLY_ERROR &&
             Vk_StringToLongLong(cl->tx[i].argv[1], &db) == VK_OK)
             Vk_SelectDb(ctx, (int)db);
-        if (changed) {
-            if (!errors) errors = Vk_Calloc(n, sizeof(*errors));
-            errors[i] = changed;
-            Vk_FreeCallReply(items[i]);
-            items[i] = NULL;
-        }
     }
     eg_queue_exec(cl, items, errors, (size_t)cl->tx_n);
     eg_need_offset(cl);
