@@ -90,6 +90,15 @@ class Conn:
 _NOT_YET = object()
 
 
+def comparable(reply: Any) -> Any:
+    """A reply as a value that compares across servers: errors become ("error", text)."""
+    if isinstance(reply, hiredis.ReplyError):
+        return ("error", str(reply))
+    if isinstance(reply, list):
+        return [comparable(r) for r in reply]
+    return reply
+
+
 def _arg(value: Any) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
 

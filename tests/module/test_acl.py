@@ -8,22 +8,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import hiredis
 import pytest
 
-from tests.module.harness import Conn, attached_tap, run, valkey
+from tests.module.harness import Conn, attached_tap, comparable, run, valkey
 
 pytestmark = pytest.mark.integration
 
 Command = tuple[Any, ...]
-
-
-def _comparable(reply: Any) -> Any:
-    if isinstance(reply, hiredis.ReplyError):
-        return ("error", str(reply))
-    if isinstance(reply, list):
-        return [_comparable(r) for r in reply]
-    return reply
 
 
 async def _as(socket: str, user: str, password: str = "pw") -> Conn:
@@ -34,7 +25,7 @@ async def _as(socket: str, user: str, password: str = "pw") -> Conn:
 
 async def _pipeline(client: Conn, commands: list[Command]) -> list[Any]:
     client.send(*commands)
-    return [_comparable(r) for r in await client.read(len(commands))]
+    return [comparable(r) for r in await client.read(len(commands))]
 
 
 def _side_by_side(scenario: Callable[[str], Awaitable[Any]], *extra: str) -> tuple[Any, Any]:

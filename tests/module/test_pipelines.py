@@ -6,10 +6,9 @@ import asyncio
 import random
 from typing import Any
 
-import hiredis
 import pytest
 
-from tests.module.harness import Conn, attached_tap, run, settle, valkey
+from tests.module.harness import Conn, attached_tap, comparable, run, settle, valkey
 
 pytestmark = pytest.mark.integration
 
@@ -49,17 +48,9 @@ async def _play(socket: str, steps: list[list[tuple[Any, ...]]]) -> list[Any]:
     out: list[Any] = []
     for step in steps:
         client.send(*step)
-        out += [_comparable(r) for r in await client.read(len(step))]
+        out += [comparable(r) for r in await client.read(len(step))]
     client.close()
     return out
-
-
-def _comparable(reply: Any) -> Any:
-    if isinstance(reply, hiredis.ReplyError):
-        return ("error", str(reply))
-    if isinstance(reply, list):
-        return [_comparable(r) for r in reply]
-    return reply
 
 
 def test_random_pipelines_from_concurrent_clients_match_plain_valkey() -> None:
@@ -115,7 +106,7 @@ def test_an_exec_whose_user_lost_a_right_answers_as_valkey_does() -> None:
         first = await client.read(3)
         assert await admin.call("ACL", "SETUSER", "u", "-set") == b"OK"
         client.send(("EXEC",), ("GET", "k"))
-        return [_comparable(r) for r in first + await client.read(2)]
+        return [comparable(r) for r in first + await client.read(2)]
 
     async def scenario() -> None:
         async with valkey(module=False) as socket:

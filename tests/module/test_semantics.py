@@ -7,7 +7,7 @@ from typing import Any
 import hiredis
 import pytest
 
-from tests.module.harness import Conn, attached_tap, run, settle, valkey
+from tests.module.harness import Conn, attached_tap, comparable, run, settle, valkey
 
 pytestmark = pytest.mark.integration
 
@@ -24,15 +24,7 @@ async def _replies(socket: str, steps: list[list[Command]]) -> list[Any]:
             out += await client.read(len(step))
     finally:
         client.close()
-    return [_comparable(r) for r in out]
-
-
-def _comparable(reply: Any) -> Any:
-    if isinstance(reply, hiredis.ReplyError):
-        return ("error", str(reply))
-    if isinstance(reply, list):
-        return [_comparable(r) for r in reply]
-    return reply
+    return [comparable(r) for r in out]
 
 
 def _side_by_side(steps: list[list[Command]]) -> tuple[list[Any], list[Any]]:
@@ -135,7 +127,7 @@ def test_watch_aborts_exec_when_the_key_changed_as_valkey_does() -> None:
                 assert await watcher.read(3) == [b"OK", b"QUEUED", [b"OK"]]
                 # WATCH inside MULTI is refused as Valkey refuses it.
                 watcher.send(("MULTI",), ("WATCH", "w"), ("EXEC",))
-                replies = [_comparable(r) for r in await watcher.read(3)]
+                replies = [comparable(r) for r in await watcher.read(3)]
                 assert replies[0] == b"OK" and replies[1][0] == "error" and replies[2][0] == "error"
 
     run(scenario)
@@ -276,7 +268,7 @@ def test_acl_users_granted_by_category_get_valkeys_own_answers() -> None:
             client = await Conn.open(socket)
             assert await client.call("AUTH", user, "pw") == b"OK"
             client.send(*pipeline)
-            out[user] = [_comparable(r) for r in await client.read(len(pipeline))]
+            out[user] = [comparable(r) for r in await client.read(len(pipeline))]
             client.close()
         return out
 
