@@ -19,6 +19,7 @@ from typing import Any
 import nats
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from engram import binaries
 from engram.journal.client import stream_name
@@ -204,13 +205,12 @@ def _apply_lags(region_doc: dict[str, Any]) -> dict[str, tuple[float, float]]:
         page = control.execute_command("ENGRAM.METRICS").decode()
     finally:
         control.close()
+    at = {"engram_region_apply_lag_seconds_count": 0, "engram_region_apply_lag_seconds_sum": 1}
     samples: dict[str, list[float]] = {}
-    for line in page.splitlines():
-        for suffix, at in (("_count", 0), ("_sum", 1)):
-            name = f"engram_region_apply_lag_seconds{suffix}{{"
-            if line.startswith(name):
-                source = line.split('region="', 1)[1].split('"', 1)[0]
-                samples.setdefault(source, [0.0, 0.0])[at] = float(line.rsplit(" ", 1)[1])
+    for family in text_string_to_metric_families(page):
+        for sample in family.samples:
+            if sample.name in at:
+                samples.setdefault(sample.labels["region"], [0.0, 0.0])[at[sample.name]] = sample.value
     return {source: (count, total) for source, (count, total) in samples.items()}
 
 
