@@ -8,8 +8,11 @@ from __future__ import annotations
 import argparse
 import itertools
 import random
+import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -34,7 +37,7 @@ from engram.chaos.region_report import RegionChaosReport, fault_figures
 from engram.chaos.region_runner import key_for, workload_keys
 from engram.chaos.region_workload import PRESENT, Ledger, RegionKeys, failure
 from engram.chaos.sweep import summarise, summary_line
-from engram.platforms.local import multi_region
+from engram.platforms.local import cluster, multi_region
 from engram.platforms.local.cluster import LocalError
 from engram.platforms.local.link_relay import cut_links, cut_marker, links_to_cut
 
@@ -457,3 +460,27 @@ def test_a_sweep_line_of_a_multi_region_run_counts_violations_not_linearizabilit
     assert line == "seed 5: ok, 7 acknowledged writes, 0 lost, 0 violations, 0 faults, 41s"
     report.violations = check({"east": _reading(), "west": _reading(counter=16)}, _ledgers(), KEYS)
     assert "FAILED" in summary_line(summarise(5, report, 41.0))
+
+
+def test_a_freeze_ends_with_its_first_sigcont_not_its_last(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # A write can commit once the journal and the primary run again: an answer that comes while the
+    # last processes are still being continued is not one the frozen region gave.
+    state = SimpleNamespace(journal=[SimpleNamespace(target=f"journal-{z}") for z in "abc"],
+                            nodes=[SimpleNamespace(id="mr-east-s0-n0"), SimpleNamespace(id="mr-east-s0-n1")])
+    sent: list[tuple[str, signal.Signals, float]] = []
+
+    def kill(_base: object, _name: str, target: str, sig: signal.Signals) -> str:
+        sent.append((target, sig, time.monotonic()))
+        return ""
+
+    monkeypatch.setattr(cluster, "load_running", lambda _base, _name: state)
+    monkeypatch.setattr(cluster, "kill", kill)
+    faults = RegionFaults(tmp_path, "mr", random.Random(1))
+    fault = faults.inject(RegionFaultKind.FREEZE_REGION, "east")
+    stops = [t for _target, sig, t in sent if sig is signal.SIGSTOP]
+    assert fault.complete and len(stops) == 5 and fault.started >= max(stops)
+    faults.heal(fault)
+    conts = [t for _target, sig, t in sent if sig is signal.SIGCONT]
+    assert len(conts) == 5 and fault.started <= fault.ended <= min(conts)
+    assert faults.frozen == []

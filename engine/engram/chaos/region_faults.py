@@ -296,12 +296,14 @@ class RegionFaults:
 
     def _thaw(self, fault: RegionFault) -> None:
         name = self.cluster_of(fault.region)
+        # The freeze ends with its first SIGCONT: a write can commit as soon as the journal and the
+        # primary run again, before the last process is continued.
+        fault.ended = time.monotonic()
         for target in fault.stopped:
             try:
                 cluster.kill(self.base, name, target, signal.SIGCONT)
             except cluster.LocalError:
                 pass  # gone since (the region went down): nothing is left stopped
-        fault.ended = time.monotonic()
 
     def heal_all(self) -> None:
         """Never leave a region frozen or a link cut, whatever happened to the run."""
