@@ -136,6 +136,10 @@ class Node:
         self.lag = 0  # journal entries this replica has still to apply
         self._tasks: list[asyncio.Task[None]] = []
         self._replica_task: asyncio.Task[None] | None = None
+        # A hand-off being taken: held here, since the event loop keeps only a weak reference to a
+        # task, and one collected while it waits loses the hand-off (the shard then waits out a
+        # whole election backoff instead).
+        self._handoff_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self._last_reack = 0.0
         self._lease_lost_at: float | None = None
@@ -513,8 +517,9 @@ class Node:
             task.cancel()
         for task in self._tasks:
             task.cancel()
-        if self._replica_task:
-            self._replica_task.cancel()
+        for task in (self._replica_task, self._handoff_task):
+            if task is not None:
+                task.cancel()
         if self.control:
             await self.control.stop()
         if self._tls_front is not None:
@@ -591,7 +596,7 @@ class Node:
             and self.role is Role.REPLICA
         ):
             self.role = Role.PROMOTING
-            asyncio.get_running_loop().create_task(self._take_handoff(entry))
+            self._handoff_task = asyncio.get_running_loop().create_task(self._take_handoff(entry))
             return False
         return True
 
