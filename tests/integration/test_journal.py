@@ -87,6 +87,66 @@ def test_pipelined_appends_keep_their_order(nats_journal) -> None:
     _run(scenario())
 
 
+class _SilentConsumer:
+    """The journal's JetStream context, but its subscriptions listen where nothing is published: a
+    consumer whose server was cut off delivers nothing either."""
+
+    def __init__(self, js: object, nc: object) -> None:
+        self._js, self._nc = js, nc
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._js, name)
+
+    async def subscribe(self, _subject: str, cb: object = None, **_options: object) -> object:
+        return await self._nc.subscribe("engram.test.nothing", cb=cb)
+
+
+def test_a_tail_whose_consumer_delivers_nothing_reads_entries_from_the_streams_leader(nats_journal) -> None:
+    async def scenario() -> None:
+        journal = await _provisioned(nats_journal.urls, "jt", 5)
+        for i in range(5):
+            await journal.append(_data(b"%d" % i), i + 1, f"f{i}")
+        journal._js = _SilentConsumer(journal._js, journal._nc)
+        tail = journal.tail(2, fill_after=0.2)
+        got = [await anext(tail) for _ in range(5)]
+        assert [(e.seq, e.payload, e.pending) for e in got] == [(i + 2, b"%d" % i, 4 - i) for i in range(5)]
+        # Entries appended later come the same way, on the next quiet spell.
+        await journal.append(_data(b"late"), 6, "f-late")
+        late = await anext(tail)
+        assert (late.seq, late.payload) == (7, b"late")
+        await tail.aclose()
+        await journal.close()
+
+    _run(scenario())
+
+
+def test_a_tail_that_reads_from_both_its_consumer_and_the_leader_yields_each_entry_once_in_order(
+        nats_journal) -> None:
+    async def scenario() -> None:
+        journal = await _provisioned(nats_journal.urls, "jt", 6)
+        writer = await Journal.connect(nats_journal.urls, "jt", 6, replicas=3)
+
+        async def append() -> None:
+            for i in range(300):
+                await writer.append(_data(b"%d" % i), i + 1, f"b{i}")
+                if i % 20 == 0:
+                    await asyncio.sleep(0.1)  # quiet spells, in which the tail reads for itself
+
+        appending = asyncio.ensure_future(append())
+        seqs = []
+        # Reading for itself after 20 ms of quiet: both sources race all along.
+        async for entry in journal.tail(1, fill_after=0.02):
+            seqs.append(entry.seq)
+            if entry.seq == 301:
+                break
+        await appending
+        assert seqs == list(range(1, 302))
+        await writer.close()
+        await journal.close()
+
+    _run(scenario())
+
+
 def test_truncate_keeps_the_tail_and_conditional_appends_still_work(nats_journal) -> None:
     async def scenario() -> None:
         journal = await _provisioned(nats_journal.urls, "jt", 3)

@@ -51,6 +51,11 @@ class _TLSCloseNoise(logging.Filter):
 logging.getLogger("asyncio").addFilter(_TLSCloseNoise())
 
 WRONG_LAST_SEQUENCE = 10071
+# A tail whose consumer delivered nothing this long asks the stream's leader whether entries are
+# missing (a primary renews every quarter lease, 0.5 s by default, so a live stream is never this
+# quiet), and reads at most FILL_LIMIT of them itself.
+FILL_AFTER = 0.75
+FILL_LIMIT = 1000
 STREAM_NAME_IN_USE = 10058
 DUPLICATE_IN_PROCESS = 10158
 # Stream metadata keys: who the stream belongs to, set once by provisioning.
@@ -453,8 +458,14 @@ class Journal:
             raise _translate(exc, None) from exc
         return Entry.decode(msg.headers, msg.data or b"", msg.seq or seq)
 
-    async def tail(self, start_seq: int) -> AsyncIterator[Entry]:
-        """Yield committed entries from start_seq on, forever, in order, without gaps."""
+    async def tail(self, start_seq: int, fill_after: float = FILL_AFTER) -> AsyncIterator[Entry]:
+        """Yield committed entries from start_seq on, forever, in order, without gaps.
+
+        Entries come from an ordered consumer. JetStream places that consumer on one of the stream's
+        servers, chosen at random; if that server is cut off, entries stop coming until the consumer
+        is made again, which needs JetStream's metadata leader (an election away when it was cut off
+        too). So when nothing came for `fill_after` seconds, the stream's leader is asked for its last
+        entry and the missing ones are read from it one by one (see _fill)."""
         queue: asyncio.Queue[Entry | BaseException] = asyncio.Queue()
 
         async def _on_message(msg: nats.aio.msg.Msg) -> None:
@@ -476,17 +487,53 @@ class Journal:
             )
         except Exception as exc:
             raise _translate(exc, None) from exc
+        next_seq = max(1, start_seq)
         try:
             while True:
-                item = await queue.get()
+                try:
+                    if queue.empty():
+                        item = await asyncio.wait_for(queue.get(), fill_after)
+                    else:
+                        item = queue.get_nowait()
+                except TimeoutError:
+                    async for entry in self._fill(next_seq, fill_after):
+                        next_seq = entry.seq + 1
+                        yield entry
+                    continue
                 if isinstance(item, BaseException):
                     raise item
+                if item.seq < next_seq:
+                    continue  # read already by _fill
+                next_seq = item.seq + 1
                 yield item
         finally:
             try:
                 await sub.unsubscribe()
             except Exception as exc:
                 log.debug("tail unsubscribe: %r", exc)
+
+    async def _fill(self, next_seq: int, timeout: float) -> AsyncIterator[Entry]:
+        """The entries from next_seq to the stream's last, read from its leader (at most FILL_LIMIT:
+        a consumer that is only slow catches up faster than single reads); none when the leader does
+        not answer in `timeout`. Entries the truncation removed are left to the consumer, which
+        reports them as a gap."""
+        try:
+            last = (await asyncio.wait_for(self.state(), timeout)).last_seq
+        except (JournalError, TimeoutError):
+            return
+        if last < next_seq:
+            return
+        log.info("stream %s: the consumer delivered nothing for %.1fs; reading entries %d..%d from the "
+                 "stream's leader", self.stream, timeout, next_seq, last)
+        for seq in range(next_seq, min(last, next_seq + FILL_LIMIT - 1) + 1):
+            try:
+                entry = await asyncio.wait_for(self.get(seq), timeout)
+            except (JournalError, TimeoutError):
+                return
+            if entry is None:
+                return
+            entry.pending = last - seq
+            yield entry
 
     async def truncate(self, keep_from_seq: int) -> None:
         """Drop entries below keep_from_seq (the last entry is always kept)."""
