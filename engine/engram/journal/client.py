@@ -23,6 +23,7 @@ from nats.aio.subscription import Subscription
 from nats.js import api
 from nats.js.client import JetStreamContext
 
+from engram.journal import home
 from engram.journal.acks import AckInbox, Reply
 from engram.journal.entries import Entry, EntryType
 from engram.journal.errors import (
@@ -164,6 +165,10 @@ class Journal:
         self.elections = 0
         self._election_waiters: set[asyncio.Future[None]] = set()
         self._elections: Subscription | None = None
+
+    async def stay_home(self, home_url: str) -> None:
+        """Run forever, keeping the connection on `home_url` when it answers (journal/home.py)."""
+        await home.stay_home(self._nc, home_url)
 
     def for_shard(self, shard: int) -> Journal:
         """The journal of another shard of the same cluster, sharing this connection."""

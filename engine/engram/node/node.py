@@ -286,6 +286,8 @@ class Node:
             loop.create_task(self.snapshotting.run(self.journal, lambda: self.view)),
             loop.create_task(self._place_stream_leader()),
             loop.create_task(UserSync(self.datapath, self.meta, cfg.users_file).run()),
+            # The first journal server given is this node's zone's (orchestration/node_config.py).
+            loop.create_task(self.journal.stay_home(cfg.journal_urls[0])),
         ]
         if cfg.linked_regions:
             self.regions = RegionAppliers(self.journal, cfg, lambda: self.serving)
