@@ -52,13 +52,13 @@ class _TLSCloseNoise(logging.Filter):
 logging.getLogger("asyncio").addFilter(_TLSCloseNoise())
 
 WRONG_LAST_SEQUENCE = 10071
+STREAM_NAME_IN_USE = 10058
+DUPLICATE_IN_PROCESS = 10158
 # A tail whose consumer delivered nothing this long asks the stream's leader whether entries are
 # missing (a primary renews every quarter lease, 0.5 s by default, so a live stream is never this
 # quiet), and reads at most FILL_LIMIT of them itself.
 FILL_AFTER = 0.75
 FILL_LIMIT = 1000
-STREAM_NAME_IN_USE = 10058
-DUPLICATE_IN_PROCESS = 10158
 # Stream metadata keys: who the stream belongs to, set once by provisioning.
 META_CLUSTER_ID = "engram.cluster-id"
 META_SHARD = "engram.shard"
