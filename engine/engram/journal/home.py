@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from urllib.parse import urlparse
+from urllib.parse import ParseResult, urlparse
 
 from nats.aio.client import Client as NatsClient
 
@@ -30,9 +30,12 @@ HOME_CHECKS = 2
 PROBE_TIMEOUT = 0.5
 
 
+def _host_port(uri: ParseResult) -> tuple[str, int]:
+    return uri.hostname or "", uri.port or 4222
+
+
 def _address(url: str) -> tuple[str, int]:
-    parsed = urlparse(url if "://" in url else f"nats://{url}")
-    return parsed.hostname or "", parsed.port or 4222
+    return _host_port(urlparse(url if "://" in url else f"nats://{url}"))
 
 
 def is_home(current: tuple[str, int] | None, home: tuple[str, int]) -> bool:
@@ -54,7 +57,7 @@ async def answers(address: tuple[str, int], timeout: float = PROBE_TIMEOUT) -> b
 
 def _current(nc: NatsClient) -> tuple[str, int] | None:
     url = nc.connected_url
-    return (url.hostname or "", url.port or 4222) if url is not None else None
+    return _host_port(url) if url is not None else None
 
 
 async def stay_home(nc: NatsClient, home_url: str, every: float = HOME_EVERY,
@@ -73,8 +76,8 @@ async def stay_home(nc: NatsClient, home_url: str, every: float = HOME_EVERY,
             continue
         seen = 0
         if not _move(nc, home):
-            log.warning("journal connection: this nats-py cannot be moved between servers; it stays on "
-                        "%s:%d", *(_current(nc) or ("?", 0)))
+            log.warning("journal connection: cannot move back to %s:%d (not in the client's server pool, "
+                        "or a nats-py without one); it stays on %s:%d", *home, *(_current(nc) or ("?", 0)))
             return
         log.info("journal connection: moving back to this zone's server %s:%d", *home)
         await nc._process_op_err(ConnectionResetError("moving back to this zone's journal server"))
@@ -85,7 +88,7 @@ def _move(nc: NatsClient, home: tuple[str, int]) -> bool:
     pool = getattr(nc, "_server_pool", None)
     if not isinstance(pool, list) or not hasattr(nc, "_process_op_err"):
         return False
-    first = next((srv for srv in pool if (getattr(srv.uri, "hostname", None), srv.uri.port) == home), None)
+    first = next((srv for srv in pool if _host_port(srv.uri) == home), None)
     if first is None:
         return False
     pool.remove(first)
