@@ -257,10 +257,20 @@ class Journal:
             raise _translate(exc, None) from exc
         await self.open_stream(cluster_id)
         genesis = Entry(EntryType.GENESIS, 0, "provisioning", cluster_id=cluster_id, shard=self.shard)
-        try:
-            await self.append(genesis, 0, f"genesis.{cluster_id}.{self.shard}")
-        except Fenced:
-            pass  # the stream holds entries already: its first must be this genesis, checked here
+        # A stream just made may have its leader before the servers route its subject to it ("no
+        # responders", seen in CI): the append is asked again, with the same id, for a while.
+        deadline = time.monotonic() + self.timeout * 2
+        while True:
+            try:
+                await self.append(genesis, 0, f"genesis.{cluster_id}.{self.shard}")
+            except Fenced:
+                pass  # the stream holds entries already: its first must be this genesis, checked here
+            except NoQuorum:
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.1)
+                continue
+            break
         if (await self.state()).first_seq > 1:
             # Truncated behind a snapshot (docs/snapshots.md): the genesis entry is gone and the
             # stream's metadata, checked by open_stream, is what names its cluster and shard.
