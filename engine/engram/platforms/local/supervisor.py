@@ -36,7 +36,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -70,13 +69,9 @@ from engram.tasks import cancel_and_wait
 log = logging.getLogger("engram.supervisor")
 
 POLL_CHILDREN = 0.2
-# Each node is asked this often (a new primary is routed to within about this long).
-POLL_STATUS = 0.25
+POLL_STATUS = 0.5
 # A node slower than this to answer (a loaded machine) is routed around until it answers again.
 STATUS_TIMEOUT = 2.0
-# A node whose answer is this late counts as not answering before its request times out: a zone cut
-# off must not keep the endpoint on a primary that lost it.
-STATUS_STALE = 1.0
 # Restart backoff: first restart after BACKOFF_MIN, doubling per crash up to BACKOFF_MAX; a child that
 # stayed up for STABLE_AFTER seconds starts from the bottom again (Kubernetes: 10 s .. 5 min, 10 min).
 BACKOFF_MIN = 0.5
@@ -120,38 +115,6 @@ class Child:
         return self.proc.poll()
 
 
-Statuses = Mapping[str, dict[str, str] | None]
-
-
-def is_shard0_primary(node: NodeState, status: Statuses) -> bool:
-    st = status.get(node.id)
-    return node.shard == 0 and st is not None and st.get("role") == "primary" and not st.get("halted")
-
-
-def relay_order(nodes: list[NodeState], status: Statuses) -> list[NodeState]:
-    """Where the endpoint sends a new connection, best first: shard 0's primary (of the newest epoch
-    when two say so: a deposed one may not know it yet), the other answering nodes of shard 0, the
-    other answering nodes, then the silent ones."""
-
-    def rank(node: NodeState) -> tuple[int, int, int]:
-        st = status.get(node.id)
-        if is_shard0_primary(node, status):
-            assert st is not None
-            return (0, -_epoch(st), 0)
-        if st is None:
-            return (3, 0, node.shard)
-        return (1 if node.shard == 0 else 2, 0, node.shard)
-
-    return sorted(nodes, key=rank)
-
-
-def _epoch(status: dict[str, str]) -> int:
-    try:
-        return int(status.get("epoch") or 0)
-    except ValueError:
-        return 0
-
-
 class Supervisor:
     """Runs one cluster's processes from its state file until SIGTERM."""
 
@@ -161,8 +124,6 @@ class Supervisor:
         self.journal: list[Child] = []
         self.nodes: list[Child] = []
         self.status: dict[str, dict[str, str] | None] = {}
-        # Per node, its status request in flight and when it was sent.
-        self._asking: dict[str, tuple[asyncio.Task[None], float]] = {}
         self.stop = asyncio.Event()
         # Set by SIGUSR1 (a shard request is waiting) and by stopping: the serve loop wakes at once.
         self.wake = asyncio.Event()
@@ -408,39 +369,17 @@ class Supervisor:
         log.info("stopped %s", ", ".join(sorted(gone)))
 
     async def _poll_status(self) -> None:
-        """Learn every node's role for the endpoint relay, each node on its own clock: one that does
-        not answer (its zone cut off) must not hold back the news of the others (a new primary)."""
-        try:
-            while True:
-                now = time.monotonic()
-                nodes = {n.id: n for n in self.state.nodes}
-                for node_id in [k for k in self.status if k not in nodes]:
-                    del self.status[node_id]
-                for node_id, node in nodes.items():
-                    asked = self._asking.get(node_id)
-                    if asked is None:
-                        task = asyncio.ensure_future(self._ask_status(node))
-                        self._asking[node_id] = (task, now)
-                    elif now - asked[1] > STATUS_STALE and self.status.get(node_id) is not None:
-                        self.status[node_id] = None
-                        self._note_endpoint_node()
-                await asyncio.sleep(POLL_STATUS)
-        finally:
-            for task, _sent in self._asking.values():
-                task.cancel()
-
-    async def _ask_status(self, node: NodeState) -> None:
-        try:
-            address = probe.control_address(node)
-            reply = await probe.fetch_status(address.port, STATUS_TIMEOUT, address.host, address.ca_file)
-        except Exception:  # a probe bug must not stop the relay from routing
-            log.exception("status poll of %s failed", node.id)
-            reply = None
-        finally:
-            self._asking.pop(node.id, None)
-        if any(n.id == node.id for n in self.state.nodes):
-            self.status[node.id] = reply
-            self._note_endpoint_node()
+        """Learn every node's role every POLL_STATUS seconds, for the endpoint relay."""
+        while True:
+            nodes = self.state.nodes
+            try:
+                replies = await probe.fetch_all(probe.control_addresses(nodes), timeout=STATUS_TIMEOUT)
+            except Exception:  # a probe bug must not stop the relay from routing
+                log.exception("status poll failed")
+            else:
+                self.status = {n.id: r for n, r in zip(nodes, replies, strict=True)}
+                self._note_endpoint_node()
+            await asyncio.sleep(POLL_STATUS)
 
     async def _rebalance(self) -> None:
         """Move primaries back to an even spread over zones, one planned switchover at a time."""
@@ -466,15 +405,29 @@ class Supervisor:
 
     def _note_endpoint_node(self) -> None:
         """Record which node the endpoint routes to, so `up` can wait for it and status can show it."""
-        order = relay_order(self.state.nodes, self.status)
-        chosen = order[0].id if order and is_shard0_primary(order[0], self.status) else ""
+        targets = self._relay_targets()
+        first = next((n for n in self.state.nodes if targets and (n.host, n.client_port) == targets[0]), None)
+        chosen = first.id if first is not None and self._is_shard0_primary(first) else ""
         if chosen != self.state.endpoint_node:
             self.state.endpoint_node = chosen
             self.save()
             log.info("endpoint now routes to %s", chosen or "any live node (no primary known)")
 
+    def _is_shard0_primary(self, node: NodeState) -> bool:
+        st = self.status.get(node.id)
+        return node.shard == 0 and st is not None and st.get("role") == "primary" and not st.get("halted")
+
     def _relay_targets(self) -> list[tuple[str, int]]:
-        return [(n.host, n.client_port) for n in relay_order(self.state.nodes, self.status)]
+        """Shard 0's primary first, then other answering nodes of shard 0, then the rest."""
+
+        def rank(node: NodeState) -> tuple[int, int]:
+            if self._is_shard0_primary(node):
+                return (0, 0)
+            if self.status.get(node.id) is None:
+                return (3, node.shard)
+            return (1 if node.shard == 0 else 2, node.shard)
+
+        return [(n.host, n.client_port) for n in sorted(self.state.nodes, key=rank)]
 
     async def _shutdown(self, remove_state: bool) -> None:
         """Stop the relay, then the nodes, then the journal; forget the cluster if asked."""
